@@ -1,0 +1,5 @@
+import sys
+
+from volbackup.cli import main
+
+sys.exit(main())

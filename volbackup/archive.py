@@ -1,0 +1,146 @@
+"""The stream pipeline between a volume's tar stream and a stored archive.
+
+pack:   tar chunks -> tar structure check -> zstd (multi-threaded, frame checksum)
+        -> sha256 and byte count -> the repository's writer.
+unpack: stored chunks -> sha256 and byte count -> zstd (frame checksum, truncation)
+        -> tar structure check -> tar chunks for the engine.
+
+Both are plain iterators and writers over bounded chunks: memory does not depend on
+the size of the volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import zstandard
+
+from volbackup.errors import IntegrityError
+from volbackup.tarstream import Entry, TarWalker
+
+READ_CHUNK = 1 << 20
+Progress = Callable[[int], None]
+
+
+def _no_progress(_n: int) -> None:
+    pass
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what it passes on."""
+
+    def __init__(self, inner: BinaryIO):
+        self._inner = inner
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        self._inner.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+
+@dataclass
+class Packed:
+    bytes: int          # uncompressed tar bytes
+    stored_bytes: int   # compressed bytes written
+    sha256: str         # of the stored (compressed) bytes
+    entries: int        # tar members, the root included
+    root: Entry | None  # the first member (the volume root)
+
+
+def pack(tar_chunks: Iterable[bytes], out: BinaryIO, level: int = 3,
+         progress: Progress = _no_progress) -> Packed:
+    """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete."""
+    walker = TarWalker()
+    sink = _HashingWriter(out)
+    compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+    with compressor.stream_writer(sink, closefd=False) as zout:
+        for chunk in tar_chunks:
+            walker.feed(chunk)
+            zout.write(chunk)
+            progress(len(chunk))
+        walker.finish()
+    return Packed(walker.bytes, sink.bytes, sink.sha256.hexdigest(), walker.entries, walker.first)
+
+
+class Unpacker:
+    """Decompresses and checks a stored archive while it streams.
+
+    `chunks()` yields the tar bytes but holds the last piece back until the sha256,
+    the zstd frame and the tar structure have all checked out, so a consumer never
+    sees a complete-looking stream from a bad archive.
+    """
+
+    def __init__(self, stored: Iterable[bytes], expected_sha256: str | None = None,
+                 expected_stored_bytes: int | None = None, progress: Progress = _no_progress):
+        self._stored = stored
+        self._expected_sha256 = expected_sha256
+        self._expected_stored_bytes = expected_stored_bytes
+        self._progress = progress
+        self.walker = TarWalker()
+        self.stored_bytes = 0
+        self.sha256 = ""
+
+    @property
+    def root(self) -> Entry | None:
+        return self.walker.first
+
+    def chunks(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        decomp = zstandard.ZstdDecompressor().decompressobj()
+        held = b""
+        try:
+            for chunk in self._stored:
+                digest.update(chunk)
+                self.stored_bytes += len(chunk)
+                if decomp.eof:
+                    raise IntegrityError("archive has data after the end of its zstd frame")
+                out = decomp.decompress(chunk)
+                if decomp.eof and decomp.unused_data:
+                    raise IntegrityError("archive has data after the end of its zstd frame")
+                if out:
+                    self.walker.feed(out)
+                    if held:
+                        yield held
+                        self._progress(len(held))
+                    held = out
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"archive is corrupt: zstd says {e}") from None
+        self.sha256 = digest.hexdigest()
+        self._check_complete(decomp.eof)
+        if held:
+            yield held
+            self._progress(len(held))
+
+    def _check_complete(self, frame_ended: bool) -> None:
+        if self._expected_stored_bytes is not None and self.stored_bytes != self._expected_stored_bytes:
+            raise IntegrityError(
+                f"archive is {self.stored_bytes} bytes, the manifest says "
+                f"{self._expected_stored_bytes}: truncated or replaced")
+        if self._expected_sha256 is not None and self.sha256 != self._expected_sha256:
+            raise IntegrityError(
+                f"archive sha256 is {self.sha256}, the manifest says {self._expected_sha256}")
+        if not frame_ended:
+            raise IntegrityError("archive is truncated: the zstd frame does not end")
+        self.walker.finish()
+
+    def drain(self) -> None:
+        """Read and check the whole archive, discarding the tar bytes."""
+        for _ in self.chunks():
+            pass
+
+
+def read_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:
+    """Iterate over a readable binary stream in chunks of up to `size` bytes."""
+    while True:
+        chunk = stream.read(size)
+        if not chunk:
+            return
+        yield chunk

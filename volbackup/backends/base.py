@@ -1,0 +1,64 @@
+"""The storage backend interface: a flat store of named blobs, streamed both ways.
+
+Keys are '/'-separated relative paths such as `snapshots/pgdata/20261129T031500Z-1a2b.json`.
+A blob opened for writing becomes visible (to `list`, `stat`, `open_read`) only when its
+`with` block ends without an exception; an interrupted write leaves nothing visible.
+Retry, dry-run or logging belong in wrappers around a backend, not inside one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from volbackup.errors import RepositoryError
+
+
+class BlobNotFound(RepositoryError):
+    """The key does not exist in the backend."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+
+
+class Backend(ABC):
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this backend stores, for messages (never carries credentials)."""
+
+    @abstractmethod
+    def check(self, writable: bool) -> None:
+        """Raise RepositoryError if the store is missing (or, if asked, not writable)."""
+
+    @abstractmethod
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A writer whose blob appears atomically when the block exits cleanly."""
+
+    @abstractmethod
+    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A reader of the blob's bytes; raises BlobNotFound."""
+
+    @abstractmethod
+    def stat(self, key: str) -> BlobInfo:
+        """Size of one blob; raises BlobNotFound."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Finished blobs whose key starts with `prefix`, in key order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a blob; removing one that does not exist is not an error."""
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as reader:
+            return reader.read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as writer:
+            writer.write(data)

@@ -1,0 +1,114 @@
+"""A repository in a local directory: temp file, fsync, rename, fsync the directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from volbackup.backends.base import Backend, BlobInfo, BlobNotFound
+from volbackup.errors import RepositoryError
+
+TEMP_MARKER = ".tmp-"
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).absolute()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def check(self, writable: bool) -> None:
+        if not self.root.exists():
+            raise RepositoryError(
+                f"repository {self.root} does not exist (create the directory first)")
+        if not self.root.is_dir():
+            raise RepositoryError(f"repository {self.root} is not a directory")
+        if writable:
+            probe = self.root / f".volbackup-probe{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                probe.open("xb").close()
+                probe.unlink()
+            except OSError as e:
+                raise RepositoryError(
+                    f"repository {self.root} is not writable ({os.strerror(e.errno or errno.EIO)})"
+                ) from None
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        final = self._path(key)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temp = final.with_name(f".{final.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+            handle = temp.open("xb")
+        except OSError as e:
+            raise RepositoryError(f"cannot write to repository {self.root}: {e.strerror}") from None
+        try:
+            with handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[BinaryIO]:
+        try:
+            handle = self._path(key).open("rb")
+        except FileNotFoundError:
+            raise BlobNotFound(f"{key} is missing from repository {self.root}") from None
+        except OSError as e:
+            raise RepositoryError(f"cannot read {key} in repository {self.root}: {e.strerror}") from None
+        with handle:
+            yield handle
+
+    def stat(self, key: str) -> BlobInfo:
+        try:
+            return BlobInfo(key, self._path(key).stat().st_size)
+        except FileNotFoundError:
+            raise BlobNotFound(f"{key} is missing from repository {self.root}") from None
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root)
+            for name in filenames:
+                if _is_temp(name) or name.startswith("."):
+                    continue
+                key = (rel / name).as_posix() if rel.parts else name
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            try:
+                yield self.stat(key)
+            except BlobNotFound:
+                continue  # deleted while listing
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

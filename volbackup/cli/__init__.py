@@ -1,0 +1,79 @@
+"""The command line: `main()` parses, dispatches, and turns errors into exit codes.
+
+Commands are thin (options, one call into volbackup.ops, render). No command catches
+exceptions: this module maps every VolbackupError to its one-line message and exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+
+import click
+
+from volbackup import __version__
+from volbackup.cli import backup as backup_cmd
+from volbackup.cli import restore as restore_cmd
+from volbackup.cli import snapshots as snapshots_cmd
+from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Print a traceback with errors.")
+@click.version_option(__version__, prog_name="volbackup")
+def cli(debug: bool) -> None:
+    """Back up, restore and verify Docker volumes as zstd-compressed tar archives.
+
+    Exit codes: 0 ok, 1 failure, 2 usage, 3 some volumes failed; docs/exit-codes.md
+    lists them all.
+    """
+
+
+cli.add_command(backup_cmd.backup)
+cli.add_command(restore_cmd.restore)
+for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify):
+    cli.add_command(command)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so every `finally` and `with` cleans up."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _error(message: str) -> None:
+    click.echo(f"volbackup: error: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("VOLBACKUP_DEBUG") == "1"
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = cli.main(args=argv, prog_name="volbackup", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code if e.exit_code else USAGE_EXIT_CODE
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        cause = e if isinstance(e, KeyboardInterrupt) else e.__context__
+        if debug:
+            traceback.print_exc()
+        _error("interrupted by SIGTERM" if isinstance(cause, _Terminated) else "interrupted")
+        return Interrupted.exit_code
+    except VolbackupError as e:
+        if debug:
+            traceback.print_exc()
+        _error(str(e))
+        return e.exit_code
+    except Exception as e:  # a bug: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        _error(f"unexpected {type(e).__name__}: {e} (run with --debug for a traceback)")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

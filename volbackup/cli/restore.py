@@ -1,0 +1,58 @@
+"""`volbackup restore`."""
+
+from __future__ import annotations
+
+import click
+
+from volbackup.cli import render
+from volbackup.cli.options import json_option, repo_option
+from volbackup.cli.progress import terminal_progress
+from volbackup.engine import Engine
+from volbackup.ops import restore as ops
+from volbackup.repository import Repository
+
+
+@click.command()
+@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
+@repo_option
+@click.option("--as", "target", metavar="NAME", help="Restore into a volume of this name.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing, non-empty target volume (its contents are "
+                   "discarded, not merged).")
+@click.option("--all", "restore_all", is_flag=True,
+              help="Restore the newest snapshot of every volume in REPO; skip targets "
+                   "that exist and are not empty.")
+@json_option
+def restore(snapshots, repo, target, force, restore_all, as_json):
+    """Restore snapshots into fresh volumes.
+
+    SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
+    which means that volume's newest snapshot.
+
+    \b
+    Examples:
+      volbackup restore pgdata -r /srv/backups
+      volbackup restore pgdata@20261129T031500Z-1a2b --as pgdata-copy -r /srv/backups
+      volbackup restore --all -r /srv/backups
+    """
+    if bool(snapshots) == restore_all:
+        raise click.UsageError("name one or more SNAPSHOTs, or --all (not both)")
+    if target and (restore_all or len(snapshots) > 1):
+        raise click.UsageError("--as takes exactly one SNAPSHOT")
+    repository = Repository.open(repo)
+    engine = Engine.connect()
+    result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
+                         terminal_progress())
+    if as_json:
+        render.emit_json("restore", repository=result.repository,
+                         volumes=[v.as_dict() for v in result.volumes])
+    else:
+        for v in result.volumes:
+            if v.status == "restored":
+                click.echo(f"{v.volume}: restored from {v.snapshot}"
+                           f"{' (replaced)' if v.replaced else ''}, "
+                           f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
+            elif v.status == "skipped":
+                click.echo(f"{v.volume}: skipped: {v.message}")
+    render.failures(result.volumes)
+    result.raise_for_failures()

@@ -1,0 +1,74 @@
+"""`volbackup list`, `show` and `verify`: read-only commands on a repository."""
+
+from __future__ import annotations
+
+import click
+
+from volbackup.cli import render
+from volbackup.cli.options import json_option, repo_option
+from volbackup.cli.progress import terminal_progress
+from volbackup.ops import snapshots as ops
+from volbackup.repository import Repository
+
+LIST_FIELDS = ("snapshot", "volume", "created", "host", "bytes", "stored_bytes", "sha256")
+
+
+@click.command("list")
+@click.argument("volume", required=False)
+@repo_option
+@json_option
+def list_cmd(volume, repo, as_json):
+    """List snapshots, oldest first (of one VOLUME, or of all)."""
+    listing = ops.list_snapshots(Repository.open(repo), volume)
+    for problem in listing.problems:
+        render.warn(problem)
+    if as_json:
+        rows = [{k: m.to_dict()[k] for k in LIST_FIELDS} for m in listing.snapshots]
+        render.emit_json("list", snapshots=rows)
+        return
+    if not listing.snapshots:
+        click.echo("no snapshots" + (f" of volume {volume}" if volume else ""), err=True)
+        return
+    width = max(len(m.snapshot) for m in listing.snapshots)
+    click.echo(f"{'SNAPSHOT':<{width}}  {'CREATED (UTC)':<24}  {'HOST':<16}  {'SIZE':>10}  {'STORED':>10}")
+    for m in listing.snapshots:
+        click.echo(f"{m.snapshot:<{width}}  {m.created:<24}  {m.host[:16]:<16}  "
+                   f"{render.human_bytes(m.bytes):>10}  {render.human_bytes(m.stored_bytes):>10}")
+
+
+@click.command()
+@click.argument("snapshot")
+@repo_option
+@json_option
+def show(snapshot, repo, as_json):
+    """Show a snapshot's manifest (SNAPSHOT: an id, or a volume name for its newest)."""
+    manifest = ops.show(Repository.open(repo), snapshot)
+    if as_json:
+        render.emit_json("show", manifest=manifest.to_dict())
+        return
+    for key, value in manifest.to_dict().items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        click.echo(f"{key + ':':<18}{'-' if value is None else value}")
+
+
+@click.command()
+@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
+@click.option("--all", "verify_all", is_flag=True, help="Verify every snapshot in REPO.")
+@repo_option
+@json_option
+def verify(snapshots, verify_all, repo, as_json):
+    """Read archives in full and check sha256, zstd checksum and tar structure."""
+    if bool(snapshots) == verify_all:
+        raise click.UsageError("name one or more SNAPSHOTs, or --all (not both)")
+    result = ops.verify(Repository.open(repo), list(snapshots), verify_all, terminal_progress())
+    if as_json:
+        render.emit_json("verify", repository=result.repository,
+                         snapshots=[c.as_dict() for c in result.snapshots])
+    else:
+        for c in result.snapshots:
+            if not c.failed:
+                click.echo(f"{c.snapshot}: ok ({render.human_bytes(c.bytes)}, "
+                           f"{c.entries} entries)")
+    render.failures(result.snapshots)
+    result.raise_for_failures()

@@ -1,0 +1,307 @@
+"""Everything that talks to the Docker engine. No other module imports docker.
+
+Data moves through the engine's archive endpoints (GET/PUT /containers/{id}/archive)
+on a *helper*: a container that is created from volbackup's own image (imported from
+an empty tar, so no registry is needed) and never started. Helpers carry labels so a
+helper left behind by a killed run is recognised and removed by the next run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import tarfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import docker
+import docker.errors
+import requests
+import urllib3.exceptions
+from docker.types import Mount
+
+from volbackup.errors import EngineError, NotFound
+
+HELPER_IMAGE = "volbackup-helper:1"
+HELPER_LABEL = "io.volbackup.helper"
+PID_LABEL = "io.volbackup.pid"
+HOST_LABEL = "io.volbackup.host"
+CREATED_LABEL = "io.volbackup.created"
+STALE_AFTER_SECONDS = 24 * 3600
+DATA_PATH = "/data"
+EXPORT_CHUNK = 1 << 20
+_STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    driver: str
+    options: dict[str, str]
+    labels: dict[str, str]
+    mountpoint: str
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """One volume or bind mount of a container, as `--volumes-from` shares it."""
+
+    kind: str               # "volume" or "bind"
+    name: str | None        # volume name (None for binds)
+    source: str             # host path of the data
+    destination: str        # path inside the container
+    read_only: bool
+
+
+def _short(err: Exception) -> str:
+    """The engine's own explanation, on one line."""
+    text = getattr(err, "explanation", None) or str(err)
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return " ".join(str(text).split())
+
+
+@contextmanager
+def _engine_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.NotFound as e:
+        raise NotFound(f"{doing}: {_short(e)}") from None
+    except docker.errors.APIError as e:
+        raise EngineError(f"{doing}: the engine said {_short(e)}") from None
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise EngineError(f"{doing}: {_short(e)}") from None
+
+
+class Engine:
+    def __init__(self, client: docker.DockerClient, where: str):
+        self.client = client
+        self.api = client.api
+        self.where = where
+
+    @classmethod
+    def connect(cls, base_url: str | None = None) -> "Engine":
+        where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        try:
+            client = (docker.DockerClient(base_url=base_url) if base_url
+                      else docker.from_env())
+            client.ping()
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            reason = _short(e)
+            reason = reason if len(reason) < 160 else reason[:157] + "..."
+            raise EngineError(f"cannot reach the Docker engine at {where} ({reason})") from None
+        return cls(client, where)
+
+    # -- volumes
+    def volume(self, name: str) -> VolumeInfo:
+        try:
+            attrs = self.api.inspect_volume(name)
+        except docker.errors.NotFound:
+            raise NotFound(f"no such volume: {name}") from None
+        except (docker.errors.APIError, requests.RequestException) as e:
+            raise EngineError(f"inspecting volume {name}: {_short(e)}") from None
+        return VolumeInfo(attrs["Name"], attrs.get("Driver") or "local",
+                          dict(attrs.get("Options") or {}), dict(attrs.get("Labels") or {}),
+                          attrs.get("Mountpoint") or "")
+
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self.volume(name)
+            return True
+        except NotFound:
+            return False
+
+    def create_volume(self, name: str, driver: str, options: dict, labels: dict) -> VolumeInfo:
+        with _engine_errors(f"creating volume {name}"):
+            self.api.create_volume(name, driver=driver, driver_opts=options or None,
+                                   labels=labels or None)
+        return self.volume(name)
+
+    def remove_volume(self, name: str) -> None:
+        with _engine_errors(f"removing volume {name}"):
+            self.api.remove_volume(name)
+
+    def containers_using(self, volume: str) -> list[str]:
+        """Names of every container (running or not, helpers excluded) that mounts `volume`."""
+        with _engine_errors(f"listing containers that use volume {volume}"):
+            found = self.api.containers(all=True, filters={"volume": volume})
+        return sorted(c["Names"][0].lstrip("/") for c in found
+                      if HELPER_LABEL not in (c.get("Labels") or {}))
+
+    # -- containers
+    def container_mounts(self, container: str) -> tuple[str, list[MountInfo]]:
+        """The container's name and its volume and bind mounts (tmpfs is not shared)."""
+        try:
+            attrs = self.api.inspect_container(container)
+        except docker.errors.NotFound:
+            raise NotFound(f"no such container: {container}") from None
+        except (docker.errors.APIError, requests.RequestException) as e:
+            raise EngineError(f"inspecting container {container}: {_short(e)}") from None
+        mounts = [MountInfo(m["Type"], m.get("Name"), m.get("Source", ""), m["Destination"],
+                            not m.get("RW", True))
+                  for m in attrs.get("Mounts", []) if m.get("Type") in ("volume", "bind")]
+        return attrs["Name"].lstrip("/"), sorted(mounts, key=lambda m: m.destination)
+
+    # -- helpers
+    def ensure_helper_image(self) -> None:
+        """Import volbackup's helper image from an empty tar unless it is already there."""
+        with _engine_errors("preparing the helper image"):
+            try:
+                self.api.inspect_image(HELPER_IMAGE)
+                return
+            except docker.errors.ImageNotFound:
+                pass
+            empty = io.BytesIO()
+            tarfile.open(fileobj=empty, mode="w").close()
+            repository, tag = HELPER_IMAGE.split(":")
+            self.api.import_image_from_data(empty.getvalue(), repository=repository, tag=tag,
+                                            changes=[f"LABEL {HELPER_LABEL}=image"])
+
+    def remove_stale_helpers(self) -> list[str]:
+        """Remove helpers whose run is over: its process is gone, or it is a day old."""
+        removed = []
+        with _engine_errors("looking for leftover helpers"):
+            helpers = self.api.containers(all=True, filters={"label": HELPER_LABEL})
+        for helper in helpers:
+            if _helper_is_stale(helper.get("Labels") or {}, helper.get("Created", 0)):
+                try:
+                    self.api.remove_container(helper["Id"], force=True, v=False)
+                    removed.append(helper["Names"][0].lstrip("/"))
+                except docker.errors.APIError:
+                    pass  # another run removed it first
+        return removed
+
+    @contextmanager
+    def helper(self, *, volume: str | None = None, bind: str | None = None,
+               volumes_from: str | None = None, read_only: bool = True) -> Iterator["Helper"]:
+        """A created, never started helper attached to the data; removed on the way out.
+
+        `volume` or `bind` is mounted at /data; `volumes_from` shares a container's mounts
+        at their own paths.
+        """
+        mounts = []
+        if volume:
+            mounts.append(Mount(DATA_PATH, volume, type="volume", read_only=read_only,
+                                no_copy=True))
+        if bind:
+            mounts.append(Mount(DATA_PATH, bind, type="bind", read_only=read_only))
+        name = f"volbackup-helper-{uuid.uuid4().hex[:12]}"
+        labels = {HELPER_LABEL: "helper", PID_LABEL: str(os.getpid()),
+                  HOST_LABEL: socket.gethostname(), CREATED_LABEL: str(int(time.time()))}
+        host_config = self.api.create_host_config(
+            mounts=mounts or None, volumes_from=[volumes_from] if volumes_from else None,
+            network_mode="none")
+        with _engine_errors("creating a helper container"):
+            created = self.api.create_container(HELPER_IMAGE, command=["volbackup-helper"],
+                                                name=name, labels=labels,
+                                                host_config=host_config, network_disabled=True)
+        try:
+            yield Helper(self, created["Id"])
+        finally:
+            try:
+                self.api.remove_container(created["Id"], force=True, v=False)
+            except (docker.errors.DockerException, requests.RequestException):
+                pass  # the next run removes it (remove_stale_helpers)
+
+
+def _helper_is_stale(labels: dict, created: int) -> bool:
+    if time.time() - created > STALE_AFTER_SECONDS:
+        return True
+    if labels.get(HOST_LABEL) != socket.gethostname():
+        return False
+    try:
+        pid = int(labels.get(PID_LABEL, ""))
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Helper:
+    def __init__(self, engine: Engine, container_id: str):
+        self.engine = engine
+        self.id = container_id
+
+    @contextmanager
+    def export(self, path: str) -> Iterator[Iterator[bytes]]:
+        """The tar stream of `path` (`/data/.` gives members named `./...`).
+
+        The response is closed on the way out: the engine will not remove a helper
+        while one of its archive streams is still open.
+        """
+        api = self.engine.api
+        with _engine_errors(f"reading {path}"):
+            response = api._get(api._url("/containers/{0}/archive", self.id),
+                                params={"path": path}, stream=True,
+                                headers={"Accept-Encoding": "identity"})
+        try:
+            with _engine_errors(f"reading {path}"):
+                api._raise_for_status(response)
+            yield _read_response(response, path)
+        finally:
+            response.close()
+
+    def import_(self, path: str, chunks: Iterable[bytes] | bytes) -> None:
+        """Extract a tar stream at `path` inside the helper."""
+        with _engine_errors(f"writing into {path}"):
+            self.engine.api.put_archive(self.id, path, chunks)
+
+    def is_empty(self, path: str = DATA_PATH) -> bool:
+        """True when the directory holds nothing but itself (reads two headers at most)."""
+        with self.export(path.rstrip("/") + "/.") as chunks:
+            reader = _ChunkReader(chunks)
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                first = tar.next()
+                second = tar.next() if first is not None else None
+        return second is None
+
+
+def _read_response(response, path: str) -> Iterator[bytes]:
+    raw = response.raw
+    try:
+        while True:
+            chunk = raw.read(EXPORT_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    except _STREAM_ERRORS as e:
+        raise EngineError(f"the engine's stream of {path} broke off ({_short(e)})") from None
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of an iterator of chunks, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            self._buffer = next(self._chunks, b"")
+            if not self._buffer:
+                return 0
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def bind_volume_name(container: str, destination: str) -> str:
+    """The volume name a bind mount's snapshot restores as: `<container>-<path>`."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", destination.strip("/")).strip("-.") or "root"
+    return f"{container}-{slug}"

@@ -1,0 +1,83 @@
+"""The exception tree. Each class carries the exit code the CLI returns for it.
+
+The table in docs/exit-codes.md is checked against these classes by a test, so the
+documented codes cannot drift from the real ones.
+"""
+
+from __future__ import annotations
+
+
+class VolbackupError(Exception):
+    """Base of every error volbackup reports as a one-line message."""
+
+    exit_code = 1
+    title = "failure"
+    summary = "Any other failure: the message says what went wrong."
+
+
+class NotFound(VolbackupError):
+    exit_code = 4
+    title = "not found"
+    summary = "A volume, container or snapshot named on the command line does not exist."
+
+
+class RepositoryError(VolbackupError):
+    exit_code = 5
+    title = "repository error"
+    summary = ("The repository is missing, not a directory, not writable, or holds a "
+               "manifest that cannot be read.")
+
+
+class IntegrityError(VolbackupError):
+    exit_code = 6
+    title = "integrity error"
+    summary = ("An archive failed a check: sha256, zstd frame checksum, truncation, or "
+               "tar structure. Nothing was restored from it.")
+
+
+class EngineError(VolbackupError):
+    exit_code = 7
+    title = "engine error"
+    summary = "The Docker engine cannot be reached or refused a request."
+
+
+class TargetNotEmpty(VolbackupError):
+    exit_code = 8
+    title = "target refused"
+    summary = ("A restore target volume exists and is not empty (use --force to replace "
+               "it), or it is in use by a container.")
+
+
+class PartialFailure(VolbackupError):
+    """Raised after a multi-volume run in which some volumes failed and others succeeded."""
+
+    exit_code = 3
+    title = "partial failure"
+    summary = "Some volumes succeeded and others failed; the summary names each outcome."
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
+
+
+class Interrupted(VolbackupError):
+    exit_code = 130
+    title = "interrupted"
+    summary = ("Stopped by Ctrl-C (SIGINT) or SIGTERM; helpers and partial files were "
+               "cleaned up.")
+
+
+USAGE_EXIT_CODE = 2
+USAGE_SUMMARY = "Bad command-line usage: unknown option, missing argument, invalid value."
+
+
+def exit_code_table() -> list[tuple[int, str, str]]:
+    """(code, title, summary) for every documented exit code, in code order."""
+    rows = [(0, "ok", "Everything asked for was done."),
+            (USAGE_EXIT_CODE, "usage", USAGE_SUMMARY)]
+    pending = [VolbackupError]
+    while pending:
+        cls = pending.pop()
+        rows.append((cls.exit_code, cls.title, cls.summary))
+        pending.extend(cls.__subclasses__())
+    return sorted(set(rows))

@@ -1,0 +1,88 @@
+"""The snapshot manifest: what was backed up, from where, and how to check the archive.
+
+It is the last thing written for a snapshot; a snapshot exists exactly when its
+manifest does. docs/format.md describes every field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from volbackup.errors import RepositoryError
+
+FORMAT = "volbackup-snapshot"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    snapshot: str               # id: VOLUME@YYYYMMDDTHHMMSSZ-XXXX
+    volume: str                 # volume name to restore as
+    driver: str
+    driver_options: dict[str, str]
+    labels: dict[str, str]
+    created: str                # UTC, ISO 8601 with Z
+    host: str                   # host name of the machine that ran the backup
+    tool_version: str
+    archive: str                # file name of the archive, next to the manifest
+    compression: str            # "zstd"
+    level: int
+    bytes: int                  # uncompressed tar bytes
+    stored_bytes: int           # archive bytes
+    sha256: str                 # of the archive bytes
+    entries: int                # tar members, the root included
+    seconds: float              # how long the backup of this volume took
+    source_kind: str = "volume"  # "volume" or "bind"
+    source_container: str | None = None
+    mount_path: str | None = None
+    bind_path: str | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)  # unknown keys from newer minor writers
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        extra = data.pop("extra")
+        data.update({k: v for k, v in extra.items() if k not in data})
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def to_dict(self) -> dict:
+        return json.loads(self.to_json())
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RepositoryError(f"manifest {where} is not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise RepositoryError(f"manifest {where} is not a volbackup snapshot manifest")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise RepositoryError(
+                f"manifest {where} has format version {version!r}; this volbackup reads "
+                f"up to {FORMAT_VERSION} (upgrade volbackup)")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        missing = [f.name for f in fields(cls)
+                   if f.name in known and f.name not in data
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise RepositoryError(f"manifest {where} lacks {', '.join(missing)}")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
+        manifest = cls(**kwargs)
+        manifest._check_types(where)
+        return manifest
+
+    def _check_types(self, where: str) -> None:
+        ints = ("level", "bytes", "stored_bytes", "entries")
+        strs = ("snapshot", "volume", "driver", "created", "archive", "sha256", "compression")
+        bad = [n for n in ints if not isinstance(getattr(self, n), int)]
+        bad += [n for n in strs if not isinstance(getattr(self, n), str)]
+        bad += [n for n in ("labels", "driver_options") if not isinstance(getattr(self, n), dict)]
+        if bad:
+            raise RepositoryError(f"manifest {where} has invalid {', '.join(bad)}")
+        if "/" in self.archive or self.archive.startswith("."):
+            raise RepositoryError(f"manifest {where} names an invalid archive {self.archive!r}")
+

@@ -1,0 +1,77 @@
+"""Read-only operations on a repository: list, show and verify snapshots."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from volbackup import archive
+from volbackup.errors import IntegrityError, VolbackupError
+from volbackup.manifest import Manifest
+from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.repository import Listing, Repository
+
+
+def list_snapshots(repo: Repository, volume: str | None = None) -> Listing:
+    return repo.snapshots(volume)
+
+
+def show(repo: Repository, ref: str) -> Manifest:
+    return repo.resolve(ref)
+
+
+@dataclass
+class SnapshotCheck(Outcome):
+    bytes: int = 0
+    stored_bytes: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class VerifyResult:
+    repository: str
+    snapshots: list[SnapshotCheck]
+
+    def raise_for_failures(self) -> None:
+        raise_for_failures(self.snapshots, "snapshots")
+
+
+def verify(repo: Repository, refs: list[str], verify_all: bool = False,
+           progress: ProgressFactory = no_progress) -> VerifyResult:
+    """Read every archive in full: sha256, zstd frame checksum and tar structure."""
+    checks: list[SnapshotCheck] = []
+    if verify_all:
+        listing = repo.snapshots()
+        targets: list[Manifest | str] = list(listing.snapshots)
+        checks.extend(SnapshotCheck("?", "failed").failure(VolbackupError(p))
+                      for p in listing.problems)
+    else:
+        targets = list(refs)
+    for target in targets:
+        check = SnapshotCheck(target if isinstance(target, str) else target.volume, "ok")
+        try:
+            manifest = target if isinstance(target, Manifest) else repo.resolve(target)
+            check.volume, check.snapshot = manifest.volume, manifest.snapshot
+            _verify_one(repo, manifest, check, progress)
+        except VolbackupError as e:
+            check.failure(e)
+        checks.append(check)
+    return VerifyResult(repo.describe(), checks)
+
+
+def _verify_one(repo: Repository, manifest: Manifest, check: SnapshotCheck,
+                progress: ProgressFactory) -> None:
+    started = time.monotonic()
+    with progress(manifest.snapshot, manifest.bytes) as update, \
+            repo.open_archive(manifest) as stored:
+        unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)
+        unpacker.drain()
+    if unpacker.walker.bytes != manifest.bytes or unpacker.walker.entries != manifest.entries:
+        raise IntegrityError(
+            f"snapshot {manifest.snapshot} holds {unpacker.walker.bytes} tar bytes in "
+            f"{unpacker.walker.entries} entries, the manifest says {manifest.bytes} in "
+            f"{manifest.entries}")
+    check.bytes, check.stored_bytes = unpacker.walker.bytes, unpacker.stored_bytes
+    check.entries = unpacker.walker.entries
+    check.seconds = round(time.monotonic() - started, 3)

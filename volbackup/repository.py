@@ -1,0 +1,144 @@
+"""Snapshot naming and layout on top of a storage backend.
+
+Layout: `snapshots/<volume>/<stamp>.tar.zst` (archive) and `snapshots/<volume>/<stamp>.json`
+(manifest), where the snapshot id is `<volume>@<stamp>` and the stamp is
+`YYYYMMDDTHHMMSSZ-xxxx` (UTC time plus a random suffix, so two runs in the same second,
+or two hosts, never collide). The archive is written first, the manifest last: a
+snapshot exists exactly when its manifest does.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+from volbackup.archive import read_chunks
+from volbackup.backends import Backend, BlobNotFound, open_backend
+from volbackup.errors import NotFound, RepositoryError
+from volbackup.manifest import Manifest
+
+PREFIX = "snapshots/"
+ARCHIVE_SUFFIX = ".tar.zst"
+MANIFEST_SUFFIX = ".json"
+VOLUME_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_ID = re.compile(rf"^(?P<volume>{VOLUME_NAME})@(?P<stamp>\d{{8}}T\d{{6}}Z-[0-9a-f]{{4,32}})$")
+
+
+def new_snapshot_id(volume: str, created: datetime) -> str:
+    return f"{volume}@{created.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
+
+
+def split_id(snapshot_id: str) -> tuple[str, str]:
+    match = _ID.match(snapshot_id)
+    if not match:
+        raise NotFound(f"{snapshot_id!r} is not a snapshot id (VOLUME@YYYYMMDDTHHMMSSZ-xxxx)")
+    return match["volume"], match["stamp"]
+
+
+def looks_like_id(ref: str) -> bool:
+    return "@" in ref
+
+
+@dataclass
+class Listing:
+    snapshots: list[Manifest]
+    problems: list[str]   # manifests that could not be read, one message each
+
+
+class Repository:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    @classmethod
+    def open(cls, url: str, writable: bool = False) -> "Repository":
+        backend = open_backend(url)
+        backend.check(writable=writable)
+        return cls(backend)
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    # -- keys
+    @staticmethod
+    def manifest_key(snapshot_id: str) -> str:
+        volume, stamp = split_id(snapshot_id)
+        return f"{PREFIX}{volume}/{stamp}{MANIFEST_SUFFIX}"
+
+    @staticmethod
+    def archive_name(snapshot_id: str) -> str:
+        return split_id(snapshot_id)[1] + ARCHIVE_SUFFIX
+
+    def archive_key(self, manifest: Manifest) -> str:
+        return f"{PREFIX}{manifest.volume}/{manifest.archive}"
+
+    # -- writing
+    def archive_writer(self, snapshot_id: str):
+        volume, _ = split_id(snapshot_id)
+        return self.backend.open_write(f"{PREFIX}{volume}/{self.archive_name(snapshot_id)}")
+
+    def commit(self, manifest: Manifest) -> None:
+        """Write the manifest, which makes the snapshot exist."""
+        self.backend.write_bytes(self.manifest_key(manifest.snapshot), manifest.to_json().encode())
+
+    # -- reading
+    def load(self, snapshot_id: str) -> Manifest:
+        key = self.manifest_key(snapshot_id)
+        try:
+            raw = self.backend.read_bytes(key)
+        except BlobNotFound:
+            raise NotFound(f"no snapshot {snapshot_id} in repository {self.describe()}") from None
+        manifest = Manifest.from_json(raw, key)
+        if manifest.snapshot != snapshot_id:
+            raise RepositoryError(f"manifest {key} claims to be snapshot {manifest.snapshot}")
+        return manifest
+
+    def volumes(self) -> list[str]:
+        names = {info.key[len(PREFIX):].split("/", 1)[0] for info in self.backend.list(PREFIX)}
+        return sorted(names)
+
+    def snapshots(self, volume: str | None = None) -> Listing:
+        """Every readable snapshot (oldest first), and a message for each unreadable one."""
+        prefix = f"{PREFIX}{volume}/" if volume else PREFIX
+        found, problems = [], []
+        for info in self.backend.list(prefix):
+            if not info.key.endswith(MANIFEST_SUFFIX):
+                continue
+            try:
+                found.append(Manifest.from_json(self.backend.read_bytes(info.key), info.key))
+            except BlobNotFound:
+                continue  # removed while listing
+            except RepositoryError as e:
+                problems.append(str(e))
+        found.sort(key=lambda m: (m.created, m.snapshot))
+        return Listing(found, problems)
+
+    def newest(self, volume: str) -> Manifest:
+        listing = self.snapshots(volume)
+        if listing.problems:
+            # Never silently fall back to an older snapshot in a restore.
+            raise RepositoryError(listing.problems[-1] + "; name a snapshot id explicitly")
+        if not listing.snapshots:
+            raise NotFound(f"no snapshots of volume {volume} in repository {self.describe()}")
+        return listing.snapshots[-1]
+
+    def resolve(self, ref: str) -> Manifest:
+        """A snapshot id, or a volume name meaning its newest snapshot."""
+        if looks_like_id(ref):
+            return self.load(ref)
+        if not re.fullmatch(VOLUME_NAME, ref):
+            raise NotFound(f"{ref!r} is neither a snapshot id nor a volume name")
+        return self.newest(ref)
+
+    @contextmanager
+    def open_archive(self, manifest: Manifest) -> Iterator[Iterator[bytes]]:
+        key = self.archive_key(manifest)
+        try:
+            with self.backend.open_read(key) as reader:
+                yield read_chunks(reader)
+        except BlobNotFound:
+            raise RepositoryError(
+                f"archive {key} of snapshot {manifest.snapshot} is missing") from None

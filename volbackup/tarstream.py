@@ -1,0 +1,184 @@
+"""A streaming tar walker: checks the structure of a tar stream as bytes pass by.
+
+It never buffers member data: it reads each header, skips the member's data by its
+size, and insists on the end-of-archive marker. That is what tells a complete tar
+from one the engine cut short (the engine may end its HTTP stream cleanly even
+when the tar inside it is broken). It also keeps the first member, which in our
+archives is the volume root `./`, so restore can put back the root's metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass, field
+
+from volbackup.errors import IntegrityError
+
+BLOCK = 512
+_EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+@dataclass
+class Entry:
+    """One tar member as its headers describe it (PAX and GNU long names applied)."""
+
+    name: str
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+    size: int
+    linkname: str = ""
+    pax: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_root(self) -> bool:
+        return self.type == tarfile.DIRTYPE and self.name.rstrip("/") in (".", "")
+
+
+def _padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def parse_pax(data: bytes) -> dict[str, str]:
+    """Parse PAX extended header records (`LEN KEY=VALUE\\n`)."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos:pos + 1] != b"\x00":
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise IntegrityError("corrupt PAX header in tar stream") from None
+        if length <= 0 or space < 0 or pos + length > len(data):
+            raise IntegrityError("corrupt PAX header in tar stream")
+        key, sep, value = data[space + 1:pos + length - 1].partition(b"=")
+        if not sep:
+            raise IntegrityError("corrupt PAX header in tar stream")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+class TarWalker:
+    """Feed it the bytes of a tar stream in any chunking; `finish()` raises if incomplete."""
+
+    def __init__(self, keep_first: bool = True):
+        self.bytes = 0
+        self.entries = 0
+        self.first: Entry | None = None
+        self._keep_first = keep_first
+        self._skip = 0              # data bytes (with padding) still to pass over
+        self._header = bytearray()  # a header block being assembled
+        self._ext_kind: bytes | None = None  # type of the extended header being collected
+        self._ext_size = 0
+        self._ext = bytearray()
+        self._pending_pax: dict[str, str] = {}
+        self._pending_name: str | None = None
+        self._pending_link: str | None = None
+        self._zero_blocks = 0
+        self.ended = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        self.bytes += len(view)
+        pos, n = 0, len(view)
+        while pos < n:
+            if self.ended:
+                return  # trailing padding after the end marker carries nothing
+            if self._skip:
+                take = min(self._skip, n - pos)
+                if self._ext_kind is not None:
+                    self._ext += view[pos:pos + take]
+                    if len(self._ext) >= self._ext_size:
+                        self._end_extended()
+                self._skip -= take
+                pos += take
+                continue
+            take = min(BLOCK - len(self._header), n - pos)
+            self._header += view[pos:pos + take]
+            pos += take
+            if len(self._header) == BLOCK:
+                block = bytes(self._header)
+                self._header.clear()
+                self._on_header(block)
+
+    def _on_header(self, block: bytes) -> None:
+        if block == _ZERO_BLOCK:
+            self._zero_blocks += 1
+            if self._zero_blocks == 2:
+                self.ended = True
+            return
+        if self._zero_blocks:
+            raise IntegrityError("tar stream has a zero block in the middle")
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as e:
+            raise IntegrityError(f"corrupt tar header after {self.entries} entries ({e})") from None
+        if info.type in _EXTENDED:
+            self._ext_kind = info.type
+            self._ext_size = info.size
+            self._ext.clear()
+            self._skip = _padded(info.size)
+            if not self._skip:
+                self._end_extended()
+            return
+        pax, self._pending_pax = self._pending_pax, {}
+        name = pax.get("path") or self._pending_name or info.name
+        link = pax.get("linkpath") or self._pending_link or info.linkname
+        self._pending_name = self._pending_link = None
+        size = int(pax["size"]) if "size" in pax else info.size
+        entry = Entry(name=name, type=info.type, mode=info.mode,
+                      uid=int(pax.get("uid", info.uid)), gid=int(pax.get("gid", info.gid)),
+                      mtime=float(pax.get("mtime", info.mtime)), size=size, linkname=link,
+                      pax=pax)
+        self.entries += 1
+        if self.first is None and self._keep_first:
+            self.first = entry
+        has_data = info.type in tarfile.REGULAR_TYPES or info.type not in tarfile.SUPPORTED_TYPES
+        self._skip = _padded(size) if has_data else 0
+
+    def _end_extended(self) -> None:
+        data = bytes(self._ext[:self._ext_size])
+        kind, self._ext_kind = self._ext_kind, None
+        self._ext.clear()
+        if kind in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+            self._pending_pax.update(parse_pax(data))
+        elif kind == tarfile.GNUTYPE_LONGNAME:
+            self._pending_name = data.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+        elif kind == tarfile.GNUTYPE_LONGLINK:
+            self._pending_link = data.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+        # global headers (XGLTYPE) carry nothing we act on
+
+    def finish(self) -> None:
+        """Raise IntegrityError unless the stream ended exactly at the end-of-archive marker."""
+        if self.ended:
+            return
+        if self._skip or self._header or self._ext_kind is not None:
+            raise IntegrityError(
+                f"tar stream is truncated inside entry {self.entries} "
+                f"(after {self.bytes} bytes)")
+        raise IntegrityError(
+            f"tar stream is truncated: no end-of-archive marker after {self.entries} entries")
+
+
+def root_entry_tar(root: Entry, name: str) -> bytes:
+    """A one-member tar that re-applies the volume root's owner, mode, mtime and xattrs.
+
+    The engine ignores the `./` entry when extracting into a directory, but applies a
+    directory entry named after the mount point when extracting at `/`.
+    """
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = root.mode & 0o7777
+    info.uid, info.gid = root.uid, root.gid
+    info.mtime = root.mtime
+    info.pax_headers = {k: v for k, v in root.pax.items() if k.startswith("SCHILY.")}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info)
+    return buf.getvalue()
