@@ -1,0 +1,109 @@
+"""Integration fixtures: a real Docker engine, and resources that clean themselves up.
+
+Every container and volume a test makes is named with the session's prefix
+(`vbtest-<random>-`) and labelled `io.volbackup.test`; everything with that prefix is
+removed after each test, also when it fails, so the suite can run twice in a row.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import docker
+import pytest
+
+from tests.conftest import REQUIRE_ENGINE
+from volbackup.engine import HELPER_IMAGE, HELPER_LABEL, Engine
+
+TEST_LABEL = "io.volbackup.test"
+PREFIX = f"vbtest-{secrets.token_hex(3)}-"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def client():
+    try:
+        c = docker.from_env()
+        c.ping()
+    except Exception as e:  # any reason the engine is not there
+        if REQUIRE_ENGINE:
+            pytest.fail(f"a Docker engine is required (VOLBACKUP_REQUIRE_ENGINE=1) but "
+                        f"unreachable: {e}")
+        pytest.skip(f"no Docker engine: {e}")
+    Engine(c, "test").ensure_helper_image()
+    yield c
+    _remove_prefixed(c)
+
+
+def _remove_prefixed(c, prefix: str = PREFIX) -> None:
+    """Remove containers, then volumes, whose names start with `prefix`."""
+    for container in c.containers.list(all=True, filters={"label": TEST_LABEL}):
+        if container.name.startswith(prefix):
+            container.remove(force=True)
+    for volume in c.volumes.list():
+        if volume.name.startswith(prefix):
+            try:
+                volume.remove(force=True)
+            except docker.errors.APIError:
+                pass
+
+
+@pytest.fixture
+def names(client):
+    """Makes unique names; removes what they named (volumes, containers) after the test."""
+    made = []
+
+    def make(stem: str) -> str:
+        name = f"{PREFIX}{stem}-{secrets.token_hex(2)}"
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        _remove_prefixed(client, name)
+
+
+@pytest.fixture
+def make_volume(client, names):
+    def make(stem: str = "vol", labels: dict | None = None, driver_opts: dict | None = None):
+        return client.volumes.create(names(stem), labels=labels, driver_opts=driver_opts)
+
+    return make
+
+
+@pytest.fixture
+def mountpoint(client):
+    def get(volume_name: str) -> str:
+        return client.api.inspect_volume(volume_name)["Mountpoint"]
+
+    return get
+
+
+@pytest.fixture
+def make_container(client, names):
+    """A created (never started) container from the helper image, with the test label."""
+
+    def make(stem: str = "ctr", **host_config):
+        created = client.api.create_container(
+            HELPER_IMAGE, command=["test"], name=names(stem), labels={TEST_LABEL: "1"},
+            host_config=client.api.create_host_config(**host_config))
+        return client.containers.get(created["Id"])
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def no_helpers_left(client):
+    """Every test must end with no helper container left behind."""
+    yield
+    left = client.containers.list(all=True, filters={"label": HELPER_LABEL})
+    for container in left:
+        container.remove(force=True)
+    assert not left, f"helpers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture
+def engine(client):
+    return Engine(client, os.environ.get("DOCKER_HOST", "default"))
