@@ -28,7 +28,8 @@ from docker.types import Mount
 from volbackup.errors import EngineError, NotFound
 
 HELPER_IMAGE = "volbackup-helper:1"
-HELPER_LABEL = "io.volbackup.helper"
+HELPER_LABEL = "io.volbackup.helper"   # on helper containers only
+IMAGE_LABEL = "io.volbackup.image"     # on the helper image (and so on containers made from it)
 PID_LABEL = "io.volbackup.pid"
 HOST_LABEL = "io.volbackup.host"
 CREATED_LABEL = "io.volbackup.created"
@@ -51,7 +52,7 @@ class VolumeInfo:
 class MountInfo:
     """One volume or bind mount of a container, as `--volumes-from` shares it."""
 
-    kind: str               # "volume" or "bind"
+    kind: str               # "volume", "bind" or "tmpfs"
     name: str | None        # volume name (None for binds)
     source: str             # host path of the data
     destination: str        # path inside the container
@@ -135,7 +136,8 @@ class Engine:
 
     # -- containers
     def container_mounts(self, container: str) -> tuple[str, list[MountInfo]]:
-        """The container's name and its volume and bind mounts (tmpfs is not shared)."""
+        """The container's name and its mounts: volume, bind and tmpfs (which holds no data
+        to back up, but stops `volumes_from` from working on engine 20.10)."""
         try:
             attrs = self.api.inspect_container(container)
         except docker.errors.NotFound:
@@ -144,7 +146,7 @@ class Engine:
             raise EngineError(f"inspecting container {container}: {_short(e)}") from None
         mounts = [MountInfo(m["Type"], m.get("Name"), m.get("Source", ""), m["Destination"],
                             not m.get("RW", True))
-                  for m in attrs.get("Mounts", []) if m.get("Type") in ("volume", "bind")]
+                  for m in attrs.get("Mounts", []) if m.get("Type") in ("volume", "bind", "tmpfs")]
         return attrs["Name"].lstrip("/"), sorted(mounts, key=lambda m: m.destination)
 
     # -- helpers
@@ -152,15 +154,17 @@ class Engine:
         """Import volbackup's helper image from an empty tar unless it is already there."""
         with _engine_errors("preparing the helper image"):
             try:
-                self.api.inspect_image(HELPER_IMAGE)
-                return
+                config = self.api.inspect_image(HELPER_IMAGE).get("Config") or {}
+                labels = config.get("Labels") or {}
+                if labels.get(IMAGE_LABEL) == "helper":
+                    return
             except docker.errors.ImageNotFound:
                 pass
             empty = io.BytesIO()
             tarfile.open(fileobj=empty, mode="w").close()
             repository, tag = HELPER_IMAGE.split(":")
             self.api.import_image_from_data(empty.getvalue(), repository=repository, tag=tag,
-                                            changes=[f"LABEL {HELPER_LABEL}=image"])
+                                            changes=[f"LABEL {IMAGE_LABEL}=helper"])
 
     def remove_stale_helpers(self) -> list[str]:
         """Remove helpers whose run is over: its process is gone, or it is a day old."""

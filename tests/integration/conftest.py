@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from tests.conftest import REQUIRE_ENGINE
-from volbackup.engine import HELPER_IMAGE, HELPER_LABEL, Engine
+from volbackup.engine import HELPER_IMAGE, HELPER_LABEL, PID_LABEL, Engine
 
 TEST_LABEL = "io.volbackup.test"
 PREFIX = f"vbtest-{secrets.token_hex(3)}-"
@@ -94,11 +94,26 @@ def make_container(client, names):
     return make
 
 
+def _left_behind(container) -> bool:
+    """A helper of this test process, or of a process that has ended (not of a live run)."""
+    try:
+        pid = int(container.labels.get(PID_LABEL, ""))
+        if pid == os.getpid():
+            return True
+        os.kill(pid, 0)
+        return False
+    except (ValueError, ProcessLookupError):
+        return True
+    except PermissionError:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def no_helpers_left(client):
     """Every test must end with no helper container left behind."""
     yield
-    left = client.containers.list(all=True, filters={"label": HELPER_LABEL})
+    left = [c for c in client.containers.list(all=True, filters={"label": HELPER_LABEL})
+            if _left_behind(c)]
     for container in left:
         container.remove(force=True)
     assert not left, f"helpers left behind: {[c.name for c in left]}"

@@ -68,23 +68,27 @@ def container_sources(engine: Engine, container: str) -> list[Source]:
     """The container's volumes and binds, read through one `volumes_from` helper.
 
     A mount that contains another mount of the container is read from a helper of its
-    own, so its snapshot does not swallow the nested volume's files.
+    own, so its snapshot does not swallow the nested volume's files. So is every mount
+    of a container that has a tmpfs mount: the engine (20.10) refuses `volumes_from`
+    on such a container.
     """
     name, mounts = engine.container_mounts(container)
+    has_tmpfs = any(m.kind == "tmpfs" for m in mounts)
+    mounts = [m for m in mounts if m.kind in ("volume", "bind")]
     sources = []
     for mount in mounts:
         nested = any(other.destination.startswith(mount.destination.rstrip("/") + "/")
                      for other in mounts if other is not mount)
+        direct = nested or has_tmpfs
+        path = DATA_PATH if direct else mount.destination
         if mount.kind == "volume":
             info = engine.volume(mount.name)
-            helper = {"volume": mount.name} if nested else {"volumes_from": name}
-            sources.append(Source(mount.name, DATA_PATH if nested else mount.destination,
-                                  helper, info.driver, info.options, info.labels, "volume",
-                                  name, mount.destination))
+            helper = {"volume": mount.name} if direct else {"volumes_from": name}
+            sources.append(Source(mount.name, path, helper, info.driver, info.options,
+                                  info.labels, "volume", name, mount.destination))
         else:
-            helper = {"bind": mount.source} if nested else {"volumes_from": name}
-            sources.append(Source(bind_volume_name(name, mount.destination),
-                                  DATA_PATH if nested else mount.destination, helper,
+            helper = {"bind": mount.source} if direct else {"volumes_from": name}
+            sources.append(Source(bind_volume_name(name, mount.destination), path, helper,
                                   kind="bind", container=name, mount_path=mount.destination,
                                   bind_path=mount.source))
     return sources
@@ -95,7 +99,10 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
            progress: ProgressFactory = no_progress) -> BackupResult:
     engine.remove_stale_helpers()
     engine.ensure_helper_image()
-    plan = container_sources(engine, container) if container else volume_sources(engine, volumes or [])
+    if container:
+        plan = container_sources(engine, container)
+    else:
+        plan = volume_sources(engine, volumes or [])
     outcomes: list[VolumeBackup] = [p for p in plan if isinstance(p, VolumeBackup)]
     sources = [p for p in plan if isinstance(p, Source)]
     for _, group in groupby(sources, key=lambda s: repr(sorted(s.helper.items()))):
