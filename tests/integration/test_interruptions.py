@@ -1,0 +1,97 @@
+"""Ctrl-C, SIGTERM and SIGKILL in the middle of a run: cleanup now, or by the next run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.helpers import one_line_error, repo_files
+from volbackup.engine import PID_LABEL
+
+BIG = 384 * 1024 * 1024
+
+
+@pytest.fixture
+def big_volume(make_volume, mountpoint):
+    volume = make_volume("big")
+    with open(os.path.join(mountpoint(volume.name), "random.bin"), "wb") as f:
+        for _ in range(BIG // (16 << 20)):
+            f.write(os.urandom(16 << 20))
+    return volume.name
+
+
+def _default_sigint() -> None:
+    # A child of a non-interactive shell inherits SIGINT ignored; a terminal's Ctrl-C is not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "volbackup", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def helpers_of(client, pid: int) -> list:
+    # The low-level list: inspecting a helper blocks while its archive stream is open.
+    return client.api.containers(all=True, filters={"label": f"{PID_LABEL}={pid}"})
+
+
+def wait_for_helper(client, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if helpers_of(client, proc.pid):
+            time.sleep(0.3)  # let the stream get going
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            return
+        time.sleep(0.02)
+    raise AssertionError("no helper appeared while the run was going")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_backup_cleans_up(big_volume, repo_dir, client, sig):
+    proc = start("backup", big_volume, "-r", str(repo_dir))
+    wait_for_helper(client, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in one_line_error(stderr)
+    assert helpers_of(client, proc.pid) == []
+    assert repo_files(repo_dir) == [], "a temp file or a half snapshot was left"
+
+
+def test_signal_during_restore_leaves_no_volume(big_volume, repo_dir, client, names, cli):
+    assert cli("backup", big_volume, "-r", str(repo_dir)).code == 0
+    target = names("interrupted")
+    proc = start("restore", big_volume, "--as", target, "-r", str(repo_dir))
+    wait_for_helper(client, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert helpers_of(client, proc.pid) == []
+    assert [v for v in client.volumes.list() if v.name == target] == []
+
+
+def test_killed_run_leaves_no_snapshot_and_next_run_removes_its_helper(
+        big_volume, repo_dir, client, cli, make_volume):
+    proc = start("backup", big_volume, "-r", str(repo_dir))
+    wait_for_helper(client, proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert len(helpers_of(client, proc.pid)) == 1, "SIGKILL cannot clean up; the helper stays"
+    listing = cli("list", "-r", str(repo_dir), "--json")
+    assert listing.code == 0 and '"snapshots": []' in listing.stdout
+    small = make_volume("next")
+    assert cli("backup", small.name, "-r", str(repo_dir)).code == 0
+    assert helpers_of(client, proc.pid) == []
+
+
+def test_helpers_of_live_runs_are_left_alone(client, engine):
+    """A helper whose process still runs (here: this test) is not stale."""
+    with engine.helper() as helper:
+        removed = engine.remove_stale_helpers()
+        assert client.api.inspect_container(helper.id)["Name"].lstrip("/") not in removed

@@ -1,0 +1,88 @@
+"""Tar inputs for the unit tests, built with Python's tarfile, and odd chunkings of bytes.
+
+The corpus is made like the engine's archives: the volume root `./` first, then `./x`
+members. It holds every kind of entry the walker must get through.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import random
+import tarfile
+
+BIG_FILE_BYTES = (1 << 20) + 12345   # more than one READ_CHUNK (1 MiB)
+ROOT_XATTR = ("SCHILY.xattr.user.note", "root-xattr")
+LONG_NAME = "./" + "n" * 120                                      # > 100 bytes
+LONGER_NAME = "./" + "/".join(["d" * 90] * 2) + "/" + "f" * 90    # > 250 bytes
+NON_UTF8_NAME = b"./latin1-\xe9\xff.bin".decode("utf-8", "surrogateescape")
+LONG_TARGET = "../" + "t" * 150
+CHUNKINGS = [1, 511, 512, 513, 4096, "random"]
+
+
+def _info(name: str, type_: bytes = tarfile.REGTYPE, mode: int = 0o644, uid: int = 0,
+          gid: int = 0, mtime: float = 1_600_000_000, linkname: str = "",
+          pax: dict | None = None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.mtime = type_, mode, uid, gid, mtime
+    info.linkname = linkname
+    info.pax_headers = dict(pax or {})
+    return info
+
+
+def corpus_members(big: bool = True) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """(TarInfo, data) pairs: the root first, then one member of each kind."""
+    rnd = random.Random(7)
+    members = [
+        (_info("./", tarfile.DIRTYPE, 0o1750, 3_000_000, 3_000_001, 1_600_000_000.5,
+               pax=dict([ROOT_XATTR])), b""),
+        (_info("./hello.txt"), b"hello, volume\n"),
+        (_info("./empty"), b""),
+        (_info("./exactly-one-block", mode=0o600), bytes(range(256)) * 2),
+        (_info("./big-ids", uid=3_000_000, gid=3_000_001), b"owned by a big uid\n"),
+        (_info("./dir/", tarfile.DIRTYPE, 0o2775), b""),
+        (_info("./dir/link", tarfile.SYMTYPE, 0o777, linkname="../hello.txt"), b""),
+        (_info("./dir/long-link", tarfile.SYMTYPE, 0o777, linkname=LONG_TARGET), b""),
+        (_info("./dir/hard", tarfile.LNKTYPE, linkname="./hello.txt"), b""),
+        (_info("./fifo", tarfile.FIFOTYPE, 0o640), b""),
+        (_info(LONG_NAME), b"long name\n"),
+        (_info(LONGER_NAME), b"longer name\n"),
+        (_info(NON_UTF8_NAME), b"non-UTF-8 name\n"),
+        (_info("./caf\u00e9-\u65e5\u672c.txt"), "UTF-8 name\n".encode()),
+    ]
+    if big:
+        members.append((_info("./big.bin"), rnd.randbytes(BIG_FILE_BYTES)))
+    return members
+
+
+def make_tar(members, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info, data in members:
+            info = copy.copy(info)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+def members_of(tar: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as t:
+        return t.getmembers()
+
+
+def end_of_members(tar: bytes) -> int:
+    """Offset of the end-of-archive marker: just past the last member's padded data."""
+    last = members_of(tar)[-1]
+    return last.offset_data + -(-last.size // 512) * 512
+
+
+def chunked(data: bytes, how: int | str, seed: int = 0) -> list[bytes]:
+    """`data` cut into pieces of `how` bytes, or of random sizes for "random"."""
+    if how == "random":
+        rnd, pieces, pos = random.Random(seed), [], 0
+        while pos < len(data):
+            size = rnd.choice([1, 2, 7, 100, 511, 513, 1000, 4093, 65537])
+            pieces.append(data[pos:pos + size])
+            pos += size
+        return pieces
+    return [data[i:i + how] for i in range(0, len(data), how)]
