@@ -1,0 +1,87 @@
+"""Peak RSS of `volbackup backup` and `restore` for volumes of different sizes.
+
+Memory must not grow with the volume: every path streams. Run as root beside a Docker
+engine (files are written straight into the volume's mountpoint):
+
+    python benchmarks/memory.py --sizes 256,1024,2048 [--json]
+
+Each size gets a fresh volume of incompressible data (64 MiB files) plus 1,000 small
+files, a backup into a temporary repository and a restore into a fresh volume, each in
+its own process so its peak RSS (ru_maxrss from wait4) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+
+import docker
+
+FILE_MIB = 64
+
+
+def fill(root: str, mib: int) -> None:
+    for i in range(mib // FILE_MIB):
+        with open(os.path.join(root, f"big-{i:04d}.bin"), "wb") as f:
+            for _ in range(FILE_MIB // 16):
+                f.write(os.urandom(16 << 20))
+    os.makedirs(os.path.join(root, "small"))
+    for i in range(1000):
+        with open(os.path.join(root, "small", f"{i:04d}.txt"), "wb") as f:
+            f.write(f"small file {i}\n".encode() * 50)
+
+
+def run(*args: str) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of one volbackup process."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "volbackup", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"volbackup {' '.join(args)} failed: {proc.stderr.read().decode()}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def measure(mib: int, client) -> dict:
+    name = f"vbbench-{secrets.token_hex(3)}"
+    client.volumes.create(name)
+    try:
+        fill(client.api.inspect_volume(name)["Mountpoint"], mib)
+        with tempfile.TemporaryDirectory() as repo:
+            b_sec, b_rss = run("backup", name, "-r", repo)
+            r_sec, r_rss = run("restore", name, "--as", name + "-r", "-r", repo)
+        return {"mib": mib, "backup_rss_mib": round(b_rss, 1), "restore_rss_mib": round(r_rss, 1),
+                "backup_mib_s": round(mib / b_sec, 1), "restore_mib_s": round(mib / r_sec, 1)}
+    finally:
+        for vol in (name, name + "-r"):
+            try:
+                client.volumes.get(vol).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="256,1024,2048", help="MiB per volume, comma-separated")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    client = docker.from_env()
+    rows = [measure(int(s), client) for s in args.sizes.split(",")]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'volume':>8}  {'backup RSS':>11}  {'restore RSS':>12}  {'backup':>11}  {'restore':>11}")
+    for r in rows:
+        print(f"{r['mib']:>4} MiB  {r['backup_rss_mib']:>7.1f} MiB  {r['restore_rss_mib']:>8.1f} MiB"
+              f"  {r['backup_mib_s']:>5.0f} MiB/s  {r['restore_mib_s']:>5.0f} MiB/s")
+
+
+if __name__ == "__main__":
+    main()

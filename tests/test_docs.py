@@ -1,0 +1,51 @@
+"""The docs stay true: exit codes, commands, and the README's first commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from volbackup.cli import cli as root
+from volbackup.errors import exit_code_table
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_exit_code_table_matches_the_exception_classes():
+    text = (ROOT / "docs" / "exit-codes.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \| ([^|]+) \|$", text, re.M)
+    documented = [(int(c), t.strip(), s.strip()) for c, t, s in rows]
+    assert documented == exit_code_table()
+
+
+@pytest.mark.parametrize("command", sorted(root.commands))
+def test_every_command_is_in_the_user_guide(command):
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    assert f"volbackup {command}" in guide
+
+
+def test_every_option_is_in_the_user_guide():
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    for name, command in root.commands.items():
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and opt != "--help":
+                    assert opt in guide, f"{name} {opt} is not documented"
+
+
+def test_readme_opens_with_install_and_test_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    first_block = []
+    in_block = False
+    for line in lines:
+        if line.startswith("```"):
+            if in_block:
+                break
+            in_block = True
+            continue
+        if in_block:
+            first_block.append(line.strip())
+    assert first_block == ["pip install -e '.[test]'", "python -m pytest"]
+    assert "\npython -m pytest\n" in (ROOT / ".ci" / "run").read_text()

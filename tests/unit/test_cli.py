@@ -1,0 +1,72 @@
+"""Command-line usage errors, help texts and JSON shapes that need no engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from volbackup import __version__
+from volbackup.cli import cli as root
+from volbackup.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("args", [
+    ["backup", "-r", "/tmp"],                              # nothing to back up
+    ["backup", "v", "--container", "c", "-r", "/tmp"],     # both
+    ["backup", "v", "--level", "0", "-r", "/tmp"],
+    ["backup", "v", "--level", "23", "-r", "/tmp"],
+    ["backup", "v", "--level", "fast", "-r", "/tmp"],
+    ["restore", "-r", "/tmp"],
+    ["restore", "a", "--all", "-r", "/tmp"],
+    ["restore", "a", "b", "--as", "c", "-r", "/tmp"],
+    ["restore", "--all", "--as", "c", "-r", "/tmp"],
+    ["verify", "-r", "/tmp"],
+    ["show", "-r", "/tmp"],
+    ["nonsense"],
+    ["list", "--bogus-option", "-r", "/tmp"],
+])
+def test_usage_errors_exit_2_without_a_traceback(capsys, args):
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert "Traceback" not in err and "Error" in err
+
+
+def test_repo_is_required(capsys, monkeypatch):
+    monkeypatch.delenv("VOLBACKUP_REPO", raising=False)
+    code, _, err = run(capsys, "list")
+    assert code == 2 and "--repo" in err
+
+
+def test_repo_from_environment(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("VOLBACKUP_REPO", str(tmp_path))
+    code, out, err = run(capsys, "list", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"volbackup_json": 1, "command": "list", "snapshots": []}
+
+
+def test_missing_repository_is_one_line_with_code_5(capsys, tmp_path):
+    code, out, err = run(capsys, "list", "-r", str(tmp_path / "missing"))
+    assert code == 5
+    assert err.strip().splitlines() == [
+        f"volbackup: error: repository {tmp_path / 'missing'} does not exist "
+        "(create the directory first)"]
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and __version__ in out
+
+
+@pytest.mark.parametrize("name", sorted(root.commands))
+def test_every_command_has_help_with_text(capsys, name):
+    code, out, _ = run(capsys, name, "--help")
+    assert code == 0
+    assert root.commands[name].help and len(root.commands[name].help) > 20
+    assert "--repo" in out
