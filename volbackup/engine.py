@@ -60,11 +60,16 @@ class MountInfo:
 
 
 def _short(err: Exception) -> str:
-    """The engine's own explanation, on one line."""
+    """The engine's own explanation, on one line, with any URL password hidden."""
     text = getattr(err, "explanation", None) or str(err)
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    return " ".join(str(text).split())
+    return redact(" ".join(str(text).split()))
+
+
+def redact(text: str) -> str:
+    """Hide the password of any `scheme://user:password@host` in a message."""
+    return re.sub(r"(\w[\w+.-]*://[^/:@\s]*):[^/@\s]*@", r"\1:***@", text)
 
 
 @contextmanager
@@ -87,7 +92,7 @@ class Engine:
 
     @classmethod
     def connect(cls, base_url: str | None = None) -> "Engine":
-        where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        where = redact(base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
         try:
             client = (docker.DockerClient(base_url=base_url) if base_url
                       else docker.from_env())

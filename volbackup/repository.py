@@ -97,7 +97,8 @@ class Repository:
         return manifest
 
     def volumes(self) -> list[str]:
-        names = {info.key[len(PREFIX):].split("/", 1)[0] for info in self.backend.list(PREFIX)}
+        names = {info.key[len(PREFIX):].split("/", 1)[0] for info in self.backend.list(PREFIX)
+                 if info.key.endswith(MANIFEST_SUFFIX)}
         return sorted(names)
 
     def snapshots(self, volume: str | None = None) -> Listing:

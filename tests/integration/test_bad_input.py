@@ -77,6 +77,15 @@ def test_engine_that_cannot_be_reached(cli, repo_dir, tmp_path):
     assert result.code == 7
 
 
+def test_engine_url_password_never_printed(cli, repo_dir):
+    env = {"DOCKER_HOST": "tcp://admin:s3cr3t-pw@127.0.0.1:9"}
+    for debug in ([], ["--debug"]):
+        result = cli(*debug, "backup", "v", "-r", str(repo_dir), env=env)
+        assert result.code == 7
+        assert "s3cr3t-pw" not in result.stderr + result.stdout
+        assert "admin:***@127.0.0.1:9" in result.stderr
+
+
 def test_debug_prints_a_traceback(cli, repo_dir):
     result = cli("--debug", "backup", "vbtest-no-such-volume", "-r", str(repo_dir))
     assert result.code == 4
