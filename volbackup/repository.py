@@ -44,9 +44,20 @@ def looks_like_id(ref: str) -> bool:
 
 
 @dataclass
+class Problem:
+    """A manifest that could not be read."""
+
+    volume: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
 class Listing:
     snapshots: list[Manifest]
-    problems: list[str]   # manifests that could not be read, one message each
+    problems: list[Problem]
 
 
 class Repository:
@@ -113,7 +124,7 @@ class Repository:
             except BlobNotFound:
                 continue  # removed while listing
             except RepositoryError as e:
-                problems.append(str(e))
+                problems.append(Problem(info.key[len(PREFIX):].split("/", 1)[0], str(e)))
         found.sort(key=lambda m: (m.created, m.snapshot))
         return Listing(found, problems)
 
@@ -121,7 +132,7 @@ class Repository:
         listing = self.snapshots(volume)
         if listing.problems:
             # Never silently fall back to an older snapshot in a restore.
-            raise RepositoryError(listing.problems[-1] + "; name a snapshot id explicitly")
+            raise RepositoryError(f"{listing.problems[-1]}; name a snapshot id explicitly")
         if not listing.snapshots:
             raise NotFound(f"no snapshots of volume {volume} in repository {self.describe()}")
         return listing.snapshots[-1]

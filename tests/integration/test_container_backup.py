@@ -49,11 +49,11 @@ def test_backs_up_volumes_and_binds_and_restores_them(
     assert restored[bind_name] == {"index.html": b"<h1>hi</h1>\n"}
 
 
-def test_container_without_mounts_backs_up_nothing(make_container, cli, repo_dir):
+def test_container_without_mounts_is_an_error(make_container, cli, repo_dir):
     container = make_container("bare")
-    result = cli("backup", "--container", container.name, "-r", str(repo_dir), "--json")
-    assert result.code == 0, result.stderr
-    assert json.loads(result.stdout)["volumes"] == []
+    result = cli("backup", "--container", container.name, "-r", str(repo_dir))
+    assert result.code == 4
+    assert "has no volumes or bind mounts" in result.stderr
 
 
 def test_volume_and_container_together_is_a_usage_error(cli, repo_dir):

@@ -154,3 +154,44 @@ def test_several_snapshots_at_once_with_one_missing(backed_up, cli, repo_dir, cl
     assert result.code == 3
     assert result.stderr.strip().splitlines()[-1].startswith("volbackup: error: 1 of 2")
     assert client.volumes.get(volume)
+
+
+def test_volume_on_external_storage_is_never_merged_into(make_volume, mountpoint, cli, repo_dir,
+                                                         tmp_path, names, client):
+    """A local volume with `o=bind,device=DIR` keeps its data in DIR: removing the volume does
+    not empty it, so a restore there would merge. It is refused and nothing is left behind."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    opts = {"type": "none", "o": "bind", "device": str(storage)}
+    volume = make_volume("external", driver_opts=opts)
+    fill(str(storage), {"data.txt": b"v1\n"})
+    assert cli("backup", volume.name, "-r", str(repo_dir)).code == 0
+    fill(str(storage), {"added-later.txt": b"new\n"})
+
+    copy = names("copy")
+    result = cli("restore", volume.name, "--as", copy, "-r", str(repo_dir))
+    assert result.code == 8
+    assert "keeps its data outside Docker" in one_line_error(result.stderr)
+    assert [v for v in client.volumes.list() if v.name == copy] == []
+
+    result = cli("restore", volume.name, "--force", "-r", str(repo_dir))
+    assert result.code == 8, result.stderr
+    assert client.api.inspect_volume(volume.name)["Options"] == opts
+    assert contents(str(storage)) == {"data.txt": b"v1\n", "added-later.txt": b"new\n"}
+
+
+def test_all_on_an_empty_repository_is_an_error(cli, repo_dir):
+    for args in (["restore", "--all"], ["verify", "--all"]):
+        result = cli(*args, "-r", str(repo_dir))
+        assert result.code == 4
+        assert "no snapshots in repository" in one_line_error(result.stderr)
+
+
+def test_verify_reports_a_broken_manifest_with_its_code(backed_up, cli, repo_dir):
+    volume, _ = backed_up
+    (manifest,) = Path(repo_dir, "snapshots", volume).glob("*.json")
+    manifest.write_text("[]")
+    result = cli("verify", "--all", "-r", str(repo_dir), "--json")
+    assert result.code == 5
+    (check,) = json.loads(result.stdout)["snapshots"]
+    assert check["volume"] == volume and check["exit_code"] == 5

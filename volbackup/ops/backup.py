@@ -10,7 +10,7 @@ from itertools import groupby
 
 from volbackup import __version__, archive
 from volbackup.engine import DATA_PATH, Engine, bind_volume_name
-from volbackup.errors import VolbackupError
+from volbackup.errors import NotFound, VolbackupError
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.repository import Repository, new_snapshot_id
@@ -101,6 +101,8 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     engine.ensure_helper_image()
     if container:
         plan = container_sources(engine, container)
+        if not plan:
+            raise NotFound(f"container {container} has no volumes or bind mounts to back up")
     else:
         plan = volume_sources(engine, volumes or [])
     outcomes: list[VolumeBackup] = [p for p in plan if isinstance(p, VolumeBackup)]

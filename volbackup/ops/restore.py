@@ -47,6 +47,8 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     """
     if restore_all:
         refs = repo.volumes()
+        if not refs:
+            raise NotFound(f"no snapshots in repository {repo.describe()}")
     engine.remove_stale_helpers()
     engine.ensure_helper_image()
     outcomes = []
@@ -74,22 +76,34 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
     previous, previous_was_empty = _clear_target(engine, repo, manifest, name, force)
     outcome.replaced = previous is not None
     engine.create_volume(name, manifest.driver, manifest.driver_options, manifest.labels)
+    written = False
     try:
         with progress(name, manifest.bytes) as update, \
                 repo.open_archive(manifest) as stored, \
                 engine.helper(volume=name, read_only=False) as helper:
+            if not helper.is_empty():
+                raise TargetNotEmpty(
+                    f"volume {name} keeps its data outside Docker (driver {manifest.driver}, "
+                    f"options {manifest.driver_options}) and that storage is not empty; "
+                    f"volbackup cannot empty it: clear it yourself, or restore --as NAME")
+            written = True
             unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)
             helper.import_(DATA_PATH, unpacker.chunks())
             if unpacker.root is not None and unpacker.root.is_root:
                 helper.import_("/", root_entry_tar(unpacker.root, DATA_PATH.strip("/")))
-    except VolbackupError as e:
-        _undo(engine, name, previous if previous_was_empty else None)
-        if previous is not None and not previous_was_empty:
-            raise type(e)(f"{e}; volume {name} was removed, its previous contents are lost "
-                          f"(the snapshot itself checked out before)") from None
-        raise
-    except BaseException:
-        _undo(engine, name, previous if previous_was_empty else None)
+    except BaseException as e:
+        # Put back what was there when nothing was written, or when it was empty anyway.
+        put_back = previous if (previous_was_empty or not written) else None
+        cleanup_problem = _undo(engine, name, put_back)
+        if isinstance(e, VolbackupError):
+            notes = [str(e)]
+            if previous is not None and put_back is None:
+                notes.append(f"volume {name} was removed and its previous contents are lost "
+                             f"(the snapshot itself had checked out)")
+            if cleanup_problem:
+                notes.append(cleanup_problem)
+            if len(notes) > 1:
+                raise type(e)("; ".join(notes)) from None
         raise
     outcome.bytes = unpacker.walker.bytes
     outcome.seconds = round(time.monotonic() - started, 3)
@@ -123,12 +137,15 @@ def _clear_target(engine: Engine, repo: Repository, manifest: Manifest, name: st
     return existing, empty
 
 
-def _undo(engine: Engine, name: str, empty_original: VolumeInfo | None) -> None:
-    """Remove the half-restored volume; put back an empty target that we replaced."""
+def _undo(engine: Engine, name: str, put_back: VolumeInfo | None) -> str | None:
+    """Remove the volume this restore created; create `put_back` again if given.
+
+    Returns a message when that fails, for the caller to add to the original error.
+    """
     try:
         engine.remove_volume(name)
-        if empty_original is not None:
-            engine.create_volume(name, empty_original.driver, empty_original.options,
-                                 empty_original.labels)
-    except VolbackupError:
-        pass  # the caller re-raises the original error; the next message would only confuse
+        if put_back is not None:
+            engine.create_volume(name, put_back.driver, put_back.options, put_back.labels)
+    except VolbackupError as e:
+        return f"cleaning up volume {name} failed too ({e})"
+    return None

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from volbackup import archive
-from volbackup.errors import IntegrityError, VolbackupError
+from volbackup.errors import IntegrityError, NotFound, RepositoryError, VolbackupError
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.repository import Listing, Repository
@@ -44,7 +44,9 @@ def verify(repo: Repository, refs: list[str], verify_all: bool = False,
     if verify_all:
         listing = repo.snapshots()
         targets: list[Manifest | str] = list(listing.snapshots)
-        checks.extend(SnapshotCheck("?", "failed").failure(VolbackupError(p))
+        if not listing.snapshots and not listing.problems:
+            raise NotFound(f"no snapshots in repository {repo.describe()}")
+        checks.extend(SnapshotCheck(p.volume, "failed").failure(RepositoryError(p.message))
                       for p in listing.problems)
     else:
         targets = list(refs)
