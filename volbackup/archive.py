@@ -21,6 +21,7 @@ from volbackup.errors import IntegrityError
 from volbackup.tarstream import Entry, TarWalker
 
 READ_CHUNK = 1 << 20
+MAX_TAIL = 1 << 20  # tar bytes allowed after the end marker (padding); more is corruption
 Progress = Callable[[int], None]
 
 
@@ -73,9 +74,10 @@ def pack(tar_chunks: Iterable[bytes], out: BinaryIO, level: int = 3,
 class Unpacker:
     """Decompresses and checks a stored archive while it streams.
 
-    `chunks()` yields the tar bytes but holds the last piece back until the sha256,
-    the zstd frame and the tar structure have all checked out, so a consumer never
-    sees a complete-looking stream from a bad archive.
+    `chunks()` yields the tar bytes but holds back the last decompressed piece, and
+    everything from the tar's end-of-archive marker on, until the sha256, the zstd frame
+    and the tar structure have all checked out: a consumer never sees a complete-looking
+    stream from a bad archive.
     """
 
     def __init__(self, stored: Iterable[bytes], expected_sha256: str | None = None,
@@ -95,7 +97,8 @@ class Unpacker:
     def chunks(self) -> Iterator[bytes]:
         digest = hashlib.sha256()
         decomp = zstandard.ZstdDecompressor().decompressobj()
-        held = b""
+        held: list[bytes] = []  # decompressed, not yet released
+        released = 0            # tar bytes released so far
         try:
             for chunk in self._stored:
                 digest.update(chunk)
@@ -105,19 +108,26 @@ class Unpacker:
                 out = decomp.decompress(chunk)
                 if decomp.eof and decomp.unused_data:
                     raise IntegrityError("archive has data after the end of its zstd frame")
-                if out:
-                    self.walker.feed(out)
-                    if held:
-                        yield held
-                        self._progress(len(held))
-                    held = out
+                if not out:
+                    continue
+                self.walker.feed(out)
+                held.append(out)
+                safe = self.walker.bytes - len(out)
+                if self.walker.end_marker_at is not None:
+                    safe = min(safe, self.walker.end_marker_at)
+                    if self.walker.bytes - self.walker.end_marker_at > MAX_TAIL:
+                        raise IntegrityError("archive has data after the end of its tar stream")
+                for piece in _release(held, safe - released):
+                    released += len(piece)
+                    yield piece
+                    self._progress(len(piece))
         except zstandard.ZstdError as e:
             raise IntegrityError(f"archive is corrupt: zstd says {e}") from None
         self.sha256 = digest.hexdigest()
         self._check_complete(decomp.eof)
-        if held:
-            yield held
-            self._progress(len(held))
+        for piece in held:
+            yield piece
+            self._progress(len(piece))
 
     def _check_complete(self, frame_ended: bool) -> None:
         if self._expected_stored_bytes is not None and self.stored_bytes != self._expected_stored_bytes:
@@ -135,6 +145,18 @@ class Unpacker:
         """Read and check the whole archive, discarding the tar bytes."""
         for _ in self.chunks():
             pass
+
+
+def _release(held: list[bytes], count: int) -> Iterator[bytes]:
+    """Take `count` bytes off the front of `held` (a list of pieces), piece by piece."""
+    while count > 0 and held:
+        piece = held[0]
+        if len(piece) <= count:
+            held.pop(0)
+        else:
+            piece, held[0] = piece[:count], piece[count:]
+        count -= len(piece)
+        yield piece
 
 
 def read_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:

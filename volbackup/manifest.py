@@ -7,10 +7,12 @@ manifest does. docs/format.md describes every field.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from volbackup.errors import RepositoryError
 
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accepts
 FORMAT = "volbackup-snapshot"
 FORMAT_VERSION = 1
 
@@ -59,7 +61,9 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise RepositoryError(f"manifest {where} is not a volbackup snapshot manifest")
         version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise RepositoryError(f"manifest {where} has an invalid format version {version!r}")
+        if version > FORMAT_VERSION:
             raise RepositoryError(
                 f"manifest {where} has format version {version!r}; this volbackup reads "
                 f"up to {FORMAT_VERSION} (upgrade volbackup)")
@@ -78,11 +82,14 @@ class Manifest:
     def _check_types(self, where: str) -> None:
         ints = ("level", "bytes", "stored_bytes", "entries")
         strs = ("snapshot", "volume", "driver", "created", "archive", "sha256", "compression")
-        bad = [n for n in ints if not isinstance(getattr(self, n), int)]
+        bad = [n for n in ints if isinstance(getattr(self, n), bool)
+               or not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
         bad += [n for n in strs if not isinstance(getattr(self, n), str)]
         bad += [n for n in ("labels", "driver_options") if not isinstance(getattr(self, n), dict)]
         if bad:
             raise RepositoryError(f"manifest {where} has invalid {', '.join(bad)}")
         if "/" in self.archive or self.archive.startswith("."):
             raise RepositoryError(f"manifest {where} names an invalid archive {self.archive!r}")
+        if not VOLUME_NAME.fullmatch(self.volume):
+            raise RepositoryError(f"manifest {where} names an invalid volume {self.volume!r}")
 

@@ -19,13 +19,12 @@ from typing import Iterator
 from volbackup.archive import read_chunks
 from volbackup.backends import Backend, BlobNotFound, open_backend
 from volbackup.errors import NotFound, RepositoryError
-from volbackup.manifest import Manifest
+from volbackup.manifest import VOLUME_NAME, Manifest
 
 PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".json"
-VOLUME_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-_ID = re.compile(rf"^(?P<volume>{VOLUME_NAME})@(?P<stamp>\d{{8}}T\d{{6}}Z-[0-9a-f]{{4,32}})$")
+_ID = re.compile(rf"(?P<volume>{VOLUME_NAME.pattern})@(?P<stamp>\d{{8}}T\d{{6}}Z-[0-9a-f]{{4,32}})")
 
 
 def new_snapshot_id(volume: str, created: datetime) -> str:
@@ -33,7 +32,7 @@ def new_snapshot_id(volume: str, created: datetime) -> str:
 
 
 def split_id(snapshot_id: str) -> tuple[str, str]:
-    match = _ID.match(snapshot_id)
+    match = _ID.fullmatch(snapshot_id)
     if not match:
         raise NotFound(f"{snapshot_id!r} is not a snapshot id (VOLUME@YYYYMMDDTHHMMSSZ-xxxx)")
     return match["volume"], match["stamp"]
@@ -141,7 +140,7 @@ class Repository:
         """A snapshot id, or a volume name meaning its newest snapshot."""
         if looks_like_id(ref):
             return self.load(ref)
-        if not re.fullmatch(VOLUME_NAME, ref):
+        if not VOLUME_NAME.fullmatch(ref):
             raise NotFound(f"{ref!r} is neither a snapshot id nor a volume name")
         return self.newest(ref)
 

@@ -57,7 +57,7 @@ def parse_pax(data: bytes) -> dict[str, str]:
         if length <= 0 or space < 0 or pos + length > len(data):
             raise IntegrityError("corrupt PAX header in tar stream")
         key, sep, value = data[space + 1:pos + length - 1].partition(b"=")
-        if not sep:
+        if not sep or data[pos + length - 1:pos + length] != b"\n":
             raise IntegrityError("corrupt PAX header in tar stream")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
@@ -82,6 +82,7 @@ class TarWalker:
         self._pending_link: str | None = None
         self._zero_blocks = 0
         self.ended = False
+        self.end_marker_at: int | None = None  # stream offset where the end marker starts
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -105,10 +106,12 @@ class TarWalker:
             if len(self._header) == BLOCK:
                 block = bytes(self._header)
                 self._header.clear()
-                self._on_header(block)
+                self._on_header(block, self.bytes - n + pos - BLOCK)
 
-    def _on_header(self, block: bytes) -> None:
+    def _on_header(self, block: bytes, offset: int) -> None:
         if block == _ZERO_BLOCK:
+            if not self._zero_blocks:
+                self.end_marker_at = offset
             self._zero_blocks += 1
             if self._zero_blocks == 2:
                 self.ended = True
@@ -131,11 +134,16 @@ class TarWalker:
         name = pax.get("path") or self._pending_name or info.name
         link = pax.get("linkpath") or self._pending_link or info.linkname
         self._pending_name = self._pending_link = None
-        size = int(pax["size"]) if "size" in pax else info.size
-        entry = Entry(name=name, type=info.type, mode=info.mode,
-                      uid=int(pax.get("uid", info.uid)), gid=int(pax.get("gid", info.gid)),
-                      mtime=float(pax.get("mtime", info.mtime)), size=size, linkname=link,
-                      pax=pax)
+        try:
+            size = int(pax["size"]) if "size" in pax else info.size
+            uid, gid = int(pax.get("uid", info.uid)), int(pax.get("gid", info.gid))
+            mtime = float(pax.get("mtime", info.mtime))
+        except ValueError:
+            raise IntegrityError(f"corrupt PAX numbers for tar entry {name!r}") from None
+        if size < 0:
+            raise IntegrityError(f"negative size for tar entry {name!r}")
+        entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
+                      mtime=mtime, size=size, linkname=link, pax=pax)
         self.entries += 1
         if self.first is None and self._keep_first:
             self.first = entry

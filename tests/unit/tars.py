@@ -48,7 +48,7 @@ def corpus_members(big: bool = True) -> list[tuple[tarfile.TarInfo, bytes]]:
         (_info(LONG_NAME), b"long name\n"),
         (_info(LONGER_NAME), b"longer name\n"),
         (_info(NON_UTF8_NAME), b"non-UTF-8 name\n"),
-        (_info("./caf\u00e9-\u65e5\u672c.txt"), "UTF-8 name\n".encode()),
+        (_info("./caf\u00e9-\u65e5\u672c.txt"), b"UTF-8 name\n"),
     ]
     if big:
         members.append((_info("./big.bin"), rnd.randbytes(BIG_FILE_BYTES)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -28,8 +29,8 @@ class LocalBackend(Backend):
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"invalid blob key {key!r}")
+        if not key or any(not p or p.startswith(".") for p in parts):
+            raise ValueError(f"invalid blob key {key!r}")  # dot names are ours (temp files)
         return self.root.joinpath(*parts)
 
     def check(self, writable: bool) -> None:
@@ -72,7 +73,7 @@ class LocalBackend(Backend):
     def open_read(self, key: str) -> Iterator[BinaryIO]:
         try:
             handle = self._path(key).open("rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise BlobNotFound(f"{key} is missing from repository {self.root}") from None
         except OSError as e:
             raise RepositoryError(f"cannot read {key} in repository {self.root}: {e.strerror}") from None
@@ -81,9 +82,12 @@ class LocalBackend(Backend):
 
     def stat(self, key: str) -> BlobInfo:
         try:
-            return BlobInfo(key, self._path(key).stat().st_size)
-        except FileNotFoundError:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
             raise BlobNotFound(f"{key} is missing from repository {self.root}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise BlobNotFound(f"{key} is missing from repository {self.root}")
+        return BlobInfo(key, st.st_size)
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         found = []

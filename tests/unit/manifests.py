@@ -1,0 +1,50 @@
+"""Manifests for the unit tests: a valid one, and its JSON with fields changed or removed."""
+
+from __future__ import annotations
+
+import json
+
+from volbackup.manifest import Manifest
+from volbackup.repository import Repository
+
+
+def make_manifest(snapshot: str = "pgdata@20261129T031500Z-1a2b",
+                  created: str = "2026-11-29T03:15:00.000Z", **changes) -> Manifest:
+    fields = dict(
+        snapshot=snapshot, volume=snapshot.split("@")[0], driver="local",
+        driver_options={"type": "tmpfs"}, labels={"app": "db"}, created=created,
+        host="host1", tool_version="0.1.0", archive=Repository.archive_name(snapshot),
+        compression="zstd", level=3, bytes=10240, stored_bytes=300, sha256="ab" * 32,
+        entries=4, seconds=0.25)
+    fields.update(changes)
+    return Manifest(**fields)
+
+
+def manifest_json(drop: tuple[str, ...] = (), **changes) -> str:
+    """A valid manifest's JSON with keys dropped or set to any JSON value."""
+    data = make_manifest().to_dict()
+    for key in drop:
+        del data[key]
+    data.update(changes)
+    return json.dumps(data)
+
+
+# (description, raw manifest text, words the error message must contain)
+BROKEN = [
+    ("not-json", "{not json", "not valid JSON"),
+    ("not-utf8", b"\xff\xfe{}", "not valid JSON"),
+    ("not-an-object", "[1, 2]", "not a volbackup snapshot manifest"),
+    ("wrong-format", manifest_json(format="something-else"), "not a volbackup snapshot manifest"),
+    ("no-format", manifest_json(drop=("format",)), "not a volbackup snapshot manifest"),
+    ("lacks-fields", manifest_json(drop=("sha256", "volume")), "lacks volume, sha256"),
+    ("newer-version", manifest_json(format_version=2), "format version 2"),
+    ("version-not-int", manifest_json(format_version="1"), "format version '1'"),
+    ("level-str", manifest_json(level="3"), "invalid level"),
+    ("bytes-null", manifest_json(bytes=None), "invalid bytes"),
+    ("sha256-int", manifest_json(sha256=5), "invalid sha256"),
+    ("labels-list", manifest_json(labels=["a"]), "invalid labels"),
+    ("options-str", manifest_json(driver_options="x"), "invalid driver_options"),
+    ("archive-slash", manifest_json(archive="../other/x.tar.zst"), "invalid archive"),
+    ("archive-subdir", manifest_json(archive="a/b.tar.zst"), "invalid archive"),
+    ("archive-dot", manifest_json(archive=".hidden.tar.zst"), "invalid archive"),
+]
