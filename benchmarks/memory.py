@@ -5,7 +5,8 @@ engine (files are written straight into the volume's mountpoint):
 
     python benchmarks/memory.py --sizes 256,1024,2048 [--json]
 
-Each size gets a fresh volume of incompressible data (64 MiB files) plus 1,000 small
+Each size gets a fresh volume of 64 MiB files, alternately incompressible and highly
+compressible, plus 1,000 small
 files, a backup into a temporary repository and a restore into a fresh volume, each in
 its own process so its peak RSS (ru_maxrss from wait4) is its own.
 """
@@ -27,10 +28,14 @@ FILE_MIB = 64
 
 
 def fill(root: str, mib: int) -> None:
+    """Alternate incompressible and extremely compressible files: the second kind is what
+    catches a decompressor whose output grows with the compression ratio."""
+    repetitive = b"the same log line, again and again\n" * (1 << 15)
     for i in range(mib // FILE_MIB):
         with open(os.path.join(root, f"big-{i:04d}.bin"), "wb") as f:
             for _ in range(FILE_MIB // 16):
-                f.write(os.urandom(16 << 20))
+                f.write(os.urandom(16 << 20) if i % 2 == 0 else
+                        (repetitive * ((16 << 20) // len(repetitive) + 1))[:16 << 20])
     os.makedirs(os.path.join(root, "small"))
     for i in range(1000):
         with open(os.path.join(root, "small", f"{i:04d}.txt"), "wb") as f:
