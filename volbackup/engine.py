@@ -73,11 +73,12 @@ def redact(text: str) -> str:
 
 
 @contextmanager
-def _engine_errors(doing: str) -> Iterator[None]:
+def _engine_errors(doing: str, not_found: str | None = None) -> Iterator[None]:
+    """Turn the SDK's exceptions into ours, with one-line messages."""
     try:
         yield
     except docker.errors.NotFound as e:
-        raise NotFound(f"{doing}: {_short(e)}") from None
+        raise NotFound(not_found or f"{doing}: {_short(e)}") from None
     except docker.errors.APIError as e:
         raise EngineError(f"{doing}: the engine said {_short(e)}") from None
     except (docker.errors.DockerException, requests.RequestException) as e:
@@ -105,22 +106,11 @@ class Engine:
 
     # -- volumes
     def volume(self, name: str) -> VolumeInfo:
-        try:
+        with _engine_errors(f"inspecting volume {name}", f"no such volume: {name}"):
             attrs = self.api.inspect_volume(name)
-        except docker.errors.NotFound:
-            raise NotFound(f"no such volume: {name}") from None
-        except (docker.errors.APIError, requests.RequestException) as e:
-            raise EngineError(f"inspecting volume {name}: {_short(e)}") from None
         return VolumeInfo(attrs["Name"], attrs.get("Driver") or "local",
                           dict(attrs.get("Options") or {}), dict(attrs.get("Labels") or {}),
                           attrs.get("Mountpoint") or "")
-
-    def volume_exists(self, name: str) -> bool:
-        try:
-            self.volume(name)
-            return True
-        except NotFound:
-            return False
 
     def create_volume(self, name: str, driver: str, options: dict, labels: dict) -> VolumeInfo:
         with _engine_errors(f"creating volume {name}"):
@@ -143,12 +133,9 @@ class Engine:
     def container_mounts(self, container: str) -> tuple[str, list[MountInfo]]:
         """The container's name and its mounts: volume, bind and tmpfs (which holds no data
         to back up, but stops `volumes_from` from working on engine 20.10)."""
-        try:
+        with _engine_errors(f"inspecting container {container}",
+                            f"no such container: {container}"):
             attrs = self.api.inspect_container(container)
-        except docker.errors.NotFound:
-            raise NotFound(f"no such container: {container}") from None
-        except (docker.errors.APIError, requests.RequestException) as e:
-            raise EngineError(f"inspecting container {container}: {_short(e)}") from None
         mounts = [MountInfo(m["Type"], m.get("Name"), m.get("Source", ""), m["Destination"],
                             not m.get("RW", True))
                   for m in attrs.get("Mounts", []) if m.get("Type") in ("volume", "bind", "tmpfs")]
