@@ -24,8 +24,22 @@ class NotFound(VolbackupError):
 class RepositoryError(VolbackupError):
     exit_code = 5
     title = "repository error"
-    summary = ("The repository is missing, not a directory, not writable, or holds a "
-               "manifest that cannot be read.")
+    summary = ("The repository is missing (no such directory or bucket), not a directory, "
+               "not writable, or holds a manifest that cannot be read.")
+
+
+class RepositoryDenied(RepositoryError):
+    exit_code = 9
+    title = "access denied"
+    summary = ("The repository's store rejected the credentials or denied access (S3: no, "
+               "wrong or expired keys, or a missing permission).")
+
+
+class RepositoryUnreachable(RepositoryError):
+    exit_code = 10
+    title = "store unreachable"
+    summary = ("The repository's store (an S3 endpoint) could not be reached or kept "
+               "failing, even after retries with backoff.")
 
 
 class IntegrityError(VolbackupError):

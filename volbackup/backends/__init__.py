@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from volbackup.backends.base import Backend, BlobInfo, BlobNotFound
+from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover
 from volbackup.backends.local import LocalBackend
 from volbackup.errors import RepositoryError
 
-__all__ = ["Backend", "BlobInfo", "BlobNotFound", "LocalBackend", "open_backend"]
+__all__ = ["Backend", "BlobInfo", "BlobNotFound", "Leftover", "LocalBackend", "open_backend"]
+
+# Options for writing, by name; only some backends know them.
+S3_OPTIONS = ("storage_class", "sse", "sse_kms_key_id")
 
 
-def open_backend(url: str) -> Backend:
-    """A local path or `file://` URL opens a LocalBackend."""
-    if "://" not in url:
+def open_backend(url: str, options: dict | None = None) -> Backend:
+    """A local path or `file://` URL opens a LocalBackend; `s3://BUCKET[/PREFIX]` an S3Backend.
+
+    `options` (storage_class, sse, sse_kms_key_id; None means unset) apply to S3 only.
+    """
+    options = {k: v for k, v in (options or {}).items() if v}
+    unknown = set(options) - set(S3_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown backend options {sorted(unknown)}")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "s3":
+        from volbackup.backends.s3 import S3Backend  # boto3 is imported only when needed
+
+        return S3Backend(url, **options)
+    if options:
+        raise RepositoryError("storage class and server-side encryption options apply only "
+                              "to s3:// repositories")
+    if not sep:
         return LocalBackend(url)
-    scheme, _, rest = url.partition("://")
     if scheme == "file":
         return LocalBackend(rest)
-    raise RepositoryError(f"unsupported repository URL scheme {scheme!r} (use a directory path)")
+    raise RepositoryError(f"unsupported repository URL scheme {scheme!r} "
+                          f"(use a directory path or s3://BUCKET[/PREFIX])")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Iterator
 
 from volbackup.errors import RepositoryError
@@ -24,6 +25,24 @@ class BlobNotFound(RepositoryError):
 class BlobInfo:
     key: str
     size: int
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An unfinished write left by a run that was killed (an S3 multipart upload)."""
+
+    key: str
+    ident: str              # what the backend needs to remove it (the upload id)
+    started: datetime       # UTC
+    size: int | None = None  # bytes stored so far, if known
+
+
+def check_key(key: str) -> str:
+    """Keys are non-empty '/'-separated parts; parts starting with '.' are reserved."""
+    parts = key.split("/")
+    if not key or any(not p or p.startswith(".") for p in parts):
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
 
 
 class Backend(ABC):
@@ -54,6 +73,13 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove a blob; removing one that does not exist is not an error."""
+
+    def leftovers(self) -> list[Leftover]:
+        """Unfinished writes of killed runs; a backend without such leftovers has none."""
+        return []
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        raise NotImplementedError
 
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as reader:
