@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Iterator
 
 from volbackup.archive import read_chunks
-from volbackup.backends import Backend, BlobNotFound, open_backend
+from volbackup.backends import Backend, BlobNotFound, Leftover, open_backend
 from volbackup.errors import NotFound, RepositoryError
 from volbackup.manifest import VOLUME_NAME, Manifest
 
@@ -64,8 +64,9 @@ class Repository:
         self.backend = backend
 
     @classmethod
-    def open(cls, url: str, writable: bool = False) -> "Repository":
-        backend = open_backend(url)
+    def open(cls, url: str, writable: bool = False, options: dict | None = None) -> "Repository":
+        """Open and check the repository at `url`; `options` are for writing (S3 only)."""
+        backend = open_backend(url, options)
         backend.check(writable=writable)
         return cls(backend)
 
@@ -106,13 +107,18 @@ class Repository:
             raise RepositoryError(f"manifest {key} claims to be snapshot {manifest.snapshot}")
         return manifest
 
-    def volumes(self) -> list[str]:
+    def volumes(self, host: str | None = None) -> list[str]:
+        if host is not None:
+            return sorted({m.volume for m in self.snapshots(host=host).snapshots})
         names = {info.key[len(PREFIX):].split("/", 1)[0] for info in self.backend.list(PREFIX)
                  if info.key.endswith(MANIFEST_SUFFIX)}
         return sorted(names)
 
-    def snapshots(self, volume: str | None = None) -> Listing:
-        """Every readable snapshot (oldest first), and a message for each unreadable one."""
+    def snapshots(self, volume: str | None = None, host: str | None = None) -> Listing:
+        """Every readable snapshot (oldest first), and a message for each unreadable one.
+
+        With `host`, only the snapshots made on that host (unreadable ones are still reported).
+        """
         prefix = f"{PREFIX}{volume}/" if volume else PREFIX
         found, problems = [], []
         for info in self.backend.list(prefix):
@@ -124,25 +130,39 @@ class Repository:
                 continue  # removed while listing
             except RepositoryError as e:
                 problems.append(Problem(info.key[len(PREFIX):].split("/", 1)[0], str(e)))
+        if host is not None:
+            found = [m for m in found if m.host == host]
         found.sort(key=lambda m: (m.created, m.snapshot))
         return Listing(found, problems)
 
-    def newest(self, volume: str) -> Manifest:
-        listing = self.snapshots(volume)
+    def newest(self, volume: str, host: str | None = None) -> Manifest:
+        listing = self.snapshots(volume, host)
         if listing.problems:
             # Never silently fall back to an older snapshot in a restore.
             raise RepositoryError(f"{listing.problems[-1]}; name a snapshot id explicitly")
         if not listing.snapshots:
-            raise NotFound(f"no snapshots of volume {volume} in repository {self.describe()}")
+            of_host = f" from host {host}" if host is not None else ""
+            raise NotFound(f"no snapshots of volume {volume}{of_host} in repository "
+                           f"{self.describe()}")
         return listing.snapshots[-1]
 
-    def resolve(self, ref: str) -> Manifest:
-        """A snapshot id, or a volume name meaning its newest snapshot."""
+    def resolve(self, ref: str, host: str | None = None) -> Manifest:
+        """A snapshot id, or a volume name meaning its newest snapshot (made on `host`)."""
         if looks_like_id(ref):
-            return self.load(ref)
+            manifest = self.load(ref)
+            if host is not None and manifest.host != host:
+                raise NotFound(f"snapshot {ref} was made on host {manifest.host}, not {host}")
+            return manifest
         if not VOLUME_NAME.fullmatch(ref):
             raise NotFound(f"{ref!r} is neither a snapshot id nor a volume name")
-        return self.newest(ref)
+        return self.newest(ref, host)
+
+    # -- leftovers of killed runs
+    def leftovers(self) -> list[Leftover]:
+        return self.backend.leftovers()
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        self.backend.remove_leftover(leftover)
 
     @contextmanager
     def open_archive(self, manifest: Manifest) -> Iterator[Iterator[bytes]]:

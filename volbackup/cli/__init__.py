@@ -15,6 +15,7 @@ import click
 
 from volbackup import __version__
 from volbackup.cli import backup as backup_cmd
+from volbackup.cli import cleanup as cleanup_cmd
 from volbackup.cli import restore as restore_cmd
 from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
@@ -33,7 +34,8 @@ def cli(debug: bool) -> None:
 
 cli.add_command(backup_cmd.backup)
 cli.add_command(restore_cmd.restore)
-for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify):
+for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
+                cleanup_cmd.cleanup):
     cli.add_command(command)
 
 

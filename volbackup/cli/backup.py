@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import json_option, repo_option
+from volbackup.cli.options import json_option, repo_option, s3_write_options
 from volbackup.cli.progress import terminal_progress
 from volbackup.engine import Engine
 from volbackup.ops import backup as ops
@@ -19,18 +19,20 @@ from volbackup.repository import Repository
 @repo_option
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
               help="zstd compression level.")
+@s3_write_options
 @json_option
-def backup(volumes, container, repo, level, as_json):
+def backup(volumes, container, repo, level, as_json, s3):
     """Back up volumes into REPO, one snapshot per volume.
 
     \b
     Examples:
       volbackup backup pgdata -r /srv/backups
       volbackup backup --container db -r /srv/backups --json
+      volbackup backup pgdata -r s3://my-backups/prod --s3-sse aws:kms
     """
     if bool(volumes) == bool(container):
         raise click.UsageError("name one or more VOLUMEs, or --container NAME (not both)")
-    repository = Repository.open(repo, writable=True)
+    repository = Repository.open(repo, writable=True, options=s3)
     engine = Engine.connect()
     result = ops.backup(engine, repository, list(volumes), container, level,
                         terminal_progress())

@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+import functools
+import re
+
 import click
 
 repo_option = click.option(
     "-r", "--repo", "repo", envvar="VOLBACKUP_REPO", required=True, metavar="REPO",
-    help="Repository: a directory path. Default: $VOLBACKUP_REPO.")
+    help="Repository: a directory path or s3://BUCKET[/PREFIX]. Default: $VOLBACKUP_REPO.")
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+
+host_option = click.option(
+    "--host", metavar="NAME", help="Only snapshots made on this host (as `list` shows it).")
+
+# Kept in step with volbackup.backends.s3, which click modules do not import (boto3).
+_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                    "GLACIER_IR", "REDUCED_REDUNDANCY")
+
+
+def s3_write_options(command):
+    """--s3-storage-class, --s3-sse, --s3-sse-kms-key-id, handed on as one `s3` dict."""
+
+    @click.option("--s3-storage-class", type=click.Choice(_STORAGE_CLASSES),
+                  envvar="VOLBACKUP_S3_STORAGE_CLASS",
+                  help="S3 storage class of the objects written. Default: the bucket's "
+                       "(STANDARD). $VOLBACKUP_S3_STORAGE_CLASS.")
+    @click.option("--s3-sse", type=click.Choice(["AES256", "aws:kms"]), envvar="VOLBACKUP_S3_SSE",
+                  help="S3 server-side encryption of the objects written. $VOLBACKUP_S3_SSE.")
+    @click.option("--s3-sse-kms-key-id", metavar="KEY", envvar="VOLBACKUP_S3_SSE_KMS_KEY_ID",
+                  help="KMS key (id, ARN or alias) for --s3-sse aws:kms (implies it). "
+                       "$VOLBACKUP_S3_SSE_KMS_KEY_ID.")
+    @functools.wraps(command)
+    def wrapper(*args, s3_storage_class, s3_sse, s3_sse_kms_key_id, **kwargs):
+        s3 = {"storage_class": s3_storage_class,
+              "sse": s3_sse, "sse_kms_key_id": s3_sse_kms_key_id}
+        return command(*args, s3=s3, **kwargs)
+
+    return wrapper
+
+
+class Duration(click.ParamType):
+    """`0`, `90s`, `30m`, `12h`, `7d` -> seconds."""
+
+    name = "duration"
+    _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration like 0, 30m, 12h or 7d", param, ctx)
+        return float(match[1]) * self._UNITS[match[2]]

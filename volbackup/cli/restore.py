@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import json_option, repo_option
+from volbackup.cli.options import host_option, json_option, repo_option
 from volbackup.cli.progress import terminal_progress
 from volbackup.engine import Engine
 from volbackup.ops import restore as ops
@@ -22,18 +22,20 @@ from volbackup.repository import Repository
 @click.option("--all", "restore_all", is_flag=True,
               help="Restore the newest snapshot of every volume in REPO; skip targets "
                    "that exist and are not empty.")
+@host_option
 @json_option
-def restore(snapshots, repo, target, force, restore_all, as_json):
+def restore(snapshots, repo, target, force, restore_all, host, as_json):
     """Restore snapshots into fresh volumes.
 
     SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
-    which means that volume's newest snapshot.
+    which means that volume's newest snapshot (made on --host NAME, if given).
 
     \b
     Examples:
       volbackup restore pgdata -r /srv/backups
       volbackup restore pgdata@20261129T031500Z-1a2b --as pgdata-copy -r /srv/backups
       volbackup restore --all -r /srv/backups
+      volbackup restore pgdata --host db1 -r s3://my-backups/prod
     """
     if bool(snapshots) == restore_all:
         raise click.UsageError("name one or more SNAPSHOTs, or --all (not both)")
@@ -42,7 +44,7 @@ def restore(snapshots, repo, target, force, restore_all, as_json):
     repository = Repository.open(repo)
     engine = Engine.connect()
     result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
-                         terminal_progress())
+                         terminal_progress(), host=host)
     if as_json:
         render.emit_json("restore", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import json_option, repo_option
+from volbackup.cli.options import host_option, json_option, repo_option
 from volbackup.cli.progress import terminal_progress
 from volbackup.ops import snapshots as ops
 from volbackup.repository import Repository
@@ -16,10 +16,11 @@ LIST_FIELDS = ("snapshot", "volume", "created", "host", "bytes", "stored_bytes",
 @click.command("list")
 @click.argument("volume", required=False)
 @repo_option
+@host_option
 @json_option
-def list_cmd(volume, repo, as_json):
-    """List snapshots, oldest first (of one VOLUME, or of all)."""
-    listing = ops.list_snapshots(Repository.open(repo), volume)
+def list_cmd(volume, repo, host, as_json):
+    """List snapshots, oldest first (of one VOLUME, or of all; of one --host, or of all)."""
+    listing = ops.list_snapshots(Repository.open(repo), volume, host)
     for problem in listing.problems:
         render.warn(problem)
     if as_json:
@@ -27,7 +28,8 @@ def list_cmd(volume, repo, as_json):
         render.emit_json("list", snapshots=rows)
         return
     if not listing.snapshots:
-        click.echo("no snapshots" + (f" of volume {volume}" if volume else ""), err=True)
+        click.echo("no snapshots" + (f" of volume {volume}" if volume else "")
+                   + (f" from host {host}" if host is not None else ""), err=True)
         return
     width = max(len(m.snapshot) for m in listing.snapshots)
     click.echo(f"{'SNAPSHOT':<{width}}  {'CREATED (UTC)':<24}  {'HOST':<16}  {'SIZE':>10}  {'STORED':>10}")

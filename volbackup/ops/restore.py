@@ -39,23 +39,25 @@ class RestoreResult:
 
 def restore(engine: Engine, repo: Repository, refs: list[str], target: str | None = None,
             force: bool = False, restore_all: bool = False,
-            progress: ProgressFactory = no_progress) -> RestoreResult:
+            progress: ProgressFactory = no_progress, host: str | None = None) -> RestoreResult:
     """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
 
     With `restore_all`, the newest snapshot of every volume in the repository is
     restored, and targets that are not empty (or are in use) are skipped, not failed.
+    With `host`, only snapshots made on that host are considered.
     """
     if restore_all:
-        refs = repo.volumes()
+        refs = repo.volumes(host)
         if not refs:
-            raise NotFound(f"no snapshots in repository {repo.describe()}")
+            of_host = f" from host {host}" if host is not None else ""
+            raise NotFound(f"no snapshots{of_host} in repository {repo.describe()}")
     engine.remove_stale_helpers()
     engine.ensure_helper_image()
     outcomes = []
     for ref in refs:
         outcome = VolumeRestore(target or ref, "restored")
         try:
-            manifest = repo.resolve(ref)
+            manifest = repo.resolve(ref, host)
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
             _restore_one(engine, repo, manifest, outcome, force, progress)
         except TargetNotEmpty as e:

@@ -12,8 +12,9 @@ from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_f
 from volbackup.repository import Listing, Repository
 
 
-def list_snapshots(repo: Repository, volume: str | None = None) -> Listing:
-    return repo.snapshots(volume)
+def list_snapshots(repo: Repository, volume: str | None = None,
+                   host: str | None = None) -> Listing:
+    return repo.snapshots(volume, host)
 
 
 def show(repo: Repository, ref: str) -> Manifest:

@@ -1,0 +1,41 @@
+"""`volbackup cleanup`."""
+
+from __future__ import annotations
+
+import click
+
+from volbackup.cli import render
+from volbackup.cli.options import Duration, json_option, repo_option
+from volbackup.ops import cleanup as ops
+from volbackup.repository import Repository
+
+
+@click.command()
+@repo_option
+@click.option("--older-than", type=Duration(), default="24h", show_default=True,
+              help="Only uploads started at least this long ago (0, 30m, 12h, 7d); younger "
+                   "ones may belong to a backup that is still running.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@json_option
+def cleanup(repo, older_than, dry_run, as_json):
+    """Abort unfinished S3 multipart uploads left in REPO by killed backups.
+
+    \b
+    Examples:
+      volbackup cleanup -r s3://backups/prod --dry-run
+      volbackup cleanup -r s3://backups/prod --older-than 0 --json
+    """
+    result = ops.cleanup(Repository.open(repo), older_than, dry_run)
+    if as_json:
+        render.emit_json("cleanup", repository=result.repository, dry_run=result.dry_run,
+                         older_than_seconds=result.older_than_seconds,
+                         leftovers=[o.as_dict() for o in result.leftovers])
+    else:
+        for o in result.leftovers:
+            size = "?" if o.bytes is None else render.human_bytes(o.bytes)
+            click.echo(f"{o.key}: {o.status}, started {o.started}, {size}"
+                       + (f": {o.message}" if o.message else ""))
+        verb = "would free" if dry_run else "freed"
+        click.echo(f"{len(result.leftovers)} leftover upload(s); {verb} "
+                   f"{render.human_bytes(result.removed_bytes)}", err=True)
+    result.raise_for_failures()
