@@ -1,0 +1,88 @@
+"""Peak RSS of `volbackup backup` to S3 and `restore` from it, for volumes of different sizes.
+
+S3 is moto's server on 127.0.0.1 in a process of its own: Linux carries a parent's peak RSS
+into a child's ru_maxrss across fork and exec, so the parent must stay small for the figures
+(each volbackup run is a child; ru_maxrss from wait4) to be volbackup's own. Run as root
+beside a Docker engine:
+
+    python benchmarks/s3_memory.py --sizes 256,2048 [--json]
+
+Each size gets a fresh volume of incompressible data plus 1,000 small files (see
+benchmarks/memory.py), a backup into a fresh bucket and a restore into a fresh volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import docker
+from memory import fill, run  # benchmarks/memory.py, next to this script
+
+
+def measure(mib: int, client, s3) -> dict:
+    name = f"vbbench-{secrets.token_hex(3)}"
+    bucket = f"vbbench-{secrets.token_hex(4)}"
+    s3.create_bucket(Bucket=bucket)
+    client.volumes.create(name)
+    try:
+        fill(client.api.inspect_volume(name)["Mountpoint"], mib)
+        repo = f"s3://{bucket}/bench"
+        b_sec, b_rss = run("backup", name, "-r", repo)
+        r_sec, r_rss = run("restore", name, "--as", name + "-r", "-r", repo)
+        return {"mib": mib, "backup_rss_mib": round(b_rss, 1), "restore_rss_mib": round(r_rss, 1),
+                "backup_mib_s": round(mib / b_sec, 1), "restore_mib_s": round(mib / r_sec, 1)}
+    finally:
+        for vol in (name, name + "-r"):
+            try:
+                client.volumes.get(vol).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+        s3.delete_bucket(Bucket=bucket)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="256,2048", help="MiB per volume, comma-separated")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        s3 = boto3.client("s3")
+        for _ in range(100):
+            try:
+                s3.list_buckets()
+                break
+            except Exception:  # not listening yet
+                time.sleep(0.1)
+        rows = [measure(int(s), docker.from_env(), s3) for s in args.sizes.split(",")]
+    finally:
+        server.terminate()
+        server.wait()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'volume':>8}  {'backup RSS':>11}  {'restore RSS':>12}  {'backup':>11}  {'restore':>11}")
+    for r in rows:
+        print(f"{r['mib']:>4} MiB  {r['backup_rss_mib']:>7.1f} MiB  {r['restore_rss_mib']:>8.1f} MiB"
+              f"  {r['backup_mib_s']:>5.0f} MiB/s  {r['restore_mib_s']:>5.0f} MiB/s")
+
+
+if __name__ == "__main__":
+    main()
