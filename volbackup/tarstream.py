@@ -9,6 +9,7 @@ archives is the volume root `./`, so restore can put back the root's metadata.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from dataclasses import dataclass, field
@@ -35,9 +36,46 @@ class Entry:
     linkname: str = ""
     pax: dict[str, str] = field(default_factory=dict)
 
+    device: tuple[int, int] | None = None
+
     @property
     def is_root(self) -> bool:
         return self.type == tarfile.DIRTYPE and self.name.rstrip("/") in (".", "")
+
+
+def normal_name(name: str) -> str:
+    """`./a/b/` and `a/b` are the same entry; the root is `.`."""
+    name = name.rstrip("/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name or "."
+
+
+def entry_digest(entry: Entry, content: str | None) -> tuple:
+    """What must match for two entries to be the same: type, permission bits, owner,
+    size and content hash (files), link target (links), device numbers, mtime seconds."""
+    target = normal_name(entry.linkname) if entry.type == tarfile.LNKTYPE else entry.linkname
+    return (entry.type.decode(), entry.mode & 0o7777, entry.uid, entry.gid,
+            entry.size if content is not None else None, content, target or None,
+            entry.device, int(entry.mtime))
+
+
+def digest_differences(expected: dict, actual: dict, limit: int = 5) -> list[str]:
+    """Human-readable differences between two digest maps, at most `limit` of them."""
+    out = []
+    for name in sorted(set(expected) | set(actual)):
+        if expected.get(name) != actual.get(name):
+            if name not in actual:
+                out.append(f"{name}: missing")
+            elif name not in expected:
+                out.append(f"{name}: unexpected")
+            else:
+                fields = ("type", "mode", "uid", "gid", "size", "content", "link", "device", "mtime")
+                changed = [f for f, a, b in zip(fields, expected[name], actual[name]) if a != b]
+                out.append(f"{name}: {', '.join(changed)} differ")
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _padded(size: int) -> int:
@@ -67,7 +105,12 @@ def parse_pax(data: bytes) -> dict[str, str]:
 class TarWalker:
     """Feed it the bytes of a tar stream in any chunking; `finish()` raises if incomplete."""
 
-    def __init__(self, keep_first: bool = True):
+    def __init__(self, keep_first: bool = True, digest: bool = False):
+        """`digest=True` also records, per entry, what `entry_digest` describes."""
+        self.digests: dict[str, tuple] | None = {} if digest else None
+        self._data_left = 0         # member data bytes (without padding) still to come
+        self._hasher = None         # sha256 of the current member's data, when digesting
+        self._current: Entry | None = None
         self.bytes = 0
         self.entries = 0
         self.first: Entry | None = None
@@ -97,6 +140,13 @@ class TarWalker:
                     self._ext += view[pos:pos + take]
                     if len(self._ext) >= self._ext_size:
                         self._end_extended()
+                elif self._data_left:
+                    part = min(take, self._data_left)
+                    if self._hasher is not None:
+                        self._hasher.update(view[pos:pos + part])
+                    self._data_left -= part
+                    if not self._data_left:
+                        self._record_digest()
                 self._skip -= take
                 pos += take
                 continue
@@ -143,12 +193,27 @@ class TarWalker:
         if size < 0:
             raise IntegrityError(f"negative size for tar entry {name!r}")
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
-                      mtime=mtime, size=size, linkname=link, pax=pax)
+                      mtime=mtime, size=size, linkname=link, pax=pax,
+                      device=(info.devmajor, info.devminor) if info.ischr() or info.isblk() else None)
         self.entries += 1
         if self.first is None and self._keep_first:
             self.first = entry
         has_data = info.type in tarfile.REGULAR_TYPES or info.type not in tarfile.SUPPORTED_TYPES
         self._skip = _padded(size) if has_data else 0
+        self._data_left = size if has_data else 0
+        if self.digests is not None:
+            self._current = entry
+            self._hasher = hashlib.sha256() if has_data else None
+            if not self._data_left:
+                self._record_digest()
+
+    def _record_digest(self) -> None:
+        if self.digests is None or self._current is None:
+            return
+        entry, self._current = self._current, None
+        content = self._hasher.hexdigest() if self._hasher is not None else None
+        self._hasher = None
+        self.digests[normal_name(entry.name)] = entry_digest(entry, content)
 
     def _end_extended(self) -> None:
         data = bytes(self._ext[:self._ext_size])
