@@ -15,6 +15,7 @@ import socket
 import tarfile
 import time
 import uuid
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -92,17 +93,35 @@ class Engine:
         self.where = where
 
     @classmethod
-    def connect(cls, base_url: str | None = None) -> "Engine":
+    def connect(cls, base_url: str | None = None, context: str | None = None) -> "Engine":
+        """The engine at `base_url`, or of a Docker context, or from the environment."""
+        tls = None
+        if context:
+            try:
+                found = docker.ContextAPI.get_context(context)
+            except docker.errors.DockerException as e:
+                raise EngineError(f"reading Docker context {context}: {_short(e)}") from None
+            if found is None:
+                raise NotFound(f"no such Docker context: {context}")
+            base_url, tls = found.Host, found.TLSConfig
         where = redact(base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
         try:
-            client = (docker.DockerClient(base_url=base_url) if base_url
-                      else docker.from_env())
+            if base_url:
+                client = docker.DockerClient(base_url=base_url, tls=tls or False,
+                                             use_ssh_client=base_url.startswith("ssh://"))
+            else:
+                client = docker.from_env()
             client.ping()
         except (docker.errors.DockerException, requests.RequestException) as e:
             reason = _short(e)
             reason = reason if len(reason) < 160 else reason[:157] + "..."
             raise EngineError(f"cannot reach the Docker engine at {where} ({reason})") from None
         return cls(client, where)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the engine is reached over a network (tcp, ssh), not a local socket."""
+        return not self.where.startswith(("unix://", "npipe://", "/"))
 
     # -- volumes
     def volume(self, name: str) -> VolumeInfo:
@@ -231,17 +250,18 @@ class Helper:
         self.id = container_id
 
     @contextmanager
-    def export(self, path: str) -> Iterator[Iterator[bytes]]:
+    def export(self, path: str, gzip_wire: bool = False) -> Iterator[Iterator[bytes]]:
         """The tar stream of `path` (`/data/.` gives members named `./...`).
 
-        The response is closed on the way out: the engine will not remove a helper
-        while one of its archive streams is still open.
+        With `gzip_wire`, the engine compresses what it sends (worth it over a slow
+        network, a loss on a local socket). The response is closed on the way out: the
+        engine will not remove a helper while one of its archive streams is open.
         """
         api = self.engine.api
         with _engine_errors(f"reading {path}"):
             response = api._get(api._url("/containers/{0}/archive", self.id),
                                 params={"path": path}, stream=True,
-                                headers={"Accept-Encoding": "identity"})
+                                headers={"Accept-Encoding": "gzip" if gzip_wire else "identity"})
         try:
             with _engine_errors(f"reading {path}"):
                 api._raise_for_status(response)
@@ -249,8 +269,11 @@ class Helper:
         finally:
             response.close()
 
-    def import_(self, path: str, chunks: Iterable[bytes] | bytes) -> None:
-        """Extract a tar stream at `path` inside the helper."""
+    def import_(self, path: str, chunks: Iterable[bytes] | bytes, gzip_wire: bool = False) -> None:
+        """Extract a tar stream at `path` inside the helper (gzip-compressed on the wire
+        if asked: the engine accepts gzip-compressed tar)."""
+        if gzip_wire:
+            chunks = _gzip(chunks if not isinstance(chunks, bytes) else [chunks])
         with _engine_errors(f"writing into {path}"):
             self.engine.api.put_archive(self.id, path, chunks)
 
@@ -264,11 +287,20 @@ class Helper:
         return second is None
 
 
+def _gzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: gzip container, fastest level
+    for chunk in chunks:
+        out = compressor.compress(chunk)
+        if out:
+            yield out
+    yield compressor.flush()
+
+
 def _read_response(response, path: str) -> Iterator[bytes]:
     raw = response.raw
     try:
         while True:
-            chunk = raw.read(EXPORT_CHUNK)
+            chunk = raw.read(EXPORT_CHUNK, decode_content=True)
             if not chunk:
                 return
             yield chunk

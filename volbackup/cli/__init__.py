@@ -16,6 +16,7 @@ import click
 from volbackup import __version__
 from volbackup.cli import backup as backup_cmd
 from volbackup.cli import cleanup as cleanup_cmd
+from volbackup.cli import migrate as migrate_cmd
 from volbackup.cli import restore as restore_cmd
 from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
@@ -25,7 +26,7 @@ from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 @click.option("--debug", is_flag=True, help="Print a traceback with errors.")
 @click.version_option(__version__, prog_name="volbackup")
 def cli(debug: bool) -> None:
-    """Back up, restore and verify Docker volumes as zstd-compressed tar archives.
+    """Back up, restore, verify and migrate Docker volumes (zstd-compressed tar archives).
 
     Exit codes: 0 ok, 1 failure, 2 usage, 3 some volumes failed; docs/exit-codes.md
     lists them all.
@@ -34,6 +35,7 @@ def cli(debug: bool) -> None:
 
 cli.add_command(backup_cmd.backup)
 cli.add_command(restore_cmd.restore)
+cli.add_command(migrate_cmd.migrate)
 for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
                 cleanup_cmd.cleanup):
     cli.add_command(command)

@@ -1,0 +1,112 @@
+"""`volbackup migrate` between two real engines on this machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from docker.types import Mount
+
+from tests.integration.conftest import PREFIX
+from tests.integration.corpus import differences, tree, write_corpus
+from tests.integration.helpers import contents, fill, one_line_error
+from tests.integration.second_engine import second_engine  # noqa: F401 (fixture)
+from volbackup.engine import HELPER_LABEL
+
+
+@pytest.fixture
+def target(second_engine):  # noqa: F811
+    """The second engine; volumes the test made there (by prefix) are removed after it."""
+    client = second_engine["client"]
+    yield second_engine
+    for volume in client.volumes.list():
+        if volume.name.startswith(PREFIX):
+            volume.remove(force=True)
+    assert client.containers.list(all=True, filters={"label": HELPER_LABEL}) == []
+
+
+@pytest.mark.parametrize("wire", ["none", "gzip"])
+def test_fidelity_corpus_arrives_whole_and_verified(make_volume, mountpoint, cli, target, wire):
+    source = make_volume("corpus", labels={"com.example": "moved"})
+    write_corpus(mountpoint(source.name))
+    result = cli("migrate", source.name, "--to-host", target["url"], "--verify",
+                 "--wire-compression", wire, "--json")
+    assert result.code == 0, result.stderr
+    (moved,) = json.loads(result.stdout)["volumes"]
+    assert moved["status"] == "migrated" and moved["verified"] is True
+    attrs = target["client"].api.inspect_volume(source.name)
+    assert attrs["Labels"] == {"com.example": "moved"}
+    assert differences(tree(mountpoint(source.name)), tree(attrs["Mountpoint"])) == []
+
+
+def test_non_empty_target_is_refused_then_replaced_with_force(make_volume, mountpoint, cli,
+                                                              target):
+    source = make_volume("app")
+    fill(mountpoint(source.name), {"v": b"new\n"})
+    existing = target["client"].volumes.create(source.name)
+    there = target["client"].api.inspect_volume(existing.name)["Mountpoint"]
+    fill(there, {"v": b"old\n", "stale": b"only on the target\n"})
+
+    result = cli("migrate", source.name, "--to-host", target["url"])
+    assert result.code == 8
+    assert "not empty" in one_line_error(result.stderr)
+    assert contents(there) == {"v": b"old\n", "stale": b"only on the target\n"}
+
+    result = cli("migrate", source.name, "--to-host", target["url"], "--force")
+    assert result.code == 0, result.stderr
+    there = target["client"].api.inspect_volume(source.name)["Mountpoint"]
+    assert contents(there) == {"v": b"new\n"}
+
+
+def test_as_and_container(make_volume, make_container, mountpoint, cli, target, tmp_path):
+    data = make_volume("data")
+    fill(mountpoint(data.name), {"rows": b"1,2,3\n"})
+    site = tmp_path / "site"
+    site.mkdir()
+    fill(str(site), {"index.html": b"<p>hi</p>\n"})
+    ctr = make_container("svc", mounts=[Mount("/var/lib/data", data.name, type="volume"),
+                                        Mount("/srv", str(site), type="bind")])
+    result = cli("migrate", "--container", ctr.name, "--to-host", target["url"], "--json")
+    assert result.code == 0, result.stderr
+    names = {v["volume"] for v in json.loads(result.stdout)["volumes"]}
+    assert names == {data.name, f"{ctr.name}-srv"}
+    moved = target["client"].api.inspect_volume(f"{ctr.name}-srv")["Mountpoint"]
+    assert contents(moved) == {"index.html": b"<p>hi</p>\n"}
+
+    copy = f"{data.name}-copy"
+    assert cli("migrate", data.name, "--as", copy, "--to-host", target["url"]).code == 0
+    assert contents(target["client"].api.inspect_volume(copy)["Mountpoint"]) == {
+        "rows": b"1,2,3\n"}
+
+
+def test_missing_source_volume_creates_nothing(cli, target, client):
+    result = cli("migrate", "vbtest-no-such-volume", "--to-host", target["url"])
+    assert result.code == 4
+    assert "no such volume" in one_line_error(result.stderr)
+    assert [v for v in target["client"].volumes.list() if v.name == "vbtest-no-such-volume"] == []
+
+
+def test_unreachable_target_creates_nothing_anywhere(make_volume, cli, client, tmp_path):
+    source = make_volume("stay")
+    helpers_before = client.api.containers(all=True, filters={"label": HELPER_LABEL})
+    result = cli("migrate", source.name, "--to-host", f"unix://{tmp_path}/none.sock")
+    assert result.code == 7
+    assert "cannot reach the Docker engine" in one_line_error(result.stderr)
+    assert client.api.containers(all=True, filters={"label": HELPER_LABEL}) == helpers_before
+
+
+@pytest.mark.parametrize("args", [
+    ["v"],                                           # no target
+    ["v", "--to-host", "unix:///x", "--to-context", "c"],
+    ["v", "w", "--as", "x", "--to-host", "unix:///x"],
+    ["--to-host", "unix:///x"],                      # nothing to migrate
+    ["v", "--wire-compression", "zstd", "--to-host", "unix:///x"],
+])
+def test_usage_errors(cli, args):
+    assert cli("migrate", *args).code == 2
+
+
+def test_unknown_context(cli):
+    result = cli("migrate", "v", "--to-context", "vbtest-no-such-context")
+    assert result.code == 4
+    assert "no such Docker context" in one_line_error(result.stderr)

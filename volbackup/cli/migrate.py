@@ -1,0 +1,68 @@
+"""`volbackup migrate`."""
+
+from __future__ import annotations
+
+import click
+
+from volbackup.cli import render
+from volbackup.cli.options import json_option
+from volbackup.cli.progress import terminal_progress
+from volbackup.engine import Engine
+from volbackup.ops import migrate as ops
+
+
+@click.command()
+@click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
+@click.option("-c", "--container", metavar="NAME",
+              help="Migrate every volume and bind mount of this container.")
+@click.option("--to-host", metavar="URL",
+              help="Target engine: unix:///path, tcp://HOST:PORT or ssh://USER@HOST.")
+@click.option("--to-context", metavar="NAME", help="Target engine from a Docker context.")
+@click.option("--from-host", metavar="URL",
+              help="Source engine. Default: $DOCKER_HOST, else the local socket.")
+@click.option("--from-context", metavar="NAME", help="Source engine from a Docker context.")
+@click.option("--as", "target_name", metavar="NAME",
+              help="Name of the volume on the target (one VOLUME only).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing, non-empty target volume (removed and created "
+                   "again: its contents are discarded, not merged).")
+@click.option("--verify", is_flag=True,
+              help="Read the new volume back and compare every entry with the source.")
+@click.option("--wire-compression", type=click.Choice(ops.WIRE_CHOICES), default="auto",
+              show_default=True,
+              help="gzip the stream on the wire: auto does it only for a remote engine.")
+@json_option
+def migrate(volumes, container, to_host, to_context, from_host, from_context, target_name,
+            force, verify, wire_compression, as_json):
+    """Copy volumes to another Docker engine, as fresh volumes with the same driver,
+    options and labels. Nothing is written to disk on the way.
+
+    \b
+    Examples:
+      volbackup migrate pgdata --to-host ssh://admin@new-host --verify
+      volbackup migrate --container db --to-context new-host
+    """
+    if bool(volumes) == bool(container):
+        raise click.UsageError("name one or more VOLUMEs, or --container NAME (not both)")
+    if bool(to_host) == bool(to_context):
+        raise click.UsageError("name the target with --to-host URL or --to-context NAME")
+    if from_host and from_context:
+        raise click.UsageError("--from-host and --from-context exclude each other")
+    if target_name and (container or len(volumes) > 1):
+        raise click.UsageError("--as takes exactly one VOLUME")
+    source = Engine.connect(from_host, from_context)
+    target = Engine.connect(to_host, to_context)
+    result = ops.migrate(source, target, list(volumes), container, target_name, force, verify,
+                         wire_compression, terminal_progress())
+    if as_json:
+        render.emit_json("migrate", source=result.source, target=result.target,
+                         volumes=[v.as_dict() for v in result.volumes])
+    else:
+        for v in result.volumes:
+            if not v.failed:
+                click.echo(f"{v.source_volume} -> {v.volume}: migrated"
+                           f"{' (replaced)' if v.replaced else ''}"
+                           f"{', verified' if v.verified else ''}, "
+                           f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
+    render.failures(result.volumes)
+    result.raise_for_failures()

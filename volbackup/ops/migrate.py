@@ -1,0 +1,118 @@
+"""Move volumes from one Docker engine to another, streamed through this process.
+
+The source's tar stream goes straight into a fresh volume on the target (see
+volbackup.ops.fill): no intermediate file. It is gzip-compressed on the wire only on a
+side reached over the network, where it pays; local sockets carry plain tar.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from volbackup.engine import DATA_PATH, Engine, Helper
+from volbackup.errors import IntegrityError, NotFound, VolbackupError
+from volbackup.ops.backup import Source, VolumeBackup, container_sources, volume_sources
+from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
+from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.tarstream import TarWalker, digest_differences, root_entry_tar
+
+WIRE_CHOICES = ("auto", "gzip", "none")
+
+
+@dataclass
+class VolumeMigration(Outcome):
+    source_volume: str | None = None
+    bytes: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+    replaced: bool = False
+    verified: bool = False
+
+
+@dataclass
+class MigrateResult:
+    source: str
+    target: str
+    volumes: list[VolumeMigration]
+
+    def raise_for_failures(self) -> None:
+        raise_for_failures(self.volumes, "volumes")
+
+
+def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
+            container: str | None = None, target_name: str | None = None,
+            force: bool = False, verify: bool = False, wire: str = "auto",
+            progress: ProgressFactory = no_progress) -> MigrateResult:
+    """Copy each volume (or a container's volumes) to `target`, as fresh volumes there."""
+    for engine in (source, target):
+        engine.remove_stale_helpers()
+        engine.ensure_helper_image()
+    if container:
+        plan = container_sources(source, container)
+        if not plan:
+            raise NotFound(f"container {container} has no volumes or bind mounts to migrate")
+    else:
+        plan = volume_sources(source, volumes or [])
+    gzip_from = wire == "gzip" or (wire == "auto" and source.is_remote)
+    gzip_to = wire == "gzip" or (wire == "auto" and target.is_remote)
+    outcomes = []
+    for item in plan:
+        name = target_name or item.volume
+        outcome = VolumeMigration(name, "migrated", source_volume=item.volume)
+        if isinstance(item, VolumeBackup):  # the source volume was not found
+            outcomes.append(outcome.failure(item.error))
+            continue
+        try:
+            _migrate_one(source, target, item, outcome, force, verify, gzip_from, gzip_to,
+                         progress)
+        except VolbackupError as e:
+            outcome.failure(e)
+        outcomes.append(outcome)
+    return MigrateResult(source.where, target.where, outcomes)
+
+
+def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMigration,
+                 force: bool, verify: bool, gzip_from: bool, gzip_to: bool,
+                 progress: ProgressFactory) -> None:
+    started = time.monotonic()
+    sent = TarWalker(digest=verify)
+
+    def write(helper: Helper) -> None:
+        with progress(outcome.volume, None) as update, \
+                source.helper(**item.helper) as reader, \
+                reader.export(item.path.rstrip("/") + "/.", gzip_wire=gzip_from) as chunks:
+
+            def checked():
+                for chunk in chunks:
+                    sent.feed(chunk)
+                    update(len(chunk))
+                    yield chunk
+                sent.finish()  # a broken source stream fails the put, before it ends
+
+            helper.import_(DATA_PATH, checked(), gzip_wire=gzip_to)
+        if sent.first is not None and sent.first.is_root:
+            helper.import_("/", root_entry_tar(sent.first, DATA_PATH.strip("/")))
+        if verify:
+            _verify(helper, sent, outcome.volume, gzip_to)
+            outcome.verified = True
+
+    spec = VolumeSpec(item.driver, item.driver_options, item.labels)
+    outcome.replaced = fill_fresh_volume(
+        target, outcome.volume, spec, force, write,
+        lost_note="the source volume still holds the data; run the migration again")
+    outcome.bytes, outcome.entries = sent.bytes, sent.entries
+    outcome.seconds = round(time.monotonic() - started, 3)
+
+
+def _verify(helper: Helper, sent: TarWalker, name: str, gzip_wire: bool) -> None:
+    """Read the new volume back and compare every entry's digest with what was sent."""
+    back = TarWalker(digest=True)
+    with helper.export(DATA_PATH + "/.", gzip_wire=gzip_wire) as chunks:
+        for chunk in chunks:
+            back.feed(chunk)
+    back.finish()
+    differences = digest_differences(sent.digests, back.digests)
+    if differences:
+        raise IntegrityError(f"verification of volume {name} failed: "
+                             + "; ".join(differences))
