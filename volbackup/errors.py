@@ -74,6 +74,20 @@ class PartialFailure(VolbackupError):
         self.result = result
 
 
+class RepositoryLocked(VolbackupError):
+    exit_code = 11
+    title = "repository locked"
+    summary = ("Another run holds a conflicting lock on the repository and did not release "
+               "it within --lock-wait (`volbackup unlock` lists and breaks stale locks).")
+
+
+class ConfigError(VolbackupError):
+    exit_code = 12
+    title = "invalid config"
+    summary = ("The config file of `volbackup run` cannot be read, is not valid TOML, or has "
+               "an unknown key or a bad value (the message names the key, job and line).")
+
+
 class Interrupted(VolbackupError):
     exit_code = 130
     title = "interrupted"

@@ -1,0 +1,149 @@
+"""Repository locks on a directory backend: conflicts, waiting, stale locks, unlock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from volbackup import locking
+from volbackup.backends import LocalBackend
+from volbackup.errors import RepositoryLocked
+
+
+@pytest.fixture
+def backend(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    return LocalBackend(root)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def plant(backend, kind="exclusive", pid=None, refreshed=None, host=None, name="planted"):
+    """A lock of another run, written as that run would."""
+    info = locking.LockInfo(f"locks/{name}.json", kind, host or locking.socket.gethostname(),
+                            pid or 1, locking._pid_namespace(), "2027-01-01T00:00:00Z",
+                            refreshed or locking._iso(locking._now()), "test")
+    backend.write_bytes(info.key, info.to_json())
+    return info
+
+
+def lock_keys(backend):
+    return [i.key for i in backend.list("locks/")]
+
+
+def test_shared_locks_coexist_and_release(backend):
+    a = locking.acquire(backend, locking.SHARED, 0)
+    b = locking.acquire(backend, locking.SHARED, 0)
+    assert len(lock_keys(backend)) == 2
+    a.release()
+    b.release()
+    assert lock_keys(backend) == []
+
+
+def test_lock_records_host_pid_and_times(backend):
+    with locking.locked(backend, locking.EXCLUSIVE, 0, "prune") as lock:
+        data = json.loads(backend.read_bytes(lock.info.key))
+    assert data["pid"] == locking.os.getpid() and data["host"] == locking.socket.gethostname()
+    assert data["kind"] == "exclusive" and data["command"] == "prune"
+    assert data["started"].endswith("Z") and data["refreshed"].endswith("Z")
+
+
+@pytest.mark.parametrize("held,wanted", [("exclusive", "shared"), ("shared", "exclusive"),
+                                         ("exclusive", "exclusive")])
+def test_conflicting_lock_fails_with_its_exit_code(backend, held, wanted):
+    plant(backend, held, pid=locking.os.getpid())   # a live pid on this host
+    with pytest.raises(RepositoryLocked) as caught:
+        locking.acquire(backend, wanted, 0)
+    assert caught.value.exit_code == 11
+    assert f"{held} lock of pid {locking.os.getpid()}" in str(caught.value)
+    assert lock_keys(backend) == ["locks/planted.json"]  # ours is gone again
+
+
+def test_waits_for_a_lock_to_be_released(backend):
+    held = locking.acquire(backend, locking.EXCLUSIVE, 0)
+    threading.Timer(0.5, held.release).start()
+    started = time.monotonic()
+    with locking.locked(backend, locking.SHARED, 10):
+        assert time.monotonic() - started >= 0.4
+
+
+def test_gives_up_after_the_wait(backend):
+    plant(backend, pid=locking.os.getpid())
+    started = time.monotonic()
+    with pytest.raises(RepositoryLocked, match="gave up after 1s"):
+        locking.acquire(backend, locking.SHARED, 1)
+    assert 0.9 <= time.monotonic() - started < 3
+
+
+def test_lock_of_a_dead_pid_on_this_host_is_broken(backend):
+    stale = plant(backend, pid=dead_pid())
+    broken = []
+    with locking.locked(backend, locking.EXCLUSIVE, 0, on_break=lambda l, why: broken.append(why)):
+        assert stale.key not in lock_keys(backend)
+    assert broken and "is not running on this host" in broken[0]
+
+
+def test_lock_of_another_host_is_broken_only_when_old(backend):
+    plant(backend, pid=dead_pid(), host="elsewhere")
+    with pytest.raises(RepositoryLocked):
+        locking.acquire(backend, locking.SHARED, 0)
+    old = locking._iso(datetime.now(timezone.utc) - locking.STALE_AFTER - timedelta(seconds=5))
+    plant(backend, pid=dead_pid(), host="elsewhere", refreshed=old)
+    with locking.locked(backend, locking.SHARED, 0):
+        pass
+
+
+def test_unreadable_lock_is_stale(backend):
+    backend.write_bytes("locks/junk.json", b"{not json")
+    with locking.locked(backend, locking.EXCLUSIVE, 0):
+        assert "locks/junk.json" not in lock_keys(backend)
+
+
+def test_holder_refreshes_its_lock(backend, monkeypatch):
+    monkeypatch.setattr(locking, "REFRESH_EVERY", timedelta(seconds=0.1))
+    with locking.locked(backend, locking.SHARED, 0) as lock:
+        first = json.loads(backend.read_bytes(lock.info.key))["refreshed"]
+        lock.info.refreshed = "2000-01-01T00:00:00Z"  # refresh writes the time anew
+        time.sleep(0.5)
+        assert json.loads(backend.read_bytes(lock.info.key))["refreshed"] >= first
+
+
+def test_exclusive_locks_never_overlap(backend):
+    holders, overlaps = [], []
+
+    def worker():
+        for _ in range(3):
+            with locking.locked(backend, locking.EXCLUSIVE, 30):
+                holders.append(1)
+                if len(holders) > 1:
+                    overlaps.append(1)
+                time.sleep(0.01)
+                holders.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [] and lock_keys(backend) == []
+
+
+def test_unlock_removes_stale_locks_and_keeps_live_ones(backend):
+    live = plant(backend, pid=locking.os.getpid(), name="live")
+    plant(backend, pid=dead_pid(), name="dead")
+    result = {lock.key: why for lock, why in locking.unlock(backend)}
+    assert result[live.key] is None and "not running" in result["locks/dead.json"]
+    assert lock_keys(backend) == [live.key]
+    assert [why for _, why in locking.unlock(backend, remove_all=True)] == ["removed with --all"]
+    assert lock_keys(backend) == []

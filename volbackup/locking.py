@@ -1,0 +1,215 @@
+"""Repository locks: shared (backup) and exclusive (prune), on top of any Backend.
+
+Each run writes its own lock blob `locks/<stamp>-<random>.json` (host, pid, pid namespace,
+kind, start and refresh times), then lists `locks/`. If it sees a conflicting lock that is
+not stale, it removes its own, waits, and tries again until `wait` seconds have passed;
+then it raises RepositoryLocked. Shared locks conflict only with exclusive ones.
+
+Why this is safe without compare-and-swap: every run writes before it lists. Of two runs,
+the one that lists second sees the other's lock, so two conflicting runs can never both go
+on (backends are read-after-write consistent: a local directory, and S3 since 2020).
+Lock names are unique per run, so breaking a stale lock never removes a live one.
+
+A lock is stale when its pid is dead on this host (same host name and pid namespace) or
+when it was not refreshed for STALE_AFTER. A holder refreshes its lock every REFRESH_EVERY
+from a background thread, so a long backup's lock never looks stale. Clocks of the hosts
+sharing a repository must agree within a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterator
+
+from volbackup import __version__
+from volbackup.backends import Backend, BlobNotFound
+from volbackup.errors import RepositoryError, RepositoryLocked
+
+PREFIX = "locks/"
+REFRESH_EVERY = timedelta(minutes=5)
+STALE_AFTER = timedelta(minutes=30)
+SHARED, EXCLUSIVE = "shared", "exclusive"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+@dataclass
+class LockInfo:
+    key: str
+    kind: str
+    host: str
+    pid: int
+    pid_namespace: str
+    started: str
+    refreshed: str
+    command: str = ""
+    tool_version: str = ""
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        del data["key"]
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, key: str, raw: bytes) -> "LockInfo":
+        try:
+            data = json.loads(raw)
+            return cls(key=key, kind=str(data["kind"]), host=str(data["host"]),
+                       pid=int(data["pid"]), pid_namespace=str(data.get("pid_namespace", "")),
+                       started=str(data["started"]), refreshed=str(data["refreshed"]),
+                       command=str(data.get("command", "")),
+                       tool_version=str(data.get("tool_version", "")))
+        except (ValueError, KeyError, TypeError):
+            # Unreadable (damaged, or not ours): exclusive, and stale at once.
+            return cls(key, EXCLUSIVE, "?", 0, "", "", "", "unreadable lock")
+
+    def describe(self) -> str:
+        return (f"{self.kind} lock of pid {self.pid} on host {self.host}"
+                + (f" ({self.command})" if self.command else "")
+                + f", started {self.started or '?'}")
+
+    def stale_reason(self, now: datetime | None = None) -> str | None:
+        """Why this lock may be broken, or None while its holder may still be running."""
+        now = now or _now()
+        if (self.host == socket.gethostname() and self.pid_namespace == _pid_namespace()
+                and self.pid > 0 and not _pid_alive(self.pid)):
+            return f"pid {self.pid} is not running on this host"
+        try:
+            refreshed = datetime.fromisoformat(self.refreshed.replace("Z", "+00:00"))
+        except ValueError:
+            return "it is unreadable"
+        if now - refreshed > STALE_AFTER:
+            return f"not refreshed since {self.refreshed} (over {int(STALE_AFTER.total_seconds() // 60)} min)"
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_locks(backend: Backend) -> list[LockInfo]:
+    found = []
+    for info in backend.list(PREFIX):
+        try:
+            found.append(LockInfo.from_json(info.key, backend.read_bytes(info.key)))
+        except BlobNotFound:
+            continue  # released while listing
+    return found
+
+
+def _conflicts(mine: LockInfo, others: list[LockInfo]) -> list[LockInfo]:
+    return [o for o in others if o.key != mine.key
+            and (mine.kind == EXCLUSIVE or o.kind == EXCLUSIVE)]
+
+
+class Lock:
+    """A held lock; `release()` removes it. Refreshed in the background while held."""
+
+    def __init__(self, backend: Backend, info: LockInfo):
+        self.backend, self.info = backend, info
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, name="volbackup-lock", daemon=True)
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(REFRESH_EVERY.total_seconds()):
+            self.info.refreshed = _iso(_now())
+            try:
+                self.backend.write_bytes(self.info.key, self.info.to_json())
+            except RepositoryError:
+                pass  # tried again next time; the lock goes stale only after STALE_AFTER
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.backend.delete(self.info.key)
+
+
+def acquire(backend: Backend, kind: str, wait: float, command: str = "",
+            on_break: Callable[[LockInfo, str], None] = lambda lock, why: None,
+            sleep: Callable[[float], None] = time.sleep) -> Lock:
+    """Take a lock of `kind` (SHARED or EXCLUSIVE), waiting up to `wait` seconds."""
+    if kind not in (SHARED, EXCLUSIVE):
+        raise ValueError(kind)
+    deadline = time.monotonic() + wait
+    delay = 0.2
+    while True:
+        now = _now()
+        info = LockInfo(f"{PREFIX}{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(6)}.json",
+                        kind, socket.gethostname(), os.getpid(), _pid_namespace(), _iso(now),
+                        _iso(now), command, __version__)
+        backend.write_bytes(info.key, info.to_json())
+        try:
+            blocking = []
+            for other in _conflicts(info, list_locks(backend)):
+                why = other.stale_reason()
+                if why:
+                    backend.delete(other.key)
+                    on_break(other, why)
+                else:
+                    blocking.append(other)
+        except BaseException:
+            backend.delete(info.key)
+            raise
+        if not blocking:
+            lock = Lock(backend, info)
+            lock._thread.start()
+            return lock
+        backend.delete(info.key)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RepositoryLocked(
+                f"repository {backend.describe()} is locked: {blocking[0].describe()}"
+                + (f" (gave up after {wait:g}s)" if wait else "")
+                + "; if that run is gone, `volbackup unlock` breaks stale locks")
+        sleep(min(left, delay * random.uniform(0.5, 1.5)))
+        delay = min(delay * 2, 5.0)
+
+
+@contextmanager
+def locked(backend: Backend, kind: str, wait: float, command: str = "",
+           on_break: Callable[[LockInfo, str], None] = lambda lock, why: None) -> Iterator[Lock]:
+    lock = acquire(backend, kind, wait, command, on_break)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def unlock(backend: Backend, remove_all: bool = False) -> list[tuple[LockInfo, str | None]]:
+    """Remove stale locks (every lock with `remove_all`): (lock, why removed or None if kept)."""
+    out = []
+    for lock in list_locks(backend):
+        why = "removed with --all" if remove_all else lock.stale_reason()
+        if why:
+            backend.delete(lock.key)
+        out.append((lock, why))
+    return out
