@@ -26,7 +26,7 @@ import requests
 import urllib3.exceptions
 from docker.types import Mount
 
-from volbackup.errors import EngineError, NotFound
+from volbackup.errors import EngineError, NotFound, StreamBroken
 
 HELPER_IMAGE = "volbackup-helper:1"
 HELPER_LABEL = "io.volbackup.helper"   # on helper containers only
@@ -47,6 +47,17 @@ class VolumeInfo:
     options: dict[str, str]
     labels: dict[str, str]
     mountpoint: str
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container as backups of its volumes need to know it."""
+
+    id: str
+    name: str
+    state: str                 # "running", "paused", "exited", "created", ...
+    labels: dict[str, str]
+    volumes: tuple[str, ...]   # names of the volumes it mounts
 
 
 @dataclass(frozen=True)
@@ -141,12 +152,57 @@ class Engine:
         with _engine_errors(f"removing volume {name}"):
             self.api.remove_volume(name)
 
+    def volumes(self) -> list[VolumeInfo]:
+        """Every volume of the engine."""
+        with _engine_errors("listing volumes"):
+            found = self.api.volumes().get("Volumes") or []
+        return sorted((VolumeInfo(v["Name"], v.get("Driver") or "local",
+                                  dict(v.get("Options") or {}), dict(v.get("Labels") or {}),
+                                  v.get("Mountpoint") or "") for v in found),
+                      key=lambda v: v.name)
+
     def containers_using(self, volume: str) -> list[str]:
         """Names of every container (running or not, helpers excluded) that mounts `volume`."""
+        return sorted(c.name for c in self.containers_of(volume))
+
+    def containers_of(self, volume: str) -> list[ContainerInfo]:
+        """Every container (running or not, helpers excluded) that mounts `volume`."""
         with _engine_errors(f"listing containers that use volume {volume}"):
             found = self.api.containers(all=True, filters={"volume": volume})
-        return sorted(c["Names"][0].lstrip("/") for c in found
-                      if HELPER_LABEL not in (c.get("Labels") or {}))
+        return [_container_info(c) for c in found
+                if HELPER_LABEL not in (c.get("Labels") or {})]
+
+    def container(self, name: str) -> ContainerInfo:
+        with _engine_errors(f"inspecting container {name}", f"no such container: {name}"):
+            found = self.api.containers(all=True, filters={"id": name}) or \
+                self.api.containers(all=True, filters={"name": f"^/{re.escape(name)}$"})
+        if not found:
+            raise NotFound(f"no such container: {name}")
+        return _container_info(found[0])
+
+    def stop(self, container: ContainerInfo, timeout: int) -> None:
+        with _engine_errors(f"stopping container {container.name}"):
+            self.api.stop(container.id, timeout=timeout)
+
+    def start(self, container: ContainerInfo) -> None:
+        with _engine_errors(f"starting container {container.name}"):
+            self.api.start(container.id)
+
+    def pause(self, container: ContainerInfo) -> None:
+        with _engine_errors(f"pausing container {container.name}"):
+            self.api.pause(container.id)
+
+    def unpause(self, container: ContainerInfo) -> None:
+        with _engine_errors(f"unpausing container {container.name}"):
+            self.api.unpause(container.id)
+
+    def run_in(self, container: ContainerInfo, command: str) -> tuple[int, bytes]:
+        """Run `sh -c COMMAND` in a running container: (exit code, output)."""
+        with _engine_errors(f"running a hook in container {container.name}"):
+            created = self.api.exec_create(container.id, ["sh", "-c", command])
+            output = self.api.exec_start(created["Id"])
+            code = self.api.exec_inspect(created["Id"]).get("ExitCode")
+        return (code if code is not None else -1), output
 
     # -- containers
     def container_mounts(self, container: str) -> tuple[str, list[MountInfo]]:
@@ -222,6 +278,16 @@ class Engine:
                 self.api.remove_container(created["Id"], force=True, v=False)
             except (docker.errors.DockerException, requests.RequestException):
                 pass  # the next run removes it (remove_stale_helpers)
+
+
+def _container_info(listed: dict) -> ContainerInfo:
+    """From one entry of the container list (no inspect: that blocks during archive reads)."""
+    volumes = tuple(m["Name"] for m in listed.get("Mounts") or [] if m.get("Type") == "volume")
+    state = listed.get("State") or ""
+    if state == "running" and "(Paused)" in (listed.get("Status") or ""):
+        state = "paused"
+    return ContainerInfo(listed["Id"], listed["Names"][0].lstrip("/"), state,
+                         dict(listed.get("Labels") or {}), volumes)
 
 
 def _helper_is_stale(labels: dict, created: int) -> bool:
@@ -305,7 +371,7 @@ def _read_response(response, path: str) -> Iterator[bytes]:
                 return
             yield chunk
     except _STREAM_ERRORS as e:
-        raise EngineError(f"the engine's stream of {path} broke off ({_short(e)})") from None
+        raise StreamBroken(f"the engine's stream of {path} broke off ({_short(e)})") from None
 
 
 class _ChunkReader(io.RawIOBase):

@@ -55,6 +55,10 @@ class EngineError(VolbackupError):
     summary = "The Docker engine cannot be reached or refused a request."
 
 
+class StreamBroken(EngineError):
+    """The engine's archive stream ended early: often files that changed while read."""
+
+
 class TargetNotEmpty(VolbackupError):
     exit_code = 8
     title = "target refused"

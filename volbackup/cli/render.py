@@ -33,3 +33,16 @@ def failures(outcomes) -> None:
         for o in outcomes:
             if o.failed:
                 click.echo(f"volbackup: {o.volume}: failed: {o.message}", err=True)
+
+
+def hook_failures(outcomes) -> None:
+    """Name every hook that failed, with the end of its output, on stderr (once each)."""
+    seen = set()
+    for o in outcomes:
+        for hook in getattr(o, "hooks", []):
+            key = (hook["container"], hook["hook"])
+            if hook["exit_code"] != 0 and key not in seen:
+                seen.add(key)
+                tail = hook["output"].strip().splitlines()[-1:] or [""]
+                click.echo(f"volbackup: {hook['container']}: {hook['hook']}-hook "
+                           f"{hook['command']!r} exited {hook['exit_code']}: {tail[0]}", err=True)

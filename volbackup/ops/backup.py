@@ -1,4 +1,10 @@
-"""Back up volumes (or a container's mounts) into a repository, one snapshot per volume."""
+"""Back up volumes (or a container's mounts) into a repository, one snapshot per volume.
+
+Volumes that share containers are read as a group, with those containers quiet (see
+volbackup.ops.quiesce) for exactly that time. A volume whose stream breaks (files that
+change while read) is read again, a bounded number of times; a broken read never
+becomes a snapshot.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +15,14 @@ from datetime import datetime, timezone
 from itertools import groupby
 
 from volbackup import __version__, archive
-from volbackup.engine import DATA_PATH, Engine, bind_volume_name
-from volbackup.errors import NotFound, VolbackupError
+from volbackup.engine import ContainerInfo, Engine, Helper
+from volbackup.errors import IntegrityError, NotFound, StreamBroken, VolbackupError
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.quiesce import Quiet, quiet
+from volbackup.ops.select import (Missing, Selection, Source, container_sources,
+                                  volume_sources)
 from volbackup.repository import Repository, new_snapshot_id
-
-
-@dataclass
-class Source:
-    """One volume to back up and how a helper reaches it."""
-
-    volume: str                     # the name its snapshot restores as
-    path: str                       # directory inside the helper
-    helper: dict                    # keyword arguments for Engine.helper
-    driver: str = "local"
-    driver_options: dict = field(default_factory=dict)
-    labels: dict = field(default_factory=dict)
-    kind: str = "volume"
-    container: str | None = None
-    mount_path: str | None = None
-    bind_path: str | None = None
 
 
 @dataclass
@@ -39,6 +32,10 @@ class VolumeBackup(Outcome):
     sha256: str | None = None
     entries: int = 0
     seconds: float = 0.0
+    attempts: int = 0
+    hooks: list[dict] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -50,53 +47,16 @@ class BackupResult:
         raise_for_failures(self.volumes, "volumes")
 
 
-def volume_sources(engine: Engine, names: list[str]) -> list[Source | VolumeBackup]:
-    """Sources for named volumes; a missing volume becomes a failed outcome."""
-    plan: list[Source | VolumeBackup] = []
-    for name in names:
-        try:
-            info = engine.volume(name)
-        except VolbackupError as e:
-            plan.append(VolumeBackup(name, "failed").failure(e))
-            continue
-        plan.append(Source(name, DATA_PATH, {"volume": name}, info.driver, info.options,
-                           info.labels))
-    return plan
-
-
-def container_sources(engine: Engine, container: str) -> list[Source]:
-    """The container's volumes and binds, read through one `volumes_from` helper.
-
-    A mount that contains another mount of the container is read from a helper of its
-    own, so its snapshot does not swallow the nested volume's files. So is every mount
-    of a container that has a tmpfs mount: the engine (20.10) refuses `volumes_from`
-    on such a container.
-    """
-    name, mounts = engine.container_mounts(container)
-    has_tmpfs = any(m.kind == "tmpfs" for m in mounts)
-    mounts = [m for m in mounts if m.kind in ("volume", "bind")]
-    sources = []
-    for mount in mounts:
-        nested = any(other.destination.startswith(mount.destination.rstrip("/") + "/")
-                     for other in mounts if other is not mount)
-        direct = nested or has_tmpfs
-        path = DATA_PATH if direct else mount.destination
-        if mount.kind == "volume":
-            info = engine.volume(mount.name)
-            helper = {"volume": mount.name} if direct else {"volumes_from": name}
-            sources.append(Source(mount.name, path, helper, info.driver, info.options,
-                                  info.labels, "volume", name, mount.destination))
-        else:
-            helper = {"bind": mount.source} if direct else {"volumes_from": name}
-            sources.append(Source(bind_volume_name(name, mount.destination), path, helper,
-                                  kind="bind", container=name, mount_path=mount.destination,
-                                  bind_path=mount.source))
-    return sources
-
-
 def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
            container: str | None = None, level: int = 3,
-           progress: ProgressFactory = no_progress) -> BackupResult:
+           progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
+           quiesce: str | None = None, stop_timeout: int = 10,
+           retries: int = 2) -> BackupResult:
+    """Back up the named `volumes` (plus `selection`), or every mount of `container`.
+
+    `quiesce` is None, "stop" or "pause": what to do to the running containers that use
+    a volume while it is read (the label volbackup.stop=true asks for "stop" too).
+    """
     engine.remove_stale_helpers()
     engine.ensure_helper_image()
     if container:
@@ -104,21 +64,98 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
         if not plan:
             raise NotFound(f"container {container} has no volumes or bind mounts to back up")
     else:
-        plan = volume_sources(engine, volumes or [])
-    outcomes: list[VolumeBackup] = [p for p in plan if isinstance(p, VolumeBackup)]
+        selection = selection or Selection()
+        names = Selection(list(volumes or []) + selection.names, selection.all,
+                          selection.labels, selection.project, selection.exclude,
+                          selection.include_anonymous).resolve(engine)
+        if not names:
+            raise NotFound("no volume matches the selection")
+        plan = volume_sources(engine, names)
+    outcomes = [VolumeBackup(m.volume, "failed").failure(m.error)
+                for m in plan if isinstance(m, Missing)]
     sources = [p for p in plan if isinstance(p, Source)]
-    for _, group in groupby(sources, key=lambda s: repr(sorted(s.helper.items()))):
-        group = list(group)
-        try:
-            with engine.helper(**group[0].helper) as helper:
-                for source in group:
-                    outcomes.append(_backup_one(helper, repo, source, level, progress))
-        except VolbackupError as e:  # the helper itself could not be made
-            outcomes.extend(VolumeBackup(s.volume, "failed").failure(e) for s in group
-                            if s.volume not in {o.volume for o in outcomes})
+    users = {s.volume: _users(engine, s) for s in sources}
+    for containers, group in _groups(sources, users):
+        outcomes.extend(_backup_group(engine, repo, group, containers, users, level, progress,
+                                      quiesce, stop_timeout, retries))
     order = {name: i for i, name in enumerate(p.volume for p in plan)}
     outcomes.sort(key=lambda o: order.get(o.volume, 0))
     return BackupResult(repo.describe(), outcomes)
+
+
+def _users(engine: Engine, source: Source) -> list[ContainerInfo]:
+    if source.kind == "volume":
+        return engine.containers_of(source.volume)
+    return [engine.container(source.container)]  # a bind mount: its own container
+
+
+def _groups(sources: list[Source], users: dict[str, list[ContainerInfo]]):
+    """Sources that share a container go together, with the union of their containers."""
+    groups: list[tuple[dict[str, ContainerInfo], list[Source]]] = []
+    for source in sources:
+        mine = {c.id: c for c in users[source.volume]}
+        joined = [g for g in groups if set(g[0]) & set(mine)]
+        for g in joined:
+            groups.remove(g)
+            mine.update(g[0])
+        members = [s for g in joined for s in g[1]] + [source]
+        groups.append((mine, members))
+    return [(list(containers.values()), members) for containers, members in groups]
+
+
+def _backup_group(engine: Engine, repo: Repository, group: list[Source],
+                  containers: list[ContainerInfo], users: dict[str, list[ContainerInfo]],
+                  level: int, progress: ProgressFactory, quiesce: str | None,
+                  stop_timeout: int, retries: int) -> list[VolumeBackup]:
+    done: list[VolumeBackup] = []
+    state: Quiet | None = None
+    try:
+        with quiet(engine, containers, quiesce, stop_timeout) as state:
+            for _, same_helper in groupby(group, key=lambda s: repr(sorted(s.helper.items()))):
+                same_helper = list(same_helper)
+                with engine.helper(**same_helper[0].helper) as helper:
+                    for source in same_helper:
+                        failed_hook = next((state.pre_failed[c.name] for c in users[source.volume]
+                                            if c.name in state.pre_failed), None)
+                        if failed_hook is not None:
+                            done.append(VolumeBackup(source.volume, "failed").failure(
+                                VolbackupError(
+                                    f"skipped: the pre-hook of container {failed_hook.container} "
+                                    f"failed with exit code {failed_hook.exit_code}")))
+                        else:
+                            done.append(_backup_with_retries(helper, repo, source, level,
+                                                             progress, retries))
+    except VolbackupError as e:  # a helper could not be made, or a container not put back
+        finished = {o.volume for o in done}
+        done.extend(VolumeBackup(s.volume, "failed").failure(e) for s in group
+                    if s.volume not in finished)
+        for outcome in done:
+            if not outcome.failed:
+                outcome.failure(type(e)(f"snapshot {outcome.snapshot} was made, but {e}"))
+    for outcome in done:
+        names = {c.name for c in users.get(outcome.volume, [])}
+        if state is not None:
+            outcome.hooks = [h.as_dict() for h in state.hooks if h.container in names]
+            outcome.stopped = [n for n in state.stopped if n in names]
+            outcome.paused = [n for n in state.paused if n in names]
+    return done
+
+
+def _backup_with_retries(helper: Helper, repo: Repository, source: Source, level: int,
+                         progress: ProgressFactory, retries: int) -> VolumeBackup:
+    """Read again when the stream broke (files changed while read), up to `retries` times."""
+    broken: list[str] = []
+    for attempt in range(1, retries + 2):
+        outcome = _backup_one(helper, repo, source, level, progress)
+        outcome.attempts = attempt
+        if not (outcome.failed and isinstance(outcome.error, (IntegrityError, StreamBroken))):
+            break
+        broken.append(f"attempt {attempt}: {outcome.message}")
+    if broken and not outcome.failed:
+        outcome.message = f"read again after a broken stream ({'; '.join(broken)})"
+    elif broken and len(broken) > 1:
+        outcome.message = f"every read broke: {'; '.join(broken)}"
+    return outcome
 
 
 def _backup_one(helper, repo: Repository, source: Source, level: int,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from volbackup.engine import DATA_PATH, Engine, Helper
 from volbackup.errors import IntegrityError, NotFound, VolbackupError
-from volbackup.ops.backup import Source, VolumeBackup, container_sources, volume_sources
+from volbackup.ops.select import Missing, Source, container_sources, volume_sources
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.tarstream import TarWalker, digest_differences, root_entry_tar
@@ -60,7 +60,7 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     for item in plan:
         name = target_name or item.volume
         outcome = VolumeMigration(name, "migrated", source_volume=item.volume)
-        if isinstance(item, VolumeBackup):  # the source volume was not found
+        if isinstance(item, Missing):  # the source volume was not found
             outcomes.append(outcome.failure(item.error))
             continue
         try:
