@@ -1,0 +1,168 @@
+"""Running and timing the contenders of benchmarks/run.py, and cleaning up after them.
+
+Every child runs in its own session, so a Ctrl-C reaches this process only; it then
+interrupts the running child (SIGINT to its group: volbackup removes its own helper),
+waits for it, and lets the caller's cleanup remove the `vbbench-<run>-` resources.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import docker
+
+MIB = 1 << 20
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def volbackup_cmd() -> list[str]:
+    exe = shutil.which("volbackup")
+    return [exe] if exe else [sys.executable, "-m", "volbackup"]
+
+
+def timed(cmd: list[str], what: str) -> tuple[float, float]:
+    """Run `cmd`; return (wall seconds, peak RSS in MiB of that process, from wait4).
+
+    Dirty pages are written back first (untimed), so no step pays for an earlier one's."""
+    os.sync()
+    with tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            _stop(proc)
+            raise
+        seconds = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise StepFailed(f"{what} failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
+                             f"{err.read().decode(errors='replace')[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def busy_fraction(seconds: float = 2.0) -> float:
+    """How busy the CPUs are (0..1) over `seconds`, from /proc/stat: is something else running?"""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]   # total, idle + iowait
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGINT, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(grace)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def shell(script: str, what: str) -> float:
+    return timed(["bash", "-o", "pipefail", "-c", script], what)[0]
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+class Bench:
+    """The resources of one run (all named `<prefix>...`) and the contenders' steps."""
+
+    def __init__(self, client: docker.DockerClient, prefix: str, image: str, fsync: bool):
+        self.client, self.prefix, self.image, self.fsync = client, prefix, image, fsync
+        self.work = tempfile.mkdtemp(prefix=prefix)
+        self.count = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{self.prefix}{stem}-{self.count}"
+
+    def volume(self, stem: str) -> tuple[str, str]:
+        name = self.name(stem)
+        self.client.volumes.create(name)
+        return name, self.client.api.inspect_volume(name)["Mountpoint"]
+
+    def source_container(self, volume: str) -> str:
+        """A created, never started container that mounts `volume` at /data (for --volumes-from)."""
+        name = self.name("src")
+        self.client.api.create_container(
+            self.image, command=["true"], name=name,
+            host_config=self.client.api.create_host_config(binds=[f"{volume}:/data"]))
+        return name
+
+    def _sync(self, path: str) -> str:
+        return f" && sync {shlex.quote(path)}" if self.fsync else ""
+
+    # -- backups: each returns (seconds, peak RSS MiB or None, archive bytes) -----------------
+
+    def backup_volbackup(self, volume: str) -> tuple[float, float, int, str]:
+        repo = tempfile.mkdtemp(prefix="repo-", dir=self.work)
+        seconds, rss = timed([*volbackup_cmd(), "backup", volume, "-r", repo], "volbackup backup")
+        return seconds, rss, dir_bytes(repo), repo
+
+    def backup_recipe(self, src: str) -> tuple[float, None, int, str]:
+        out = os.path.join(self.work, "recipe.tar.zst")
+        seconds = shell(
+            f"docker run --rm --log-driver none --name {self.name('recipe')} --volumes-from {src} "
+            f"{self.image} tar -cf - /data | zstd -q -T0 -3 > {out}{self._sync(out)}",
+            "recipe (docker run tar | zstd)")
+        return seconds, None, os.path.getsize(out), out
+
+    def backup_limit(self, mountpoint: str) -> tuple[float, None, int, str]:
+        out = os.path.join(self.work, "limit.tar.zst")
+        seconds = shell(f"tar -cf - -C {shlex.quote(mountpoint)} . | zstd -q -T0 -3 > {out}"
+                        f"{self._sync(out)}", "limit (host tar | zstd)")
+        return seconds, None, os.path.getsize(out), out
+
+    # -- restores: each returns (seconds, peak RSS MiB or None) -----------------------------
+    # Restored volumes are kept until cleanup: on ext4 without a journal (this VM's disk),
+    # creating thousands of files within minutes of deleting thousands costs seconds of
+    # kernel time (the inode allocator skips recently deleted inodes one by one).
+
+    def restore_volbackup(self, volume: str, repo: str) -> tuple[float, float]:
+        return timed([*volbackup_cmd(), "restore", volume, "--as", self.name("restored"), "-r", repo],
+                     "volbackup restore")
+
+    def restore_limit(self, archive: str) -> tuple[float, None]:
+        _, mountpoint = self.volume("restored")
+        seconds = shell(f"zstd -dc {shlex.quote(archive)} | tar -xf - -C {shlex.quote(mountpoint)}",
+                        "limit (host zstd -dc | tar -x)")
+        return seconds, None
+
+    def cleanup(self) -> list[str]:
+        """Remove every container and volume named with the prefix, and the work dir."""
+        problems = []
+        for container in self.client.containers.list(all=True, filters={"name": self.prefix}):
+            if container.name.startswith(self.prefix):
+                try:
+                    container.remove(force=True)
+                except docker.errors.APIError as e:
+                    problems.append(f"container {container.name}: {e}")
+        for volume in self.client.volumes.list(filters={"name": self.prefix}):
+            if volume.name.startswith(self.prefix):
+                try:
+                    volume.remove(force=True)
+                except docker.errors.APIError as e:
+                    problems.append(f"volume {volume.name}: {e}")
+        shutil.rmtree(self.work, ignore_errors=True)
+        return problems
