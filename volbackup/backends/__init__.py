@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover
+from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, TempFile
 from volbackup.backends.local import LocalBackend
 from volbackup.errors import RepositoryError
 
-__all__ = ["Backend", "BlobInfo", "BlobNotFound", "Leftover", "LocalBackend", "open_backend"]
+__all__ = ["Backend", "BlobInfo", "BlobNotFound", "Leftover", "LocalBackend", "TempFile",
+           "open_backend"]
 
 # Options for writing, by name; only some backends know them.
 S3_OPTIONS = ("storage_class", "sse", "sse_kms_key_id")

@@ -37,6 +37,16 @@ class Leftover:
     size: int | None = None  # bytes stored so far, if known
 
 
+@dataclass(frozen=True)
+class TempFile:
+    """A temp file of an unfinished write (a directory repository): `.NAME.tmp-PID-xxxx`."""
+
+    key: str                # '/'-separated path of the temp file itself
+    pid: int | None         # of the process that was writing it
+    modified: datetime      # UTC, last write
+    size: int
+
+
 def check_key(key: str) -> str:
     """Keys are non-empty '/'-separated parts; parts starting with '.' are reserved."""
     parts = key.split("/")
@@ -79,6 +89,13 @@ class Backend(ABC):
         return []
 
     def remove_leftover(self, leftover: Leftover) -> None:
+        raise NotImplementedError
+
+    def temp_files(self) -> list[TempFile]:
+        """Temp files of unfinished writes; only a directory backend has them."""
+        return []
+
+    def remove_temp(self, temp: TempFile) -> None:
         raise NotImplementedError
 
     def read_bytes(self, key: str) -> bytes:

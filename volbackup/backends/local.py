@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from volbackup.backends.base import Backend, BlobInfo, BlobNotFound
+from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, TempFile
 from volbackup.errors import RepositoryError
 
 TEMP_MARKER = ".tmp-"
+_TEMP_PID = re.compile(r"\.tmp-(\d+)-[0-9a-f]+$")
 
 
 def _is_temp(name: str) -> bool:
@@ -108,6 +111,34 @@ class LocalBackend(Backend):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def temp_files(self) -> list[TempFile]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not _is_temp(name):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue  # renamed or removed meanwhile
+                match = _TEMP_PID.search(name)
+                found.append(TempFile(path.relative_to(self.root).as_posix(),
+                                      int(match[1]) if match else None,
+                                      datetime.fromtimestamp(st.st_mtime, timezone.utc),
+                                      st.st_size))
+        return sorted(found, key=lambda t: t.key)
+
+    def remove_temp(self, temp: TempFile) -> None:
+        parts = temp.key.split("/")
+        if not _is_temp(parts[-1]) or any(not p or p.startswith(".") for p in parts[:-1]):
+            raise ValueError(f"not a temp file key {temp.key!r}")
+        try:
+            self.root.joinpath(*parts).unlink(missing_ok=True)
+        except OSError as e:
+            raise RepositoryError(f"cannot remove {temp.key} in {self.root}: {e.strerror}") from None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -56,3 +56,34 @@ class Duration(click.ParamType):
         if not match:
             self.fail(f"{value!r} is not a duration like 0, 30m, 12h or 7d", param, ctx)
         return float(match[1]) * self._UNITS[match[2]]
+
+
+def keep_options(command):
+    """--keep-last ... --keep-within, handed on as one `rules` (volbackup.retention.Rules)."""
+    from datetime import timedelta
+
+    from volbackup.retention import Rules
+
+    counts = [("last", "the N newest snapshots")] + [
+        (rule, f"the newest snapshot of each of the N latest {period} that have one (UTC)")
+        for rule, period in (("hourly", "hours"), ("daily", "days"), ("weekly", "ISO weeks"),
+                             ("monthly", "months"), ("yearly", "years"))]
+
+    @functools.wraps(command)
+    def wrapper(*args, keep_within, **kwargs):
+        values = {name: kwargs.pop(f"keep_{name}") or 0 for name, _ in counts}
+        within = timedelta(seconds=keep_within) if keep_within else None
+        return command(*args, rules=Rules(**values, within=within), **kwargs)
+
+    wrapper = click.option(
+        "--keep-within", type=Duration(), metavar="DURATION",
+        help="Keep every snapshot made within DURATION of now (30m, 12h, 7d).")(wrapper)
+    for name, text in reversed(counts):
+        wrapper = click.option(f"--keep-{name}", type=click.IntRange(1), metavar="N",
+                               help=f"Keep {text}.")(wrapper)
+    return wrapper
+
+
+lock_wait_option = click.option(
+    "--lock-wait", type=Duration(), default="60s", show_default=True, metavar="DURATION",
+    help="Wait this long for a conflicting repository lock, then fail with exit 11.")

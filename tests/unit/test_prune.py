@@ -1,0 +1,185 @@
+"""`prune` on a directory repository of small fake snapshots (no engine needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.unit.manifests import make_manifest
+from volbackup import locking
+from volbackup.cli import main
+from volbackup.errors import RepositoryLocked
+from volbackup.ops.prune import prune
+from volbackup.repository import Repository
+from volbackup.retention import Rules
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
+
+
+def add(repo: Repository, volume: str, when: datetime, host: str = "host1", suffix="0001") -> str:
+    snapshot = f"{volume}@{when.strftime('%Y%m%dT%H%M%SZ')}-{suffix}"
+    repo.backend.write_bytes(f"snapshots/{volume}/{Repository.archive_name(snapshot)}", b"z" * 300)
+    repo.commit(make_manifest(snapshot, when.isoformat(timespec="milliseconds")
+                              .replace("+00:00", "Z"), host=host))
+    return snapshot
+
+
+@pytest.fixture
+def repo(repo_dir):
+    return Repository.open(str(repo_dir), writable=True)
+
+
+def daily(repo, volume="pgdata", days=5, **kw) -> list[str]:
+    return [add(repo, volume, NOW - timedelta(days=d), **kw) for d in range(days)][::-1]
+
+
+def keys(repo_dir) -> list[str]:
+    return sorted(p.relative_to(repo_dir).as_posix() for p in repo_dir.rglob("*") if p.is_file())
+
+
+def test_removes_manifest_and_archive_of_what_no_rule_keeps(repo, repo_dir):
+    ids = daily(repo)
+    result = prune(repo, Rules(last=2), now=NOW)
+    assert [(d.snapshot, d.status) for d in result.snapshots] == [
+        (ids[4], "kept"), (ids[3], "kept"), (ids[2], "removed"), (ids[1], "removed"),
+        (ids[0], "removed")]
+    assert result.snapshots[0].reasons == ["last 1"]
+    assert [m.snapshot for m in repo.snapshots().snapshots] == ids[3:]
+    assert len(keys(repo_dir)) == 4 and result.freed_bytes == 900
+
+
+def test_dry_run_deletes_nothing_and_takes_no_lock(repo, repo_dir):
+    daily(repo)
+    held = locking.acquire(repo.backend, locking.EXCLUSIVE, 0)  # by "another run"
+    before = keys(repo_dir)
+    result = prune(repo, Rules(last=1), dry_run=True, now=NOW)
+    assert [d.status for d in result.snapshots].count("would remove") == 4
+    assert keys(repo_dir) == before
+    held.release()
+
+
+def test_waits_for_the_lock_then_fails(repo):
+    daily(repo, days=2)
+    held = locking.acquire(repo.backend, locking.SHARED, 0)  # a backup is running
+    with pytest.raises(RepositoryLocked):
+        prune(repo, Rules(last=1), lock_wait=0.3, now=NOW)
+    assert len(repo.snapshots().snapshots) == 2
+    held.release()
+
+
+def test_filters_and_groups(repo):
+    a = daily(repo, "a", 3)
+    b = daily(repo, "b", 3)
+    other = add(repo, "a", NOW + timedelta(hours=1), host="host2")
+    result = prune(repo, Rules(last=1), volumes=["a"], now=NOW)
+    kept = sorted(d.snapshot for d in result.snapshots if d.keep)
+    assert kept == sorted([a[-1], other])  # per host: host1's newest survives host2's
+    assert len(repo.snapshots("b").snapshots) == 3
+    result = prune(repo, Rules(last=1), host="host2", now=NOW)
+    assert [d.snapshot for d in result.snapshots] == [other]
+    result = prune(repo, Rules(last=1), by_host=False, dry_run=True, now=NOW)
+    assert sorted(d.snapshot for d in result.snapshots if d.keep) == sorted([other, b[-1]])
+
+
+def test_newest_survives_within_unless_allowed(repo):
+    ids = daily(repo, days=2)
+    old_now = NOW + timedelta(days=60)
+    result = prune(repo, Rules(within=timedelta(days=1)), now=old_now)
+    assert [d.reasons for d in result.snapshots if d.keep] == [["newest"]]
+    assert [m.snapshot for m in repo.snapshots().snapshots] == [ids[-1]]
+    prune(repo, Rules(within=timedelta(days=1)), allow_remove_newest=True, now=old_now)
+    assert repo.snapshots().snapshots == []
+
+
+def test_volume_with_an_unreadable_manifest_is_left_alone(repo, repo_dir):
+    daily(repo, "a", 3)
+    daily(repo, "b", 3)
+    (repo_dir / "snapshots" / "a" / "20000101T000000Z-dead.json").write_text("{broken")
+    result = prune(repo, Rules(last=1), now=NOW)
+    assert len(repo.snapshots("a").snapshots) == 3 and len(repo.snapshots("b").snapshots) == 1
+    assert result.problems and "volume a left alone" in result.problems[0]
+    with pytest.raises(Exception, match="left alone"):
+        result.raise_for_failures()
+
+
+def test_unreferenced_archives_are_removed_once_old(repo, repo_dir):
+    daily(repo, days=1)
+    old = "snapshots/pgdata/20261120T000000Z-beef.tar.zst"
+    young = f"snapshots/pgdata/{(NOW - timedelta(minutes=5)).strftime('%Y%m%dT%H%M%SZ')}-cafe.tar.zst"
+    foreign = "snapshots/pgdata/notes.tar.zst"
+    for key in (old, young, foreign):
+        repo.backend.write_bytes(key, b"x" * 10)
+    result = prune(repo, Rules(last=1), now=NOW)
+    assert {o.key: o.status for o in result.leftovers} == {old: "removed",
+                                                           young: "kept (too young)"}
+    assert old not in keys(repo_dir) and young in keys(repo_dir) and foreign in keys(repo_dir)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_of_killed_writes(repo, repo_dir):
+    daily(repo, days=1)
+    folder = repo_dir / "snapshots" / "pgdata"
+    quiet = time.time() - 3600
+    dead_quiet = folder / f".x.tar.zst.tmp-{dead_pid()}-ab12"
+    dead_busy = folder / f".y.tar.zst.tmp-{dead_pid()}-ab12"
+    live_quiet = folder / f".z.tar.zst.tmp-{os.getpid()}-ab12"
+    for path in (dead_quiet, dead_busy, live_quiet):
+        path.write_bytes(b"t" * 7)
+    os.utime(dead_quiet, (quiet, quiet))
+    os.utime(live_quiet, (quiet, quiet))
+    result = prune(repo, Rules(last=1), leftover_age=6 * 3600)
+    status = {o.key.rsplit("/", 1)[1]: o.status for o in result.leftovers}
+    assert status == {dead_quiet.name: "removed", dead_busy.name: "kept (too young)",
+                      live_quiet.name: "kept (too young)"}
+    assert not dead_quiet.exists() and dead_busy.exists() and live_quiet.exists()
+    prune(repo, Rules(last=1), leftover_age=1800)
+    assert not live_quiet.exists()  # quiet for longer than the leftover age
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_refuses_without_a_keep_rule(capsys, repo_dir):
+    code, _, err = run(capsys, "prune", "-r", str(repo_dir))
+    assert code == 2 and "at least one --keep-* rule" in err
+
+
+def test_cli_json_names_every_snapshot_and_why(capsys, repo, repo_dir):
+    ids = daily(repo, days=3)
+    code, out, _ = run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1",
+                       "--keep-within", "36h", "--dry-run", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["command"] == "prune" and data["dry_run"] is True
+    assert data["rules"] == "last 1, within 1d12h" or data["rules"].startswith("last 1, within")
+    by_id = {s["snapshot"]: s for s in data["snapshots"]}
+    assert set(by_id) == set(ids)
+    assert by_id[ids[0]]["keep"] is False and by_id[ids[0]]["status"] == "would remove"
+    assert "within" in ", ".join(by_id[ids[1]]["reasons"])
+    assert set(by_id[ids[2]]) >= {"snapshot", "volume", "host", "created", "keep", "reasons",
+                                  "status", "stored_bytes", "message"}
+
+
+def test_cli_unlock(capsys, repo, repo_dir):
+    locking.acquire(repo.backend, locking.EXCLUSIVE, 0)
+    code, out, err = run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1",
+                         "--lock-wait", "0")
+    assert code == 11 and "is locked: exclusive lock of pid" in err
+    code, out, _ = run(capsys, "unlock", "-r", str(repo_dir))
+    assert code == 0 and "kept (its run may still be going" in out
+    code, out, _ = run(capsys, "unlock", "-r", str(repo_dir), "--all", "--json")
+    assert code == 0 and json.loads(out)["locks"][0]["removed"] is True
+    assert run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1")[0] == 0

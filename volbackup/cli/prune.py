@@ -1,0 +1,95 @@
+"""`volbackup prune` and `volbackup unlock`: repository maintenance."""
+
+from __future__ import annotations
+
+import click
+
+from volbackup import locking
+from volbackup.cli import render
+from volbackup.cli.options import (Duration, host_option, json_option, keep_options,
+                                   lock_wait_option, repo_option)
+from volbackup.ops import prune as ops
+from volbackup.repository import Repository
+
+
+def broke_lock(lock, why) -> None:
+    render.warn(f"broke a stale lock ({lock.describe()}): {why}")
+
+
+@click.command()
+@repo_option
+@keep_options
+@click.option("--volume", "volumes", multiple=True, metavar="VOLUME",
+              help="Only this volume's snapshots (repeatable). Default: every volume.")
+@host_option
+@click.option("--group-by-volume-only", is_flag=True,
+              help="Decide per volume across hosts, not per (host, volume).")
+@click.option("--allow-remove-newest", is_flag=True,
+              help="Let the rules remove even the newest snapshot of a volume.")
+@click.option("--leftover-age", type=Duration(), default="6h", show_default=True,
+              metavar="DURATION",
+              help="Remove archives without a manifest, and temp files of killed writes, once "
+                   "this old.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@lock_wait_option
+@json_option
+def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest, leftover_age,
+          dry_run, lock_wait, as_json):
+    """Remove the snapshots that no --keep-* rule keeps, per volume and host.
+
+    \b
+    Examples:
+      volbackup prune -r /srv/backups --keep-daily 7 --keep-weekly 4 --keep-monthly 12
+      volbackup prune -r s3://backups/prod --keep-within 14d --dry-run --json
+    """
+    if rules.empty:
+        raise click.UsageError("give at least one --keep-* rule (prune never removes "
+                               "everything)")
+    result = ops.prune(Repository.open(repo, writable=not dry_run), rules, list(volumes), host,
+                       not group_by_volume_only, allow_remove_newest, dry_run, leftover_age,
+                       lock_wait, broke_lock)
+    for problem in result.problems:
+        render.warn(problem)
+    if as_json:
+        render.emit_json("prune", repository=result.repository, dry_run=result.dry_run,
+                         rules=result.rules, snapshots=[d.as_dict() for d in result.snapshots],
+                         leftovers=[o.as_dict() for o in result.leftovers],
+                         problems=result.problems)
+    else:
+        for d in result.snapshots:
+            why = ", ".join(d.reasons) if d.keep else "no rule keeps it"
+            click.echo(f"{d.snapshot}: {d.status} ({why})" + (f": {d.message}" if d.message else ""))
+        for o in result.leftovers:
+            click.echo(f"{o.key}: {o.status} ({o.kind} left by an interrupted run, "
+                       f"{render.human_bytes(o.bytes)})" + (f": {o.message}" if o.message else ""))
+        verb = "would free" if dry_run else "freed"
+        click.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
+                   f"{'to remove' if dry_run else 'removed'}; {verb} "
+                   f"{render.human_bytes(result.freed_bytes)}", err=True)
+    result.raise_for_failures()
+
+
+@click.command()
+@repo_option
+@click.option("--all", "remove_all", is_flag=True,
+              help="Remove every lock, also those of runs that may still be going.")
+@json_option
+def unlock(repo, remove_all, as_json):
+    """Remove the stale locks of REPO (of runs that died), and list the live ones.
+
+    \b
+    Examples:
+      volbackup unlock -r /srv/backups
+      volbackup unlock -r s3://backups/prod --all
+    """
+    repository = Repository.open(repo, writable=True)
+    result = locking.unlock(repository.backend, remove_all)
+    if as_json:
+        render.emit_json("unlock", repository=repository.describe(), locks=[
+            {**lock.__dict__, "removed": why is not None, "reason": why} for lock, why in result])
+        return
+    for lock, why in result:
+        click.echo(f"{lock.key}: " + (f"removed ({why})" if why else "kept (its run may "
+                                      "still be going; --all removes it)") + f": {lock.describe()}")
+    if not result:
+        click.echo("no locks", err=True)
