@@ -20,8 +20,7 @@ from volbackup.errors import IntegrityError, NotFound, StreamBroken, VolbackupEr
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import Quiet, quiet
-from volbackup.ops.select import (Missing, Selection, Source, container_sources,
-                                  volume_sources)
+from volbackup.ops.select import Missing, Selection, Source, container_sources, volume_sources
 from volbackup.repository import Repository, new_snapshot_id
 
 

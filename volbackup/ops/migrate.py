@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from volbackup.engine import DATA_PATH, Engine, Helper
 from volbackup.errors import IntegrityError, NotFound, VolbackupError
-from volbackup.ops.select import Missing, Source, container_sources, volume_sources
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.select import Missing, Source, container_sources, volume_sources
 from volbackup.tarstream import TarWalker, digest_differences, root_entry_tar
 
 WIRE_CHOICES = ("auto", "gzip", "none")
