@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import groupby
 
 from volbackup import __version__, archive
 from volbackup.engine import ContainerInfo, Engine, Helper
-from volbackup.errors import IntegrityError, NotFound, StreamBroken, VolbackupError
+from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import Quiet, quiet
-from volbackup.ops.select import Missing, Selection, Source, container_sources, volume_sources
+from volbackup.ops.select import Missing, Selection, Source, plan
 from volbackup.repository import Repository, new_snapshot_id
 
 
@@ -58,26 +58,17 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     """
     engine.remove_stale_helpers()
     engine.ensure_helper_image()
-    if container:
-        plan = container_sources(engine, container)
-        if not plan:
-            raise NotFound(f"container {container} has no volumes or bind mounts to back up")
-    else:
-        selection = selection or Selection()
-        names = Selection(list(volumes or []) + selection.names, selection.all,
-                          selection.labels, selection.project, selection.exclude,
-                          selection.include_anonymous).resolve(engine)
-        if not names:
-            raise NotFound("no volume matches the selection")
-        plan = volume_sources(engine, names)
+    selection = selection or Selection()
+    selection = replace(selection, names=list(volumes or []) + selection.names)
+    chosen = plan(engine, container, selection)
     outcomes = [VolumeBackup(m.volume, "failed").failure(m.error)
-                for m in plan if isinstance(m, Missing)]
-    sources = [p for p in plan if isinstance(p, Source)]
+                for m in chosen if isinstance(m, Missing)]
+    sources = [p for p in chosen if isinstance(p, Source)]
     users = {s.volume: _users(engine, s) for s in sources}
     for containers, group in _groups(sources, users):
         outcomes.extend(_backup_group(engine, repo, group, containers, users, level, progress,
                                       quiesce, stop_timeout, retries))
-    order = {name: i for i, name in enumerate(p.volume for p in plan)}
+    order = {name: i for i, name in enumerate(p.volume for p in chosen)}
     outcomes.sort(key=lambda o: order.get(o.volume, 0))
     return BackupResult(repo.describe(), outcomes)
 

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 
 from volbackup.engine import DATA_PATH, Engine, Helper
-from volbackup.errors import IntegrityError, NotFound, VolbackupError
+from volbackup.errors import IntegrityError, VolbackupError
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
-from volbackup.ops.select import Missing, Source, container_sources, volume_sources
+from volbackup.ops.select import Missing, Selection, Source, plan
 from volbackup.tarstream import TarWalker, digest_differences, root_entry_tar
 
 WIRE_CHOICES = ("auto", "gzip", "none")
@@ -48,16 +48,11 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     for engine in (source, target):
         engine.remove_stale_helpers()
         engine.ensure_helper_image()
-    if container:
-        plan = container_sources(source, container)
-        if not plan:
-            raise NotFound(f"container {container} has no volumes or bind mounts to migrate")
-    else:
-        plan = volume_sources(source, volumes or [])
+    chosen = plan(source, container, Selection(list(volumes or [])), doing="migrate")
     gzip_from = wire == "gzip" or (wire == "auto" and source.is_remote)
     gzip_to = wire == "gzip" or (wire == "auto" and target.is_remote)
     outcomes = []
-    for item in plan:
+    for item in chosen:
         name = target_name or item.volume
         outcome = VolumeMigration(name, "migrated", source_volume=item.volume)
         if isinstance(item, Missing):  # the source volume was not found

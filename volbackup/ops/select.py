@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from volbackup.engine import DATA_PATH, Engine, bind_volume_name
-from volbackup.errors import VolbackupError
+from volbackup.errors import NotFound, VolbackupError
 
 PROJECT_LABEL = "com.docker.compose.project"
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"   # set by engines 23.0 and later
@@ -117,3 +117,17 @@ def container_sources(engine: Engine, container: str) -> list[Source]:
                                   kind="bind", container=name, mount_path=mount.destination,
                                   bind_path=mount.source))
     return sources
+
+
+def plan(engine: Engine, container: str | None, selection: Selection,
+         doing: str = "back up") -> list[Source | Missing]:
+    """Sources for a container's mounts, or for the selected volumes."""
+    if container:
+        sources = container_sources(engine, container)
+        if not sources:
+            raise NotFound(f"container {container} has no volumes or bind mounts to {doing}")
+        return list(sources)
+    names = selection.resolve(engine)
+    if not names:
+        raise NotFound("no volume matches the selection")
+    return volume_sources(engine, names)
