@@ -19,6 +19,7 @@ from volbackup.cli import cleanup as cleanup_cmd
 from volbackup.cli import migrate as migrate_cmd
 from volbackup.cli import prune as prune_cmd
 from volbackup.cli import restore as restore_cmd
+from volbackup.cli import run as run_cmd
 from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 
@@ -38,7 +39,7 @@ cli.add_command(backup_cmd.backup)
 cli.add_command(restore_cmd.restore)
 cli.add_command(migrate_cmd.migrate)
 for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
-                cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock):
+                cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock, run_cmd.run):
     cli.add_command(command)
 
 

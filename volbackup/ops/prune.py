@@ -114,7 +114,7 @@ def _prune(repo, rules, volumes, host, by_host, allow_remove_newest, dry_run, le
         if not d.keep and not dry_run:
             _remove(repo, m, out)
         result.snapshots.append(out)
-    if host is None:
+    if host is None or wanted is not None:  # leftovers have no host: only by volume
         result.leftovers = _leftovers(repo, wanted, dry_run, timedelta(seconds=leftover_age), now)
     return result
 

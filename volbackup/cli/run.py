@@ -1,0 +1,96 @@
+"""`volbackup run --config FILE`, and the scheduling options that `backup` shares with it."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from volbackup import config
+from volbackup.cli import render
+from volbackup.cli.options import json_option, keep_options, lock_wait_option
+from volbackup.cli.progress import terminal_progress
+from volbackup.engine import Engine
+from volbackup.ops import run as ops
+
+
+def _say(message: str) -> None:
+    click.echo(f"volbackup: {message}", err=True)
+
+
+def scheduling_options(command):
+    """--prune with --keep-*, --lock-wait, --metrics-file, --notify-url, --notify.
+
+    The command gets one `schedule` (volbackup.ops.run.Schedule); it calls
+    `schedule.run(repository, lambda: ops.backup(...))` instead of `ops.backup(...)`.
+    """
+
+    @click.option("--prune", "prune_after", is_flag=True,
+                  help="After a fully successful backup, apply the --keep-* rules to the "
+                       "volumes backed up (their snapshots from this host).")
+    @keep_options
+    @lock_wait_option
+    @click.option("--metrics-file", metavar="PATH",
+                  help="Write Prometheus text-format metrics of the run to PATH (atomically).")
+    @click.option("--notify-url", metavar="URL",
+                  help="POST the JSON run summary to URL (on failure, or always with "
+                       "--notify always).")
+    @click.option("--notify", type=click.Choice(["failure", "always"]), default="failure",
+                  show_default=True, help="When to POST to --notify-url.")
+    @functools.wraps(command)
+    def wrapper(*args, prune_after, rules, lock_wait, metrics_file, notify_url, notify, **kw):
+        if prune_after and rules.empty:
+            raise click.UsageError("--prune needs at least one --keep-* rule")
+        if not prune_after and not rules.empty:
+            raise click.UsageError("--keep-* rules go with --prune")
+        schedule = ops.Schedule("backup", rules if prune_after else None, False, lock_wait,
+                                metrics_file, notify_url, notify, render.warn, _say)
+        return command(*args, schedule=schedule, **kw)
+
+    return wrapper
+
+
+@click.command()
+@click.option("--config", "config_file", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False), help="The TOML file describing the jobs.")
+@click.option("--job", "job_names", multiple=True, metavar="NAME",
+              help="Run only this job (repeatable). Default: every job, in file order.")
+@click.option("--check", is_flag=True, help="Only read and check the config file.")
+@json_option
+def run(config_file, job_names, check, as_json):
+    """Run the backup jobs of a config file: lock, back up, prune, report.
+
+    \b
+    Examples:
+      volbackup run --config /etc/volbackup.toml
+      volbackup run --config /etc/volbackup.toml --job db --json
+      volbackup run --config /etc/volbackup.toml --check
+    """
+    jobs = config.load(config_file)
+    known = [j.name for j in jobs]
+    missing = [n for n in job_names if n not in known]
+    if missing:
+        raise click.BadParameter(f"no job {missing[0]!r} in {config_file} (jobs: "
+                                 f"{', '.join(known)})", param_hint="--job")
+    if job_names:
+        jobs = [j for j in jobs if j.name in job_names]
+    if check:
+        for j in jobs:
+            what = ", ".join(j.volumes) if j.volumes else f"container {j.container}"
+            click.echo(f"{j.name}: {what} -> {j.repository}; keep: "
+                       f"{j.keep.describe() if j.keep else 'everything (no prune)'}")
+        return
+    result = ops.run_jobs(Engine.connect, jobs, terminal_progress(), render.warn, _say)
+    if as_json:
+        render.emit_json("run", jobs=result.jobs)
+    else:
+        for summary in result.jobs:
+            for v in summary["volumes"]:
+                if v["status"] != "failed":
+                    click.echo(f"{summary['job']}: {v['volume']}: snapshot {v['snapshot']}, "
+                               f"{render.human_bytes(v['bytes'])} -> "
+                               f"{render.human_bytes(v['stored_bytes'])} in {v['seconds']:.1f}s")
+    for name, error in result.errors:
+        if len(result.jobs) > 1:
+            click.echo(f"volbackup: job {name}: failed: {error}", err=True)
+    result.raise_for_failures()

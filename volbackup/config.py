@@ -1,0 +1,202 @@
+"""The config file of `volbackup run`: TOML with one table per job.
+
+    [defaults]                  # optional: keys every job gets unless it sets them
+    repository = "/srv/backups"
+
+    [jobs.db]
+    volumes = ["pgdata"]        # or: container = "db"
+    level = 3
+    lock_wait = "5m"
+    metrics_file = "/var/lib/node_exporter/textfile/volbackup-db.prom"
+    notify_url = "https://alerts.example.com/hook"
+    notify = "failure"          # or "always"
+    keep = { daily = 7, weekly = 4, monthly = 12 }
+
+Errors name the file, the job, the key and, where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from volbackup.errors import ConfigError
+from volbackup.manifest import VOLUME_NAME
+from volbackup.retention import PERIODS, Rules
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
+            "notify_url", "notify", "keep", "allow_remove_newest"}
+KEEP_KEYS = {"last", *PERIODS, "within"}
+
+
+@dataclass
+class Job:
+    name: str
+    repository: str
+    volumes: list[str] = field(default_factory=list)
+    container: str | None = None
+    level: int = 3
+    lock_wait: float = 60.0
+    metrics_file: str | None = None
+    notify_url: str | None = None
+    notify: str = "failure"
+    keep: Rules | None = None
+    allow_remove_newest: bool = False
+
+
+def parse_duration(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    return float(match[1]) * _UNITS[match[2]] if match else None
+
+
+class _Where:
+    """Builds messages that name the file, job, key and line."""
+
+    def __init__(self, path: str, text: str):
+        self.path, self.lines = path, text.splitlines()
+
+    def line_of(self, table: str, key: str) -> int | None:
+        current = ""
+        for number, line in enumerate(self.lines, 1):
+            stripped = line.strip()
+            header = re.fullmatch(r"\[\s*([^\[\]]+?)\s*\]", stripped)
+            if header:
+                current = re.sub(r"\s*\.\s*", ".", header[1]).replace('"', "")
+                continue
+            match = re.match(r'"?([A-Za-z0-9_.-]+)"?\s*=', stripped)
+            if match:
+                full = f"{current}.{match[1]}" if current else match[1]
+                if full == f"{table}.{key}" or (current == table and match[1] == key):
+                    return number
+        return None
+
+    def header_line(self, table: str) -> int | None:
+        for number, line in enumerate(self.lines, 1):
+            header = re.fullmatch(r"\[\s*([^\[\]]+?)\s*\]", line.strip())
+            if header and re.sub(r"\s*\.\s*", ".", header[1]).replace('"', "") == table:
+                return number
+        return None
+
+    def error(self, table: str, key: str | None, message: str) -> ConfigError:
+        scope = ("job " + table.split(".")[1]) if table.startswith("jobs.") else table
+        line = self.line_of(table, key) if key else self.header_line(table)
+        if line is None and "." in table:  # inside an inline table: the line of its key
+            line = self.line_of(*table.rsplit(".", 1))
+        if line is None and key:  # inherited from [defaults]
+            line = self.line_of("defaults", key)
+        where = self.path + (f", line {line}" if line else "")
+        what = f"{scope}: key {key!r}: " if key else f"{scope}: "
+        return ConfigError(f"config {where}: {what}{message}")
+
+
+def load(path: str) -> list[Job]:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    where = _Where(path, text)
+    unknown = set(data) - {"defaults", "jobs"}
+    if unknown:
+        key = sorted(unknown)[0]
+        line = where.line_of("", key) or where.line_of(key, "")
+        raise ConfigError(f"config {path}" + (f", line {line}" if line else "")
+                          + f": unknown top-level key {key!r} (expected [defaults] and [jobs.NAME])")
+    defaults, jobs = data.get("defaults", {}), data.get("jobs", {})
+    if not isinstance(defaults, dict) or not isinstance(jobs, dict) or not jobs:
+        raise ConfigError(f"config {path}: needs at least one [jobs.NAME] table")
+    _check_keys(where, "defaults", defaults)
+    return [_job(where, name, {**defaults, **spec} if isinstance(spec, dict) else spec)
+            for name, spec in jobs.items()]
+
+
+def _check_keys(where: _Where, table: str, spec: dict) -> None:
+    for key in spec:
+        if key not in JOB_KEYS:
+            raise where.error(table, key, f"unknown key (known: {', '.join(sorted(JOB_KEYS))})")
+
+
+def _job(where: _Where, name: str, spec) -> Job:
+    table = f"jobs.{name}"
+    if not isinstance(spec, dict):
+        raise where.error("jobs", name, "a job must be a table: [jobs.NAME]")
+    _check_keys(where, table, spec)
+
+    def bad(key: str, wanted: str):
+        return where.error(table, key, f"must be {wanted}, not {spec[key]!r}")
+
+    def text(key: str) -> str | None:
+        if key in spec and (not isinstance(spec[key], str) or not spec[key]):
+            raise bad(key, "a non-empty string")
+        return spec.get(key)
+
+    job = Job(name, text("repository") or "")
+    if not job.repository:
+        raise where.error(table, None, "needs a repository (in the job or in [defaults])")
+    if "volumes" in spec:
+        vols = spec["volumes"]
+        if not isinstance(vols, list) or not vols or not all(
+                isinstance(v, str) and VOLUME_NAME.fullmatch(v) for v in vols):
+            raise bad("volumes", "a non-empty list of volume names")
+        job.volumes = list(vols)
+    job.container = text("container")
+    if bool(job.volumes) == bool(job.container):
+        raise where.error(table, None, "needs either volumes or container (not both)")
+    if "level" in spec:
+        level = spec["level"]
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
+            raise bad("level", "an integer from 1 to 22")
+        job.level = level
+    if "lock_wait" in spec:
+        wait = parse_duration(spec["lock_wait"])
+        if wait is None:
+            raise bad("lock_wait", "a duration like 60s, 5m or 1h")
+        job.lock_wait = wait
+    job.metrics_file, job.notify_url = text("metrics_file"), text("notify_url")
+    if job.notify_url and not job.notify_url.startswith(("http://", "https://")):
+        raise bad("notify_url", "an http:// or https:// URL")
+    job.notify = text("notify") or "failure"
+    if job.notify not in ("failure", "always"):
+        raise bad("notify", '"failure" or "always"')
+    if "allow_remove_newest" in spec:
+        if not isinstance(spec["allow_remove_newest"], bool):
+            raise bad("allow_remove_newest", "true or false")
+        job.allow_remove_newest = spec["allow_remove_newest"]
+    if "keep" in spec:
+        job.keep = _keep(where, f"{table}.keep", spec["keep"])
+    return job
+
+
+def _keep(where: _Where, table: str, keep) -> Rules:
+    if not isinstance(keep, dict) or not keep:
+        raise where.error(table.rsplit(".", 1)[0], "keep",
+                          "must be a table of rules like { daily = 7, weekly = 4 }")
+    values: dict = {}
+    for key, value in keep.items():
+        if key not in KEEP_KEYS:
+            raise where.error(table, key, f"unknown keep rule (known: {', '.join(sorted(KEEP_KEYS))})")
+        if key == "within":
+            seconds = parse_duration(value)
+            if seconds is None:
+                raise where.error(table, key, f"must be a duration like 7d, not {value!r}")
+            values["within"] = timedelta(seconds=seconds)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise where.error(table, key, f"must be a whole number >= 1, not {value!r}")
+        else:
+            values[key] = value
+    return Rules(**values)

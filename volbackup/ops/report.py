@@ -1,0 +1,126 @@
+"""Run reports: Prometheus text-format metrics written atomically, and a JSON POST.
+
+The metrics file is written to a temp file in the same directory, fsynced and renamed, so
+a node exporter's textfile collector never reads half a file. Last-success timestamps are
+carried over from the previous file, so a failed run does not erase when things last went
+well. The notification never raises: a failure comes back as a message for stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+NOTIFY_TIMEOUT = 10.0
+
+_HELP = {
+    "volbackup_run_success": ("gauge", "1 if the last run succeeded in full, else 0."),
+    "volbackup_run_timestamp_seconds": ("gauge", "When the last run ended (Unix time)."),
+    "volbackup_run_duration_seconds": ("gauge", "How long the last run took."),
+    "volbackup_last_success_timestamp_seconds": ("gauge", "When a run last succeeded in full."),
+    "volbackup_volume_success": ("gauge", "1 if the volume's last backup succeeded, else 0."),
+    "volbackup_volume_last_success_timestamp_seconds": (
+        "gauge", "When the volume was last backed up successfully (Unix time)."),
+    "volbackup_volume_bytes": ("gauge", "Uncompressed tar bytes of the volume's last snapshot."),
+    "volbackup_volume_stored_bytes": ("gauge", "Archive bytes of the volume's last snapshot."),
+    "volbackup_volume_duration_seconds": ("gauge", "How long the volume's last backup took."),
+    "volbackup_prune_removed_snapshots": ("gauge", "Snapshots the last prune removed."),
+    "volbackup_prune_kept_snapshots": ("gauge", "Snapshots the last prune kept."),
+}
+_CARRIED = re.compile(r'^(volbackup_(?:volume_)?last_success_timestamp_seconds)\{([^}]*)\} (\S+)$')
+
+
+def _labels(**labels: str) -> str:
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return ",".join(f'{k}="{esc(v)}"' for k, v in labels.items())
+
+
+def metrics_text(summary: dict, previous: str = "") -> str:
+    """The metrics of one run summary (see `ops.run.summary`), in Prometheus text format."""
+    job = summary["job"]
+    ended = summary["finished_unix"]
+    samples: dict[str, dict[str, float]] = {name: {} for name in _HELP}
+    for line in previous.splitlines():   # last successes of earlier runs of the same job
+        match = _CARRIED.match(line)
+        if match and (match[2] + ",").startswith(_labels(backup_job=job) + ","):
+            try:
+                samples[match[1]][match[2]] = float(match[3])
+            except ValueError:
+                continue
+    run = _labels(backup_job=job)
+    ok = summary["status"] == "ok"
+    samples["volbackup_run_success"][run] = 1 if ok else 0
+    samples["volbackup_run_timestamp_seconds"][run] = ended
+    samples["volbackup_run_duration_seconds"][run] = summary["seconds"]
+    if ok:
+        samples["volbackup_last_success_timestamp_seconds"][run] = ended
+    for v in summary["volumes"]:
+        labels = _labels(backup_job=job, volume=v["volume"])
+        good = v["status"] != "failed"
+        samples["volbackup_volume_success"][labels] = 1 if good else 0
+        if good:
+            samples["volbackup_volume_last_success_timestamp_seconds"][labels] = ended
+            samples["volbackup_volume_bytes"][labels] = v.get("bytes", 0)
+            samples["volbackup_volume_stored_bytes"][labels] = v.get("stored_bytes", 0)
+            samples["volbackup_volume_duration_seconds"][labels] = v.get("seconds", 0)
+    if summary.get("prune"):
+        samples["volbackup_prune_removed_snapshots"][run] = summary["prune"]["removed"]
+        samples["volbackup_prune_kept_snapshots"][run] = summary["prune"]["kept"]
+    lines = []
+    for name, (kind, text) in _HELP.items():
+        if samples[name]:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            lines += [f"{name}{{{labels}}} {value:g}" for labels, value in sorted(samples[name].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: str, summary: dict) -> None:
+    """Write the metrics file atomically (temp file in the same directory, then rename)."""
+    target = Path(path)
+    try:
+        previous = target.read_text()
+    except (OSError, UnicodeDecodeError):
+        previous = ""
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with temp.open("x") as out:
+            out.write(metrics_text(summary, previous))
+            out.flush()
+            os.fsync(out.fileno())
+        temp.chmod(0o644)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def notify(url: str, summary: dict, timeout: float = NOTIFY_TIMEOUT) -> str | None:
+    """POST the summary as JSON; None when the server took it, else why not (never raises)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(summary).encode(), method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "volbackup"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(65536)
+        return None
+    except urllib.error.HTTPError as e:
+        return f"the notification to {_safe(url)} got HTTP {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return f"the notification to {_safe(url)} failed: {reason}"
+
+
+def _safe(url: str) -> str:
+    """The URL without user, password or query string (tokens often live there)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

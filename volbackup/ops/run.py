@@ -1,0 +1,168 @@
+"""Scheduled runs: lock, back up, prune, report. Used by `volbackup run` and `backup --prune`.
+
+`Schedule.run(repo, do_backup)` wraps one backup call: it takes the repository's shared
+lock for the backup, applies the keep rules (under the exclusive lock) when every volume
+succeeded, then writes the metrics file and sends the notification, whatever happened,
+before it returns the backup result or raises the run's error. Reporting never fails a run:
+a problem with the metrics file or the notification is passed to `warn`.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from volbackup import __version__, locking
+from volbackup.config import Job
+from volbackup.errors import PartialFailure, VolbackupError
+from volbackup.ops import backup as backup_ops
+from volbackup.ops import prune as prune_ops
+from volbackup.ops import report
+from volbackup.ops.outcome import ProgressFactory, no_progress
+from volbackup.repository import Repository
+from volbackup.retention import Rules
+
+JSON_VERSION = 1
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Schedule:
+    job: str = "backup"
+    rules: Rules | None = None           # prune after the backup when set
+    allow_remove_newest: bool = False
+    lock_wait: float = 60.0
+    metrics_file: str | None = None
+    notify_url: str | None = None
+    notify: str = "failure"              # or "always"
+    warn: Callable[[str], None] = lambda message: None
+    say: Callable[[str], None] = lambda message: None
+    summaries: list[dict] = field(default_factory=list)
+
+    def run(self, repo: Repository, do_backup: Callable[[], "backup_ops.BackupResult"]):
+        started, clock = datetime.now(timezone.utc), time.monotonic()
+        result = pruned = error = None
+        try:
+            with locking.locked(repo.backend, locking.SHARED, self.lock_wait, "backup",
+                                self._broke):
+                result = do_backup()
+            if self.rules and not self.rules.empty and not any(v.failed for v in result.volumes):
+                pruned = prune_ops.prune(
+                    repo, self.rules, sorted({v.volume for v in result.volumes}),
+                    socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
+                    lock_wait=self.lock_wait, on_break=self._broke)
+                self.say(f"prune: {len(pruned.snapshots) - len(pruned.removed)} kept, "
+                         f"{len(pruned.removed)} removed")
+                pruned.raise_for_failures()
+            elif self.rules and result.volumes:
+                self.say("prune: skipped, not every volume was backed up")
+            result.raise_for_failures()
+        except (VolbackupError, KeyboardInterrupt) as e:
+            error = e
+            raise
+        finally:
+            self._report(summary(self.job, repo, started, time.monotonic() - clock, result,
+                                 pruned, error))
+        return result
+
+    def _broke(self, lock, why: str) -> None:
+        self.warn(f"broke a stale lock ({lock.describe()}): {why}")
+
+    def _report(self, data: dict) -> None:
+        self.summaries.append(data)
+        if self.metrics_file:
+            try:
+                report.write_metrics(self.metrics_file, data)
+            except OSError as e:
+                self.warn(f"cannot write the metrics file {self.metrics_file}: {e.strerror or e}")
+        if self.notify_url and (self.notify == "always" or data["status"] != "ok"):
+            problem = report.notify(self.notify_url, data)
+            if problem:
+                self.warn(f"{problem} (the run's own result is unchanged)")
+
+
+def summary(job: str, repo: Repository, started: datetime, seconds: float, result, pruned,
+            error: BaseException | None) -> dict:
+    """The JSON run summary: what the metrics file and the notification are made from."""
+    finished = datetime.now(timezone.utc)
+    if isinstance(error, KeyboardInterrupt):
+        code, message = 130, "interrupted"
+    elif error is not None:
+        code, message = getattr(error, "exit_code", 1), str(error)
+    else:
+        code, message = 0, None
+    return {
+        "volbackup_json": JSON_VERSION, "command": "run", "job": job,
+        "repository": repo.describe(), "host": socket.gethostname(),
+        "tool_version": __version__, "status": "ok" if code == 0 else "failed",
+        "exit_code": code, "message": message, "started": _iso(started),
+        "finished": _iso(finished), "finished_unix": round(finished.timestamp(), 3),
+        "seconds": round(seconds, 3),
+        "volumes": [v.as_dict() for v in result.volumes] if result else [],
+        "prune": None if pruned is None else {
+            "kept": len(pruned.snapshots) - len(pruned.removed), "removed": len(pruned.removed),
+            "freed_bytes": pruned.freed_bytes, "problems": pruned.problems},
+    }
+
+
+@dataclass
+class RunResult:
+    jobs: list[dict]                              # one summary per job
+    errors: list[tuple[str, VolbackupError]]      # (job, error) of the jobs that failed
+
+    def raise_for_failures(self) -> None:
+        if len(self.errors) == 1 and len(self.jobs) == 1:
+            raise self.errors[0][1]
+        if self.errors:
+            names = ", ".join(name for name, _ in self.errors)
+            if len(self.errors) < len(self.jobs):
+                raise PartialFailure(f"{len(self.errors)} of {len(self.jobs)} jobs failed: {names}")
+            raise VolbackupError(f"all {len(self.jobs)} jobs failed: {names}")
+
+
+def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
+             progress: ProgressFactory = no_progress,
+             warn: Callable[[str], None] = lambda m: None,
+             say: Callable[[str], None] = lambda m: None) -> RunResult:
+    """Run each job in turn (a failing one does not stop the next)."""
+    result = RunResult([], [])
+    engine = None
+    for job in jobs:
+        schedule = Schedule(job.name, job.keep, job.allow_remove_newest, job.lock_wait,
+                            job.metrics_file, job.notify_url, job.notify, warn, say)
+        try:
+            repo = Repository.open(job.repository, writable=True)
+        except VolbackupError as e:
+            result.errors.append((job.name, e))
+            schedule._report(_unopened(job, e))
+            result.jobs.extend(schedule.summaries)
+            continue
+
+        def do_backup():
+            nonlocal engine
+            engine = engine or engine_factory()
+            return backup_ops.backup(engine, repo, job.volumes, job.container, job.level,
+                                     progress)
+
+        try:
+            schedule.run(repo, do_backup)
+        except VolbackupError as e:
+            result.errors.append((job.name, e))
+        result.jobs.extend(schedule.summaries)
+    return result
+
+
+def _unopened(job: Job, error: VolbackupError) -> dict:
+    now = datetime.now(timezone.utc)
+    return {"volbackup_json": JSON_VERSION, "command": "run", "job": job.name,
+            "repository": job.repository, "host": socket.gethostname(),
+            "tool_version": __version__, "status": "failed", "exit_code": error.exit_code,
+            "message": str(error), "started": _iso(now), "finished": _iso(now),
+            "finished_unix": round(now.timestamp(), 3), "seconds": 0.0, "volumes": [],
+            "prune": None}
