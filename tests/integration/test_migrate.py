@@ -110,3 +110,26 @@ def test_unknown_context(cli):
     result = cli("migrate", "v", "--to-context", "vbtest-no-such-context")
     assert result.code == 4
     assert "no such Docker context" in one_line_error(result.stderr)
+
+
+def test_project_with_stop_on_the_source(client, make_volume, cli, target, names):
+    from tests.integration.conftest import TEST_LABEL
+    from tests.integration.images import ensure_busybox
+
+    project = {"com.docker.compose.project": "vbtestmig"}
+    data = make_volume("projdata", labels=project)
+    fill(client.api.inspect_volume(data.name)["Mountpoint"], {"db": b"state\n"})
+    app = client.containers.run(
+        ensure_busybox(client), ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+        name=names("app"), detach=True, network_mode="none",
+        labels={TEST_LABEL: "1", "volbackup.pre": "echo flushed"},
+        volumes={data.name: {"bind": "/data", "mode": "rw"}})
+    result = cli("migrate", "--project", "vbtestmig", "--stop", "--to-host", target["url"],
+                 "--verify", "--json")
+    assert result.code == 0, result.stderr
+    (moved,) = json.loads(result.stdout)["volumes"]
+    assert moved["stopped"] == [app.name] and moved["verified"]
+    assert moved["hooks"][0]["output"].strip() == "flushed"
+    assert client.api.inspect_container(app.id)["State"]["Running"]
+    there = target["client"].api.inspect_volume(data.name)
+    assert there["Labels"] == project and contents(there["Mountpoint"]) == {"db": b"state\n"}

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from volbackup.engine import ContainerInfo, VolumeInfo
-from volbackup.ops.backup import _groups
-from volbackup.ops.quiesce import stop_order
+from volbackup.ops.quiesce import groups, stop_order
 from volbackup.ops.select import Selection, Source
 
 ANON = "a" * 64
@@ -90,7 +89,7 @@ def test_volumes_sharing_a_container_are_grouped():
     web = ctr("web", volumes=("uploads", "wal"))
     lone = ctr("lone", volumes=("other",))
     users = {"data": [db], "wal": [db, web], "uploads": [web], "other": [lone], "free": []}
-    groups = _groups([source(n) for n in ["data", "other", "uploads", "wal", "free"]], users)
-    as_names = sorted((sorted(c.name for c in cs), [s.volume for s in ss]) for cs, ss in groups)
+    found = groups([source(n) for n in ["data", "other", "uploads", "wal", "free"]], users)
+    as_names = sorted((sorted(c.name for c in cs), [s.volume for s in ss]) for cs, ss in found)
     assert as_names == [([], ["free"]), (["db", "web"], ["data", "uploads", "wal"]),
                         (["lone"], ["other"])]

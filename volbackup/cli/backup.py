@@ -7,9 +7,9 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import json_option, repo_option, s3_write_options
 from volbackup.cli.progress import terminal_progress
+from volbackup.cli.selection import check_selection, quiesce_options, selection_options
 from volbackup.engine import Engine
 from volbackup.ops import backup as ops
-from volbackup.ops.select import Selection
 from volbackup.repository import Repository
 
 
@@ -17,19 +17,8 @@ from volbackup.repository import Repository
 @click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
 @click.option("-c", "--container", metavar="NAME",
               help="Back up every volume and bind mount of this container.")
-@click.option("--all", "all_volumes", is_flag=True, help="Every volume on the host.")
-@click.option("--label", "labels", multiple=True, metavar="KEY[=VALUE]",
-              help="Volumes with this label (repeatable: all must match).")
-@click.option("--project", metavar="NAME", help="The volumes of a Compose project.")
-@click.option("--exclude", multiple=True, metavar="VOLUME", help="Leave this volume out (repeatable).")
-@click.option("--include-anonymous", is_flag=True,
-              help="Let --all, --label and --project match anonymous volumes too.")
-@click.option("--stop", "quiesce", flag_value="stop",
-              help="Stop the running containers that use a volume while it is read.")
-@click.option("--pause", "quiesce", flag_value="pause",
-              help="Pause them instead (frozen, not shut down).")
-@click.option("--stop-timeout", type=click.IntRange(0), default=10, show_default=True,
-              metavar="SECONDS", help="Grace period before a stopped container is killed.")
+@selection_options
+@quiesce_options
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
               help="Read a volume again this many times when its stream breaks.")
 @repo_option
@@ -37,8 +26,8 @@ from volbackup.repository import Repository
               help="zstd compression level.")
 @s3_write_options
 @json_option
-def backup(volumes, container, all_volumes, labels, project, exclude, include_anonymous,
-           quiesce, stop_timeout, retries, repo, level, as_json, s3):
+def backup(volumes, container, selection, quiesce, stop_timeout, retries, repo, level,
+           as_json, s3):
     """Back up volumes into REPO, one snapshot per volume.
 
     Container labels: volbackup.pre / volbackup.post run a command in the container
@@ -50,13 +39,8 @@ def backup(volumes, container, all_volumes, labels, project, exclude, include_an
       volbackup backup --container db --stop -r /srv/backups --json
       volbackup backup --project shop --exclude shop_cache -r s3://my-backups/prod
     """
-    selection = Selection(list(volumes), all_volumes, list(labels), project, list(exclude),
-                          include_anonymous)
-    if bool(container) == (bool(volumes) or selection.matches_host):
-        raise click.UsageError("name VOLUMEs (or --all, --label, --project), or --container "
-                               "NAME (not both)")
-    if exclude and container:
-        raise click.UsageError("--exclude goes with VOLUMEs, --all, --label or --project")
+    selection.names = list(volumes)
+    check_selection(selection, container)
     repository = Repository.open(repo, writable=True, options=s3)
     engine = Engine.connect()
     result = ops.backup(engine, repository, [], container, level, terminal_progress(),

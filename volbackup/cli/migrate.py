@@ -6,6 +6,7 @@ import click
 
 from volbackup.cli import render
 from volbackup.cli.options import json_option
+from volbackup.cli.selection import check_selection, quiesce_options, selection_options
 from volbackup.cli.progress import terminal_progress
 from volbackup.engine import Engine
 from volbackup.ops import migrate as ops
@@ -15,6 +16,8 @@ from volbackup.ops import migrate as ops
 @click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
 @click.option("-c", "--container", metavar="NAME",
               help="Migrate every volume and bind mount of this container.")
+@selection_options
+@quiesce_options
 @click.option("--to-host", metavar="URL",
               help="Target engine: unix:///path, tcp://HOST:PORT or ssh://USER@HOST.")
 @click.option("--to-context", metavar="NAME", help="Target engine from a Docker context.")
@@ -32,8 +35,8 @@ from volbackup.ops import migrate as ops
               show_default=True,
               help="gzip the stream on the wire: auto does it only for a remote engine.")
 @json_option
-def migrate(volumes, container, to_host, to_context, from_host, from_context, target_name,
-            force, verify, wire_compression, as_json):
+def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_context,
+            from_host, from_context, target_name, force, verify, wire_compression, as_json):
     """Copy volumes to another Docker engine, as fresh volumes with the same driver,
     options and labels. Nothing is written to disk on the way.
 
@@ -42,18 +45,19 @@ def migrate(volumes, container, to_host, to_context, from_host, from_context, ta
       volbackup migrate pgdata --to-host ssh://admin@new-host --verify
       volbackup migrate --container db --to-context new-host
     """
-    if bool(volumes) == bool(container):
-        raise click.UsageError("name one or more VOLUMEs, or --container NAME (not both)")
+    selection.names = list(volumes)
+    check_selection(selection, container)
     if bool(to_host) == bool(to_context):
         raise click.UsageError("name the target with --to-host URL or --to-context NAME")
     if from_host and from_context:
         raise click.UsageError("--from-host and --from-context exclude each other")
-    if target_name and (container or len(volumes) > 1):
+    if target_name and (container or len(volumes) != 1 or selection.matches_host):
         raise click.UsageError("--as takes exactly one VOLUME")
     source = Engine.connect(from_host, from_context)
     target = Engine.connect(to_host, to_context)
-    result = ops.migrate(source, target, list(volumes), container, target_name, force, verify,
-                         wire_compression, terminal_progress())
+    result = ops.migrate(source, target, [], container, target_name, force, verify,
+                         wire_compression, terminal_progress(), selection=selection,
+                         quiesce=quiesce, stop_timeout=stop_timeout)
     if as_json:
         render.emit_json("migrate", source=result.source, target=result.target,
                          volumes=[v.as_dict() for v in result.volumes])

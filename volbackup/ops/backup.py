@@ -10,31 +10,27 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from itertools import groupby
 
 from volbackup import __version__, archive
-from volbackup.engine import ContainerInfo, Engine, Helper
+from volbackup.engine import Engine, Helper
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.manifest import Manifest
-from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
-from volbackup.ops.quiesce import Quiet, quiet
+from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Source, plan
 from volbackup.repository import Repository, new_snapshot_id
 
 
 @dataclass
-class VolumeBackup(Outcome):
+class VolumeBackup(QuietOutcome):
     bytes: int = 0
     stored_bytes: int = 0
     sha256: str | None = None
     entries: int = 0
     seconds: float = 0.0
     attempts: int = 0
-    hooks: list[dict] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)
-    paused: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,71 +60,16 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     outcomes = [VolumeBackup(m.volume, "failed").failure(m.error)
                 for m in chosen if isinstance(m, Missing)]
     sources = [p for p in chosen if isinstance(p, Source)]
-    users = {s.volume: _users(engine, s) for s in sources}
-    for containers, group in _groups(sources, users):
-        outcomes.extend(_backup_group(engine, repo, group, containers, users, level, progress,
-                                      quiesce, stop_timeout, retries))
+
+    def work(source: Source) -> VolumeBackup:
+        with engine.helper(**source.helper) as helper:
+            return _backup_with_retries(helper, repo, source, level, progress, retries)
+
+    outcomes += each_quietly(engine, sources, quiesce, stop_timeout, work,
+                             lambda s, e: VolumeBackup(s.volume, "failed").failure(e))
     order = {name: i for i, name in enumerate(p.volume for p in chosen)}
     outcomes.sort(key=lambda o: order.get(o.volume, 0))
     return BackupResult(repo.describe(), outcomes)
-
-
-def _users(engine: Engine, source: Source) -> list[ContainerInfo]:
-    if source.kind == "volume":
-        return engine.containers_of(source.volume)
-    return [engine.container(source.container)]  # a bind mount: its own container
-
-
-def _groups(sources: list[Source], users: dict[str, list[ContainerInfo]]):
-    """Sources that share a container go together, with the union of their containers."""
-    groups: list[tuple[dict[str, ContainerInfo], list[Source]]] = []
-    for source in sources:
-        mine = {c.id: c for c in users[source.volume]}
-        joined = [g for g in groups if set(g[0]) & set(mine)]
-        for g in joined:
-            groups.remove(g)
-            mine.update(g[0])
-        members = [s for g in joined for s in g[1]] + [source]
-        groups.append((mine, members))
-    return [(list(containers.values()), members) for containers, members in groups]
-
-
-def _backup_group(engine: Engine, repo: Repository, group: list[Source],
-                  containers: list[ContainerInfo], users: dict[str, list[ContainerInfo]],
-                  level: int, progress: ProgressFactory, quiesce: str | None,
-                  stop_timeout: int, retries: int) -> list[VolumeBackup]:
-    done: list[VolumeBackup] = []
-    state: Quiet | None = None
-    try:
-        with quiet(engine, containers, quiesce, stop_timeout) as state:
-            for _, same_helper in groupby(group, key=lambda s: repr(sorted(s.helper.items()))):
-                same_helper = list(same_helper)
-                with engine.helper(**same_helper[0].helper) as helper:
-                    for source in same_helper:
-                        failed_hook = next((state.pre_failed[c.name] for c in users[source.volume]
-                                            if c.name in state.pre_failed), None)
-                        if failed_hook is not None:
-                            done.append(VolumeBackup(source.volume, "failed").failure(
-                                VolbackupError(
-                                    f"skipped: the pre-hook of container {failed_hook.container} "
-                                    f"failed with exit code {failed_hook.exit_code}")))
-                        else:
-                            done.append(_backup_with_retries(helper, repo, source, level,
-                                                             progress, retries))
-    except VolbackupError as e:  # a helper could not be made, or a container not put back
-        finished = {o.volume for o in done}
-        done.extend(VolumeBackup(s.volume, "failed").failure(e) for s in group
-                    if s.volume not in finished)
-        for outcome in done:
-            if not outcome.failed:
-                outcome.failure(type(e)(f"snapshot {outcome.snapshot} was made, but {e}"))
-    for outcome in done:
-        names = {c.name for c in users.get(outcome.volume, [])}
-        if state is not None:
-            outcome.hooks = [h.as_dict() for h in state.hooks if h.container in names]
-            outcome.stopped = [n for n in state.stopped if n in names]
-            outcome.paused = [n for n in state.paused if n in names]
-    return done
 
 
 def _backup_with_retries(helper: Helper, repo: Repository, source: Source, level: int,

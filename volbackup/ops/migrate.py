@@ -8,12 +8,13 @@ side reached over the network, where it pays; local sockets carry plain tar.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from volbackup.engine import DATA_PATH, Engine, Helper
 from volbackup.errors import IntegrityError, VolbackupError
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
-from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Source, plan
 from volbackup.tarstream import TarWalker, digest_differences, root_entry_tar
 
@@ -21,7 +22,7 @@ WIRE_CHOICES = ("auto", "gzip", "none")
 
 
 @dataclass
-class VolumeMigration(Outcome):
+class VolumeMigration(QuietOutcome):
     source_volume: str | None = None
     bytes: int = 0
     entries: int = 0
@@ -43,27 +44,41 @@ class MigrateResult:
 def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
             container: str | None = None, target_name: str | None = None,
             force: bool = False, verify: bool = False, wire: str = "auto",
-            progress: ProgressFactory = no_progress) -> MigrateResult:
-    """Copy each volume (or a container's volumes) to `target`, as fresh volumes there."""
+            progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
+            quiesce: str | None = None, stop_timeout: int = 10) -> MigrateResult:
+    """Copy each volume (or a container's volumes) to `target`, as fresh volumes there.
+
+    `quiesce` ("stop" or "pause") and the volbackup.* hooks apply on the source side,
+    exactly as for backup.
+    """
     for engine in (source, target):
         engine.remove_stale_helpers()
         engine.ensure_helper_image()
-    chosen = plan(source, container, Selection(list(volumes or [])), doing="migrate")
+    selection = selection or Selection()
+    selection = replace(selection, names=list(volumes or []) + selection.names)
+    chosen = plan(source, container, selection, doing="migrate")
     gzip_from = wire == "gzip" or (wire == "auto" and source.is_remote)
     gzip_to = wire == "gzip" or (wire == "auto" and target.is_remote)
-    outcomes = []
-    for item in chosen:
-        name = target_name or item.volume
-        outcome = VolumeMigration(name, "migrated", source_volume=item.volume)
-        if isinstance(item, Missing):  # the source volume was not found
-            outcomes.append(outcome.failure(item.error))
-            continue
+    outcomes = [VolumeMigration(target_name or m.volume, "failed", source_volume=m.volume)
+                .failure(m.error) for m in chosen if isinstance(m, Missing)]
+
+    def work(item: Source) -> VolumeMigration:
+        outcome = VolumeMigration(target_name or item.volume, "migrated", source_volume=item.volume)
         try:
             _migrate_one(source, target, item, outcome, force, verify, gzip_from, gzip_to,
                          progress)
         except VolbackupError as e:
             outcome.failure(e)
-        outcomes.append(outcome)
+        return outcome
+
+    def failed(item: Source, error: VolbackupError) -> VolumeMigration:
+        return VolumeMigration(target_name or item.volume, "failed",
+                               source_volume=item.volume).failure(error)
+
+    sources = [p for p in chosen if isinstance(p, Source)]
+    outcomes += each_quietly(source, sources, quiesce, stop_timeout, work, failed)
+    order = {name: i for i, name in enumerate(p.volume for p in chosen)}
+    outcomes.sort(key=lambda o: order.get(o.source_volume, 0))
     return MigrateResult(source.where, target.where, outcomes)
 
 

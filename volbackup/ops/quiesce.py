@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 from volbackup.engine import ContainerInfo, Engine
+from volbackup.ops.outcome import Outcome
+from volbackup.ops.select import Source
 from volbackup.errors import EngineError, VolbackupError
 
 PRE_LABEL, POST_LABEL, STOP_LABEL = "volbackup.pre", "volbackup.post", "volbackup.stop"
@@ -35,6 +37,15 @@ class HookRun:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class QuietOutcome(Outcome):
+    """An outcome that also tells what was done to the containers using the volume."""
+
+    hooks: list[dict] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -154,3 +165,57 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def users_of(engine: Engine, source: Source) -> list[ContainerInfo]:
+    """The containers whose state matters while `source` is read."""
+    if source.kind == "volume":
+        return engine.containers_of(source.volume)
+    return [engine.container(source.container)]  # a bind mount: its own container
+
+
+def groups(sources: list[Source], users: dict[str, list[ContainerInfo]]):
+    """Sources that share a container go together, with the union of their containers."""
+    groups: list[tuple[dict[str, ContainerInfo], list[Source]]] = []
+    for source in sources:
+        mine = {c.id: c for c in users[source.volume]}
+        joined = [g for g in groups if set(g[0]) & set(mine)]
+        for g in joined:
+            groups.remove(g)
+            mine.update(g[0])
+        members = [s for g in joined for s in g[1]] + [source]
+        groups.append((mine, members))
+    return [(list(containers.values()), members) for containers, members in groups]
+
+
+def each_quietly(engine: Engine, sources: list[Source], mode: str | None, stop_timeout: int,
+                 work: Callable[[Source], QuietOutcome],
+                 failed: Callable[[Source, VolbackupError], QuietOutcome]) -> list[QuietOutcome]:
+    """`work(source)` for every source, each group of sources sharing containers inside
+    one `quiet()`. A source whose container's pre-hook failed is skipped (`failed`)."""
+    users = {s.volume: users_of(engine, s) for s in sources}
+    outcomes: list[QuietOutcome] = []
+    for containers, group in groups(sources, users):
+        done: list[QuietOutcome] = []
+        state: Quiet | None = None
+        try:
+            with quiet(engine, containers, mode, stop_timeout) as state:
+                for source in group:
+                    hook = next((state.pre_failed[c.name] for c in users[source.volume]
+                                 if c.name in state.pre_failed), None)
+                    done.append(work(source) if hook is None else failed(source, VolbackupError(
+                        f"skipped: the pre-hook of container {hook.container} failed with "
+                        f"exit code {hook.exit_code}")))
+        except VolbackupError as e:  # a container could not be stopped or put back
+            for outcome in done:
+                if not outcome.failed:
+                    outcome.failure(type(e)(f"{outcome.volume} was done, but {e}"))
+            done.extend(failed(s, e) for s in group[len(done):])
+        for source, outcome in zip(group, done):
+            names = {c.name for c in users[source.volume]}
+            if state is not None:
+                outcome.hooks = [h.as_dict() for h in state.hooks if h.container in names]
+                outcome.stopped = [n for n in state.stopped if n in names]
+                outcome.paused = [n for n in state.paused if n in names]
+        outcomes.extend(done)
+    return outcomes
