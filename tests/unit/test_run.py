@@ -125,6 +125,11 @@ def test_metrics_parse_with_prometheus_parser():
     assert got[("volbackup_volume_success", (("backup_job", "db"), ("volume", 'we"ird')))] == 1
 
 
+def test_timestamps_keep_full_precision():
+    text = metrics_text(summary(finished=1_795_939_272.592))
+    assert "volbackup_run_timestamp_seconds{backup_job=\"db\"} 1795939272.592\n" in text
+
+
 def test_failure_keeps_earlier_last_success():
     first = metrics_text(summary())
     failed = summary("failed", [{"volume": "pgdata", "status": "failed"}], finished=1_800_090_000)

@@ -76,8 +76,15 @@ def metrics_text(summary: dict, previous: str = "") -> str:
     for name, (kind, text) in _HELP.items():
         if samples[name]:
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            lines += [f"{name}{{{labels}}} {value:g}" for labels, value in sorted(samples[name].items())]
+            lines += [f"{name}{{{labels}}} {_number(value)}"
+                      for labels, value in sorted(samples[name].items())]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Full precision (a `:g` format would round Unix times to 6 digits)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def write_metrics(path: str, summary: dict) -> None:
