@@ -39,10 +39,17 @@ def client():
 
 
 def _remove_prefixed(c, prefix: str = PREFIX) -> None:
-    """Remove containers, then volumes, whose names start with `prefix`."""
-    for container in c.containers.list(all=True, filters={"label": TEST_LABEL}):
-        if container.name.startswith(prefix):
-            container.remove(force=True)
+    """Remove containers, then volumes, whose names start with `prefix`.
+
+    Low-level listing (no inspect per container), and a container already gone is fine:
+    another test session may share the engine.
+    """
+    for container in c.api.containers(all=True, filters={"label": TEST_LABEL}):
+        if container["Names"][0].lstrip("/").startswith(prefix):
+            try:
+                c.api.remove_container(container["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
     for volume in c.volumes.list():
         if volume.name.startswith(prefix):
             try:
@@ -95,10 +102,10 @@ def make_container(client, names):
     return make
 
 
-def _left_behind(container) -> bool:
+def _left_behind(labels: dict) -> bool:
     """A helper of this test process, or of a process that has ended (not of a live run)."""
     try:
-        pid = int(container.labels.get(PID_LABEL, ""))
+        pid = int(labels.get(PID_LABEL, ""))
         if pid == os.getpid():
             return True
         os.kill(pid, 0)
@@ -113,11 +120,14 @@ def _left_behind(container) -> bool:
 def no_helpers_left(client):
     """Every test must end with no helper container left behind."""
     yield
-    left = [c for c in client.containers.list(all=True, filters={"label": HELPER_LABEL})
-            if _left_behind(c)]
+    left = [c for c in client.api.containers(all=True, filters={"label": HELPER_LABEL})
+            if _left_behind(c["Labels"])]
     for container in left:
-        container.remove(force=True)
-    assert not left, f"helpers left behind: {[c.name for c in left]}"
+        try:
+            client.api.remove_container(container["Id"], force=True)
+        except docker.errors.NotFound:
+            pass
+    assert not left, f"helpers left behind: {[c['Names'][0] for c in left]}"
 
 
 @pytest.fixture
