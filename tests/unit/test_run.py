@@ -214,8 +214,9 @@ def test_failed_backup_is_reported_and_not_pruned(repo, hook):
         fake_backup(repo, locked=False)()
     warned = []
     schedule = Schedule("db", Rules(last=1), notify_url=hook, warn=warned.append)
+    result = schedule.run(repo, fake_backup(repo, fail=True))
     with pytest.raises(EngineError):
-        schedule.run(repo, fake_backup(repo, fail=True))
+        schedule.raise_for_failures(result)
     assert len(repo.snapshots().snapshots) == 3
     (_, body), = Hook.received
     assert body["status"] == "failed" and body["exit_code"] == 7 and body["prune"] is None

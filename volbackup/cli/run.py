@@ -22,7 +22,8 @@ def scheduling_options(command):
     """--prune with --keep-*, --lock-wait, --metrics-file, --notify-url, --notify.
 
     The command gets one `schedule` (volbackup.ops.run.Schedule); it calls
-    `schedule.run(repository, lambda: ops.backup(...))` instead of `ops.backup(...)`.
+    `result = schedule.run(repository, lambda: ops.backup(...))` instead of `ops.backup(...)`
+    and, after rendering, `schedule.raise_for_failures(result)`.
     """
 
     @click.option("--prune", "prune_after", is_flag=True,

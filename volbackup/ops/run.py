@@ -44,25 +44,23 @@ class Schedule:
     warn: Callable[[str], None] = lambda message: None
     say: Callable[[str], None] = lambda message: None
     summaries: list[dict] = field(default_factory=list)
+    prune_error: VolbackupError | None = None
 
     def run(self, repo: Repository, do_backup: Callable[[], "backup_ops.BackupResult"]):
+        """Lock, back up, prune, report. Returns the backup result without raising for
+        failed volumes; call `raise_for_failures(result)` after rendering it."""
         started, clock = datetime.now(timezone.utc), time.monotonic()
         result = pruned = error = None
+        self.prune_error = None
         try:
             with locking.locked(repo.backend, locking.SHARED, self.lock_wait, "backup",
                                 self._broke):
                 result = do_backup()
             if self.rules and not self.rules.empty and not any(v.failed for v in result.volumes):
-                pruned = prune_ops.prune(
-                    repo, self.rules, sorted({v.volume for v in result.volumes}),
-                    socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
-                    lock_wait=self.lock_wait, on_break=self._broke)
-                self.say(f"prune: {len(pruned.snapshots) - len(pruned.removed)} kept, "
-                         f"{len(pruned.removed)} removed")
-                pruned.raise_for_failures()
+                pruned = self._prune(repo, result)
             elif self.rules and result.volumes:
                 self.say("prune: skipped, not every volume was backed up")
-            result.raise_for_failures()
+            error = _first_error(result) or self.prune_error
         except (VolbackupError, KeyboardInterrupt) as e:
             error = e
             raise
@@ -70,6 +68,31 @@ class Schedule:
             self._report(summary(self.job, repo, started, time.monotonic() - clock, result,
                                  pruned, error))
         return result
+
+    def _prune(self, repo: Repository, result):
+        try:
+            pruned = prune_ops.prune(
+                repo, self.rules, sorted({v.volume for v in result.volumes}),
+                socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
+                lock_wait=self.lock_wait, on_break=self._broke)
+        except VolbackupError as e:
+            self.prune_error = e
+            self.warn(f"prune failed: {e}")
+            return None
+        self.say(f"prune: {len(pruned.snapshots) - len(pruned.removed)} kept, "
+                 f"{len(pruned.removed)} removed")
+        try:
+            pruned.raise_for_failures()
+        except VolbackupError as e:
+            self.prune_error = e
+            self.warn(str(e))
+        return pruned
+
+    def raise_for_failures(self, result) -> None:
+        """The backup's failures first, then the prune's."""
+        result.raise_for_failures()
+        if self.prune_error is not None:
+            raise self.prune_error
 
     def _broke(self, lock, why: str) -> None:
         self.warn(f"broke a stale lock ({lock.describe()}): {why}")
@@ -85,6 +108,14 @@ class Schedule:
             problem = report.notify(self.notify_url, data)
             if problem:
                 self.warn(f"{problem} (the run's own result is unchanged)")
+
+
+def _first_error(result) -> VolbackupError | None:
+    try:
+        result.raise_for_failures()
+    except VolbackupError as e:
+        return e
+    return None
 
 
 def summary(job: str, repo: Repository, started: datetime, seconds: float, result, pruned,
@@ -151,7 +182,7 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
                                      progress)
 
         try:
-            schedule.run(repo, do_backup)
+            schedule.raise_for_failures(schedule.run(repo, do_backup))
         except VolbackupError as e:
             result.errors.append((job.name, e))
         result.jobs.extend(schedule.summaries)
