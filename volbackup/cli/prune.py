@@ -6,8 +6,14 @@ import click
 
 from volbackup import locking
 from volbackup.cli import render
-from volbackup.cli.options import (Duration, host_option, json_option, keep_options,
-                                   lock_wait_option, repo_option)
+from volbackup.cli.options import (
+    Duration,
+    host_option,
+    json_option,
+    keep_options,
+    lock_wait_option,
+    repo_option,
+)
 from volbackup.ops import prune as ops
 from volbackup.repository import Repository
 
