@@ -21,7 +21,8 @@ from volbackup.engine import PID_LABEL
 def run_container(client, names):
     image = ensure_busybox(client)
 
-    def run(stem: str, volume: str, command: str = "sleep 3600 & wait", labels: dict | None = None):
+    def run(stem: str, volume: str, command: str = "sleep 3600 & wait",
+            labels: dict | None = None):
         return client.containers.run(
             image, ["sh", "-c", f"trap 'exit 0' TERM; {command}"], name=names(stem), detach=True, network_mode="none",
             labels={TEST_LABEL: "1", **(labels or {})},

@@ -157,3 +157,19 @@ def test_run_into_s3_takes_and_releases_the_lock(cli, s3_bucket, s3_client, tmp_
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert not any(k.startswith("prod/locks/") for k in keys)
     assert len([k for k in keys if k.endswith(".json")]) == 1  # pruned to one snapshot
+
+
+def test_backup_command_prunes_and_writes_metrics(cli, repo_dir, tmp_path, make_volume,
+                                                   mountpoint):
+    volume = make_volume("pruned")
+    fill(mountpoint(volume.name), {"f": b"data\n"})
+    metrics = tmp_path / "volbackup.prom"
+    for _ in range(3):
+        result = cli("backup", volume.name, "-r", str(repo_dir), "--prune", "--keep-last", "2",
+                     "--metrics-file", str(metrics))
+        assert result.code == 0, result.stderr
+    listed = json.loads(cli("list", volume.name, "-r", str(repo_dir), "--json").stdout)
+    assert len(listed["snapshots"]) == 2
+    families = {f.name for f in text_string_to_metric_families(metrics.read_text())}
+    assert any("volbackup" in name for name in families)
+    assert cli("backup", volume.name, "-r", str(repo_dir), "--keep-last", "2").code == 2

@@ -89,7 +89,7 @@ def test_gives_up_after_the_wait(backend):
 def test_lock_of_a_dead_pid_on_this_host_is_broken(backend):
     stale = plant(backend, pid=dead_pid())
     broken = []
-    with locking.locked(backend, locking.EXCLUSIVE, 0, on_break=lambda l, why: broken.append(why)):
+    with locking.locked(backend, locking.EXCLUSIVE, 0, on_break=lambda lock, why: broken.append(why)):
         assert stale.key not in lock_keys(backend)
     assert broken and "is not running on this host" in broken[0]
 

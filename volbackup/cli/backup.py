@@ -7,6 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import json_option, repo_option, s3_write_options
 from volbackup.cli.progress import terminal_progress
+from volbackup.cli.run import scheduling_options
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
 from volbackup.engine import Engine
 from volbackup.ops import backup as ops
@@ -26,8 +27,9 @@ from volbackup.repository import Repository
               help="zstd compression level.")
 @s3_write_options
 @json_option
+@scheduling_options
 def backup(volumes, container, selection, quiesce, stop_timeout, retries, repo, level,
-           as_json, s3):
+           as_json, s3, schedule):
     """Back up volumes into REPO, one snapshot per volume.
 
     Container labels: volbackup.pre / volbackup.post run a command in the container
@@ -38,14 +40,15 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, repo, 
       volbackup backup pgdata -r /srv/backups
       volbackup backup --container db --stop -r /srv/backups --json
       volbackup backup --project shop --exclude shop_cache -r s3://my-backups/prod
+      volbackup backup --all --stop --prune --keep-daily 7 --metrics-file /srv/volbackup.prom
     """
     selection.names = list(volumes)
     check_selection(selection, container)
     repository = Repository.open(repo, writable=True, options=s3)
     engine = Engine.connect()
-    result = ops.backup(engine, repository, [], container, level, terminal_progress(),
-                        selection=selection, quiesce=quiesce, stop_timeout=stop_timeout,
-                        retries=retries)
+    result = schedule.run(repository, lambda: ops.backup(
+        engine, repository, [], container, level, terminal_progress(), selection=selection,
+        quiesce=quiesce, stop_timeout=stop_timeout, retries=retries))
     if as_json:
         render.emit_json("backup", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])
@@ -57,4 +60,4 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, repo, 
                            + (f" ({v.message})" if v.message else ""))
     render.hook_failures(result.volumes)
     render.failures(result.volumes)
-    result.raise_for_failures()
+    schedule.raise_for_failures(result)
