@@ -5,6 +5,9 @@
 
     [jobs.db]
     volumes = ["pgdata"]        # or: container = "db"
+    # selection, as on the command line: all = true, labels = ["backup=nightly"],
+    # project = "shop", exclude = ["shop_cache"], include_anonymous = false
+    stop = true                 # or pause = true; stop_timeout = 10; retries = 2
     level = 3
     lock_wait = "5m"
     metrics_file = "/var/lib/node_exporter/textfile/volbackup-db.prom"
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from volbackup.errors import ConfigError
 from volbackup.manifest import VOLUME_NAME
+from volbackup.ops.select import Selection
 from volbackup.retention import PERIODS, Rules
 
 if sys.version_info >= (3, 11):
@@ -35,7 +39,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
-            "notify_url", "notify", "keep", "allow_remove_newest"}
+            "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
+            "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -52,6 +57,10 @@ class Job:
     notify: str = "failure"
     keep: Rules | None = None
     allow_remove_newest: bool = False
+    selection: Selection = field(default_factory=Selection)
+    quiesce: str | None = None   # "stop" or "pause"
+    stop_timeout: int = 10
+    retries: int = 2
 
 
 def parse_duration(value) -> float | None:
@@ -155,8 +164,10 @@ def _job(where: _Where, name: str, spec) -> Job:
             raise bad("volumes", "a non-empty list of volume names")
         job.volumes = list(vols)
     job.container = text("container")
-    if bool(job.volumes) == bool(job.container):
-        raise where.error(table, None, "needs either volumes or container (not both)")
+    _selection(where, table, spec, job, bad)
+    if bool(job.volumes or job.selection.matches_host) == bool(job.container):
+        raise where.error(table, None, "needs either volumes (or all, labels, project) or "
+                                       "container (not both)")
     if "level" in spec:
         level = spec["level"]
         if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
@@ -180,6 +191,39 @@ def _job(where: _Where, name: str, spec) -> Job:
     if "keep" in spec:
         job.keep = _keep(where, f"{table}.keep", spec["keep"])
     return job
+
+
+def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
+    """all, labels, project, exclude, include_anonymous, stop/pause, stop_timeout, retries."""
+    def flag(key: str) -> bool:
+        if key in spec and not isinstance(spec[key], bool):
+            raise bad(key, "true or false")
+        return spec.get(key, False)
+
+    def names(key: str, pattern=None) -> list[str]:
+        value = spec.get(key, [])
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and v and (pattern is None or pattern.fullmatch(v))
+                for v in value):
+            raise bad(key, "a list of " + ("volume names" if pattern else "strings"))
+        return list(value)
+
+    def count(key: str, low: int, high: int, default: int) -> int:
+        value = spec.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad(key, f"an integer from {low} to {high}")
+        return value
+
+    project = spec.get("project")
+    if project is not None and (not isinstance(project, str) or not project):
+        raise bad("project", "a non-empty string")
+    job.selection = Selection([], flag("all"), names("labels"), project,
+                              names("exclude", VOLUME_NAME), flag("include_anonymous"))
+    if flag("stop") and flag("pause"):
+        raise where.error(table, "pause", "stop and pause exclude each other")
+    job.quiesce = "stop" if flag("stop") else "pause" if flag("pause") else None
+    job.stop_timeout = count("stop_timeout", 0, 3600, 10)
+    job.retries = count("retries", 0, 10, 2)
 
 
 def _keep(where: _Where, table: str, keep) -> Rules:

@@ -70,10 +70,16 @@ BAD = [
     (("lock_wait = \"5m\"", "lock_wait = \"soon\""), ["job db", "'lock_wait'", "line 3"]),
     (("notify = \"always\"", "notify = \"never\""), ["job web", "'notify'", "line 15"]),
     (("container = \"web\"", "container = \"web\"\nvolumes = [\"a\"]"),
-     ["job web", "line 11", "either volumes or container"]),
+     ["job web", "line 11", "either volumes", "or container"]),
     (("volumes = [\"pgdata\"]", "volumes = \"pgdata\""), ["job db", "'volumes'", "line 6"]),
     (("repository = \"/srv/backups\"", "repo = \"/srv/backups\""), ["defaults", "'repo'", "line 2"]),
     (("[jobs.db]", "[jobs.db\n"), ["not valid TOML", "line 5"]),
+    (("level = 5", "stop = \"yes\""), ["job db", "'stop'", "line 7", "true or false"]),
+    (("level = 5", "stop = true\npause = true"), ["job db", "'pause'", "exclude each other"]),
+    (("level = 5", "exclude = [\"../x\"]"), ["job db", "'exclude'", "volume names"]),
+    (("level = 5", "retries = 11"), ["job db", "'retries'", "0 to 10"]),
+    (("container = \"web\"", "container = \"web\"\nall = true"),
+     ["job web", "either volumes"]),
 ]
 
 
@@ -84,6 +90,24 @@ def test_bad_config_names_key_job_and_line(tmp_path, change, words):
     for word in words:
         assert word in str(caught.value)
     assert caught.value.exit_code == 12
+
+
+def test_selection_and_quiescing_keys(tmp_path):
+    (job,) = load(tmp_path, """
+[jobs.nightly]
+repository = "/srv/backups"
+project = "shop"
+labels = ["backup=nightly"]
+exclude = ["shop_cache"]
+stop = true
+stop_timeout = 30
+retries = 4
+""")
+    assert (job.selection.project, job.selection.labels, job.selection.exclude) == (
+        "shop", ["backup=nightly"], ["shop_cache"])
+    assert (job.quiesce, job.stop_timeout, job.retries, job.volumes) == ("stop", 30, 4, [])
+    (paused,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\npause = true\n')
+    assert paused.selection.all and paused.quiesce == "pause"
 
 
 def test_config_without_jobs_or_file(tmp_path):

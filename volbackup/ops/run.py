@@ -179,7 +179,8 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
             nonlocal engine
             engine = engine or engine_factory()
             return backup_ops.backup(engine, repo, job.volumes, job.container, job.level,
-                                     progress)
+                                     progress, selection=job.selection, quiesce=job.quiesce,
+                                     stop_timeout=job.stop_timeout, retries=job.retries)
 
         try:
             schedule.raise_for_failures(schedule.run(repo, do_backup))
