@@ -27,6 +27,7 @@ import urllib3.exceptions
 from docker.types import Mount
 
 from volbackup.errors import EngineError, NotFound, StreamBroken
+from volbackup.signals import deferred
 
 HELPER_IMAGE = "volbackup-helper:1"
 HELPER_LABEL = "io.volbackup.helper"   # on helper containers only
@@ -267,17 +268,20 @@ class Engine:
         host_config = self.api.create_host_config(
             mounts=mounts or None, volumes_from=[volumes_from] if volumes_from else None,
             network_mode="none")
-        with _engine_errors("creating a helper container"):
-            created = self.api.create_container(HELPER_IMAGE, command=["volbackup-helper"],
-                                                name=name, labels=labels,
-                                                host_config=host_config, network_disabled=True)
+        created = None
         try:
+            with _engine_errors("creating a helper container"), deferred():
+                created = self.api.create_container(
+                    HELPER_IMAGE, command=["volbackup-helper"], name=name, labels=labels,
+                    host_config=host_config, network_disabled=True)
             yield Helper(self, created["Id"])
         finally:
-            try:
-                self.api.remove_container(created["Id"], force=True, v=False)
-            except (docker.errors.DockerException, requests.RequestException):
-                pass  # the next run removes it (remove_stale_helpers)
+            if created is not None:
+                with deferred():
+                    try:
+                        self.api.remove_container(created["Id"], force=True, v=False)
+                    except (docker.errors.DockerException, requests.RequestException):
+                        pass  # the next run removes it (remove_stale_helpers)
 
 
 def _container_info(listed: dict) -> ContainerInfo:

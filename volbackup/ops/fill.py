@@ -15,6 +15,7 @@ from typing import Callable
 
 from volbackup.engine import Engine, Helper, VolumeInfo
 from volbackup.errors import NotFound, TargetNotEmpty, VolbackupError
+from volbackup.signals import deferred
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,10 @@ def fill_fresh_volume(engine: Engine, name: str, spec: VolumeSpec, force: bool,
     whole archive there). `lost_note` explains, in an error, why replaced data is gone.
     """
     previous, previous_was_empty = _clear_target(engine, name, force, before_replacing)
-    engine.create_volume(name, spec.driver, spec.options, spec.labels)
     written = False
     try:
+        with deferred():  # a volume the engine created is one we know to remove
+            engine.create_volume(name, spec.driver, spec.options, spec.labels)
         with engine.helper(volume=name, read_only=False) as helper:
             if not helper.is_empty():
                 raise TargetNotEmpty(
@@ -48,7 +50,8 @@ def fill_fresh_volume(engine: Engine, name: str, spec: VolumeSpec, force: bool,
     except BaseException as e:
         # Put back what was there when nothing was written, or when it was empty anyway.
         put_back = previous if (previous_was_empty or not written) else None
-        cleanup_problem = _undo(engine, name, put_back)
+        with deferred():
+            cleanup_problem = _undo(engine, name, put_back)
         if isinstance(e, VolbackupError):
             notes = [str(e)]
             if previous is not None and put_back is None:
@@ -84,7 +87,8 @@ def _clear_target(engine: Engine, name: str, force: bool,
             f"(docker rm keeps the volume), or --as NAME to use another name")
     if not empty:
         before_replacing()
-    engine.remove_volume(name)
+    with deferred():
+        engine.remove_volume(name)
     return existing, empty
 
 
@@ -94,7 +98,10 @@ def _undo(engine: Engine, name: str, put_back: VolumeInfo | None) -> str | None:
     Returns a message when that fails, for the caller to add to the original error.
     """
     try:
-        engine.remove_volume(name)
+        try:
+            engine.remove_volume(name)
+        except NotFound:
+            pass  # it was never created
         if put_back is not None:
             engine.create_volume(name, put_back.driver, put_back.options, put_back.labels)
     except VolbackupError as e:

@@ -10,15 +10,15 @@ as it was.
 
 from __future__ import annotations
 
-import signal
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 from volbackup.engine import ContainerInfo, Engine
+from volbackup.errors import EngineError, VolbackupError
 from volbackup.ops.outcome import Outcome
 from volbackup.ops.select import Source
-from volbackup.errors import EngineError, VolbackupError
+from volbackup.signals import deferred
 
 PRE_LABEL, POST_LABEL, STOP_LABEL = "volbackup.pre", "volbackup.post", "volbackup.stop"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -77,16 +77,18 @@ def quiet(engine: Engine, containers: list[ContainerInfo], mode: str | None,
     paused: list[ContainerInfo] = []
     try:
         for container in stop_order(to_stop):
-            engine.stop(container, stop_timeout)
-            stopped.append(container)
+            with deferred():  # never lose track of a container the engine did stop
+                stopped.append(container)
+                engine.stop(container, stop_timeout)
             done.stopped.append(container.name)
         for container in to_pause:
-            engine.pause(container)
-            paused.append(container)
+            with deferred():
+                paused.append(container)
+                engine.pause(container)
             done.paused.append(container.name)
         yield done
     finally:
-        with _signals_deferred():
+        with deferred():
             problems = _put_back(engine, stopped, paused)
             for container in running:
                 if container.name not in problems:  # running again
@@ -150,21 +152,6 @@ def stop_order(containers: list[ContainerInfo]) -> list[ContainerInfo]:
         order.append(c)
         remaining.remove(c)
     return order
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while containers are put back; deliver them afterwards."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (ValueError, OSError):  # not the main thread: nothing to hold
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def users_of(engine: Engine, source: Source) -> list[ContainerInfo]:
