@@ -24,7 +24,8 @@ def run_container(client, names):
     def run(stem: str, volume: str, command: str = "sleep 3600 & wait",
             labels: dict | None = None):
         return client.containers.run(
-            image, ["sh", "-c", f"trap 'exit 0' TERM; {command}"], name=names(stem), detach=True, network_mode="none",
+            image, ["sh", "-c", f"trap 'exit 0' TERM; {command}"], name=names(stem),
+            detach=True, network_mode="none",
             labels={TEST_LABEL: "1", **(labels or {})},
             volumes={volume: {"bind": "/data", "mode": "rw"}})
 
