@@ -25,6 +25,9 @@ class StepFailed(RuntimeError):
     pass
 
 
+VOLBACKUP_ARGS: list[str] = []  # extra options for volbackup backup/restore (run.py --direct)
+
+
 def volbackup_cmd() -> list[str]:
     exe = shutil.which("volbackup")
     return [exe] if exe else [sys.executable, "-m", "volbackup"]
@@ -117,7 +120,8 @@ class Bench:
 
     def backup_volbackup(self, volume: str) -> tuple[float, float, int, str]:
         repo = tempfile.mkdtemp(prefix="repo-", dir=self.work)
-        seconds, rss = timed([*volbackup_cmd(), "backup", volume, "-r", repo], "volbackup backup")
+        seconds, rss = timed([*volbackup_cmd(), "backup", volume, "-r", repo, *VOLBACKUP_ARGS],
+                             "volbackup backup")
         return seconds, rss, dir_bytes(repo), repo
 
     def backup_recipe(self, src: str) -> tuple[float, None, int, str]:
@@ -140,7 +144,8 @@ class Bench:
     # kernel time (the inode allocator skips recently deleted inodes one by one).
 
     def restore_volbackup(self, volume: str, repo: str) -> tuple[float, float]:
-        return timed([*volbackup_cmd(), "restore", volume, "--as", self.name("restored"), "-r", repo],
+        return timed([*volbackup_cmd(), "restore", volume, "--as", self.name("restored"), "-r", repo,
+                      *VOLBACKUP_ARGS],
                      "volbackup restore")
 
     def restore_limit(self, archive: str) -> tuple[float, None]:

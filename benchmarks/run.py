@@ -36,6 +36,7 @@ import sys
 
 import docker
 from benchimage import ImageError, ensure_image
+import benchrun
 from benchrun import MIB, Bench, StepFailed, busy_fraction, volbackup_cmd
 from benchvolume import Shape, fill, parse_mix
 
@@ -187,10 +188,14 @@ def main() -> int:
     p.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
                    help="end the host pipelines with `sync FILE` like volbackup's fsync (default on)")
     p.add_argument("--quick", action="store_true", help="64 MiB, 1 round (overrides --size-mib/--repeat)")
+    p.add_argument("--direct", action="store_true",
+                   help="run volbackup backup/restore with --direct (GNU tar on this host)")
     p.add_argument("--json", metavar="PATH", help="write all raw numbers to PATH")
     args = p.parse_args()
     if args.quick:
         args.size_mib, args.repeat = 64, 1
+    if args.direct:
+        benchrun.VOLBACKUP_ARGS.append("--direct")
     if args.repeat < 1 or args.size_mib < 1 or not 0 <= args.large_share < 1:
         p.error("--repeat and --size-mib must be >= 1, --large-share in [0, 1)")
     try:

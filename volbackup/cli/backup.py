@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import json_option, repo_option, s3_write_options
+from volbackup.cli.options import direct_option, json_option, repo_option, s3_write_options
 from volbackup.cli.progress import terminal_progress
 from volbackup.cli.run import scheduling_options
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
@@ -25,11 +25,12 @@ from volbackup.repository import Repository
 @repo_option
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
               help="zstd compression level.")
+@direct_option
 @s3_write_options
 @json_option
 @scheduling_options
 def backup(volumes, container, selection, quiesce, stop_timeout, retries, repo, level,
-           as_json, s3, schedule):
+           use_direct, as_json, s3, schedule):
     """Back up volumes into REPO, one snapshot per volume.
 
     Container labels: volbackup.pre / volbackup.post run a command in the container
@@ -48,7 +49,7 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, repo, 
     engine = Engine.connect()
     result = schedule.run(repository, lambda: ops.backup(
         engine, repository, [], container, level, terminal_progress(), selection=selection,
-        quiesce=quiesce, stop_timeout=stop_timeout, retries=retries))
+        quiesce=quiesce, stop_timeout=stop_timeout, retries=retries, use_direct=use_direct))
     if as_json:
         render.emit_json("backup", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])

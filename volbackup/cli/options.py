@@ -14,6 +14,12 @@ repo_option = click.option(
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
+direct_option = click.option(
+    "--direct", "use_direct", is_flag=True,
+    help="Read/write plain local volumes and binds with GNU tar on this host instead of "
+         "through the engine (root, local engine): faster, and keeps xattrs, ACLs and "
+         "sub-second mtimes.")
+
 host_option = click.option(
     "--host", metavar="NAME", help="Only snapshots made on this host (as `list` shows it).")
 

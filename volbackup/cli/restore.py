@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import host_option, json_option, repo_option
+from volbackup.cli.options import direct_option, host_option, json_option, repo_option
 from volbackup.cli.progress import terminal_progress
 from volbackup.engine import Engine
 from volbackup.ops import restore as ops
@@ -23,8 +23,9 @@ from volbackup.repository import Repository
               help="Restore the newest snapshot of every volume in REPO; skip targets "
                    "that exist and are not empty.")
 @host_option
+@direct_option
 @json_option
-def restore(snapshots, repo, target, force, restore_all, host, as_json):
+def restore(snapshots, repo, target, force, restore_all, host, use_direct, as_json):
     """Restore snapshots into fresh volumes.
 
     SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
@@ -44,7 +45,7 @@ def restore(snapshots, repo, target, force, restore_all, host, as_json):
     repository = Repository.open(repo)
     engine = Engine.connect()
     result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
-                         terminal_progress(), host=host)
+                         terminal_progress(), host=host, use_direct=use_direct)
     if as_json:
         render.emit_json("restore", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Callable, Iterator
 
-from volbackup import __version__, archive
-from volbackup.engine import Engine, Helper
+from volbackup import __version__, archive, direct
+from volbackup.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Source, plan
 from volbackup.repository import Repository, new_snapshot_id
+
+Reader = Callable[[], AbstractContextManager[Iterator[bytes]]]  # opens a volume's tar stream
 
 
 @dataclass
@@ -46,12 +50,15 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
            container: str | None = None, level: int = 3,
            progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
            quiesce: str | None = None, stop_timeout: int = 10,
-           retries: int = 2) -> BackupResult:
+           retries: int = 2, use_direct: bool = False) -> BackupResult:
     """Back up the named `volumes` (plus `selection`), or every mount of `container`.
 
     `quiesce` is None, "stop" or "pause": what to do to the running containers that use
     a volume while it is read (the label volbackup.stop=true asks for "stop" too).
+    `use_direct` reads plain local volumes and binds with GNU tar on this host, where it
+    can (volbackup.direct); others still go through a helper.
     """
+    use_direct = use_direct and not engine.is_remote
     engine.remove_stale_helpers()
     engine.ensure_helper_image()
     selection = selection or Selection()
@@ -62,8 +69,13 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     sources = [p for p in chosen if isinstance(p, Source)]
 
     def work(source: Source) -> VolumeBackup:
+        if use_direct and direct.available(source.host_path):
+            return _backup_with_retries(lambda: direct.export(source.host_path), repo, source,
+                                        level, progress, retries)
         with engine.helper(**source.helper) as helper:
-            return _backup_with_retries(helper, repo, source, level, progress, retries)
+            return _backup_with_retries(
+                lambda: helper.export(source.path.rstrip("/") + "/."), repo, source, level,
+                progress, retries)
 
     outcomes += each_quietly(engine, sources, quiesce, stop_timeout, work,
                              lambda s, e: VolumeBackup(s.volume, "failed").failure(e))
@@ -72,12 +84,12 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     return BackupResult(repo.describe(), outcomes)
 
 
-def _backup_with_retries(helper: Helper, repo: Repository, source: Source, level: int,
+def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level: int,
                          progress: ProgressFactory, retries: int) -> VolumeBackup:
     """Read again when the stream broke (files changed while read), up to `retries` times."""
     broken: list[str] = []
     for attempt in range(1, retries + 2):
-        outcome = _backup_one(helper, repo, source, level, progress)
+        outcome = _backup_one(reader, repo, source, level, progress)
         outcome.attempts = attempt
         if not (outcome.failed and isinstance(outcome.error, (IntegrityError, StreamBroken))):
             break
@@ -89,16 +101,18 @@ def _backup_with_retries(helper: Helper, repo: Repository, source: Source, level
     return outcome
 
 
-def _backup_one(helper, repo: Repository, source: Source, level: int,
+def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
                 progress: ProgressFactory) -> VolumeBackup:
     started = time.monotonic()
     created = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(source.volume, created)
     outcome = VolumeBackup(source.volume, "ok", snapshot_id)
     try:
+        # The reader ends inside the writer: an error it reports on closing (GNU tar's
+        # exit code) discards the archive instead of leaving it in the repository.
         with progress(source.volume, None) as update, \
-                helper.export(source.path.rstrip("/") + "/.") as chunks, \
-                repo.archive_writer(snapshot_id) as out:
+                repo.archive_writer(snapshot_id) as out, \
+                reader() as chunks:
             packed = archive.pack(chunks, out, level, update)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from volbackup import archive
+from volbackup import archive, direct
 from volbackup.engine import DATA_PATH, Engine, Helper
 from volbackup.errors import NotFound, TargetNotEmpty, VolbackupError
 from volbackup.manifest import Manifest
@@ -33,7 +33,8 @@ class RestoreResult:
 
 def restore(engine: Engine, repo: Repository, refs: list[str], target: str | None = None,
             force: bool = False, restore_all: bool = False,
-            progress: ProgressFactory = no_progress, host: str | None = None) -> RestoreResult:
+            progress: ProgressFactory = no_progress, host: str | None = None,
+            use_direct: bool = False) -> RestoreResult:
     """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
 
     With `restore_all`, the newest snapshot of every volume in the repository is
@@ -53,7 +54,8 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
         try:
             manifest = repo.resolve(ref, host)
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
-            _restore_one(engine, repo, manifest, outcome, force, progress)
+            _restore_one(engine, repo, manifest, outcome, force, progress,
+                         use_direct and not engine.is_remote)
         except TargetNotEmpty as e:
             if not restore_all:
                 outcome.failure(e)
@@ -66,7 +68,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
 
 
 def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: VolumeRestore,
-                 force: bool, progress: ProgressFactory) -> None:
+                 force: bool, progress: ProgressFactory, use_direct: bool) -> None:
     started = time.monotonic()
 
     def check_archive() -> None:
@@ -74,12 +76,17 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
             archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes).drain()
 
     def write(helper: Helper) -> None:
+        plain = manifest.driver == "local" and not manifest.driver_options
+        directory = engine.volume(outcome.volume).mountpoint if use_direct and plain else None
         with progress(outcome.volume, manifest.bytes) as update, \
                 repo.open_archive(manifest) as stored:
             unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)
-            helper.import_(DATA_PATH, unpacker.chunks())
-            if unpacker.root is not None and unpacker.root.is_root:
-                helper.import_("/", root_entry_tar(unpacker.root, DATA_PATH.strip("/")))
+            if direct.available(directory):
+                direct.import_(directory, unpacker.chunks())  # `./` carries the root's metadata
+            else:
+                helper.import_(DATA_PATH, unpacker.chunks())
+                if unpacker.root is not None and unpacker.root.is_root:
+                    helper.import_("/", root_entry_tar(unpacker.root, DATA_PATH.strip("/")))
         outcome.bytes = unpacker.walker.bytes
 
     spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)

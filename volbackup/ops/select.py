@@ -28,6 +28,7 @@ class Source:
     container: str | None = None
     mount_path: str | None = None
     bind_path: str | None = None
+    host_path: str | None = None    # its directory on the engine's host, if plain (direct.py)
 
 
 @dataclass
@@ -85,7 +86,7 @@ def volume_sources(engine: Engine, names: list[str]) -> list[Source | Missing]:
             plan.append(Missing(name, e))
             continue
         plan.append(Source(name, DATA_PATH, {"volume": name}, info.driver, info.options,
-                           info.labels))
+                           info.labels, host_path=_plain_directory(info)))
     return plan
 
 
@@ -104,19 +105,25 @@ def container_sources(engine: Engine, container: str) -> list[Source]:
     for mount in mounts:
         nested = any(other.destination.startswith(mount.destination.rstrip("/") + "/")
                      for other in mounts if other is not mount)
-        direct = nested or has_tmpfs
-        path = DATA_PATH if direct else mount.destination
+        own_helper = nested or has_tmpfs
+        path = DATA_PATH if own_helper else mount.destination
         if mount.kind == "volume":
             info = engine.volume(mount.name)
-            helper = {"volume": mount.name} if direct else {"volumes_from": name}
+            helper = {"volume": mount.name} if own_helper else {"volumes_from": name}
             sources.append(Source(mount.name, path, helper, info.driver, info.options,
-                                  info.labels, "volume", name, mount.destination))
+                                  info.labels, "volume", name, mount.destination,
+                                  host_path=_plain_directory(info)))
         else:
-            helper = {"bind": mount.source} if direct else {"volumes_from": name}
+            helper = {"bind": mount.source} if own_helper else {"volumes_from": name}
             sources.append(Source(bind_volume_name(name, mount.destination), path, helper,
                                   kind="bind", container=name, mount_path=mount.destination,
-                                  bind_path=mount.source))
+                                  bind_path=mount.source, host_path=mount.source))
     return sources
+
+
+def _plain_directory(info) -> str | None:
+    """A `local` volume without options is a plain directory: its mountpoint."""
+    return info.mountpoint if info.driver == "local" and not info.options else None
 
 
 def plan(engine: Engine, container: str | None, selection: Selection,
