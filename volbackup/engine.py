@@ -135,6 +135,14 @@ class Engine:
         """True when the engine is reached over a network (tcp, ssh), not a local socket."""
         return not self.where.startswith(("unix://", "npipe://", "/"))
 
+    @property
+    def remaps_user_ids(self) -> bool:
+        """True when the engine runs with user-namespace remapping: files on the host then
+        carry shifted ids, which only the engine's own archive endpoints translate."""
+        with _engine_errors("reading the engine's security options"):
+            options = self.api.info().get("SecurityOptions") or []
+        return any("userns" in option for option in options)
+
     # -- volumes
     def volume(self, name: str) -> VolumeInfo:
         with _engine_errors(f"inspecting volume {name}", f"no such volume: {name}"):

@@ -58,7 +58,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     `use_direct` reads plain local volumes and binds with GNU tar on this host, where it
     can (volbackup.direct); others still go through a helper.
     """
-    use_direct = use_direct and not engine.is_remote
+    use_direct = use_direct and not engine.is_remote and not engine.remaps_user_ids
     engine.remove_stale_helpers()
     engine.ensure_helper_image()
     selection = selection or Selection()

@@ -55,7 +55,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
             manifest = repo.resolve(ref, host)
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
             _restore_one(engine, repo, manifest, outcome, force, progress,
-                         use_direct and not engine.is_remote)
+                         use_direct and not engine.is_remote and not engine.remaps_user_ids)
         except TargetNotEmpty as e:
             if not restore_all:
                 outcome.failure(e)
