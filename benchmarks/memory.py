@@ -79,7 +79,12 @@ def main() -> None:
     args = parser.parse_args()
     client = docker.from_env()
     rows = [measure(int(s), client) for s in args.sizes.split(",")]
-    if args.json:
+    print_rows(rows, args.json)
+
+
+def print_rows(rows: list[dict], as_json: bool) -> None:
+    """The measurements as a table, or as JSON."""
+    if as_json:
         print(json.dumps(rows, indent=2))
         return
     print(f"{'volume':>8}  {'backup RSS':>11}  {'restore RSS':>12}  {'backup':>11}  {'restore':>11}")

@@ -14,7 +14,6 @@ benchmarks/memory.py), a backup into a fresh bucket and a restore into a fresh v
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import socket
@@ -24,7 +23,7 @@ import time
 
 import boto3
 import docker
-from memory import fill, run  # benchmarks/memory.py, next to this script
+from memory import fill, print_rows, run  # benchmarks/memory.py, next to this script
 
 
 def measure(mib: int, client, s3) -> dict:
@@ -75,13 +74,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    print(f"{'volume':>8}  {'backup RSS':>11}  {'restore RSS':>12}  {'backup':>11}  {'restore':>11}")
-    for r in rows:
-        print(f"{r['mib']:>4} MiB  {r['backup_rss_mib']:>7.1f} MiB  {r['restore_rss_mib']:>8.1f} MiB"
-              f"  {r['backup_mib_s']:>5.0f} MiB/s  {r['restore_mib_s']:>5.0f} MiB/s")
+    print_rows(rows, args.json)
 
 
 if __name__ == "__main__":
