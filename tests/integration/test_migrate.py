@@ -11,6 +11,7 @@ from tests.integration.conftest import PREFIX
 from tests.integration.corpus import differences, tree, write_corpus
 from tests.integration.helpers import contents, fill, one_line_error
 from tests.integration.second_engine import second_engine  # noqa: F401 (fixture)
+from tests.integration.ssh_engine import ssh_engine  # noqa: F401 (fixture)
 from volbackup.engine import HELPER_LABEL
 
 
@@ -133,3 +134,16 @@ def test_project_with_stop_on_the_source(client, make_volume, cli, target, names
     assert client.api.inspect_container(app.id)["State"]["Running"]
     there = target["client"].api.inspect_volume(data.name)
     assert there["Labels"] == project and contents(there["Mountpoint"]) == {"db": b"state\n"}
+
+
+def test_over_ssh_with_gzip_on_the_wire(make_volume, mountpoint, cli, ssh_engine):  # noqa: F811
+    source = make_volume("viassh", labels={"moved": "over ssh"})
+    write_corpus(mountpoint(source.name))
+    result = cli("migrate", source.name, "--to-host", ssh_engine["url"], "--verify", "--json",
+                 env=ssh_engine["env"])
+    assert result.code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["target"] == ssh_engine["url"] and out["volumes"][0]["verified"] is True
+    attrs = ssh_engine["client"].api.inspect_volume(source.name)
+    assert attrs["Labels"] == {"moved": "over ssh"}
+    assert differences(tree(mountpoint(source.name)), tree(attrs["Mountpoint"])) == []
