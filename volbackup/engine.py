@@ -27,6 +27,7 @@ import urllib3.exceptions
 from docker.types import Mount
 
 from volbackup.errors import EngineError, NotFound, StreamBroken
+from volbackup.processes import pid_alive
 from volbackup.signals import deferred
 
 HELPER_IMAGE = "volbackup-helper:1"
@@ -311,15 +312,7 @@ def _helper_is_stale(labels: dict, created: int) -> bool:
         pid = int(labels.get(PID_LABEL, ""))
     except ValueError:
         return True
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid != os.getpid() and not pid_alive(pid)
 
 
 class Helper:

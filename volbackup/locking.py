@@ -33,6 +33,8 @@ from typing import Callable, Iterator
 from volbackup import __version__
 from volbackup.backends import Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
+from volbackup.manifest import utc_iso
+from volbackup.processes import pid_alive
 
 PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)
@@ -42,10 +44,6 @@ SHARED, EXCLUSIVE = "shared", "exclusive"
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _pid_namespace() -> str:
@@ -94,7 +92,7 @@ class LockInfo:
         """Why this lock may be broken, or None while its holder may still be running."""
         now = now or _now()
         if (self.host == socket.gethostname() and self.pid_namespace == _pid_namespace()
-                and self.pid > 0 and not _pid_alive(self.pid)):
+                and self.pid > 0 and not pid_alive(self.pid)):
             return f"pid {self.pid} is not running on this host"
         try:
             refreshed = datetime.fromisoformat(self.refreshed.replace("Z", "+00:00"))
@@ -103,16 +101,6 @@ class LockInfo:
         if now - refreshed > STALE_AFTER:
             return f"not refreshed since {self.refreshed} (over {int(STALE_AFTER.total_seconds() // 60)} min)"
         return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def list_locks(backend: Backend) -> list[LockInfo]:
@@ -140,7 +128,7 @@ class Lock:
 
     def _refresh(self) -> None:
         while not self._stop.wait(REFRESH_EVERY.total_seconds()):
-            self.info.refreshed = _iso(_now())
+            self.info.refreshed = utc_iso(_now())
             try:
                 self.backend.write_bytes(self.info.key, self.info.to_json())
             except RepositoryError:
@@ -164,8 +152,8 @@ def acquire(backend: Backend, kind: str, wait: float, command: str = "",
     while True:
         now = _now()
         info = LockInfo(f"{PREFIX}{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(6)}.json",
-                        kind, socket.gethostname(), os.getpid(), _pid_namespace(), _iso(now),
-                        _iso(now), command, __version__)
+                        kind, socket.gethostname(), os.getpid(), _pid_namespace(), utc_iso(now),
+                        utc_iso(now), command, __version__)
         backend.write_bytes(info.key, info.to_json())
         try:
             blocking = []

@@ -9,11 +9,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import datetime
 
 from volbackup.errors import RepositoryError
 
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accepts
 FORMAT = "volbackup-snapshot"
+
+
+def utc_iso(t: datetime, timespec: str = "seconds") -> str:
+    """A UTC time as ISO 8601 with `Z`, the form of every time volbackup writes."""
+    return t.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 FORMAT_VERSION = 1
 
 

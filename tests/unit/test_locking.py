@@ -14,6 +14,7 @@ import pytest
 from volbackup import locking
 from volbackup.backends import LocalBackend
 from volbackup.errors import RepositoryLocked
+from volbackup.manifest import utc_iso
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def plant(backend, kind="exclusive", pid=None, refreshed=None, host=None, name="
     """A lock of another run, written as that run would."""
     info = locking.LockInfo(f"locks/{name}.json", kind, host or locking.socket.gethostname(),
                             pid or 1, locking._pid_namespace(), "2027-01-01T00:00:00Z",
-                            refreshed or locking._iso(locking._now()), "test")
+                            refreshed or utc_iso(locking._now()), "test")
     backend.write_bytes(info.key, info.to_json())
     return info
 
@@ -98,7 +99,7 @@ def test_lock_of_another_host_is_broken_only_when_old(backend):
     plant(backend, pid=dead_pid(), host="elsewhere")
     with pytest.raises(RepositoryLocked):
         locking.acquire(backend, locking.SHARED, 0)
-    old = locking._iso(datetime.now(timezone.utc) - locking.STALE_AFTER - timedelta(seconds=5))
+    old = utc_iso(datetime.now(timezone.utc) - locking.STALE_AFTER - timedelta(seconds=5))
     plant(backend, pid=dead_pid(), host="elsewhere", refreshed=old)
     with locking.locked(backend, locking.SHARED, 0):
         pass

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-import re
 
 import click
+
+from volbackup.config import parse_duration
 
 repo_option = click.option(
     "-r", "--repo", "repo", envvar="VOLBACKUP_REPO", required=True, metavar="REPO",
@@ -53,15 +54,12 @@ class Duration(click.ParamType):
     """`0`, `90s`, `30m`, `12h`, `7d` -> seconds."""
 
     name = "duration"
-    _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
-        if not match:
+        seconds = parse_duration(value)
+        if seconds is None:
             self.fail(f"{value!r} is not a duration like 0, 30m, 12h or 7d", param, ctx)
-        return float(match[1]) * self._UNITS[match[2]]
+        return seconds
 
 
 def keep_options(command):

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from volbackup import __version__, archive, direct
 from volbackup.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
-from volbackup.manifest import Manifest
+from volbackup.manifest import Manifest, utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Source, plan
@@ -118,7 +118,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
         repo.commit(Manifest(
             snapshot=snapshot_id, volume=source.volume, driver=source.driver,
             driver_options=source.driver_options, labels=source.labels,
-            created=created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            created=utc_iso(created, "milliseconds"),
             host=socket.gethostname(), tool_version=__version__,
             archive=repo.archive_name(snapshot_id), compression="zstd", level=level,
             bytes=packed.bytes, stored_bytes=packed.stored_bytes, sha256=packed.sha256,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from volbackup.errors import VolbackupError
+from volbackup.manifest import utc_iso
 from volbackup.repository import Repository
 
 
@@ -53,7 +54,7 @@ def cleanup(repo: Repository, older_than: float = 86400, dry_run: bool = False,
     for left in repo.leftovers():
         age = now - left.started
         outcome = LeftoverOutcome(
-            left.key, left.ident, left.started.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            left.key, left.ident, utc_iso(left.started),
             max(0, int(age.total_seconds())), left.size, "removed")
         if age < timedelta(seconds=older_than):
             outcome.status = "kept (too young)"

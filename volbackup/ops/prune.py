@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from volbackup import locking, retention
 from volbackup.errors import VolbackupError
 from volbackup.manifest import Manifest
+from volbackup.processes import pid_alive
 from volbackup.repository import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, PREFIX, Repository
 
 TEMP_QUIET = timedelta(minutes=10)
@@ -159,7 +160,7 @@ def _leftovers(repo: Repository, wanted: set[str] | None, dry_run: bool, age: ti
         if wanted is not None and volume not in wanted:
             continue
         quiet = now - temp.modified
-        dead = temp.pid is not None and not locking._pid_alive(temp.pid)
+        dead = temp.pid is not None and not pid_alive(temp.pid)
         old_enough = quiet >= age or (dead and quiet >= TEMP_QUIET)
         out.append(_removal(repo.backend.remove_temp, temp, temp.key, "temp", quiet, temp.size,
                             old_enough, dry_run))

@@ -18,6 +18,7 @@ from typing import Callable
 from volbackup import __version__, locking
 from volbackup.config import Job
 from volbackup.errors import PartialFailure, VolbackupError
+from volbackup.manifest import utc_iso
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import prune as prune_ops
 from volbackup.ops import report
@@ -26,10 +27,6 @@ from volbackup.repository import Repository
 from volbackup.retention import Rules
 
 JSON_VERSION = 1
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -132,8 +129,8 @@ def summary(job: str, repo: Repository, started: datetime, seconds: float, resul
         "volbackup_json": JSON_VERSION, "command": "run", "job": job,
         "repository": repo.describe(), "host": socket.gethostname(),
         "tool_version": __version__, "status": "ok" if code == 0 else "failed",
-        "exit_code": code, "message": message, "started": _iso(started),
-        "finished": _iso(finished), "finished_unix": round(finished.timestamp(), 3),
+        "exit_code": code, "message": message, "started": utc_iso(started),
+        "finished": utc_iso(finished), "finished_unix": round(finished.timestamp(), 3),
         "seconds": round(seconds, 3),
         "volumes": [v.as_dict() for v in result.volumes] if result else [],
         "prune": None if pruned is None else {
@@ -195,6 +192,6 @@ def _unopened(job: Job, error: VolbackupError) -> dict:
     return {"volbackup_json": JSON_VERSION, "command": "run", "job": job.name,
             "repository": job.repository, "host": socket.gethostname(),
             "tool_version": __version__, "status": "failed", "exit_code": error.exit_code,
-            "message": str(error), "started": _iso(now), "finished": _iso(now),
+            "message": str(error), "started": utc_iso(now), "finished": utc_iso(now),
             "finished_unix": round(now.timestamp(), 3), "seconds": 0.0, "volumes": [],
             "prune": None}
