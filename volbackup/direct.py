@@ -11,6 +11,7 @@ ACLs). Everything else (selection, stop/pause, fresh volumes, checks) is unchang
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
+from volbackup.archive import read_chunks
 from volbackup.errors import StreamBroken, VolbackupError
 
 CHUNK = 1 << 20
@@ -30,6 +32,7 @@ _EXTRACT = ["--extract", "--file=-", "--numeric-owner", "--same-owner", "--prese
             "--xattrs", "--xattrs-include=*", "--acls"]
 
 
+@functools.lru_cache(maxsize=1)
 def gnu_tar() -> str | None:
     """Path of GNU tar, or None (busybox tar lacks the options used here)."""
     tar = shutil.which("tar")
@@ -73,7 +76,7 @@ def export(directory: str) -> Iterator[Iterator[bytes]]:
     _widen(proc.stdout)
     errors = _Stderr(proc.stderr)
     try:
-        yield iter(lambda: proc.stdout.read(CHUNK), b"")
+        yield read_chunks(proc.stdout, CHUNK)
     except BaseException:
         proc.kill()
         raise

@@ -18,6 +18,7 @@ import uuid
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable, Iterator
 
 import docker
@@ -136,13 +137,21 @@ class Engine:
         """True when the engine is reached over a network (tcp, ssh), not a local socket."""
         return not self.where.startswith(("unix://", "npipe://", "/"))
 
-    @property
-    def remaps_user_ids(self) -> bool:
-        """True when the engine runs with user-namespace remapping: files on the host then
-        carry shifted ids, which only the engine's own archive endpoints translate."""
+    @cached_property
+    def shares_host_paths(self) -> bool:
+        """True when this host's paths are the engine's, as the engine's containers see
+        them: a local engine without user-namespace remapping (which shifts the ids of
+        files on the host; only the engine's own archive endpoints translate them)."""
+        if self.is_remote:
+            return False
         with _engine_errors("reading the engine's security options"):
             options = self.api.info().get("SecurityOptions") or []
-        return any("userns" in option for option in options)
+        return not any("userns" in option for option in options)
+
+    def prepare_helpers(self) -> None:
+        """What every run that uses helpers does first: clear leftovers, have the image."""
+        self.remove_stale_helpers()
+        self.ensure_helper_image()
 
     # -- volumes
     def volume(self, name: str) -> VolumeInfo:

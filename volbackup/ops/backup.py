@@ -58,9 +58,8 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     `use_direct` reads plain local volumes and binds with GNU tar on this host, where it
     can (volbackup.direct); others still go through a helper.
     """
-    use_direct = use_direct and not engine.is_remote and not engine.remaps_user_ids
-    engine.remove_stale_helpers()
-    engine.ensure_helper_image()
+    use_direct = use_direct and engine.shares_host_paths
+    engine.prepare_helpers()
     selection = selection or Selection()
     selection = replace(selection, names=list(volumes or []) + selection.names)
     chosen = plan(engine, container, selection)

@@ -52,8 +52,7 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     exactly as for backup.
     """
     for engine in (source, target):
-        engine.remove_stale_helpers()
-        engine.ensure_helper_image()
+        engine.prepare_helpers()
     selection = selection or Selection()
     selection = replace(selection, names=list(volumes or []) + selection.names)
     chosen = plan(source, container, selection, doing="migrate")

@@ -11,6 +11,7 @@ from volbackup.errors import NotFound, TargetNotEmpty, VolbackupError
 from volbackup.manifest import Manifest
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.select import plain_directory
 from volbackup.repository import Repository
 from volbackup.tarstream import root_entry_tar
 
@@ -46,16 +47,15 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
         if not refs:
             of_host = f" from host {host}" if host is not None else ""
             raise NotFound(f"no snapshots{of_host} in repository {repo.describe()}")
-    engine.remove_stale_helpers()
-    engine.ensure_helper_image()
+    engine.prepare_helpers()
+    use_direct = use_direct and engine.shares_host_paths
     outcomes = []
     for ref in refs:
         outcome = VolumeRestore(target or ref, "restored")
         try:
             manifest = repo.resolve(ref, host)
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
-            _restore_one(engine, repo, manifest, outcome, force, progress,
-                         use_direct and not engine.is_remote and not engine.remaps_user_ids)
+            _restore_one(engine, repo, manifest, outcome, force, progress, use_direct)
         except TargetNotEmpty as e:
             if not restore_all:
                 outcome.failure(e)
@@ -76,8 +76,7 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
             archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes).drain()
 
     def write(helper: Helper) -> None:
-        plain = manifest.driver == "local" and not manifest.driver_options
-        directory = engine.volume(outcome.volume).mountpoint if use_direct and plain else None
+        directory = plain_directory(engine.volume(outcome.volume)) if use_direct else None
         with progress(outcome.volume, manifest.bytes) as update, \
                 repo.open_archive(manifest) as stored:
             unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)

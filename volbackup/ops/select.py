@@ -86,7 +86,7 @@ def volume_sources(engine: Engine, names: list[str]) -> list[Source | Missing]:
             plan.append(Missing(name, e))
             continue
         plan.append(Source(name, DATA_PATH, {"volume": name}, info.driver, info.options,
-                           info.labels, host_path=_plain_directory(info)))
+                           info.labels, host_path=plain_directory(info)))
     return plan
 
 
@@ -112,7 +112,7 @@ def container_sources(engine: Engine, container: str) -> list[Source]:
             helper = {"volume": mount.name} if own_helper else {"volumes_from": name}
             sources.append(Source(mount.name, path, helper, info.driver, info.options,
                                   info.labels, "volume", name, mount.destination,
-                                  host_path=_plain_directory(info)))
+                                  host_path=plain_directory(info)))
         else:
             helper = {"bind": mount.source} if own_helper else {"volumes_from": name}
             sources.append(Source(bind_volume_name(name, mount.destination), path, helper,
@@ -121,7 +121,7 @@ def container_sources(engine: Engine, container: str) -> list[Source]:
     return sources
 
 
-def _plain_directory(info) -> str | None:
+def plain_directory(info) -> str | None:
     """A `local` volume without options is a plain directory: its mountpoint."""
     return info.mountpoint if info.driver == "local" and not info.options else None
 
