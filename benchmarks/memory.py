@@ -55,13 +55,19 @@ def run(*args: str) -> tuple[float, float]:
 
 
 def measure(mib: int, client) -> dict:
+    with tempfile.TemporaryDirectory() as repo:
+        return round_trip(mib, client, repo)
+
+
+def round_trip(mib: int, client, repo: str) -> dict:
+    """Back up a fresh volume of `mib` MiB into `repo` and restore it, each in its own
+    process; the volumes are removed afterwards."""
     name = f"vbbench-{secrets.token_hex(3)}"
     client.volumes.create(name)
     try:
         fill(client.api.inspect_volume(name)["Mountpoint"], mib)
-        with tempfile.TemporaryDirectory() as repo:
-            b_sec, b_rss = run("backup", name, "-r", repo)
-            r_sec, r_rss = run("restore", name, "--as", name + "-r", "-r", repo)
+        b_sec, b_rss = run("backup", name, "-r", repo)
+        r_sec, r_rss = run("restore", name, "--as", name + "-r", "-r", repo)
         return {"mib": mib, "backup_rss_mib": round(b_rss, 1), "restore_rss_mib": round(r_rss, 1),
                 "backup_mib_s": round(mib / b_sec, 1), "restore_mib_s": round(mib / r_sec, 1)}
     finally:

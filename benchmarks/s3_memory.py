@@ -23,27 +23,15 @@ import time
 
 import boto3
 import docker
-from memory import fill, print_rows, run  # benchmarks/memory.py, next to this script
+from memory import print_rows, round_trip  # benchmarks/memory.py, next to this script
 
 
 def measure(mib: int, client, s3) -> dict:
-    name = f"vbbench-{secrets.token_hex(3)}"
     bucket = f"vbbench-{secrets.token_hex(4)}"
     s3.create_bucket(Bucket=bucket)
-    client.volumes.create(name)
     try:
-        fill(client.api.inspect_volume(name)["Mountpoint"], mib)
-        repo = f"s3://{bucket}/bench"
-        b_sec, b_rss = run("backup", name, "-r", repo)
-        r_sec, r_rss = run("restore", name, "--as", name + "-r", "-r", repo)
-        return {"mib": mib, "backup_rss_mib": round(b_rss, 1), "restore_rss_mib": round(r_rss, 1),
-                "backup_mib_s": round(mib / b_sec, 1), "restore_mib_s": round(mib / r_sec, 1)}
+        return round_trip(mib, client, f"s3://{bucket}/bench")
     finally:
-        for vol in (name, name + "-r"):
-            try:
-                client.volumes.get(vol).remove(force=True)
-            except docker.errors.NotFound:
-                pass
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
