@@ -18,12 +18,13 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import zstandard
 
 from volbackup.errors import IntegrityError
-from volbackup.tarstream import Entry, TarWalker
+from volbackup.tarstream import BLOCK, Entry, TarWalker
 from volbackup.zstdframe import FrameWalker
 
 READ_CHUNK = 1 << 20
 OUTPUT_CHUNK = 1 << 20
 JOB_SIZE = 4 << 20
+END_MARKER = 2 * BLOCK  # two zero blocks end a tar archive
 MAX_TAIL = 1 << 20  # tar bytes allowed after the end marker (padding); more is corruption
 Progress = Callable[[int], None]
 
@@ -71,17 +72,28 @@ class Packed:
 
 def pack(tar_chunks: Iterable[bytes], out: BinaryIO, level: int = 3,
          progress: Progress = _no_progress) -> Packed:
-    """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete."""
+    """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete.
+
+    The archive ends right after the end-of-archive marker (two zero blocks): the
+    padding a tar writer adds to fill its last record is dropped. GNU tar with 128 KiB
+    records (volbackup.direct) pads by up to 127 KiB, and a stock `zstd -dc | tar -x`
+    would end with zstd killed by SIGPIPE, tar having stopped reading at the marker.
+    """
     walker = TarWalker()
     sink = _HashingWriter(out)
+    kept = 0
     compressor = zstandard.ZstdCompressor(compression_params=compression_params(level))
     with compressor.stream_writer(sink, closefd=False) as zout:
         for chunk in tar_chunks:
+            offset = walker.bytes
             walker.feed(chunk)
+            if walker.ended:
+                chunk = chunk[:max(0, walker.end_marker_at + END_MARKER - offset)]
             zout.write(chunk)
+            kept += len(chunk)
             progress(len(chunk))
         walker.finish()
-    return Packed(walker.bytes, sink.bytes, sink.sha256.hexdigest(), walker.entries, walker.first)
+    return Packed(kept, sink.bytes, sink.sha256.hexdigest(), walker.entries, walker.first)
 
 
 class _CheckedSource:
