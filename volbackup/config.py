@@ -8,6 +8,7 @@
     # selection, as on the command line: all = true, labels = ["backup=nightly"],
     # project = "shop", exclude = ["shop_cache"], include_anonymous = false
     stop = true                 # or pause = true; stop_timeout = 10; retries = 2
+    direct = false              # as --no-direct (true: --direct; absent: the default)
     level = 3
     lock_wait = "5m"
     metrics_file = "/var/lib/node_exporter/textfile/volbackup-db.prom"
@@ -40,7 +41,7 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
-            "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries"}
+            "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -61,6 +62,7 @@ class Job:
     quiesce: str | None = None   # "stop" or "pause"
     stop_timeout: int = 10
     retries: int = 2
+    direct: bool | None = None   # --direct / --no-direct; None: the default
 
 
 def parse_duration(value) -> float | None:
@@ -194,7 +196,8 @@ def _job(where: _Where, name: str, spec) -> Job:
 
 
 def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
-    """all, labels, project, exclude, include_anonymous, stop/pause, stop_timeout, retries."""
+    """all, labels, project, exclude, include_anonymous, stop/pause, stop_timeout, retries,
+    direct."""
     def flag(key: str) -> bool:
         if key in spec and not isinstance(spec[key], bool):
             raise bad(key, "true or false")
@@ -224,6 +227,7 @@ def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
     job.quiesce = "stop" if flag("stop") else "pause" if flag("pause") else None
     job.stop_timeout = count("stop_timeout", 0, 3600, 10)
     job.retries = count("retries", 0, 10, 2)
+    job.direct = flag("direct") if "direct" in spec else None
 
 
 def _keep(where: _Where, table: str, keep) -> Rules:

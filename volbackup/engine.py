@@ -12,6 +12,8 @@ import io
 import os
 import re
 import socket
+import stat
+import struct
 import tarfile
 import time
 import uuid
@@ -147,6 +149,38 @@ class Engine:
         with _engine_errors("reading the engine's security options"):
             options = self.api.info().get("SecurityOptions") or []
         return not any("userns" in option for option in options)
+
+    @cached_property
+    def _socket_owner_pid(self) -> int | None:
+        """The pid of the process that serves the engine's unix socket, as this process
+        sees it (SO_PEERCRED); None when that process is not in our pid namespace (the
+        socket was mounted into our container) or the engine is not on a unix socket."""
+        if self.is_remote or not self.where.startswith(("unix://", "/")):
+            return None
+        try:
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.settimeout(5)
+                peer.connect(self.where.removeprefix("unix://"))
+                credentials = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                              struct.calcsize("3i"))
+        except (OSError, AttributeError):  # AttributeError: no SO_PEERCRED (not Linux)
+            return None
+        return struct.unpack("3i", credentials)[0] or None
+
+    def local_directory(self, path: str | None) -> str | None:
+        """`path` if the directory the engine knows by that name is the very directory
+        this process finds there (same device and inode seen through the engine's root),
+        so it can be read and written here; None otherwise (remote engine, user-namespace
+        remapping, volbackup in a container of its own, no such directory)."""
+        pid = self._socket_owner_pid
+        if not path or not os.path.isabs(path) or pid is None or not self.shares_host_paths:
+            return None
+        try:
+            here, there = os.stat(path), os.stat(f"/proc/{pid}/root{path}")
+        except OSError:
+            return None
+        same = (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        return path if same and stat.S_ISDIR(here.st_mode) else None
 
     def prepare_helpers(self) -> None:
         """What every run that uses helpers does first: clear leftovers, have the image."""

@@ -15,6 +15,7 @@ import docker
 import pytest
 
 from tests.conftest import REQUIRE_ENGINE
+from tests.integration.images import ensure_busybox
 from volbackup.engine import HELPER_IMAGE, HELPER_LABEL, PID_LABEL, Engine
 
 TEST_LABEL = "io.volbackup.test"
@@ -100,6 +101,22 @@ def make_container(client, names):
         return client.containers.get(created["Id"])
 
     return make
+
+
+@pytest.fixture
+def run_container(client, names):
+    """Starts a busybox container (sleeping) with `volume` at /data; removed after the test."""
+    image = ensure_busybox(client)
+
+    def run(stem: str, volume: str, command: str = "sleep 3600 & wait",
+            labels: dict | None = None):
+        return client.containers.run(
+            image, ["sh", "-c", f"trap 'exit 0' TERM; {command}"], name=names(stem),
+            detach=True, network_mode="none",
+            labels={TEST_LABEL: "1", **(labels or {})},
+            volumes={volume: {"bind": "/data", "mode": "rw"}})
+
+    return run
 
 
 def _left_behind(labels: dict) -> bool:

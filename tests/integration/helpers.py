@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
+
+from volbackup.engine import PID_LABEL
+
+# The two ways volbackup reads and writes a plain local volume, and the option for each.
+PATHS = {"direct": "--direct", "engine": "--no-direct"}
 
 
 def fill(root: str, files: dict[str, bytes]) -> None:
@@ -34,3 +41,39 @@ def one_line_error(stderr: str) -> str:
     assert lines[0].startswith("volbackup: error: "), lines[0]
     assert "Traceback" not in stderr
     return lines[0]
+
+
+def helpers_of(client, pid: int) -> list:
+    """Helper containers of the volbackup process `pid` (the low-level list: inspecting
+    a helper blocks while its archive stream is open)."""
+    return client.api.containers(all=True, filters={"label": f"{PID_LABEL}={pid}"})
+
+
+def tar_children(pid: int) -> list[int]:
+    """Pids of the GNU tar processes that volbackup process `pid` runs (the direct path)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "tar":
+                found.append(int(child))
+        except OSError:
+            pass
+    return found
+
+
+def wait_for_read(client, proc: subprocess.Popen, via: str, timeout: float = 30) -> None:
+    """Wait until `proc` streams a volume: `via` "engine" (a helper) or "direct" (tar)."""
+    going = (lambda: tar_children(proc.pid)) if via == "direct" else \
+        (lambda: helpers_of(client, proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if going():
+            time.sleep(0.3)  # let the stream get going
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {via} read appeared while the run was going")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.integration.helpers import one_line_error, repo_files
-from volbackup.engine import PID_LABEL
+from tests.integration.helpers import (PATHS, helpers_of, one_line_error, repo_files,
+                                       tar_children, wait_for_read)
 
 BIG = 384 * 1024 * 1024
 
@@ -36,57 +36,71 @@ def start(*args: str) -> subprocess.Popen:
                             preexec_fn=_default_sigint)
 
 
-def helpers_of(client, pid: int) -> list:
-    # The low-level list: inspecting a helper blocks while its archive stream is open.
-    return client.api.containers(all=True, filters={"label": f"{PID_LABEL}={pid}"})
-
-
-def wait_for_helper(client, proc: subprocess.Popen, timeout: float = 30) -> None:
+def gone(pids: list[int], timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if helpers_of(client, proc.pid):
-            time.sleep(0.3)  # let the stream get going
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            return
-        time.sleep(0.02)
-    raise AssertionError("no helper appeared while the run was going")
+    while any(os.path.exists(f"/proc/{p}") and "Z" not in _state(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.mark.parametrize("via", list(PATHS))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_during_backup_cleans_up(big_volume, repo_dir, client, sig):
-    proc = start("backup", big_volume, "-r", str(repo_dir))
-    wait_for_helper(client, proc)
+def test_signal_during_backup_cleans_up(big_volume, repo_dir, client, sig, via):
+    proc = start("backup", big_volume, "-r", str(repo_dir), PATHS[via])
+    wait_for_read(client, proc, via)
+    tars = tar_children(proc.pid)
+    assert bool(tars) == (via == "direct")
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in one_line_error(stderr)
     assert helpers_of(client, proc.pid) == []
+    assert gone(tars), "the direct path's tar outlived the run"
     assert repo_files(repo_dir) == [], "a temp file or a half snapshot was left"
 
 
-def test_signal_during_restore_leaves_no_volume(big_volume, repo_dir, client, names, cli):
+@pytest.mark.parametrize("via", list(PATHS))
+def test_signal_during_restore_leaves_no_volume(big_volume, repo_dir, client, names, cli, via):
     assert cli("backup", big_volume, "-r", str(repo_dir)).code == 0
     target = names("interrupted")
-    proc = start("restore", big_volume, "--as", target, "-r", str(repo_dir))
-    wait_for_helper(client, proc)
+    proc = start("restore", big_volume, "--as", target, "-r", str(repo_dir), PATHS[via])
+    wait_for_read(client, proc, via)
+    tars = tar_children(proc.pid)
+    assert bool(tars) == (via == "direct")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert helpers_of(client, proc.pid) == []
+    assert gone(tars), "the direct path's tar outlived the run"
     assert [v for v in client.volumes.list() if v.name == target] == []
 
 
+@pytest.mark.parametrize("via", list(PATHS))
 def test_killed_run_leaves_no_snapshot_and_next_run_removes_its_helper(
-        big_volume, repo_dir, client, cli, make_volume):
-    proc = start("backup", big_volume, "-r", str(repo_dir))
-    wait_for_helper(client, proc)
+        big_volume, repo_dir, client, cli, make_volume, via):
+    proc = start("backup", big_volume, "-r", str(repo_dir), PATHS[via])
+    wait_for_read(client, proc, via)
+    tars = tar_children(proc.pid)
+    assert bool(tars) == (via == "direct")
     proc.kill()
     proc.wait(timeout=30)
-    assert len(helpers_of(client, proc.pid)) == 1, "SIGKILL cannot clean up; the helper stays"
+    if via == "engine":
+        assert len(helpers_of(client, proc.pid)) == 1, "SIGKILL cannot clean up; the helper stays"
+    else:
+        assert gone(tars), "tar should die of SIGPIPE once its reader is gone"
     listing = cli("list", "-r", str(repo_dir), "--json")
     assert listing.code == 0 and '"snapshots": []' in listing.stdout
     small = make_volume("next")
-    assert cli("backup", small.name, "-r", str(repo_dir)).code == 0
+    assert cli("backup", small.name, "-r", str(repo_dir), "--no-direct").code == 0
     assert helpers_of(client, proc.pid) == []
 
 

@@ -11,25 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import contents, fill, one_line_error
-from tests.integration.images import ensure_busybox
-from volbackup.engine import PID_LABEL
-
-
-@pytest.fixture
-def run_container(client, names):
-    image = ensure_busybox(client)
-
-    def run(stem: str, volume: str, command: str = "sleep 3600 & wait",
-            labels: dict | None = None):
-        return client.containers.run(
-            image, ["sh", "-c", f"trap 'exit 0' TERM; {command}"], name=names(stem),
-            detach=True, network_mode="none",
-            labels={TEST_LABEL: "1", **(labels or {})},
-            volumes={volume: {"bind": "/data", "mode": "rw"}})
-
-    return run
+from tests.integration.helpers import PATHS, contents, fill, one_line_error, wait_for_read
 
 
 def events(client, since: float, container_ids: set[str]) -> list[tuple[float, str, str]]:
@@ -51,15 +33,17 @@ def state(client, container) -> dict:
 
 def test_stop_stops_during_the_read_and_starts_again(client, make_volume, run_container, cli,
                                                      repo_dir):
+    """Through the engine, the helper's life shows when the read happened: between the
+    container's `die` and its `start` events."""
     volume = make_volume("db")
     fill(client.api.inspect_volume(volume.name)["Mountpoint"], {"table": b"rows\n"})
     db = run_container("db", volume.name)
     started_before = state(client, db)["StartedAt"]
     since = time.time()
-    result = cli("backup", volume.name, "--stop", "-r", str(repo_dir), "--json")
+    result = cli("backup", volume.name, "--stop", "--no-direct", "-r", str(repo_dir), "--json")
     assert result.code == 0, result.stderr
     (out,) = json.loads(result.stdout)["volumes"]
-    assert out["stopped"] == [db.name]
+    assert out["stopped"] == [db.name] and out["via"] == "engine"
     assert state(client, db)["Running"] and state(client, db)["StartedAt"] != started_before
     seen = events(client, since, {db.id})
     die = next(t for t, a, n in seen if n == db.name and a == "die")
@@ -86,19 +70,17 @@ def test_container_is_started_again_when_the_backup_fails_half_way(
     assert state(client, db)["Running"]
 
 
+@pytest.mark.parametrize("via", list(PATHS))
 def test_sigterm_during_a_stopped_backup_starts_the_container_again(
-        client, make_volume, run_container, repo_dir):
+        client, make_volume, run_container, repo_dir, via):
     volume = make_volume("big")
     with open(os.path.join(client.api.inspect_volume(volume.name)["Mountpoint"], "r"), "wb") as f:
         for _ in range(24):
             f.write(os.urandom(16 << 20))
     db = run_container("db", volume.name)
     proc = subprocess.Popen([sys.executable, "-m", "volbackup", "backup", volume.name, "--stop",
-                             "-r", str(repo_dir)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not client.api.containers(all=True, filters={"label": f"{PID_LABEL}={proc.pid}"}):
-        assert time.monotonic() < deadline and proc.poll() is None, "no helper appeared"
-        time.sleep(0.02)
+                             "-r", str(repo_dir), PATHS[via]], stderr=subprocess.PIPE, text=True)
+    wait_for_read(client, proc, via)
     assert not state(client, db)["Running"], "the container should be stopped during the read"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)

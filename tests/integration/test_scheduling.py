@@ -131,6 +131,7 @@ def test_run_prunes_and_writes_metrics(cli, repo_dir, tmp_path, make_volume, mou
         assert run.code == 0, run.stderr
     summary = json.loads(run.stdout)["jobs"][0]
     assert summary["status"] == "ok" and summary["prune"]["removed"] == 1
+    assert summary["volumes"][0]["via"] == "direct"   # the default for an idle local volume
     assert len(json.loads(cli("list", "-r", str(repo_dir), "--json").stdout)["snapshots"]) == 2
     samples = {(s.name, s.labels.get("volume")): s.value
                for family in text_string_to_metric_families(metrics.read_text())
@@ -146,14 +147,16 @@ def test_run_into_s3_takes_and_releases_the_lock(cli, s3_bucket, s3_client, tmp_
     name = make_volume("v").name
     fill(mountpoint(name), {"a.txt": b"hello"})
     repo = f"s3://{s3_bucket}/prod"
-    config = write_config(tmp_path / "c.toml", repo, [name], lock_wait="0s", keep="{ last = 1 }")
+    config = write_config(tmp_path / "c.toml", repo, [name], lock_wait="0s", keep="{ last = 1 }",
+                          direct=False)
     held = locking.acquire(open_backend(repo), locking.EXCLUSIVE, 0, "prune")
     blocked = cli("run", "--config", config)
     assert blocked.code == 11, blocked.stderr
     held.release()
     for _ in range(2):
-        done = cli("run", "--config", config)
+        done = cli("run", "--config", config, "--json")
         assert done.code == 0, done.stderr
+        assert json.loads(done.stdout)["jobs"][0]["volumes"][0]["via"] == "engine"  # direct = false
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert not any(k.startswith("prod/locks/") for k in keys)
     assert len([k for k in keys if k.endswith(".json")]) == 1  # pruned to one snapshot

@@ -78,6 +78,7 @@ BAD = [
     (("level = 5", "stop = true\npause = true"), ["job db", "'pause'", "exclude each other"]),
     (("level = 5", "exclude = [\"../x\"]"), ["job db", "'exclude'", "volume names"]),
     (("level = 5", "retries = 11"), ["job db", "'retries'", "0 to 10"]),
+    (("level = 5", "direct = \"auto\""), ["job db", "'direct'", "line 7", "true or false"]),
     (("container = \"web\"", "container = \"web\"\nall = true"),
      ["job web", "either volumes"]),
 ]
@@ -106,8 +107,12 @@ retries = 4
     assert (job.selection.project, job.selection.labels, job.selection.exclude) == (
         "shop", ["backup=nightly"], ["shop_cache"])
     assert (job.quiesce, job.stop_timeout, job.retries, job.volumes) == ("stop", 30, 4, [])
+    assert job.direct is None   # the default: direct when no running container writes
     (paused,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\npause = true\n')
     assert paused.selection.all and paused.quiesce == "pause"
+    for value, expected in (("true", True), ("false", False)):
+        (job,) = load(tmp_path, f'[jobs.a]\nrepository = "/r"\nall = true\ndirect = {value}\n')
+        assert job.direct is expected
 
 
 def test_config_without_jobs_or_file(tmp_path):

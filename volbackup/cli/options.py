@@ -16,10 +16,12 @@ json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 direct_option = click.option(
-    "--direct", "use_direct", is_flag=True,
-    help="Read/write plain local volumes and binds with GNU tar on this host instead of "
-         "through the engine (root, local engine): faster, and keeps xattrs, ACLs and "
-         "sub-second mtimes.")
+    "--direct/--no-direct", "use_direct", default=None,
+    help="How plain local volumes and binds are read and written. Default: with GNU tar on "
+         "this host when it can (root, local engine, GNU tar) and, for a backup, no running "
+         "container uses the volume; otherwise through the engine. --direct: GNU tar also "
+         "while containers run (a file that changes while read fails that read). "
+         "--no-direct: always through the engine.")
 
 host_option = click.option(
     "--host", metavar="NAME", help="Only snapshots made on this host (as `list` shows it).")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Iterator
@@ -20,11 +20,20 @@ from volbackup.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.manifest import Manifest, utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
-from volbackup.ops.quiesce import QuietOutcome, each_quietly
+from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Source, plan
 from volbackup.repository import Repository, new_snapshot_id
 
-Reader = Callable[[], AbstractContextManager[Iterator[bytes]]]  # opens a volume's tar stream
+
+@dataclass
+class Stream:
+    """A volume's tar stream, and which way it is read: "direct" or "engine"."""
+
+    chunks: Iterator[bytes]
+    via: str
+
+
+Reader = Callable[[], AbstractContextManager[Stream]]  # opens a volume's tar stream
 
 
 @dataclass
@@ -35,6 +44,7 @@ class VolumeBackup(QuietOutcome):
     entries: int = 0
     seconds: float = 0.0
     attempts: int = 0
+    via: str | None = None        # "direct" (GNU tar here) or "engine" (a helper)
 
 
 @dataclass
@@ -50,15 +60,15 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
            container: str | None = None, level: int = 3,
            progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
            quiesce: str | None = None, stop_timeout: int = 10,
-           retries: int = 2, use_direct: bool = False) -> BackupResult:
+           retries: int = 2, use_direct: bool | None = None) -> BackupResult:
     """Back up the named `volumes` (plus `selection`), or every mount of `container`.
 
     `quiesce` is None, "stop" or "pause": what to do to the running containers that use
     a volume while it is read (the label volbackup.stop=true asks for "stop" too).
-    `use_direct` reads plain local volumes and binds with GNU tar on this host, where it
-    can (volbackup.direct); others still go through a helper.
+    `use_direct`: how plain local volumes and binds are read (volbackup.direct). None
+    (the default): with GNU tar on this host where it can, when no running container
+    uses the volume at that moment; True: also while containers run; False: never.
     """
-    use_direct = use_direct and engine.shares_host_paths
     engine.prepare_helpers()
     selection = selection or Selection()
     selection = replace(selection, names=list(volumes or []) + selection.names)
@@ -68,19 +78,33 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     sources = [p for p in chosen if isinstance(p, Source)]
 
     def work(source: Source) -> VolumeBackup:
-        if use_direct and direct.available(source.host_path):
-            return _backup_with_retries(lambda: direct.export(source.host_path), repo, source,
-                                        level, progress, retries)
-        with engine.helper(**source.helper) as helper:
-            return _backup_with_retries(
-                lambda: helper.export(source.path.rstrip("/") + "/."), repo, source, level,
-                progress, retries)
+        return _backup_with_retries(lambda: _open_stream(engine, source, use_direct), repo,
+                                    source, level, progress, retries)
 
     outcomes += each_quietly(engine, sources, quiesce, stop_timeout, work,
                              lambda s, e: VolumeBackup(s.volume, "failed").failure(e))
     order = {name: i for i, name in enumerate(p.volume for p in chosen)}
     outcomes.sort(key=lambda o: order.get(o.volume, 0))
     return BackupResult(repo.describe(), outcomes)
+
+
+@contextmanager
+def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Iterator[Stream]:
+    """The tar stream of `source`, by GNU tar here or through a helper; decided for each
+    attempt, since a container may have started (or stopped) since the last one."""
+    directory = engine.local_directory(source.host_path) if use_direct is not False else None
+    if direct.available(directory) and (use_direct or not _written_to(engine, source)):
+        with direct.export(directory) as chunks:
+            yield Stream(chunks, "direct")
+        return
+    with engine.helper(**source.helper) as helper, \
+            helper.export(source.path.rstrip("/") + "/.") as chunks:
+        yield Stream(chunks, "engine")
+
+
+def _written_to(engine: Engine, source: Source) -> bool:
+    """True when a container that may write to `source` runs (paused ones cannot write)."""
+    return any(c.state in ("running", "restarting") for c in users_of(engine, source))
 
 
 def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level: int,
@@ -111,8 +135,9 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
         # exit code) discards the archive instead of leaving it in the repository.
         with progress(source.volume, None) as update, \
                 repo.archive_writer(snapshot_id) as out, \
-                reader() as chunks:
-            packed = archive.pack(chunks, out, level, update)
+                reader() as stream:
+            outcome.via = stream.via
+            packed = archive.pack(stream.chunks, out, level, update)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(
             snapshot=snapshot_id, volume=source.volume, driver=source.driver,

@@ -21,6 +21,7 @@ class VolumeRestore(Outcome):
     bytes: int = 0
     seconds: float = 0.0
     replaced: bool = False
+    via: str | None = None        # "direct" (GNU tar here) or "engine" (a helper)
 
 
 @dataclass
@@ -35,12 +36,14 @@ class RestoreResult:
 def restore(engine: Engine, repo: Repository, refs: list[str], target: str | None = None,
             force: bool = False, restore_all: bool = False,
             progress: ProgressFactory = no_progress, host: str | None = None,
-            use_direct: bool = False) -> RestoreResult:
+            use_direct: bool | None = None) -> RestoreResult:
     """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
 
     With `restore_all`, the newest snapshot of every volume in the repository is
     restored, and targets that are not empty (or are in use) are skipped, not failed.
-    With `host`, only snapshots made on that host are considered.
+    With `host`, only snapshots made on that host are considered. A fresh volume that is
+    a plain directory here is filled by GNU tar on this host unless `use_direct` is False
+    (volbackup.direct); any other through a helper.
     """
     if restore_all:
         refs = repo.volumes(host)
@@ -48,7 +51,6 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
             of_host = f" from host {host}" if host is not None else ""
             raise NotFound(f"no snapshots{of_host} in repository {repo.describe()}")
     engine.prepare_helpers()
-    use_direct = use_direct and engine.shares_host_paths
     outcomes = []
     for ref in refs:
         outcome = VolumeRestore(target or ref, "restored")
@@ -68,7 +70,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
 
 
 def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: VolumeRestore,
-                 force: bool, progress: ProgressFactory, use_direct: bool) -> None:
+                 force: bool, progress: ProgressFactory, use_direct: bool | None) -> None:
     started = time.monotonic()
 
     def check_archive() -> None:
@@ -76,11 +78,14 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
             archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes).drain()
 
     def write(helper: Helper) -> None:
-        directory = plain_directory(engine.volume(outcome.volume)) if use_direct else None
+        directory = None
+        if use_direct is not False:
+            directory = engine.local_directory(plain_directory(engine.volume(outcome.volume)))
         with progress(outcome.volume, manifest.bytes) as update, \
                 repo.open_archive(manifest) as stored:
             unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)
-            if direct.available(directory):
+            outcome.via = "direct" if direct.available(directory) else "engine"
+            if outcome.via == "direct":
                 direct.import_(directory, unpacker.chunks())  # `./` carries the root's metadata
             else:
                 helper.import_(DATA_PATH, unpacker.chunks())

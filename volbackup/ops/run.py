@@ -177,7 +177,8 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
             engine = engine or engine_factory()
             return backup_ops.backup(engine, repo, job.volumes, job.container, job.level,
                                      progress, selection=job.selection, quiesce=job.quiesce,
-                                     stop_timeout=job.stop_timeout, retries=job.retries)
+                                     stop_timeout=job.stop_timeout, retries=job.retries,
+                                     use_direct=job.direct)
 
         try:
             schedule.raise_for_failures(schedule.run(repo, do_backup))

@@ -1,0 +1,99 @@
+"""Which way a plain local volume is read or written: GNU tar on this host ("direct") or
+the engine's archive endpoints ("engine"), and that either way gives the same snapshot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+from docker.types import Mount
+
+from tests.integration.conftest import TEST_LABEL
+from tests.integration.helpers import contents, fill
+from tests.integration.images import ensure_busybox
+
+FILES = {"table": b"rows\n", "sub/index": b"\x00" * 5000 + b"end"}
+
+
+def backed_up_via(cli, repo_dir, *args: str) -> str:
+    result = cli("backup", *args, "-r", str(repo_dir), "--json")
+    assert result.code == 0, result.stderr
+    vias = {v["via"] for v in json.loads(result.stdout)["volumes"]}
+    assert len(vias) == 1, vias
+    return vias.pop()
+
+
+@pytest.mark.parametrize("options,container_state,expected", [
+    ([], None, "direct"),
+    ([], "running", "engine"),           # a running container may write during the read
+    (["--stop"], "running", "direct"),
+    (["--pause"], "running", "direct"),  # frozen: it cannot write
+    ([], "exited", "direct"),
+    ([], "paused", "direct"),
+    (["--direct"], "running", "direct"),
+    (["--no-direct"], None, "engine"),
+], ids=["idle", "running", "stop", "pause", "exited", "paused", "direct-forced", "no-direct"])
+def test_default_reads_directly_unless_a_running_container_may_write(
+        client, make_volume, mountpoint, run_container, cli, repo_dir, names, options,
+        container_state, expected):
+    volume = make_volume("db")
+    fill(mountpoint(volume.name), FILES)
+    container = run_container("db", volume.name) if container_state else None
+    if container_state == "exited":
+        container.stop(timeout=0)
+    elif container_state == "paused":
+        container.pause()
+    try:
+        assert backed_up_via(cli, repo_dir, volume.name, *options) == expected
+    finally:
+        if container_state == "paused":
+            container.unpause()
+    target = names("copy")
+    assert cli("restore", volume.name, "--as", target, "-r", str(repo_dir)).code == 0
+    assert contents(mountpoint(target)) == FILES
+
+
+def test_a_container_bind_follows_the_same_rule(client, names, tmp_path, cli, repo_dir):
+    www = tmp_path / "www"
+    fill(str(www), {"index.html": b"<h1>hi</h1>\n"})
+    web = client.containers.run(ensure_busybox(client), ["sh", "-c", "sleep 3600 & wait"],
+                                name=names("web"), detach=True, network_mode="none",
+                                labels={TEST_LABEL: "1"},
+                                mounts=[Mount("/srv/www", str(www), type="bind")])
+    assert backed_up_via(cli, repo_dir, "--container", web.name) == "engine"
+    assert backed_up_via(cli, repo_dir, "--container", web.name, "--stop") == "direct"
+    target = names("www")
+    assert cli("restore", f"{web.name}-srv-www", "--as", target, "-r", str(repo_dir)).code == 0
+    assert contents(client.api.inspect_volume(target)["Mountpoint"]) == {
+        "index.html": b"<h1>hi</h1>\n"}
+
+
+def test_a_directory_that_is_not_the_engines_is_never_read_or_written_directly(
+        make_volume, mountpoint, cli, repo_dir, names, client):
+    """volbackup in its own mount namespace (as in a container with the engine's socket
+    mounted) finds, at the volume's path, a decoy directory: the engine's volume is read
+    and written through the engine, never the decoy."""
+    volume = make_volume("real")
+    fill(mountpoint(volume.name), FILES)
+    target = names("restored")
+
+    def unshared(*args: str) -> dict:
+        decoy = mountpoint(volume.name)
+        script = (f"mount -t tmpfs decoy /var/lib/docker/volumes && mkdir -p {decoy} && "
+                  f"echo decoy > {decoy}/decoy && "
+                  f"{shlex.join([sys.executable, '-m', 'volbackup', *args, '--json'])}")
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["volumes"][0]
+
+    backed_up = unshared("backup", volume.name, "-r", str(repo_dir))
+    assert backed_up["via"] == "engine"
+    restored = unshared("restore", volume.name, "--as", target, "-r", str(repo_dir))
+    assert restored["via"] == "engine"
+    assert contents(mountpoint(target)) == FILES
+    assert not os.path.exists(os.path.join(mountpoint(volume.name), "decoy"))
