@@ -25,7 +25,7 @@ class StepFailed(RuntimeError):
     pass
 
 
-VOLBACKUP_ARGS: list[str] = []  # extra options for volbackup backup/restore (run.py --direct)
+VOLBACKUP_ARGS: list[str] = []  # extra options for volbackup backup/restore (run.py --no-direct)
 
 
 def volbackup_cmd() -> list[str]:

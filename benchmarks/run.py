@@ -1,6 +1,6 @@
 """Backup and restore throughput of volbackup beside the usual recipe and the machine's limit.
 
-    python benchmarks/run.py --size-mib 1024 --repeat 3 [--json out.json]
+    python benchmarks/run.py --size-mib 1024 --repeat 3 [--no-direct] [--json out.json]
     python benchmarks/run.py --quick --json out.json      # 64 MiB, 1 round: does it run?
 
 Run as root beside a Docker engine (the test volume is written through its host
@@ -188,14 +188,17 @@ def main() -> int:
     p.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
                    help="end the host pipelines with `sync FILE` like volbackup's fsync (default on)")
     p.add_argument("--quick", action="store_true", help="64 MiB, 1 round (overrides --size-mib/--repeat)")
-    p.add_argument("--direct", action="store_true",
-                   help="run volbackup backup/restore with --direct (GNU tar on this host)")
+    p.add_argument("--no-direct", action="store_true",
+                   help="run volbackup backup/restore with --no-direct (through the engine's archive "
+                        "endpoints; the default reads this idle volume directly with GNU tar)")
     p.add_argument("--json", metavar="PATH", help="write all raw numbers to PATH")
     args = p.parse_args()
     if args.quick:
         args.size_mib, args.repeat = 64, 1
-    if args.direct:
-        benchrun.VOLBACKUP_ARGS.append("--direct")
+    if args.no_direct:
+        benchrun.VOLBACKUP_ARGS.append("--no-direct")
+        for key in ("backup:volbackup", "restore:volbackup"):
+            LABELS[key] += " --no-direct"
     if args.repeat < 1 or args.size_mib < 1 or not 0 <= args.large_share < 1:
         p.error("--repeat and --size-mib must be >= 1, --large-share in [0, 1)")
     try:
