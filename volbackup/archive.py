@@ -23,7 +23,7 @@ from volbackup.zstdframe import FrameWalker
 
 READ_CHUNK = 1 << 20
 OUTPUT_CHUNK = 1 << 20
-MIN_JOB_SIZE = 1 << 20
+JOB_SIZE = 4 << 20
 END_MARKER = 2 * BLOCK  # two zero blocks end a tar archive
 MAX_TAIL = 1 << 20  # tar bytes allowed after the end marker (padding); more is corruption
 Progress = Callable[[int], None]
@@ -54,16 +54,13 @@ class _HashingWriter:
 def compression_params(level: int) -> zstandard.ZstdCompressionParameters:
     """One zstd frame with a content checksum, compressed on every core.
 
-    Jobs of one window (at least 1 MiB; 2 MiB at level 3), each primed with the whole
-    window before it (overlap_log 9), instead of zstd's default of four windows primed
-    with an eighth: the compressor's buffers, and so peak RSS, grow with the job size
-    (at level 3 on 2 cores about 76 MiB with 4 MiB jobs, 50 MiB with these), and the full
-    overlap keeps the ratio of bigger jobs at the same speed (docs/performance.md).
+    The multi-threaded compressor's buffers, and so peak RSS, grow with the job size: at
+    level 3 on 2 cores about 50 / 64 / 77 / 129 MiB for 2 / 3 / 4 / 8 MiB jobs (8 MiB is
+    zstd's default). 4 MiB jobs are as fast as 8 MiB ones, and 2-3 MiB jobs 5-15 % slower
+    (docs/performance.md).
     """
-    window = 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log
     return zstandard.ZstdCompressionParameters.from_level(
-        level, threads=-1, job_size=max(MIN_JOB_SIZE, window), overlap_log=9,
-        write_checksum=True)
+        level, threads=-1, job_size=JOB_SIZE, write_checksum=True)
 
 
 @dataclass
