@@ -7,6 +7,7 @@ waits for it, and lets the caller's cleanup remove the `vbbench-<run>-` resource
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -33,14 +34,15 @@ def volbackup_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "volbackup"]
 
 
-def timed(cmd: list[str], what: str) -> tuple[float, float]:
+def timed(cmd: list[str], what: str, output: list | None = None) -> tuple[float, float]:
     """Run `cmd`; return (wall seconds, peak RSS in MiB of that process, from wait4).
+    With `output`, its stdout is appended to that list.
 
     Dirty pages are written back first (untimed), so no step pays for an earlier one's."""
     os.sync()
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=err, start_new_session=True)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -53,7 +55,18 @@ def timed(cmd: list[str], what: str) -> tuple[float, float]:
             err.seek(0)
             raise StepFailed(f"{what} failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
                              f"{err.read().decode(errors='replace')[-2000:]}")
+        if output is not None:
+            out.seek(0)
+            output.append(out.read().decode(errors="replace"))
     return seconds, usage.ru_maxrss / 1024
+
+
+def volbackup_timed(args: list[str], what: str) -> tuple[float, float, dict]:
+    """`timed` for a volbackup command run with --json: also its one volume's result
+    (`seconds` there is the volume's own time, without start-up; `via` the path taken)."""
+    printed: list[str] = []
+    seconds, rss = timed([*volbackup_cmd(), *args, *VOLBACKUP_ARGS, "--json"], what, printed)
+    return seconds, rss, json.loads(printed[0])["volumes"][0]
 
 
 def busy_fraction(seconds: float = 2.0) -> float:
@@ -118,11 +131,10 @@ class Bench:
 
     # -- backups: each returns (seconds, peak RSS MiB or None, archive bytes) -----------------
 
-    def backup_volbackup(self, volume: str) -> tuple[float, float, int, str]:
+    def backup_volbackup(self, volume: str) -> tuple[float, float, int, str, dict]:
         repo = tempfile.mkdtemp(prefix="repo-", dir=self.work)
-        seconds, rss = timed([*volbackup_cmd(), "backup", volume, "-r", repo, *VOLBACKUP_ARGS],
-                             "volbackup backup")
-        return seconds, rss, dir_bytes(repo), repo
+        seconds, rss, result = volbackup_timed(["backup", volume, "-r", repo], "volbackup backup")
+        return seconds, rss, dir_bytes(repo), repo, result
 
     def backup_recipe(self, src: str) -> tuple[float, None, int, str]:
         out = os.path.join(self.work, "recipe.tar.zst")
@@ -143,10 +155,9 @@ class Bench:
     # creating thousands of files within minutes of deleting thousands costs seconds of
     # kernel time (the inode allocator skips recently deleted inodes one by one).
 
-    def restore_volbackup(self, volume: str, repo: str) -> tuple[float, float]:
-        return timed([*volbackup_cmd(), "restore", volume, "--as", self.name("restored"), "-r", repo,
-                      *VOLBACKUP_ARGS],
-                     "volbackup restore")
+    def restore_volbackup(self, volume: str, repo: str) -> tuple[float, float, dict]:
+        return volbackup_timed(["restore", volume, "--as", self.name("restored"), "-r", repo],
+                               "volbackup restore")
 
     def restore_limit(self, archive: str) -> tuple[float, None]:
         _, mountpoint = self.volume("restored")

@@ -63,7 +63,7 @@ def measure(bench: Bench, shape: Shape, repeat: int) -> dict:
     for rnd in range(repeat + 1):          # round 0 is the warm-up
         for key in rotated(BACKUPS, rnd):
             if key == "backup:volbackup":
-                seconds, rss, size, new_repo = bench.backup_volbackup(volume)
+                seconds, rss, size, new_repo, result = bench.backup_volbackup(volume)
                 if repo:
                     shutil.rmtree(repo)
                 repo = new_repo
@@ -71,11 +71,14 @@ def measure(bench: Bench, shape: Shape, repeat: int) -> dict:
                 seconds, rss, size, _ = bench.backup_recipe(src)
             else:
                 seconds, rss, size, archive = bench.backup_limit(mountpoint)
-            runs[key].append(sample(rnd, seconds, stats, rss, size))
+            runs[key].append(sample(rnd, seconds, stats, rss, size,
+                                    result if key == "backup:volbackup" else None))
         for key in rotated(RESTORES, rnd):
-            seconds, rss = (bench.restore_volbackup(volume, repo) if key == "restore:volbackup"
-                            else bench.restore_limit(archive))
-            runs[key].append(sample(rnd, seconds, stats, rss))
+            if key == "restore:volbackup":
+                seconds, rss, result = bench.restore_volbackup(volume, repo)
+            else:
+                (seconds, rss), result = bench.restore_limit(archive), None
+            runs[key].append(sample(rnd, seconds, stats, rss, result=result))
     shutil.rmtree(repo)
     return {"volume": stats, "contenders": {key: summarise(key, r) for key, r in runs.items()}}
 
@@ -84,16 +87,21 @@ def measure_double(bench: Bench, shape: Shape) -> dict:
     """One backup and one restore of a volume twice as large: peak RSS must not grow."""
     volume, mountpoint = bench.volume("vol2x")
     stats = fill(mountpoint, shape)
-    b_sec, b_rss, size, repo = bench.backup_volbackup(volume)
-    r_sec, r_rss = bench.restore_volbackup(volume, repo)
+    b_sec, b_rss, size, repo, b_result = bench.backup_volbackup(volume)
+    r_sec, r_rss, r_result = bench.restore_volbackup(volume, repo)
     shutil.rmtree(repo)
-    return {"volume": stats, "backup": sample(1, b_sec, stats, b_rss, size),
-            "restore": sample(1, r_sec, stats, r_rss)}
+    return {"volume": stats, "backup": sample(1, b_sec, stats, b_rss, size, b_result),
+            "restore": sample(1, r_sec, stats, r_rss, result=r_result)}
 
 
-def sample(rnd: int, seconds: float, stats: dict, rss: float | None, size: int | None = None) -> dict:
+def sample(rnd: int, seconds: float, stats: dict, rss: float | None, size: int | None = None,
+           result: dict | None = None) -> dict:
+    """One timed step; `result` is volbackup's own JSON for its volume (its `seconds` leave
+    out start-up, its `via` says which path was taken)."""
     out = {"round": rnd, "warmup": rnd == 0, "seconds": round(seconds, 4),
            "mib_s": round(stats["mib"] / seconds, 2)}
+    if result is not None:
+        out["volume_seconds"], out["via"] = result["seconds"], result["via"]
     if rss is not None:
         out["peak_rss_mib"] = round(rss, 1)
     if size is not None:
