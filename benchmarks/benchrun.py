@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import docker
@@ -34,8 +35,37 @@ def volbackup_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "volbackup"]
 
 
-def timed(cmd: list[str], what: str, output: list | None = None) -> tuple[float, float]:
-    """Run `cmd`; return (wall seconds, peak RSS in MiB of that process, from wait4).
+class _PeakRss(threading.Thread):
+    """Follows a process's own peak RSS (VmHWM in /proc/PID/status) until it ends.
+
+    Not ru_maxrss from wait4: a child forked from this harness starts with the harness's
+    resident pages, and the kernel keeps that high-water mark across exec, so every
+    figure would be at least the harness's own size (about 50-70 MiB)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.path, self.peak_kib, self._done = f"/proc/{pid}/status", 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                with open(self.path) as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except OSError:
+                return
+            self._done.wait(0.005)
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return self.peak_kib / 1024
+
+
+def timed(cmd: list[str], what: str, output: list | None = None,
+          rss: bool = False) -> tuple[float, float | None]:
+    """Run `cmd`; return (wall seconds, peak RSS in MiB of that process if `rss`).
     With `output`, its stdout is appended to that list.
 
     Dirty pages are written back first (untimed), so no step pays for an earlier one's."""
@@ -44,11 +74,16 @@ def timed(cmd: list[str], what: str, output: list | None = None) -> tuple[float,
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=err, start_new_session=True)
+        peak = _PeakRss(proc.pid) if rss else None
+        if peak:
+            peak.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
         except BaseException:
             _stop(proc)
             raise
+        finally:
+            peak_mib = peak.stop() if peak else None
         seconds = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
@@ -58,14 +93,15 @@ def timed(cmd: list[str], what: str, output: list | None = None) -> tuple[float,
         if output is not None:
             out.seek(0)
             output.append(out.read().decode(errors="replace"))
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, peak_mib
 
 
 def volbackup_timed(args: list[str], what: str) -> tuple[float, float, dict]:
     """`timed` for a volbackup command run with --json: also its one volume's result
     (`seconds` there is the volume's own time, without start-up; `via` the path taken)."""
     printed: list[str] = []
-    seconds, rss = timed([*volbackup_cmd(), *args, *VOLBACKUP_ARGS, "--json"], what, printed)
+    seconds, rss = timed([*volbackup_cmd(), *args, *VOLBACKUP_ARGS, "--json"], what, printed,
+                         rss=True)
     return seconds, rss, json.loads(printed[0])["volumes"][0]
 
 

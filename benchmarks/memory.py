@@ -8,7 +8,7 @@ engine (files are written straight into the volume's mountpoint):
 Each size gets a fresh volume of 64 MiB files, alternately incompressible and highly
 compressible, plus 1,000 small
 files, a backup into a temporary repository and a restore into a fresh volume, each in
-its own process so its peak RSS (ru_maxrss from wait4) is its own.
+its own process, whose own peak RSS (VmHWM) is reported.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
-import time
 
 import docker
+from benchrun import StepFailed, timed
 
 FILE_MIB = 64
 
@@ -43,15 +42,11 @@ def fill(root: str, mib: int) -> None:
 
 
 def run(*args: str) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one volbackup process."""
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "volbackup", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"volbackup {' '.join(args)} failed: {proc.stderr.read().decode()}")
-    return seconds, usage.ru_maxrss / 1024
+    """(seconds, peak RSS in MiB) of one volbackup process (its own VmHWM: see benchrun)."""
+    try:
+        return timed([sys.executable, "-m", "volbackup", *args], f"volbackup {args[0]}", rss=True)
+    except StepFailed as e:
+        raise SystemExit(str(e)) from None
 
 
 def measure(mib: int, client) -> dict:

@@ -16,7 +16,8 @@ The page cache is NOT dropped: every figure is with a warm cache; dirty pages ar
 written back (sync) before each step, untimed. The host pipelines end
 with `sync FILE` because volbackup fsyncs its archive (--no-fsync: the bare commands).
 Throughput is the uncompressed volume size over wall time (process start to exit).
-Peak RSS is ru_maxrss of the volbackup process (os.wait4); with --rss-double (default)
+Peak RSS is the volbackup process's own VmHWM (polled from /proc; not wait4's ru_maxrss, which
+starts from this harness's size); with --rss-double (default)
 a volume twice as large, built the same way, is backed up and restored once more.
 Everything made is named vbbench-<random>- and removed at the end, also on error or Ctrl-C.
 """
@@ -118,6 +119,10 @@ def summarise(key: str, runs: list[dict]) -> dict:
         out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in measured)
     if "archive_bytes" in runs[0]:
         out["archive_mib"] = round(runs[-1]["archive_bytes"] / MIB, 1)
+    if "volume_seconds" in runs[0]:
+        out["median_seconds"] = statistics.median(r["seconds"] for r in measured)
+        out["median_volume_seconds"] = statistics.median(r["volume_seconds"] for r in measured)
+        out["via"] = sorted({r["via"] for r in runs})
     return out
 
 
@@ -170,6 +175,12 @@ def report(result: dict) -> str:
         lines.append(f"  {row['label']:38}{row['median_mib_s']:>8.1f}  "
                      f"{row['min_mib_s']:>6.1f}-{row['max_mib_s']:<6.1f}  {cells[0]:>7}  {cells[1]:>7}  "
                      f"{rss:>10}  {arc:>10}")
+    lines.append("")
+    for key in ("backup:volbackup", "restore:volbackup"):
+        row = c[key]
+        lines.append(f"{key.split(':')[0]}: volbackup took {row['median_seconds']:.2f} s (median), of which "
+                     f"{row['median_volume_seconds']:.2f} s for the volume itself (the rest: start-up, "
+                     f"engine calls, lock); path: {', '.join(row['via'])}")
     if "double" in result:
         d = result["double"]
         lines += ["", f"peak RSS of volbackup{'':6}{vol['mib']:>6.0f} MiB vol  {d['volume']['mib']:>6.0f} MiB vol",

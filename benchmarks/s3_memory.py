@@ -1,9 +1,8 @@
 """Peak RSS of `volbackup backup` to S3 and `restore` from it, for volumes of different sizes.
 
-S3 is moto's server on 127.0.0.1 in a process of its own: Linux carries a parent's peak RSS
-into a child's ru_maxrss across fork and exec, so the parent must stay small for the figures
-(each volbackup run is a child; ru_maxrss from wait4) to be volbackup's own. Run as root
-beside a Docker engine:
+S3 is moto's server on 127.0.0.1 in a process of its own (each volbackup run is a child
+whose own peak RSS, VmHWM, is reported; see benchmarks/benchrun.py). Run as root beside a
+Docker engine:
 
     python benchmarks/s3_memory.py --sizes 256,2048 [--json]
 

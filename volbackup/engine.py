@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Iterator
 
+from volbackup.errors import EngineError, NotFound, StreamBroken
+from volbackup.processes import pid_alive
+from volbackup.signals import deferred
+
 # docker-py imports paramiko (70 ms and 19 MiB, more than a quarter of a small backup's
 # start-up and memory) only to offer ssh:// engines. Keep it out until one is asked for:
 # _enable_ssh() then loads docker-py's ssh adapter, which imports paramiko.
@@ -41,10 +45,6 @@ try:
 finally:
     if _PARAMIKO_HELD_BACK:
         del sys.modules["paramiko"]
-
-from volbackup.errors import EngineError, NotFound, StreamBroken
-from volbackup.processes import pid_alive
-from volbackup.signals import deferred
 
 HELPER_IMAGE = "volbackup-helper:1"
 HELPER_LABEL = "io.volbackup.helper"   # on helper containers only
