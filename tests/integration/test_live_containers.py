@@ -182,7 +182,7 @@ def test_files_changing_during_the_backup_never_make_a_broken_snapshot(
         ": > /data/grow; done"))
     time.sleep(0.5)
     retried = []
-    for _ in range(20):  # a read breaks about every other time here; stop at the first retry
+    for _ in range(60):  # a read often breaks here, but runs of 20 clean ones happened too
         result = cli("backup", volume.name, "--retries", "3", "-r", str(repo_dir), "--json")
         # 6 (a truncated tar) or 7 (the engine broke the stream): every one of the 4 reads
         # broke, so there is no snapshot at all
@@ -192,7 +192,7 @@ def test_files_changing_during_the_backup_never_make_a_broken_snapshot(
         if out["attempts"] > 1:
             retried.append(out)
             break
-    assert retried, "no read broke in 20 backups of a volume that changes all the time"
+    assert retried, "no read broke in 60 backups of a volume that changes all the time"
     assert "tar stream is truncated" in retried[0]["message"]
     check = cli("verify", "--all", "-r", str(repo_dir))
     assert check.code == 0, check.stderr
