@@ -8,12 +8,13 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 from docker.types import Mount
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import contents, fill
+from tests.integration.helpers import PATHS, contents, fill
 from tests.integration.images import ensure_busybox
 
 FILES = {"table": b"rows\n", "sub/index": b"\x00" * 5000 + b"end"}
@@ -97,3 +98,27 @@ def test_a_directory_that_is_not_the_engines_is_never_read_or_written_directly(
     assert restored["via"] == "engine"
     assert contents(mountpoint(target)) == FILES
     assert not os.path.exists(os.path.join(mountpoint(volume.name), "decoy"))
+
+
+def helpers_created(client, since: float) -> int:
+    found = client.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
+                          filters={"type": "container", "event": "create"})
+    return sum(1 for e in found if e["timeNano"] / 1e9 >= since and
+               e["Actor"]["Attributes"].get("name", "").startswith("volbackup-helper-"))
+
+
+@pytest.mark.parametrize("via,helpers", [("direct", 0), ("engine", 1)])
+def test_a_direct_restore_needs_no_helper(client, make_volume, mountpoint, cli, repo_dir,
+                                          names, via, helpers):
+    """The fresh volume's directory is checked for emptiness and filled on this host."""
+    volume = make_volume("src")
+    fill(mountpoint(volume.name), FILES)
+    assert cli("backup", volume.name, "-r", str(repo_dir)).code == 0
+    target = names("copy")
+    since = time.time()
+    result = cli("restore", volume.name, "--as", target, "-r", str(repo_dir), "--json",
+                 PATHS[via])
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["volumes"][0]["via"] == via
+    assert helpers_created(client, since) == helpers
+    assert contents(mountpoint(target)) == FILES

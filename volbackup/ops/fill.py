@@ -10,6 +10,8 @@ target name without the error saying so.
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,11 +28,14 @@ class VolumeSpec:
 
 
 def fill_fresh_volume(engine: Engine, name: str, spec: VolumeSpec, force: bool,
-                      write: Callable[[Helper], None],
+                      write: Callable[[Helper | str], None],
                       before_replacing: Callable[[], None] = lambda: None,
-                      lost_note: str = "") -> bool:
-    """Create `name` afresh and let `write(helper)` put the data in; True if it replaced one.
+                      lost_note: str = "",
+                      directly: Callable[[VolumeInfo], str | None] = lambda info: None) -> bool:
+    """Create `name` afresh and let `write(target)` put the data in; True if it replaced one.
 
+    `target` is a helper attached to the volume, or, where `directly(volume)` gives the
+    volume's directory on this host, that directory (no helper is needed then).
     `before_replacing()` runs before a non-empty target is given up (restore checks the
     whole archive there). `lost_note` explains, in an error, why replaced data is gone.
     """
@@ -38,15 +43,18 @@ def fill_fresh_volume(engine: Engine, name: str, spec: VolumeSpec, force: bool,
     written = False
     try:
         with deferred():  # a volume the engine created is one we know to remove
-            engine.create_volume(name, spec.driver, spec.options, spec.labels)
-        with engine.helper(volume=name, read_only=False) as helper:
-            if not helper.is_empty():
+            created = engine.create_volume(name, spec.driver, spec.options, spec.labels)
+        directory = directly(created)
+        with (nullcontext(directory) if directory else
+              engine.helper(volume=name, read_only=False)) as target:
+            empty = not os.listdir(directory) if directory else target.is_empty()
+            if not empty:
                 raise TargetNotEmpty(
                     f"volume {name} keeps its data outside Docker (driver {spec.driver}, "
                     f"options {spec.options}) and that storage is not empty; volbackup "
                     f"cannot empty it: clear it yourself, or use --as NAME")
             written = True
-            write(helper)
+            write(target)
     except BaseException as e:
         # Put back what was there when nothing was written, or when it was empty anyway.
         put_back = previous if (previous_was_empty or not written) else None

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from volbackup import archive, direct
-from volbackup.engine import DATA_PATH, Engine, Helper
+from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
 from volbackup.errors import NotFound, TargetNotEmpty, VolbackupError
 from volbackup.manifest import Manifest
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
@@ -77,24 +77,28 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
         with repo.open_archive(manifest) as stored:
             archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes).drain()
 
-    def write(helper: Helper) -> None:
-        directory = None
-        if use_direct is not False:
-            directory = engine.local_directory(plain_directory(engine.volume(outcome.volume)))
+    def write(target: Helper | str) -> None:
+        outcome.via = "direct" if isinstance(target, str) else "engine"
         with progress(outcome.volume, manifest.bytes) as update, \
                 repo.open_archive(manifest) as stored:
             unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)
-            outcome.via = "direct" if direct.available(directory) else "engine"
-            if outcome.via == "direct":
-                direct.import_(directory, unpacker.chunks())  # `./` carries the root's metadata
+            if isinstance(target, str):
+                direct.import_(target, unpacker.chunks())  # `./` carries the root's metadata
             else:
-                helper.import_(DATA_PATH, unpacker.chunks())
+                target.import_(DATA_PATH, unpacker.chunks())
                 if unpacker.root is not None and unpacker.root.is_root:
-                    helper.import_("/", root_entry_tar(unpacker.root, DATA_PATH.strip("/")))
+                    target.import_("/", root_entry_tar(unpacker.root, DATA_PATH.strip("/")))
         outcome.bytes = unpacker.walker.bytes
+
+    def directly(volume: VolumeInfo) -> str | None:
+        """A fresh plain volume's directory, if GNU tar on this host can fill it."""
+        if use_direct is False:
+            return None
+        directory = engine.local_directory(plain_directory(volume))
+        return directory if direct.available(directory) else None
 
     spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
     outcome.replaced = fill_fresh_volume(
         engine, outcome.volume, spec, force, write, before_replacing=check_archive,
-        lost_note="the snapshot itself had checked out")
+        lost_note="the snapshot itself had checked out", directly=directly)
     outcome.seconds = round(time.monotonic() - started, 3)
