@@ -64,9 +64,10 @@ class _PeakRss(threading.Thread):
 
 
 def timed(cmd: list[str], what: str, output: list | None = None,
-          rss: bool = False) -> tuple[float, float | None]:
+          rss: bool = False, usage: dict | None = None) -> tuple[float, float | None]:
     """Run `cmd`; return (wall seconds, peak RSS in MiB of that process if `rss`).
-    With `output`, its stdout is appended to that list.
+    With `output`, its stdout is appended to that list; with `usage`, CPU seconds, page
+    faults and context switches of it and its children (from wait4) go into that dict.
 
     Dirty pages are written back first (untimed), so no step pays for an earlier one's."""
     os.sync()
@@ -78,13 +79,17 @@ def timed(cmd: list[str], what: str, output: list | None = None,
         if peak:
             peak.start()
         try:
-            _, status, _ = os.wait4(proc.pid, 0)
+            _, status, used = os.wait4(proc.pid, 0)
         except BaseException:
             _stop(proc)
             raise
         finally:
             peak_mib = peak.stop() if peak else None
         seconds = time.monotonic() - started
+        if usage is not None:
+            usage.update(cpu_user=round(used.ru_utime, 3), cpu_sys=round(used.ru_stime, 3),
+                         minor_faults=used.ru_minflt, voluntary_switches=used.ru_nvcsw,
+                         involuntary_switches=used.ru_nivcsw)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
@@ -98,11 +103,13 @@ def timed(cmd: list[str], what: str, output: list | None = None,
 
 def volbackup_timed(args: list[str], what: str) -> tuple[float, float, dict]:
     """`timed` for a volbackup command run with --json: also its one volume's result
-    (`seconds` there is the volume's own time, without start-up; `via` the path taken)."""
+    (`seconds` there is the volume's own time, without start-up; `via` the path taken),
+    with the process's `usage` (CPU, faults, switches: GNU tar's included) added."""
     printed: list[str] = []
+    usage: dict = {}
     seconds, rss = timed([*volbackup_cmd(), *args, *VOLBACKUP_ARGS, "--json"], what, printed,
-                         rss=True)
-    return seconds, rss, json.loads(printed[0])["volumes"][0]
+                         rss=True, usage=usage)
+    return seconds, rss, {**json.loads(printed[0])["volumes"][0], "usage": usage}
 
 
 def busy_fraction(seconds: float = 2.0) -> float:

@@ -103,6 +103,7 @@ def sample(rnd: int, seconds: float, stats: dict, rss: float | None, size: int |
            "mib_s": round(stats["mib"] / seconds, 2)}
     if result is not None:
         out["volume_seconds"], out["via"] = result["seconds"], result["via"]
+        out["usage"] = result["usage"]
     if rss is not None:
         out["peak_rss_mib"] = round(rss, 1)
     if size is not None:
