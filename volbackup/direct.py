@@ -17,10 +17,13 @@ import shutil
 import subprocess
 import threading
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from volbackup.archive import read_chunks
 from volbackup.errors import StreamBroken, VolbackupError
+
+if TYPE_CHECKING:
+    from volbackup.engine import Engine
 
 CHUNK = 1 << 20
 # 128 KiB records (not tar's 10 KiB): far fewer writes into the pipe; the end padding
@@ -45,9 +48,12 @@ def gnu_tar() -> str | None:
     return tar if "GNU tar" in version.stdout else None
 
 
-def available(path: str | None) -> bool:
-    """True when `path` is a directory this process (root) can read and write directly."""
-    return bool(path) and os.geteuid() == 0 and os.path.isdir(path) and gnu_tar() is not None
+def directory_for(engine: Engine, path: str | None) -> str | None:
+    """`path` if GNU tar on this host can read and fill it for `engine`: this process is
+    root, GNU tar is here, and it is the engine's own directory (Engine.local_directory)."""
+    if os.geteuid() != 0 or gnu_tar() is None:
+        return None
+    return engine.local_directory(path)
 
 
 class _Stderr:

@@ -92,8 +92,8 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
 def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Iterator[Stream]:
     """The tar stream of `source`, by GNU tar here or through a helper; decided for each
     attempt, since a container may have started (or stopped) since the last one."""
-    directory = engine.local_directory(source.host_path) if use_direct is not False else None
-    if direct.available(directory) and (use_direct or not _written_to(engine, source)):
+    directory = direct.directory_for(engine, source.host_path) if use_direct is not False else None
+    if directory and (use_direct or not _written_to(engine, source)):
         with direct.export(directory) as chunks:
             yield Stream(chunks, "direct")
         return

@@ -94,8 +94,7 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
         """A fresh plain volume's directory, if GNU tar on this host can fill it."""
         if use_direct is False:
             return None
-        directory = engine.local_directory(plain_directory(volume))
-        return directory if direct.available(directory) else None
+        return direct.directory_for(engine, plain_directory(volume))
 
     spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
     outcome.replaced = fill_fresh_volume(
