@@ -77,3 +77,17 @@ def wait_for_read(client, proc: subprocess.Popen, via: str, timeout: float = 30)
             return
         time.sleep(0.02)
     raise AssertionError(f"no {via} read appeared while the run was going")
+
+
+def events(client, since: float, container_ids: set[str]) -> list[tuple[float, str, str]]:
+    """(time, action, container name) of the events since `since` of the containers
+    `container_ids` and of every volbackup helper, oldest first."""
+    found = client.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
+                          filters={"type": "container"})
+    out = []
+    for e in found:
+        name = e.get("Actor", {}).get("Attributes", {}).get("name", "")
+        at = e["timeNano"] / 1e9
+        if at >= since and (e.get("id") in container_ids or name.startswith("volbackup-helper-")):
+            out.append((at, e["Action"], name))
+    return sorted(out)

@@ -14,7 +14,7 @@ import pytest
 from docker.types import Mount
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import PATHS, contents, fill
+from tests.integration.helpers import PATHS, contents, events, fill
 from tests.integration.images import ensure_busybox
 
 FILES = {"table": b"rows\n", "sub/index": b"\x00" * 5000 + b"end"}
@@ -101,10 +101,8 @@ def test_a_directory_that_is_not_the_engines_is_never_read_or_written_directly(
 
 
 def helpers_created(client, since: float) -> int:
-    found = client.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
-                          filters={"type": "container", "event": "create"})
-    return sum(1 for e in found if e["timeNano"] / 1e9 >= since and
-               e["Actor"]["Attributes"].get("name", "").startswith("volbackup-helper-"))
+    return sum(1 for _, action, name in events(client, since, set())
+               if action == "create" and name.startswith("volbackup-helper-"))
 
 
 @pytest.mark.parametrize("via,helpers", [("direct", 0), ("engine", 1)])

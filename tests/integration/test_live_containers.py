@@ -11,20 +11,8 @@ import time
 
 import pytest
 
-from tests.integration.helpers import PATHS, contents, fill, one_line_error, wait_for_read
-
-
-def events(client, since: float, container_ids: set[str]) -> list[tuple[float, str, str]]:
-    """(time, action, container name) of container events since `since`, oldest first."""
-    found = client.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
-                          filters={"type": "container"})
-    out = []
-    for e in found:
-        name = e.get("Actor", {}).get("Attributes", {}).get("name", "")
-        at = e["timeNano"] / 1e9
-        if at >= since and (e.get("id") in container_ids or name.startswith("volbackup-helper-")):
-            out.append((at, e["Action"], name))
-    return sorted(out)
+from tests.integration.helpers import (PATHS, contents, events, fill, one_line_error,
+                                       wait_for_read)
 
 
 def state(client, container) -> dict:
