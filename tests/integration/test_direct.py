@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from docker.types import Mount
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import PATHS, contents, events, fill
+from tests.integration.helpers import PATHS, contents, events, fill, one_line_error, repo_files
 from tests.integration.images import ensure_busybox
 
 FILES = {"table": b"rows\n", "sub/index": b"\x00" * 5000 + b"end"}
@@ -120,3 +121,72 @@ def test_a_direct_restore_needs_no_helper(client, make_volume, mountpoint, cli, 
     assert json.loads(result.stdout)["volumes"][0]["via"] == via
     assert helpers_created(client, since) == helpers
     assert contents(mountpoint(target)) == FILES
+
+
+# A GNU tar that breaks: --create sends part of the stream (all of it with TAR_SENDS_ALL=1)
+# and exits 1, as when a file changes while read; --extract takes part of it and exits 2, as
+# when the disk fills.
+FAILING_TAR = """#!/bin/sh
+case " $* " in
+  *" --version "*) exec {tar} --version ;;
+  *" --create "*) if [ "$TAR_SENDS_ALL" = 1 ]; then {tar} "$@"; else {tar} "$@" | head -c 70000; fi
+                  echo "tar: ./table: file changed as we read it" >&2; exit 1 ;;
+  *) head -c 70000 > /dev/null
+     echo "tar: ./sub/index: Cannot write: No space left on device" >&2; exit 2 ;;
+esac
+"""
+
+
+@pytest.fixture
+def failing_tar(tmp_path) -> dict:
+    """Environment whose PATH finds FAILING_TAR first."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tar = bin_dir / "tar"
+    tar.write_text(FAILING_TAR.format(tar=shutil.which("tar")))
+    tar.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_direct_read_that_breaks_leaves_no_snapshot(make_volume, mountpoint, cli, repo_dir,
+                                                      failing_tar):
+    volume = make_volume("breaks")
+    fill(mountpoint(volume.name), {"big": os.urandom(1 << 20), **FILES})
+    result = cli("backup", volume.name, "--retries", "1", "-r", str(repo_dir), "--json",
+                 env=failing_tar)
+    # every attempt broke: the tar check sees the stream end early before tar's exit code
+    assert result.code == 6, result.stderr
+    assert "tar stream is truncated" in one_line_error(result.stderr)
+    (out,) = json.loads(result.stdout)["volumes"]
+    assert (out["via"], out["attempts"], out["snapshot"]) == ("direct", 2, None)
+    assert out["message"].startswith("every read broke: attempt 1: tar stream is truncated")
+    assert repo_files(repo_dir) == [], "an archive, temp file or lock was left"
+
+
+def test_a_complete_stream_from_a_failing_tar_is_not_a_snapshot(make_volume, mountpoint, cli,
+                                                                repo_dir, failing_tar):
+    """The stream checks out, but tar said it went wrong: its exit code, read when the
+    stream is closed inside the archive writer, discards the archive."""
+    volume = make_volume("complete")
+    fill(mountpoint(volume.name), FILES)
+    result = cli("backup", volume.name, "--retries", "0", "-r", str(repo_dir), "--json",
+                 env={**failing_tar, "TAR_SENDS_ALL": "1"})
+    assert result.code == 7, result.stderr
+    assert "file changed as we read it" in one_line_error(result.stderr)
+    (out,) = json.loads(result.stdout)["volumes"]
+    assert (out["via"], out["attempts"], out["snapshot"]) == ("direct", 1, None)
+    assert repo_files(repo_dir) == [], "an archive, temp file or lock was left"
+
+
+def test_a_direct_fill_that_breaks_leaves_no_volume(make_volume, mountpoint, cli, repo_dir,
+                                                    names, client, failing_tar):
+    volume = make_volume("src")
+    fill(mountpoint(volume.name), {"big": os.urandom(1 << 20), **FILES})
+    assert cli("backup", volume.name, "-r", str(repo_dir)).code == 0
+    target = names("half")
+    result = cli("restore", volume.name, "--as", target, "-r", str(repo_dir), env=failing_tar)
+    assert result.code == 1
+    assert "No space left on device" in one_line_error(result.stderr)
+    assert [v for v in client.volumes.list() if v.name == target] == []
+    assert len(repo_files(repo_dir)) == 2   # the snapshot itself is untouched
+    assert cli("verify", "--all", "-r", str(repo_dir)).code == 0
