@@ -6,6 +6,8 @@ fresh, empty, writable store; TestContract runs unchanged against it.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import random
 
@@ -217,6 +219,38 @@ class TestLocal:
         finally:
             tmp_path.chmod(0o700)
 
+    def test_written_blob_leaves_the_page_cache_as_it_goes(self, tmp_path):
+        """A backup does not fill the cache with its archive: what is on disk is dropped
+        while it writes (here the test puts the first 64 MiB on disk itself, as the disk
+        would while zstd works), and all of it at the end."""
+        _skip_unless_pages_can_be_dropped(tmp_path)
+        backend = LocalBackend(tmp_path)
+        piece = random.Random(3).randbytes(1 << 20)
+        with backend.open_write("k") as writer:
+            for _ in range(64):
+                writer.write(piece)
+            writer.flush()
+            os.fsync(writer.fileno())
+            [temp] = _files(tmp_path)
+            for _ in range(32):
+                writer.write(piece)
+            writer.flush()
+            assert _cached_mib(temp) <= 48  # the 64 MiB on disk, but for the last 8, dropped
+        assert _cached_mib(tmp_path / "k") == 0
+        assert backend.read_bytes("k") == piece * 96
+
+    def test_read_blob_leaves_the_page_cache_as_it_goes(self, tmp_path):
+        _skip_unless_pages_can_be_dropped(tmp_path)
+        data = random.Random(4).randbytes(64 << 20)
+        _write_cached(tmp_path / "k", data)
+        assert _cached_mib(tmp_path / "k") == 64
+        read = bytearray()
+        with LocalBackend(tmp_path).open_read("k") as reader:
+            while chunk := reader.read(1 << 20):
+                read += chunk
+        assert read == data
+        assert _cached_mib(tmp_path / "k") <= 24
+
     def test_open_backend(self, tmp_path):
         assert open_backend(str(tmp_path)).describe() == str(tmp_path)
         assert open_backend(f"file://{tmp_path}").describe() == str(tmp_path)
@@ -226,3 +260,46 @@ class TestLocal:
 
 def _files(root) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+
+
+def _write_cached(path, data: bytes) -> None:
+    """Write and fsync a file the plain way: its pages stay in the cache, clean."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _cached_mib(path) -> float:
+    """How much of a file is in the page cache (mincore over a shared mapping)."""
+    size = os.path.getsize(path)
+    page = os.sysconf("SC_PAGE_SIZE")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = (ctypes.c_ubyte * (-(-size // page)))()
+            assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) == 0
+            return sum(v & 1 for v in vec) * page / (1 << 20)
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    finally:
+        os.close(fd)
+
+
+def _skip_unless_pages_can_be_dropped(directory) -> None:
+    """tmpfs, for one, keeps a file's pages whatever it is advised."""
+    probe = directory / "probe"
+    _write_cached(probe, bytes(1 << 20))
+    fd = os.open(probe, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    cached = _cached_mib(probe)
+    probe.unlink()
+    if cached:
+        pytest.skip(f"{directory} keeps pages in memory when advised not to (tmpfs?)")

@@ -1,7 +1,8 @@
 """A repository in a local directory: temp file, fsync, rename, fsync the directory.
 
-While a file is written, the disk writes of every 8 MiB are started at once (see
-_EarlyWriteback), so the closing fsync does not wait for a whole archive.
+While a file is written, the disk writes of every 8 MiB are started at once and the
+pages already on disk are dropped from the page cache (see _EarlyWriteback); reads
+drop what they have read (_DropBehind).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class LocalBackend(Backend):
                 yield _EarlyWriteback(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+                _advise_dontneed(handle.fileno(), 0, 0)  # all on disk now: drop the rest
             os.replace(temp, final)
             _fsync_dir(final.parent)
         except BaseException:
@@ -86,7 +88,7 @@ class LocalBackend(Backend):
         except OSError as e:
             raise RepositoryError(f"cannot read {key} in repository {self.root}: {e.strerror}") from None
         with handle:
-            yield handle
+            yield _DropBehind(handle)
 
     def stat(self, key: str) -> BlobInfo:
         try:
@@ -147,12 +149,15 @@ class LocalBackend(Backend):
 
 
 class _EarlyWriteback:
-    """A write-only file that starts the disk writes of each 8 MiB written, and lets the
-    kernel drop those pages once they are on disk (POSIX_FADV_DONTNEED).
+    """A write-only file that starts the disk writes of each 8 MiB written, and drops
+    from the page cache what is already on disk (POSIX_FADV_DONTNEED).
 
     Without it, a 600 MiB archive sat dirty in the page cache until the final fsync,
-    which then took 0.3 s here with the CPUs idle; now the disk works while zstd does,
-    and a backup does not push the host's useful pages out of the cache.
+    which then took 0.3 s here with the CPUs idle. Dropping the written pages as it goes
+    keeps the archive's cache footprint to a few MiB that the kernel reuses for the next
+    writes: on a VM that hands free memory back to its host, writing into pages never
+    used before cost 1.2 s more kernel time per 600 MiB (docs/performance.md). A backup
+    also does not push the host's useful pages out of the cache.
     """
 
     def __init__(self, handle: BinaryIO):
@@ -164,11 +169,14 @@ class _EarlyWriteback:
     def write(self, data) -> int:
         n = self._handle.write(data)
         self._written += n
-        if self._written - self._advised >= WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
+        if self._written - self._advised >= WRITEBACK_EVERY:
             self._handle.flush()
-            with suppress(OSError):  # only advice: the fsync at the end is what counts
-                os.posix_fadvise(self._fd, self._advised, self._written - self._advised,
-                                 os.POSIX_FADV_DONTNEED)
+            # Start writing the new range; drop all but the last range started before
+            # it (long on disk by now). From 0, so pages still under writeback at an
+            # earlier call are dropped as well.
+            _advise_dontneed(self._fd, self._advised, self._written - self._advised)
+            if self._advised > WRITEBACK_EVERY:
+                _advise_dontneed(self._fd, 0, self._advised - WRITEBACK_EVERY)
             self._advised = self._written
         return n
 
@@ -177,6 +185,36 @@ class _EarlyWriteback:
 
     def fileno(self) -> int:
         return self._fd
+
+
+class _DropBehind:
+    """A read-only file that drops from the page cache what it has read, but for the
+    last 8 MiB: reading an archive then reuses a few MiB of cache over and over, like
+    _EarlyWriteback, instead of filling fresh pages and evicting the host's own."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self._read = 0
+        self._dropped = 0  # offset up to which pages were dropped
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._read += len(data)
+        if self._read - self._dropped >= 2 * WRITEBACK_EVERY:
+            self._dropped = self._read - WRITEBACK_EVERY
+            _advise_dontneed(self._handle.fileno(), 0, self._dropped)
+        return data
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+
+def _advise_dontneed(fd: int, offset: int, length: int) -> None:
+    """Write back and drop a file's pages in that range (0 length: to the end); advice
+    only, the fsync is what counts."""
+    if hasattr(os, "posix_fadvise"):
+        with suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_dir(path: Path) -> None:
