@@ -20,7 +20,7 @@ from tests.unit.tars import (
     members_of,
 )
 from volbackup.errors import IntegrityError
-from volbackup.tarstream import Entry, TarWalker, parse_pax, root_entry_tar
+from volbackup.tarstream import Entry, TarWalker, _Header, parse_pax, root_entry_tar
 
 TAR = make_tar(corpus_members())
 SMALL_TAR = make_tar(corpus_members(big=False))
@@ -97,6 +97,83 @@ def test_each_kind_of_member_reads_as_tarfile_reads_it(fmt, index):
     assert (got.name, got.type, got.mode, got.uid, got.gid, got.mtime, got.size, got.linkname) == (
         expected.name, expected.type, expected.mode, expected.uid, expected.gid, expected.mtime,
         expected.size, expected.linkname)
+
+
+def _odd_members() -> list[tuple[tarfile.TarInfo, bytes]]:
+    """Headers the corpus lacks: devices, a ustar prefix, numbers only base-256 can hold."""
+    def info(name, type_=tarfile.REGTYPE, **fields):
+        i = tarfile.TarInfo(name)
+        i.type = type_
+        for key, value in fields.items():
+            setattr(i, key, value)
+        return i
+    return [(info("./chr", tarfile.CHRTYPE, devmajor=1, devminor=3), b""),
+            (info("./blk", tarfile.BLKTYPE, devmajor=8, devminor=1), b""),
+            (info("./" + "p" * 120 + "/short"), b"x"),
+            (info("./huge-ids", uid=1 << 40, gid=(1 << 33) + 5), b""),
+            (info("./old", mtime=-1_000_000), b""),
+            (info("./dir/", tarfile.DIRTYPE), b"")]
+
+
+def _fits_ustar(member: tarfile.TarInfo) -> bool:
+    try:
+        member.tobuf(tarfile.USTAR_FORMAT, "ascii", "strict")
+    except ValueError:
+        return False
+    return not member.pax_headers
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT],
+                         ids=["ustar", "gnu", "pax"])
+def test_header_fields_match_tarfile_frombuf(fmt):
+    members = corpus_members(big=False) + _odd_members()
+    if fmt == tarfile.USTAR_FORMAT:  # ustar cannot hold the long, non-ASCII and huge ones
+        members = [(m, d) for m, d in members if _fits_ustar(m)]
+    tar = make_tar(members, fmt)
+    headers = 0
+    for offset in range(0, len(tar), 512):
+        block = tar[offset:offset + 512]
+        try:
+            expected = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            with pytest.raises(IntegrityError):
+                if block != bytes(512):
+                    _Header.parse(block, 0)
+                else:
+                    raise IntegrityError("a zero block is never parsed")
+            continue
+        got = _Header.parse(block, 0)
+        headers += 1
+        device = (expected.devmajor, expected.devminor) if expected.ischr() or expected.isblk() \
+            else None
+        assert (got.name, got.type, got.mode, got.uid, got.gid, got.size, got.mtime,
+                got.linkname, got.device) == (
+            expected.name, expected.type, expected.mode, expected.uid, expected.gid,
+            expected.size, expected.mtime, expected.linkname, device)
+    assert headers >= len(members)
+
+
+def test_v7_directory_and_signed_checksum_read_as_tarfile_reads_them():
+    block = bytearray(tarfile.TarInfo("v7dir/").tobuf(tarfile.USTAR_FORMAT))
+    block[156:157] = tarfile.AREGTYPE
+    block[0:100] = "v7dir/\xe9".encode("latin-1").ljust(100, b"\0")  # a byte >= 0x80
+    signed = 256 + sum(b - 256 if b > 127 else b for i, b in enumerate(block) if not 148 <= i < 156)
+    block[148:156] = b"%06o\0 " % signed
+    expected = tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
+    got = _Header.parse(bytes(block), 0)
+    assert (got.name, got.type) == (expected.name, expected.type)
+
+
+@pytest.mark.parametrize("field, value", [("mode", b"07a4\0"), ("size", b"9" * 11),
+                                           ("checksum", b"xyz")])
+def test_bad_numbers_in_a_header_are_integrity_errors(field, value):
+    start = {"mode": 100, "size": 124, "checksum": 148}[field]
+    block = bytearray(tarfile.TarInfo("f").tobuf(tarfile.USTAR_FORMAT))
+    block[start:start + len(value)] = value
+    with pytest.raises(tarfile.HeaderError):
+        tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
+    with pytest.raises(IntegrityError, match="corrupt tar header after 3 entries"):
+        _Header.parse(bytes(block), 3)
 
 
 def test_long_and_non_utf8_names_come_through_whole():
