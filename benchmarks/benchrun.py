@@ -21,6 +21,7 @@ import time
 import docker
 
 MIB = 1 << 20
+SETTLE_SECONDS = 3
 
 
 class StepFailed(RuntimeError):
@@ -28,6 +29,7 @@ class StepFailed(RuntimeError):
 
 
 VOLBACKUP_ARGS: list[str] = []  # extra options for volbackup backup/restore (run.py --no-direct)
+PERF_DIR: str | None = None  # run.py --perf-dir: each volbackup run under `perf record -a -g`
 
 
 def volbackup_cmd() -> list[str]:
@@ -107,8 +109,11 @@ def volbackup_timed(args: list[str], what: str) -> tuple[float, float, dict]:
     with the process's `usage` (CPU, faults, switches: GNU tar's included) added."""
     printed: list[str] = []
     usage: dict = {}
-    seconds, rss = timed([*volbackup_cmd(), *args, *VOLBACKUP_ARGS, "--json"], what, printed,
-                         rss=True, usage=usage)
+    cmd = [*volbackup_cmd(), *args, *VOLBACKUP_ARGS, "--json"]
+    if PERF_DIR:
+        record = os.path.join(PERF_DIR, f"{args[0]}-{len(os.listdir(PERF_DIR))}.data")
+        cmd = ["perf", "record", "-a", "-g", "-q", "-o", record, "--", *cmd]
+    seconds, rss = timed(cmd, what, printed, rss=True, usage=usage)
     return seconds, rss, {**json.loads(printed[0])["volumes"][0], "usage": usage}
 
 
@@ -138,6 +143,31 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def shell(script: str, what: str) -> float:
     return timed(["bash", "-o", "pipefail", "-c", script], what)[0]
+
+
+def evict(path: str) -> None:
+    """Drop a file's pages (or every file's under a directory) from the page cache, so a
+    restore reads its archive from disk, as one does days after the backup."""
+    paths = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files] \
+        if os.path.isdir(path) else [path]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cold_archives(*paths: str) -> None:
+    """Before restores: every archive out of the page cache (a restore reads its archive
+    from disk, as it does days after the backup), then a pause, so that neither restore
+    gets the pages this just freed. This VM hands free memory back to its host about 2 s
+    after it is freed, and filling pages that were handed back costs several times more
+    kernel time than reusing ones that were not (docs/performance.md)."""
+    for path in paths:
+        evict(path)
+    time.sleep(SETTLE_SECONDS)
 
 
 def dir_bytes(path: str) -> int:
