@@ -164,7 +164,8 @@ def report(result: dict) -> str:
     lines = [(f"volume {vol['mib']:.0f} MiB: {vol['files']:,} files ({vol['large_files']} large), "
              f"seed {cfg['seed']}; zstd level 3; {result['environment']['cpus']} CPUs"),
              (f"{cfg['repeat']} round(s) after 1 warm-up round, contenders alternated; backups from "
-             f"a warm volume, restores from archives out of the page cache; host pipelines {'end with `sync FILE`' if cfg['fsync'] else 'not synced'}"),
+             f"a warm volume, restores from archives out of the page cache; host pipelines "
+             f"{'end with `sync FILE`' if cfg['fsync'] else 'not synced'}"),
              "MiB/s of the uncompressed volume size", "",
              f"{'':40}{'median':>8}  {'min-max':>13}  {'/recipe':>7}  {'/limit':>7}  {'peak RSS':>10}  {'archive':>10}"]
     ratio = {"backup:volbackup": (r["backup_volbackup_vs_recipe"], r["backup_volbackup_vs_limit"]),
