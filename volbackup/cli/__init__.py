@@ -22,6 +22,7 @@ from volbackup.cli import restore as restore_cmd
 from volbackup.cli import run as run_cmd
 from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
+from volbackup.malloc import use_one_arena
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,6 +58,7 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    use_one_arena()  # before zstd starts its threads: keeps peak RSS flat (volbackup.malloc)
     debug = "--debug" in argv or os.environ.get("VOLBACKUP_DEBUG") == "1"
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
