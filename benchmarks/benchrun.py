@@ -29,12 +29,17 @@ class StepFailed(RuntimeError):
 
 
 VOLBACKUP_ARGS: list[str] = []  # extra options for volbackup backup/restore (run.py --no-direct)
+WARM_ARCHIVES = False  # run.py --warm-archives: restores read archives from the page cache
 PERF_DIR: str | None = None  # run.py --perf-dir: each volbackup run under `perf record -a -g`
 
 
 def volbackup_cmd() -> list[str]:
-    exe = shutil.which("volbackup")
-    return [exe] if exe else [sys.executable, "-m", "volbackup"]
+    """The console script installed beside this interpreter, else `python -m volbackup`.
+
+    Not the first `volbackup` on PATH: that can be a version manager's shim (pyenv's is a
+    bash script that runs several more) costing 50-60 ms per run that are not volbackup's."""
+    script = os.path.join(os.path.dirname(sys.executable), "volbackup")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "volbackup"]
 
 
 class _PeakRss(threading.Thread):
@@ -145,12 +150,16 @@ def shell(script: str, what: str) -> float:
     return timed(["bash", "-o", "pipefail", "-c", script], what)[0]
 
 
+def _files(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+    return [path]
+
+
 def evict(path: str) -> None:
     """Drop a file's pages (or every file's under a directory) from the page cache, so a
     restore reads its archive from disk, as one does days after the backup."""
-    paths = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files] \
-        if os.path.isdir(path) else [path]
-    for p in paths:
+    for p in _files(path):
         fd = os.open(p, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -159,15 +168,24 @@ def evict(path: str) -> None:
             os.close(fd)
 
 
-def cold_archives(*paths: str) -> None:
+def prepare_archives(*paths: str) -> None:
     """Before restores: every archive out of the page cache (a restore reads its archive
     from disk, as it does days after the backup), then a pause, so that neither restore
     gets the pages this just freed. This VM hands free memory back to its host about 2 s
     after it is freed, and filling pages that were handed back costs several times more
-    kernel time than reusing ones that were not (docs/performance.md)."""
+    kernel time than reusing ones that were not (docs/performance.md).
+    With WARM_ARCHIVES (run.py --warm-archives), every archive is read once instead."""
     for path in paths:
-        evict(path)
+        warm(path) if WARM_ARCHIVES else evict(path)
     time.sleep(SETTLE_SECONDS)
+
+
+def warm(path: str) -> None:
+    """Read a file (or every file under a directory) once, so it is in the page cache."""
+    for p in _files(path):
+        with open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
 
 
 def dir_bytes(path: str) -> int:

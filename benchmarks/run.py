@@ -14,7 +14,8 @@ mountpoint; the host pipelines read and write mountpoints). Contenders, all zstd
 One warm-up round, then --repeat rounds; the order of the contenders rotates each round.
 Backups read a warm volume (the page cache is not dropped). Restores read their archive
 from disk: before the restores of a round, both archives are evicted from the page cache
-and the harness pauses 3 s (see benchrun.cold_archives). Dirty pages are written back
+and the harness pauses 3 s (see benchrun.prepare_archives; --warm-archives reads them
+into the cache instead). Dirty pages are written back
 (sync) before each step, untimed. The host pipelines end
 with `sync FILE` because volbackup fsyncs its archive (--no-fsync: the bare commands).
 Throughput is the uncompressed volume size over wall time (process start to exit).
@@ -76,7 +77,7 @@ def measure(bench: Bench, shape: Shape, repeat: int) -> dict:
                 seconds, rss, size, archive = bench.backup_limit(mountpoint)
             runs[key].append(sample(rnd, seconds, stats, rss, size,
                                     result if key == "backup:volbackup" else None))
-        benchrun.cold_archives(repo, archive)
+        benchrun.prepare_archives(repo, archive)
         for key in rotated(RESTORES, rnd):
             if key == "restore:volbackup":
                 seconds, rss, result = bench.restore_volbackup(volume, repo)
@@ -92,7 +93,7 @@ def measure_double(bench: Bench, shape: Shape) -> dict:
     volume, mountpoint = bench.volume("vol2x")
     stats = fill(mountpoint, shape)
     b_sec, b_rss, size, repo, b_result = bench.backup_volbackup(volume)
-    benchrun.cold_archives(repo)
+    benchrun.prepare_archives(repo)
     r_sec, r_rss, r_result = bench.restore_volbackup(volume, repo)
     shutil.rmtree(repo)
     return {"volume": stats, "backup": sample(1, b_sec, stats, b_rss, size, b_result),
@@ -164,7 +165,8 @@ def report(result: dict) -> str:
     lines = [(f"volume {vol['mib']:.0f} MiB: {vol['files']:,} files ({vol['large_files']} large), "
              f"seed {cfg['seed']}; zstd level 3; {result['environment']['cpus']} CPUs"),
              (f"{cfg['repeat']} round(s) after 1 warm-up round, contenders alternated; backups from "
-             f"a warm volume, restores from archives out of the page cache; host pipelines "
+             f"a warm volume, restores from archives "
+             f"{'in' if cfg.get('warm_archives') else 'out of'} the page cache; host pipelines "
              f"{'end with `sync FILE`' if cfg['fsync'] else 'not synced'}"),
              "MiB/s of the uncompressed volume size", "",
              f"{'':40}{'median':>8}  {'min-max':>13}  {'/recipe':>7}  {'/limit':>7}  {'peak RSS':>10}  {'archive':>10}"]
@@ -216,6 +218,9 @@ def main() -> int:
     p.add_argument("--no-direct", action="store_true",
                    help="run volbackup backup/restore with --no-direct (through the engine's archive "
                         "endpoints; the default reads this idle volume directly with GNU tar)")
+    p.add_argument("--warm-archives", action="store_true",
+                   help="restores read archives from the page cache (read once, untimed) instead of "
+                        "from disk")
     p.add_argument("--perf-dir", metavar="DIR",
                    help="record each volbackup run system-wide with `perf record -a -g` into DIR "
                         "(backup-N.data, restore-N.data; for diagnosis: the peak RSS is perf's)")
@@ -227,6 +232,7 @@ def main() -> int:
         benchrun.VOLBACKUP_ARGS.append("--no-direct")
         for key in ("backup:volbackup", "restore:volbackup"):
             LABELS[key] += " --no-direct"
+    benchrun.WARM_ARCHIVES = args.warm_archives
     if args.perf_dir:
         os.makedirs(args.perf_dir, exist_ok=True)
         benchrun.PERF_DIR = args.perf_dir
