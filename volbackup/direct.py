@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from volbackup.archive import read_chunks
-from volbackup.errors import StreamBroken, VolbackupError
+from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 
 if TYPE_CHECKING:
     from volbackup.engine import Engine
@@ -83,15 +83,35 @@ def export(directory: str) -> Iterator[Iterator[bytes]]:
     errors = _Stderr(proc.stderr)
     try:
         yield read_chunks(proc.stdout, CHUNK)
+    except IntegrityError as broken:
+        # The stream ended early or went bad. If tar stopped on its own, its reason ("file
+        # changed as we read it", "Permission denied") says more than "truncated".
+        proc.stdout.close()  # a tar still writing gets SIGPIPE (a negative code)
+        code = _wait(proc)
+        if code > 0:
+            raise StreamBroken(_failed(directory, code, errors)) from broken
+        raise
     except BaseException:
         proc.kill()
         raise
     finally:
         proc.stdout.close()
-        code = proc.wait()
+        code = _wait(proc)
     if code != 0:
         # GNU tar exits 1 when files changed while it read them: worth reading again.
-        raise StreamBroken(f"tar could not read {directory} (exit {code}): {errors.text()}")
+        raise StreamBroken(_failed(directory, code, errors))
+
+
+def _wait(proc: subprocess.Popen, grace: float = 10) -> int:
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def _failed(directory: str, code: int, errors: _Stderr) -> str:
+    return f"tar could not read {directory} (exit {code}): {errors.text()}"
 
 
 def _widen(pipe) -> None:

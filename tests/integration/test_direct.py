@@ -123,13 +123,14 @@ def test_a_direct_restore_needs_no_helper(client, make_volume, mountpoint, cli, 
     assert contents(mountpoint(target)) == FILES
 
 
-# A GNU tar that breaks: --create sends part of the stream (all of it with TAR_SENDS_ALL=1)
-# and exits 1, as when a file changes while read; --extract takes part of it and exits 2, as
+# A GNU tar that breaks: --create sends part of the stream (all of it with TAR_SENDS_ALL=1,
+# endless garbage with TAR_GARBAGE=1) and exits 1, as when a file changes while read; --extract takes part of it and exits 2, as
 # when the disk fills.
 FAILING_TAR = """#!/bin/sh
 case " $* " in
   *" --version "*) exec {tar} --version ;;
-  *" --create "*) if [ "$TAR_SENDS_ALL" = 1 ]; then {tar} "$@"; else {tar} "$@" | head -c 70000; fi
+  *" --create "*) if [ "$TAR_GARBAGE" = 1 ]; then exec yes "not a tar header"; fi
+                  if [ "$TAR_SENDS_ALL" = 1 ]; then {tar} "$@"; else {tar} "$@" | head -c 70000; fi
                   echo "tar: ./table: file changed as we read it" >&2; exit 1 ;;
   *) head -c 70000 > /dev/null
      echo "tar: ./sub/index: Cannot write: No space left on device" >&2; exit 2 ;;
@@ -154,12 +155,26 @@ def test_a_direct_read_that_breaks_leaves_no_snapshot(make_volume, mountpoint, c
     fill(mountpoint(volume.name), {"big": os.urandom(1 << 20), **FILES})
     result = cli("backup", volume.name, "--retries", "1", "-r", str(repo_dir), "--json",
                  env=failing_tar)
-    # every attempt broke: the tar check sees the stream end early before tar's exit code
-    assert result.code == 6, result.stderr
-    assert "tar stream is truncated" in one_line_error(result.stderr)
+    # every attempt broke: the stream ended early, and tar's own reason is the message
+    assert result.code == 7, result.stderr
+    assert "file changed as we read it" in one_line_error(result.stderr)
     (out,) = json.loads(result.stdout)["volumes"]
     assert (out["via"], out["attempts"], out["snapshot"]) == ("direct", 2, None)
-    assert out["message"].startswith("every read broke: attempt 1: tar stream is truncated")
+    assert out["message"].startswith("every read broke: attempt 1: tar could not read ")
+    assert "(exit 1): tar: ./table: file changed as we read it" in out["message"]
+    assert repo_files(repo_dir) == [], "an archive, temp file or lock was left"
+
+
+def test_a_tar_that_sends_garbage_is_stopped_and_leaves_no_snapshot(make_volume, mountpoint, cli,
+                                                                     repo_dir, failing_tar):
+    """The tar check stops reading a stream that is not tar; the tar that is still writing
+    is not waited for forever, and the check's reason is the message."""
+    volume = make_volume("garbage")
+    fill(mountpoint(volume.name), FILES)
+    result = cli("backup", volume.name, "--retries", "0", "-r", str(repo_dir), "--json",
+                 env={**failing_tar, "TAR_GARBAGE": "1"})
+    assert result.code == 6, result.stderr
+    assert "corrupt tar header" in one_line_error(result.stderr)
     assert repo_files(repo_dir) == [], "an archive, temp file or lock was left"
 
 
