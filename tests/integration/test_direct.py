@@ -124,8 +124,8 @@ def test_a_direct_restore_needs_no_helper(client, make_volume, mountpoint, cli, 
 
 
 # A GNU tar that breaks: --create sends part of the stream (all of it with TAR_SENDS_ALL=1,
-# endless garbage with TAR_GARBAGE=1) and exits 1, as when a file changes while read; --extract takes part of it and exits 2, as
-# when the disk fills.
+# endless garbage with TAR_GARBAGE=1) and exits 1, as when a file changes while read;
+# --extract takes part of it and exits 2, as when the disk fills.
 FAILING_TAR = """#!/bin/sh
 case " $* " in
   *" --version "*) exec {tar} --version ;;
