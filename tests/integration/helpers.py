@@ -50,11 +50,14 @@ def helpers_of(client, pid: int) -> list:
 
 
 def tar_children(pid: int) -> list[int]:
-    """Pids of the GNU tar processes that volbackup process `pid` runs (the direct path)."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
+    """Pids of the GNU tar processes that volbackup process `pid` runs (the direct path),
+    from any of its threads (`--jobs` starts them from worker threads)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            pass
     found = []
     for child in children:
         try:

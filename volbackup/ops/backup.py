@@ -20,6 +20,7 @@ from volbackup.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.manifest import Manifest, utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Source, plan
 from volbackup.repository import Repository, new_snapshot_id
@@ -60,7 +61,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
            container: str | None = None, level: int = 3,
            progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
            quiesce: str | None = None, stop_timeout: int = 10,
-           retries: int = 2, use_direct: bool | None = None) -> BackupResult:
+           retries: int = 2, use_direct: bool | None = None, jobs: int = 1) -> BackupResult:
     """Back up the named `volumes` (plus `selection`), or every mount of `container`.
 
     `quiesce` is None, "stop" or "pause": what to do to the running containers that use
@@ -68,6 +69,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     `use_direct`: how plain local volumes and binds are read (volbackup.direct). None
     (the default): with GNU tar on this host where it can, when no running container
     uses the volume at that moment; True: also while containers run; False: never.
+    `jobs`: how many volumes (groups of volumes sharing containers) are read at once.
     """
     engine.prepare_helpers()
     selection = selection or Selection()
@@ -77,12 +79,14 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
                 for m in chosen if isinstance(m, Missing)]
     sources = [p for p in chosen if isinstance(p, Source)]
 
+    progress = interruptible(progress)  # a worker of --jobs stops at its next chunk
+
     def work(source: Source) -> VolumeBackup:
         return _backup_with_retries(lambda: _open_stream(engine, source, use_direct), repo,
                                     source, level, progress, retries)
 
     outcomes += each_quietly(engine, sources, quiesce, stop_timeout, work,
-                             lambda s, e: VolumeBackup(s.volume, "failed").failure(e))
+                             lambda s, e: VolumeBackup(s.volume, "failed").failure(e), jobs)
     order = {name: i for i, name in enumerate(p.volume for p in chosen)}
     outcomes.sort(key=lambda o: order.get(o.volume, 0))
     return BackupResult(repo.describe(), outcomes)

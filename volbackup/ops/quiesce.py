@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from volbackup.engine import ContainerInfo, Engine
 from volbackup.errors import EngineError, VolbackupError
 from volbackup.ops.outcome import Outcome
+from volbackup.ops.parallel import in_parallel
 from volbackup.ops.select import Source
 from volbackup.signals import deferred
 
@@ -177,12 +178,15 @@ def groups(sources: list[Source], users: dict[str, list[ContainerInfo]]):
 
 def each_quietly(engine: Engine, sources: list[Source], mode: str | None, stop_timeout: int,
                  work: Callable[[Source], QuietOutcome],
-                 failed: Callable[[Source, VolbackupError], QuietOutcome]) -> list[QuietOutcome]:
+                 failed: Callable[[Source, VolbackupError], QuietOutcome],
+                 jobs: int = 1) -> list[QuietOutcome]:
     """`work(source)` for every source, each group of sources sharing containers inside
-    one `quiet()`. A source whose container's pre-hook failed is skipped (`failed`)."""
+    one `quiet()`. A source whose container's pre-hook failed is skipped (`failed`).
+    Up to `jobs` groups at a time (volbackup.ops.parallel); one group's sources in turn."""
     users = {s.volume: users_of(engine, s) for s in sources}
-    outcomes: list[QuietOutcome] = []
-    for containers, group in groups(sources, users):
+
+    def one_group(grouped: tuple[list[ContainerInfo], list[Source]]) -> list[QuietOutcome]:
+        containers, group = grouped
         done: list[QuietOutcome] = []
         state: Quiet | None = None
         try:
@@ -204,5 +208,7 @@ def each_quietly(engine: Engine, sources: list[Source], mode: str | None, stop_t
                 outcome.hooks = [h.as_dict() for h in state.hooks if h.container in names]
                 outcome.stopped = [n for n in state.stopped if n in names]
                 outcome.paused = [n for n in state.paused if n in names]
-        outcomes.extend(done)
-    return outcomes
+        return done
+
+    return [outcome for done in in_parallel(groups(sources, users), one_group, jobs)
+            for outcome in done]

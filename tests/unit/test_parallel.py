@@ -1,0 +1,92 @@
+"""in_parallel: order, the limit on concurrent work, errors, and Ctrl-C (a real SIGINT)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from volbackup.ops.outcome import no_progress
+from volbackup.ops.parallel import checkpoint, in_parallel, interruptible
+
+
+def test_results_come_in_item_order_whatever_finishes_first():
+    def slow_first(n: int) -> int:
+        time.sleep(0.05 * (5 - n))
+        return n * n
+    assert in_parallel(range(5), slow_first, jobs=3) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_never_more_than_jobs_at_once(jobs):
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def work(_: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.03)
+        with lock:
+            running -= 1
+    in_parallel(range(8), work, jobs)
+    assert peak == jobs
+
+
+def test_one_job_runs_on_this_thread():
+    assert in_parallel([1, 2], lambda _: threading.current_thread(), jobs=1) == \
+        [threading.main_thread()] * 2
+
+
+def test_an_error_in_one_item_comes_out_after_the_others_finished():
+    finished = []
+
+    def work(n: int) -> int:
+        if n == 0:
+            raise ValueError("boom")
+        time.sleep(0.05)
+        finished.append(n)
+        return n
+    with pytest.raises(ValueError, match="boom"):
+        in_parallel(range(4), work, jobs=2)
+    assert sorted(finished) == [1, 2, 3]
+
+
+def test_checkpoint_outside_a_worker_does_nothing():
+    checkpoint()
+    with interruptible(no_progress)("v", None) as update:
+        update(5)
+
+
+def test_ctrl_c_stops_every_worker_at_its_next_chunk_and_waits_for_their_cleanup():
+    """A SIGINT to this process (pytest turns it into KeyboardInterrupt in the main thread)
+    while two of four items run: both stop at a checkpoint and clean up, the two others
+    never start, and the interrupt comes out only after that."""
+    started, cleaned = [], []
+    both_running = threading.Barrier(3)
+    progress = interruptible(no_progress)
+
+    def work(n: int) -> None:
+        started.append(n)
+        try:
+            with progress(str(n), None) as update:
+                if len(started) <= 2:
+                    both_running.wait(timeout=10)
+                while True:          # a stream that would never end
+                    update(1)
+                    time.sleep(0.01)
+        finally:
+            time.sleep(0.1)          # cleanup takes a while: it must be waited for
+            cleaned.append(n)
+
+    def interrupt() -> None:
+        both_running.wait(timeout=10)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        in_parallel(range(4), work, jobs=2)
+    assert sorted(started) == [0, 1]
+    assert sorted(cleaned) == [0, 1]

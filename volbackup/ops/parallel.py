@@ -1,0 +1,69 @@
+"""Independent pieces of work on a few threads (`backup --jobs N`), stopped cleanly on Ctrl-C.
+
+Only the main thread sees Ctrl-C and SIGTERM (as KeyboardInterrupt). It then tells the
+workers to stop: each stops at its next chunk of data (`interruptible`) or before it
+starts, unwinding through its own cleanup (helpers removed, stopped containers started
+again, temp files deleted) as a run on one thread does. The interrupt goes on once every
+worker has ended.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from volbackup.ops.outcome import ProgressFactory
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_worker = threading.local()  # .stop: the Event of the run this worker thread belongs to
+
+
+def in_parallel(items: Sequence[T], work: Callable[[T], R], jobs: int) -> list[R]:
+    """`work(item)` for every item, at most `jobs` at a time; the results in item order.
+    With one job (or one item) everything runs on this thread, as without this module."""
+    if jobs <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    stop = threading.Event()
+
+    def guarded(item: T) -> R:
+        _worker.stop = stop
+        checkpoint()
+        return work(item)
+
+    interrupt: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=min(jobs, len(items)),
+                            thread_name_prefix="volbackup-job") as pool:
+        futures = [pool.submit(guarded, item) for item in items]
+        while True:
+            try:
+                wait(futures)
+                break
+            except KeyboardInterrupt as e:  # again while waiting: keep waiting
+                interrupt = interrupt or e
+                stop.set()
+    if interrupt is not None:
+        raise interrupt
+    return [f.result() for f in futures]
+
+
+def checkpoint() -> None:
+    """In a worker whose run was interrupted: raise KeyboardInterrupt. Elsewhere: nothing."""
+    stop = getattr(_worker, "stop", None)
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
+
+
+def interruptible(progress: ProgressFactory) -> ProgressFactory:
+    """`progress` whose updates (one per chunk of data) are also checkpoints."""
+    @contextmanager
+    def factory(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        with progress(label, total) as update:
+            def checked(n: int) -> None:
+                checkpoint()
+                update(n)
+            yield checked
+    return factory
