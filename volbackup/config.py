@@ -9,6 +9,7 @@
     # project = "shop", exclude = ["shop_cache"], include_anonymous = false
     stop = true                 # or pause = true; stop_timeout = 10; retries = 2
     direct = false              # as --no-direct (true: --direct; absent: the default)
+    parallel = 1                # as --jobs N: volumes read at once
     level = 3
     lock_wait = "5m"
     metrics_file = "/var/lib/node_exporter/textfile/volbackup-db.prom"
@@ -41,7 +42,8 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
-            "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct"}
+            "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct",
+            "parallel"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -63,6 +65,7 @@ class Job:
     stop_timeout: int = 10
     retries: int = 2
     direct: bool | None = None   # --direct / --no-direct; None: the default
+    parallel: int = 1            # as backup --jobs N
 
 
 def parse_duration(value) -> float | None:
@@ -197,7 +200,7 @@ def _job(where: _Where, name: str, spec) -> Job:
 
 def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
     """all, labels, project, exclude, include_anonymous, stop/pause, stop_timeout, retries,
-    direct."""
+    direct, parallel."""
     def flag(key: str) -> bool:
         if key in spec and not isinstance(spec[key], bool):
             raise bad(key, "true or false")
@@ -228,6 +231,7 @@ def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
     job.stop_timeout = count("stop_timeout", 0, 3600, 10)
     job.retries = count("retries", 0, 10, 2)
     job.direct = flag("direct") if "direct" in spec else None
+    job.parallel = count("parallel", 1, 32, 1)
 
 
 def _keep(where: _Where, table: str, keep) -> Rules:

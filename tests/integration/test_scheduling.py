@@ -176,3 +176,22 @@ def test_backup_command_prunes_and_writes_metrics(cli, repo_dir, tmp_path, make_
     families = {f.name for f in text_string_to_metric_families(metrics.read_text())}
     assert any("volbackup" in name for name in families)
     assert cli("backup", volume.name, "-r", str(repo_dir), "--keep-last", "2").code == 2
+
+
+def test_run_with_parallel_backs_up_each_volume_into_s3(cli, s3_bucket, tmp_path, make_volume,
+                                                        mountpoint):
+    """`parallel = 2` (as --jobs 2): volumes go up side by side through one S3 client."""
+    names = []
+    for i in range(3):
+        name = make_volume(f"p{i}").name
+        fill(mountpoint(name), {"own.bin": os.urandom(300_000 + i)})
+        names.append(name)
+    repo = f"s3://{s3_bucket}/par"
+    config = write_config(tmp_path / "c.toml", repo, names, parallel=2)
+    done = cli("run", "--config", config, "--json")
+    assert done.code == 0, done.stderr
+    assert [v["volume"] for v in json.loads(done.stdout)["jobs"][0]["volumes"]] == names
+    listed = json.loads(cli("list", "-r", repo, "--json").stdout)["snapshots"]
+    assert sorted(s["volume"] for s in listed) == sorted(names)
+    verified = cli("verify", "--all", "-r", repo)
+    assert verified.code == 0, verified.stderr

@@ -79,6 +79,8 @@ BAD = [
     (("level = 5", "exclude = [\"../x\"]"), ["job db", "'exclude'", "volume names"]),
     (("level = 5", "retries = 11"), ["job db", "'retries'", "0 to 10"]),
     (("level = 5", "direct = \"auto\""), ["job db", "'direct'", "line 7", "true or false"]),
+    (("level = 5", "parallel = 0"), ["job db", "'parallel'", "1 to 32"]),
+    (("level = 5", "parallel = true"), ["job db", "'parallel'", "1 to 32"]),
     (("container = \"web\"", "container = \"web\"\nall = true"),
      ["job web", "either volumes"]),
 ]
@@ -103,10 +105,12 @@ exclude = ["shop_cache"]
 stop = true
 stop_timeout = 30
 retries = 4
+parallel = 3
 """)
     assert (job.selection.project, job.selection.labels, job.selection.exclude) == (
         "shop", ["backup=nightly"], ["shop_cache"])
     assert (job.quiesce, job.stop_timeout, job.retries, job.volumes) == ("stop", 30, 4, [])
+    assert job.parallel == 3
     assert job.direct is None   # the default: direct when no running container writes
     (paused,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\npause = true\n')
     assert paused.selection.all and paused.quiesce == "pause"

@@ -178,7 +178,7 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
             return backup_ops.backup(engine, repo, job.volumes, job.container, job.level,
                                      progress, selection=job.selection, quiesce=job.quiesce,
                                      stop_timeout=job.stop_timeout, retries=job.retries,
-                                     use_direct=job.direct)
+                                     use_direct=job.direct, jobs=job.parallel)
 
         try:
             schedule.raise_for_failures(schedule.run(repo, do_backup))
