@@ -70,7 +70,7 @@ def test_ctrl_c_during_parallel_reads_cleans_up_every_one(make_volume, mountpoin
     for i in range(3):
         volume = make_volume(f"big{i}").name
         with open(os.path.join(mountpoint(volume), "random.bin"), "wb") as f:
-            for _ in range(BIG // 2 // (16 << 20)):
+            for _ in range(BIG // (16 << 20)):  # long enough that two reads are cut
                 f.write(os.urandom(16 << 20))
         volumes.append(volume)
     proc = start("backup", *volumes, "--jobs", "2", "-r", str(repo_dir), PATHS[via])

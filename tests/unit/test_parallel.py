@@ -61,32 +61,42 @@ def test_checkpoint_outside_a_worker_does_nothing():
         update(5)
 
 
-def test_ctrl_c_stops_every_worker_at_its_next_chunk_and_waits_for_their_cleanup():
-    """A SIGINT to this process (pytest turns it into KeyboardInterrupt in the main thread)
-    while two of four items run: both stop at a checkpoint and clean up, the two others
-    never start, and the interrupt comes out only after that."""
-    started, cleaned = [], []
+@pytest.mark.parametrize("to", ["process", "a worker thread"])
+def test_ctrl_c_stops_every_worker_at_its_next_chunk_and_waits_for_their_cleanup(to):
+    """A SIGINT (pytest turns it into KeyboardInterrupt in the main thread) while two of
+    four items run: both stop at a checkpoint and clean up, the two others never start,
+    and the interrupt comes out only after that. The kernel may hand a process's signal
+    to any thread; one that lands in a worker must stop the run all the same."""
+    started, cleaned = [], {}
     both_running = threading.Barrier(3)
     progress = interruptible(no_progress)
 
     def work(n: int) -> None:
         started.append(n)
+        how = "ran out"
         try:
             with progress(str(n), None) as update:
                 if len(started) <= 2:
                     both_running.wait(timeout=10)
-                while True:          # a stream that would never end
+                deadline = time.monotonic() + 10   # a stream that would go on and on
+                while time.monotonic() < deadline:
                     update(1)
                     time.sleep(0.01)
+        except KeyboardInterrupt:
+            how = "interrupted"
+            raise
         finally:
-            time.sleep(0.1)          # cleanup takes a while: it must be waited for
-            cleaned.append(n)
+            time.sleep(0.1)                        # cleanup takes a while: waited for
+            cleaned[n] = how
 
     def interrupt() -> None:
         both_running.wait(timeout=10)
-        os.kill(os.getpid(), signal.SIGINT)
+        if to == "process":
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         in_parallel(range(4), work, jobs=2)
     assert sorted(started) == [0, 1]
-    assert sorted(cleaned) == [0, 1]
+    assert cleaned == {0: "interrupted", 1: "interrupted"}

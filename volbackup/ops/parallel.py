@@ -19,6 +19,7 @@ from volbackup.ops.outcome import ProgressFactory
 T = TypeVar("T")
 R = TypeVar("R")
 
+_POLL_SECONDS = 0.1
 _worker = threading.local()  # .stop: the Event of the run this worker thread belongs to
 
 
@@ -40,8 +41,11 @@ def in_parallel(items: Sequence[T], work: Callable[[T], R], jobs: int) -> list[R
         futures = [pool.submit(guarded, item) for item in items]
         while True:
             try:
-                wait(futures)
-                break
+                # In short waits: a signal that the kernel hands to another thread (a
+                # worker, zstd's) does not wake this one; its handler runs when this
+                # thread next runs Python code.
+                if not wait(futures, timeout=_POLL_SECONDS).not_done:
+                    break
             except KeyboardInterrupt as e:  # again while waiting: keep waiting
                 interrupt = interrupt or e
                 stop.set()
