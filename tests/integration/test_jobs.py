@@ -62,8 +62,9 @@ def test_volumes_sharing_a_container_are_read_together_once_stopped(
 
 
 @pytest.mark.parametrize("via", list(PATHS))
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_during_parallel_reads_cleans_up_every_one(make_volume, mountpoint, client,
-                                                          repo_dir, cli, via):
+                                                          repo_dir, cli, sig, via):
     """Reads going at the time leave nothing; a volume that had finished just before may
     keep its snapshot, which must then be whole."""
     volumes = []
@@ -81,10 +82,11 @@ def test_ctrl_c_during_parallel_reads_cleans_up_every_one(make_volume, mountpoin
         time.sleep(0.02)
     assert len(reads()) == 2 and proc.poll() is None, "two reads should be going at once"
     tars = tar_children(proc.pid)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert "interrupted" in one_line_error(stderr)
+    assert one_line_error(stderr).endswith(
+        "interrupted by SIGTERM" if sig == signal.SIGTERM else "interrupted")
     assert helpers_of(client, proc.pid) == []
     assert gone(tars), "a direct read's tar outlived the run"
     left = repo_files(repo_dir)

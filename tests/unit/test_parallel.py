@@ -100,3 +100,55 @@ def test_ctrl_c_stops_every_worker_at_its_next_chunk_and_waits_for_their_cleanup
         in_parallel(range(4), work, jobs=2)
     assert sorted(started) == [0, 1]
     assert cleaned == {0: "interrupted", 1: "interrupted"}
+
+
+class Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def test_sigterm_ends_in_the_handler_that_was_there_and_handlers_are_put_back():
+    """The CLI turns SIGTERM into an exception of its own: that is what comes out, after
+    the workers stopped; afterwards both handlers are as they were."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        ready = threading.Barrier(2)
+        progress = interruptible(no_progress)
+
+        def work(n: int) -> None:
+            with progress(str(n), None) as update:
+                if n == 0:
+                    ready.wait(timeout=10)
+                for _ in range(1000):
+                    update(1)
+                    time.sleep(0.01)
+
+        threading.Thread(target=lambda: (ready.wait(timeout=10),
+                                         os.kill(os.getpid(), signal.SIGTERM)),
+                         daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(Terminated):
+            in_parallel([0, 1], work, jobs=2)
+        assert time.monotonic() - started < 5, "the workers ran to their end"
+        assert signal.getsignal(signal.SIGTERM) is _raise_terminated
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        def work(n: int) -> int:
+            if n == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            checkpoint()
+            return n
+        assert in_parallel([0, 1, 2], work, jobs=2) == [0, 1, 2]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
