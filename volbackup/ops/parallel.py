@@ -67,7 +67,9 @@ def _signals_set(stop: threading.Event) -> Iterator[list[tuple[int, Callable | i
 
     try:
         for signum in _SIGNALS:
-            if signal.getsignal(signum) != signal.SIG_IGN:  # ignored stays ignored
+            current = signal.getsignal(signum)
+            # An ignored signal stays ignored; one set outside Python (None) is left alone.
+            if callable(current) or current == signal.SIG_DFL:
                 previous[signum] = signal.signal(signum, note)
         yield caught
     finally:
