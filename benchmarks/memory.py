@@ -17,11 +17,10 @@ import argparse
 import json
 import os
 import secrets
-import sys
 import tempfile
 
 import docker
-from benchrun import StepFailed, timed
+from benchrun import StepFailed, timed, volbackup_cmd
 
 FILE_MIB = 64
 
@@ -44,7 +43,7 @@ def fill(root: str, mib: int) -> None:
 def run(*args: str) -> tuple[float, float]:
     """(seconds, peak RSS in MiB) of one volbackup process (its own VmHWM: see benchrun)."""
     try:
-        return timed([sys.executable, "-m", "volbackup", *args], f"volbackup {args[0]}", rss=True)
+        return timed([*volbackup_cmd(), *args], f"volbackup {args[0]}", rss=True)
     except StepFailed as e:
         raise SystemExit(str(e)) from None
 
