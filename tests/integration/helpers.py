@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,45 @@ def fill(root: str, files: dict[str, bytes]) -> None:
         path = Path(root, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+BIG = 384 * 1024 * 1024  # enough data that a run can be caught half way
+
+
+def random_file(root: str, name: str = "random.bin", size: int = BIG) -> None:
+    """An incompressible file of `size` bytes (a multiple of 16 MiB) under `root`."""
+    with open(os.path.join(root, name), "wb") as f:
+        for _ in range(size // (16 << 20)):
+            f.write(os.urandom(16 << 20))
+
+
+def _default_sigint() -> None:
+    # A child of a non-interactive shell inherits SIGINT ignored; a terminal's Ctrl-C is not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(*args: str) -> subprocess.Popen:
+    """volbackup in the background, with SIGINT as a terminal's Ctrl-C would find it."""
+    return subprocess.Popen([sys.executable, "-m", "volbackup", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def gone(pids: list[int], timeout: float = 10) -> bool:
+    """True once none of `pids` runs any more (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/{p}") and "Z" not in _state(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def contents(root: str) -> dict[str, bytes]:

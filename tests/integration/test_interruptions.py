@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.integration.helpers import (PATHS, helpers_of, one_line_error, repo_files,
-                                       tar_children, wait_for_read)
-
-BIG = 384 * 1024 * 1024
+from tests.integration.helpers import (PATHS, gone, helpers_of, one_line_error, random_file,
+                                       repo_files, start, tar_children, wait_for_read)
 
 
 @pytest.fixture
 def big_volume(make_volume, mountpoint):
     volume = make_volume("big")
-    with open(os.path.join(mountpoint(volume.name), "random.bin"), "wb") as f:
-        for _ in range(BIG // (16 << 20)):
-            f.write(os.urandom(16 << 20))
+    random_file(mountpoint(volume.name))
     return volume.name
-
-
-def _default_sigint() -> None:
-    # A child of a non-interactive shell inherits SIGINT ignored; a terminal's Ctrl-C is not.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "volbackup", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
-
-
-def gone(pids: list[int], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(os.path.exists(f"/proc/{p}") and "Z" not in _state(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _state(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
 
 
 @pytest.mark.parametrize("via", list(PATHS))

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import (PATHS, contents, events, fill, helpers_of, one_line_error,
-                                       repo_files, tar_children)
+from tests.integration.helpers import (PATHS, contents, events, fill, gone, helpers_of,
+                                       one_line_error, random_file, repo_files, start,
+                                       tar_children)
 from tests.integration.images import ensure_busybox
-from tests.integration.test_interruptions import BIG, gone, start
 
 
 @pytest.mark.parametrize("via", list(PATHS))
@@ -70,9 +70,7 @@ def test_ctrl_c_during_parallel_reads_cleans_up_every_one(make_volume, mountpoin
     volumes = []
     for i in range(3):
         volume = make_volume(f"big{i}").name
-        with open(os.path.join(mountpoint(volume), "random.bin"), "wb") as f:
-            for _ in range(BIG // (16 << 20)):  # long enough that two reads are cut
-                f.write(os.urandom(16 << 20))
+        random_file(mountpoint(volume))  # long enough that two reads are cut
         volumes.append(volume)
     proc = start("backup", *volumes, "--jobs", "2", "-r", str(repo_dir), PATHS[via])
     reads = (lambda: tar_children(proc.pid)) if via == "direct" else \

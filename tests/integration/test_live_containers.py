@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.integration.helpers import (PATHS, contents, events, fill, one_line_error,
-                                       wait_for_read)
+                                       random_file, wait_for_read)
 
 
 def state(client, container) -> dict:
@@ -62,9 +62,7 @@ def test_container_is_started_again_when_the_backup_fails_half_way(
 def test_sigterm_during_a_stopped_backup_starts_the_container_again(
         client, make_volume, run_container, repo_dir, via):
     volume = make_volume("big")
-    with open(os.path.join(client.api.inspect_volume(volume.name)["Mountpoint"], "r"), "wb") as f:
-        for _ in range(24):
-            f.write(os.urandom(16 << 20))
+    random_file(client.api.inspect_volume(volume.name)["Mountpoint"], "r")  # 24 x 16 MiB
     db = run_container("db", volume.name)
     proc = subprocess.Popen([sys.executable, "-m", "volbackup", "backup", volume.name, "--stop",
                              "-r", str(repo_dir), PATHS[via]], stderr=subprocess.PIPE, text=True)

@@ -16,8 +16,7 @@ import pytest
 
 from tests.integration.conftest import S3_ENV
 from tests.integration.corpus import SMALL_FILES, differences, tree, write_corpus
-from tests.integration.helpers import one_line_error
-from tests.integration.test_interruptions import BIG, helpers_of
+from tests.integration.helpers import helpers_of, one_line_error, random_file
 
 
 def test_corpus_round_trip_through_s3(make_volume, mountpoint, names, s3_bucket, s3_client, cli):
@@ -47,9 +46,7 @@ def test_corpus_round_trip_through_s3(make_volume, mountpoint, names, s3_bucket,
 def test_killed_backup_leaves_an_upload_that_cleanup_removes(
         make_volume, mountpoint, s3_bucket, s3_client, cli, client):
     volume = make_volume("big")
-    with open(os.path.join(mountpoint(volume.name), "random.bin"), "wb") as f:
-        for _ in range(BIG // (16 << 20)):
-            f.write(os.urandom(16 << 20))
+    random_file(mountpoint(volume.name))
     repo = f"s3://{s3_bucket}/r"
     proc = subprocess.Popen([sys.executable, "-m", "volbackup", "backup", volume.name, "-r", repo],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
