@@ -34,6 +34,22 @@ def test_jobs_back_up_every_volume_and_each_restores(make_volume, mountpoint, cl
         assert contents(mountpoint(target)) == contents(mountpoint(name))
 
 
+def test_a_missing_volume_under_jobs_fails_alone(make_volume, mountpoint, cli, repo_dir, names):
+    good = [make_volume(f"ok{i}").name for i in range(2)]
+    for name in good:
+        fill(mountpoint(name), {"f": name.encode()})
+    missing = names("missing")
+    result = cli("backup", good[0], missing, good[1], "--jobs", "2", "-r", str(repo_dir),
+                 "--json")
+    assert result.code == 3, result.stderr
+    out = json.loads(result.stdout)["volumes"]
+    assert [(v["volume"], v["status"]) for v in out] == [
+        (good[0], "ok"), (missing, "failed"), (good[1], "ok")]
+    assert cli("verify", "--all", "-r", str(repo_dir)).code == 0
+    left = repo_files(repo_dir)
+    assert len(left) == 4 and not any("/." in f or f.startswith(".") for f in left), left
+
+
 def test_volumes_sharing_a_container_are_read_together_once_stopped(
         client, make_volume, mountpoint, names, run_container, cli, repo_dir):
     """Two volumes of one container form one group: under --jobs the container is
