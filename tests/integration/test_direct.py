@@ -15,8 +15,9 @@ import pytest
 from docker.types import Mount
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import PATHS, contents, events, fill, one_line_error, repo_files
+from tests.integration.helpers import PATHS, contents, fill, one_line_error, repo_files
 from tests.integration.images import ensure_busybox
+from volbackup.engine import PID_LABEL
 
 FILES = {"table": b"rows\n", "sub/index": b"\x00" * 5000 + b"end"}
 
@@ -85,7 +86,8 @@ def test_a_directory_that_is_not_the_engines_is_never_read_or_written_directly(
 
     def unshared(*args: str) -> dict:
         decoy = mountpoint(volume.name)
-        script = (f"mount -t tmpfs decoy /var/lib/docker/volumes && mkdir -p {decoy} && "
+        volumes_area = os.path.dirname(os.path.dirname(decoy))  # <data-root>/volumes
+        script = (f"mount -t tmpfs decoy {shlex.quote(volumes_area)} && mkdir -p {decoy} && "
                   f"echo decoy > {decoy}/decoy && "
                   f"{shlex.join([sys.executable, '-m', 'volbackup', *args, '--json'])}")
         done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -101,9 +103,13 @@ def test_a_directory_that_is_not_the_engines_is_never_read_or_written_directly(
     assert not os.path.exists(os.path.join(mountpoint(volume.name), "decoy"))
 
 
-def helpers_created(client, since: float) -> int:
-    return sum(1 for _, action, name in events(client, since, set())
-               if action == "create" and name.startswith("volbackup-helper-"))
+def helpers_created(client, since: float, pid: int) -> int:
+    """Helpers that the volbackup process `pid` created since `since` (not other runs')."""
+    found = client.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
+                          filters={"type": "container", "event": "create",
+                                   "label": f"{PID_LABEL}={pid}"})
+    return sum(1 for e in found if e["timeNano"] / 1e9 >= since
+               and e["Actor"]["Attributes"].get("name", "").startswith("volbackup-helper-"))
 
 
 @pytest.mark.parametrize("via,helpers", [("direct", 0), ("engine", 1)])
@@ -115,11 +121,13 @@ def test_a_direct_restore_needs_no_helper(client, make_volume, mountpoint, cli, 
     assert cli("backup", volume.name, "-r", str(repo_dir)).code == 0
     target = names("copy")
     since = time.time()
-    result = cli("restore", volume.name, "--as", target, "-r", str(repo_dir), "--json",
-                 PATHS[via])
-    assert result.code == 0, result.stderr
-    assert json.loads(result.stdout)["volumes"][0]["via"] == via
-    assert helpers_created(client, since) == helpers
+    proc = subprocess.Popen([sys.executable, "-m", "volbackup", "restore", volume.name, "--as",
+                             target, "-r", str(repo_dir), "--json", PATHS[via]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["volumes"][0]["via"] == via
+    assert helpers_created(client, since, proc.pid) == helpers
     assert contents(mountpoint(target)) == FILES
 
 

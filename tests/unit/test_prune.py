@@ -35,8 +35,8 @@ def repo(repo_dir):
     return Repository.open(str(repo_dir), writable=True)
 
 
-def daily(repo, volume="pgdata", days=5, **kw) -> list[str]:
-    return [add(repo, volume, NOW - timedelta(days=d), **kw) for d in range(days)][::-1]
+def daily(repo, volume="pgdata", days=5, end: datetime = NOW, **kw) -> list[str]:
+    return [add(repo, volume, end - timedelta(days=d), **kw) for d in range(days)][::-1]
 
 
 def keys(repo_dir) -> list[str]:
@@ -159,7 +159,8 @@ def test_cli_refuses_without_a_keep_rule(capsys, repo_dir):
 
 
 def test_cli_json_names_every_snapshot_and_why(capsys, repo, repo_dir):
-    ids = daily(repo, days=3)
+    # The CLI prunes against the real clock: the snapshots are dated relative to it.
+    ids = daily(repo, days=3, end=datetime.now(timezone.utc) - timedelta(minutes=1))
     code, out, _ = run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1",
                        "--keep-within", "36h", "--dry-run", "--json")
     data = json.loads(out)
