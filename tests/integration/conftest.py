@@ -24,6 +24,32 @@ PREFIX = f"vbtest-{secrets.token_hex(3)}-"
 pytestmark = pytest.mark.integration
 
 
+FOREIGN_PREFIX = os.environ.get("VOLBACKUP_FOREIGN_PREFIX")  # set by .ci/run
+
+
+def _foreign_state(c) -> dict:
+    """Name -> state of the containers and volumes that another party made (see .ci/run)."""
+    state = {f"container {name}": x["State"] for x in c.api.containers(all=True)
+             if (name := x["Names"][0].lstrip("/")).startswith(FOREIGN_PREFIX)}
+    state.update({f"volume {v.name}": "present" for v in c.volumes.list()
+                  if v.name.startswith(FOREIGN_PREFIX)})
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def foreign_resources_untouched(request):
+    """Where .ci/run left containers and a volume of its own on the engine, the suite must
+    end with them exactly as they were: nothing counted, stopped or removed by volbackup."""
+    if not FOREIGN_PREFIX:
+        yield
+        return
+    c = request.getfixturevalue("client")
+    before = _foreign_state(c)
+    assert before, f"no containers or volumes named {FOREIGN_PREFIX}* on the engine"
+    yield
+    assert _foreign_state(c) == before
+
+
 @pytest.fixture(scope="session")
 def client():
     try:
