@@ -153,6 +153,16 @@ class Repository:
         found.sort(key=lambda m: (parse_created(m.created), m.snapshot))
         return Listing(found, problems)
 
+    def require_repository(self) -> None:
+        """Raise if the store holds other things and no repository (`list -r /etc`), so
+        that "no snapshots" is never said of a wrong directory."""
+        foreign = self.backend.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RepositoryError(
+                f"{self.describe()} is not a volbackup repository: it holds {shown} and no "
+                f"snapshots/ (a new repository is an empty directory)")
+
     def newest(self, volume: str, host: str | None = None) -> Manifest:
         listing = self.snapshots(volume, host)
         if listing.problems:

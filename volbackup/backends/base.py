@@ -98,6 +98,12 @@ class Backend(ABC):
     def delete(self, key: str) -> None:
         """Remove a blob; removing one that does not exist is not an error."""
 
+    def foreign_entries(self) -> list[str]:
+        """What the store holds instead of a repository: its top-level names when it has
+        neither snapshots nor locks (a wrong directory). [] for a repository, an empty
+        store, or a backend that cannot tell cheaply."""
+        return []
+
     def leftovers(self) -> list[Leftover]:
         """Unfinished writes of killed runs; a backend without such leftovers has none."""
         return []

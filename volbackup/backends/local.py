@@ -342,7 +342,7 @@ class LocalBackend(Backend):
         finally:
             os.close(parent)
 
-    def top_level_entries(self) -> list[str] | None:
+    def foreign_entries(self) -> list[str]:
         """Names at the root that volbackup did not make (hidden ones and lost+found
         aside); [] when the root holds snapshots/ or locks/ (it is a repository)."""
         try:
