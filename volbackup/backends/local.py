@@ -155,10 +155,14 @@ class LocalBackend(Backend):
             raise self._error(e, f"read {key}") from None
 
     def check(self, writable: bool) -> None:
-        if not self.root.exists():
+        try:
+            st = os.stat(self.root)
+        except (FileNotFoundError, NotADirectoryError):
             raise RepositoryError(
-                f"repository {self.root} does not exist (create the directory first)")
-        if not self.root.is_dir():
+                f"repository {self.root} does not exist (create the directory first)") from None
+        except OSError as e:
+            raise self._error(e, "open the directory") from None
+        if not stat.S_ISDIR(st.st_mode):
             raise RepositoryError(f"repository {self.root} is not a directory")
         if writable:
             probe = self.root / f".volbackup-probe{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
