@@ -303,11 +303,12 @@ def deadline(seconds: int):
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 1 MiB tmpfs: a repository that fills up."""
+def tiny_tmpfs(tmp_path, request):
+    """A 1 MiB tmpfs (with `nr_inodes=N` from a param): a repository that fills up."""
     root = tmp_path / "tiny"
     root.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
+    options = "size=1m" + (f",{request.param}" if hasattr(request, "param") else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root)],
                              capture_output=True, text=True)
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
@@ -446,6 +447,18 @@ class TestLocalUntrusted:
             "failed after 1.0 MiB" in message, message
         assert "free of 1.0 MiB" in message
         assert _files(tiny_tmpfs) == []
+
+
+    @pytest.mark.parametrize("tiny_tmpfs", ["nr_inodes=3"], indirect=True)
+    def test_no_inode_left_is_a_full_repository_too(self, tiny_tmpfs):
+        backend = LocalBackend(tiny_tmpfs)
+        with pytest.raises(RepositoryError) as caught:
+            backend.write_bytes("snapshots/v/a.json", b"{}")
+        assert str(caught.value).startswith(f"repository {tiny_tmpfs} is full (No space left")
+        assert "writing snapshots/v/a.json failed after 0.0 MiB" in str(caught.value)
+        assert "and no inode free of 3" in str(caught.value)
+        with pytest.raises(RepositoryError, match="is full"):
+            backend.check(writable=True)
 
 
 def _without_dac_override(code: str, *args: str) -> str:

@@ -81,6 +81,8 @@ class LocalBackend(Backend):
         try:
             fs = os.statvfs(self.root)
             free = f"{_mib(fs.f_bavail * fs.f_frsize)} free of {_mib(fs.f_blocks * fs.f_frsize)}"
+            if fs.f_files and not fs.f_favail:
+                free += f", and no inode free of {fs.f_files}"
         except OSError:
             free = "free space unknown"
         return RepositoryError(
@@ -171,6 +173,8 @@ class LocalBackend(Backend):
                                  | os.O_CLOEXEC, FILE_MODE))
                 probe.unlink()
             except OSError as e:
+                if e.errno in _FULL:
+                    raise self._full(e, probe.name, 0) from None
                 raise RepositoryError(
                     f"repository {self.root} is not writable ({os.strerror(e.errno or errno.EIO)})"
                 ) from None
@@ -186,7 +190,8 @@ class LocalBackend(Backend):
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, FILE_MODE, dir_fd=parent)
             except OSError as e:
-                raise self._error(e, f"write {key}") from None
+                raise (self._full(e, key, 0) if e.errno in _FULL
+                       else self._error(e, f"write {key}")) from None
             handle = os.fdopen(fd, "wb")
             try:
                 writer = _EarlyWriteback(handle, self, key)
