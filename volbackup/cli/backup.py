@@ -63,8 +63,8 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
         for v in result.volumes:
             if not v.failed:
                 render.echo(f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)}"
-                           f" -> {render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
-                           + (f" ({v.message})" if v.message else ""))
+                            f" -> {render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
+                            + (f" ({v.message})" if v.message else ""))
     render.hook_failures(result.volumes)
     render.failures(result.volumes)
     schedule.raise_for_failures(result)

@@ -34,8 +34,8 @@ def cleanup(repo, older_than, dry_run, as_json):
         for o in result.leftovers:
             size = "?" if o.bytes is None else render.human_bytes(o.bytes)
             render.echo(f"{o.key}: {o.status}, started {o.started}, {size}"
-                       + (f": {o.message}" if o.message else ""))
+                        + (f": {o.message}" if o.message else ""))
         verb = "would free" if dry_run else "freed"
         render.echo(f"{len(result.leftovers)} leftover upload(s); {verb} "
-                   f"{render.human_bytes(result.removed_bytes)}", err=True)
+                    f"{render.human_bytes(result.removed_bytes)}", err=True)
     result.raise_for_failures()

@@ -67,11 +67,11 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
             render.echo(f"{d.snapshot}: {d.status} ({why})" + (f": {d.message}" if d.message else ""))
         for o in result.leftovers:
             render.echo(f"{o.key}: {o.status} ({o.kind} left by an interrupted run, "
-                       f"{render.human_bytes(o.bytes)})" + (f": {o.message}" if o.message else ""))
+                        f"{render.human_bytes(o.bytes)})" + (f": {o.message}" if o.message else ""))
         verb = "would free" if dry_run else "freed"
         render.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
-                   f"{'to remove' if dry_run else 'removed'}; {verb} "
-                   f"{render.human_bytes(result.freed_bytes)}", err=True)
+                    f"{'to remove' if dry_run else 'removed'}; {verb} "
+                    f"{render.human_bytes(result.freed_bytes)}", err=True)
     result.raise_for_failures()
 
 
@@ -96,6 +96,6 @@ def unlock(repo, remove_all, as_json):
         return
     for lock, why in result:
         render.echo(f"{lock.key}: " + (f"removed ({why})" if why else "kept (its run may "
-                                      "still be going; --all removes it)") + f": {lock.describe()}")
+                                       "still be going; --all removes it)") + f": {lock.describe()}")
     if not result:
         render.echo("no locks", err=True)

@@ -53,8 +53,8 @@ def restore(snapshots, repo, target, force, restore_all, host, use_direct, as_js
         for v in result.volumes:
             if v.status == "restored":
                 render.echo(f"{v.volume}: restored from {v.snapshot}"
-                           f"{' (replaced)' if v.replaced else ''}, "
-                           f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
+                            f"{' (replaced)' if v.replaced else ''}, "
+                            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
             elif v.status == "skipped":
                 render.echo(f"{v.volume}: skipped: {v.message}")
     render.failures(result.volumes)

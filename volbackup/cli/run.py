@@ -79,7 +79,7 @@ def run(config_file, job_names, check, as_json):
         for j in jobs:
             what = ", ".join(j.volumes) if j.volumes else f"container {j.container}"
             render.echo(f"{j.name}: {what} -> {j.repository}; keep: "
-                       f"{j.keep.describe() if j.keep else 'everything (no prune)'}")
+                        f"{j.keep.describe() if j.keep else 'everything (no prune)'}")
         return
     result = ops.run_jobs(Engine.connect, jobs, terminal_progress(), render.warn, _say)
     if as_json:
@@ -89,8 +89,8 @@ def run(config_file, job_names, check, as_json):
             for v in summary["volumes"]:
                 if v["status"] != "failed":
                     render.echo(f"{summary['job']}: {v['volume']}: snapshot {v['snapshot']}, "
-                               f"{render.human_bytes(v['bytes'])} -> "
-                               f"{render.human_bytes(v['stored_bytes'])} in {v['seconds']:.1f}s")
+                                f"{render.human_bytes(v['bytes'])} -> "
+                                f"{render.human_bytes(v['stored_bytes'])} in {v['seconds']:.1f}s")
     for name, error in result.errors:
         if len(result.jobs) > 1:
             render.echo(f"volbackup: job {name}: failed: {error}", err=True)

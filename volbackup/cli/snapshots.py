@@ -30,16 +30,16 @@ def list_cmd(volume, repo, host, as_json):
         return
     if not listing.snapshots:
         render.echo(("no snapshots" if volume or host is not None or listing.problems
-                     else "no snapshots yet")
-                    + (f" of volume {volume}" if volume else "")
-                    + (f" from host {host}" if host is not None else "")
-                    + f" in repository {repository.describe()}", err=True)
+                      else "no snapshots yet")
+                     + (f" of volume {volume}" if volume else "")
+                     + (f" from host {host}" if host is not None else "")
+                     + f" in repository {repository.describe()}", err=True)
         return
     width = max(len(m.snapshot) for m in listing.snapshots)
     render.echo(f"{'SNAPSHOT':<{width}}  {'CREATED (UTC)':<24}  {'HOST':<16}  {'SIZE':>10}  {'STORED':>10}")
     for m in listing.snapshots:
         render.echo(f"{m.snapshot:<{width}}  {m.created:<24}  {m.host[:16]:<16}  "
-                   f"{render.human_bytes(m.bytes):>10}  {render.human_bytes(m.stored_bytes):>10}")
+                    f"{render.human_bytes(m.bytes):>10}  {render.human_bytes(m.stored_bytes):>10}")
 
 
 @click.command()
@@ -75,6 +75,6 @@ def verify(snapshots, verify_all, repo, as_json):
         for c in result.snapshots:
             if not c.failed:
                 render.echo(f"{c.snapshot}: ok ({render.human_bytes(c.bytes)}, "
-                           f"{c.entries} entries)")
+                            f"{c.entries} entries)")
     render.failures(result.snapshots)
     result.raise_for_failures()
