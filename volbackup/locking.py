@@ -79,7 +79,7 @@ class LockInfo:
                        started=str(data["started"]), refreshed=str(data["refreshed"]),
                        command=str(data.get("command", "")),
                        tool_version=str(data.get("tool_version", "")))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             # Unreadable (damaged, or not ours): exclusive, and stale at once.
             return cls(key, EXCLUSIVE, "?", 0, "", "", "", "unreadable lock")
 

@@ -77,7 +77,7 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str) -> "Manifest":
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: RecursionError
             raise RepositoryError(f"manifest {where} is not valid JSON ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise RepositoryError(f"manifest {where} is not a volbackup snapshot manifest")

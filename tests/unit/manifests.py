@@ -34,6 +34,7 @@ BROKEN = [
     ("not-json", "{not json", "not valid JSON"),
     ("not-utf8", b"\xff\xfe{}", "not valid JSON"),
     ("not-an-object", "[1, 2]", "not a volbackup snapshot manifest"),
+    ("nested-too-deep", "[" * 200_000, "not valid JSON"),
     ("wrong-format", manifest_json(format="something-else"), "not a volbackup snapshot manifest"),
     ("no-format", manifest_json(drop=("format",)), "not a volbackup snapshot manifest"),
     ("lacks-fields", manifest_json(drop=("sha256", "volume")), "lacks volume, sha256"),
