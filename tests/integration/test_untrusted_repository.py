@@ -215,6 +215,9 @@ def test_one_bad_manifest_beside_good_ones(two, cli, repo_dir, client, changes):
     listed = cli("list", "-r", str(repo_dir), "--json")
     assert listed.code == 0 and f"invalid {field}" in listed.stderr
     assert [s["snapshot"] for s in json.loads(listed.stdout)["snapshots"]] == snapshots
+    [problem] = json.loads(listed.stdout)["problems"]
+    assert problem["volume"] == names[0] and f"invalid {field}" in problem["message"]
+    assert "20300101T000000Z-bad0.json" in problem["message"]
     verified = cli("verify", "--all", "-r", str(repo_dir))
     assert verified.code == 3 and f"volbackup: {names[0]}: failed:" in verified.stderr
     assert f"{snapshots[1]}: ok" in verified.stdout

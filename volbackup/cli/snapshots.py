@@ -26,7 +26,9 @@ def list_cmd(volume, repo, host, as_json):
         render.warn(problem)
     if as_json:
         rows = [{k: m.to_dict()[k] for k in LIST_FIELDS} for m in listing.snapshots]
-        render.emit_json("list", snapshots=rows)
+        render.emit_json("list", snapshots=rows,
+                         problems=[{"volume": p.volume, "message": p.message}
+                                   for p in listing.problems])
         return
     if not listing.snapshots:
         render.echo(("no snapshots" if volume or host is not None or listing.problems
