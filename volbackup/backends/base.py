@@ -92,7 +92,8 @@ class Backend(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        """Finished blobs whose key starts with `prefix`, in key order."""
+        """Finished blobs whose key starts with `prefix`, in key order; entries that
+        cannot be read as blobs come with `error` set (a directory backend only)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
