@@ -25,7 +25,8 @@ class RepositoryError(VolbackupError):
     exit_code = 5
     title = "repository error"
     summary = ("The repository is missing (no such directory or bucket), not a directory, "
-               "not writable, or holds a manifest that cannot be read.")
+               "not a volbackup repository (other files and no snapshots/), not writable "
+               "or full, or holds a manifest or entry that cannot be read.")
 
 
 class RepositoryDenied(RepositoryError):

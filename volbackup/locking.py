@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 from volbackup import __version__
-from volbackup.backends import Backend, BlobNotFound
+from volbackup.backends import BadEntry, Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
 from volbackup.manifest import utc_iso
 from volbackup.processes import pid_alive
@@ -79,7 +79,7 @@ class LockInfo:
                        started=str(data["started"]), refreshed=str(data["refreshed"]),
                        command=str(data.get("command", "")),
                        tool_version=str(data.get("tool_version", "")))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             # Unreadable (damaged, or not ours): exclusive, and stale at once.
             return cls(key, EXCLUSIVE, "?", 0, "", "", "", "unreadable lock")
 
@@ -104,12 +104,19 @@ class LockInfo:
 
 
 def list_locks(backend: Backend) -> list[LockInfo]:
+    """Every lock; one that is not a regular file or is too large reads as unreadable
+    (exclusive and stale, so it can be broken: removing a symlink never follows it)."""
     found = []
     for info in backend.list(PREFIX):
+        if info.key.endswith("/"):
+            continue  # a directory under locks/ is not a lock
         try:
-            found.append(LockInfo.from_json(info.key, backend.read_bytes(info.key)))
+            raw = b"" if info.error else backend.read_bytes(info.key)
         except BlobNotFound:
             continue  # released while listing
+        except BadEntry:
+            raw = b""
+        found.append(LockInfo.from_json(info.key, raw))
     return found
 
 

@@ -23,6 +23,19 @@ def utc_iso(t: datetime, timespec: str = "seconds") -> str:
 
 
 FORMAT_VERSION = 1
+STAMP = r"\d{8}T\d{6}Z-[0-9a-f]{4,32}"  # of a snapshot id, VOLUME@STAMP
+_CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|\+00:00)")
+
+
+def parse_created(text: str) -> datetime | None:
+    """A manifest's `created` (UTC ISO 8601, `Z`) as an aware datetime; None if it is not
+    one (prune and list sort and compare these, so a bad one must not get that far)."""
+    if not isinstance(text, str) or not _CREATED.fullmatch(text):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -64,7 +77,7 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str) -> "Manifest":
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: RecursionError
             raise RepositoryError(f"manifest {where} is not valid JSON ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise RepositoryError(f"manifest {where} is not a volbackup snapshot manifest")
@@ -88,16 +101,34 @@ class Manifest:
         return manifest
 
     def _check_types(self, where: str) -> None:
+        """Every field's type, and the forms code relies on (ids, times, names): a
+        manifest is untrusted input, and a bad one must fail alone, when it is read."""
         ints = ("level", "bytes", "stored_bytes", "entries")
-        strs = ("snapshot", "volume", "driver", "created", "archive", "sha256", "compression")
+        strs = ("snapshot", "volume", "driver", "created", "host", "tool_version", "archive",
+                "sha256", "compression", "source_kind")
+        optional = ("source_container", "mount_path", "bind_path")
         bad = [n for n in ints if isinstance(getattr(self, n), bool)
                or not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
         bad += [n for n in strs if not isinstance(getattr(self, n), str)]
-        bad += [n for n in ("labels", "driver_options") if not isinstance(getattr(self, n), dict)]
+        bad += [n for n in optional if getattr(self, n) is not None
+                and not isinstance(getattr(self, n), str)]
+        bad += [n for n in ("labels", "driver_options") if not isinstance(getattr(self, n), dict)
+                or not all(isinstance(k, str) and isinstance(v, str)
+                           for k, v in getattr(self, n).items())]
+        if isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float)) \
+                or not self.seconds >= 0:
+            bad.append("seconds")
         if bad:
             raise RepositoryError(f"manifest {where} has invalid {', '.join(bad)}")
-        if "/" in self.archive or self.archive.startswith("."):
-            raise RepositoryError(f"manifest {where} names an invalid archive {self.archive!r}")
+        if parse_created(self.created) is None:
+            raise RepositoryError(f"manifest {where} has an invalid created time "
+                                  f"{self.created!r} (UTC ISO 8601 such as "
+                                  f"2026-11-29T06:59:59.239Z)")
         if not VOLUME_NAME.fullmatch(self.volume):
             raise RepositoryError(f"manifest {where} names an invalid volume {self.volume!r}")
+        if not re.fullmatch(re.escape(self.volume) + "@" + STAMP, self.snapshot):
+            raise RepositoryError(f"manifest {where} has an invalid snapshot id "
+                                  f"{self.snapshot!r} for volume {self.volume}")
+        if "/" in self.archive or self.archive.startswith("."):
+            raise RepositoryError(f"manifest {where} names an invalid archive {self.archive!r}")
 

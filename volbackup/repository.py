@@ -19,12 +19,12 @@ from typing import Iterator
 from volbackup.archive import read_chunks
 from volbackup.backends import Backend, BlobNotFound, Leftover, open_backend
 from volbackup.errors import NotFound, RepositoryError
-from volbackup.manifest import VOLUME_NAME, Manifest
+from volbackup.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
 
 PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".json"
-_ID = re.compile(rf"(?P<volume>{VOLUME_NAME.pattern})@(?P<stamp>\d{{8}}T\d{{6}}Z-[0-9a-f]{{4,32}})")
+_ID = re.compile(rf"(?P<volume>{VOLUME_NAME.pattern})@(?P<stamp>{STAMP})")
 
 
 def new_snapshot_id(volume: str, created: datetime) -> str:
@@ -36,6 +36,11 @@ def split_id(snapshot_id: str) -> tuple[str, str]:
     if not match:
         raise NotFound(f"{snapshot_id!r} is not a snapshot id (VOLUME@YYYYMMDDTHHMMSSZ-xxxx)")
     return match["volume"], match["stamp"]
+
+
+def _volume_of(key: str) -> str:
+    """The volume directory a key under snapshots/ belongs to ('' for snapshots/ itself)."""
+    return key[len(PREFIX):].split("/", 1)[0] if key.startswith(PREFIX) else ""
 
 
 def looks_like_id(ref: str) -> bool:
@@ -108,11 +113,15 @@ class Repository:
         return manifest
 
     def volumes(self, host: str | None = None) -> list[str]:
+        """Volumes with snapshots, and volumes with an entry that cannot be read (so that
+        `restore --all` reports them instead of leaving them out)."""
         if host is not None:
-            return sorted({m.volume for m in self.snapshots(host=host).snapshots})
-        names = {info.key[len(PREFIX):].split("/", 1)[0] for info in self.backend.list(PREFIX)
-                 if info.key.endswith(MANIFEST_SUFFIX)}
-        return sorted(names)
+            listing = self.snapshots(host=host)
+            return sorted({m.volume for m in listing.snapshots}
+                          | {p.volume for p in listing.problems})
+        names = {_volume_of(info.key) for info in self.backend.list(PREFIX)
+                 if info.key.endswith(MANIFEST_SUFFIX) or info.error}
+        return sorted(n for n in names if n)
 
     def snapshots(self, volume: str | None = None, host: str | None = None) -> Listing:
         """Every readable snapshot (oldest first), and a message for each unreadable one.
@@ -122,18 +131,37 @@ class Repository:
         prefix = f"{PREFIX}{volume}/" if volume else PREFIX
         found, problems = [], []
         for info in self.backend.list(prefix):
+            if info.error and not _volume_of(info.key):
+                raise RepositoryError(info.error)  # snapshots/ itself: nothing can be listed
+            if info.error:  # a symlink, FIFO, device or unreadable directory: never skipped
+                problems.append(Problem(_volume_of(info.key), info.error))
+                continue
             if not info.key.endswith(MANIFEST_SUFFIX):
                 continue
             try:
-                found.append(Manifest.from_json(self.backend.read_bytes(info.key), info.key))
+                manifest = Manifest.from_json(self.backend.read_bytes(info.key), info.key)
+                if self.manifest_key(manifest.snapshot) != info.key:
+                    raise RepositoryError(f"manifest {info.key} claims to be snapshot "
+                                          f"{manifest.snapshot}")
+                found.append(manifest)
             except BlobNotFound:
                 continue  # removed while listing
-            except RepositoryError as e:
-                problems.append(Problem(info.key[len(PREFIX):].split("/", 1)[0], str(e)))
+            except (RepositoryError, NotFound) as e:
+                problems.append(Problem(_volume_of(info.key), str(e)))
         if host is not None:
             found = [m for m in found if m.host == host]
-        found.sort(key=lambda m: (m.created, m.snapshot))
+        found.sort(key=lambda m: (parse_created(m.created), m.snapshot))
         return Listing(found, problems)
+
+    def require_repository(self) -> None:
+        """Raise if the store holds other things and no repository (`list -r /etc`), so
+        that "no snapshots" is never said of a wrong directory."""
+        foreign = self.backend.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RepositoryError(
+                f"{self.describe()} is not a volbackup repository: it holds {shown} and no "
+                f"snapshots/ (a new repository is an empty directory)")
 
     def newest(self, volume: str, host: str | None = None) -> Manifest:
         listing = self.snapshots(volume, host)

@@ -10,10 +10,15 @@ import ctypes
 import mmap
 import os
 import random
+import signal
+import stat
+import subprocess
+import sys
+from contextlib import contextmanager
 
 import pytest
 
-from volbackup.backends import BlobNotFound, LocalBackend, open_backend
+from volbackup.backends import MAX_SMALL_BLOB, BadEntry, BlobNotFound, LocalBackend, open_backend
 from volbackup.errors import RepositoryError
 
 
@@ -150,6 +155,18 @@ class TestContract:
             backend.stat("a/b")
         with pytest.raises(BlobNotFound):
             backend.read_bytes("a/b")
+    def test_read_bytes_is_capped(self, backend):
+        """Manifests and locks are read whole: a huge blob must not be read into memory."""
+        backend.write_bytes("snapshots/v/ok.json", b"x" * MAX_SMALL_BLOB)
+        backend.write_bytes("snapshots/v/big.json", b"x" * (MAX_SMALL_BLOB + 1))
+        assert len(backend.read_bytes("snapshots/v/ok.json")) == MAX_SMALL_BLOB
+        with pytest.raises(BadEntry, match="snapshots/v/big.json .*larger than 1,048,576 bytes"):
+            backend.read_bytes("snapshots/v/big.json")
+        assert issubclass(BadEntry, RepositoryError)
+        assert len(backend.read_bytes("snapshots/v/big.json", limit=None)) == MAX_SMALL_BLOB + 1
+        with pytest.raises(BadEntry):
+            backend.read_bytes("snapshots/v/ok.json", limit=10)
+
     @pytest.mark.parametrize("key", [".hidden", "a/.b", ".dir/c"])
     def test_every_accepted_key_is_listed(self, backend, key):
         try:
@@ -237,7 +254,7 @@ class TestLocal:
             writer.flush()
             assert _cached_mib(temp) <= 48  # the 64 MiB on disk, but for the last 8, dropped
         assert _cached_mib(tmp_path / "k") == 0
-        assert backend.read_bytes("k") == piece * 96
+        assert backend.read_bytes("k", limit=None) == piece * 96
 
     def test_read_blob_leaves_the_page_cache_as_it_goes(self, tmp_path):
         _skip_unless_pages_can_be_dropped(tmp_path)
@@ -256,6 +273,205 @@ class TestLocal:
         assert open_backend(f"file://{tmp_path}").describe() == str(tmp_path)
         with pytest.raises(RepositoryError, match="unsupported repository URL scheme 'ftp'"):
             open_backend("ftp://bucket/x")
+
+
+@contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging (a FIFO opened for reading blocks until a writer comes)."""
+    def expire(signum, frame):
+        raise AssertionError(f"still blocked after {seconds}s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path, request):
+    """A 1 MiB tmpfs (with `nr_inodes=N` from a param): a repository that fills up."""
+    root = tmp_path / "tiny"
+    root.mkdir()
+    options = "size=1m" + (f",{request.param}" if hasattr(request, "param") else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+class TestLocalPermissions:
+    @pytest.mark.parametrize("mask", [0o022, 0o000])
+    def test_files_0600_and_directories_0700_whatever_the_umask(self, tmp_path, mask):
+        from volbackup import locking
+
+        backend = LocalBackend(tmp_path)
+        with umask(mask):
+            with backend.open_write("snapshots/v/a.tar.zst") as writer:
+                writer.write(b"secret.env")
+                [temp] = _files(tmp_path)
+                assert _mode(temp) == 0o600
+            backend.write_bytes("snapshots/v/a.json", b"{}")
+            backend.check(writable=True)
+            lock = locking.acquire(backend, locking.SHARED, 0)
+            try:
+                [lock_file] = _files(tmp_path / "locks")
+                assert _mode(lock_file) == 0o600 and _mode(tmp_path / "locks") == 0o700
+            finally:
+                lock.release()
+        for d in ("snapshots", "snapshots/v"):
+            assert _mode(tmp_path / d) == 0o700, d
+        for f in ("snapshots/v/a.tar.zst", "snapshots/v/a.json"):
+            assert _mode(tmp_path / f) == 0o600, f
+
+    def test_existing_world_readable_repository_keeps_working(self, tmp_path):
+        (tmp_path / "snapshots" / "v").mkdir(parents=True)
+        for d in (tmp_path / "snapshots", tmp_path / "snapshots" / "v"):
+            d.chmod(0o755)
+        (tmp_path / "snapshots" / "v" / "old.json").write_bytes(b"old")
+        (tmp_path / "snapshots" / "v" / "old.json").chmod(0o644)
+        backend = LocalBackend(tmp_path)
+        assert backend.read_bytes("snapshots/v/old.json") == b"old"
+        backend.write_bytes("snapshots/v/new.json", b"new")
+        assert keys(backend) == ["snapshots/v/new.json", "snapshots/v/old.json"]
+        assert _mode(tmp_path / "snapshots" / "v" / "new.json") == 0o600
+        assert _mode(tmp_path / "snapshots" / "v") == 0o755  # left as the user had it
+
+
+class TestLocalUntrusted:
+    """Entries someone else put into the repository directory."""
+
+    @pytest.fixture
+    def backend(self, tmp_path):
+        root = tmp_path / "repo"
+        root.mkdir()
+        return LocalBackend(root)
+
+    def test_manifest_symlinked_to_dev_zero_is_refused_not_read(self, backend):
+        backend.write_bytes("snapshots/v/good.json", b"{}")
+        os.symlink("/dev/zero", backend.root / "snapshots/v/zero.json")
+        with deadline(5), pytest.raises(BadEntry, match="zero.json .* is a symlink"):
+            backend.read_bytes("snapshots/v/zero.json")
+        with pytest.raises(BadEntry, match="a symlink"):
+            backend.stat("snapshots/v/zero.json")
+        infos = {i.key: i.error for i in backend.list("snapshots/")}
+        assert infos["snapshots/v/good.json"] is None
+        assert "zero.json" in infos["snapshots/v/zero.json"] and "symlink" in infos["snapshots/v/zero.json"]
+
+    def test_fifo_and_device_are_refused_without_blocking(self, backend):
+        (backend.root / "snapshots" / "v").mkdir(parents=True)
+        os.mkfifo(backend.root / "snapshots/v/fifo.json")
+        os.mknod(backend.root / "snapshots/v/null.json", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        with deadline(5):
+            with pytest.raises(BadEntry, match="fifo.json .* is a FIFO"):
+                backend.read_bytes("snapshots/v/fifo.json")
+            with pytest.raises(BadEntry, match="null.json .* is a character device"):
+                with backend.open_read("snapshots/v/null.json"):
+                    pass
+            errors = {i.key: i.error for i in backend.list()}
+        assert "FIFO" in errors["snapshots/v/fifo.json"]
+        assert "character device" in errors["snapshots/v/null.json"]
+
+    def test_symlinked_directory_is_reported_never_followed(self, backend, tmp_path):
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "passwd.json").write_bytes(b"precious")
+        (backend.root / "snapshots").mkdir()
+        os.symlink(outside, backend.root / "snapshots" / "vol")
+        listed = list(backend.list("snapshots/"))
+        assert [(i.key, "symlink" in (i.error or "")) for i in listed] == [("snapshots/vol/", True)]
+        assert [i.key for i in backend.list("snapshots/vol/")] == ["snapshots/vol/"]
+        for call in (backend.read_bytes, backend.stat, backend.delete):
+            with pytest.raises(BadEntry, match="snapshots/vol .* is a symlink"):
+                call("snapshots/vol/passwd.json")
+        with pytest.raises(BadEntry):
+            backend.write_bytes("snapshots/vol/new.json", b"planted")
+        assert sorted(os.listdir(outside)) == ["passwd.json"]
+        assert (outside / "passwd.json").read_bytes() == b"precious"
+        os.symlink(outside, backend.root / "locks")
+        with pytest.raises(BadEntry):
+            backend.write_bytes("locks/x.json", b"{}")
+        assert sorted(os.listdir(outside)) == ["passwd.json"]
+
+    def test_unreadable_directory_is_listed_as_an_error(self, backend):
+        """Root reads any directory; without CAP_DAC_OVERRIDE/READ_SEARCH it is denied."""
+        backend.write_bytes("snapshots/a/1.json", b"{}")
+        backend.write_bytes("snapshots/b/2.json", b"{}")
+        (backend.root / "snapshots" / "b").chmod(0o000)
+        try:
+            code = ("import sys; from volbackup.backends import LocalBackend; "
+                    "print([(i.key, i.error) for i in LocalBackend(sys.argv[1]).list('snapshots/')])")
+            out = _without_dac_override(code, str(backend.root))
+        finally:
+            (backend.root / "snapshots" / "b").chmod(0o700)
+        listed = eval(out)
+        assert listed[0] == ("snapshots/a/1.json", None)
+        assert listed[1][0] == "snapshots/b/" and "Permission denied" in listed[1][1]
+
+    def test_os_errors_become_repository_errors(self, backend):
+        (backend.root / "snapshots" / "v" / "dir.json" / "sub").mkdir(parents=True)
+        with pytest.raises(RepositoryError, match="cannot write snapshots/v/dir.json in repository"):
+            backend.write_bytes("snapshots/v/dir.json", b"{}")
+        with pytest.raises(RepositoryError, match="cannot delete snapshots/v/dir.json in repository"):
+            backend.delete("snapshots/v/dir.json")
+        assert [p for p in _files(backend.root)] == []   # no temp file left
+
+    def test_disk_full_says_where_how_much_written_and_free(self, tiny_tmpfs):
+        backend = LocalBackend(tiny_tmpfs)
+        with pytest.raises(RepositoryError) as caught:
+            with backend.open_write("snapshots/v/big.tar.zst") as writer:
+                for _ in range(4):
+                    writer.write(os.urandom(512 * 1024))
+        message = str(caught.value)
+        assert type(caught.value) is RepositoryError and caught.value.exit_code == 5
+        assert message.startswith(f"repository {tiny_tmpfs} is full (No space left on device)")
+        assert "snapshots/v/big.tar.zst failed after 0.5 MiB" in message or \
+            "failed after 1.0 MiB" in message, message
+        assert "free of 1.0 MiB" in message
+        assert _files(tiny_tmpfs) == []
+
+
+    @pytest.mark.parametrize("tiny_tmpfs", ["nr_inodes=3"], indirect=True)
+    def test_no_inode_left_is_a_full_repository_too(self, tiny_tmpfs):
+        backend = LocalBackend(tiny_tmpfs)
+        with pytest.raises(RepositoryError) as caught:
+            backend.write_bytes("snapshots/v/a.json", b"{}")
+        assert str(caught.value).startswith(f"repository {tiny_tmpfs} is full (No space left")
+        assert "writing snapshots/v/a.json failed after 0.0 MiB" in str(caught.value)
+        assert "and no inode free of 3" in str(caught.value)
+        with pytest.raises(RepositoryError, match="is full"):
+            backend.check(writable=True)
+
+
+def _without_dac_override(code: str, *args: str) -> str:
+    """Run python `code` as root without the capabilities that ignore file permissions."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                           "--bounding-set=-dac_override,-dac_read_search",
+                           sys.executable, "-c", code, *args],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode and "setpriv" in proc.stderr:
+        pytest.skip(f"cannot drop capabilities: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def _files(root) -> list[str]:

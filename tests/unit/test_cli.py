@@ -74,3 +74,20 @@ def test_every_command_has_help_with_text(capsys, name):
     assert root.commands[name].help and len(root.commands[name].help) > 20
     if any(getattr(p, "name", "") == "repo" for p in root.commands[name].params):
         assert "--repo" in out
+
+
+def test_clean_escapes_control_characters_only():
+    from volbackup.cli.render import clean
+
+    assert clean("pgdata db1 /srv/www é ü 日本") == "pgdata db1 /srv/www é ü 日本"
+    assert clean("a\x1b[2Jb\x07c\rd\ne\x7ff\x9bg") == "a\\x1b[2Jb\\x07c\\x0dd\\x0ae\\x7ff\\x9bg"
+    assert clean("evil\u202eexe.txt\u2066") == "evil\\u202eexe.txt\\u2066"
+    assert clean(42) == "42"
+
+
+def test_missing_repository_names_the_environment_variable(capsys, monkeypatch):
+    monkeypatch.delenv("VOLBACKUP_REPO", raising=False)
+    for command in (["list"], ["verify", "--all"], ["prune", "--keep-last", "1"]):
+        code, out, err = run(capsys, *command)
+        assert code == 2
+        assert "Missing option '-r' / '--repo' (or set VOLBACKUP_REPO)" in err

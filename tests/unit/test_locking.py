@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -148,3 +149,16 @@ def test_unlock_removes_stale_locks_and_keeps_live_ones(backend):
     assert lock_keys(backend) == [live.key]
     assert [why for _, why in locking.unlock(backend, remove_all=True)] == ["removed with --all"]
     assert lock_keys(backend) == []
+
+
+def test_lock_that_is_a_symlink_fifo_or_huge_is_stale_and_never_followed(backend, tmp_path):
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    backend.write_bytes("locks/huge.json", b" " * (2 << 20))
+    backend.write_bytes("locks/deep.json", b"[" * 200_000)
+    os.symlink(target, backend.root / "locks" / "link.json")
+    os.mkfifo(backend.root / "locks" / "fifo.json")
+    assert {lock.command for lock in locking.list_locks(backend)} == {"unreadable lock"}
+    with locking.locked(backend, locking.EXCLUSIVE, 0):
+        assert not any(n in k for k in lock_keys(backend) for n in ("huge", "deep", "link", "fifo"))
+    assert target.read_bytes() == b"keep me"

@@ -184,3 +184,18 @@ def test_cli_unlock(capsys, repo, repo_dir):
     code, out, _ = run(capsys, "unlock", "-r", str(repo_dir), "--all", "--json")
     assert code == 0 and json.loads(out)["locks"][0]["removed"] is True
     assert run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1")[0] == 0
+
+
+@pytest.mark.parametrize("field,value", [("created", "29/11/2026"), ("host", 7),
+                                         ("created", "2026-11-29T03:15:00")])
+def test_one_bad_manifest_is_a_problem_of_its_volume_only(repo, repo_dir, field, value):
+    """A non-ISO `created` crashed prune for the whole repository."""
+    daily(repo, "a", 3)
+    daily(repo, "b", 3)
+    bad = json.loads(make_manifest("a@20261201T000000Z-bad0").to_json())
+    bad[field] = value
+    (repo_dir / "snapshots" / "a" / "20261201T000000Z-bad0.json").write_text(json.dumps(bad))
+    result = prune(repo, Rules(last=1), now=NOW)
+    assert len(repo.snapshots("a").snapshots) == 3 and len(repo.snapshots("b").snapshots) == 1
+    assert len(result.problems) == 1 and "volume a left alone" in result.problems[0]
+    assert f"invalid {field}" in result.problems[0]

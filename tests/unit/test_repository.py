@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import pytest
@@ -179,3 +180,52 @@ def test_open_checks_the_directory(tmp_path):
     with pytest.raises(RepositoryError, match="does not exist"):
         Repository.open(str(tmp_path / "none"))
     assert Repository.open(str(tmp_path), writable=True).describe() == str(tmp_path)
+
+
+# -- untrusted entries: each bad one is a problem of its own volume, never a crash or a skip
+
+
+def test_manifest_under_another_snapshots_key_is_a_problem(three):
+    """A manifest copied to another key would make prune delete the snapshot it names."""
+    key = put_raw(three, "pgdata@20260601T000000Z-abcd", make_manifest(OLD).to_json())
+    listing = three.snapshots()
+    assert [m.snapshot for m in listing.snapshots].count(OLD) == 1
+    [problem] = listing.problems
+    assert problem.volume == "pgdata" and key in str(problem) and "claims to be" in str(problem)
+
+
+def test_entries_that_are_not_files_are_problems_of_their_volume(three, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.json").write_text(make_manifest("etc@20260101T000000Z-aaaa").to_json())
+    os.symlink(outside, three.backend.root / "snapshots" / "etc")
+    os.symlink("/dev/zero", three.backend.root / "snapshots" / "other" / "20270202T000000Z-0000.json")
+    os.mkfifo(three.backend.root / "snapshots" / "pgdata" / "20270303T000000Z-0000.json")
+    listing = three.snapshots()
+    assert [m.snapshot for m in listing.snapshots] == [OLD, MID, NEW, "other@20270101T000000Z-beef"]
+    problems = {p.volume: str(p) for p in listing.problems}
+    assert "snapshots/etc " in problems["etc"] and "symlink" in problems["etc"]
+    assert "20270202T000000Z-0000.json" in problems["other"] and "symlink" in problems["other"]
+    assert "FIFO" in problems["pgdata"]
+    assert three.volumes() == ["etc", "other", "pgdata"]      # restore --all reports all three
+    assert three.volumes(host="host1") == ["etc", "other", "pgdata"]
+    for volume in ("etc", "other", "pgdata"):
+        with pytest.raises(RepositoryError, match="name a snapshot id explicitly"):
+            three.resolve(volume)
+    with pytest.raises(RepositoryError, match="symlink"):
+        three.load("other@20270202T000000Z-0000")
+
+
+def test_snapshots_directory_that_is_a_symlink_fails_the_listing(repo, tmp_path):
+    os.symlink(tmp_path, repo.backend.root / "snapshots")
+    with pytest.raises(RepositoryError, match="snapshots .* is a symlink"):
+        repo.snapshots()
+
+
+def test_bad_created_sorts_nothing_and_mixed_precision_sorts_by_time(repo):
+    repo.commit(make_manifest(OLD, "2026-01-01T00:00:01Z"))
+    repo.commit(make_manifest(MID, "2026-01-01T00:00:00.500Z"))
+    put_raw(repo, NEW, manifest_json(snapshot=NEW, created="2026-13-45T00:00:00Z"))
+    listing = repo.snapshots()
+    assert [m.snapshot for m in listing.snapshots] == [MID, OLD]
+    assert "invalid created time" in str(listing.problems[0])

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, TempFile
+from volbackup.backends.base import (
+    MAX_SMALL_BLOB,
+    BadEntry,
+    Backend,
+    BlobInfo,
+    BlobNotFound,
+    Leftover,
+    TempFile,
+)
 from volbackup.backends.local import LocalBackend
 from volbackup.errors import RepositoryError
 
-__all__ = ["Backend", "BlobInfo", "BlobNotFound", "Leftover", "LocalBackend", "TempFile",
+__all__ = ["MAX_SMALL_BLOB", "BadEntry", "Backend", "BlobInfo", "BlobNotFound", "Leftover",
+           "LocalBackend", "TempFile",
            "open_backend"]
 
 # Options for writing, by name; only some backends know them.

@@ -17,14 +17,28 @@ from typing import BinaryIO, Iterator
 from volbackup.errors import RepositoryError
 
 
+# Manifests and locks are read whole; anything larger is not ours (the biggest real
+# manifest is a few KiB: labels and driver options).
+MAX_SMALL_BLOB = 1 << 20
+
+
 class BlobNotFound(RepositoryError):
     """The key does not exist in the backend."""
+
+
+class BadEntry(RepositoryError):
+    """The key exists but is nothing volbackup reads: a symlink, FIFO or device in a
+    directory repository, or a blob larger than the reader's cap."""
 
 
 @dataclass(frozen=True)
 class BlobInfo:
     key: str
     size: int
+    # Set for an entry that is listed but cannot be read as a blob: a symlink, FIFO,
+    # device, or a directory that cannot be listed (its key then ends with '/'). Callers
+    # report it rather than skip it: a snapshot must never silently drop out of a listing.
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,11 +92,18 @@ class Backend(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        """Finished blobs whose key starts with `prefix`, in key order."""
+        """Finished blobs whose key starts with `prefix`, in key order; entries that
+        cannot be read as blobs come with `error` set (a directory backend only)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove a blob; removing one that does not exist is not an error."""
+
+    def foreign_entries(self) -> list[str]:
+        """What the store holds instead of a repository: its top-level names when it has
+        neither snapshots nor locks (a wrong directory). [] for a repository, an empty
+        store, or a backend that cannot tell cheaply."""
+        return []
 
     def leftovers(self) -> list[Leftover]:
         """Unfinished writes of killed runs; a backend without such leftovers has none."""
@@ -98,9 +119,20 @@ class Backend(ABC):
     def remove_temp(self, temp: TempFile) -> None:
         raise NotImplementedError
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, limit: int | None = MAX_SMALL_BLOB) -> bytes:
+        """A whole blob, at most `limit` bytes (None: no cap); a bigger one is a BadEntry,
+        so a crafted manifest cannot make a reader hold gigabytes."""
         with self.open_read(key) as reader:
-            return reader.read()
+            if limit is None:
+                return reader.read()
+            data = b""
+            while len(data) <= limit:
+                piece = reader.read(limit + 1 - len(data))
+                if not piece:
+                    return data
+                data += piece
+        raise BadEntry(f"{key} in repository {self.describe()} is larger than {limit:,} "
+                       f"bytes, too large for a manifest or lock")
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_write(key) as writer:

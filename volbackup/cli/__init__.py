@@ -18,6 +18,7 @@ from volbackup.cli import backup as backup_cmd
 from volbackup.cli import cleanup as cleanup_cmd
 from volbackup.cli import migrate as migrate_cmd
 from volbackup.cli import prune as prune_cmd
+from volbackup.cli import render
 from volbackup.cli import restore as restore_cmd
 from volbackup.cli import run as run_cmd
 from volbackup.cli import snapshots as snapshots_cmd
@@ -53,7 +54,7 @@ def _on_sigterm(signum, frame):
 
 
 def _error(message: str) -> None:
-    click.echo(f"volbackup: error: {message}", err=True)
+    render.echo(f"volbackup: error: {message}", err=True)  # control characters escaped
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,9 +62,9 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
     else:
         for v in result.volumes:
             if not v.failed:
-                click.echo(f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)}"
-                           f" -> {render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
-                           + (f" ({v.message})" if v.message else ""))
+                render.echo(f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)}"
+                            f" -> {render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
+                            + (f" ({v.message})" if v.message else ""))
     render.hook_failures(result.volumes)
     render.failures(result.volumes)
     schedule.raise_for_failures(result)

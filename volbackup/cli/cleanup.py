@@ -33,9 +33,9 @@ def cleanup(repo, older_than, dry_run, as_json):
     else:
         for o in result.leftovers:
             size = "?" if o.bytes is None else render.human_bytes(o.bytes)
-            click.echo(f"{o.key}: {o.status}, started {o.started}, {size}"
-                       + (f": {o.message}" if o.message else ""))
+            render.echo(f"{o.key}: {o.status}, started {o.started}, {size}"
+                        + (f": {o.message}" if o.message else ""))
         verb = "would free" if dry_run else "freed"
-        click.echo(f"{len(result.leftovers)} leftover upload(s); {verb} "
-                   f"{render.human_bytes(result.removed_bytes)}", err=True)
+        render.echo(f"{len(result.leftovers)} leftover upload(s); {verb} "
+                    f"{render.human_bytes(result.removed_bytes)}", err=True)
     result.raise_for_failures()

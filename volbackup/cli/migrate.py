@@ -64,9 +64,9 @@ def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_co
     else:
         for v in result.volumes:
             if not v.failed:
-                click.echo(f"{v.source_volume} -> {v.volume}: migrated"
-                           f"{' (replaced)' if v.replaced else ''}"
-                           f"{', verified' if v.verified else ''}, "
-                           f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
+                render.echo(f"{v.source_volume} -> {v.volume}: migrated"
+                            f"{' (replaced)' if v.replaced else ''}"
+                            f"{', verified' if v.verified else ''}, "
+                            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
     render.failures(result.volumes)
     result.raise_for_failures()

@@ -8,8 +8,16 @@ import click
 
 from volbackup.config import parse_duration
 
+class _RepoOption(click.Option):
+    """-r/--repo: a missing one says that $VOLBACKUP_REPO would do too."""
+
+    def get_error_hint(self, ctx) -> str:
+        return f"{super().get_error_hint(ctx)} (or set VOLBACKUP_REPO)"
+
+
 repo_option = click.option(
-    "-r", "--repo", "repo", envvar="VOLBACKUP_REPO", required=True, metavar="REPO",
+    "-r", "--repo", "repo", cls=_RepoOption, envvar="VOLBACKUP_REPO", required=True,
+    metavar="REPO",
     help="Repository: a directory path or s3://BUCKET[/PREFIX]. Default: $VOLBACKUP_REPO.")
 
 json_option = click.option(

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from volbackup.cli.render import clean
 from volbackup.ops.outcome import ProgressFactory, no_progress
 
 
@@ -17,7 +18,7 @@ def terminal_progress() -> ProgressFactory:
 
     @contextmanager
     def bar(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+        with tqdm(total=total, desc=clean(label), unit="B", unit_scale=True, unit_divisor=1024,
                   file=sys.stderr, leave=False, dynamic_ncols=True) as progress:
             yield progress.update
 

@@ -64,14 +64,14 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
     else:
         for d in result.snapshots:
             why = ", ".join(d.reasons) if d.keep else "no rule keeps it"
-            click.echo(f"{d.snapshot}: {d.status} ({why})" + (f": {d.message}" if d.message else ""))
+            render.echo(f"{d.snapshot}: {d.status} ({why})" + (f": {d.message}" if d.message else ""))
         for o in result.leftovers:
-            click.echo(f"{o.key}: {o.status} ({o.kind} left by an interrupted run, "
-                       f"{render.human_bytes(o.bytes)})" + (f": {o.message}" if o.message else ""))
+            render.echo(f"{o.key}: {o.status} ({o.kind} left by an interrupted run, "
+                        f"{render.human_bytes(o.bytes)})" + (f": {o.message}" if o.message else ""))
         verb = "would free" if dry_run else "freed"
-        click.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
-                   f"{'to remove' if dry_run else 'removed'}; {verb} "
-                   f"{render.human_bytes(result.freed_bytes)}", err=True)
+        render.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
+                    f"{'to remove' if dry_run else 'removed'}; {verb} "
+                    f"{render.human_bytes(result.freed_bytes)}", err=True)
     result.raise_for_failures()
 
 
@@ -95,7 +95,7 @@ def unlock(repo, remove_all, as_json):
             {**lock.__dict__, "removed": why is not None, "reason": why} for lock, why in result])
         return
     for lock, why in result:
-        click.echo(f"{lock.key}: " + (f"removed ({why})" if why else "kept (its run may "
-                                      "still be going; --all removes it)") + f": {lock.describe()}")
+        render.echo(f"{lock.key}: " + (f"removed ({why})" if why else "kept (its run may "
+                                       "still be going; --all removes it)") + f": {lock.describe()}")
     if not result:
-        click.echo("no locks", err=True)
+        render.echo("no locks", err=True)

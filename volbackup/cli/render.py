@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 
 JSON_VERSION = 1
+
+# C0 controls (ESC, CR, BEL, newline...), DEL, C1 controls, and the bidirectional
+# overrides that make a terminal show text in another order than it is.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(value: object) -> str:
+    """`value` as text that is safe to print on a terminal: every control character
+    escaped (`\\x1b`, `\\u202e`). Volume names, labels, hosts, paths and messages come
+    from repositories, engines and lock files that others may have written, and an escape
+    sequence in them could rewrite the screen or the title, or hide a line. JSON output
+    needs none of this: json.dumps escapes them itself."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                       else f"\\u{ord(m[0]):04x}", str(value))
+
+
+def echo(line: object, err: bool = False) -> None:
+    """Print one line of text output, control characters escaped (`clean`)."""
+    click.echo(clean(line), err=err)
 
 
 def emit_json(command: str, **payload) -> None:
@@ -23,8 +43,8 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def warn(message: str) -> None:
-    click.echo(f"volbackup: warning: {message}", err=True)
+def warn(message: object) -> None:
+    echo(f"volbackup: warning: {message}", err=True)
 
 
 def failures(outcomes) -> None:
@@ -32,7 +52,7 @@ def failures(outcomes) -> None:
     if len(outcomes) > 1:
         for o in outcomes:
             if o.failed:
-                click.echo(f"volbackup: {o.volume}: failed: {o.message}", err=True)
+                echo(f"volbackup: {o.volume}: failed: {o.message}", err=True)
 
 
 def hook_failures(outcomes) -> None:
@@ -44,5 +64,5 @@ def hook_failures(outcomes) -> None:
             if hook["exit_code"] != 0 and key not in seen:
                 seen.add(key)
                 tail = hook["output"].strip().splitlines()[-1:] or [""]
-                click.echo(f"volbackup: {hook['container']}: {hook['hook']}-hook "
-                           f"{hook['command']!r} exited {hook['exit_code']}: {tail[0]}", err=True)
+                echo(f"volbackup: {hook['container']}: {hook['hook']}-hook "
+                     f"{hook['command']!r} exited {hook['exit_code']}: {tail[0]}", err=True)

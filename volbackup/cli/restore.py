@@ -52,10 +52,10 @@ def restore(snapshots, repo, target, force, restore_all, host, use_direct, as_js
     else:
         for v in result.volumes:
             if v.status == "restored":
-                click.echo(f"{v.volume}: restored from {v.snapshot}"
-                           f"{' (replaced)' if v.replaced else ''}, "
-                           f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
+                render.echo(f"{v.volume}: restored from {v.snapshot}"
+                            f"{' (replaced)' if v.replaced else ''}, "
+                            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
             elif v.status == "skipped":
-                click.echo(f"{v.volume}: skipped: {v.message}")
+                render.echo(f"{v.volume}: skipped: {v.message}")
     render.failures(result.volumes)
     result.raise_for_failures()

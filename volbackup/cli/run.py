@@ -15,7 +15,7 @@ from volbackup.ops import run as ops
 
 
 def _say(message: str) -> None:
-    click.echo(f"volbackup: {message}", err=True)
+    render.echo(f"volbackup: {message}", err=True)
 
 
 def scheduling_options(command):
@@ -78,8 +78,8 @@ def run(config_file, job_names, check, as_json):
     if check:
         for j in jobs:
             what = ", ".join(j.volumes) if j.volumes else f"container {j.container}"
-            click.echo(f"{j.name}: {what} -> {j.repository}; keep: "
-                       f"{j.keep.describe() if j.keep else 'everything (no prune)'}")
+            render.echo(f"{j.name}: {what} -> {j.repository}; keep: "
+                        f"{j.keep.describe() if j.keep else 'everything (no prune)'}")
         return
     result = ops.run_jobs(Engine.connect, jobs, terminal_progress(), render.warn, _say)
     if as_json:
@@ -88,10 +88,10 @@ def run(config_file, job_names, check, as_json):
         for summary in result.jobs:
             for v in summary["volumes"]:
                 if v["status"] != "failed":
-                    click.echo(f"{summary['job']}: {v['volume']}: snapshot {v['snapshot']}, "
-                               f"{render.human_bytes(v['bytes'])} -> "
-                               f"{render.human_bytes(v['stored_bytes'])} in {v['seconds']:.1f}s")
+                    render.echo(f"{summary['job']}: {v['volume']}: snapshot {v['snapshot']}, "
+                                f"{render.human_bytes(v['bytes'])} -> "
+                                f"{render.human_bytes(v['stored_bytes'])} in {v['seconds']:.1f}s")
     for name, error in result.errors:
         if len(result.jobs) > 1:
-            click.echo(f"volbackup: job {name}: failed: {error}", err=True)
+            render.echo(f"volbackup: job {name}: failed: {error}", err=True)
     result.raise_for_failures()

@@ -20,22 +20,28 @@ LIST_FIELDS = ("snapshot", "volume", "created", "host", "bytes", "stored_bytes",
 @json_option
 def list_cmd(volume, repo, host, as_json):
     """List snapshots, oldest first (of one VOLUME, or of all; of one --host, or of all)."""
-    listing = ops.list_snapshots(Repository.open(repo), volume, host)
+    repository = Repository.open(repo)
+    listing = ops.list_snapshots(repository, volume, host)
     for problem in listing.problems:
         render.warn(problem)
     if as_json:
         rows = [{k: m.to_dict()[k] for k in LIST_FIELDS} for m in listing.snapshots]
-        render.emit_json("list", snapshots=rows)
+        render.emit_json("list", snapshots=rows,
+                         problems=[{"volume": p.volume, "message": p.message}
+                                   for p in listing.problems])
         return
     if not listing.snapshots:
-        click.echo("no snapshots" + (f" of volume {volume}" if volume else "")
-                   + (f" from host {host}" if host is not None else ""), err=True)
+        render.echo(("no snapshots" if volume or host is not None or listing.problems
+                      else "no snapshots yet")
+                     + (f" of volume {volume}" if volume else "")
+                     + (f" from host {host}" if host is not None else "")
+                     + f" in repository {repository.describe()}", err=True)
         return
     width = max(len(m.snapshot) for m in listing.snapshots)
-    click.echo(f"{'SNAPSHOT':<{width}}  {'CREATED (UTC)':<24}  {'HOST':<16}  {'SIZE':>10}  {'STORED':>10}")
+    render.echo(f"{'SNAPSHOT':<{width}}  {'CREATED (UTC)':<24}  {'HOST':<16}  {'SIZE':>10}  {'STORED':>10}")
     for m in listing.snapshots:
-        click.echo(f"{m.snapshot:<{width}}  {m.created:<24}  {m.host[:16]:<16}  "
-                   f"{render.human_bytes(m.bytes):>10}  {render.human_bytes(m.stored_bytes):>10}")
+        render.echo(f"{m.snapshot:<{width}}  {m.created:<24}  {m.host[:16]:<16}  "
+                    f"{render.human_bytes(m.bytes):>10}  {render.human_bytes(m.stored_bytes):>10}")
 
 
 @click.command()
@@ -51,7 +57,7 @@ def show(snapshot, repo, as_json):
     for key, value in manifest.to_dict().items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-        click.echo(f"{key + ':':<18}{'-' if value is None else value}")
+        render.echo(f"{key + ':':<18}{'-' if value is None else value}")
 
 
 @click.command()
@@ -70,7 +76,7 @@ def verify(snapshots, verify_all, repo, as_json):
     else:
         for c in result.snapshots:
             if not c.failed:
-                click.echo(f"{c.snapshot}: ok ({render.human_bytes(c.bytes)}, "
-                           f"{c.entries} entries)")
+                render.echo(f"{c.snapshot}: ok ({render.human_bytes(c.bytes)}, "
+                            f"{c.entries} entries)")
     render.failures(result.snapshots)
     result.raise_for_failures()

@@ -14,7 +14,11 @@ from volbackup.repository import Listing, Repository
 
 def list_snapshots(repo: Repository, volume: str | None = None,
                    host: str | None = None) -> Listing:
-    return repo.snapshots(volume, host)
+    """The snapshots; an empty listing of a directory that is no repository is an error."""
+    listing = repo.snapshots(volume, host)
+    if not listing.snapshots and not listing.problems:
+        repo.require_repository()
+    return listing
 
 
 def show(repo: Repository, ref: str) -> Manifest:
@@ -46,6 +50,7 @@ def verify(repo: Repository, refs: list[str], verify_all: bool = False,
         listing = repo.snapshots()
         targets: list[Manifest | str] = list(listing.snapshots)
         if not listing.snapshots and not listing.problems:
+            repo.require_repository()
             raise NotFound(f"no snapshots in repository {repo.describe()}")
         checks.extend(SnapshotCheck(p.volume, "failed").failure(RepositoryError(p.message))
                       for p in listing.problems)
