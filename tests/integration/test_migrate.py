@@ -117,7 +117,8 @@ def test_project_with_stop_on_the_source(client, make_volume, cli, target, names
     from tests.integration.conftest import TEST_LABEL
     from tests.integration.images import ensure_busybox
 
-    project = {"com.docker.compose.project": "vbtestmig"}
+    project_name = names("proj")  # unique: other test sessions may share the engine
+    project = {"com.docker.compose.project": project_name}
     data = make_volume("projdata", labels=project)
     fill(client.api.inspect_volume(data.name)["Mountpoint"], {"db": b"state\n"})
     app = client.containers.run(
@@ -125,7 +126,7 @@ def test_project_with_stop_on_the_source(client, make_volume, cli, target, names
         name=names("app"), detach=True, network_mode="none",
         labels={TEST_LABEL: "1", "volbackup.pre": "echo flushed"},
         volumes={data.name: {"bind": "/data", "mode": "rw"}})
-    result = cli("migrate", "--project", "vbtestmig", "--stop", "--to-host", target["url"],
+    result = cli("migrate", "--project", project_name, "--stop", "--to-host", target["url"],
                  "--verify", "--json")
     assert result.code == 0, result.stderr
     (moved,) = json.loads(result.stdout)["volumes"]
