@@ -35,6 +35,7 @@ from volbackup.backends import Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
 from volbackup.manifest import utc_iso
 from volbackup.processes import pid_alive
+from volbackup.signals import main_thread_only
 
 PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)
@@ -127,6 +128,7 @@ class Lock:
         self._thread = threading.Thread(target=self._refresh, name="volbackup-lock", daemon=True)
 
     def _refresh(self) -> None:
+        main_thread_only()  # Ctrl-C goes to the main thread (volbackup.signals)
         while not self._stop.wait(REFRESH_EVERY.total_seconds()):
             self.info.refreshed = utc_iso(_now())
             try:
