@@ -25,7 +25,7 @@ from functools import cached_property
 from typing import Iterable, Iterator
 
 from volbackup.errors import EngineError, NotFound, StreamBroken
-from volbackup.processes import pid_alive
+from volbackup.processes import pid_namespace, run_is_over
 from volbackup.signals import deferred
 
 # docker-py imports paramiko (70 ms and 19 MiB, about a fifth of a backup's start-up time
@@ -51,6 +51,7 @@ HELPER_LABEL = "io.volbackup.helper"   # on helper containers only
 IMAGE_LABEL = "io.volbackup.image"     # on the helper image (and so on containers made from it)
 PID_LABEL = "io.volbackup.pid"
 HOST_LABEL = "io.volbackup.host"
+PIDNS_LABEL = "io.volbackup.pidns"    # the pid namespace PID_LABEL means something in
 CREATED_LABEL = "io.volbackup.created"
 STALE_AFTER_SECONDS = 24 * 3600
 DATA_PATH = "/data"
@@ -331,7 +332,8 @@ class Engine:
             mounts.append(Mount(DATA_PATH, bind, type="bind", read_only=read_only))
         name = f"volbackup-helper-{uuid.uuid4().hex[:12]}"
         labels = {HELPER_LABEL: "helper", PID_LABEL: str(os.getpid()),
-                  HOST_LABEL: socket.gethostname(), CREATED_LABEL: str(int(time.time()))}
+                  HOST_LABEL: socket.gethostname(), PIDNS_LABEL: pid_namespace(),
+                  CREATED_LABEL: str(int(time.time()))}
         host_config = self.api.create_host_config(
             mounts=mounts or None, volumes_from=[volumes_from] if volumes_from else None,
             network_mode="none")
@@ -374,15 +376,17 @@ def _container_info(listed: dict) -> ContainerInfo:
 
 
 def _helper_is_stale(labels: dict, created: int) -> bool:
+    """A day old, or its run is over (volbackup.processes.run_is_over): a helper of
+    another host or pid namespace is judged by its age only. Helpers without the pid
+    namespace label (earlier versions) are judged by host and pid, as before."""
     if time.time() - created > STALE_AFTER_SECONDS:
         return True
-    if labels.get(HOST_LABEL) != socket.gethostname():
-        return False
+    host, namespace = labels.get(HOST_LABEL, ""), labels.get(PIDNS_LABEL)
     try:
         pid = int(labels.get(PID_LABEL, ""))
-    except ValueError:
-        return True
-    return pid != os.getpid() and not pid_alive(pid)
+    except ValueError:  # no pid volbackup wrote: over, if it is ours to judge
+        return host == socket.gethostname() and namespace in (None, pid_namespace())
+    return run_is_over(host, namespace, pid)
 
 
 class Helper:

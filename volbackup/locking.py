@@ -34,7 +34,7 @@ from volbackup import __version__
 from volbackup.backends import Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
 from volbackup.manifest import utc_iso
-from volbackup.processes import pid_alive
+from volbackup.processes import pid_namespace, run_is_over
 from volbackup.signals import main_thread_only
 
 PREFIX = "locks/"
@@ -47,11 +47,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
+_pid_namespace = pid_namespace
 
 
 @dataclass
@@ -92,8 +88,8 @@ class LockInfo:
     def stale_reason(self, now: datetime | None = None) -> str | None:
         """Why this lock may be broken, or None while its holder may still be running."""
         now = now or _now()
-        if (self.host == socket.gethostname() and self.pid_namespace == _pid_namespace()
-                and self.pid > 0 and not pid_alive(self.pid)):
+        # A lock without a pid namespace ("", older versions) is judged by age only.
+        if run_is_over(self.host, self.pid_namespace, self.pid):
             return f"pid {self.pid} is not running on this host"
         try:
             refreshed = datetime.fromisoformat(self.refreshed.replace("Z", "+00:00"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +17,9 @@ from tests.integration.helpers import (PATHS, fill, gone, helpers_of, one_line_e
                                        random_file, repo_files, start, tar_children,
                                        wait_for_read)
 from tests.integration.slow_engine import SlowEngine
+from volbackup import locking
+from volbackup.backends import LocalBackend
+from volbackup.engine import PIDNS_LABEL
 
 
 @pytest.fixture
@@ -81,6 +86,36 @@ def test_helpers_of_live_runs_are_left_alone(client, engine):
     with engine.helper() as helper:
         removed = engine.remove_stale_helpers()
         assert client.api.inspect_container(helper.id)["Name"].lstrip("/") not in removed
+
+
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]  # a new pid namespace, same host name
+
+
+def test_a_run_in_another_pid_namespace_leaves_live_helpers_alone(client, engine, make_volume,
+                                                                  repo_dir):
+    """volbackup in a container with the host's --hostname sees other pids: the pid of a
+    live run on the host is not running *there*, which must not make its helper stale."""
+    small = make_volume("small")
+    with engine.helper() as helper:
+        labels = client.api.inspect_container(helper.id)["Config"]["Labels"]
+        assert labels[PIDNS_LABEL] == os.readlink("/proc/self/ns/pid")
+        run = subprocess.run([*UNSHARE, sys.executable, "-m", "volbackup", "backup", small.name,
+                              "-r", str(repo_dir), "--no-direct"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert client.api.containers(all=True, filters={"id": helper.id}), \
+            "a run in another pid namespace removed the helper of a live run"
+
+
+def test_a_run_in_another_pid_namespace_leaves_live_locks_alone(repo_dir):
+    held = locking.acquire(LocalBackend(repo_dir), locking.SHARED, 0, "test")
+    try:
+        run = subprocess.run([*UNSHARE, sys.executable, "-m", "volbackup", "unlock",
+                              "-r", str(repo_dir)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert (repo_dir / held.info.key).exists(), "the lock of a live run was broken"
+    finally:
+        held.release()
 
 
 # -- signals at the moments that matter, while other threads run ---------------------------
