@@ -30,7 +30,7 @@ CHUNK = 1 << 20
 # stays well under archive.MAX_TAIL.
 _CREATE = ["--create", "--file=-", "--blocking-factor=256", "--format=pax",
            "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--xattrs",
-           "--xattrs-include=*", "--acls", "--sparse", "."]
+           "--xattrs-include=*", "--acls", "--sparse"]
 _EXTRACT = ["--extract", "--file=-", "--numeric-owner", "--same-owner", "--preserve-permissions",
             "--xattrs", "--xattrs-include=*", "--acls"]
 
@@ -75,9 +75,11 @@ class _Stderr:
 
 
 @contextmanager
-def export(directory: str) -> Iterator[Iterator[bytes]]:
-    """The tar stream of `directory` (members `./...`), read by GNU tar on this host."""
-    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE],
+def export(directory: str, only: str | None = None) -> Iterator[Iterator[bytes]]:
+    """The tar stream of `directory` (members `./...`), read by GNU tar on this host.
+    With `only` (a bind of one file): the root `./` and `./ONLY`, nothing else."""
+    members = ["."] if only is None else ["--no-recursion", ".", f"./{only}"]
+    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *members],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _widen(proc.stdout)
     errors = _Stderr(proc.stderr)
