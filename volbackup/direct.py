@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from volbackup.archive import read_chunks
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
+from volbackup.signals import main_thread_only
 
 if TYPE_CHECKING:
     from volbackup.engine import Engine
@@ -65,6 +66,7 @@ class _Stderr:
         self._thread.start()
 
     def _drain(self, stream) -> None:
+        main_thread_only()  # Ctrl-C goes to the main thread (volbackup.signals)
         for block in iter(lambda: stream.read(4096), b""):
             self.tail = (self.tail + block)[-4096:]
 

@@ -35,7 +35,7 @@ from volbackup.backends import Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
 from volbackup.manifest import utc_iso
 from volbackup.processes import pid_namespace, run_is_over
-from volbackup.signals import main_thread_only
+from volbackup.signals import held, main_thread_only
 
 PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)
@@ -133,10 +133,11 @@ class Lock:
                 pass  # tried again next time; the lock goes stale only after STALE_AFTER
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self.backend.delete(self.info.key)
+        with held():  # a Ctrl-C during the release waits for it: no lock left behind
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join()
+            self.backend.delete(self.info.key)
 
 
 def acquire(backend: Backend, kind: str, wait: float, command: str = "",
