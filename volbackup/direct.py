@@ -14,6 +14,7 @@ import fcntl
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import threading
 from contextlib import contextmanager
@@ -55,6 +56,20 @@ def directory_for(engine: Engine, path: str | None) -> str | None:
     if os.geteuid() != 0 or gnu_tar() is None:
         return None
     return engine.local_directory(path)
+
+
+def file_directory_for(engine: Engine, path: str | None) -> str | None:
+    """For a bind of one file: the directory holding `path` if GNU tar can read it there
+    (`directory_for`) and `path` is a regular file, not a symlink (tar would store the
+    link, where the engine's bind mount follows it)."""
+    if not path:
+        return None
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    return directory_for(engine, os.path.dirname(path))
 
 
 class _Stderr:

@@ -68,9 +68,11 @@ def test_a_bind_of_one_file_is_a_snapshot_of_that_file_and_sockets_are_skipped(
     www = tmp_path / "www"
     www.mkdir()
     fill(str(www), {"index.html": b"<h1>hi</h1>\n"})
+    (tmp_path / "current.conf").symlink_to(conf)  # the bind follows it; tar must not store it
     try:
         container = make_container("web", mounts=[
             Mount("/etc/app/config.yml", str(conf), type="bind", read_only=True),
+            Mount("/etc/app/current.yml", str(tmp_path / "current.conf"), type="bind"),
             Mount("/run/agent.sock", str(tmp_path / "agent.sock"), type="bind"),
             Mount("/run/queue", str(tmp_path / "queue"), type="bind"),
             Mount("/srv/www", str(www), type="bind")])
@@ -105,6 +107,13 @@ def test_a_bind_of_one_file_is_a_snapshot_of_that_file_and_sockets_are_skipped(
     assert contents(mountpoint(target)) == {"app.conf": b"listen 8080\n"}
     st = os.stat(os.path.join(mountpoint(target), "app.conf"))
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+
+    linked = volumes[f"{name}-etc-app-current.yml"]
+    assert linked["status"] == "ok", linked
+    target = names("linked")
+    assert cli("restore", linked["snapshot"], "--as", target, "-r", str(repo_dir)).code == 0
+    assert not os.path.islink(os.path.join(mountpoint(target), "current.conf"))
+    assert contents(mountpoint(target)) == {"current.conf": b"listen 8080\n"}
 
 
 def test_container_without_mounts_is_an_error(make_container, cli, repo_dir):

@@ -8,7 +8,6 @@ becomes a snapshot.
 
 from __future__ import annotations
 
-import posixpath
 import socket
 import time
 from contextlib import AbstractContextManager, contextmanager
@@ -100,9 +99,8 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Ite
     """The tar stream of `source`, by GNU tar here or through a helper; decided for each
     attempt, since a container may have started (or stopped) since the last one."""
     # A bind of one file: GNU tar reads the directory holding it, that file only.
-    host_path = posixpath.dirname(source.host_path) if source.file_name and source.host_path \
-        else source.host_path
-    directory = direct.directory_for(engine, host_path) if use_direct is not False else None
+    find = direct.file_directory_for if source.file_name else direct.directory_for
+    directory = find(engine, source.host_path) if use_direct is not False else None
     if directory and (use_direct or not _written_to(engine, source)):
         with direct.export(directory, only=source.file_name) as chunks:
             yield Stream(chunks, "direct")
