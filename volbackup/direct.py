@@ -14,6 +14,7 @@ import fcntl
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import threading
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from volbackup.archive import read_chunks
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
+from volbackup.signals import main_thread_only
 
 if TYPE_CHECKING:
     from volbackup.engine import Engine
@@ -30,7 +32,7 @@ CHUNK = 1 << 20
 # stays well under archive.MAX_TAIL.
 _CREATE = ["--create", "--file=-", "--blocking-factor=256", "--format=pax",
            "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--xattrs",
-           "--xattrs-include=*", "--acls", "--sparse", "."]
+           "--xattrs-include=*", "--acls", "--sparse"]
 _EXTRACT = ["--extract", "--file=-", "--numeric-owner", "--same-owner", "--preserve-permissions",
             "--xattrs", "--xattrs-include=*", "--acls"]
 
@@ -56,6 +58,20 @@ def directory_for(engine: Engine, path: str | None) -> str | None:
     return engine.local_directory(path)
 
 
+def file_directory_for(engine: Engine, path: str | None) -> str | None:
+    """For a bind of one file: the directory holding `path` if GNU tar can read it there
+    (`directory_for`) and `path` is a regular file, not a symlink (tar would store the
+    link, where the engine's bind mount follows it)."""
+    if not path:
+        return None
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    return directory_for(engine, os.path.dirname(path))
+
+
 class _Stderr:
     """Drains a process's stderr in a thread, keeping the last few KiB for messages."""
 
@@ -65,6 +81,7 @@ class _Stderr:
         self._thread.start()
 
     def _drain(self, stream) -> None:
+        main_thread_only()  # Ctrl-C goes to the main thread (volbackup.signals)
         for block in iter(lambda: stream.read(4096), b""):
             self.tail = (self.tail + block)[-4096:]
 
@@ -75,9 +92,11 @@ class _Stderr:
 
 
 @contextmanager
-def export(directory: str) -> Iterator[Iterator[bytes]]:
-    """The tar stream of `directory` (members `./...`), read by GNU tar on this host."""
-    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE],
+def export(directory: str, only: str | None = None) -> Iterator[Iterator[bytes]]:
+    """The tar stream of `directory` (members `./...`), read by GNU tar on this host.
+    With `only` (a bind of one file): the root `./` and `./ONLY`, nothing else."""
+    members = ["."] if only is None else ["--no-recursion", ".", f"./{only}"]
+    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *members],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _widen(proc.stdout)
     errors = _Stderr(proc.stderr)

@@ -8,7 +8,9 @@ helper left behind by a killed run is recognised and removed by the next run.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import re
 import socket
@@ -25,7 +27,7 @@ from functools import cached_property
 from typing import Iterable, Iterator
 
 from volbackup.errors import EngineError, NotFound, StreamBroken
-from volbackup.processes import pid_alive
+from volbackup.processes import pid_namespace, run_is_over
 from volbackup.signals import deferred
 
 # docker-py imports paramiko (70 ms and 19 MiB, about a fifth of a backup's start-up time
@@ -51,6 +53,7 @@ HELPER_LABEL = "io.volbackup.helper"   # on helper containers only
 IMAGE_LABEL = "io.volbackup.image"     # on the helper image (and so on containers made from it)
 PID_LABEL = "io.volbackup.pid"
 HOST_LABEL = "io.volbackup.host"
+PIDNS_LABEL = "io.volbackup.pidns"    # the pid namespace PID_LABEL means something in
 CREATED_LABEL = "io.volbackup.created"
 STALE_AFTER_SECONDS = 24 * 3600
 DATA_PATH = "/data"
@@ -284,6 +287,23 @@ class Engine:
                   for m in attrs.get("Mounts", []) if m.get("Type") in ("volume", "bind", "tmpfs")]
         return attrs["Name"].lstrip("/"), sorted(mounts, key=lambda m: m.destination)
 
+    def path_kind(self, container: str, path: str) -> str:
+        """What `path` is inside `container` (the engine's stat, HEAD /archive; the
+        container may be running or not, and is not touched): "directory", "file",
+        "symlink", "socket", "fifo", "device" or "other"."""
+        with _engine_errors(f"checking {path} in container {container}",
+                            f"no such container: {container}"):
+            response = self.api.head(self.api._url("/containers/{0}/archive", container),
+                                     params={"path": path})
+            self.api._raise_for_status(response)
+        try:
+            mode = int(json.loads(base64.b64decode(
+                response.headers["X-Docker-Container-Path-Stat"]))["mode"])
+        except (KeyError, ValueError, TypeError):
+            raise EngineError(f"checking {path} in container {container}: "
+                              "the engine's answer has no usable file mode") from None
+        return _go_file_kind(mode)
+
     # -- helpers
     def ensure_helper_image(self) -> None:
         """Import volbackup's helper image from an empty tar unless it is already there."""
@@ -317,21 +337,24 @@ class Engine:
 
     @contextmanager
     def helper(self, *, volume: str | None = None, bind: str | None = None,
-               volumes_from: str | None = None, read_only: bool = True) -> Iterator["Helper"]:
+               bind_at: str = DATA_PATH, volumes_from: str | None = None,
+               read_only: bool = True) -> Iterator["Helper"]:
         """A created, never started helper attached to the data; removed on the way out.
 
-        `volume` or `bind` is mounted at /data; `volumes_from` shares a container's mounts
-        at their own paths.
+        `volume` or `bind` is mounted at /data (a bind at `bind_at`: a single file is
+        mounted at /data/NAME, so /data/. reads as a directory holding it); `volumes_from`
+        shares a container's mounts at their own paths.
         """
         mounts = []
         if volume:
             mounts.append(Mount(DATA_PATH, volume, type="volume", read_only=read_only,
                                 no_copy=True))
         if bind:
-            mounts.append(Mount(DATA_PATH, bind, type="bind", read_only=read_only))
+            mounts.append(Mount(bind_at, bind, type="bind", read_only=read_only))
         name = f"volbackup-helper-{uuid.uuid4().hex[:12]}"
         labels = {HELPER_LABEL: "helper", PID_LABEL: str(os.getpid()),
-                  HOST_LABEL: socket.gethostname(), CREATED_LABEL: str(int(time.time()))}
+                  HOST_LABEL: socket.gethostname(), PIDNS_LABEL: pid_namespace(),
+                  CREATED_LABEL: str(int(time.time()))}
         host_config = self.api.create_host_config(
             mounts=mounts or None, volumes_from=[volumes_from] if volumes_from else None,
             network_mode="none")
@@ -373,16 +396,30 @@ def _container_info(listed: dict) -> ContainerInfo:
                          dict(listed.get("Labels") or {}), volumes)
 
 
+# Go's os.FileMode type bits, as the engine reports them in a path stat.
+_GO_KINDS = ((1 << 31, "directory"), (1 << 27, "symlink"), (1 << 24, "socket"),
+             (1 << 25, "fifo"), (1 << 26, "device"), (1 << 21, "device"), (1 << 19, "other"))
+
+
+def _go_file_kind(mode: int) -> str:
+    for bit, kind in _GO_KINDS:
+        if mode & bit:
+            return kind
+    return "file"
+
+
 def _helper_is_stale(labels: dict, created: int) -> bool:
+    """A day old, or its run is over (volbackup.processes.run_is_over): a helper of
+    another host or pid namespace is judged by its age only. Helpers without the pid
+    namespace label (earlier versions) are judged by host and pid, as before."""
     if time.time() - created > STALE_AFTER_SECONDS:
         return True
-    if labels.get(HOST_LABEL) != socket.gethostname():
-        return False
+    host, namespace = labels.get(HOST_LABEL, ""), labels.get(PIDNS_LABEL)
     try:
         pid = int(labels.get(PID_LABEL, ""))
-    except ValueError:
-        return True
-    return pid != os.getpid() and not pid_alive(pid)
+    except ValueError:  # no pid volbackup wrote: over, if it is ours to judge
+        return host == socket.gethostname() and namespace in (None, pid_namespace())
+    return run_is_over(host, namespace, pid)
 
 
 class Helper:

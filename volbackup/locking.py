@@ -34,7 +34,8 @@ from volbackup import __version__
 from volbackup.backends import BadEntry, Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
 from volbackup.manifest import utc_iso
-from volbackup.processes import pid_alive
+from volbackup.processes import pid_namespace, run_is_over
+from volbackup.signals import held, main_thread_only
 
 PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)
@@ -46,11 +47,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
+_pid_namespace = pid_namespace
 
 
 @dataclass
@@ -91,8 +88,8 @@ class LockInfo:
     def stale_reason(self, now: datetime | None = None) -> str | None:
         """Why this lock may be broken, or None while its holder may still be running."""
         now = now or _now()
-        if (self.host == socket.gethostname() and self.pid_namespace == _pid_namespace()
-                and self.pid > 0 and not pid_alive(self.pid)):
+        # A lock without a pid namespace ("", older versions) is judged by age only.
+        if run_is_over(self.host, self.pid_namespace, self.pid):
             return f"pid {self.pid} is not running on this host"
         try:
             refreshed = datetime.fromisoformat(self.refreshed.replace("Z", "+00:00"))
@@ -134,6 +131,7 @@ class Lock:
         self._thread = threading.Thread(target=self._refresh, name="volbackup-lock", daemon=True)
 
     def _refresh(self) -> None:
+        main_thread_only()  # Ctrl-C goes to the main thread (volbackup.signals)
         while not self._stop.wait(REFRESH_EVERY.total_seconds()):
             self.info.refreshed = utc_iso(_now())
             try:
@@ -142,10 +140,11 @@ class Lock:
                 pass  # tried again next time; the lock goes stale only after STALE_AFTER
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self.backend.delete(self.info.key)
+        with held():  # a Ctrl-C during the release waits for it: no lock left behind
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join()
+            self.backend.delete(self.info.key)
 
 
 def acquire(backend: Backend, kind: str, wait: float, command: str = "",

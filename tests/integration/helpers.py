@@ -37,11 +37,11 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(*args: str) -> subprocess.Popen:
+def start(*args: str, env: dict | None = None) -> subprocess.Popen:
     """volbackup in the background, with SIGINT as a terminal's Ctrl-C would find it."""
     return subprocess.Popen([sys.executable, "-m", "volbackup", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=_default_sigint, env={**os.environ, **(env or {})})
 
 
 def gone(pids: list[int], timeout: float = 10) -> bool:

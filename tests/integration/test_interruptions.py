@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import (PATHS, gone, helpers_of, one_line_error, random_file,
-                                       repo_files, start, tar_children, wait_for_read)
+from tests.integration.helpers import (PATHS, fill, gone, helpers_of, one_line_error,
+                                       random_file, repo_files, start, tar_children,
+                                       wait_for_read)
+from tests.integration.slow_engine import SlowEngine
+from volbackup import locking
+from volbackup.backends import LocalBackend
+from volbackup.engine import PIDNS_LABEL
 
 
 @pytest.fixture
@@ -74,3 +86,124 @@ def test_helpers_of_live_runs_are_left_alone(client, engine):
     with engine.helper() as helper:
         removed = engine.remove_stale_helpers()
         assert client.api.inspect_container(helper.id)["Name"].lstrip("/") not in removed
+
+
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]  # a new pid namespace, same host name
+
+
+def test_a_run_in_another_pid_namespace_leaves_live_helpers_alone(client, engine, make_volume,
+                                                                  repo_dir):
+    """volbackup in a container with the host's --hostname sees other pids: the pid of a
+    live run on the host is not running *there*, which must not make its helper stale."""
+    small = make_volume("small")
+    with engine.helper() as helper:
+        labels = client.api.inspect_container(helper.id)["Config"]["Labels"]
+        assert labels[PIDNS_LABEL] == os.readlink("/proc/self/ns/pid")
+        run = subprocess.run([*UNSHARE, sys.executable, "-m", "volbackup", "backup", small.name,
+                              "-r", str(repo_dir), "--no-direct"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert client.api.containers(all=True, filters={"id": helper.id}), \
+            "a run in another pid namespace removed the helper of a live run"
+
+
+def test_a_run_in_another_pid_namespace_leaves_live_locks_alone(repo_dir):
+    held = locking.acquire(LocalBackend(repo_dir), locking.SHARED, 0, "test")
+    try:
+        run = subprocess.run([*UNSHARE, sys.executable, "-m", "volbackup", "unlock",
+                              "-r", str(repo_dir)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert (repo_dir / held.info.key).exists(), "the lock of a live run was broken"
+    finally:
+        held.release()
+
+
+# -- signals at the moments that matter, while other threads run ---------------------------
+# The CLI's lock refresher runs during every backup, and `--jobs 2` adds workers: the kernel
+# may hand a signal to any of them, but Python handles it in the main thread. A proxy in
+# front of the engine's socket holds one request back, so the signal arrives while the run
+# waits for exactly that answer.
+
+HELPER_CREATE = rb"POST /v[0-9.]+/containers/create\?name=volbackup-helper-"
+CONTAINER_START = rb"POST /v[0-9.]+/containers/[0-9a-f]{64}/start"
+
+
+@pytest.fixture
+def slow_engine():
+    made = []
+
+    def make(pattern: bytes) -> SlowEngine:
+        directory = tempfile.mkdtemp(prefix="vbtest-proxy-")  # short: unix socket paths
+        proxy = SlowEngine(Path(directory, "engine.sock"), pattern)  # have at most 107 bytes
+        made.append((proxy, directory))
+        return proxy.__enter__()
+
+    yield make
+    for proxy, directory in made:
+        proxy.__exit__(None, None, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _db(client, make_volume, run_container, stem: str, count: int = 1):
+    """A volume used by `count` running containers, each with a post-hook that leaves a
+    file in the volume."""
+    volume = make_volume(stem)
+    fill(client.api.inspect_volume(volume.name)["Mountpoint"], {"table": b"rows\n" * 1000})
+    containers = [run_container(f"{stem}{i}", volume.name,
+                                labels={"volbackup.post": f"echo ran > /data/post-{i}"})
+                  for i in range(count)]
+    return volume.name, containers
+
+
+def _all_put_back(client, dbs) -> None:
+    for volume, containers in dbs:
+        root = client.api.inspect_volume(volume)["Mountpoint"]
+        for i, container in enumerate(containers):
+            assert client.api.inspect_container(container.id)["State"]["Running"], \
+                f"{container.name} was left stopped"
+            assert os.path.exists(os.path.join(root, f"post-{i}")), \
+                f"the post-hook of {container.name} did not run"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_a_helper_create_removes_the_helper(
+        client, make_volume, run_container, repo_dir, slow_engine, sig, jobs):
+    dbs = [_db(client, make_volume, run_container, f"db{n}") for n in range(jobs)]
+    proxy = slow_engine(HELPER_CREATE)
+    proc = start("backup", *[v for v, _ in dbs], "--stop", "--no-direct", "--jobs", str(jobs),
+                 "-r", str(repo_dir), env={"DOCKER_HOST": proxy.url})
+    try:
+        assert proxy.held.wait(60), "no helper create reached the engine"
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) > 1, \
+            "the lock refresher (and workers) should run beside the main thread"
+        proc.send_signal(sig)
+        time.sleep(0.5)  # the signal is in; the engine has not answered yet
+    finally:
+        proxy.release()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in one_line_error(stderr)
+    assert helpers_of(client, proc.pid) == [], "the helper created during the signal leaked"
+    _all_put_back(client, dbs)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_three_ctrl_c_during_the_put_back_start_every_container_and_run_post_hooks(
+        client, make_volume, run_container, repo_dir, slow_engine, jobs):
+    dbs = [_db(client, make_volume, run_container, f"db{n}", count=2) for n in range(jobs)]
+    proxy = slow_engine(CONTAINER_START)
+    proc = start("backup", *[v for v, _ in dbs], "--stop", "--no-direct", "--jobs", str(jobs),
+                 "-r", str(repo_dir), env={"DOCKER_HOST": proxy.url})
+    try:
+        assert proxy.held.wait(60), "no container start reached the engine"
+        for _ in range(3):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+    finally:
+        proxy.release()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in one_line_error(stderr)
+    assert helpers_of(client, proc.pid) == []
+    _all_put_back(client, dbs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from docker.types import Mount
@@ -78,6 +79,20 @@ def test_as_and_container(make_volume, make_container, mountpoint, cli, target, 
     assert cli("migrate", data.name, "--as", copy, "--to-host", target["url"]).code == 0
     assert contents(target["client"].api.inspect_volume(copy)["Mountpoint"]) == {
         "rows": b"1,2,3\n"}
+
+
+def test_container_with_a_file_bind_and_a_fifo_bind(make_container, cli, target, tmp_path):
+    conf = tmp_path / "app.conf"
+    conf.write_bytes(b"listen 8080\n")
+    os.mkfifo(tmp_path / "queue")
+    ctr = make_container("svc", mounts=[Mount("/etc/app.conf", str(conf), type="bind"),
+                                        Mount("/run/queue", str(tmp_path / "queue"), type="bind")])
+    result = cli("migrate", "--container", ctr.name, "--to-host", target["url"], "--json")
+    assert result.code == 0, result.stderr
+    status = {v["volume"]: v["status"] for v in json.loads(result.stdout)["volumes"]}
+    assert status == {f"{ctr.name}-etc-app.conf": "migrated", f"{ctr.name}-run-queue": "skipped"}
+    moved = target["client"].api.inspect_volume(f"{ctr.name}-etc-app.conf")["Mountpoint"]
+    assert contents(moved) == {"app.conf": b"listen 8080\n"}
 
 
 def test_missing_source_volume_creates_nothing(cli, target, client):

@@ -163,6 +163,15 @@ def test_timestamps_keep_full_precision():
     assert "volbackup_run_timestamp_seconds{backup_job=\"db\"} 1795939272.592\n" in text
 
 
+def test_a_skipped_bind_gets_no_volume_samples():
+    """A socket bind of `--container` is skipped: it never had a snapshot, so it must not
+    look freshly backed up to a staleness alert."""
+    text = metrics_text(summary(volumes=[
+        {"volume": "web-run-docker.sock", "status": "skipped", "snapshot": None,
+         "message": "/run/docker.sock is a bind mount of a socket"}]))
+    assert "web-run-docker.sock" not in text
+
+
 def test_failure_keeps_earlier_last_success():
     first = metrics_text(summary())
     failed = summary("failed", [{"volume": "pgdata", "status": "failed"}], finished=1_800_090_000)

@@ -7,7 +7,6 @@ exceptions: this module maps every VolbackupError to its one-line message and ex
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 
@@ -24,6 +23,7 @@ from volbackup.cli import run as run_cmd
 from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 from volbackup.malloc import use_one_arena
+from volbackup.signals import Terminated, handled
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,14 +45,6 @@ for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify
     cli.add_command(command)
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so every `finally` and `with` cleans up."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def _error(message: str) -> None:
     render.echo(f"volbackup: error: {message}", err=True)  # control characters escaped
 
@@ -61,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     use_one_arena()  # before zstd starts its threads: keeps peak RSS flat (volbackup.malloc)
     debug = "--debug" in argv or os.environ.get("VOLBACKUP_DEBUG") == "1"
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    with handled():  # SIGTERM unwinds like Ctrl-C (volbackup.signals)
+        return _main(argv, debug)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         result = cli.main(args=argv, prog_name="volbackup", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -72,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         cause = e if isinstance(e, KeyboardInterrupt) else e.__context__
         if debug:
             traceback.print_exc()
-        _error("interrupted by SIGTERM" if isinstance(cause, _Terminated) else "interrupted")
+        _error("interrupted by SIGTERM" if isinstance(cause, Terminated) else "interrupted")
         return Interrupted.exit_code
     except VolbackupError as e:
         if debug:
@@ -84,5 +80,3 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _error(f"unexpected {type(e).__name__}: {e} (run with --debug for a traceback)")
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)

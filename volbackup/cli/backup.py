@@ -17,7 +17,8 @@ from volbackup.repository import Repository
 @click.command()
 @click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
 @click.option("-c", "--container", metavar="NAME",
-              help="Back up every volume and bind mount of this container.")
+              help="Back up every volume and bind mount of this container (a bind of one "
+                   "file: that file; of a socket, FIFO or device: skipped, with the reason).")
 @selection_options
 @quiesce_options
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
@@ -61,7 +62,9 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
                          volumes=[v.as_dict() for v in result.volumes])
     else:
         for v in result.volumes:
-            if not v.failed:
+            if v.status == "skipped":
+                render.echo(f"{v.volume}: skipped: {v.message}")
+            elif not v.failed:
                 render.echo(f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)}"
                             f" -> {render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
                             + (f" ({v.message})" if v.message else ""))

@@ -63,7 +63,9 @@ def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_co
                          volumes=[v.as_dict() for v in result.volumes])
     else:
         for v in result.volumes:
-            if not v.failed:
+            if v.status == "skipped":
+                render.echo(f"{v.source_volume}: skipped: {v.message}")
+            elif not v.failed:
                 render.echo(f"{v.source_volume} -> {v.volume}: migrated"
                             f"{' (replaced)' if v.replaced else ''}"
                             f"{', verified' if v.verified else ''}, "

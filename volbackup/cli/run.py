@@ -87,7 +87,9 @@ def run(config_file, job_names, check, as_json):
     else:
         for summary in result.jobs:
             for v in summary["volumes"]:
-                if v["status"] != "failed":
+                if v["status"] == "skipped":
+                    render.echo(f"{summary['job']}: {v['volume']}: skipped: {v['message']}")
+                elif v["status"] != "failed":
                     render.echo(f"{summary['job']}: {v['volume']}: snapshot {v['snapshot']}, "
                                 f"{render.human_bytes(v['bytes'])} -> "
                                 f"{render.human_bytes(v['stored_bytes'])} in {v['seconds']:.1f}s")

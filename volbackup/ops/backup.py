@@ -22,7 +22,7 @@ from volbackup.manifest import Manifest, utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
-from volbackup.ops.select import Missing, Selection, Source, plan
+from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.repository import Repository, new_snapshot_id
 
 
@@ -77,6 +77,8 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     chosen = plan(engine, container, selection)
     outcomes = [VolumeBackup(m.volume, "failed").failure(m.error)
                 for m in chosen if isinstance(m, Missing)]
+    outcomes += [VolumeBackup(m.volume, "skipped", message=m.reason)
+                 for m in chosen if isinstance(m, Skipped)]
     sources = [p for p in chosen if isinstance(p, Source)]
 
     progress = interruptible(progress)  # a worker of --jobs stops at its next chunk
@@ -96,9 +98,11 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
 def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Iterator[Stream]:
     """The tar stream of `source`, by GNU tar here or through a helper; decided for each
     attempt, since a container may have started (or stopped) since the last one."""
-    directory = direct.directory_for(engine, source.host_path) if use_direct is not False else None
+    # A bind of one file: GNU tar reads the directory holding it, that file only.
+    find = direct.file_directory_for if source.file_name else direct.directory_for
+    directory = find(engine, source.host_path) if use_direct is not False else None
     if directory and (use_direct or not _written_to(engine, source)):
-        with direct.export(directory) as chunks:
+        with direct.export(directory, only=source.file_name) as chunks:
             yield Stream(chunks, "direct")
         return
     with engine.helper(**source.helper) as helper, \

@@ -15,7 +15,7 @@ from volbackup.errors import IntegrityError, VolbackupError
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
-from volbackup.ops.select import Missing, Selection, Source, plan
+from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.tarstream import TarWalker, digest_differences, root_entry_tar
 
 WIRE_CHOICES = ("auto", "gzip", "none")
@@ -60,6 +60,8 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     gzip_to = wire == "gzip" or (wire == "auto" and target.is_remote)
     outcomes = [VolumeMigration(target_name or m.volume, "failed", source_volume=m.volume)
                 .failure(m.error) for m in chosen if isinstance(m, Missing)]
+    outcomes += [VolumeMigration(target_name or m.volume, "skipped", source_volume=m.volume,
+                                 message=m.reason) for m in chosen if isinstance(m, Skipped)]
 
     def work(item: Source) -> VolumeMigration:
         outcome = VolumeMigration(target_name or item.volume, "migrated", source_volume=item.volume)

@@ -9,19 +9,18 @@ thread does. Once every worker has ended, the signal does what it would have don
 
 from __future__ import annotations
 
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from volbackup.ops.outcome import ProgressFactory
+from volbackup.signals import held, main_thread_only
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _POLL_SECONDS = 0.1
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _worker = threading.local()  # .stop: the Event of the run this worker thread belongs to
 
 
@@ -37,52 +36,19 @@ def in_parallel(items: Sequence[T], work: Callable[[T], R], jobs: int) -> list[R
         checkpoint()
         return work(item)
 
-    with _signals_set(stop) as caught:
+    # The main thread's signal handlers only set `stop` while the workers run, so no
+    # KeyboardInterrupt lands here half way through handing out the work; the signal is
+    # delivered once every worker has ended (volbackup.signals.held).
+    with held(notify=lambda signum: stop.set()):
         with ThreadPoolExecutor(max_workers=min(jobs, len(items)),
-                                thread_name_prefix="volbackup-job") as pool:
+                                thread_name_prefix="volbackup-job",
+                                initializer=main_thread_only) as pool:
             futures = [pool.submit(guarded, item) for item in items]
-            # In short waits: a signal the kernel hands to another thread (a worker,
-            # zstd's) does not wake this one; its handler runs when this one runs again.
+            # In short waits: a signal the kernel hands to another thread (zstd's, started
+            # before the hold) does not wake this one; its handler runs when this one does.
             while wait(futures, timeout=_POLL_SECONDS).not_done:
                 pass
-    if caught:
-        _replay(*caught[0])
     return [f.result() for f in futures]
-
-
-@contextmanager
-def _signals_set(stop: threading.Event) -> Iterator[list[tuple[int, Callable | int | None]]]:
-    """While the workers run, SIGINT and SIGTERM only set `stop` (and are noted), so no
-    KeyboardInterrupt can land in this thread half way through handing out the work.
-    Python runs signal handlers in the main thread only; elsewhere this does nothing."""
-    caught: list[tuple[int, Callable | int | None]] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    previous: dict[int, Callable | int | None] = {}
-
-    def note(signum: int, frame) -> None:
-        caught.append((signum, previous.get(signum)))
-        stop.set()
-
-    try:
-        for signum in _SIGNALS:
-            current = signal.getsignal(signum)
-            # An ignored signal stays ignored; one set outside Python (None) is left alone.
-            if callable(current) or current == signal.SIG_DFL:
-                previous[signum] = signal.signal(signum, note)
-        yield caught
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _replay(signum: int, handler: Callable | int | None) -> None:
-    """What the signal would have done had it come when no worker ran."""
-    if callable(handler):
-        handler(signum, None)      # Python's SIGINT handler, the CLI's SIGTERM: they raise
-    elif handler == signal.SIG_DFL:
-        signal.raise_signal(signum)
 
 
 def checkpoint() -> None:

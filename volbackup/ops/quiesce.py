@@ -65,18 +65,20 @@ def quiet(engine: Engine, containers: list[ContainerInfo], mode: str | None,
     """Hooks, then stop/pause; on the way out (also on errors and signals) undo it all."""
     done = Quiet([], {}, [], [])
     running = [c for c in containers if c.state == "running"]
-    for container in running:
-        run = _hook(engine, container, "pre")
-        if run is not None:
-            done.hooks.append(run)
-            if run.exit_code != 0:
-                done.pre_failed[container.name] = run
     to_stop = [c for c in running
                if mode == "stop" or c.labels.get(STOP_LABEL, "").lower() == "true"]
     to_pause = [c for c in running if mode == "pause" and c not in to_stop]
+    hooked: list[ContainerInfo] = []   # pre-hook run (or begun): these get their post-hook
     stopped: list[ContainerInfo] = []
     paused: list[ContainerInfo] = []
     try:
+        for container in running:
+            hooked.append(container)
+            run = _hook(engine, container, "pre")
+            if run is not None:
+                done.hooks.append(run)
+                if run.exit_code != 0:
+                    done.pre_failed[container.name] = run
         for container in stop_order(to_stop):
             with deferred():  # never lose track of a container the engine did stop
                 stopped.append(container)
@@ -89,9 +91,11 @@ def quiet(engine: Engine, containers: list[ContainerInfo], mode: str | None,
             done.paused.append(container.name)
         yield done
     finally:
+        # Held as a whole: a second or third Ctrl-C is recorded, not obeyed, until every
+        # container is back and every post-hook ran (volbackup.signals).
         with deferred():
             problems = _put_back(engine, stopped, paused)
-            for container in running:
+            for container in hooked:
                 if container.name not in problems:  # running again
                     run = _hook(engine, container, "post")
                     if run is not None:

@@ -61,6 +61,8 @@ def metrics_text(summary: dict, previous: str = "") -> str:
     if ok:
         samples["volbackup_last_success_timestamp_seconds"][run] = ended
     for v in summary["volumes"]:
+        if v["status"] == "skipped":  # a socket or device bind: nothing was backed up
+            continue
         labels = _labels(backup_job=job, volume=v["volume"])
         good = v["status"] != "failed"
         samples["volbackup_volume_success"][labels] = 1 if good else 0

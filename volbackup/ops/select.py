@@ -3,6 +3,7 @@ container's mounts, each turned into a Source that says how a helper reaches it.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ class Source:
     mount_path: str | None = None
     bind_path: str | None = None
     host_path: str | None = None    # its directory on the engine's host, if plain (direct.py)
+    file_name: str | None = None    # a bind of one regular file: its name in the snapshot,
+                                    # the only entry beside the root (host_path is the file)
 
 
 @dataclass
@@ -37,6 +40,14 @@ class Missing:
 
     volume: str
     error: VolbackupError
+
+
+@dataclass
+class Skipped:
+    """A mount that holds no data to back up (a socket, a FIFO, a device), and why."""
+
+    volume: str
+    reason: str
 
 
 @dataclass
@@ -90,18 +101,20 @@ def volume_sources(engine: Engine, names: list[str]) -> list[Source | Missing]:
     return plan
 
 
-def container_sources(engine: Engine, container: str) -> list[Source]:
+def container_sources(engine: Engine, container: str) -> list[Source | Skipped]:
     """The container's volumes and binds, read through one `volumes_from` helper.
 
     A mount that contains another mount of the container is read from a helper of its
     own, so its snapshot does not swallow the nested volume's files. So is every mount
     of a container that has a tmpfs mount: the engine (20.10) refuses `volumes_from`
-    on such a container.
+    on such a container. A bind of one regular file (a config file) is read from a
+    helper of its own too, where it is mounted at /data/NAME: its snapshot holds the
+    root and that one file. A bind of a socket, FIFO or device holds no data: Skipped.
     """
     name, mounts = engine.container_mounts(container)
     has_tmpfs = any(m.kind == "tmpfs" for m in mounts)
     mounts = [m for m in mounts if m.kind in ("volume", "bind")]
-    sources = []
+    sources: list[Source | Skipped] = []
     for mount in mounts:
         nested = any(other.destination.startswith(mount.destination.rstrip("/") + "/")
                      for other in mounts if other is not mount)
@@ -113,11 +126,24 @@ def container_sources(engine: Engine, container: str) -> list[Source]:
             sources.append(Source(mount.name, path, helper, info.driver, info.options,
                                   info.labels, "volume", name, mount.destination,
                                   host_path=plain_directory(info)))
-        else:
-            helper = {"bind": mount.source} if own_helper else {"volumes_from": name}
-            sources.append(Source(bind_volume_name(name, mount.destination), path, helper,
+            continue
+        volume = bind_volume_name(name, mount.destination)
+        kind = engine.path_kind(name, mount.destination)
+        if kind == "file":
+            file_name = posixpath.basename(mount.source.rstrip("/")) or "file"
+            sources.append(Source(volume, DATA_PATH,
+                                  {"bind": mount.source, "bind_at": f"{DATA_PATH}/{file_name}"},
                                   kind="bind", container=name, mount_path=mount.destination,
-                                  bind_path=mount.source, host_path=mount.source))
+                                  bind_path=mount.source, host_path=mount.source,
+                                  file_name=file_name))
+        elif kind == "directory":
+            helper = {"bind": mount.source} if own_helper else {"volumes_from": name}
+            sources.append(Source(volume, path, helper, kind="bind", container=name,
+                                  mount_path=mount.destination, bind_path=mount.source,
+                                  host_path=mount.source))
+        else:
+            sources.append(Skipped(volume, f"{mount.destination} is a bind mount of a {kind} "
+                                           f"({mount.source}), which holds no data"))
     return sources
 
 
@@ -127,7 +153,7 @@ def plain_directory(info) -> str | None:
 
 
 def plan(engine: Engine, container: str | None, selection: Selection,
-         doing: str = "back up") -> list[Source | Missing]:
+         doing: str = "back up") -> list[Source | Missing | Skipped]:
     """Sources for a container's mounts, or for the selected volumes."""
     if container:
         sources = container_sources(engine, container)
