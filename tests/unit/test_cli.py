@@ -51,7 +51,8 @@ def test_repo_from_environment(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("VOLBACKUP_REPO", str(tmp_path))
     code, out, err = run(capsys, "list", "--json")
     assert code == 0, err
-    assert json.loads(out) == {"volbackup_json": 1, "command": "list", "snapshots": []}
+    assert json.loads(out) == {"volbackup_json": 1, "command": "list", "snapshots": [],
+                                "problems": []}
 
 
 def test_missing_repository_is_one_line_with_code_5(capsys, tmp_path):
