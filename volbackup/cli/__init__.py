@@ -23,6 +23,7 @@ from volbackup.cli import run as run_cmd
 from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 from volbackup.malloc import use_one_arena
+from volbackup.urls import scrub
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             traceback.print_exc()
-        _error(f"unexpected {type(e).__name__}: {e} (run with --debug for a traceback)")
+        _error(f"unexpected {type(e).__name__}: {scrub(str(e))} (run with --debug for a "
+               "traceback)")
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
