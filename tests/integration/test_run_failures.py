@@ -1,7 +1,7 @@
 """Failed runs are reported as failed, and reports never show a webhook's token.
 
 Real faults: a small tmpfs as the repository (disk full), a real local HTTP receiver (that
-answers 500, or is not there), a manifest written with a future date.
+answers 500, or is not there), a manifest written with a future date (clock skew).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.helpers import fill
+from tests.unit.test_prune import add
 from volbackup.errors import PartialFailure
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import restore as restore_ops
@@ -202,3 +204,21 @@ def test_an_error_from_outside_volbackup_fails_one_volume_and_the_loop_goes_on(
     check(restored.volumes, "restored")
     assert [v.name for v in client.volumes.list() if v.name in (a, b)] == [b], \
         "no half-restored volume under the failed one's name"
+
+
+def test_backup_prune_keeps_what_it_made_despite_a_future_dated_manifest(
+        cli, repo_dir, make_volume, mountpoint):
+    """A manifest of this host dated a year ahead made `backup --prune --keep-last 1`
+    delete the snapshot it had just taken, exit 0."""
+    name = make_volume("skew").name
+    fill(mountpoint(name), {"a.txt": b"hello\n"})
+    repo = Repository.open(str(repo_dir), writable=True)
+    ahead = add(repo, name, datetime.now(timezone.utc) + timedelta(days=365),
+                host=socket.gethostname(), suffix="f00d")
+    result = cli("backup", name, "-r", str(repo_dir), "--prune", "--keep-last", "1", "--json")
+    assert result.code == 0, result.stderr
+    made = json.loads(result.stdout)["volumes"][0]["snapshot"]
+    listed = json.loads(cli("list", name, "-r", str(repo_dir), "--json").stdout)["snapshots"]
+    assert sorted(s["snapshot"] for s in listed) == sorted([made, ahead])
+    assert f"warning: snapshot {ahead} is dated" in result.stderr
+    assert cli("verify", made, "-r", str(repo_dir)).code == 0

@@ -76,7 +76,7 @@ def test_waits_for_the_lock_then_fails(repo):
 def test_filters_and_groups(repo):
     a = daily(repo, "a", 3)
     b = daily(repo, "b", 3)
-    other = add(repo, "a", NOW + timedelta(hours=1), host="host2")
+    other = add(repo, "a", NOW + timedelta(minutes=1), host="host2")  # within the tolerance
     result = prune(repo, Rules(last=1), volumes=["a"], now=NOW)
     kept = sorted(d.snapshot for d in result.snapshots if d.keep)
     assert kept == sorted([a[-1], other])  # per host: host1's newest survives host2's
@@ -184,3 +184,36 @@ def test_cli_unlock(capsys, repo, repo_dir):
     code, out, _ = run(capsys, "unlock", "-r", str(repo_dir), "--all", "--json")
     assert code == 0 and json.loads(out)["locks"][0]["removed"] is True
     assert run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1")[0] == 0
+
+
+def test_a_future_dated_snapshot_is_kept_reported_and_not_counted(repo):
+    ids = daily(repo, days=2)
+    future = add(repo, "pgdata", NOW + timedelta(days=400), suffix="f00d")
+    result = prune(repo, Rules(last=1), now=NOW)
+    assert [(d.snapshot, d.status, d.reasons) for d in result.snapshots] == [
+        (future, "kept", ["dated in the future"]), (ids[1], "kept", ["last 1"]),
+        (ids[0], "removed", [])]
+    assert result.future_dated == [future]
+    warning, = result.warnings
+    assert future in warning and "not counted by the keep rules" in warning
+    result.raise_for_failures()  # a warning, not a failure
+
+
+def test_protected_snapshots_are_never_removed(repo):
+    ids = daily(repo, days=3)
+    result = prune(repo, Rules(last=1), now=NOW, protected={ids[0]})
+    assert {d.snapshot: d.status for d in result.snapshots} == {
+        ids[2]: "kept", ids[1]: "removed", ids[0]: "kept"}
+
+
+def test_cli_reports_a_future_dated_snapshot(capsys, repo, repo_dir):
+    now = datetime.now(timezone.utc)
+    present = add(repo, "pgdata", now - timedelta(minutes=1))
+    future = add(repo, "pgdata", now + timedelta(days=30), suffix="f00d")
+    code, out, err = run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["future_dated"] == [future]
+    assert {s["snapshot"]: s["status"] for s in data["snapshots"]} == {
+        future: "kept", present: "kept"}
+    assert f"warning: snapshot {future} is dated" in err

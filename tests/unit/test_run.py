@@ -320,3 +320,26 @@ def test_a_bad_notify_url_in_the_config_is_never_echoed(tmp_path):
             load(tmp_path, GOOD.replace('notify_url = "https://hooks.example.com/x"',
                                         f"notify_url = {value}"))
         assert "'notify_url'" in str(caught.value) and "SECRET" not in str(caught.value)
+
+
+@pytest.mark.parametrize("ahead", [timedelta(days=365), timedelta(minutes=4)])
+def test_a_run_never_prunes_the_snapshot_it_made(repo, hook, ahead):
+    """A snapshot of this host dated ahead (clock skew, a crafted manifest) used to be
+    `last 1`, and `backup --prune --keep-last 1` removed the snapshot it had just made. A
+    year ahead it is future-dated (kept, not counted, a warning); 4 minutes ahead it is
+    within the tolerance and counts, and the new snapshot is kept as made by this run."""
+    host = locking.socket.gethostname()
+    other = add(repo, "pgdata", datetime.now(timezone.utc) + ahead, host=host, suffix="f00d")
+    warned = []
+    schedule = Schedule("db", Rules(last=1), notify_url=hook, notify="always",
+                        warn=warned.append)
+    result = schedule.run(repo, fake_backup(repo))
+    made = result.volumes[0].snapshot
+    assert sorted(m.snapshot for m in repo.snapshots().snapshots) == sorted([made, other])
+    (_, body), = Hook.received
+    assert body["status"] == "ok" and body["prune"]["removed"] == 0
+    if ahead > timedelta(minutes=5):
+        assert len(warned) == 1 and other in warned[0] and "not counted" in warned[0]
+        assert body["prune"]["future_dated"] == [other]
+    else:
+        assert warned == [] and body["prune"]["future_dated"] == []

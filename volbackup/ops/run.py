@@ -67,15 +67,19 @@ class Schedule:
         return result
 
     def _prune(self, repo: Repository, result):
+        made = {v.snapshot for v in result.volumes if v.snapshot and not v.failed}
         try:
             pruned = prune_ops.prune(
                 repo, self.rules, sorted({v.volume for v in result.volumes}),
                 socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
-                lock_wait=self.lock_wait, on_break=self._broke)
+                lock_wait=self.lock_wait, on_break=self._broke,
+                protected=made)  # never what this run just made, whatever the clocks say
         except Exception as e:
             self.prune_error = as_error(e)
             self.warn(f"prune failed: {self.prune_error}")
             return None
+        for warning in pruned.warnings:
+            self.warn(warning)
         self.say(f"prune: {len(pruned.snapshots) - len(pruned.removed)} kept, "
                  f"{len(pruned.removed)} removed")
         try:
@@ -136,7 +140,8 @@ def summary(job: str, repo: Repository, started: datetime, seconds: float, resul
         "volumes": [v.as_dict() for v in result.volumes] if result else [],
         "prune": None if pruned is None else {
             "kept": len(pruned.snapshots) - len(pruned.removed), "removed": len(pruned.removed),
-            "freed_bytes": pruned.freed_bytes, "problems": pruned.problems},
+            "freed_bytes": pruned.freed_bytes, "problems": pruned.problems,
+            "future_dated": pruned.future_dated},
     }
 
 
