@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import run_cli
 from volbackup.urls import safe_url, scrub
 
 SECRET = "s3cr3t"
@@ -38,3 +39,14 @@ def test_scrub_cuts_every_url_in_a_message_and_keeps_the_rest():
             f"ftp://h2/{SECRET}.")
     assert scrub(text) == ("500 Server Error for http+docker://localhost: boom. See "
                            "'https://h.example', then ftp://h2.")
+
+
+@pytest.mark.parametrize("endpoint", [f"http://user:{SECRET}@127.0.0.1:9/{SECRET}",
+                                      f"not a url/{SECRET}"])
+def test_an_s3_endpoint_is_never_shown_whole(endpoint):
+    """AWS_ENDPOINT_URL that cannot be reached, or is no URL: one line, no secret."""
+    result = run_cli("list", "-r", "s3://bucket/prefix", env={
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}, timeout=120)
+    assert result.code in (5, 10), result.stderr
+    assert SECRET not in result.stderr + result.stdout and "Traceback" not in result.stderr

@@ -82,8 +82,11 @@ def _client():
                     connect_timeout=10, read_timeout=120, max_pool_connections=16)
     try:
         return boto3.session.Session().client("s3", config=config)
-    except bce.BotoCoreError as e:
-        raise RepositoryError(f"cannot set up the S3 client: {e}") from None
+    except (bce.BotoCoreError, ValueError) as e:
+        # botocore quotes AWS_ENDPOINT_URL whole, also when it is no URL: never repeat it
+        why = ("AWS_ENDPOINT_URL is not a valid URL" if str(e).startswith("Invalid endpoint")
+               else scrub(str(e)))
+        raise RepositoryError(f"cannot set up the S3 client: {why}") from None
 
 
 class S3Backend(Backend):
