@@ -14,7 +14,7 @@ import pytest
 from tests.unit.manifests import make_manifest
 from volbackup import locking
 from volbackup.cli import main
-from volbackup.errors import RepositoryLocked
+from volbackup.errors import RepositoryLocked, VolbackupError
 from volbackup.ops.prune import prune
 from volbackup.repository import Repository
 from volbackup.retention import Rules
@@ -217,3 +217,24 @@ def test_cli_reports_a_future_dated_snapshot(capsys, repo, repo_dir):
     assert {s["snapshot"]: s["status"] for s in data["snapshots"]} == {
         future: "kept", present: "kept"}
     assert f"warning: snapshot {future} is dated" in err
+
+
+def test_an_error_from_outside_volbackup_fails_one_removal_and_prune_goes_on(repo):
+    """An OSError no layer translated (EIO, a bug) while deleting one manifest: that snapshot
+    is failed, the others are still removed, and prune exits 1 naming it."""
+    ids = daily(repo, days=4)
+    delete = repo.backend.delete
+
+    def flaky(key):
+        if key == repo.manifest_key(ids[2]):  # the first one to remove (newest first)
+            raise OSError(5, "Input/output error")
+        delete(key)
+
+    repo.backend.delete = flaky
+    result = prune(repo, Rules(last=1), now=NOW)
+    status = {d.snapshot: (d.status, d.message) for d in result.snapshots}
+    assert status[ids[2]] == ("failed", f"{ids[2]}: unexpected OSError: [Errno 5] "
+                                        "Input/output error")
+    assert status[ids[1]][0] == status[ids[0]][0] == "removed"
+    with pytest.raises(VolbackupError, match="Input/output error"):
+        result.raise_for_failures()

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Collection
 
 from volbackup import locking, retention
-from volbackup.errors import VolbackupError
+from volbackup.errors import VolbackupError, as_error
 from volbackup.manifest import Manifest, utc_iso
 from volbackup.processes import pid_alive
 from volbackup.repository import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, PREFIX, Repository
@@ -142,14 +142,15 @@ def _created(m: Manifest) -> datetime:
 def _remove(repo: Repository, m: Manifest, out: SnapshotDecision) -> None:
     try:
         repo.backend.delete(repo.manifest_key(m.snapshot))
-    except VolbackupError as e:
-        out.status, out.message = "failed", f"{m.snapshot}: {e}"
+    except Exception as e:  # any error: this snapshot failed, the next is still decided
+        out.status, out.message = "failed", f"{m.snapshot}: {as_error(e)}"
         return
     try:
         repo.backend.delete(repo.archive_key(m))
-    except VolbackupError as e:
+    except Exception as e:
         out.status = "failed"
-        out.message = f"{m.snapshot}: removed, but its archive is left for the next prune: {e}"
+        out.message = (f"{m.snapshot}: removed, but its archive is left for the next prune: "
+                       f"{as_error(e)}")
 
 
 def _leftovers(repo: Repository, wanted: set[str] | None, dry_run: bool, age: timedelta,
@@ -192,6 +193,6 @@ def _removal(remove, target, key: str, kind: str, age: timedelta, size: int, old
     else:
         try:
             remove(target)
-        except VolbackupError as e:
-            out.status, out.message = "failed", f"{key}: {e}"
+        except Exception as e:
+            out.status, out.message = "failed", f"{key}: {as_error(e)}"
     return out
