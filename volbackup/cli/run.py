@@ -35,7 +35,8 @@ def scheduling_options(command):
 
     @click.option("--prune", "prune_after", is_flag=True,
                   help="After a fully successful backup, apply the --keep-* rules to the "
-                       "volumes backed up (their snapshots from this host).")
+                       "volumes backed up (their snapshots from this host; never the ones "
+                       "this run made, and future-dated ones are kept with a warning).")
     @keep_options
     @lock_wait_option
     @click.option("--metrics-file", metavar="PATH",
