@@ -98,8 +98,6 @@ def _short(err: Exception) -> str:
     return scrub(" ".join(str(text).split()))
 
 
-
-
 @contextmanager
 def _engine_errors(doing: str, not_found: str | None = None) -> Iterator[None]:
     """Turn the SDK's exceptions into ours, with one-line messages."""

@@ -121,8 +121,8 @@ def _prune(repo, rules, volumes, host, by_host, allow_remove_newest, dry_run, le
         if d.future:
             result.future_dated.append(m.snapshot)
             result.warnings.append(
-                f"snapshot {m.snapshot} is dated {utc_iso(d.snap.created)}, after this host's clock "
-                f"({utc_iso(now)}): kept, and not counted by the keep rules (another "
+                f"snapshot {m.snapshot} is dated {utc_iso(d.snap.created)}, after this host's "
+                f"clock ({utc_iso(now)}): kept, and not counted by the keep rules (another "
                 f"host's clock ahead, or a wrong manifest?)")
         out = SnapshotDecision(m.snapshot, m.volume, m.host, m.created, d.keep, d.reasons,
                                "kept" if d.keep else ("would remove" if dry_run else "removed"),

@@ -173,8 +173,9 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
         try:
             repo = Repository.open(job.repository, writable=True)
         except Exception as e:
-            result.errors.append((job.name, as_error(e)))
-            schedule._report(_unopened(job, as_error(e)))
+            error = as_error(e)
+            result.errors.append((job.name, error))
+            schedule._report(_unopened(job, error))
             result.jobs.extend(schedule.summaries)
             continue
 
