@@ -32,6 +32,7 @@ from volbackup.errors import ConfigError
 from volbackup.manifest import VOLUME_NAME
 from volbackup.ops.select import Selection
 from volbackup.retention import PERIODS, Rules
+from volbackup.urls import scrub
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,7 +153,9 @@ def _job(where: _Where, name: str, spec) -> Job:
     _check_keys(where, table, spec)
 
     def bad(key: str, wanted: str):
-        return where.error(table, key, f"must be {wanted}, not {spec[key]!r}")
+        # Never echo a notify_url (its path holds the token); any URL: scheme and host only.
+        shown = "the value given" if key == "notify_url" else scrub(repr(spec[key]))
+        return where.error(table, key, f"must be {wanted}, not {shown}")
 
     def text(key: str) -> str | None:
         if key in spec and (not isinstance(spec[key], str) or not spec[key]):

@@ -6,6 +6,8 @@ documented codes cannot drift from the real ones.
 
 from __future__ import annotations
 
+from volbackup.urls import scrub
+
 
 class VolbackupError(Exception):
     """Base of every error volbackup reports as a one-line message."""
@@ -13,6 +15,20 @@ class VolbackupError(Exception):
     exit_code = 1
     title = "failure"
     summary = "Any other failure: the message says what went wrong."
+
+
+class Unexpected(VolbackupError):
+    """An error from outside this tree (an OSError no layer translated, a bug), carried as
+    one volume's failure so that the run goes on and is reported as failed. Exit code 1."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(f"unexpected {type(error).__name__}: {scrub(str(error))}")
+        self.__cause__ = error  # --debug prints the original traceback too
+
+
+def as_error(error: BaseException) -> VolbackupError:
+    """`error` itself if it is one of ours, else wrapped in `Unexpected`."""
+    return error if isinstance(error, VolbackupError) else Unexpected(error)
 
 
 class NotFound(VolbackupError):

@@ -13,6 +13,13 @@ A snapshot is kept when at least one rule keeps it; `reasons` names every rule t
 The newest snapshot of each group is always kept unless `allow_remove_newest` is set (a
 volume whose backups stopped would otherwise lose everything to `within` alone).
 Ties (the same `created`) are broken by the snapshot id, the larger id counting as newer.
+
+Clock skew: a snapshot created more than FUTURE_TOLERANCE after `now` (another host's clock
+ahead, or a manifest written with a future date) is kept, with the reason "dated in the
+future", and is *not counted* by the rules: the rules, and "newest", apply to the present
+snapshots only, so a future date can never push a present snapshot out of `last N` or a
+period. Once `now` catches up with it, it is decided like any other. `protected` ids (the
+snapshots the calling run just made) are always kept, with the reason "made by this run".
 """
 
 from __future__ import annotations
@@ -20,7 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import groupby
-from typing import Callable
+from typing import Callable, Collection
+
+FUTURE_TOLERANCE = timedelta(minutes=5)   # clocks that agree this closely are not skewed
+FUTURE_REASON = "dated in the future"
+PROTECTED_REASON = "made by this run"
 
 # rule name -> period key of a UTC datetime
 PERIODS: dict[str, Callable[[datetime], str]] = {
@@ -74,10 +85,12 @@ class Decision:
     snap: Snap
     keep: bool = False
     reasons: list[str] = field(default_factory=list)
+    future: bool = False      # created after now + FUTURE_TOLERANCE: kept, not counted
 
 
 def decide(snaps: list[Snap], rules: Rules, now: datetime, by_host: bool = True,
-           allow_remove_newest: bool = False) -> list[Decision]:
+           allow_remove_newest: bool = False, protected: Collection[str] = (),
+           tolerance: timedelta = FUTURE_TOLERANCE) -> list[Decision]:
     """One decision per snapshot, grouped by (host, volume) then newest first."""
     if rules.empty:
         raise ValueError("no keep rule: refusing to decide (everything would be removed)")
@@ -88,7 +101,16 @@ def decide(snaps: list[Snap], rules: Rules, now: datetime, by_host: bool = True,
     ordered = sorted(snaps, key=lambda s: (group(s), s.created, s.id), reverse=True)
     out: list[Decision] = []
     for _, members in groupby(ordered, key=group):
-        out.extend(_decide_group(list(members), rules, now, allow_remove_newest))
+        members = list(members)
+        future = [Decision(s, True, [FUTURE_REASON], True) for s in members
+                  if s.created > now + tolerance]
+        present = [s for s in members if s.created <= now + tolerance]
+        out.extend(future)
+        out.extend(_decide_group(present, rules, now, allow_remove_newest))
+    for d in out:
+        if d.snap.id in protected:
+            d.keep = True
+            d.reasons.append(PROTECTED_REASON)
     return out
 
 

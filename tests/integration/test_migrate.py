@@ -11,9 +11,11 @@ from docker.types import Mount
 from tests.integration.conftest import PREFIX
 from tests.integration.corpus import differences, tree, write_corpus
 from tests.integration.helpers import contents, fill, one_line_error
+from tests.integration.test_run_failures import failing_for
 from tests.integration.second_engine import second_engine  # noqa: F401 (fixture)
 from tests.integration.ssh_engine import ssh_engine  # noqa: F401 (fixture)
-from volbackup.engine import HELPER_LABEL
+from volbackup.engine import HELPER_LABEL, Engine
+from volbackup.ops import migrate as migrate_ops
 
 
 @pytest.fixture
@@ -159,7 +161,24 @@ def test_over_ssh_with_gzip_on_the_wire(make_volume, mountpoint, cli, ssh_engine
                  env=ssh_engine["env"])
     assert result.code == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["target"] == ssh_engine["url"] and out["volumes"][0]["verified"] is True
+    shown = ssh_engine["url"].replace("root@", "")  # scheme and host: no user (volbackup.urls)
+    assert out["target"] == shown and out["volumes"][0]["verified"] is True
     attrs = ssh_engine["client"].api.inspect_volume(source.name)
     assert attrs["Labels"] == {"moved": "over ssh"}
     assert differences(tree(mountpoint(source.name)), tree(attrs["Mountpoint"])) == []
+
+
+def test_an_error_from_outside_volbackup_fails_one_volume_and_the_next_migrates(
+        make_volume, mountpoint, engine, target):
+    """A non-volbackup exception (disk full, as a progress reporter of ours raises it)
+    fails that volume alone, with exit code 1; the next volume still migrates."""
+    a, b = make_volume("a").name, make_volume("b").name
+    for name in (a, b):
+        fill(mountpoint(name), {"f": name.encode()})
+    result = migrate_ops.migrate(engine, Engine.connect(target["url"]), [a, b],
+                                 progress=failing_for(a, at_start=True))
+    assert [(v.volume, v.status) for v in result.volumes] == [(a, "failed"), (b, "migrated")]
+    assert result.volumes[0].error.exit_code == 1
+    assert "No space left on device" in result.volumes[0].message
+    there = {v.name for v in target["client"].volumes.list()}
+    assert b in there and a not in there, "no half-migrated volume under the failed name"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
-from volbackup.errors import IntegrityError, NotFound, PartialFailure, VolbackupError
+from volbackup.errors import (IntegrityError, NotFound, PartialFailure, Unexpected,
+                             VolbackupError)
 from volbackup.ops.outcome import Outcome, raise_for_failures
 
 
@@ -53,3 +57,15 @@ def test_failure_records_the_error():
     assert outcome.as_dict()["exit_code"] == 4 and "error" not in outcome.as_dict()
     assert ok("b").as_dict() == {"volume": "b", "status": "ok", "snapshot": None,
                                  "message": None, "exit_code": 0}
+
+
+def test_an_error_from_outside_the_tree_becomes_a_failure_with_exit_code_1():
+    disk_full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/srv/backups/x.tar.zst")
+    outcome = Outcome("a", "ok").failure(disk_full)
+    assert outcome.failed and isinstance(outcome.error, Unexpected)
+    assert outcome.error.exit_code == 1 and outcome.error.__cause__ is disk_full
+    assert outcome.message == ("unexpected OSError: [Errno 28] No space left on device: "
+                               "'/srv/backups/x.tar.zst'")
+    assert outcome.as_dict()["exit_code"] == 1
+    with pytest.raises(PartialFailure):
+        raise_for_failures([outcome, ok("b")], "volumes")

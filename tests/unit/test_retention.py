@@ -51,8 +51,8 @@ CASES = [
       "2027-01-01 01:00"],
      Rules(monthly=3), ["2026-11-30 23:59", "2026-12-31 22:00", "2027-01-01 01:00"]),
     ("monthly across February in a leap year",
-     ["2028-02-28 10:00", "2028-02-29 10:00", "2028-03-01 10:00"], Rules(monthly=2),
-     ["2028-02-29 10:00", "2028-03-01 10:00"]),
+     ["2024-02-28 10:00", "2024-02-29 10:00", "2024-03-01 10:00"], Rules(monthly=2),
+     ["2024-02-29 10:00", "2024-03-01 10:00"]),
     ("yearly keeps the last snapshot of each year",
      ["2025-06-01 00:00", "2025-12-31 23:59", "2026-12-31 23:59", "2027-01-01 00:00"],
      Rules(yearly=2), ["2026-12-31 23:59", "2027-01-01 00:00"]),
@@ -132,3 +132,34 @@ def test_invalid_rules(bad):
 @pytest.mark.parametrize("seconds,text", [(86400 * 7, "7d"), (7200, "2h"), (90, "90s"), (60, "1m")])
 def test_format_duration(seconds, text):
     assert format_duration(timedelta(seconds=seconds)) == text
+
+
+def test_a_future_dated_snapshot_is_kept_and_not_counted():
+    """Clock skew: a snapshot dated after now (beyond the tolerance) never pushes a present
+    one out of `last N`; it is kept itself, flagged `future`."""
+    decisions = decide(snaps("2027-01-09 00:00", "2027-01-10 11:00", "2027-03-01 00:00"),
+                       Rules(last=1), NOW)
+    by_stamp = {d.snap.id.split("@")[1]: d for d in decisions}
+    assert by_stamp["2027-03-01 00:00"].keep and by_stamp["2027-03-01 00:00"].future
+    assert by_stamp["2027-03-01 00:00"].reasons == ["dated in the future"]
+    assert by_stamp["2027-01-10 11:00"].reasons == ["last 1"]
+    assert not by_stamp["2027-01-09 00:00"].keep
+    # every rule and "newest" ignore it: only a present snapshot is the group's newest
+    old = decide(snaps("2026-12-01 00:00", "2027-03-01 00:00"), Rules(within=timedelta(days=1)),
+                 NOW)
+    assert [d.reasons for d in old] == [["dated in the future"], ["newest"]]
+
+
+def test_within_the_tolerance_a_snapshot_counts_as_present():
+    ahead = NOW + timedelta(minutes=4)   # clocks a few minutes apart are not skewed
+    decisions = decide([Snap("v@ahead", "v", ahead, "h")] + snaps("2027-01-10 11:00"),
+                       Rules(last=1), NOW)
+    assert [(d.snap.id, d.keep, d.future) for d in decisions] == [
+        ("v@ahead", True, False), ("v@2027-01-10 11:00", False, False)]
+
+
+def test_protected_snapshots_are_kept_with_a_reason():
+    decisions = decide(snaps("2027-01-08 00:00", "2027-01-09 00:00", "2027-01-10 00:00"),
+                       Rules(last=1), NOW, protected={"v@2027-01-08 00:00"})
+    assert [(d.keep, d.reasons) for d in decisions] == [
+        (True, ["last 1"]), (False, []), (True, ["made by this run"])]

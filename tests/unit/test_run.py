@@ -288,3 +288,67 @@ def test_locked_repository_is_reported(repo, tmp_path):
         Schedule("db", lock_wait=0, metrics_file=str(metrics)).run(repo, fake_backup(repo))
     held.release()
     assert samples(metrics.read_text())[("volbackup_run_success", (("backup_job", "db"),))] == 0
+
+
+def test_an_error_from_outside_volbackup_is_a_failed_run(repo, tmp_path, hook):
+    """Disk full (an OSError no layer translated) escaping the backup: the run is reported
+    failed (metrics, notification with the default --notify failure), not ok."""
+    metrics = tmp_path / "db.prom"
+    metrics.write_text('volbackup_last_success_timestamp_seconds{backup_job="db"} 1000\n')
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        Schedule("db", Rules(last=1), metrics_file=str(metrics), notify_url=hook).run(
+            repo, disk_full)
+    got = samples(metrics.read_text())
+    run = (("backup_job", "db"),)
+    assert got[("volbackup_run_success", run)] == 0
+    assert got[("volbackup_last_success_timestamp_seconds", run)] == 1000
+    (_, body), = Hook.received
+    assert body["status"] == "failed" and body["exit_code"] == 1
+    assert body["message"] == "unexpected OSError: [Errno 28] No space left on device"
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_run_is_reported_as_interrupted(repo, hook, stop):
+    def interrupted():
+        raise stop()
+
+    with pytest.raises(stop):
+        Schedule("db", notify_url=hook).run(repo, interrupted)
+    (_, body), = Hook.received
+    assert (body["status"], body["exit_code"], body["message"]) == ("failed", 130, "interrupted")
+
+
+def test_a_bad_notify_url_in_the_config_is_never_echoed(tmp_path):
+    for value in ('"ftp://hooks.example.com/services/SECRET"',
+                  '"hooks.example.com/services/SECRET"', '["https://h/SECRET"]'):
+        with pytest.raises(ConfigError) as caught:
+            load(tmp_path, GOOD.replace('notify_url = "https://hooks.example.com/x"',
+                                        f"notify_url = {value}"))
+        assert "'notify_url'" in str(caught.value) and "SECRET" not in str(caught.value)
+
+
+@pytest.mark.parametrize("ahead", [timedelta(days=365), timedelta(minutes=4)])
+def test_a_run_never_prunes_the_snapshot_it_made(repo, hook, ahead):
+    """A snapshot of this host dated ahead (clock skew, a crafted manifest) used to be
+    `last 1`, and `backup --prune --keep-last 1` removed the snapshot it had just made. A
+    year ahead it is future-dated (kept, not counted, a warning); 4 minutes ahead it is
+    within the tolerance and counts, and the new snapshot is kept as made by this run."""
+    host = locking.socket.gethostname()
+    other = add(repo, "pgdata", datetime.now(timezone.utc) + ahead, host=host, suffix="f00d")
+    warned = []
+    schedule = Schedule("db", Rules(last=1), notify_url=hook, notify="always",
+                        warn=warned.append)
+    result = schedule.run(repo, fake_backup(repo))
+    made = result.volumes[0].snapshot
+    assert sorted(m.snapshot for m in repo.snapshots().snapshots) == sorted([made, other])
+    (_, body), = Hook.received
+    assert body["status"] == "ok" and body["prune"]["removed"] == 0
+    if ahead > timedelta(minutes=5):
+        assert len(warned) == 1 and other in warned[0] and "not counted" in warned[0]
+        assert body["prune"]["future_dated"] == [other]
+    else:
+        assert warned == [] and body["prune"]["future_dated"] == []

@@ -18,7 +18,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import timezone
 from typing import BinaryIO, Iterator
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
@@ -26,6 +25,7 @@ from botocore.config import Config
 
 from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, check_key
 from volbackup.errors import RepositoryDenied, RepositoryError, RepositoryUnreachable
+from volbackup.urls import safe_url, scrub
 
 MiB = 1 << 20
 BASE_PART = 8 * MiB        # parts 1..FLAT_PARTS (the first 2 GiB)
@@ -82,8 +82,11 @@ def _client():
                     connect_timeout=10, read_timeout=120, max_pool_connections=16)
     try:
         return boto3.session.Session().client("s3", config=config)
-    except bce.BotoCoreError as e:
-        raise RepositoryError(f"cannot set up the S3 client: {e}") from None
+    except (bce.BotoCoreError, ValueError) as e:
+        # botocore quotes AWS_ENDPOINT_URL whole, also when it is no URL: never repeat it
+        why = ("AWS_ENDPOINT_URL is not a valid URL" if str(e).startswith("Invalid endpoint")
+               else scrub(str(e)))
+        raise RepositoryError(f"cannot set up the S3 client: {why}") from None
 
 
 class S3Backend(Backend):
@@ -105,7 +108,8 @@ class S3Backend(Backend):
         if sse_kms_key_id:
             self.put_args["SSEKMSKeyId"] = sse_kms_key_id
         self.client = client or _client()
-        self.endpoint = _safe_endpoint(self.client.meta.endpoint_url)
+        endpoint = self.client.meta.endpoint_url
+        self.endpoint = safe_url(endpoint) if endpoint else "S3"
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
@@ -143,11 +147,11 @@ class S3Backend(Backend):
             if status and status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
                 return RepositoryUnreachable(f"{self.endpoint} kept failing for {where} while "
                                              f"{doing} ({code}, gave up after retries)")
-            message = " ".join(str(err.get("Message", "")).split())[:200]
+            message = scrub(" ".join(str(err.get("Message", "")).split())[:200])
             return RepositoryError(f"S3 refused {doing} in {where}: {code}"
                                    + (f": {message}" if message else ""))
         return RepositoryError(f"S3 error in {where} while {doing}: "
-                               f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+                               f"{type(e).__name__}: {scrub(' '.join(str(e).split()))[:200]}")
 
     @contextmanager
     def _calls(self, doing: str, key: str | None = None) -> Iterator[None]:
@@ -364,12 +368,3 @@ class _Reader:
 
     def close(self) -> None:
         self.body.close()
-
-
-def _safe_endpoint(url: str | None) -> str:
-    """The endpoint for messages: scheme, host and port, never a user or password."""
-    if not url:
-        return "S3"
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"

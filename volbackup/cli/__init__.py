@@ -24,6 +24,7 @@ from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 from volbackup.malloc import use_one_arena
 from volbackup.signals import Terminated, handled
+from volbackup.urls import scrub
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,5 +79,6 @@ def _main(argv: list[str], debug: bool) -> int:
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             traceback.print_exc()
-        _error(f"unexpected {type(e).__name__}: {e} (run with --debug for a traceback)")
+        _error(f"unexpected {type(e).__name__}: {scrub(str(e))} (run with --debug for a "
+               "traceback)")
         return 1

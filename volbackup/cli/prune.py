@@ -43,6 +43,9 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
           dry_run, lock_wait, as_json):
     """Remove the snapshots that no --keep-* rule keeps, per volume and host.
 
+    A snapshot dated in the future (clock skew) is kept, with a warning, and not counted
+    by the rules.
+
     \b
     Examples:
       volbackup prune -r /srv/backups --keep-daily 7 --keep-weekly 4 --keep-monthly 12
@@ -54,13 +57,13 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
     result = ops.prune(Repository.open(repo, writable=not dry_run), rules, list(volumes), host,
                        not group_by_volume_only, allow_remove_newest, dry_run, leftover_age,
                        lock_wait, broke_lock)
-    for problem in result.problems:
+    for problem in result.problems + result.warnings:
         render.warn(problem)
     if as_json:
         render.emit_json("prune", repository=result.repository, dry_run=result.dry_run,
                          rules=result.rules, snapshots=[d.as_dict() for d in result.snapshots],
                          leftovers=[o.as_dict() for o in result.leftovers],
-                         problems=result.problems)
+                         problems=result.problems, future_dated=result.future_dated)
     else:
         for d in result.snapshots:
             why = ", ".join(d.reasons) if d.keep else "no rule keeps it"

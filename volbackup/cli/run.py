@@ -18,6 +18,13 @@ def _say(message: str) -> None:
     render.echo(f"volbackup: {message}", err=True)
 
 
+def _check_notify_url(ctx, param, value):
+    """An http(s) URL; the message never repeats it (its path often holds a token)."""
+    if value is not None and not value.lower().startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http:// or https:// URL", param=param)
+    return value
+
+
 def scheduling_options(command):
     """--prune with --keep-*, --lock-wait, --metrics-file, --notify-url, --notify.
 
@@ -28,14 +35,15 @@ def scheduling_options(command):
 
     @click.option("--prune", "prune_after", is_flag=True,
                   help="After a fully successful backup, apply the --keep-* rules to the "
-                       "volumes backed up (their snapshots from this host).")
+                       "volumes backed up (their snapshots from this host; never the ones "
+                       "this run made, and future-dated ones are kept with a warning).")
     @keep_options
     @lock_wait_option
     @click.option("--metrics-file", metavar="PATH",
                   help="Write Prometheus text-format metrics of the run to PATH (atomically).")
-    @click.option("--notify-url", metavar="URL",
+    @click.option("--notify-url", metavar="URL", callback=_check_notify_url,
                   help="POST the JSON run summary to URL (on failure, or always with "
-                       "--notify always).")
+                       "--notify always). Messages show only its scheme and host.")
     @click.option("--notify", type=click.Choice(["failure", "always"]), default="failure",
                   show_default=True, help="When to POST to --notify-url.")
     @functools.wraps(command)

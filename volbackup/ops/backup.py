@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from volbackup import __version__, archive, direct
 from volbackup.engine import Engine
-from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
+from volbackup.errors import IntegrityError, StreamBroken
 from volbackup.manifest import Manifest, utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
@@ -157,7 +157,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
             entries=packed.entries, seconds=seconds, source_kind=source.kind,
             source_container=source.container, mount_path=source.mount_path,
             bind_path=source.bind_path))
-    except VolbackupError as e:
+    except Exception as e:  # any error, also disk full: this volume failed, the next runs
         outcome.snapshot = None
         return outcome.failure(e)
     outcome.bytes, outcome.stored_bytes = packed.bytes, packed.stored_bytes

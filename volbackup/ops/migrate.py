@@ -68,7 +68,7 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
         try:
             _migrate_one(source, target, item, outcome, force, verify, gzip_from, gzip_to,
                          progress)
-        except VolbackupError as e:
+        except Exception as e:  # any error (Unexpected if not ours): the next one still runs
             outcome.failure(e)
         return outcome
 

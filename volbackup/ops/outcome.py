@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
-from volbackup.errors import PartialFailure, VolbackupError
+from volbackup.errors import PartialFailure, VolbackupError, as_error
 
 
 class ProgressFactory(Protocol):
@@ -32,8 +32,11 @@ class Outcome:
     def failed(self) -> bool:
         return self.status == "failed"
 
-    def failure(self, error: VolbackupError) -> "Outcome":
-        self.status, self.error, self.message = "failed", error, str(error)
+    def failure(self, error: BaseException) -> "Outcome":
+        """Failed with `error`; one from outside our tree (disk full, a bug) is wrapped, so
+        every error becomes a failed outcome with a message and an exit code."""
+        self.error = as_error(error)
+        self.status, self.message = "failed", str(self.error)
         return self
 
     def as_dict(self) -> dict:

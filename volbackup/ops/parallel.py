@@ -26,7 +26,9 @@ _worker = threading.local()  # .stop: the Event of the run this worker thread be
 
 def in_parallel(items: Sequence[T], work: Callable[[T], R], jobs: int) -> list[R]:
     """`work(item)` for every item, at most `jobs` at a time; the results in item order.
-    With one job (or one item) everything runs on this thread, as without this module."""
+    With one job (or one item) everything runs on this thread, as without this module.
+    `work` should turn its errors into results (as `each_quietly` does): an exception is
+    raised here only after every worker has ended, and the other results are lost."""
     if jobs <= 1 or len(items) <= 1:
         return [work(item) for item in items]
     stop = threading.Event()

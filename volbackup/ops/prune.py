@@ -7,16 +7,22 @@ unreferenced archives (no manifest) whose stamp is older than `leftover_age`, an
 directory repository, temp files of killed writes: those not modified for `leftover_age`,
 or not modified for TEMP_QUIET whose writer's pid is dead on this host.
 A volume with an unreadable manifest is left alone and reported.
+
+`protected` snapshot ids (those the calling run just made: `backup --prune`, `run`) are
+never removed. A snapshot dated in the future (clock skew, or a crafted manifest) is kept,
+not counted by the rules, and reported in `future_dated` and `warnings`
+(volbackup.retention).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Collection
 
 from volbackup import locking, retention
-from volbackup.errors import VolbackupError
-from volbackup.manifest import Manifest
+from volbackup.errors import VolbackupError, as_error
+from volbackup.manifest import Manifest, utc_iso
 from volbackup.processes import pid_alive
 from volbackup.repository import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, PREFIX, Repository
 
@@ -61,6 +67,8 @@ class PruneResult:
     snapshots: list[SnapshotDecision]
     leftovers: list[LeftoverRemoval] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # volumes left alone, and why
+    future_dated: list[str] = field(default_factory=list)  # snapshot ids (kept, not counted)
+    warnings: list[str] = field(default_factory=list)   # for stderr; not failures
 
     @property
     def removed(self) -> list[SnapshotDecision]:
@@ -83,20 +91,20 @@ def prune(repo: Repository, rules: retention.Rules, volumes: list[str] | None = 
           host: str | None = None, by_host: bool = True, allow_remove_newest: bool = False,
           dry_run: bool = False, leftover_age: float = DEFAULT_LEFTOVER_AGE,
           lock_wait: float = 60, on_break=lambda lock, why: None,
-          now: datetime | None = None) -> PruneResult:
+          now: datetime | None = None, protected: Collection[str] = ()) -> PruneResult:
     if rules.empty:
         raise ValueError("prune needs at least one keep rule")
     if dry_run:  # reads only: no lock, works on a read-only repository
         return _prune(repo, rules, volumes, host, by_host, allow_remove_newest, True,
-                      leftover_age, now)
+                      leftover_age, now, protected)
     with locking.locked(repo.backend, locking.EXCLUSIVE, lock_wait, "prune", on_break):
         return _prune(repo, rules, volumes, host, by_host, allow_remove_newest, False,
-                      leftover_age, now)
+                      leftover_age, now, protected)
 
 
 def _prune(repo, rules, volumes, host, by_host, allow_remove_newest, dry_run, leftover_age,
-           now) -> PruneResult:
-    now = now or datetime.now(timezone.utc)
+           now, protected) -> PruneResult:
+    now = now or datetime.now(timezone.utc)  # read once the lock is held
     listing = repo.snapshots(host=host)
     wanted = set(volumes) if volumes else None
     damaged = {p.volume for p in listing.problems}
@@ -105,10 +113,17 @@ def _prune(repo, rules, volumes, host, by_host, allow_remove_newest, dry_run, le
     manifests = {m.snapshot: m for m in listing.snapshots
                  if (wanted is None or m.volume in wanted) and m.volume not in damaged}
     snaps = [retention.Snap(m.snapshot, m.volume, _created(m), m.host) for m in manifests.values()]
-    decisions = retention.decide(snaps, rules, now, by_host, allow_remove_newest) if snaps else []
+    decisions = retention.decide(snaps, rules, now, by_host, allow_remove_newest,
+                                 set(protected)) if snaps else []
     result = PruneResult(repo.describe(), dry_run, rules.describe(), [], [], problems)
     for d in decisions:
         m = manifests[d.snap.id]
+        if d.future:
+            result.future_dated.append(m.snapshot)
+            result.warnings.append(
+                f"snapshot {m.snapshot} is dated {utc_iso(d.snap.created)}, after this host's "
+                f"clock ({utc_iso(now)}): kept, and not counted by the keep rules (another "
+                f"host's clock ahead, or a wrong manifest?)")
         out = SnapshotDecision(m.snapshot, m.volume, m.host, m.created, d.keep, d.reasons,
                                "kept" if d.keep else ("would remove" if dry_run else "removed"),
                                m.stored_bytes)
@@ -127,14 +142,15 @@ def _created(m: Manifest) -> datetime:
 def _remove(repo: Repository, m: Manifest, out: SnapshotDecision) -> None:
     try:
         repo.backend.delete(repo.manifest_key(m.snapshot))
-    except VolbackupError as e:
-        out.status, out.message = "failed", f"{m.snapshot}: {e}"
+    except Exception as e:  # any error: this snapshot failed, the next is still decided
+        out.status, out.message = "failed", f"{m.snapshot}: {as_error(e)}"
         return
     try:
         repo.backend.delete(repo.archive_key(m))
-    except VolbackupError as e:
+    except Exception as e:
         out.status = "failed"
-        out.message = f"{m.snapshot}: removed, but its archive is left for the next prune: {e}"
+        out.message = (f"{m.snapshot}: removed, but its archive is left for the next prune: "
+                       f"{as_error(e)}")
 
 
 def _leftovers(repo: Repository, wanted: set[str] | None, dry_run: bool, age: timedelta,
@@ -177,6 +193,6 @@ def _removal(remove, target, key: str, kind: str, age: timedelta, size: int, old
     else:
         try:
             remove(target)
-        except VolbackupError as e:
-            out.status, out.message = "failed", f"{key}: {e}"
+        except Exception as e:
+            out.status, out.message = "failed", f"{key}: {as_error(e)}"
     return out

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 from volbackup.engine import ContainerInfo, Engine
-from volbackup.errors import EngineError, VolbackupError
+from volbackup.errors import EngineError, Unexpected, VolbackupError, as_error
 from volbackup.ops.outcome import Outcome
 from volbackup.ops.parallel import in_parallel
 from volbackup.ops.select import Source
@@ -111,12 +111,12 @@ def _put_back(engine: Engine, stopped: list[ContainerInfo],
     for container in reversed(stopped):
         try:
             engine.start(container)
-        except VolbackupError as e:
+        except Exception as e:  # whatever it was, the others are still put back
             problems[container.name] = f"could not start container {container.name} again: {e}"
     for container in paused:
         try:
             engine.unpause(container)
-        except VolbackupError as e:
+        except Exception as e:
             problems[container.name] = f"could not unpause container {container.name}: {e}"
     return problems
 
@@ -131,6 +131,12 @@ def _hook(engine: Engine, container: ContainerInfo, which: str) -> HookRun | Non
         code, output = -1, str(e).encode()
     text = output[-OUTPUT_LIMIT:].decode("utf-8", "replace")
     return HookRun(container.name, which, command, code, text)
+
+
+def _after_done(volume: str, error: VolbackupError) -> VolbackupError:
+    """`error` (its class and exit code) for a volume that was read before it happened."""
+    cls = VolbackupError if isinstance(error, Unexpected) else type(error)
+    return cls(f"{volume} was done, but {error}")
 
 
 def stop_order(containers: list[ContainerInfo]) -> list[ContainerInfo]:
@@ -201,11 +207,12 @@ def each_quietly(engine: Engine, sources: list[Source], mode: str | None, stop_t
                     done.append(work(source) if hook is None else failed(source, VolbackupError(
                         f"skipped: the pre-hook of container {hook.container} failed with "
                         f"exit code {hook.exit_code}")))
-        except VolbackupError as e:  # a container could not be stopped or put back
+        except Exception as e:  # a container could not be stopped or put back, or a bug
+            error = as_error(e)
             for outcome in done:
                 if not outcome.failed:
-                    outcome.failure(type(e)(f"{outcome.volume} was done, but {e}"))
-            done.extend(failed(s, e) for s in group[len(done):])
+                    outcome.failure(_after_done(outcome.volume, error))
+            done.extend(failed(s, error) for s in group[len(done):])
         for source, outcome in zip(group, done):
             names = {c.name for c in users[source.volume]}
             if state is not None:
@@ -214,5 +221,13 @@ def each_quietly(engine: Engine, sources: list[Source], mode: str | None, stop_t
                 outcome.paused = [n for n in state.paused if n in names]
         return done
 
-    return [outcome for done in in_parallel(groups(sources, users), one_group, jobs)
+    def every_outcome(grouped: tuple[list[ContainerInfo], list[Source]]) -> list[QuietOutcome]:
+        """Never raises (but on Ctrl-C): a worker of --jobs that raised would lose the
+        outcomes of every other group."""
+        try:
+            return one_group(grouped)
+        except Exception as e:
+            return [failed(s, as_error(e)) for s in grouped[1]]
+
+    return [outcome for done in in_parallel(groups(sources, users), every_outcome, jobs)
             for outcome in done]

@@ -8,6 +8,7 @@ well. The notification never raises: a failure comes back as a message for stder
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from volbackup.urls import safe_url, scrub
 
 NOTIFY_TIMEOUT = 10.0
 
@@ -110,26 +113,32 @@ def write_metrics(path: str, summary: dict) -> None:
 
 
 def notify(url: str, summary: dict, timeout: float = NOTIFY_TIMEOUT) -> str | None:
-    """POST the summary as JSON; None when the server took it, else why not (never raises)."""
-    request = urllib.request.Request(
-        url, data=json.dumps(summary).encode(), method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "volbackup"})
+    """POST the summary as JSON; None when the server took it, else why not (never raises).
+
+    The URL often holds a token (Slack, Discord): messages show its scheme and host only.
+    """
+    where = safe_url(url)
     try:
+        request = urllib.request.Request(
+            url, data=json.dumps(summary).encode(), method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "volbackup"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read(65536)
         return None
     except urllib.error.HTTPError as e:
-        return f"the notification to {_safe(url)} got HTTP {e.code}"
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return f"the notification to {_safe(url)} failed: {reason}"
+        return f"the notification to {where} got HTTP {e.code}"
+    except Exception as e:  # URLError, OSError, http.client's: the receiver, not the run
+        return f"the notification to {where} failed: {_why(e)}"
 
 
-def _safe(url: str) -> str:
-    """The URL without user, password or query string (tokens often live there)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+def _why(error: Exception) -> str:
+    """Why a POST failed, from the OS's own words only: the texts of urllib and http.client
+    quote pieces of the URL (a bad port quotes the password, an unknown scheme the path)."""
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return scrub(reason.strerror)
+    if isinstance(error, (ValueError, http.client.InvalidURL)):
+        return "not a valid http(s) URL"
+    return type(reason).__name__

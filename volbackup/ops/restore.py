@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from volbackup import archive, direct
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
-from volbackup.errors import NotFound, TargetNotEmpty, VolbackupError
+from volbackup.errors import NotFound, TargetNotEmpty
 from volbackup.manifest import Manifest
 from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
@@ -63,7 +63,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
                 outcome.failure(e)
             else:
                 outcome.status, outcome.message = "skipped", str(e)
-        except VolbackupError as e:
+        except Exception as e:  # any error (Unexpected if not ours): the next ref still runs
             outcome.failure(e)
         outcomes.append(outcome)
     return RestoreResult(repo.describe(), outcomes)

@@ -17,7 +17,7 @@ from typing import Callable
 
 from volbackup import __version__, locking
 from volbackup.config import Job
-from volbackup.errors import PartialFailure, VolbackupError
+from volbackup.errors import PartialFailure, VolbackupError, as_error
 from volbackup.manifest import utc_iso
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import prune as prune_ops
@@ -58,7 +58,7 @@ class Schedule:
             elif self.rules and result.volumes:
                 self.say("prune: skipped, not every volume was backed up")
             error = _first_error(result) or self.prune_error
-        except (VolbackupError, KeyboardInterrupt) as e:
+        except BaseException as e:  # whatever stopped the run, it is reported as failed
             error = e
             raise
         finally:
@@ -67,15 +67,19 @@ class Schedule:
         return result
 
     def _prune(self, repo: Repository, result):
+        made = {v.snapshot for v in result.volumes if v.snapshot and not v.failed}
         try:
             pruned = prune_ops.prune(
                 repo, self.rules, sorted({v.volume for v in result.volumes}),
                 socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
-                lock_wait=self.lock_wait, on_break=self._broke)
-        except VolbackupError as e:
-            self.prune_error = e
-            self.warn(f"prune failed: {e}")
+                lock_wait=self.lock_wait, on_break=self._broke,
+                protected=made)  # never what this run just made, whatever the clocks say
+        except Exception as e:
+            self.prune_error = as_error(e)
+            self.warn(f"prune failed: {self.prune_error}")
             return None
+        for warning in pruned.warnings:
+            self.warn(warning)
         self.say(f"prune: {len(pruned.snapshots) - len(pruned.removed)} kept, "
                  f"{len(pruned.removed)} removed")
         try:
@@ -119,10 +123,11 @@ def summary(job: str, repo: Repository, started: datetime, seconds: float, resul
             error: BaseException | None) -> dict:
     """The JSON run summary: what the metrics file and the notification are made from."""
     finished = datetime.now(timezone.utc)
-    if isinstance(error, KeyboardInterrupt):
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
         code, message = 130, "interrupted"
     elif error is not None:
-        code, message = getattr(error, "exit_code", 1), str(error)
+        error = as_error(error)
+        code, message = error.exit_code, str(error)
     else:
         code, message = 0, None
     return {
@@ -135,7 +140,8 @@ def summary(job: str, repo: Repository, started: datetime, seconds: float, resul
         "volumes": [v.as_dict() for v in result.volumes] if result else [],
         "prune": None if pruned is None else {
             "kept": len(pruned.snapshots) - len(pruned.removed), "removed": len(pruned.removed),
-            "freed_bytes": pruned.freed_bytes, "problems": pruned.problems},
+            "freed_bytes": pruned.freed_bytes, "problems": pruned.problems,
+            "future_dated": pruned.future_dated},
     }
 
 
@@ -166,9 +172,10 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
                             job.metrics_file, job.notify_url, job.notify, warn, say)
         try:
             repo = Repository.open(job.repository, writable=True)
-        except VolbackupError as e:
-            result.errors.append((job.name, e))
-            schedule._report(_unopened(job, e))
+        except Exception as e:
+            error = as_error(e)
+            result.errors.append((job.name, error))
+            schedule._report(_unopened(job, error))
             result.jobs.extend(schedule.summaries)
             continue
 
@@ -182,8 +189,8 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
 
         try:
             schedule.raise_for_failures(schedule.run(repo, do_backup))
-        except VolbackupError as e:
-            result.errors.append((job.name, e))
+        except Exception as e:  # reported by Schedule.run; the next job still runs
+            result.errors.append((job.name, as_error(e)))
         result.jobs.extend(schedule.summaries)
     return result
 

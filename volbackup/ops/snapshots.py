@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from volbackup import archive
-from volbackup.errors import IntegrityError, NotFound, RepositoryError, VolbackupError
+from volbackup.errors import IntegrityError, NotFound, RepositoryError
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.repository import Listing, Repository
@@ -62,7 +62,7 @@ def verify(repo: Repository, refs: list[str], verify_all: bool = False,
             manifest = target if isinstance(target, Manifest) else repo.resolve(target)
             check.volume, check.snapshot = manifest.volume, manifest.snapshot
             _verify_one(repo, manifest, check, progress)
-        except VolbackupError as e:
+        except Exception as e:  # any error (Unexpected if not ours): the next one still runs
             check.failure(e)
         checks.append(check)
     return VerifyResult(repo.describe(), checks)
