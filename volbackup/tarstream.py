@@ -79,6 +79,37 @@ def digest_differences(expected: dict, actual: dict, limit: int = 5) -> list[str
     return out
 
 
+def _unsafe(name: str) -> str | None:
+    """Why a member name (or hard link target) leads outside the extraction directory."""
+    if name.startswith("/"):
+        return "has an absolute name"
+    if ".." in name and ".." in name.split("/"):
+        return "has '..' in its name"
+    return None
+
+
+def _key(name: str) -> str:
+    """The path a name reaches: `./a//b/./c/` is `a/b/c`, the root is ``."""
+    return "/".join(p for p in name.split("/") if p and p != ".")
+
+
+def shown(name: str, limit: int = 200) -> str:
+    """A member name for a one-line message: quoted, with undecodable bytes as \\xNN and
+    control characters escaped (a name may hold a newline), cut at `limit` characters."""
+    out = []
+    for c in name[:limit]:
+        code = ord(c)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif c in "\\'":
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+    return "'" + "".join(out) + ("..." if len(name) > limit else "") + "'"
+
+
 def _padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
@@ -185,6 +216,7 @@ class TarWalker:
         self._zero_blocks = 0
         self.ended = False
         self.end_marker_at: int | None = None  # stream offset where the end marker starts
+        self._symlinks: set[str] = set()  # normalised names of the symlink members so far
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -248,6 +280,7 @@ class TarWalker:
             raise IntegrityError(f"corrupt PAX numbers for tar entry {name!r}") from None
         if size < 0:
             raise IntegrityError(f"negative size for tar entry {name!r}")
+        self._check_safe(name, info.type, link)
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
                       mtime=mtime, size=size, linkname=link, pax=pax,
                       device=info.device)
@@ -262,6 +295,58 @@ class TarWalker:
             self._hasher = hashlib.sha256() if has_data else None
             if not self._data_left:
                 self._record_digest()
+
+    def _check_safe(self, name: str, type_: bytes, link: str) -> None:
+        """Refuse a member that would be written outside the directory it is extracted into.
+
+        A real volume cannot produce one: its names are relative, without `..`, and its
+        directories are directories. So a member that is absolute, has a `..` component,
+        or lies under an earlier symlink member (`link -> /`, then `link/x`), and a hard
+        link whose target is absolute, has `..` or lies under a symlink, can only come from
+        a crafted or damaged archive. Symlink targets are not checked: a symlink is stored
+        as it was (`-> /etc/passwd` and `-> ../x` are normal), only never followed.
+
+        Memory: the normalised names of the symlink members seen (hard links to them
+        count as symlinks too), about 100 bytes plus the name per symlink; nothing else.
+        """
+        problem = _unsafe(name)
+        if problem:
+            raise IntegrityError(f"tar member {shown(name)} {problem}; refused (a volume "
+                                 f"cannot hold it: the archive is crafted or damaged)")
+        key = _key(name) if self._symlinks or type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE) \
+            else None
+        if self._symlinks and key:
+            under = self._under_symlink(key)
+            if under is not None:
+                raise IntegrityError(
+                    f"tar member {shown(name)} lies under the symlink member {shown(under)}; "
+                    f"refused (a volume cannot hold it: the archive is crafted or damaged)")
+        if type_ == tarfile.LNKTYPE:
+            problem = _unsafe(link)
+            target = _key(link)
+            under = self._under_symlink(target) if self._symlinks and not problem else None
+            if under is not None:
+                problem = f"lies under the symlink member {shown(under)}"
+            if problem:
+                raise IntegrityError(
+                    f"tar member {shown(name)} is a hard link to {shown(link)}, which "
+                    f"{problem}; refused (a volume cannot hold it: the archive is crafted "
+                    f"or damaged)")
+            if target in self._symlinks:
+                self._symlinks.add(key)  # a hard link to a symlink is that symlink again
+        elif type_ == tarfile.SYMTYPE:
+            self._symlinks.add(key)
+
+    def _under_symlink(self, key: str) -> str | None:
+        """The earlier symlink member that is a proper ancestor of `key`, if any."""
+        if "" in self._symlinks and key:
+            return "."
+        slash = key.find("/")
+        while slash >= 0:
+            if key[:slash] in self._symlinks:
+                return key[:slash]
+            slash = key.find("/", slash + 1)
+        return None
 
     def _record_digest(self) -> None:
         if self.digests is None or self._current is None:

@@ -15,7 +15,9 @@ from tests.unit.tars import (
     ROOT_XATTR,
     chunked,
     corpus_members,
+    crafted,
     end_of_members,
+    gnu_long_crafted,
     make_tar,
     members_of,
 )
@@ -338,3 +340,63 @@ def test_root_entry_tar_keeps_binary_xattr_bytes():
     data = root_entry_tar(root, "data")
     assert b"SCHILY.xattr.security.capability=" + raw + b"\n" in data
     assert walk(data).first.pax["SCHILY.xattr.security.capability"] == value
+
+
+# -- members that would land outside the extraction directory
+
+
+@pytest.mark.parametrize("how", [1, 513, "random"])
+@pytest.mark.parametrize("case", list(crafted()))
+def test_crafted_members_are_refused_and_named(case, how):
+    tar, member = crafted()[case]
+    with pytest.raises(IntegrityError) as raised:
+        walk(tar, how, finish=False)
+    assert f"tar member '{member}' " in str(raised.value)
+    assert "refused" in str(raised.value)
+
+
+def test_a_dotdot_in_a_gnu_long_name_is_refused():
+    with pytest.raises(IntegrityError, match=r"has '\.\.' in its name"):
+        walk(gnu_long_crafted())
+
+
+def test_what_a_real_volume_holds_is_not_refused():
+    """Symlink targets may be absolute or hold `..`; names may merely look alike."""
+    def info(name, type_=tarfile.REGTYPE, linkname=""):
+        i = tarfile.TarInfo(name)
+        i.type, i.linkname = type_, linkname
+        return i
+    members = [(info("./", tarfile.DIRTYPE), b""),
+               (info("./abs", tarfile.SYMTYPE, "/"), b""),
+               (info("./up", tarfile.SYMTYPE, "../../.."), b""),
+               (info("./absx/file"), b"x"), (info("./ab"), b"x"),       # siblings of `abs`
+               (info("./..hidden"), b"x"), (info("./a..b/c...d"), b"x"),
+               (info("./new\nline/..x"), b"x"),
+               (info("./hard-to-link", tarfile.LNKTYPE, "./abs"), b""),  # a link to a symlink
+               (info("./hard", tarfile.LNKTYPE, "./a..b/c...d"), b"")]
+    walker = walk(make_tar(members), "random")
+    assert walker.entries == len(members)
+
+
+def test_the_refused_name_is_escaped_in_the_message():
+    name = "./../new\nline-" + NON_UTF8_NAME[2:] + "-'q'"
+    tar = make_tar([(tarfile.TarInfo(name), b"")])
+    with pytest.raises(IntegrityError) as raised:
+        walk(tar)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert r"'./../new\nline-latin1-\xe9\xff.bin-\'q\'' has '..' in its name" in message
+
+
+def test_only_symlinks_are_remembered():
+    """The memory the check needs grows with the symlinks in an archive, not its files."""
+    files = [(tarfile.TarInfo(f"./d{i // 100}/f{i}"), b"") for i in range(3000)]
+    links = [(_symlink(f"./l{i}", "/"), b"") for i in range(10)]
+    walker = walk(make_tar(files + links))
+    assert len(walker._symlinks) == 10
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
