@@ -15,7 +15,7 @@ import struct
 import tarfile
 from dataclasses import dataclass, field
 
-from volbackup.errors import IntegrityError
+from volbackup.errors import IntegrityError, VolbackupError
 
 BLOCK = 512
 _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
@@ -217,6 +217,9 @@ class TarWalker:
         self.ended = False
         self.end_marker_at: int | None = None  # stream offset where the end marker starts
         self._symlinks: set[str] = set()  # normalised names of the symlink members so far
+        self._dirs: list[tuple[str, Entry]] = []  # the directory entries above this point
+        self.relinks: list[tuple[Entry, Entry | None]] = []  # see metadata_tar
+        self.relinks_dropped = 0
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -287,6 +290,10 @@ class TarWalker:
         self.entries += 1
         if self.first is None and self._keep_first:
             self.first = entry
+        if info.type == tarfile.DIRTYPE:
+            self._enter_directory(entry)
+        elif info.type == tarfile.LNKTYPE and entry.mode & _SETID:
+            self._note_relink(entry)
         has_data = info.type in tarfile.REGULAR_TYPES or info.type not in tarfile.SUPPORTED_TYPES
         self._skip = _padded(size) if has_data else 0
         self._data_left = size if has_data else 0
@@ -348,6 +355,70 @@ class TarWalker:
             slash = key.find("/", slash + 1)
         return None
 
+    def _enter_directory(self, entry: Entry) -> None:
+        """Keep the chain of directory entries down to this one (memory: the path depth)."""
+        key = _key(entry.name)
+        while self._dirs and not _is_ancestor(self._dirs[-1][0], key):
+            self._dirs.pop()
+        self._dirs.append((key, entry))
+
+    def _note_relink(self, entry: Entry) -> None:
+        """Remember a hard link with setuid/setgid bits, and its directory's entry."""
+        if len(self.relinks) >= MAX_RELINKS:
+            self.relinks_dropped += 1
+            return
+        parent = _key(entry.name).rpartition("/")[0]
+        found = next((d for key, d in reversed(self._dirs) if key == parent), None)
+        self.relinks.append((entry, found))
+
+    def metadata_tar(self, mount: str) -> bytes | None:
+        """What the engine's extractor needs to be given again, at `/`, after it has
+        extracted the stream at `/<mount>`: a tar for that second PUT, or None.
+
+        - The volume root: the engine ignores `./` when extracting into a directory, but
+          applies a directory entry named after the mount point.
+        - Hard links with setuid/setgid bits. The engine chowns every hard link it makes,
+          which clears those bits on the shared inode, and puts the mode back only when
+          it finds the link's target relative to its working directory, `/`: true for
+          `data/x`, never for `./x`. So each such link is made again as `<mount>/x`,
+          and its directory's entry is given again too, since re-making a link changes
+          the directory's mtime (an archive not in directory order may lack it: then
+          that mtime is lost). At most MAX_RELINKS links are remembered (about 1 KiB
+          each); a restore through the engine fails beyond that.
+        """
+        if self.relinks_dropped:
+            raise VolbackupError(
+                f"the archive has more than {MAX_RELINKS} hard links with setuid or setgid "
+                f"bits; the engine cannot restore their modes: restore with --direct")
+        members: list[tarfile.TarInfo] = []
+        root = self.first
+        if root is not None and root.is_root:
+            members.append(_again(root, mount))
+        dirs: dict[str, Entry] = {}
+        for link, parent in self.relinks:
+            key, target = _key(link.name), _key(link.linkname)
+            for name in (key, target):
+                under = self._under_symlink(name) if self._symlinks else None
+                if name in self._symlinks or under is not None:
+                    raise IntegrityError(
+                        f"tar member {shown(link.name)} is a hard link whose name or target "
+                        f"became a symlink later in the archive; refused (a volume cannot "
+                        f"hold it: the archive is crafted or damaged)")
+            if parent is not None and _key(parent.name):
+                dirs[_key(parent.name)] = parent
+        members += [_again(d, f"{mount}/{key}") for key, d in dirs.items()]
+        for link, _ in self.relinks:
+            info = _again(link, f"{mount}/{_key(link.name)}")
+            info.type, info.linkname = tarfile.LNKTYPE, f"{mount}/{_key(link.linkname)}"
+            members.append(info)
+        if not members:
+            return None
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for info in members:
+                tar.addfile(info)
+        return buf.getvalue()
+
     def _record_digest(self) -> None:
         if self.digests is None or self._current is None:
             return
@@ -378,6 +449,26 @@ class TarWalker:
                 f"(after {self.bytes} bytes)")
         raise IntegrityError(
             f"tar stream is truncated: no end-of-archive marker after {self.entries} entries")
+
+
+MAX_RELINKS = 10_000
+_SETID = 0o6000
+
+
+def _is_ancestor(parent: str, key: str) -> bool:
+    return parent == "" or key.startswith(parent + "/")
+
+
+def _again(entry: Entry, name: str) -> tarfile.TarInfo:
+    """A header that gives `entry`'s owner, mode, mtime and xattrs to `name` once more."""
+    info = tarfile.TarInfo(name)
+    info.type = entry.type
+    info.mode = entry.mode & 0o7777
+    info.uid, info.gid = entry.uid, entry.gid
+    info.mtime = entry.mtime
+    info.pax_headers = {k: v for k, v in entry.pax.items()
+                        if k.startswith("SCHILY.") or k == "mtime"}  # mtime: all its digits
+    return info
 
 
 def root_entry_tar(root: Entry, name: str) -> bytes:

@@ -55,6 +55,12 @@ def write_corpus(root: str) -> None:
     write("dir/hardlink-a", b"one inode, two names\n", mode=0o600)
     os.link(path("dir/hardlink-a"), path("dir/sub/hardlink-b"))
     os.link(path("dir/hardlink-a"), path("hardlink-c"))
+    # Hard links keep setuid/setgid on both paths (the engine's extractor needs help: its
+    # chown of each link clears them), and their directories keep their mtimes.
+    write("dir/suid-linked", b"#!/bin/sh\n", mode=0o4755)
+    os.link(path("dir/suid-linked"), path("dir/sub/suid-linked-2"))
+    write("sgid-linked", b"#!/bin/sh\n", mode=0o2750, gid=50)
+    os.link(path("sgid-linked"), path("dir/sub/sgid-linked-2"))
     os.makedirs(path("empty"))
     os.makedirs(path("deep/empty/nested"))
     os.mkfifo(path("fifo"), 0o640)

@@ -400,3 +400,85 @@ def _symlink(name: str, target: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.linkname = tarfile.SYMTYPE, target
     return info
+
+
+# -- metadata_tar: what the engine's extractor is given again after the stream
+
+
+def _member(name, type_=tarfile.REGTYPE, mode=0o644, linkname="", mtime=1_600_000_000,
+            pax=None):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.mtime = type_, mode, linkname, mtime
+    info.uid, info.gid = 7, 50
+    info.pax_headers = dict(pax or {})
+    return info
+
+
+SETUID_LINKS = [
+    (_member("./", tarfile.DIRTYPE, 0o750), b""),
+    (_member("./bin/", tarfile.DIRTYPE, 0o2755, pax={"mtime": "1600000001.123456789",
+                                                    "SCHILY.xattr.user.a": "1"}), b""),
+    (_member("./bin/sub/", tarfile.DIRTYPE), b""),
+    (_member("./bin/sub/deep", tarfile.DIRTYPE), b""),
+    (_member("./bin/tool", mode=0o4755), b"#!/bin/sh\n"),
+    (_member("./bin/tool-2", tarfile.LNKTYPE, 0o4755, "./bin/tool"), b""),   # after bin/sub/deep
+    (_member("./other/", tarfile.DIRTYPE), b""),
+    (_member("./top", tarfile.LNKTYPE, 0o6755, "./bin/tool"), b""),
+    (_member("./plain", tarfile.LNKTYPE, 0o755, "./bin/tool"), b""),         # no setid bits
+]
+
+
+def test_metadata_tar_gives_the_root_and_setid_hard_links_again():
+    tar = walk(make_tar(SETUID_LINKS), "random").metadata_tar("data")
+    members = {m.name: m for m in members_of(tar)}
+    assert list(members) == ["data", "data/bin", "data/bin/tool-2", "data/top"]
+    root, bin_, link, top = members.values()
+    assert root.isdir() and (root.mode, root.uid, root.gid) == (0o750, 7, 50)
+    assert bin_.isdir() and (bin_.mode, bin_.uid, bin_.gid) == (0o2755, 7, 50)
+    assert bin_.pax_headers["mtime"] == "1600000001.123456789"   # every digit
+    assert bin_.pax_headers["SCHILY.xattr.user.a"] == "1"
+    assert link.islnk() and link.linkname == "data/bin/tool" and link.mode == 0o4755
+    assert top.islnk() and top.linkname == "data/bin/tool" and top.mode == 0o6755
+    assert walk(tar).entries == 4      # a complete tar, by our own check too
+
+
+def test_metadata_tar_is_only_the_root_without_setid_hard_links():
+    tar = walk(SMALL_TAR).metadata_tar("data")
+    assert [m.name for m in members_of(tar)] == ["data"]
+    assert walk(make_tar(corpus_members(big=False)[1:])).metadata_tar("data") is None
+
+
+def test_a_link_whose_directory_came_out_of_order_is_still_made_again():
+    members = [(_member("./", tarfile.DIRTYPE), b""), (_member("./d/", tarfile.DIRTYPE), b""),
+               (_member("./d/f", mode=0o4755), b"x"), (_member("./e/", tarfile.DIRTYPE), b""),
+               (_member("./d/g", tarfile.LNKTYPE, 0o4755, "./d/f"), b"")]  # ./d/ is gone by then
+    tar = walk(make_tar(members)).metadata_tar("data")
+    assert [m.name for m in members_of(tar)] == ["data", "data/d/g"]
+
+
+def test_a_hard_link_made_a_symlink_later_is_refused():
+    """A name is in a real archive once; re-making a link that was replaced by a symlink
+    would write through it."""
+    members = SETUID_LINKS + [(_member("./bin", tarfile.SYMTYPE, linkname="/etc"), b"")]
+    walker = walk(make_tar(members))
+    with pytest.raises(IntegrityError, match="became a symlink later"):
+        walker.metadata_tar("data")
+
+
+def test_setid_hard_links_are_remembered_up_to_a_bound(monkeypatch):
+    from volbackup import tarstream
+    from volbackup.errors import VolbackupError
+
+    monkeypatch.setattr(tarstream, "MAX_RELINKS", 1)
+    walker = walk(make_tar(SETUID_LINKS))
+    assert len(walker.relinks) == 1 and walker.relinks_dropped == 1
+    with pytest.raises(VolbackupError, match="more than 1 hard links with setuid"):
+        walker.metadata_tar("data")
+
+
+def test_only_the_directories_above_the_current_entry_are_kept():
+    members = [(_member("./", tarfile.DIRTYPE), b"")] + [
+        (_member(f"./d{i}/", tarfile.DIRTYPE), b"") for i in range(500)]
+    walker = walk(make_tar(members + [(_member("./d499/x/", tarfile.DIRTYPE), b""),
+                                      (_member("./d7/x/", tarfile.DIRTYPE), b"")]))
+    assert [key for key, _ in walker._dirs] == ["", "d7/x"]
