@@ -3,8 +3,10 @@
 It never buffers member data: it reads each header, skips the member's data by its
 size, and insists on the end-of-archive marker. That is what tells a complete tar
 from one the engine cut short (the engine may end its HTTP stream cleanly even
-when the tar inside it is broken). It also keeps the first member, which in our
-archives is the volume root `./`, so restore can put back the root's metadata.
+when the tar inside it is broken). It refuses members that would land outside the
+directory they are extracted into (docs/format.md), before their bytes are passed on.
+It also keeps the first member, which in our archives is the volume root `./`, and what
+the engine's extractor must be given again afterwards (`TarWalker.metadata_tar`).
 """
 
 from __future__ import annotations
@@ -314,7 +316,7 @@ class TarWalker:
         as it was (`-> /etc/passwd` and `-> ../x` are normal), only never followed.
 
         Memory: the normalised names of the symlink members seen (hard links to them
-        count as symlinks too), about 100 bytes plus the name per symlink; nothing else.
+        count as symlinks too), about 90 bytes plus the name per symlink; nothing else.
         """
         problem = _unsafe(name)
         if problem:
