@@ -15,7 +15,7 @@ import hashlib
 import io
 import struct
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from volbackup.errors import IntegrityError, VolbackupError
 
@@ -221,6 +221,7 @@ class TarWalker:
         self._symlinks: set[str] = set()  # normalised names of the symlink members so far
         self._dirs: list[tuple[str, Entry]] = []  # the directory entries above this point
         self.relinks: list[tuple[Entry, Entry | None]] = []  # see metadata_tar
+        self._capabilities: dict[str, str] = {}  # file name -> its security.capability
         self.relinks_dropped = 0
 
     def feed(self, data: bytes | memoryview) -> None:
@@ -294,8 +295,10 @@ class TarWalker:
             self.first = entry
         if info.type == tarfile.DIRTYPE:
             self._enter_directory(entry)
-        elif info.type == tarfile.LNKTYPE and entry.mode & _SETID:
+        elif info.type == tarfile.LNKTYPE:
             self._note_relink(entry)
+        elif _CAPABILITY in pax and info.type in tarfile.REGULAR_TYPES:
+            self._note_capability(entry)
         has_data = info.type in tarfile.REGULAR_TYPES or info.type not in tarfile.SUPPORTED_TYPES
         self._skip = _padded(size) if has_data else 0
         self._data_left = size if has_data else 0
@@ -364,11 +367,27 @@ class TarWalker:
             self._dirs.pop()
         self._dirs.append((key, entry))
 
+    def _note_capability(self, entry: Entry) -> None:
+        """Remember a file's capabilities, for a hard link to it (GNU tar does not repeat
+        xattrs on a hard link member; the engine's writer does)."""
+        if len(self._capabilities) >= MAX_RELINKS:
+            self.relinks_dropped += 1
+            return
+        self._capabilities[_key(entry.name)] = entry.pax[_CAPABILITY]
+
     def _note_relink(self, entry: Entry) -> None:
-        """Remember a hard link with setuid/setgid bits, and its directory's entry."""
+        """Remember a hard link with setuid/setgid bits or file capabilities (which the
+        engine's chown clears too), and its directory's entry."""
+        capability = entry.pax.get(_CAPABILITY)
+        if capability is None and self._capabilities:
+            capability = self._capabilities.get(_key(entry.linkname))
+        if not (entry.mode & _SETID or capability):
+            return
         if len(self.relinks) >= MAX_RELINKS:
             self.relinks_dropped += 1
             return
+        if capability and _CAPABILITY not in entry.pax:
+            entry = replace(entry, pax={**entry.pax, _CAPABILITY: capability})
         parent = _key(entry.name).rpartition("/")[0]
         found = next((d for key, d in reversed(self._dirs) if key == parent), None)
         self.relinks.append((entry, found))
@@ -379,10 +398,12 @@ class TarWalker:
 
         - The volume root: the engine ignores `./` when extracting into a directory, but
           applies a directory entry named after the mount point.
-        - Hard links with setuid/setgid bits. The engine chowns every hard link it makes,
-          which clears those bits on the shared inode, and puts the mode back only when
-          it finds the link's target relative to its working directory, `/`: true for
-          `data/x`, never for `./x`. So each such link is made again as `<mount>/x`,
+        - Hard links with setuid/setgid bits or file capabilities. The engine chowns
+          every hard link it makes, which clears those bits and the security.capability
+          xattr on the shared inode, and puts the mode back only when it finds the
+          link's target relative to its working directory, `/`: true for `data/x`, never
+          for `./x`; it re-applies the xattrs the link member carries, which GNU tar
+          does not repeat on links (so the file's are remembered). So each such link is made again as `<mount>/x`,
           and its directory's entry is given again too, since re-making a link changes
           the directory's mtime (an archive not in directory order may lack it: then
           that mtime is lost). At most MAX_RELINKS links are remembered (about 1 KiB
@@ -390,8 +411,9 @@ class TarWalker:
         """
         if self.relinks_dropped:
             raise VolbackupError(
-                f"the archive has more than {MAX_RELINKS} hard links with setuid or setgid "
-                f"bits; the engine cannot restore their modes: restore with --direct")
+                f"the archive has more than {MAX_RELINKS} hard links (or files) with setuid, "
+                f"setgid or file capabilities; the engine cannot restore them all: restore "
+                f"with --direct")
         members: list[tarfile.TarInfo] = []
         root = self.first
         if root is not None and root.is_root:
@@ -455,6 +477,7 @@ class TarWalker:
 
 MAX_RELINKS = 10_000
 _SETID = 0o6000
+_CAPABILITY = "SCHILY.xattr.security.capability"
 
 
 def _is_ancestor(parent: str, key: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -165,3 +166,27 @@ def test_mtimes_the_engine_cannot_set(via, make_volume, mountpoint, cli, names, 
         assert got == stamps
     else:
         assert got == {"old-file": 0, "old-dir": 0, "old-link": BEFORE_1970, "future-file": 0}
+
+
+CAPABILITY = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)  # v2: cap_net_bind_service
+
+
+@pytest.mark.parametrize("read", list(PATHS))
+@pytest.mark.parametrize("via", list(PATHS))
+def test_file_capabilities_survive_on_hard_links(read, via, make_volume, mountpoint, cli,
+                                                 names, repo_dir):
+    """The engine's extractor chowns each hard link it makes, which drops the inode's
+    security.capability; GNU tar's archives do not repeat the xattr on the link member."""
+    source = make_volume("caps")
+    root = mountpoint(source.name)
+    tool = os.path.join(root, "tool")
+    Path(tool).write_bytes(b"#!/bin/sh\n")
+    os.chmod(tool, 0o755)
+    os.setxattr(tool, "security.capability", CAPABILITY)
+    os.link(tool, os.path.join(root, "tool-link"))
+    assert cli("backup", source.name, "-r", str(repo_dir), PATHS[read]).code == 0
+    target = names("caps")
+    assert cli("restore", source.name, "--as", target, "-r", str(repo_dir), PATHS[via]).code == 0
+    restored = os.path.join(mountpoint(target), "tool-link")
+    assert os.stat(restored).st_nlink == 2
+    assert os.getxattr(restored, "security.capability") == CAPABILITY

@@ -472,7 +472,7 @@ def test_setid_hard_links_are_remembered_up_to_a_bound(monkeypatch):
     monkeypatch.setattr(tarstream, "MAX_RELINKS", 1)
     walker = walk(make_tar(SETUID_LINKS))
     assert len(walker.relinks) == 1 and walker.relinks_dropped == 1
-    with pytest.raises(VolbackupError, match="more than 1 hard links with setuid"):
+    with pytest.raises(VolbackupError, match="more than 1 hard links"):
         walker.metadata_tar("data")
 
 
@@ -482,3 +482,19 @@ def test_only_the_directories_above_the_current_entry_are_kept():
     walker = walk(make_tar(members + [(_member("./d499/x/", tarfile.DIRTYPE), b""),
                                       (_member("./d7/x/", tarfile.DIRTYPE), b"")]))
     assert [key for key, _ in walker._dirs] == ["", "d7/x"]
+
+
+def test_a_hard_link_to_a_file_with_capabilities_is_made_again_with_them():
+    """GNU tar puts the xattr on the file only; the engine's writer on the link too."""
+    cap = "SCHILY.xattr.security.capability"
+    members = [(_member("./", tarfile.DIRTYPE), b""),
+               (_member("./tool", mode=0o755, pax={cap: "\x01\x00\x00\x02"}), b"x"),
+               (_member("./tool-2", tarfile.LNKTYPE, 0o755, "./tool"), b""),
+               (_member("./tool-3", tarfile.LNKTYPE, 0o755, "./tool", pax={cap: "c"}), b""),
+               (_member("./plain", mode=0o755), b"y"),
+               (_member("./plain-2", tarfile.LNKTYPE, 0o755, "./plain"), b"")]
+    tar = walk(make_tar(members)).metadata_tar("data")
+    links = {m.name: m for m in members_of(tar) if m.islnk()}
+    assert list(links) == ["data/tool-2", "data/tool-3"]
+    assert links["data/tool-2"].pax_headers[cap] == "\x01\x00\x00\x02"
+    assert links["data/tool-3"].pax_headers[cap] == "c"
