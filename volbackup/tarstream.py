@@ -23,6 +23,9 @@ BLOCK = 512
 _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
              tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 _ZERO_BLOCK = bytes(BLOCK)
+# PAX and GNU long-name data is held in memory until its entry. Linux caps one xattr at
+# 64 KiB and a path at 4 KiB; 16 MiB is far above any real entry, and bounds a crafted one.
+MAX_EXTENDED = 16 << 20
 
 
 @dataclass
@@ -212,6 +215,7 @@ class TarWalker:
         self._ext_kind: bytes | None = None  # type of the extended header being collected
         self._ext_size = 0
         self._ext = bytearray()
+        self._ext_pending = 0       # extended header bytes since the last entry
         self._pending_pax: dict[str, str] = {}
         self._pending_name: str | None = None
         self._pending_link: str | None = None
@@ -267,6 +271,11 @@ class TarWalker:
             raise IntegrityError("tar stream has a zero block in the middle")
         info = _Header.parse(block, self.entries)
         if info.type in _EXTENDED:
+            self._ext_pending += info.size
+            if self._ext_pending > MAX_EXTENDED:  # they are held in memory until used
+                raise IntegrityError(
+                    f"tar extended headers of {self._ext_pending} bytes before entry "
+                    f"{self.entries + 1}, more than the {MAX_EXTENDED} a volume can need")
             self._ext_kind = info.type
             self._ext_size = info.size
             self._ext.clear()
@@ -275,6 +284,7 @@ class TarWalker:
                 self._end_extended()
             return
         pax, self._pending_pax = self._pending_pax, {}
+        self._ext_pending = 0
         name = pax.get("path") or self._pending_name or info.name
         link = pax.get("linkpath") or self._pending_link or info.linkname
         self._pending_name = self._pending_link = None

@@ -498,3 +498,27 @@ def test_a_hard_link_to_a_file_with_capabilities_is_made_again_with_them():
     assert list(links) == ["data/tool-2", "data/tool-3"]
     assert links["data/tool-2"].pax_headers[cap] == "\x01\x00\x00\x02"
     assert links["data/tool-3"].pax_headers[cap] == "c"
+
+
+@pytest.mark.parametrize("headers", [1, 20], ids=["one-huge", "many-before-one-entry"])
+def test_extended_headers_are_bounded(headers, monkeypatch):
+    """PAX data is held until its entry: a crafted archive cannot make that unbounded."""
+    from volbackup import tarstream
+
+    monkeypatch.setattr(tarstream, "MAX_EXTENDED", 100_000)
+    value = "v" * (150_000 // headers)
+    buf = io.BytesIO()
+    for i in range(headers):  # each member's PAX header, its ustar header cut off after it
+        info = tarfile.TarInfo("./f")
+        info.pax_headers = {f"comment{i}": value}
+        data = info.tobuf(tarfile.PAX_FORMAT)
+        buf.write(data[:-512])
+    buf.write(tarfile.TarInfo("./f").tobuf(tarfile.USTAR_FORMAT))
+    with pytest.raises(IntegrityError, match="extended headers of .* before entry 1"):
+        walk(buf.getvalue() + bytes(1024), 4096)
+
+
+def test_extended_headers_below_the_bound_are_fine():
+    info = tarfile.TarInfo("./f")
+    info.pax_headers = {"SCHILY.xattr.user.big": "x" * 65536}
+    assert walk(make_tar([(info, b"")])).first.pax["SCHILY.xattr.user.big"] == "x" * 65536
