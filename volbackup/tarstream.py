@@ -95,7 +95,11 @@ def _unsafe(name: str) -> str | None:
 
 def _key(name: str) -> str:
     """The path a name reaches: `./a//b/./c/` is `a/b/c`, the root is ``."""
-    return "/".join(p for p in name.split("/") if p and p != ".")
+    key = name[2:] if name.startswith("./") else name
+    if "//" in key or key[:1] == "/" or key.endswith("/") or ("." in key and (
+            key == "." or key.startswith("./") or "/./" in key or key.endswith("/."))):
+        return "/".join(p for p in key.split("/") if p and p != ".")
+    return key  # the usual `./a/b`, quickly
 
 
 def shown(name: str, limit: int = 200) -> str:
@@ -331,7 +335,7 @@ class TarWalker:
         Memory: the normalised names of the symlink members seen (hard links to them
         count as symlinks too), about 90 bytes plus the name per symlink; nothing else.
         """
-        problem = _unsafe(name)
+        problem = _unsafe(name) if name[:1] == "/" or ".." in name else None
         if problem:
             raise IntegrityError(f"tar member {shown(name)} {problem}; refused (a volume "
                                  f"cannot hold it: the archive is crafted or damaged)")
