@@ -417,11 +417,12 @@ class TarWalker:
           xattr on the shared inode, and puts the mode back only when it finds the
           link's target relative to its working directory, `/`: true for `data/x`, never
           for `./x`; it re-applies the xattrs the link member carries, which GNU tar
-          does not repeat on links (so the file's are remembered). So each such link is made again as `<mount>/x`,
-          and its directory's entry is given again too, since re-making a link changes
-          the directory's mtime (an archive not in directory order may lack it: then
-          that mtime is lost). At most MAX_RELINKS links are remembered (about 1 KiB
-          each); a restore through the engine fails beyond that.
+          does not repeat on links (so the file's are remembered). So each such link is
+          made again as `<mount>/x`, and its directory's entry is given again too, since
+          re-making a link changes the directory's mtime (an archive not in directory
+          order may lack it: then that mtime is lost). At most MAX_RELINKS links (and
+          files with capabilities) are remembered, about 1 KiB each; a restore through
+          the engine fails beyond that.
         """
         if self.relinks_dropped:
             raise VolbackupError(
