@@ -300,6 +300,9 @@ class TarWalker:
             raise IntegrityError(f"corrupt PAX numbers for tar entry {name!r}") from None
         if size < 0:
             raise IntegrityError(f"negative size for tar entry {name!r}")
+        if _SPARSE_NAME in pax:  # GNU tar, Go and Python's tarfile extract it under this name
+            self._check_safe(name, info.type, link)
+            name = pax[_SPARSE_NAME]
         self._check_safe(name, info.type, link)
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
                       mtime=mtime, size=size, linkname=link, pax=pax,
@@ -493,6 +496,7 @@ class TarWalker:
 MAX_RELINKS = 10_000
 _SETID = 0o6000
 _CAPABILITY = "SCHILY.xattr.security.capability"
+_SPARSE_NAME = "GNU.sparse.name"  # the real name of a sparse file in GNU's PAX formats
 
 
 def _is_ancestor(parent: str, key: str) -> bool:

@@ -26,7 +26,7 @@ from volbackup.repository import Repository, new_snapshot_id
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 # The cases run through the CLI on both paths (the unit tests cover every case).
-CASES = ["dotdot", "absolute", "pax-path", "under-symlink", "dir-after-symlink",
+CASES = ["dotdot", "absolute", "pax-path", "sparse-name", "under-symlink", "dir-after-symlink",
          "hardlink-absolute", "hardlink-under-symlink", "hardlink-to-symlink"]
 
 

@@ -100,11 +100,16 @@ def crafted(outside: str = "/tmp/vbtest-outside",
     hello = (_info("./hello.txt"), b"hello\n")
     link = (_info("./link", tarfile.SYMTYPE, 0o777, linkname=outside), b"")
     pax_path = _info("./benign", pax={"path": "./../pax-escaped"})
+    sparse = _info("./GNUSparseFile.1/x", pax={  # GNU's sparse format 1.0: map, then data
+        "GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "1",
+        "GNU.sparse.name": "./../sparse-escaped"})
     cases = {
         "dotdot": ([hello, (_info("./../escaped"), b"x")], "./../escaped"),
         "dotdot-inside": ([(_info("./a/../../escaped"), b"x")], "./a/../../escaped"),
         "absolute": ([hello, (_info(outside + "/absolute"), b"x")], outside + "/absolute"),
         "pax-path": ([(pax_path, b"x")], "./../pax-escaped"),
+        "sparse-name": ([(sparse, b"1\n0\n1\n".ljust(512, b"\0") + b"x")],
+                        "./../sparse-escaped"),
         "under-symlink": ([link, (_info("./link/pwned"), b"x")], "./link/pwned"),
         "deep-under-symlink": ([link, (_info("./link/sub/", tarfile.DIRTYPE, 0o755), b""),
                                 (_info("./link/sub/pwned"), b"x")], "./link/sub"),
