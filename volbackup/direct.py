@@ -73,9 +73,14 @@ def file_directory_for(engine: Engine, path: str | None) -> str | None:
 
 
 class _Stderr:
-    """Drains a process's stderr in a thread, keeping the last few KiB for messages."""
+    """Drains a process's stderr in a thread, keeping its first and last few KiB.
+
+    `text()` gives GNU tar's own reason: its first error line, not the closing
+    "Exiting with failure status due to previous errors", which says nothing.
+    """
 
     def __init__(self, stream):
+        self.head = b""
         self.tail = b""
         self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
         self._thread.start()
@@ -83,12 +88,24 @@ class _Stderr:
     def _drain(self, stream) -> None:
         main_thread_only()  # Ctrl-C goes to the main thread (volbackup.signals)
         for block in iter(lambda: stream.read(4096), b""):
+            if len(self.head) < _HEAD:
+                self.head += block[:_HEAD - len(self.head)]
             self.tail = (self.tail + block)[-4096:]
 
     def text(self) -> str:
         self._thread.join(timeout=5)
+        for line in self.head.decode(errors="replace").splitlines():
+            line = line.strip()
+            if line and not any(noise in line for noise in _NOISE):
+                return line
         lines = self.tail.decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
+
+
+_HEAD = 4096
+# Lines that are never the reason tar failed: its closing summary, and warnings that do
+# not change the exit status.
+_NOISE = ("Exiting with failure status", ": socket ignored", "Removing leading")
 
 
 @contextmanager

@@ -62,8 +62,9 @@ class RepositoryUnreachable(RepositoryError):
 class IntegrityError(VolbackupError):
     exit_code = 6
     title = "integrity error"
-    summary = ("An archive failed a check: sha256, zstd frame checksum, truncation, or "
-               "tar structure. Nothing was restored from it.")
+    summary = ("An archive failed a check: sha256, zstd frame checksum, truncation, tar "
+               "structure, or a member that would land outside the volume (an absolute name, "
+               "`..`, a path through a symlink). Nothing was restored from it.")
 
 
 class EngineError(VolbackupError):

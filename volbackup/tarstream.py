@@ -3,8 +3,10 @@
 It never buffers member data: it reads each header, skips the member's data by its
 size, and insists on the end-of-archive marker. That is what tells a complete tar
 from one the engine cut short (the engine may end its HTTP stream cleanly even
-when the tar inside it is broken). It also keeps the first member, which in our
-archives is the volume root `./`, so restore can put back the root's metadata.
+when the tar inside it is broken). It refuses members that would land outside the
+directory they are extracted into (docs/format.md), before their bytes are passed on.
+It also keeps the first member, which in our archives is the volume root `./`, and what
+the engine's extractor must be given again afterwards (`TarWalker.metadata_tar`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import hashlib
 import io
 import struct
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from volbackup.errors import IntegrityError
+from volbackup.errors import IntegrityError, VolbackupError
 
 BLOCK = 512
 _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
              tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 _ZERO_BLOCK = bytes(BLOCK)
+# PAX and GNU long-name data is held in memory until its entry. Linux caps one xattr at
+# 64 KiB and a path at 4 KiB; 16 MiB is far above any real entry, and bounds a crafted one.
+MAX_EXTENDED = 16 << 20
 
 
 @dataclass
@@ -77,6 +82,41 @@ def digest_differences(expected: dict, actual: dict, limit: int = 5) -> list[str
             if len(out) >= limit:
                 break
     return out
+
+
+def _unsafe(name: str) -> str | None:
+    """Why a member name (or hard link target) leads outside the extraction directory."""
+    if name.startswith("/"):
+        return "has an absolute name"
+    if ".." in name and ".." in name.split("/"):
+        return "has '..' in its name"
+    return None
+
+
+def _key(name: str) -> str:
+    """The path a name reaches: `./a//b/./c/` is `a/b/c`, the root is ``."""
+    key = name[2:] if name.startswith("./") else name
+    if "//" in key or key[:1] == "/" or key.endswith("/") or ("." in key and (
+            key == "." or key.startswith("./") or "/./" in key or key.endswith("/."))):
+        return "/".join(p for p in key.split("/") if p and p != ".")
+    return key  # the usual `./a/b`, quickly
+
+
+def shown(name: str, limit: int = 200) -> str:
+    """A member name for a one-line message: quoted, with undecodable bytes as \\xNN and
+    control characters escaped (a name may hold a newline), cut at `limit` characters."""
+    out = []
+    for c in name[:limit]:
+        code = ord(c)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif c in "\\'":
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+    return "'" + "".join(out) + ("..." if len(name) > limit else "") + "'"
 
 
 def _padded(size: int) -> int:
@@ -179,12 +219,18 @@ class TarWalker:
         self._ext_kind: bytes | None = None  # type of the extended header being collected
         self._ext_size = 0
         self._ext = bytearray()
+        self._ext_pending = 0       # extended header bytes since the last entry
         self._pending_pax: dict[str, str] = {}
         self._pending_name: str | None = None
         self._pending_link: str | None = None
         self._zero_blocks = 0
         self.ended = False
         self.end_marker_at: int | None = None  # stream offset where the end marker starts
+        self._symlinks: set[str] = set()  # normalised names of the symlink members so far
+        self._dirs: list[tuple[str, Entry]] = []  # the directory entries above this point
+        self.relinks: list[tuple[Entry, Entry | None]] = []  # see metadata_tar
+        self._capabilities: dict[str, str] = {}  # file name -> its security.capability
+        self.relinks_dropped = 0
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -229,6 +275,11 @@ class TarWalker:
             raise IntegrityError("tar stream has a zero block in the middle")
         info = _Header.parse(block, self.entries)
         if info.type in _EXTENDED:
+            self._ext_pending += info.size
+            if self._ext_pending > MAX_EXTENDED:  # they are held in memory until used
+                raise IntegrityError(
+                    f"tar extended headers of {self._ext_pending} bytes before entry "
+                    f"{self.entries + 1}, more than the {MAX_EXTENDED} a volume can need")
             self._ext_kind = info.type
             self._ext_size = info.size
             self._ext.clear()
@@ -237,6 +288,7 @@ class TarWalker:
                 self._end_extended()
             return
         pax, self._pending_pax = self._pending_pax, {}
+        self._ext_pending = 0
         name = pax.get("path") or self._pending_name or info.name
         link = pax.get("linkpath") or self._pending_link or info.linkname
         self._pending_name = self._pending_link = None
@@ -248,12 +300,22 @@ class TarWalker:
             raise IntegrityError(f"corrupt PAX numbers for tar entry {name!r}") from None
         if size < 0:
             raise IntegrityError(f"negative size for tar entry {name!r}")
+        if _SPARSE_NAME in pax:  # GNU tar, Go and Python's tarfile extract it under this name
+            self._check_safe(name, info.type, link)
+            name = pax[_SPARSE_NAME]
+        self._check_safe(name, info.type, link)
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
                       mtime=mtime, size=size, linkname=link, pax=pax,
                       device=info.device)
         self.entries += 1
         if self.first is None and self._keep_first:
             self.first = entry
+        if info.type == tarfile.DIRTYPE:
+            self._enter_directory(entry)
+        elif info.type == tarfile.LNKTYPE:
+            self._note_relink(entry)
+        elif _CAPABILITY in pax and info.type in tarfile.REGULAR_TYPES:
+            self._note_capability(entry)
         has_data = info.type in tarfile.REGULAR_TYPES or info.type not in tarfile.SUPPORTED_TYPES
         self._skip = _padded(size) if has_data else 0
         self._data_left = size if has_data else 0
@@ -262,6 +324,142 @@ class TarWalker:
             self._hasher = hashlib.sha256() if has_data else None
             if not self._data_left:
                 self._record_digest()
+
+    def _check_safe(self, name: str, type_: bytes, link: str) -> None:
+        """Refuse a member that would be written outside the directory it is extracted into.
+
+        A real volume cannot produce one: its names are relative, without `..`, and its
+        directories are directories. So a member that is absolute, has a `..` component,
+        or lies under an earlier symlink member (`link -> /`, then `link/x`), and a hard
+        link whose target is absolute, has `..` or lies under a symlink, can only come from
+        a crafted or damaged archive. Symlink targets are not checked: a symlink is stored
+        as it was (`-> /etc/passwd` and `-> ../x` are normal), only never followed.
+
+        Memory: the normalised names of the symlink members seen (hard links to them
+        count as symlinks too), about 90 bytes plus the name per symlink; nothing else.
+        """
+        problem = _unsafe(name) if name[:1] == "/" or ".." in name else None
+        if problem:
+            raise IntegrityError(f"tar member {shown(name)} {problem}; refused (a volume "
+                                 f"cannot hold it: the archive is crafted or damaged)")
+        key = _key(name) if self._symlinks or type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE) \
+            else None
+        if self._symlinks and key:
+            under = self._under_symlink(key)
+            if under is not None:
+                raise IntegrityError(
+                    f"tar member {shown(name)} lies under the symlink member {shown(under)}; "
+                    f"refused (a volume cannot hold it: the archive is crafted or damaged)")
+        if type_ == tarfile.LNKTYPE:
+            problem = _unsafe(link)
+            target = _key(link)
+            under = self._under_symlink(target) if self._symlinks and not problem else None
+            if under is not None:
+                problem = f"lies under the symlink member {shown(under)}"
+            if problem:
+                raise IntegrityError(
+                    f"tar member {shown(name)} is a hard link to {shown(link)}, which "
+                    f"{problem}; refused (a volume cannot hold it: the archive is crafted "
+                    f"or damaged)")
+            if target in self._symlinks:
+                self._symlinks.add(key)  # a hard link to a symlink is that symlink again
+        elif type_ == tarfile.SYMTYPE:
+            self._symlinks.add(key)
+
+    def _under_symlink(self, key: str) -> str | None:
+        """The earlier symlink member that is a proper ancestor of `key`, if any."""
+        if "" in self._symlinks and key:
+            return "."
+        slash = key.find("/")
+        while slash >= 0:
+            if key[:slash] in self._symlinks:
+                return key[:slash]
+            slash = key.find("/", slash + 1)
+        return None
+
+    def _enter_directory(self, entry: Entry) -> None:
+        """Keep the chain of directory entries down to this one (memory: the path depth)."""
+        key = _key(entry.name)
+        while self._dirs and not _is_ancestor(self._dirs[-1][0], key):
+            self._dirs.pop()
+        self._dirs.append((key, entry))
+
+    def _note_capability(self, entry: Entry) -> None:
+        """Remember a file's capabilities, for a hard link to it (GNU tar does not repeat
+        xattrs on a hard link member; the engine's writer does)."""
+        if len(self._capabilities) >= MAX_RELINKS:
+            self.relinks_dropped += 1
+            return
+        self._capabilities[_key(entry.name)] = entry.pax[_CAPABILITY]
+
+    def _note_relink(self, entry: Entry) -> None:
+        """Remember a hard link with setuid/setgid bits or file capabilities (which the
+        engine's chown clears too), and its directory's entry."""
+        capability = entry.pax.get(_CAPABILITY)
+        if capability is None and self._capabilities:
+            capability = self._capabilities.get(_key(entry.linkname))
+        if not (entry.mode & _SETID or capability):
+            return
+        if len(self.relinks) >= MAX_RELINKS:
+            self.relinks_dropped += 1
+            return
+        if capability and _CAPABILITY not in entry.pax:
+            entry = replace(entry, pax={**entry.pax, _CAPABILITY: capability})
+        parent = _key(entry.name).rpartition("/")[0]
+        found = next((d for key, d in reversed(self._dirs) if key == parent), None)
+        self.relinks.append((entry, found))
+
+    def metadata_tar(self, mount: str) -> bytes | None:
+        """What the engine's extractor needs to be given again, at `/`, after it has
+        extracted the stream at `/<mount>`: a tar for that second PUT, or None.
+
+        - The volume root: the engine ignores `./` when extracting into a directory, but
+          applies a directory entry named after the mount point.
+        - Hard links with setuid/setgid bits or file capabilities. The engine chowns
+          every hard link it makes, which clears those bits and the security.capability
+          xattr on the shared inode, and puts the mode back only when it finds the
+          link's target relative to its working directory, `/`: true for `data/x`, never
+          for `./x`; it re-applies the xattrs the link member carries, which GNU tar
+          does not repeat on links (so the file's are remembered). So each such link is
+          made again as `<mount>/x`, and its directory's entry is given again too, since
+          re-making a link changes the directory's mtime (an archive not in directory
+          order may lack it: then that mtime is lost). At most MAX_RELINKS links (and
+          files with capabilities) are remembered, about 1 KiB each; a restore through
+          the engine fails beyond that.
+        """
+        if self.relinks_dropped:
+            raise VolbackupError(
+                f"the archive has more than {MAX_RELINKS} hard links (or files) with setuid, "
+                f"setgid or file capabilities; the engine cannot restore them all: restore "
+                f"with --direct")
+        members: list[tarfile.TarInfo] = []
+        root = self.first
+        if root is not None and root.is_root:
+            members.append(_again(root, mount))
+        dirs: dict[str, Entry] = {}
+        for link, parent in self.relinks:
+            key, target = _key(link.name), _key(link.linkname)
+            for name in (key, target):
+                under = self._under_symlink(name) if self._symlinks else None
+                if name in self._symlinks or under is not None:
+                    raise IntegrityError(
+                        f"tar member {shown(link.name)} is a hard link whose name or target "
+                        f"became a symlink later in the archive; refused (a volume cannot "
+                        f"hold it: the archive is crafted or damaged)")
+            if parent is not None and _key(parent.name):
+                dirs[_key(parent.name)] = parent
+        members += [_again(d, f"{mount}/{key}") for key, d in dirs.items()]
+        for link, _ in self.relinks:
+            info = _again(link, f"{mount}/{_key(link.name)}")
+            info.type, info.linkname = tarfile.LNKTYPE, f"{mount}/{_key(link.linkname)}"
+            members.append(info)
+        if not members:
+            return None
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for info in members:
+                tar.addfile(info)
+        return buf.getvalue()
 
     def _record_digest(self) -> None:
         if self.digests is None or self._current is None:
@@ -293,6 +491,28 @@ class TarWalker:
                 f"(after {self.bytes} bytes)")
         raise IntegrityError(
             f"tar stream is truncated: no end-of-archive marker after {self.entries} entries")
+
+
+MAX_RELINKS = 10_000
+_SETID = 0o6000
+_CAPABILITY = "SCHILY.xattr.security.capability"
+_SPARSE_NAME = "GNU.sparse.name"  # the real name of a sparse file in GNU's PAX formats
+
+
+def _is_ancestor(parent: str, key: str) -> bool:
+    return parent == "" or key.startswith(parent + "/")
+
+
+def _again(entry: Entry, name: str) -> tarfile.TarInfo:
+    """A header that gives `entry`'s owner, mode, mtime and xattrs to `name` once more."""
+    info = tarfile.TarInfo(name)
+    info.type = entry.type
+    info.mode = entry.mode & 0o7777
+    info.uid, info.gid = entry.uid, entry.gid
+    info.mtime = entry.mtime
+    info.pax_headers = {k: v for k, v in entry.pax.items()
+                        if k.startswith("SCHILY.") or k == "mtime"}  # mtime: all its digits
+    return info
 
 
 def root_entry_tar(root: Entry, name: str) -> bytes:

@@ -47,9 +47,20 @@ def write_corpus(root: str) -> None:
     os.symlink(b"/etc/passwd", path("link-absolute"))
     os.symlink(b"nowhere/none", path("link-dangling"))
     os.lchown(path("link-relative"), 1234, 5678)
+    os.symlink(b"../../hello.txt", path("dir/sub/link-up"))    # `..` in a target is normal
+    os.symlink(b"/", path("link-root"))
+    os.symlink(b"dir", path("link-dir"))                         # a symlink to a directory,
+    write("link-dir-not", b"a sibling that only shares its prefix\n")  # and names that look alike
+    write("..dots", b"a name that starts with two dots\n")
     write("dir/hardlink-a", b"one inode, two names\n", mode=0o600)
     os.link(path("dir/hardlink-a"), path("dir/sub/hardlink-b"))
     os.link(path("dir/hardlink-a"), path("hardlink-c"))
+    # Hard links keep setuid/setgid on both paths (the engine's extractor needs help: its
+    # chown of each link clears them), and their directories keep their mtimes.
+    write("dir/suid-linked", b"#!/bin/sh\n", mode=0o4755)
+    os.link(path("dir/suid-linked"), path("dir/sub/suid-linked-2"))
+    write("sgid-linked", b"#!/bin/sh\n", mode=0o2750, gid=50)
+    os.link(path("sgid-linked"), path("dir/sub/sgid-linked-2"))
     os.makedirs(path("empty"))
     os.makedirs(path("deep/empty/nested"))
     os.mkfifo(path("fifo"), 0o640)

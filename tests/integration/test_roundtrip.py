@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -135,3 +136,57 @@ def test_direct_path_keeps_what_the_engine_loses(make_volume, mountpoint, cli, n
         image = os.stat(os.path.join(there, "sparse.img"))
         assert image.st_size == 64 << 20
         assert (image.st_blocks * 512 < 1 << 20) == sparse
+
+
+BEFORE_1970 = -315_619_200        # 1960-01-01
+AFTER_2262 = 10_413_792_000       # 2300-01-01, past what a Go time in nanoseconds holds
+
+
+@pytest.mark.parametrize("via", list(PATHS))
+def test_mtimes_the_engine_cannot_set(via, make_volume, mountpoint, cli, names, repo_dir):
+    """Pins docs/user-guide.md (what is preserved): the engine's extractor sets mtimes
+    before 1970 or after 2262 to 0 (1970-01-01) for files and directories, and keeps them
+    for symlinks; GNU tar on the direct path keeps them all."""
+    source = make_volume("mtimes")
+    root = mountpoint(source.name)
+    os.mkdir(os.path.join(root, "old-dir"))
+    for name in ("old-file", "future-file"):
+        Path(root, name).write_bytes(b"x")
+    os.symlink("old-file", os.path.join(root, "old-link"))
+    stamps = {"old-file": BEFORE_1970, "old-dir": BEFORE_1970, "old-link": BEFORE_1970,
+              "future-file": AFTER_2262}
+    for name, t in stamps.items():
+        os.utime(os.path.join(root, name), (t, t), follow_symlinks=False)
+    assert cli("backup", source.name, "-r", str(repo_dir)).code == 0
+    target = names("mtimes")
+    assert cli("restore", source.name, "--as", target, "-r", str(repo_dir), PATHS[via]).code == 0
+    got = {name: int(os.lstat(os.path.join(mountpoint(target), name)).st_mtime)
+           for name in stamps}
+    if via == "direct":
+        assert got == stamps
+    else:
+        assert got == {"old-file": 0, "old-dir": 0, "old-link": BEFORE_1970, "future-file": 0}
+
+
+CAPABILITY = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)  # v2: cap_net_bind_service
+
+
+@pytest.mark.parametrize("read", list(PATHS))
+@pytest.mark.parametrize("via", list(PATHS))
+def test_file_capabilities_survive_on_hard_links(read, via, make_volume, mountpoint, cli,
+                                                 names, repo_dir):
+    """The engine's extractor chowns each hard link it makes, which drops the inode's
+    security.capability; GNU tar's archives do not repeat the xattr on the link member."""
+    source = make_volume("caps")
+    root = mountpoint(source.name)
+    tool = os.path.join(root, "tool")
+    Path(tool).write_bytes(b"#!/bin/sh\n")
+    os.chmod(tool, 0o755)
+    os.setxattr(tool, "security.capability", CAPABILITY)
+    os.link(tool, os.path.join(root, "tool-link"))
+    assert cli("backup", source.name, "-r", str(repo_dir), PATHS[read]).code == 0
+    target = names("caps")
+    assert cli("restore", source.name, "--as", target, "-r", str(repo_dir), PATHS[via]).code == 0
+    restored = os.path.join(mountpoint(target), "tool-link")
+    assert os.stat(restored).st_nlink == 2
+    assert os.getxattr(restored, "security.capability") == CAPABILITY

@@ -86,3 +86,49 @@ def chunked(data: bytes, how: int | str, seed: int = 0) -> list[bytes]:
             pos += size
         return pieces
     return [data[i:i + how] for i in range(0, len(data), how)]
+
+
+def crafted(outside: str = "/tmp/vbtest-outside",
+            filler: bytes = b"") -> dict[str, tuple[bytes, str]]:
+    """Archives no real volume can produce, each with a member that would land outside the
+    directory it is extracted into: name -> (tar bytes, the member the error must name).
+    `outside` is an absolute directory the test watches: nothing may appear in it.
+    `filler`, if given, is the content of a first file `./filler` (to put the bad member
+    past the first chunks of a stream)."""
+    root = (_info("./", tarfile.DIRTYPE, 0o755), b"")
+    first = [(_info("./filler"), filler)] if filler else []
+    hello = (_info("./hello.txt"), b"hello\n")
+    link = (_info("./link", tarfile.SYMTYPE, 0o777, linkname=outside), b"")
+    pax_path = _info("./benign", pax={"path": "./../pax-escaped"})
+    sparse = _info("./GNUSparseFile.1/x", pax={  # GNU's sparse format 1.0: map, then data
+        "GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "1",
+        "GNU.sparse.name": "./../sparse-escaped"})
+    cases = {
+        "dotdot": ([hello, (_info("./../escaped"), b"x")], "./../escaped"),
+        "dotdot-inside": ([(_info("./a/../../escaped"), b"x")], "./a/../../escaped"),
+        "absolute": ([hello, (_info(outside + "/absolute"), b"x")], outside + "/absolute"),
+        "pax-path": ([(pax_path, b"x")], "./../pax-escaped"),
+        "sparse-name": ([(sparse, b"1\n0\n1\n".ljust(512, b"\0") + b"x")],
+                        "./../sparse-escaped"),
+        "under-symlink": ([link, (_info("./link/pwned"), b"x")], "./link/pwned"),
+        "deep-under-symlink": ([link, (_info("./link/sub/", tarfile.DIRTYPE, 0o755), b""),
+                                (_info("./link/sub/pwned"), b"x")], "./link/sub"),
+        "dir-after-symlink": ([link, (_info("./link/", tarfile.DIRTYPE, 0o755), b""),
+                               (_info("./link/pwned"), b"x")], "./link/pwned"),
+        "hardlink-absolute": ([(_info("./h", tarfile.LNKTYPE, linkname="/etc/passwd"), b"")],
+                              "./h"),
+        "hardlink-dotdot": ([(_info("./h", tarfile.LNKTYPE, linkname="./../x"), b"")], "./h"),
+        "hardlink-under-symlink": ([link, (_info("./h", tarfile.LNKTYPE,
+                                                 linkname="./link/passwd"), b"")], "./h"),
+        "hardlink-to-symlink": ([link, (_info("./alias", tarfile.LNKTYPE, linkname="./link"),
+                                        b""), (_info("./alias/pwned"), b"x")], "./alias/pwned"),
+    }
+    return {name: (make_tar([root, *first, *members]), member)
+            for name, (members, member) in cases.items()}
+
+
+def gnu_long_crafted() -> bytes:
+    """A `..` hidden in a GNU long name (over 100 bytes, so in a `L` header)."""
+    name = "./" + "d" * 100 + "/../../escaped"
+    return make_tar([(_info("./", tarfile.DIRTYPE, 0o755), b""), (_info(name), b"x")],
+                    tarfile.GNU_FORMAT)

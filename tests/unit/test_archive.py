@@ -11,7 +11,14 @@ import subprocess
 import pytest
 import zstandard
 
-from tests.unit.tars import chunked, corpus_members, end_of_members, make_tar, members_of
+from tests.unit.tars import (
+    chunked,
+    corpus_members,
+    crafted,
+    end_of_members,
+    make_tar,
+    members_of,
+)
 from volbackup.archive import READ_CHUNK, Unpacker, pack, read_chunks
 from volbackup.errors import IntegrityError
 
@@ -247,3 +254,28 @@ def test_more_than_a_mebibyte_after_the_end_marker_is_corruption():
     got, error = consume(Unpacker([stored], sha256, len(stored)))
     assert isinstance(error, IntegrityError) and "after the end of its tar stream" in str(error)
     assert len(got) < len(tar)
+
+
+# -- members that would land outside the volume
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "under-symlink", "hardlink-dotdot"])
+def test_pack_refuses_a_member_outside_the_volume(case):
+    """A backup can never store one (a real volume cannot hold one either)."""
+    tar, member = crafted()[case]
+    with pytest.raises(IntegrityError, match=f"tar member '{member}' "):
+        do_pack(tar, "random")
+
+
+@pytest.mark.parametrize("how", [1, 4096, READ_CHUNK])
+@pytest.mark.parametrize("case", ["dotdot", "under-symlink", "hardlink-under-symlink"])
+def test_consumer_never_sees_a_member_outside_the_volume(case, how):
+    """The refusal comes before the member's header is passed on, whatever the chunking:
+    the engine or GNU tar never gets to extract it. A valid sha256: the tar is the problem."""
+    tar, member = crafted(filler=random.Random(5).randbytes(3 * READ_CHUNK + 7))[case]
+    stored = zstandard.ZstdCompressor(write_checksum=True).compress(tar)
+    got, error = consume(Unpacker(chunked(stored, how), hashlib.sha256(stored).hexdigest(),
+                                  len(stored)))
+    assert isinstance(error, IntegrityError) and f"tar member '{member}' " in str(error)
+    bad = next(m for m in members_of(tar) if m.name.rstrip("/") == member)
+    assert READ_CHUNK < len(got) <= bad.offset   # nothing of its header (nor of a PAX header before it)

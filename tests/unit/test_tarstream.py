@@ -15,7 +15,9 @@ from tests.unit.tars import (
     ROOT_XATTR,
     chunked,
     corpus_members,
+    crafted,
     end_of_members,
+    gnu_long_crafted,
     make_tar,
     members_of,
 )
@@ -338,3 +340,185 @@ def test_root_entry_tar_keeps_binary_xattr_bytes():
     data = root_entry_tar(root, "data")
     assert b"SCHILY.xattr.security.capability=" + raw + b"\n" in data
     assert walk(data).first.pax["SCHILY.xattr.security.capability"] == value
+
+
+# -- members that would land outside the extraction directory
+
+
+@pytest.mark.parametrize("how", [1, 513, "random"])
+@pytest.mark.parametrize("case", list(crafted()))
+def test_crafted_members_are_refused_and_named(case, how):
+    tar, member = crafted()[case]
+    with pytest.raises(IntegrityError) as raised:
+        walk(tar, how, finish=False)
+    assert f"tar member '{member}' " in str(raised.value)
+    assert "refused" in str(raised.value)
+
+
+def test_a_dotdot_in_a_gnu_long_name_is_refused():
+    with pytest.raises(IntegrityError, match=r"has '\.\.' in its name"):
+        walk(gnu_long_crafted())
+
+
+def test_what_a_real_volume_holds_is_not_refused():
+    """Symlink targets may be absolute or hold `..`; names may merely look alike."""
+    def info(name, type_=tarfile.REGTYPE, linkname=""):
+        i = tarfile.TarInfo(name)
+        i.type, i.linkname = type_, linkname
+        return i
+    members = [(info("./", tarfile.DIRTYPE), b""),
+               (info("./abs", tarfile.SYMTYPE, "/"), b""),
+               (info("./up", tarfile.SYMTYPE, "../../.."), b""),
+               (info("./absx/file"), b"x"), (info("./ab"), b"x"),       # siblings of `abs`
+               (info("./..hidden"), b"x"), (info("./a..b/c...d"), b"x"),
+               (info("./new\nline/..x"), b"x"),
+               (info("./hard-to-link", tarfile.LNKTYPE, "./abs"), b""),  # a link to a symlink
+               (info("./hard", tarfile.LNKTYPE, "./a..b/c...d"), b"")]
+    walker = walk(make_tar(members), "random")
+    assert walker.entries == len(members)
+
+
+def test_the_refused_name_is_escaped_in_the_message():
+    name = "./../new\nline-" + NON_UTF8_NAME[2:] + "-'q'"
+    tar = make_tar([(tarfile.TarInfo(name), b"")])
+    with pytest.raises(IntegrityError) as raised:
+        walk(tar)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert r"'./../new\nline-latin1-\xe9\xff.bin-\'q\'' has '..' in its name" in message
+
+
+def test_only_symlinks_are_remembered():
+    """The memory the check needs grows with the symlinks in an archive, not its files."""
+    files = [(tarfile.TarInfo(f"./d{i // 100}/f{i}"), b"") for i in range(3000)]
+    links = [(_symlink(f"./l{i}", "/"), b"") for i in range(10)]
+    walker = walk(make_tar(files + links))
+    assert len(walker._symlinks) == 10
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+# -- metadata_tar: what the engine's extractor is given again after the stream
+
+
+def _member(name, type_=tarfile.REGTYPE, mode=0o644, linkname="", mtime=1_600_000_000,
+            pax=None):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.mtime = type_, mode, linkname, mtime
+    info.uid, info.gid = 7, 50
+    info.pax_headers = dict(pax or {})
+    return info
+
+
+SETUID_LINKS = [
+    (_member("./", tarfile.DIRTYPE, 0o750), b""),
+    (_member("./bin/", tarfile.DIRTYPE, 0o2755, pax={"mtime": "1600000001.123456789",
+                                                    "SCHILY.xattr.user.a": "1"}), b""),
+    (_member("./bin/sub/", tarfile.DIRTYPE), b""),
+    (_member("./bin/sub/deep", tarfile.DIRTYPE), b""),
+    (_member("./bin/tool", mode=0o4755), b"#!/bin/sh\n"),
+    (_member("./bin/tool-2", tarfile.LNKTYPE, 0o4755, "./bin/tool"), b""),   # after bin/sub/deep
+    (_member("./other/", tarfile.DIRTYPE), b""),
+    (_member("./top", tarfile.LNKTYPE, 0o6755, "./bin/tool"), b""),
+    (_member("./plain", tarfile.LNKTYPE, 0o755, "./bin/tool"), b""),         # no setid bits
+]
+
+
+def test_metadata_tar_gives_the_root_and_setid_hard_links_again():
+    tar = walk(make_tar(SETUID_LINKS), "random").metadata_tar("data")
+    members = {m.name: m for m in members_of(tar)}
+    assert list(members) == ["data", "data/bin", "data/bin/tool-2", "data/top"]
+    root, bin_, link, top = members.values()
+    assert root.isdir() and (root.mode, root.uid, root.gid) == (0o750, 7, 50)
+    assert bin_.isdir() and (bin_.mode, bin_.uid, bin_.gid) == (0o2755, 7, 50)
+    assert bin_.pax_headers["mtime"] == "1600000001.123456789"   # every digit
+    assert bin_.pax_headers["SCHILY.xattr.user.a"] == "1"
+    assert link.islnk() and link.linkname == "data/bin/tool" and link.mode == 0o4755
+    assert top.islnk() and top.linkname == "data/bin/tool" and top.mode == 0o6755
+    assert walk(tar).entries == 4      # a complete tar, by our own check too
+
+
+def test_metadata_tar_is_only_the_root_without_setid_hard_links():
+    tar = walk(SMALL_TAR).metadata_tar("data")
+    assert [m.name for m in members_of(tar)] == ["data"]
+    assert walk(make_tar(corpus_members(big=False)[1:])).metadata_tar("data") is None
+
+
+def test_a_link_whose_directory_came_out_of_order_is_still_made_again():
+    members = [(_member("./", tarfile.DIRTYPE), b""), (_member("./d/", tarfile.DIRTYPE), b""),
+               (_member("./d/f", mode=0o4755), b"x"), (_member("./e/", tarfile.DIRTYPE), b""),
+               (_member("./d/g", tarfile.LNKTYPE, 0o4755, "./d/f"), b"")]  # ./d/ is gone by then
+    tar = walk(make_tar(members)).metadata_tar("data")
+    assert [m.name for m in members_of(tar)] == ["data", "data/d/g"]
+
+
+def test_a_hard_link_made_a_symlink_later_is_refused():
+    """A name is in a real archive once; re-making a link that was replaced by a symlink
+    would write through it."""
+    members = SETUID_LINKS + [(_member("./bin", tarfile.SYMTYPE, linkname="/etc"), b"")]
+    walker = walk(make_tar(members))
+    with pytest.raises(IntegrityError, match="became a symlink later"):
+        walker.metadata_tar("data")
+
+
+def test_setid_hard_links_are_remembered_up_to_a_bound(monkeypatch):
+    from volbackup import tarstream
+    from volbackup.errors import VolbackupError
+
+    monkeypatch.setattr(tarstream, "MAX_RELINKS", 1)
+    walker = walk(make_tar(SETUID_LINKS))
+    assert len(walker.relinks) == 1 and walker.relinks_dropped == 1
+    with pytest.raises(VolbackupError, match="more than 1 hard links"):
+        walker.metadata_tar("data")
+
+
+def test_only_the_directories_above_the_current_entry_are_kept():
+    members = [(_member("./", tarfile.DIRTYPE), b"")] + [
+        (_member(f"./d{i}/", tarfile.DIRTYPE), b"") for i in range(500)]
+    walker = walk(make_tar(members + [(_member("./d499/x/", tarfile.DIRTYPE), b""),
+                                      (_member("./d7/x/", tarfile.DIRTYPE), b"")]))
+    assert [key for key, _ in walker._dirs] == ["", "d7/x"]
+
+
+def test_a_hard_link_to_a_file_with_capabilities_is_made_again_with_them():
+    """GNU tar puts the xattr on the file only; the engine's writer on the link too."""
+    cap = "SCHILY.xattr.security.capability"
+    members = [(_member("./", tarfile.DIRTYPE), b""),
+               (_member("./tool", mode=0o755, pax={cap: "\x01\x00\x00\x02"}), b"x"),
+               (_member("./tool-2", tarfile.LNKTYPE, 0o755, "./tool"), b""),
+               (_member("./tool-3", tarfile.LNKTYPE, 0o755, "./tool", pax={cap: "c"}), b""),
+               (_member("./plain", mode=0o755), b"y"),
+               (_member("./plain-2", tarfile.LNKTYPE, 0o755, "./plain"), b"")]
+    tar = walk(make_tar(members)).metadata_tar("data")
+    links = {m.name: m for m in members_of(tar) if m.islnk()}
+    assert list(links) == ["data/tool-2", "data/tool-3"]
+    assert links["data/tool-2"].pax_headers[cap] == "\x01\x00\x00\x02"
+    assert links["data/tool-3"].pax_headers[cap] == "c"
+
+
+@pytest.mark.parametrize("headers", [1, 20], ids=["one-huge", "many-before-one-entry"])
+def test_extended_headers_are_bounded(headers, monkeypatch):
+    """PAX data is held until its entry: a crafted archive cannot make that unbounded."""
+    from volbackup import tarstream
+
+    monkeypatch.setattr(tarstream, "MAX_EXTENDED", 100_000)
+    value = "v" * (150_000 // headers)
+    buf = io.BytesIO()
+    for i in range(headers):  # each member's PAX header, its ustar header cut off after it
+        info = tarfile.TarInfo("./f")
+        info.pax_headers = {f"comment{i}": value}
+        data = info.tobuf(tarfile.PAX_FORMAT)
+        buf.write(data[:-512])
+    buf.write(tarfile.TarInfo("./f").tobuf(tarfile.USTAR_FORMAT))
+    with pytest.raises(IntegrityError, match="extended headers of .* before entry 1"):
+        walk(buf.getvalue() + bytes(1024), 4096)
+
+
+def test_extended_headers_below_the_bound_are_fine():
+    info = tarfile.TarInfo("./f")
+    info.pax_headers = {"SCHILY.xattr.user.big": "x" * 65536}
+    assert walk(make_tar([(info, b"")])).first.pax["SCHILY.xattr.user.big"] == "x" * 65536

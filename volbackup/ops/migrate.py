@@ -16,7 +16,7 @@ from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
-from volbackup.tarstream import TarWalker, digest_differences, root_entry_tar
+from volbackup.tarstream import TarWalker, digest_differences
 
 WIRE_CHOICES = ("auto", "gzip", "none")
 
@@ -102,8 +102,9 @@ def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMi
                 sent.finish()  # a broken source stream fails the put, before it ends
 
             helper.import_(DATA_PATH, checked(), gzip_wire=gzip_to)
-        if sent.first is not None and sent.first.is_root:
-            helper.import_("/", root_entry_tar(sent.first, DATA_PATH.strip("/")))
+        again = sent.metadata_tar(DATA_PATH.strip("/"))  # the root, setuid hard links
+        if again is not None:
+            helper.import_("/", again)
         if verify:
             _verify(helper, sent, outcome.volume, gzip_to)
             outcome.verified = True

@@ -13,7 +13,6 @@ from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.select import plain_directory
 from volbackup.repository import Repository
-from volbackup.tarstream import root_entry_tar
 
 
 @dataclass
@@ -86,8 +85,9 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
                 direct.import_(target, unpacker.chunks())  # `./` carries the root's metadata
             else:
                 target.import_(DATA_PATH, unpacker.chunks())
-                if unpacker.root is not None and unpacker.root.is_root:
-                    target.import_("/", root_entry_tar(unpacker.root, DATA_PATH.strip("/")))
+                again = unpacker.walker.metadata_tar(DATA_PATH.strip("/"))  # root, hard links
+                if again is not None:
+                    target.import_("/", again)
         outcome.bytes = unpacker.walker.bytes
 
     def directly(volume: VolumeInfo) -> str | None:

@@ -1,0 +1,153 @@
+"""Crafted archives: members that would land outside the volume are refused (exit 6) by
+`verify` and by `restore` on both paths, before any of it is left in a volume.
+
+Each archive is put into a repository with a valid manifest and sha256, as another tenant
+of a bucket could write it: only the tar inside is bad. Nothing may appear in a directory
+on the host the archives point at, no volume is left under the target name, and with
+--force the volume being replaced keeps its contents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.integration.helpers import PATHS, contents, fill, one_line_error
+from tests.unit.manifests import make_manifest
+from tests.unit.tars import crafted, gnu_long_crafted, make_tar, members_of
+from volbackup.manifest import utc_iso
+from volbackup.repository import Repository, new_snapshot_id
+
+CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+# The cases run through the CLI on both paths (the unit tests cover every case).
+CASES = ["dotdot", "absolute", "pax-path", "sparse-name", "under-symlink", "dir-after-symlink",
+         "hardlink-absolute", "hardlink-under-symlink", "hardlink-to-symlink"]
+
+
+def put_snapshot(repo: Path, volume: str, tar: bytes) -> str:
+    """Store `tar` as a snapshot of `volume` with a manifest that matches it exactly."""
+    snapshot = new_snapshot_id(volume, CREATED)
+    stored = zstandard.ZstdCompressor(write_checksum=True).compress(tar)
+    manifest = make_manifest(
+        snapshot=snapshot, created=utc_iso(CREATED, "milliseconds"), driver="local",
+        driver_options={}, labels={}, bytes=len(tar), stored_bytes=len(stored),
+        sha256=hashlib.sha256(stored).hexdigest(), entries=len(members_of(tar)))
+    folder = repo / "snapshots" / volume
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / manifest.archive).write_bytes(stored)
+    (repo / Repository.manifest_key(snapshot)).write_text(manifest.to_json())
+    return snapshot
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory on the host that the crafted archives point at; must stay empty."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    yield path
+    assert list(path.iterdir()) == [], "a crafted archive wrote outside the volume"
+
+
+def volume_exists(client, name: str) -> bool:
+    return any(v.name == name for v in client.volumes.list(filters={"name": name}))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_verify_refuses_a_member_outside_the_volume(case, cli, repo_dir, outside, names):
+    tar, member = crafted(str(outside))[case]
+    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    result = cli("verify", snapshot, "-r", str(repo_dir))
+    assert result.code == 6, result.stderr
+    line = one_line_error(result.stderr)
+    assert f"tar member '{member}' " in line and "refused" in line
+
+
+def test_verify_refuses_a_dotdot_in_a_gnu_long_name(cli, repo_dir, names):
+    snapshot = put_snapshot(repo_dir, names("src"), gnu_long_crafted())
+    result = cli("verify", snapshot, "-r", str(repo_dir))
+    assert result.code == 6
+    assert "has '..' in its name" in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize("via", list(PATHS))
+@pytest.mark.parametrize("case", CASES)
+def test_restore_refuses_a_member_outside_the_volume(case, via, cli, repo_dir, outside, names,
+                                                     client):
+    tar, member = crafted(str(outside))[case]
+    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    target = names("target")
+    result = cli("restore", snapshot, "--as", target, "-r", str(repo_dir), PATHS[via])
+    assert result.code == 6, result.stderr
+    line = one_line_error(result.stderr)
+    assert f"tar member '{member}' " in line and "refused" in line
+    assert not volume_exists(client, target), "a half-restored volume was left"
+
+
+@pytest.mark.parametrize("via", list(PATHS))
+def test_restore_with_force_keeps_the_volume_it_would_replace(via, cli, repo_dir, outside,
+                                                              names, client, make_volume,
+                                                              mountpoint):
+    """The whole archive is read before a non-empty volume is given up: a refused
+    member costs nothing."""
+    tar, member = crafted(str(outside), filler=os.urandom(3 << 20))["under-symlink"]
+    existing = make_volume("keep")
+    fill(mountpoint(existing.name), {"precious": b"old contents\n"})
+    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    result = cli("restore", snapshot, "--as", existing.name, "--force", "-r", str(repo_dir),
+                 PATHS[via])
+    assert result.code == 6, result.stderr
+    assert f"tar member '{member}' " in one_line_error(result.stderr)
+    assert contents(mountpoint(existing.name)) == {"precious": b"old contents\n"}
+
+
+@pytest.mark.parametrize("via", list(PATHS))
+def test_restore_into_an_empty_volume_removes_what_it_wrote(via, cli, repo_dir, outside, names,
+                                                            client, make_volume, mountpoint):
+    """An empty target is replaced without a pre-check: the member is refused while the
+    stream goes in, and the target is put back empty."""
+    tar, member = crafted(str(outside), filler=os.urandom(3 << 20))["hardlink-to-symlink"]
+    empty = make_volume("empty")
+    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    result = cli("restore", snapshot, "--as", empty.name, "-r", str(repo_dir), PATHS[via])
+    assert result.code == 6, result.stderr
+    assert f"tar member '{member}' " in one_line_error(result.stderr)
+    assert volume_exists(client, empty.name)
+    assert os.listdir(mountpoint(empty.name)) == []
+
+
+def test_the_direct_path_reports_tar_s_own_reason(cli, repo_dir, names, client):
+    """A member GNU tar cannot write (here: under a regular file) fails with tar's first
+    error line, not its closing "Exiting with failure status due to previous errors"."""
+    info = tarfile.TarInfo
+    root = tarfile.TarInfo("./")
+    root.type, root.mode = tarfile.DIRTYPE, 0o755
+    tar = make_tar([(root, b""), (info("./f"), b"a file\n"), (info("./f/x"), b"x")])
+    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    target = names("target")
+    result = cli("restore", snapshot, "--as", target, "-r", str(repo_dir), "--direct")
+    assert result.code == 1, result.stderr
+    line = one_line_error(result.stderr)
+    assert "./f/x: Cannot open: Not a directory" in line, line
+    assert "Exiting with failure status" not in line
+    assert not volume_exists(client, target)
+
+
+def test_gnu_tar_s_first_error_line_is_the_reason(tmp_path):
+    """direct.import_ on its own: the first of several error lines is kept."""
+    from volbackup import direct
+
+    if direct.gnu_tar() is None:
+        pytest.fail("GNU tar is needed for this test")
+    members = [(tarfile.TarInfo("./f"), b"a file\n")] + [
+        (tarfile.TarInfo(f"./f/{i}"), b"x") for i in range(200)]
+    with pytest.raises(Exception) as raised:
+        direct.import_(str(tmp_path), [make_tar(members)])
+    message = str(raised.value)
+    assert "./f/0: Cannot open: Not a directory" in message
+    assert "Exiting with failure status" not in message and "\n" not in message
