@@ -98,8 +98,16 @@ def _short(err: Exception) -> str:
 
 
 def redact(text: str) -> str:
-    """Hide the password of any `scheme://user:password@host` in a message."""
-    return re.sub(r"(\w[\w+.-]*://[^/:@\s]*):[^/@\s]*@", r"\1:***@", text)
+    """Hide the password of any `scheme://user:password@host` in a message, and the value
+    of any `password=`/`pass=`/`credentials=`-like mount option (CIFS volumes carry them,
+    and the engine repeats them in mount errors)."""
+    text = re.sub(r"(\w[\w+.-]*://[^/:@\s]*):[^/@\s]*@", r"\1:***@", text)
+    return SECRET_OPTION.sub(r"\1=***", text)
+
+
+# Mount options whose value is a secret, or names the file that holds one.
+SECRET_OPTION = re.compile(
+    r"(?i)(?<![\w-])(password|passwd|pass|pwd|credentials|cred|secret|token)=[^,\s'\"}]*")
 
 
 @contextmanager

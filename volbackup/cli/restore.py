@@ -22,10 +22,20 @@ from volbackup.repository import Repository
 @click.option("--all", "restore_all", is_flag=True,
               help="Restore the newest snapshot of every volume in REPO; skip targets "
                    "that exist and are not empty.")
+@click.option("--trust-driver-options", "trust_options", is_flag=True,
+              help="Also create volumes whose recorded driver options keep the data outside "
+                   "the engine's volume area (a host path: o=bind,device=...; a device; "
+                   "NFS/CIFS; a volume plugin). Without it they are refused (skipped by "
+                   "--all): anyone who can write to REPO could point them at any host "
+                   "directory. They are printed on stderr before they are created.")
+@click.option("--drop-driver-options", "drop_options", is_flag=True,
+              help="Create plain local volumes (driver local, no options), whatever driver "
+                   "and options the snapshot records.")
 @host_option
 @direct_option
 @json_option
-def restore(snapshots, repo, target, force, restore_all, host, use_direct, as_json):
+def restore(snapshots, repo, target, force, restore_all, trust_options, drop_options, host,
+            use_direct, as_json):
     """Restore snapshots into fresh volumes.
 
     SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
@@ -44,8 +54,13 @@ def restore(snapshots, repo, target, force, restore_all, host, use_direct, as_js
         raise click.UsageError("--as takes exactly one SNAPSHOT")
     repository = Repository.open(repo)
     engine = Engine.connect()
+    if trust_options and drop_options:
+        raise click.UsageError("--trust-driver-options and --drop-driver-options exclude "
+                               "each other")
     result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
-                         terminal_progress(), host=host, use_direct=use_direct)
+                         terminal_progress(), host=host, use_direct=use_direct,
+                         trust_options=trust_options, drop_options=drop_options,
+                         announce=render.note)
     if as_json:
         render.emit_json("restore", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])

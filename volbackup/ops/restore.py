@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from volbackup import archive, direct
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
-from volbackup.errors import NotFound, TargetNotEmpty, VolbackupError
+from volbackup.errors import NotFound, TargetNotEmpty, UntrustedStorage, VolbackupError
 from volbackup.manifest import Manifest
-from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
+from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.select import plain_directory
 from volbackup.repository import Repository
@@ -22,6 +23,9 @@ class VolumeRestore(Outcome):
     seconds: float = 0.0
     replaced: bool = False
     via: str | None = None        # "direct" (GNU tar here) or "engine" (a helper)
+    driver: str | None = None     # what the volume is (to be) created with
+    driver_options: dict | None = None   # secrets redacted
+    external_storage: str | None = None  # where its data goes, if outside the volume area
 
 
 @dataclass
@@ -36,7 +40,9 @@ class RestoreResult:
 def restore(engine: Engine, repo: Repository, refs: list[str], target: str | None = None,
             force: bool = False, restore_all: bool = False,
             progress: ProgressFactory = no_progress, host: str | None = None,
-            use_direct: bool | None = None) -> RestoreResult:
+            use_direct: bool | None = None, trust_options: bool = False,
+            drop_options: bool = False,
+            announce: Callable[[str], None] = lambda message: None) -> RestoreResult:
     """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
 
     With `restore_all`, the newest snapshot of every volume in the repository is
@@ -44,6 +50,10 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     With `host`, only snapshots made on that host are considered. A fresh volume that is
     a plain directory here is filled by GNU tar on this host unless `use_direct` is False
     (volbackup.direct); any other through a helper.
+    Driver options that keep data outside the engine's volume area (a host path, a
+    device, network storage, a plugin) come from the repository, which is not trusted:
+    such a volume is refused (skipped with `restore_all`) unless `trust_options`, and
+    then `announce`d before it is created. `drop_options` creates plain local volumes.
     """
     if restore_all:
         refs = repo.volumes(host)
@@ -57,8 +67,15 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
         try:
             manifest = repo.resolve(ref, host)
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
-            _restore_one(engine, repo, manifest, outcome, force, progress, use_direct)
-        except TargetNotEmpty as e:
+            spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
+            if drop_options:
+                spec = VolumeSpec("local", {}, manifest.labels)
+            outcome.driver, outcome.driver_options = spec.driver, redact_options(spec.options)
+            outcome.external_storage = check_storage(
+                outcome.volume, spec, trust_options, announce,
+                way_out=", or --drop-driver-options for a plain local volume")
+            _restore_one(engine, repo, manifest, spec, outcome, force, progress, use_direct)
+        except (TargetNotEmpty, UntrustedStorage) as e:
             if not restore_all:
                 outcome.failure(e)
             else:
@@ -69,8 +86,8 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     return RestoreResult(repo.describe(), outcomes)
 
 
-def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: VolumeRestore,
-                 force: bool, progress: ProgressFactory, use_direct: bool | None) -> None:
+def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: VolumeSpec,
+                 outcome: VolumeRestore, force: bool, progress: ProgressFactory, use_direct: bool | None) -> None:
     started = time.monotonic()
 
     def check_archive() -> None:
@@ -96,7 +113,6 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
             return None
         return direct.directory_for(engine, plain_directory(volume))
 
-    spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
     outcome.replaced = fill_fresh_volume(
         engine, outcome.volume, spec, force, write, before_replacing=check_archive,
         lost_note="the snapshot itself had checked out", directly=directly)
