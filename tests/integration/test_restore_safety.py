@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import TEST_LABEL
 from tests.integration.helpers import contents, fill, one_line_error
+from volbackup.engine import CREATED_LABEL, HELPER_IMAGE, HELPER_LABEL, HOST_LABEL, PID_LABEL
 
 FILES = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 40}
 
@@ -151,3 +158,120 @@ def test_migrate_refuses_bind_options_before_creating_anything(make_volume, cli,
     assert result.code == 13, result.stderr
     assert "a bind mount of host path" in one_line_error(result.stderr)
     assert not volume_exists(client, target)
+
+
+# -- 3. two restores into one name ----------------------------------------------------------
+
+class SlowProxy:
+    """A unix-socket proxy in front of the engine that holds every `POST .../volumes/create`
+    back for `delay` seconds, like a busy engine (volume create is idempotent, so two runs
+    that both create the same name both succeed)."""
+
+    def __init__(self, path: str, upstream: str, delay: float):
+        self.path, self.upstream, self.delay = path, upstream, delay
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(path)
+        self.server.listen(32)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                first_line = data.split(b"\r\n", 1)[0]
+                if requests and first_line.startswith(b"POST ") and b"/volumes/create" in first_line:
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def slow_engine(tmp_path):
+    """DOCKER_HOST of a proxy that answers `volume create` 2 s late."""
+    upstream = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not upstream.startswith("unix://"):
+        pytest.skip("the proxy fronts a unix-socket engine")
+    path = str(tmp_path / "slow.sock")
+    proxy = SlowProxy(path, upstream.removeprefix("unix://"), delay=2.0)
+    yield f"unix://{path}"
+    proxy.close()
+
+
+def test_two_restores_into_one_name_exactly_one_wins(make_volume, mountpoint, cli, repo_dir,
+                                                     names, client, slow_engine):
+    snapshots = {}
+    for stem, files in (("a", {"a-only": b"A\n", "same": b"from A\n"}),
+                        ("b", {"b-only": b"B\n", "same": b"from B\n"})):
+        volume = make_volume(stem)
+        fill(mountpoint(volume.name), files)
+        assert cli("backup", volume.name, "-r", str(repo_dir)).code == 0
+        snapshots[volume.name] = files
+    target = names("t")
+    env = {**os.environ, "DOCKER_HOST": slow_engine}
+    procs = [subprocess.Popen([sys.executable, "-m", "volbackup", "restore", volume, "--as",
+                               target, "-r", str(repo_dir), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for volume in snapshots]
+    done = [(p, *p.communicate(timeout=300)) for p in procs]
+    winners = [(p, out) for p, out, _ in done if p.returncode == 0]
+    losers = [(p, err) for p, _, err in done if p.returncode != 0]
+    assert len(winners) == 1 and len(losers) == 1, [(p.returncode, e) for p, _, e in done]
+    (winner, out), (loser, err) = winners[0], losers[0]
+    assert loser.returncode == 14, err
+    line = one_line_error(err)
+    assert f"volume {target} is being restored or migrated into by another volbackup run " \
+           f"(pid {winner.pid} " in line
+    restored_from = json.loads(out)["volumes"][0]["snapshot"].split("@")[0]
+    assert contents(mountpoint(target)) == snapshots[restored_from]
+    assert client.api.containers(all=True, filters={"name": f"volbackup-claim-{target}"}) == []
+
+
+def claim_container(client, target: str, pid: int, host: str):
+    """A claim on `target` as a run with `pid` on `host` leaves it (the helper label lets
+    the no_helpers_left fixture remove it if the test fails)."""
+    return client.api.create_container(
+        HELPER_IMAGE, command=["volbackup-claim"], name=f"volbackup-claim-{target}",
+        labels={HELPER_LABEL: "claim", PID_LABEL: str(pid), HOST_LABEL: host,
+                CREATED_LABEL: str(int(time.time())), TEST_LABEL: "1"})
+
+
+def test_a_live_claim_refuses_and_a_dead_one_is_swept(setuid_snapshot, cli, repo_dir, client,
+                                                      names, mountpoint):
+    target = names("claimed")
+    held = claim_container(client, target, os.getpid(), socket.gethostname())
+    try:
+        result = cli("restore", setuid_snapshot, "--as", target, "-r", str(repo_dir))
+        assert result.code == 14, result.stderr
+        assert f"(pid {os.getpid()} on host {socket.gethostname()}, since " \
+               in one_line_error(result.stderr)
+        assert not volume_exists(client, target)
+    finally:
+        client.api.remove_container(held["Id"], force=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    claim_container(client, target, dead.pid, socket.gethostname())  # a killed run's claim
+    result = cli("restore", setuid_snapshot, "--as", target, "-r", str(repo_dir))
+    assert result.code == 0, result.stderr
+    assert contents(mountpoint(target))["a.txt"] == b"alpha\n"

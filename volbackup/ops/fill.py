@@ -103,8 +103,17 @@ def fill_fresh_volume(engine: Engine, name: str, spec: VolumeSpec, force: bool,
     volume's directory on this host, that directory (no helper is needed then).
     `before_replacing()` runs before a non-empty target is given up (restore checks the
     whole archive there). `lost_note` explains, in an error, why replaced data is gone.
-    The caller has passed `spec` through check_storage.
+    The caller has passed `spec` through check_storage. The whole fill holds the
+    engine-wide claim on `name` (Engine.claim): a second run after the same target fails
+    with TargetBusy and touches nothing.
     """
+    with engine.claim(name):
+        return _fill(engine, name, spec, force, write, before_replacing, lost_note, directly)
+
+
+def _fill(engine: Engine, name: str, spec: VolumeSpec, force: bool,
+          write: Callable[[Helper | str], None], before_replacing: Callable[[], None],
+          lost_note: str, directly: Callable[[VolumeInfo], str | None]) -> bool:
     previous, previous_was_empty = _clear_target(engine, name, force, before_replacing)
     written = False
     try:
