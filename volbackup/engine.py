@@ -398,13 +398,22 @@ class Engine:
                         pass  # the next run removes it (remove_stale_helpers)
 
     def _claimed_by(self, name: str, volume: str) -> str:
-        """Who holds the claim `name`, for the loser's one-line message."""
-        with _engine_errors(f"inspecting the claim on volume {volume}"):
-            found = self.api.containers(all=True, filters={"name": f"^/{re.escape(name)}$"})
+        """Who holds the claim `name`, for the loser's one-line message. The engine
+        reserves a name before the container shows in its list: look again briefly."""
+        for _ in range(20):
+            with _engine_errors(f"inspecting the claim on volume {volume}"):
+                found = self.api.containers(all=True,
+                                            filters={"name": f"^/{re.escape(name)}$"})
+            if found:
+                break
+            time.sleep(0.1)
         labels = (found[0].get("Labels") or {}) if found else {}
-        if found and labels.get(HELPER_LABEL) == "claim":
+        if not found:
+            holder = "another volbackup run (which has just ended)"
+        elif labels.get(HELPER_LABEL) == "claim":
+            created = labels.get(CREATED_LABEL, "")
             since = time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                  time.gmtime(int(labels.get(CREATED_LABEL) or 0)))
+                                  time.gmtime(int(created) if created.isdigit() else 0))
             holder = (f"another volbackup run (pid {labels.get(PID_LABEL, '?')} on host "
                       f"{labels.get(HOST_LABEL, '?')}, since {since})")
         else:
