@@ -47,6 +47,8 @@ class Manifest:
     source_container: str | None = None
     mount_path: str | None = None
     bind_path: str | None = None
+    safety_for: str | None = None  # set on the snapshot restore --force takes of the volume
+    #                                it replaces: the id of the snapshot it was replaced by
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # unknown keys from newer minor writers
@@ -94,6 +96,8 @@ class Manifest:
                or not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
         bad += [n for n in strs if not isinstance(getattr(self, n), str)]
         bad += [n for n in ("labels", "driver_options") if not isinstance(getattr(self, n), dict)]
+        if self.safety_for is not None and not isinstance(self.safety_for, str):
+            bad.append("safety_for")
         if bad:
             raise RepositoryError(f"manifest {where} has invalid {', '.join(bad)}")
         if "/" in self.archive or self.archive.startswith("."):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import contents, fill, one_line_error
+from tests.integration.helpers import contents, fill, one_line_error, random_file, repo_files
 from volbackup.engine import CREATED_LABEL, HELPER_IMAGE, HELPER_LABEL, HOST_LABEL, PID_LABEL
 
 FILES = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 40}
@@ -160,15 +161,152 @@ def test_migrate_refuses_bind_options_before_creating_anything(make_volume, cli,
     assert not volume_exists(client, target)
 
 
+# -- 2. restore --force keeps what it replaces ------------------------------------------------
+
+@pytest.fixture
+def old_and_new(make_volume, mountpoint, cli, repo_dir):
+    """A volume holding OLD (the target) and a snapshot of another holding FILES."""
+    source = make_volume("new")
+    fill(mountpoint(source.name), FILES)
+    result = cli("backup", source.name, "-r", str(repo_dir), "--json")
+    assert result.code == 0, result.stderr
+    target = make_volume("old", labels={"was": "old"})
+    fill(mountpoint(target.name), OLD)
+    return json.loads(result.stdout)["volumes"][0]["snapshot"], target.name
+
+
+OLD = {"precious.txt": b"only here\n", "deep/er/data": os.urandom(50_000)}
+
+# GNU tar that reads as usual (the safety snapshot works) but fails to extract, as on a
+# disk that fills up half way through the restore.
+EXTRACT_FAILS = """#!/bin/sh
+case " $* " in
+  *" --extract "*) head -c 70000 > /dev/null
+                   echo "tar: ./sub/b.bin: Cannot write: No space left on device" >&2; exit 2 ;;
+  *) exec {tar} "$@" ;;
+esac
+"""
+
+
+@pytest.fixture
+def extract_fails(tmp_path) -> dict:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tar = bin_dir / "tar"
+    tar.write_text(EXTRACT_FAILS.format(tar=shutil.which("tar")))
+    tar.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_restore_that_fails_late_leaves_the_old_contents_restorable(
+        old_and_new, cli, repo_dir, client, mountpoint, extract_fails):
+    snapshot, target = old_and_new
+    result = cli("restore", snapshot, "--as", target, "--force", "-r", str(repo_dir), "--json",
+                 env=extract_fails)
+    assert result.code == 1, result.stderr
+    (out,) = json.loads(result.stdout)["volumes"]
+    safety = out["safety_snapshot"]
+    assert safety and safety.startswith(f"{target}@")
+    line = one_line_error(result.stderr)
+    assert "No space left on device" in line
+    assert f"volume {target} was removed; its previous contents are kept in safety snapshot " \
+           f"{safety} (volbackup restore {safety})" in line
+    assert not volume_exists(client, target)
+    manifest = json.loads(cli("show", safety, "-r", str(repo_dir), "--json").stdout)["manifest"]
+    assert manifest["safety_for"] == snapshot
+
+    back = cli("restore", safety, "-r", str(repo_dir))   # the one command the message names
+    assert back.code == 0, back.stderr
+    assert contents(mountpoint(target)) == OLD
+    assert client.api.inspect_volume(target)["Labels"] == {"was": "old"}
+
+
+def test_force_names_the_safety_snapshot_and_a_name_still_means_the_backup(
+        old_and_new, cli, repo_dir, mountpoint):
+    snapshot, target = old_and_new
+    volume = snapshot.split("@")[0]
+    result = cli("restore", snapshot, "--as", target, "--force", "-r", str(repo_dir))
+    assert result.code == 0, result.stderr
+    assert f"{target}: restored from {snapshot} (replaced; old contents in safety snapshot " \
+           f"{target}@" in result.stdout
+    assert contents(mountpoint(target)) == FILES
+    # the source's own newest snapshot is still the backup, also after a safety snapshot of it
+    fill(mountpoint(volume), {"a.txt": b"changed\n"})
+    again = cli("restore", volume, "--force", "-r", str(repo_dir), "--json")
+    assert again.code == 0, again.stderr
+    (out,) = json.loads(again.stdout)["volumes"]
+    assert out["snapshot"] == snapshot and out["safety_snapshot"].startswith(f"{volume}@")
+    assert contents(mountpoint(volume)) == FILES
+
+
+@pytest.fixture
+def read_only(repo_dir):
+    """`repo_dir` made read-only for root too (a read-only bind mount over itself)."""
+    def make():
+        subprocess.run(["mount", "--bind", str(repo_dir), str(repo_dir)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(repo_dir)], check=True)
+        made.append(True)
+    made = []
+    yield make
+    if made:
+        subprocess.run(["umount", str(repo_dir)], check=True)
+
+
+def test_no_safety_snapshot_no_removal(old_and_new, cli, repo_dir, mountpoint, read_only):
+    snapshot, target = old_and_new
+    stored = repo_files(repo_dir)
+    read_only()
+    result = cli("restore", snapshot, "--as", target, "--force", "-r", str(repo_dir))
+    assert result.code == 5, result.stderr
+    line = one_line_error(result.stderr)
+    assert f"volume {target} was not replaced: its safety snapshot failed (" in line
+    assert "nothing was removed" in line and "--no-safety-snapshot" in line
+    assert contents(mountpoint(target)) == OLD
+    assert repo_files(repo_dir) == stored
+    # the way out the message names: the risk is the user's
+    result = cli("restore", snapshot, "--as", target, "--force", "--no-safety-snapshot",
+                 "-r", str(repo_dir), "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["volumes"][0]["safety_snapshot"] is None
+    assert contents(mountpoint(target)) == FILES
+
+
+def test_force_refuses_before_removing_anything_when_the_snapshot_cannot_fit(
+        make_volume, mountpoint, cli, repo_dir, client):
+    source = make_volume("big")
+    random_file(mountpoint(source.name), size=16 << 20)
+    assert cli("backup", source.name, "-r", str(repo_dir)).code == 0
+    stored = repo_files(repo_dir)
+    target = make_volume("small")
+    storage = mountpoint(target.name)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "vbtest", storage], check=True)
+    try:
+        fill(storage, {"precious.txt": b"only here\n"})
+        result = cli("restore", source.name, "--as", target.name, "--force",
+                     "-r", str(repo_dir))
+        assert result.code == 15, result.stderr
+        line = one_line_error(result.stderr)
+        assert f"volume {target.name} was not replaced: snapshot {source.name}@" in line
+        assert f"the filesystem of {storage} has " in line and "nothing was removed" in line
+        assert contents(storage) == {"precious.txt": b"only here\n"}
+        assert volume_exists(client, target.name)
+        assert repo_files(repo_dir) == stored, "no safety snapshot is taken for a refusal"
+    finally:
+        subprocess.run(["umount", storage], check=True)
+
+
 # -- 3. two restores into one name ----------------------------------------------------------
 
 class SlowProxy:
-    """A unix-socket proxy in front of the engine that holds every `POST .../volumes/create`
-    back for `delay` seconds, like a busy engine (volume create is idempotent, so two runs
-    that both create the same name both succeed)."""
+    """A unix-socket proxy in front of the engine that holds `POST .../volumes/create` back,
+    like a busy engine, until two runs have gone for the target (two claim creates, or
+    two volume creates, seen) or `hold` seconds passed; so the two runs overlap however slowly each
+    starts. (volume create is idempotent: two runs creating one name both succeed.)"""
 
-    def __init__(self, path: str, upstream: str, delay: float):
-        self.path, self.upstream, self.delay = path, upstream, delay
+    def __init__(self, path: str, upstream: str, hold: float):
+        self.path, self.upstream, self.hold = path, upstream, hold
+        self.attempts = {"claim": 0, "volume": 0}
+        self.changed = threading.Condition()
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(path)
         self.server.listen(32)
@@ -185,15 +323,28 @@ class SlowProxy:
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
+    def _gate(self, first_line: bytes) -> None:
+        if not first_line.startswith(b"POST "):
+            return
+        kind = ("volume" if b"/volumes/create" in first_line else
+                "claim" if b"/containers/create" in first_line
+                and b"name=volbackup-claim-" in first_line else None)
+        if kind:
+            with self.changed:
+                self.attempts[kind] += 1
+                self.changed.notify_all()
+                if kind == "volume":
+                    self.changed.wait_for(lambda: max(self.attempts.values()) >= 2,
+                                          timeout=self.hold)
+
     def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
-                first_line = data.split(b"\r\n", 1)[0]
-                if requests and first_line.startswith(b"POST ") and b"/volumes/create" in first_line:
-                    time.sleep(self.delay)
+                if requests:
+                    self._gate(data.split(b"\r\n", 1)[0])
                 dst.sendall(data)
         except OSError:
             pass
@@ -209,12 +360,12 @@ class SlowProxy:
 
 @pytest.fixture
 def slow_engine(tmp_path):
-    """DOCKER_HOST of a proxy that answers `volume create` 2 s late."""
+    """DOCKER_HOST of a proxy whose `volume create` waits for a second run (SlowProxy)."""
     upstream = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not upstream.startswith("unix://"):
         pytest.skip("the proxy fronts a unix-socket engine")
     path = str(tmp_path / "slow.sock")
-    proxy = SlowProxy(path, upstream.removeprefix("unix://"), delay=2.0)
+    proxy = SlowProxy(path, upstream.removeprefix("unix://"), hold=30.0)
     yield f"unix://{path}"
     proxy.close()
 

@@ -19,6 +19,10 @@ from volbackup.repository import Repository
 @click.option("--force", is_flag=True,
               help="Replace an existing, non-empty target volume (its contents are "
                    "discarded, not merged).")
+@click.option("--no-safety-snapshot", "safety", is_flag=True, default=True, flag_value=False,
+              help="With --force: do not back a non-empty target up into REPO before it "
+                   "is removed. Faster for huge volumes, but if the restore then fails, the "
+                   "target's old contents are lost.")
 @click.option("--all", "restore_all", is_flag=True,
               help="Restore the newest snapshot of every volume in REPO; skip targets "
                    "that exist and are not empty.")
@@ -34,12 +38,16 @@ from volbackup.repository import Repository
 @host_option
 @direct_option
 @json_option
-def restore(snapshots, repo, target, force, restore_all, trust_options, drop_options, host,
-            use_direct, as_json):
+def restore(snapshots, repo, target, force, safety, restore_all, trust_options, drop_options,
+            host, use_direct, as_json):
     """Restore snapshots into fresh volumes.
 
     SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
-    which means that volume's newest snapshot (made on --host NAME, if given).
+    which means that volume's newest snapshot (made on --host NAME, if given; not a
+    safety snapshot, unless there is no other).
+
+    --force first backs the target's old contents up into REPO as a safety snapshot,
+    named in the output; `volbackup restore ID` brings them back.
 
     \b
     Examples:
@@ -60,15 +68,18 @@ def restore(snapshots, repo, target, force, restore_all, trust_options, drop_opt
     result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
                          terminal_progress(), host=host, use_direct=use_direct,
                          trust_options=trust_options, drop_options=drop_options,
-                         announce=render.note)
+                         announce=render.note, safety=safety)
     if as_json:
         render.emit_json("restore", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])
     else:
         for v in result.volumes:
             if v.status == "restored":
-                click.echo(f"{v.volume}: restored from {v.snapshot}"
-                           f"{' (replaced)' if v.replaced else ''}, "
+                replaced = ""
+                if v.replaced:
+                    replaced = (f" (replaced; old contents in safety snapshot {v.safety_snapshot})"
+                                if v.safety_snapshot else " (replaced)")
+                click.echo(f"{v.volume}: restored from {v.snapshot}{replaced}, "
                            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
             elif v.status == "skipped":
                 click.echo(f"{v.volume}: skipped: {v.message}")

@@ -94,26 +94,31 @@ def check_storage(name: str, spec: VolumeSpec, trust: bool, announce: Callable[[
 
 def fill_fresh_volume(engine: Engine, name: str, spec: VolumeSpec, force: bool,
                       write: Callable[[Helper | str], None],
-                      before_replacing: Callable[[], None] = lambda: None,
+                      before_replacing: Callable[[VolumeInfo], None] = lambda volume: None,
                       lost_note: str = "",
-                      directly: Callable[[VolumeInfo], str | None] = lambda info: None) -> bool:
+                      directly: Callable[[VolumeInfo], str | None] = lambda info: None,
+                      kept_in: Callable[[], str | None] = lambda: None) -> bool:
     """Create `name` afresh and let `write(target)` put the data in; True if it replaced one.
 
     `target` is a helper attached to the volume, or, where `directly(volume)` gives the
     volume's directory on this host, that directory (no helper is needed then).
-    `before_replacing()` runs before a non-empty target is given up (restore checks the
-    whole archive there). `lost_note` explains, in an error, why replaced data is gone.
+    `before_replacing(volume)` runs before a non-empty target is given up (restore checks
+    the whole archive and the free space there, and takes a safety snapshot; raising
+    keeps the target). If the fill then fails, `kept_in()` says where the replaced data
+    is kept, or else `lost_note` explains why it is gone.
     The caller has passed `spec` through check_storage. The whole fill holds the
     engine-wide claim on `name` (Engine.claim): a second run after the same target fails
     with TargetBusy and touches nothing.
     """
     with engine.claim(name):
-        return _fill(engine, name, spec, force, write, before_replacing, lost_note, directly)
+        return _fill(engine, name, spec, force, write, before_replacing, lost_note, directly,
+                     kept_in)
 
 
 def _fill(engine: Engine, name: str, spec: VolumeSpec, force: bool,
-          write: Callable[[Helper | str], None], before_replacing: Callable[[], None],
-          lost_note: str, directly: Callable[[VolumeInfo], str | None]) -> bool:
+          write: Callable[[Helper | str], None], before_replacing: Callable[[VolumeInfo], None],
+          lost_note: str, directly: Callable[[VolumeInfo], str | None],
+          kept_in: Callable[[], str | None]) -> bool:
     previous, previous_was_empty = _clear_target(engine, name, force, before_replacing)
     written = False
     try:
@@ -138,7 +143,9 @@ def _fill(engine: Engine, name: str, spec: VolumeSpec, force: bool,
         if isinstance(e, VolbackupError):
             notes = [str(e)]
             if previous is not None and put_back is None:
-                notes.append(f"volume {name} was removed and its previous contents are lost"
+                kept = kept_in()
+                notes.append(f"volume {name} was removed; {kept}" if kept else
+                             f"volume {name} was removed and its previous contents are lost"
                              + (f" ({lost_note})" if lost_note else ""))
             if cleanup_problem:
                 notes.append(cleanup_problem)
@@ -149,7 +156,8 @@ def _fill(engine: Engine, name: str, spec: VolumeSpec, force: bool,
 
 
 def _clear_target(engine: Engine, name: str, force: bool,
-                  before_replacing: Callable[[], None]) -> tuple[VolumeInfo | None, bool]:
+                  before_replacing: Callable[[VolumeInfo], None]
+                  ) -> tuple[VolumeInfo | None, bool]:
     """Make room for a fresh volume named `name`.
 
     Returns the volume that was there (or None) and whether it was empty.
@@ -169,7 +177,7 @@ def _clear_target(engine: Engine, name: str, force: bool,
             f"volume {name} is used by container(s) {', '.join(users)}; remove them first "
             f"(docker rm keeps the volume), or --as NAME to use another name")
     if not empty:
-        before_replacing()
+        before_replacing(existing)
     with deferred():
         engine.remove_volume(name)
     return existing, empty
