@@ -237,6 +237,13 @@ def test_force_names_the_safety_snapshot_and_a_name_still_means_the_backup(
     (out,) = json.loads(again.stdout)["volumes"]
     assert out["snapshot"] == snapshot and out["safety_snapshot"].startswith(f"{volume}@")
     assert contents(mountpoint(volume)) == FILES
+    # the same command again: the volume's newest snapshot is now a safety snapshot, but a
+    # name still means the backup, not "undo the last restore"
+    fill(mountpoint(volume), {"a.txt": b"changed again\n"})
+    third = cli("restore", volume, "--force", "-r", str(repo_dir), "--json")
+    assert third.code == 0, third.stderr
+    assert json.loads(third.stdout)["volumes"][0]["snapshot"] == snapshot
+    assert contents(mountpoint(volume)) == FILES
 
 
 @pytest.fixture
