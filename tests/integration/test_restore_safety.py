@@ -207,7 +207,10 @@ def test_a_restore_that_fails_late_leaves_the_old_contents_restorable(
     (out,) = json.loads(result.stdout)["volumes"]
     safety = out["safety_snapshot"]
     assert safety and safety.startswith(f"{target}@")
-    line = one_line_error(result.stderr)
+    saved, error = result.stderr.splitlines()   # said before the volume was removed
+    assert saved == f"volbackup: volume {target}: old contents saved as safety snapshot " \
+                    f"{safety} (volbackup restore {safety} brings them back)"
+    line = one_line_error(error)
     assert "No space left on device" in line
     assert f"volume {target} was removed; its previous contents are kept in safety snapshot " \
            f"{safety} (volbackup restore {safety})" in line

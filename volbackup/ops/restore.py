@@ -84,7 +84,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
                 outcome.volume, spec, trust_options, announce,
                 way_out=", or --drop-driver-options for a plain local volume")
             _restore_one(engine, repo, manifest, spec, outcome, force, progress, use_direct,
-                         safety)
+                         safety, announce)
         except (TargetNotEmpty, UntrustedStorage) as e:
             if not restore_all:
                 outcome.failure(e)
@@ -98,7 +98,8 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
 
 def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: VolumeSpec,
                  outcome: VolumeRestore, force: bool, progress: ProgressFactory,
-                 use_direct: bool | None, safety: bool) -> None:
+                 use_direct: bool | None, safety: bool,
+                 announce: Callable[[str], None]) -> None:
     started = time.monotonic()
 
     def before_replacing(existing: VolumeInfo) -> None:
@@ -110,6 +111,10 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
         if safety:
             outcome.safety_snapshot = _safety_snapshot(engine, repo, existing.name, manifest,
                                                        progress, use_direct)
+            # said now, not only in the result: a run killed from here on prints no result
+            announce(f"volume {existing.name}: old contents saved as safety snapshot "
+                     f"{outcome.safety_snapshot} (volbackup restore "
+                     f"{outcome.safety_snapshot} brings them back)")
             _check_space(engine, existing, spec, manifest)  # the repository may share the disk
 
     def write(target: Helper | str) -> None:
