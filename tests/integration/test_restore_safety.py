@@ -346,6 +346,8 @@ class SlowProxy:
                 if kind == "volume":
                     self.changed.wait_for(lambda: max(self.attempts.values()) >= 2,
                                           timeout=self.hold)
+            if kind == "volume" and self.attempts["claim"] >= 2:
+                time.sleep(3)  # the winner still holds its claim while the loser looks it up
 
     def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
         try:
