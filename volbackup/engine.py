@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Iterator
 
-from volbackup.errors import EngineError, NotFound, StreamBroken
+from volbackup.errors import EngineError, NotFound, StreamBroken, TargetBusy
 from volbackup.processes import pid_namespace, run_is_over
 from volbackup.signals import deferred
 from volbackup.urls import safe_url, scrub
@@ -56,6 +56,7 @@ PID_LABEL = "io.volbackup.pid"
 HOST_LABEL = "io.volbackup.host"
 PIDNS_LABEL = "io.volbackup.pidns"    # the pid namespace PID_LABEL means something in
 CREATED_LABEL = "io.volbackup.created"
+CLAIM_PREFIX = "volbackup-claim-"      # + the target volume's name (Engine.claim)
 STALE_AFTER_SECONDS = 24 * 3600
 DATA_PATH = "/data"
 EXPORT_CHUNK = 1 << 20
@@ -348,9 +349,7 @@ class Engine:
         if bind:
             mounts.append(Mount(bind_at, bind, type="bind", read_only=read_only))
         name = f"volbackup-helper-{uuid.uuid4().hex[:12]}"
-        labels = {HELPER_LABEL: "helper", PID_LABEL: str(os.getpid()),
-                  HOST_LABEL: socket.gethostname(), PIDNS_LABEL: pid_namespace(),
-                  CREATED_LABEL: str(int(time.time()))}
+        labels = _run_labels("helper")
         host_config = self.api.create_host_config(
             mounts=mounts or None, volumes_from=[volumes_from] if volumes_from else None,
             network_mode="none")
@@ -368,6 +367,68 @@ class Engine:
                         self.api.remove_container(created["Id"], force=True, v=False)
                     except (docker.errors.DockerException, requests.RequestException):
                         pass  # the next run removes it (remove_stale_helpers)
+
+
+    @contextmanager
+    def claim(self, volume: str) -> Iterator[None]:
+        """Hold the target `volume` for this run while it is cleared, created and filled.
+
+        The claim is a created, never started container named `volbackup-claim-VOLUME`,
+        from the helper image, with no mounts and the helper labels (so the stale-helper
+        sweep removes the claim of a killed run). Container names are unique on an engine
+        and creating one is not idempotent (409 on a duplicate), unlike `volume create`:
+        of two runs after the same name exactly one gets the claim; the other gets
+        TargetBusy before it has looked at, created or removed anything.
+        """
+        name = CLAIM_PREFIX + volume
+        labels = _run_labels("claim")
+        created = None
+        try:
+            with deferred():
+                with _engine_errors(f"claiming volume {volume}"):
+                    try:
+                        created = self.api.create_container(
+                            HELPER_IMAGE, command=["volbackup-claim"], name=name,
+                            labels=labels, network_disabled=True,
+                            host_config=self.api.create_host_config(network_mode="none"))
+                    except docker.errors.APIError as e:
+                        if e.status_code != 409:
+                            raise
+            if created is None:
+                raise TargetBusy(self._claimed_by(name, volume))
+            yield
+        finally:
+            if created is not None:
+                with deferred():
+                    try:
+                        self.api.remove_container(created["Id"], force=True, v=False)
+                    except (docker.errors.DockerException, requests.RequestException):
+                        pass  # the next run removes it (remove_stale_helpers)
+
+    def _claimed_by(self, name: str, volume: str) -> str:
+        """Who holds the claim `name`, for the loser's one-line message. The engine
+        reserves a name before the container shows in its list: look again briefly."""
+        for _ in range(20):
+            with _engine_errors(f"inspecting the claim on volume {volume}"):
+                found = self.api.containers(all=True,
+                                            filters={"name": f"^/{re.escape(name)}$"})
+            if found:
+                break
+            time.sleep(0.1)
+        labels = (found[0].get("Labels") or {}) if found else {}
+        if not found:
+            holder = "another volbackup run (which has just ended)"
+        elif labels.get(HELPER_LABEL) == "claim":
+            created = labels.get(CREATED_LABEL, "")
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                  time.gmtime(int(created) if created.isdigit() else 0))
+            holder = (f"another volbackup run (pid {labels.get(PID_LABEL, '?')} on host "
+                      f"{labels.get(HOST_LABEL, '?')}, since {since})")
+        else:
+            holder = f"container {name}, which is not a volbackup claim"
+        return (f"volume {volume} is being restored or migrated into by {holder}; nothing "
+                f"was changed. Try again when it is done (if that run is dead, `docker rm "
+                f"{name}` frees the name)")
 
 
 def _enable_ssh() -> None:
@@ -402,6 +463,13 @@ def _go_file_kind(mode: int) -> str:
         if mode & bit:
             return kind
     return "file"
+
+
+def _run_labels(kind: str) -> dict:
+    """The labels of a helper or claim: what it is, and which run made it (for the stale
+    check, _helper_is_stale)."""
+    return {HELPER_LABEL: kind, PID_LABEL: str(os.getpid()), HOST_LABEL: socket.gethostname(),
+            PIDNS_LABEL: pid_namespace(), CREATED_LABEL: str(int(time.time()))}
 
 
 def _helper_is_stale(labels: dict, created: int) -> bool:

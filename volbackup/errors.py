@@ -110,6 +110,28 @@ class ConfigError(VolbackupError):
                "an unknown key or a bad value (the message names the key, job and line).")
 
 
+class UntrustedStorage(VolbackupError):
+    exit_code = 13
+    title = "driver options refused"
+    summary = ("A snapshot (or a migrated volume) asks for a volume whose driver options "
+               "keep its data outside the engine's volume area (a host path, a device, NFS, "
+               "CIFS, a volume plugin); give --trust-driver-options to create it.")
+
+
+class TargetBusy(VolbackupError):
+    exit_code = 14
+    title = "target busy"
+    summary = ("Another volbackup run is restoring or migrating into the same target volume "
+               "on this engine right now; nothing was changed.")
+
+
+class InsufficientSpace(VolbackupError):
+    exit_code = 15
+    title = "not enough space"
+    summary = ("restore --force refused before removing anything: the filesystem that would "
+               "hold the restored volume has less free space than the snapshot needs.")
+
+
 class Interrupted(VolbackupError):
     exit_code = 130
     title = "interrupted"

@@ -60,6 +60,8 @@ class Manifest:
     source_container: str | None = None
     mount_path: str | None = None
     bind_path: str | None = None
+    safety_for: str | None = None  # set on the snapshot restore --force takes of the volume
+    #                                it replaces: the id of the snapshot it was replaced by
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # unknown keys from newer minor writers
@@ -106,7 +108,7 @@ class Manifest:
         ints = ("level", "bytes", "stored_bytes", "entries")
         strs = ("snapshot", "volume", "driver", "created", "host", "tool_version", "archive",
                 "sha256", "compression", "source_kind")
-        optional = ("source_container", "mount_path", "bind_path")
+        optional = ("source_container", "mount_path", "bind_path", "safety_for")
         bad = [n for n in ints if isinstance(getattr(self, n), bool)
                or not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
         bad += [n for n in strs if not isinstance(getattr(self, n), str)]

@@ -42,9 +42,16 @@ def safe_url(url: str | None) -> str:
     return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
+# Mount options whose value is a secret, or names the file that holds one (CIFS volumes
+# carry them, and the engine repeats them in its mount errors).
+SECRET_OPTION = re.compile(
+    r"(?i)(?<![\w-])(password|passwd|pass|pwd|credentials|cred|secret|token)=[^,\s'\"}]*")
+
+
 def scrub(text: str) -> str:
-    """`text` with every URL in it cut down to `safe_url` (for messages of other libraries)."""
+    """`text` with every URL in it cut down to `safe_url`, and the value of every secret
+    mount option (`password=...`) hidden (for messages of other libraries)."""
     def one(match: re.Match) -> str:
         url = match[0].rstrip(".,:;!?")
         return safe_url(url) + match[0][len(url):]  # keep the sentence's own punctuation
-    return _IN_TEXT.sub(one, str(text))
+    return SECRET_OPTION.sub(r"\1=***", _IN_TEXT.sub(one, str(text)))

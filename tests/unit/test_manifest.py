@@ -61,3 +61,12 @@ def test_unreadable_manifest_names_itself_in_the_error(raw, words):
     assert WHERE in str(caught.value)
     assert words in str(caught.value)
     assert caught.value.exit_code == 5
+
+
+def test_safety_for_is_optional_and_must_be_a_string():
+    assert Manifest.from_json(manifest_json(drop=("safety_for",)), WHERE).safety_for is None
+    marked = Manifest.from_json(manifest_json(safety_for="pgdata@20261129T031500Z-1a2b"), WHERE)
+    assert marked.safety_for == "pgdata@20261129T031500Z-1a2b"
+    for bad in (5, ["x"], {"a": 1}):
+        with pytest.raises(RepositoryError, match="invalid safety_for"):
+            Manifest.from_json(manifest_json(safety_for=bad), WHERE)

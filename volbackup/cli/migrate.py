@@ -34,9 +34,14 @@ from volbackup.ops import migrate as ops
 @click.option("--wire-compression", type=click.Choice(ops.WIRE_CHOICES), default="auto",
               show_default=True,
               help="gzip the stream on the wire: auto does it only for a remote engine.")
+@click.option("--trust-driver-options", "trust_options", is_flag=True,
+              help="Also create volumes whose driver options keep the data outside the "
+                   "target engine's volume area (o=bind,device=PATH; a device; NFS/CIFS; a "
+                   "volume plugin). They are printed on stderr before they are created.")
 @json_option
 def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_context,
-            from_host, from_context, target_name, force, verify, wire_compression, as_json):
+            from_host, from_context, target_name, force, verify, wire_compression,
+            trust_options, as_json):
     """Copy volumes to another Docker engine, as fresh volumes with the same driver,
     options and labels. Nothing is written to disk on the way.
 
@@ -57,7 +62,8 @@ def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_co
     target = Engine.connect(to_host, to_context)
     result = ops.migrate(source, target, [], container, target_name, force, verify,
                          wire_compression, terminal_progress(), selection=selection,
-                         quiesce=quiesce, stop_timeout=stop_timeout)
+                         quiesce=quiesce, stop_timeout=stop_timeout,
+                         trust_options=trust_options, announce=render.note)
     if as_json:
         render.emit_json("migrate", source=result.source, target=result.target,
                          volumes=[v.as_dict() for v in result.volumes])

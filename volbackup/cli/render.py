@@ -43,6 +43,12 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def note(message: str) -> None:
+    """Something the user should see before it happens, on stderr (stdout stays clean
+    for --json)."""
+    echo(f"volbackup: {message}", err=True)
+
+
 def warn(message: object) -> None:
     echo(f"volbackup: warning: {message}", err=True)
 

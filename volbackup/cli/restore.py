@@ -19,17 +19,35 @@ from volbackup.repository import Repository
 @click.option("--force", is_flag=True,
               help="Replace an existing, non-empty target volume (its contents are "
                    "discarded, not merged).")
+@click.option("--no-safety-snapshot", "safety", is_flag=True, default=True, flag_value=False,
+              help="With --force: do not back a non-empty target up into REPO before it "
+                   "is removed. Faster for huge volumes, but if the restore then fails, the "
+                   "target's old contents are lost.")
 @click.option("--all", "restore_all", is_flag=True,
               help="Restore the newest snapshot of every volume in REPO; skip targets "
                    "that exist and are not empty.")
+@click.option("--trust-driver-options", "trust_options", is_flag=True,
+              help="Also create volumes whose recorded driver options keep the data outside "
+                   "the engine's volume area (a host path: o=bind,device=...; a device; "
+                   "NFS/CIFS; a volume plugin). Without it they are refused (skipped by "
+                   "--all): anyone who can write to REPO could point them at any host "
+                   "directory. They are printed on stderr before they are created.")
+@click.option("--drop-driver-options", "drop_options", is_flag=True,
+              help="Create plain local volumes (driver local, no options), whatever driver "
+                   "and options the snapshot records.")
 @host_option
 @direct_option
 @json_option
-def restore(snapshots, repo, target, force, restore_all, host, use_direct, as_json):
+def restore(snapshots, repo, target, force, safety, restore_all, trust_options, drop_options,
+            host, use_direct, as_json):
     """Restore snapshots into fresh volumes.
 
     SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
-    which means that volume's newest snapshot (made on --host NAME, if given).
+    which means that volume's newest snapshot (made on --host NAME, if given; not a
+    safety snapshot, unless there is no other).
+
+    --force first backs the target's old contents up into REPO as a safety snapshot,
+    named in the output; `volbackup restore ID` brings them back.
 
     \b
     Examples:
@@ -44,16 +62,24 @@ def restore(snapshots, repo, target, force, restore_all, host, use_direct, as_js
         raise click.UsageError("--as takes exactly one SNAPSHOT")
     repository = Repository.open(repo)
     engine = Engine.connect()
+    if trust_options and drop_options:
+        raise click.UsageError("--trust-driver-options and --drop-driver-options exclude "
+                               "each other")
     result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
-                         terminal_progress(), host=host, use_direct=use_direct)
+                         terminal_progress(), host=host, use_direct=use_direct,
+                         trust_options=trust_options, drop_options=drop_options,
+                         announce=render.note, safety=safety)
     if as_json:
         render.emit_json("restore", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])
     else:
         for v in result.volumes:
             if v.status == "restored":
-                render.echo(f"{v.volume}: restored from {v.snapshot}"
-                            f"{' (replaced)' if v.replaced else ''}, "
+                replaced = ""
+                if v.replaced:
+                    replaced = (f" (replaced; old contents in safety snapshot {v.safety_snapshot})"
+                                if v.safety_snapshot else " (replaced)")
+                render.echo(f"{v.volume}: restored from {v.snapshot}{replaced}, "
                             f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
             elif v.status == "skipped":
                 render.echo(f"{v.volume}: skipped: {v.message}")

@@ -61,7 +61,8 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
            container: str | None = None, level: int = 3,
            progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
            quiesce: str | None = None, stop_timeout: int = 10,
-           retries: int = 2, use_direct: bool | None = None, jobs: int = 1) -> BackupResult:
+           retries: int = 2, use_direct: bool | None = None, jobs: int = 1,
+           safety_for: str | None = None) -> BackupResult:
     """Back up the named `volumes` (plus `selection`), or every mount of `container`.
 
     `quiesce` is None, "stop" or "pause": what to do to the running containers that use
@@ -70,6 +71,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     (the default): with GNU tar on this host where it can, when no running container
     uses the volume at that moment; True: also while containers run; False: never.
     `jobs`: how many volumes (groups of volumes sharing containers) are read at once.
+    `safety_for`: recorded in the manifests (restore's safety snapshots; volbackup.ops.restore).
     """
     engine.prepare_helpers()
     selection = selection or Selection()
@@ -85,7 +87,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
 
     def work(source: Source) -> VolumeBackup:
         return _backup_with_retries(lambda: _open_stream(engine, source, use_direct), repo,
-                                    source, level, progress, retries)
+                                    source, level, progress, retries, safety_for)
 
     outcomes += each_quietly(engine, sources, quiesce, stop_timeout, work,
                              lambda s, e: VolumeBackup(s.volume, "failed").failure(e), jobs)
@@ -116,11 +118,12 @@ def _written_to(engine: Engine, source: Source) -> bool:
 
 
 def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level: int,
-                         progress: ProgressFactory, retries: int) -> VolumeBackup:
+                         progress: ProgressFactory, retries: int,
+                         safety_for: str | None = None) -> VolumeBackup:
     """Read again when the stream broke (files changed while read), up to `retries` times."""
     broken: list[str] = []
     for attempt in range(1, retries + 2):
-        outcome = _backup_one(reader, repo, source, level, progress)
+        outcome = _backup_one(reader, repo, source, level, progress, safety_for)
         outcome.attempts = attempt
         if not (outcome.failed and isinstance(outcome.error, (IntegrityError, StreamBroken))):
             break
@@ -133,7 +136,7 @@ def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level
 
 
 def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
-                progress: ProgressFactory) -> VolumeBackup:
+                progress: ProgressFactory, safety_for: str | None = None) -> VolumeBackup:
     started = time.monotonic()
     created = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(source.volume, created)
@@ -156,7 +159,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
             bytes=packed.bytes, stored_bytes=packed.stored_bytes, sha256=packed.sha256,
             entries=packed.entries, seconds=seconds, source_kind=source.kind,
             source_container=source.container, mount_path=source.mount_path,
-            bind_path=source.bind_path))
+            bind_path=source.bind_path, safety_for=safety_for))
     except Exception as e:  # any error, also disk full: this volume failed, the next runs
         outcome.snapshot = None
         return outcome.failure(e)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from volbackup.engine import DATA_PATH, Engine, Helper
-from volbackup.errors import IntegrityError, VolbackupError
-from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
+from volbackup.errors import IntegrityError, UntrustedStorage, VolbackupError
+from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
@@ -45,11 +46,15 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
             container: str | None = None, target_name: str | None = None,
             force: bool = False, verify: bool = False, wire: str = "auto",
             progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
-            quiesce: str | None = None, stop_timeout: int = 10) -> MigrateResult:
+            quiesce: str | None = None, stop_timeout: int = 10, trust_options: bool = False,
+            announce: Callable[[str], None] = lambda message: None) -> MigrateResult:
     """Copy each volume (or a container's volumes) to `target`, as fresh volumes there.
 
     `quiesce` ("stop" or "pause") and the volbackup.* hooks apply on the source side,
-    exactly as for backup.
+    exactly as for backup. As for restore, a volume whose driver options keep its data
+    outside the target engine's volume area (a host path, a device, NFS, a plugin) is
+    refused unless `trust_options`: a path on the source host names another directory
+    on the target host, and the source engine may not be the user's own.
     """
     for engine in (source, target):
         engine.prepare_helpers()
@@ -76,7 +81,15 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
         return VolumeMigration(target_name or item.volume, "failed",
                                source_volume=item.volume).failure(error)
 
-    sources = [p for p in chosen if isinstance(p, Source)]
+    sources = []
+    for item in (p for p in chosen if isinstance(p, Source)):
+        try:  # before any container is stopped or anything is created
+            check_storage(target_name or item.volume,
+                          VolumeSpec(item.driver, item.driver_options, {}), trust_options,
+                          announce)
+            sources.append(item)
+        except UntrustedStorage as e:
+            outcomes.append(failed(item, e))
     outcomes += each_quietly(source, sources, quiesce, stop_timeout, work, failed)
     order = {name: i for i, name in enumerate(p.volume for p in chosen)}
     outcomes.sort(key=lambda o: order.get(o.source_volume, 0))

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from volbackup import archive, direct
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
-from volbackup.errors import NotFound, TargetNotEmpty
+from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
+                              VolbackupError)
 from volbackup.manifest import Manifest
-from volbackup.ops.fill import VolumeSpec, fill_fresh_volume
+from volbackup.ops.backup import backup
+from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.select import plain_directory
-from volbackup.repository import Repository
+from volbackup.repository import Repository, looks_like_id
 
 
 @dataclass
@@ -21,6 +26,10 @@ class VolumeRestore(Outcome):
     seconds: float = 0.0
     replaced: bool = False
     via: str | None = None        # "direct" (GNU tar here) or "engine" (a helper)
+    driver: str | None = None     # what the volume is (to be) created with
+    driver_options: dict | None = None   # secrets redacted
+    external_storage: str | None = None  # where its data goes, if outside the volume area
+    safety_snapshot: str | None = None   # what the replaced volume held, kept in the repository
 
 
 @dataclass
@@ -35,7 +44,10 @@ class RestoreResult:
 def restore(engine: Engine, repo: Repository, refs: list[str], target: str | None = None,
             force: bool = False, restore_all: bool = False,
             progress: ProgressFactory = no_progress, host: str | None = None,
-            use_direct: bool | None = None) -> RestoreResult:
+            use_direct: bool | None = None, trust_options: bool = False,
+            drop_options: bool = False,
+            announce: Callable[[str], None] = lambda message: None,
+            safety: bool = True) -> RestoreResult:
     """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
 
     With `restore_all`, the newest snapshot of every volume in the repository is
@@ -43,6 +55,13 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     With `host`, only snapshots made on that host are considered. A fresh volume that is
     a plain directory here is filled by GNU tar on this host unless `use_direct` is False
     (volbackup.direct); any other through a helper.
+    Driver options that keep data outside the engine's volume area (a host path, a
+    device, network storage, a plugin) come from the repository, which is not trusted:
+    such a volume is refused (skipped with `restore_all`) unless `trust_options`, and
+    then `announce`d before it is created. `drop_options` creates plain local volumes.
+    A non-empty volume that `force` replaces is first checked for room (where the engine's
+    volume area is visible here) and, unless `safety` is False, saved as a *safety
+    snapshot* in `repo`; if either fails, it is not touched.
     """
     if restore_all:
         refs = repo.volumes(host)
@@ -54,10 +73,18 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     for ref in refs:
         outcome = VolumeRestore(target or ref, "restored")
         try:
-            manifest = repo.resolve(ref, host)
+            manifest = _resolve(repo, ref, host)
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
-            _restore_one(engine, repo, manifest, outcome, force, progress, use_direct)
-        except TargetNotEmpty as e:
+            spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
+            if drop_options:
+                spec = VolumeSpec("local", {}, manifest.labels)
+            outcome.driver, outcome.driver_options = spec.driver, redact_options(spec.options)
+            outcome.external_storage = check_storage(
+                outcome.volume, spec, trust_options, announce,
+                way_out=", or --drop-driver-options for a plain local volume")
+            _restore_one(engine, repo, manifest, spec, outcome, force, progress, use_direct,
+                         safety, announce)
+        except (TargetNotEmpty, UntrustedStorage) as e:
             if not restore_all:
                 outcome.failure(e)
             else:
@@ -68,13 +95,26 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     return RestoreResult(repo.describe(), outcomes)
 
 
-def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: VolumeRestore,
-                 force: bool, progress: ProgressFactory, use_direct: bool | None) -> None:
+def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: VolumeSpec,
+                 outcome: VolumeRestore, force: bool, progress: ProgressFactory,
+                 use_direct: bool | None, safety: bool,
+                 announce: Callable[[str], None]) -> None:
     started = time.monotonic()
 
-    def check_archive() -> None:
+    def before_replacing(existing: VolumeInfo) -> None:
+        """Nothing a restore replaces may be lost: the snapshot must check out and fit, and
+        the old contents are kept as a safety snapshot before the volume is removed."""
+        _check_space(engine, existing, spec, manifest)
         with repo.open_archive(manifest) as stored:
             archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes).drain()
+        if safety:
+            outcome.safety_snapshot = _safety_snapshot(engine, repo, existing.name, manifest,
+                                                       progress, use_direct)
+            # said now, not only in the result: a run killed from here on prints no result
+            announce(f"volume {existing.name}: old contents saved as safety snapshot "
+                     f"{outcome.safety_snapshot} (volbackup restore "
+                     f"{outcome.safety_snapshot} brings them back)")
+            _check_space(engine, existing, spec, manifest)  # the repository may share the disk
 
     def write(target: Helper | str) -> None:
         outcome.via = "direct" if isinstance(target, str) else "engine"
@@ -96,8 +136,97 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, outcome: 
             return None
         return direct.directory_for(engine, plain_directory(volume))
 
-    spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
     outcome.replaced = fill_fresh_volume(
-        engine, outcome.volume, spec, force, write, before_replacing=check_archive,
-        lost_note="the snapshot itself had checked out", directly=directly)
+        engine, outcome.volume, spec, force, write, before_replacing=before_replacing,
+        lost_note="the snapshot itself had checked out; --no-safety-snapshot was given",
+        directly=directly, kept_in=lambda: _kept_in(outcome.safety_snapshot))
     outcome.seconds = round(time.monotonic() - started, 3)
+
+
+def _resolve(repo: Repository, ref: str, host: str | None) -> Manifest:
+    """As Repository.resolve, but a volume name means its newest snapshot that is not a
+    safety snapshot: restoring `NAME --force` twice must not bring back what the first
+    restore replaced. Safety snapshots are restored by id (or when there is nothing else)."""
+    manifest = repo.resolve(ref, host)
+    if looks_like_id(ref) or manifest.safety_for is None:
+        return manifest
+    backups = [m for m in repo.snapshots(ref, host).snapshots if m.safety_for is None]
+    return backups[-1] if backups else manifest
+
+
+def _safety_snapshot(engine: Engine, repo: Repository, volume: str, replacing: Manifest,
+                     progress: ProgressFactory, use_direct: bool | None) -> str:
+    """Back `volume` up into `repo` before it is replaced; its snapshot id. A failure (a
+    read-only repository, a full disk, a broken read) keeps the volume as it is."""
+    result = backup(engine, repo, [volume], progress=progress, retries=1,
+                    use_direct=None if use_direct is not False else False,
+                    safety_for=replacing.snapshot)
+    (saved,) = result.volumes
+    if saved.failed:
+        raise type(saved.error)(
+            f"volume {volume} was not replaced: its safety snapshot failed ({saved.message}); "
+            f"nothing was removed (make the repository writable, or give "
+            f"--no-safety-snapshot to replace it without one)") from None
+    return saved.snapshot
+
+
+def _kept_in(snapshot: str | None) -> str | None:
+    if snapshot is None:
+        return None
+    return (f"its previous contents are kept in safety snapshot {snapshot} "
+            f"(volbackup restore {snapshot})")
+
+
+def _check_space(engine: Engine, existing: VolumeInfo, spec: VolumeSpec,
+                 manifest: Manifest) -> None:
+    """Refuse (InsufficientSpace) to replace `existing` when the snapshot cannot fit where
+    the new volume's data will go: the filesystem of the engine's volume area, measured
+    here when Engine.local_directory proves the directory is the engine's. Counts the
+    space the old volume frees. Other storage (options, remote engines) is not checked."""
+    if spec.driver != "local" or spec.options:
+        return
+    directory = engine.local_directory(existing.mountpoint)
+    if directory is None:
+        return
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return
+    free = fs.f_bavail * fs.f_frsize
+    freed = _used_bytes(directory)
+    # tar bytes, plus up to one block of rounding and metadata per entry
+    needed = manifest.bytes + manifest.entries * max(fs.f_bsize, 4096)
+    if free + freed < needed:
+        raise InsufficientSpace(
+            f"volume {existing.name} was not replaced: snapshot {manifest.snapshot} needs "
+            f"about {_mib(needed)} and the filesystem of {directory} has {_mib(free)} free "
+            f"(+{_mib(freed)} the old volume would free); nothing was removed (free some "
+            f"space, or restore it elsewhere with --as NAME)")
+
+
+def _used_bytes(directory: str) -> int:
+    """Bytes allocated to the files under `directory` on its filesystem (hard links once)."""
+    total, seen = 0, set()
+    device = os.lstat(directory).st_dev
+    for root, dirs, files in os.walk(directory):
+        below = []
+        for name in dirs + files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if st.st_dev != device:
+                continue  # a mount below: not freed with the volume
+            if name in dirs:
+                below.append(name)
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if st.st_ino in seen:
+                    continue
+                seen.add(st.st_ino)
+            total += st.st_blocks * 512
+        dirs[:] = below
+    return total
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
