@@ -169,7 +169,9 @@ class Engine:
     def _socket_owner_pid(self) -> int | None:
         """The pid of the process that serves the engine's unix socket, as this process
         sees it (SO_PEERCRED); None when that process is not in our pid namespace (the
-        socket was mounted into our container) or the engine is not on a unix socket."""
+        socket was mounted into our container), is not the engine (a forwarder such as
+        `ssh -L` or socat may lead to another host's engine), or the engine is not on a
+        unix socket."""
         if self.is_remote or not self.where.startswith(("unix://", "/")):
             return None
         try:
@@ -180,7 +182,8 @@ class Engine:
                                               struct.calcsize("3i"))
         except (OSError, AttributeError):  # AttributeError: no SO_PEERCRED (not Linux)
             return None
-        return struct.unpack("3i", credentials)[0] or None
+        pid = struct.unpack("3i", credentials)[0] or None
+        return pid if pid is not None and _is_engine_process(pid) else None
 
     def local_directory(self, path: str | None) -> str | None:
         """`path` if the directory the engine knows by that name is the very directory
@@ -463,6 +466,23 @@ def _go_file_kind(mode: int) -> str:
         if mode & bit:
             return kind
     return "file"
+
+
+# What may serve the engine's socket: the engine itself, or the init system that holds the
+# socket for it (systemd's docker.socket). Anything else (socat, `ssh -L`, a proxy) may
+# forward to another engine, whose same-named directories are not these.
+_ENGINE_PROCESSES = frozenset({"dockerd", "systemd", "init"})
+
+
+def _is_engine_process(pid: int) -> bool:
+    """Whether `pid`, the socket's peer, is the engine (or init holding its socket)."""
+    if pid == 1:
+        return True
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return os.path.basename(exe).removesuffix(" (deleted)") in _ENGINE_PROCESSES
 
 
 def _run_labels(kind: str) -> dict:

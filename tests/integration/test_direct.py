@@ -17,6 +17,7 @@ from docker.types import Mount
 from tests.integration.conftest import TEST_LABEL
 from tests.integration.helpers import PATHS, contents, fill, one_line_error, repo_files
 from tests.integration.images import ensure_busybox
+from tests.integration.slow_engine import SlowEngine
 from volbackup.engine import PID_LABEL
 
 FILES = {"table": b"rows\n", "sub/index": b"\x00" * 5000 + b"end"}
@@ -101,6 +102,27 @@ def test_a_directory_that_is_not_the_engines_is_never_read_or_written_directly(
     assert restored["via"] == "engine"
     assert contents(mountpoint(target)) == FILES
     assert not os.path.exists(os.path.join(mountpoint(volume.name), "decoy"))
+
+
+def test_an_engine_reached_through_a_forwarder_is_never_read_directly(
+        make_volume, mountpoint, cli, repo_dir, names, tmp_path):
+    """A unix socket served by something other than the engine (socat, `ssh -L`, here a
+    proxy in this test process) may lead to another host's engine, whose volume of the same
+    name is not the directory found here: such an engine is read and written through."""
+    volume = make_volume("fwd")
+    fill(mountpoint(volume.name), FILES)
+    target = names("copy")
+    with SlowEngine(tmp_path / "forward.sock", rb"^never$") as forwarder:
+        env = {"DOCKER_HOST": forwarder.url}
+        backed_up = cli("backup", volume.name, "-r", str(repo_dir), "--json", env=env)
+        assert backed_up.code == 0, backed_up.stderr
+        assert json.loads(backed_up.stdout)["volumes"][0]["via"] == "engine"
+        restored = cli("restore", volume.name, "--as", target, "-r", str(repo_dir), "--json",
+                       env=env)
+        assert restored.code == 0, restored.stderr
+        assert json.loads(restored.stdout)["volumes"][0]["via"] == "engine"
+    assert contents(mountpoint(target)) == FILES
+    assert backed_up_via(cli, repo_dir, volume.name) == "direct"  # the engine's own socket
 
 
 def helpers_created(client, since: float, pid: int) -> int:
