@@ -24,7 +24,9 @@ import pytest
 
 from tests.integration.conftest import TEST_LABEL
 from tests.integration.helpers import contents, fill, one_line_error, random_file, repo_files
+from volbackup import locking
 from volbackup.engine import CREATED_LABEL, HELPER_IMAGE, HELPER_LABEL, HOST_LABEL, PID_LABEL
+from volbackup.repository import Repository
 
 FILES = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 40}
 
@@ -247,6 +249,28 @@ def test_force_names_the_safety_snapshot_and_a_name_still_means_the_backup(
     assert third.code == 0, third.stderr
     assert json.loads(third.stdout)["volumes"][0]["snapshot"] == snapshot
     assert contents(mountpoint(volume)) == FILES
+
+
+def test_the_safety_snapshot_waits_for_a_prune_like_any_backup(old_and_new, cli, repo_dir,
+                                                                 mountpoint):
+    """It is written under the shared lock: while a prune holds the exclusive one, the
+    restore waits and the old volume stays as it was; it goes on once the prune is done."""
+    snapshot, target = old_and_new
+    pruning = locking.acquire(Repository.open(str(repo_dir), writable=True).backend,
+                              locking.EXCLUSIVE, 0, "prune")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "volbackup", "restore", snapshot, "--as",
+                                 target, "--force", "-r", str(repo_dir), "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert proc.poll() is None, proc.communicate()
+        assert contents(mountpoint(target)) == OLD
+    finally:
+        pruning.release()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["volumes"][0]["safety_snapshot"].startswith(f"{target}@")
+    assert contents(mountpoint(target)) == FILES
 
 
 @pytest.fixture

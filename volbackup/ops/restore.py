@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup import archive, direct
+from volbackup import archive, direct, locking
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError)
@@ -18,6 +18,9 @@ from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, red
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.select import plain_directory
 from volbackup.repository import Repository, looks_like_id
+
+
+SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock
 
 
 @dataclass
@@ -158,9 +161,12 @@ def _safety_snapshot(engine: Engine, repo: Repository, volume: str, replacing: M
                      progress: ProgressFactory, use_direct: bool | None) -> str:
     """Back `volume` up into `repo` before it is replaced; its snapshot id. A failure (a
     read-only repository, a full disk, a broken read) keeps the volume as it is."""
-    result = backup(engine, repo, [volume], progress=progress, retries=1,
-                    use_direct=None if use_direct is not False else False,
-                    safety_for=replacing.snapshot)
+    # A backup like any other: under the shared lock, so a prune cannot take its archive
+    # for a leftover of a killed run while it is written.
+    with locking.locked(repo.backend, locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"):
+        result = backup(engine, repo, [volume], progress=progress, retries=1,
+                        use_direct=None if use_direct is not False else False,
+                        safety_for=replacing.snapshot)
     (saved,) = result.volumes
     if saved.failed:
         raise type(saved.error)(
