@@ -169,6 +169,7 @@ class Repository:
             # Never silently fall back to an older snapshot in a restore.
             raise RepositoryError(f"{listing.problems[-1]}; name a snapshot id explicitly")
         if not listing.snapshots:
+            self.require_repository()  # "no snapshots of X" is never said of a wrong -r
             of_host = f" from host {host}" if host is not None else ""
             raise NotFound(f"no snapshots of volume {volume}{of_host} in repository "
                            f"{self.describe()}")

@@ -307,7 +307,8 @@ def test_list_of_an_empty_directory_says_no_snapshots_yet(cli, repo_dir):
     assert result.stderr == f"no snapshots yet in repository {repo_dir}\n"
 
 
-@pytest.mark.parametrize("command", [["list"], ["verify", "--all"]])
+@pytest.mark.parametrize("command", [["list"], ["verify", "--all"], ["restore", "--all"],
+                                     ["restore", "pgdata"], ["show", "pgdata"]])
 def test_a_directory_that_is_not_a_repository_is_named_so(cli, tmp_path, command):
     for where in (Path("/etc"), tmp_path):
         (tmp_path / "notes.txt").write_text("x")

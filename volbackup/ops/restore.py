@@ -69,6 +69,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     if restore_all:
         refs = repo.volumes(host)
         if not refs:
+            repo.require_repository()
             of_host = f" from host {host}" if host is not None else ""
             raise NotFound(f"no snapshots{of_host} in repository {repo.describe()}")
     engine.prepare_helpers()
