@@ -105,7 +105,9 @@ def test_a_full_repository_fails_its_volume_and_the_run(cli, small_repo, tmp_pat
     assert got[("volbackup_run_success", None)] == 0
     assert got[("volbackup_volume_success", big)] == 0
     assert got[("volbackup_last_success_timestamp_seconds", None)] == OLD_SUCCESS
-    body, = receiver.bodies  # the default --notify failure: sent, since the run failed
+    # the default --notify failure: sent, since the run failed
+    assert len(receiver.bodies) == 1, result.stderr
+    body = receiver.bodies[0]
     assert body["status"] == "failed" and body["exit_code"] == result.code
     assert [v["volume"] for v in body["volumes"]] == [big, small]
     assert "No space left on device" in body["volumes"][0]["message"]
