@@ -365,12 +365,16 @@ class Engine:
             yield Helper(self, created["Id"])
         finally:
             if created is not None:
-                with deferred():
-                    try:
-                        self.api.remove_container(created["Id"], force=True, v=False)
-                    except (docker.errors.DockerException, requests.RequestException):
-                        pass  # the next run removes it (remove_stale_helpers)
+                self._remove_own_container(created["Id"])
 
+    def _remove_own_container(self, container_id: str) -> None:
+        """Remove a helper or claim this run created; a failure is left to the next run's
+        sweep (remove_stale_helpers), which finds it by its labels."""
+        with deferred():
+            try:
+                self.api.remove_container(container_id, force=True, v=False)
+            except (docker.errors.DockerException, requests.RequestException):
+                pass
 
     @contextmanager
     def claim(self, volume: str) -> Iterator[None]:
@@ -402,11 +406,7 @@ class Engine:
             yield
         finally:
             if created is not None:
-                with deferred():
-                    try:
-                        self.api.remove_container(created["Id"], force=True, v=False)
-                    except (docker.errors.DockerException, requests.RequestException):
-                        pass  # the next run removes it (remove_stale_helpers)
+                self._remove_own_container(created["Id"])
 
     def _claimed_by(self, name: str, volume: str) -> str:
         """Who holds the claim `name`, for the loser's one-line message. The engine

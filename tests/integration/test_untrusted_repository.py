@@ -8,40 +8,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import deadline, umask
 from tests.integration.helpers import contents, fill, one_line_error
 ESC = "\x1b]0;pwned\x07\x1b[2J"
 
 
-@contextmanager
-def umask(mask: int):
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging (a FIFO opened for reading blocks until a writer comes)."""
-    def expire(signum, frame):
-        raise AssertionError(f"still blocked after {seconds}s")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def backup(cli, repo_dir, *volumes: str) -> list[str]:

@@ -10,14 +10,13 @@ import ctypes
 import mmap
 import os
 import random
-import signal
 import stat
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import pytest
 
+from tests.conftest import deadline, umask
 from volbackup.backends import MAX_SMALL_BLOB, BadEntry, BlobNotFound, LocalBackend, open_backend
 from volbackup.errors import RepositoryError
 
@@ -275,31 +274,10 @@ class TestLocal:
             open_backend("ftp://bucket/x")
 
 
-@contextmanager
-def umask(mask: int):
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
 
 def _mode(path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging (a FIFO opened for reading blocks until a writer comes)."""
-    def expire(signum, frame):
-        raise AssertionError(f"still blocked after {seconds}s")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

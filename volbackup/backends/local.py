@@ -337,7 +337,10 @@ class LocalBackend(Backend):
                                       str(self._not_regular(key, st.st_mode))))
 
     def delete(self, key: str) -> None:
-        parts = self._parts(key)
+        self._unlink(self._parts(key), f"delete {key}")
+
+    def _unlink(self, parts: list[str], what: str) -> None:
+        """Remove the file at `parts` without following a symlink on the way; gone is fine."""
         try:
             parent = self._open_dir(parts[:-1])
         except BlobNotFound:
@@ -347,7 +350,7 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise self._error(e, f"delete {key}") from None
+            raise self._error(e, what) from None
         finally:
             os.close(parent)
 
@@ -371,18 +374,7 @@ class LocalBackend(Backend):
         parts = temp.key.split("/")
         if not _is_temp(parts[-1]) or any(not p or p.startswith(".") for p in parts[:-1]):
             raise ValueError(f"not a temp file key {temp.key!r}")
-        try:
-            parent = self._open_dir(parts[:-1])
-        except BlobNotFound:
-            return
-        try:
-            os.unlink(parts[-1], dir_fd=parent)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise RepositoryError(f"cannot remove {temp.key} in {self.root}: {e.strerror}") from None
-        finally:
-            os.close(parent)
+        self._unlink(parts, f"remove {temp.key}")
 
 
 class _EarlyWriteback:

@@ -10,8 +10,7 @@ from typing import Callable
 
 from volbackup import archive, direct, locking
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
-from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
-                              VolbackupError)
+from volbackup.errors import InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage
 from volbackup.manifest import Manifest
 from volbackup.ops.backup import backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
