@@ -22,7 +22,8 @@ def ssh_engine(second_engine):
     if not (os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("docker")):
         if REQUIRE_ENGINE:
             pytest.fail("sshd, ssh and the docker CLI are needed (apt-get install openssh-server)")
-        pytest.skip("no sshd/ssh/docker CLI")
+        pytest.skip("migrate over ssh:// needs sshd, ssh and the docker CLI here "
+                    "(apt-get install openssh-server docker.io; .ci/run installs them)")
     root = tempfile.mkdtemp(prefix="vbssh-", dir="/tmp")
     port = _free_port()
     for key in ("host", "user"):
