@@ -78,15 +78,21 @@ class SlowEngine:
                 return True
         return False
 
+    def gate(self, data: bytes) -> None:
+        """Called with each piece of a request before it goes on to the engine: holds the
+        matching ones until released. Subclasses hold requests by other rules."""
+        if self._should_hold(data):
+            self.held.set()
+            self._release.wait(60)
+
     def _pump(self, source: socket.socket, target: socket.socket, to_engine: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if to_engine and self._should_hold(data):
-                    self.held.set()
-                    self._release.wait(60)
+                if to_engine:
+                    self.gate(data)
                 target.sendall(data)
         except OSError:
             pass

@@ -24,6 +24,7 @@ import pytest
 
 from tests.integration.conftest import TEST_LABEL
 from tests.integration.helpers import contents, fill, one_line_error, random_file, repo_files
+from tests.integration.slow_engine import SlowEngine
 from volbackup import locking
 from volbackup.engine import CREATED_LABEL, HELPER_IMAGE, HELPER_LABEL, HOST_LABEL, PID_LABEL
 from volbackup.repository import Repository
@@ -331,33 +332,20 @@ def test_force_refuses_before_removing_anything_when_the_snapshot_cannot_fit(
 
 # -- 3. two restores into one name ----------------------------------------------------------
 
-class SlowProxy:
-    """A unix-socket proxy in front of the engine that holds `POST .../volumes/create` back,
-    like a busy engine, until two runs have gone for the target (two claim creates, or
-    two volume creates, seen) or `hold` seconds passed; so the two runs overlap however slowly each
+class SlowProxy(SlowEngine):
+    """A proxy in front of the engine that holds `POST .../volumes/create` back, like a busy
+    engine, until two runs have gone for the target (two claim creates, or two volume
+    creates, seen) or `hold` seconds passed; so the two runs overlap however slowly each
     starts. (volume create is idempotent: two runs creating one name both succeed.)"""
 
-    def __init__(self, path: str, upstream: str, hold: float):
-        self.path, self.upstream, self.hold = path, upstream, hold
+    def __init__(self, path: Path, hold: float):
+        super().__init__(path, rb"^$", times=0)
+        self.hold = hold
         self.attempts = {"claim": 0, "volume": 0}
         self.changed = threading.Condition()
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(path)
-        self.server.listen(32)
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(self.upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _gate(self, first_line: bytes) -> None:
+    def gate(self, data: bytes) -> None:
+        first_line = data.split(b"\r\n", 1)[0]
         if not first_line.startswith(b"POST "):
             return
         kind = ("volume" if b"/volumes/create" in first_line else
@@ -373,37 +361,14 @@ class SlowProxy:
             if kind == "volume" and self.attempts["claim"] >= 2:
                 time.sleep(3)  # the winner still holds its claim while the loser looks it up
 
-    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
-        try:
-            while True:
-                data = src.recv(1 << 16)
-                if not data:
-                    break
-                if requests:
-                    self._gate(data.split(b"\r\n", 1)[0])
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.server.close()
-
 
 @pytest.fixture
 def slow_engine(tmp_path):
     """DOCKER_HOST of a proxy whose `volume create` waits for a second run (SlowProxy)."""
-    upstream = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not upstream.startswith("unix://"):
+    if not os.environ.get("DOCKER_HOST", "unix://").startswith("unix://"):
         pytest.skip("the proxy fronts a unix-socket engine")
-    path = str(tmp_path / "slow.sock")
-    proxy = SlowProxy(path, upstream.removeprefix("unix://"), hold=30.0)
-    yield f"unix://{path}"
-    proxy.close()
+    with SlowProxy(tmp_path / "slow.sock", hold=30.0) as proxy:
+        yield proxy.url
 
 
 def test_two_restores_into_one_name_exactly_one_wins(make_volume, mountpoint, cli, repo_dir,
