@@ -26,6 +26,15 @@ class Unexpected(VolbackupError):
         self.__cause__ = error  # --debug prints the original traceback too
 
 
+def reworded(error: VolbackupError, message: str) -> VolbackupError:
+    """`error` (same class, same exit code) saying `message` instead: for adding what the
+    caller knows. `type(error)(message)` would not do: not every class takes a message."""
+    again = type(error).__new__(type(error), message)  # not __init__: it may not take one
+    again.__dict__.update(error.__dict__)
+    again.args, again.__cause__ = (message,), error.__cause__
+    return again
+
+
 def as_error(error: BaseException) -> VolbackupError:
     """`error` itself if it is one of ours, else wrapped in `Unexpected`."""
     return error if isinstance(error, VolbackupError) else Unexpected(error)

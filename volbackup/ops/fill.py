@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from volbackup.engine import Engine, Helper, VolumeInfo
-from volbackup.errors import NotFound, TargetNotEmpty, UntrustedStorage, VolbackupError
+from volbackup.errors import NotFound, TargetNotEmpty, UntrustedStorage, VolbackupError, reworded
 from volbackup.signals import deferred
 from volbackup.urls import SECRET_OPTION, scrub
 
@@ -151,7 +151,7 @@ def _fill(engine: Engine, name: str, spec: VolumeSpec, force: bool,
             if cleanup_problem:
                 notes.append(cleanup_problem)
             if len(notes) > 1:
-                raise type(e)("; ".join(notes)) from None
+                raise reworded(e, "; ".join(notes)) from None
         raise
     return previous is not None
 

@@ -10,7 +10,8 @@ from typing import Callable
 
 from volbackup import archive, direct, locking
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
-from volbackup.errors import InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage
+from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
+                              VolbackupError, reworded)
 from volbackup.manifest import Manifest
 from volbackup.ops.backup import backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
@@ -161,18 +162,19 @@ def _safety_snapshot(engine: Engine, repo: Repository, volume: str, replacing: M
                      progress: ProgressFactory, use_direct: bool | None) -> str:
     """Back `volume` up into `repo` before it is replaced; its snapshot id. A failure (a
     read-only repository, a full disk, a broken read) keeps the volume as it is."""
-    # A backup like any other: under the shared lock, so a prune cannot take its archive
-    # for a leftover of a killed run while it is written.
-    with locking.locked(repo.backend, locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"):
-        result = backup(engine, repo, [volume], progress=progress, retries=1,
-                        use_direct=None if use_direct is not False else False,
-                        safety_for=replacing.snapshot)
-    (saved,) = result.volumes
-    if saved.failed:
-        raise type(saved.error)(
-            f"volume {volume} was not replaced: its safety snapshot failed ({saved.message}); "
-            f"nothing was removed (make the repository writable, or give "
-            f"--no-safety-snapshot to replace it without one)") from None
+    try:
+        # A backup like any other: under the shared lock, so a prune cannot take its
+        # archive for a leftover of a killed run while it is written.
+        with locking.locked(repo.backend, locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"):
+            (saved,) = backup(engine, repo, [volume], progress=progress, retries=1,
+                              use_direct=None if use_direct is not False else False,
+                              safety_for=replacing.snapshot).volumes
+        if saved.failed:
+            raise saved.error
+    except VolbackupError as e:
+        raise reworded(e, f"volume {volume} was not replaced: its safety snapshot failed "
+                          f"({e}); nothing was removed (make the repository writable, or give "
+                          f"--no-safety-snapshot to replace it without one)") from None
     return saved.snapshot
 
 
