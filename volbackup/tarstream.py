@@ -513,21 +513,3 @@ def _again(entry: Entry, name: str) -> tarfile.TarInfo:
     info.pax_headers = {k: v for k, v in entry.pax.items()
                         if k.startswith("SCHILY.") or k == "mtime"}  # mtime: all its digits
     return info
-
-
-def root_entry_tar(root: Entry, name: str) -> bytes:
-    """A one-member tar that re-applies the volume root's owner, mode, mtime and xattrs.
-
-    The engine ignores the `./` entry when extracting into a directory, but applies a
-    directory entry named after the mount point when extracting at `/`.
-    """
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.DIRTYPE
-    info.mode = root.mode & 0o7777
-    info.uid, info.gid = root.uid, root.gid
-    info.mtime = root.mtime
-    info.pax_headers = {k: v for k, v in root.pax.items() if k.startswith("SCHILY.")}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        tar.addfile(info)
-    return buf.getvalue()

@@ -1,4 +1,4 @@
-"""The streaming tar walker, parse_pax and root_entry_tar, checked against Python's tarfile."""
+"""The streaming tar walker, parse_pax and metadata_tar, checked against Python's tarfile."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.unit.tars import (
     members_of,
 )
 from volbackup.errors import IntegrityError
-from volbackup.tarstream import Entry, TarWalker, _Header, parse_pax, root_entry_tar
+from volbackup.tarstream import Entry, TarWalker, _again, _Header, parse_pax
 
 TAR = make_tar(corpus_members())
 SMALL_TAR = make_tar(corpus_members(big=False))
@@ -305,12 +305,18 @@ def test_parse_pax_rejects_record_without_final_newline():
         parse_pax(b"6 a=bc")
 
 
-# -- root_entry_tar
+# -- the volume root, given again (metadata_tar; _again builds each of its headers)
 
 
-def test_root_entry_tar_reapplies_the_root_metadata():
-    root = walk(TAR, "random").first
-    data = root_entry_tar(root, "data")
+def _again_tar(entry: Entry, name: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_again(entry, name))
+    return buf.getvalue()
+
+
+def test_metadata_tar_reapplies_the_root_metadata():
+    data = walk(TAR, "random").metadata_tar("data")
     [member] = members_of(data)
     assert member.name == "data" and member.isdir()
     assert (member.mode, member.uid, member.gid, member.mtime) == (0o1750, 3_000_000, 3_000_001,
@@ -320,11 +326,11 @@ def test_root_entry_tar_reapplies_the_root_metadata():
     assert walker.entries == 1 and walker.first.name == "data"
 
 
-def test_root_entry_tar_strips_type_bits_and_drops_non_xattr_pax():
+def test_again_strips_type_bits_and_drops_non_xattr_pax():
     root = Entry("./", tarfile.DIRTYPE, 0o42755, 7, 8, 1234.0, 0,
                  pax={"path": "./elsewhere", "uid": "99", "comment": "no",
                       "SCHILY.xattr.user.a": "1", "SCHILY.acl.access": "user::rwx"})
-    [member] = members_of(root_entry_tar(root, "mnt/" + "m" * 200))
+    [member] = members_of(_again_tar(root, "mnt/" + "m" * 200))
     assert member.name == "mnt/" + "m" * 200
     assert (member.mode, member.uid, member.gid, member.mtime) == (0o2755, 7, 8, 1234)
     assert member.pax_headers["SCHILY.xattr.user.a"] == "1"
@@ -332,12 +338,12 @@ def test_root_entry_tar_strips_type_bits_and_drops_non_xattr_pax():
     assert "comment" not in member.pax_headers
 
 
-def test_root_entry_tar_keeps_binary_xattr_bytes():
+def test_again_keeps_binary_xattr_bytes():
     raw = b"\x01\x00\xff\xfe"
     value = raw.decode("utf-8", "surrogateescape")
     root = Entry(".", tarfile.DIRTYPE, 0o755, 0, 0, 0.0, 0,
                  pax={"SCHILY.xattr.security.capability": value})
-    data = root_entry_tar(root, "data")
+    data = _again_tar(root, "data")
     assert b"SCHILY.xattr.security.capability=" + raw + b"\n" in data
     assert walk(data).first.pax["SCHILY.xattr.security.capability"] == value
 
