@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from docker.types import Mount
@@ -14,7 +16,7 @@ from tests.integration.helpers import contents, fill, one_line_error
 from tests.integration.test_run_failures import failing_for
 from tests.integration.second_engine import second_engine  # noqa: F401 (fixture)
 from tests.integration.ssh_engine import ssh_engine  # noqa: F401 (fixture)
-from volbackup.engine import HELPER_LABEL, Engine
+from volbackup.engine import HELPER_LABEL, PID_LABEL, Engine
 from volbackup.ops import migrate as migrate_ops
 
 
@@ -106,11 +108,15 @@ def test_missing_source_volume_creates_nothing(cli, target, client):
 
 def test_unreachable_target_creates_nothing_anywhere(make_volume, cli, client, tmp_path):
     source = make_volume("stay")
-    helpers_before = client.api.containers(all=True, filters={"label": HELPER_LABEL})
-    result = cli("migrate", source.name, "--to-host", f"unix://{tmp_path}/none.sock")
-    assert result.code == 7
-    assert "cannot reach the Docker engine" in one_line_error(result.stderr)
-    assert client.api.containers(all=True, filters={"label": HELPER_LABEL}) == helpers_before
+    proc = subprocess.Popen([sys.executable, "-m", "volbackup", "migrate", source.name,
+                             "--to-host", f"unix://{tmp_path}/none.sock"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 7
+    assert "cannot reach the Docker engine" in one_line_error(stderr)
+    # only this run's helpers: other sessions' runs may come and go meanwhile
+    left = client.api.containers(all=True, filters={"label": HELPER_LABEL})
+    assert [c["Names"] for c in left if c["Labels"].get(PID_LABEL) == str(proc.pid)] == []
 
 
 @pytest.mark.parametrize("args", [
