@@ -23,11 +23,8 @@ from typing import Callable, Collection
 from volbackup import locking, retention
 from volbackup.errors import VolbackupError, as_error
 from volbackup.manifest import Manifest, utc_iso
-from volbackup.ops.cleanup import GONE, TEMP_QUIET, TOO_YOUNG, Status, remove_unfinished
+from volbackup.ops.cleanup import GONE, TOO_YOUNG, Status, remove_unfinished
 from volbackup.repository import Repository
-
-__all__ = ["DEFAULT_LEFTOVER_AGE", "PruneOptions", "PruneResult", "Status", "TEMP_QUIET",
-           "prune"]
 
 DEFAULT_LEFTOVER_AGE = 6 * 3600.0
 NO_RULE = "no rule keeps it"
