@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import stat
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
 from volbackup import archive, direct, locking
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
-from volbackup.errors import InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage
+from volbackup.errors import (
+    InsufficientSpace,
+    NotFound,
+    TargetNotEmpty,
+    UntrustedStorage,
+    VolbackupError,
+)
 from volbackup.manifest import Manifest
 from volbackup.ops.backup import backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
@@ -163,17 +170,27 @@ def _safety_snapshot(engine: Engine, repo: Repository, volume: str, replacing: M
     read-only repository, a full disk, a broken read) keeps the volume as it is."""
     # A backup like any other: under the shared lock, so a prune cannot take its archive
     # for a leftover of a killed run while it is written.
-    with repo.lock(locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"):
+    with ExitStack() as stack:
+        try:  # a lock that cannot be written (a read-only repository) fails it the same way
+            stack.enter_context(repo.lock(locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"))
+        except VolbackupError as e:
+            raise _no_safety_snapshot(volume, e) from None
         result = backup(engine, repo, [volume], progress=progress, retries=1,
                         use_direct=None if use_direct is not False else False,
                         safety_for=replacing.snapshot)
     (saved,) = result.volumes
     if saved.failed:
-        raise type(saved.error)(
-            f"volume {volume} was not replaced: its safety snapshot failed ({saved.message}); "
-            f"nothing was removed (make the repository writable, or give "
-            f"--no-safety-snapshot to replace it without one)") from None
+        raise _no_safety_snapshot(volume, saved.error) from None
     return saved.snapshot
+
+
+def _no_safety_snapshot(volume: str, error: VolbackupError) -> VolbackupError:
+    """The error of a --force that stopped before removing anything: its exit code is
+    the cause's."""
+    return type(error)(
+        f"volume {volume} was not replaced: its safety snapshot failed ({error}); "
+        f"nothing was removed (make the repository writable, or give "
+        f"--no-safety-snapshot to replace it without one)")
 
 
 def _kept_in(snapshot: str | None) -> str | None:
