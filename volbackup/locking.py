@@ -11,7 +11,9 @@ on (backends are read-after-write consistent: a local directory, and S3 since 20
 Lock names are unique per run, so breaking a stale lock never removes a live one.
 
 A lock is stale when its pid is dead on this host (same host name and pid namespace) or
-when it was not refreshed for STALE_AFTER. A holder refreshes its lock every REFRESH_EVERY
+when it was not refreshed for STALE_AFTER. A lock whose `format_version` is higher than
+FORMAT_VERSION was written by a newer volbackup whose rules this one cannot know: it is
+live until `unlock --all` removes it, never broken as stale. A holder refreshes its lock every REFRESH_EVERY
 from a background thread, so a long backup's lock never looks stale. Clocks of the hosts
 sharing a repository must agree within a few minutes.
 """
@@ -41,6 +43,9 @@ PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)
 STALE_AFTER = timedelta(minutes=30)
 SHARED, EXCLUSIVE = "shared", "exclusive"
+# The lock blob's format. A newer volbackup that changes what a lock means raises it and
+# keeps `format_version` readable as a top-level JSON integer.
+FORMAT_VERSION = 1
 
 
 def _now() -> datetime:
@@ -61,6 +66,12 @@ class LockInfo:
     refreshed: str
     command: str = ""
     tool_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def newer(self) -> bool:
+        """Written by a newer volbackup: its holder's rules are unknown here."""
+        return self.format_version > FORMAT_VERSION
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -71,6 +82,13 @@ class LockInfo:
     def from_json(cls, key: str, raw: bytes) -> "LockInfo":
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            version = data.get("format_version", 1)
+            if type(version) is not int or version < 1:
+                raise ValueError(version)
+            if version > FORMAT_VERSION:
+                return cls._newer(key, data, version)
             return cls(key=key, kind=str(data["kind"]), host=str(data["host"]),
                        pid=int(data["pid"]), pid_namespace=str(data.get("pid_namespace", "")),
                        started=str(data["started"]), refreshed=str(data["refreshed"]),
@@ -80,13 +98,34 @@ class LockInfo:
             # Unreadable (damaged, or not ours): exclusive, and stale at once.
             return cls(key, EXCLUSIVE, "?", 0, "", "", "", "unreadable lock")
 
+    @classmethod
+    def _newer(cls, key: str, data: dict, version: int) -> "LockInfo":
+        """A lock of a newer format: what can be read of it, for messages; exclusive, so
+        that it blocks every run, whatever kind its writer meant."""
+        def text(name: str) -> str:
+            value = data.get(name)
+            return value if isinstance(value, str) else ""
+
+        pid = data.get("pid")
+        return cls(key, EXCLUSIVE, text("host") or "?", pid if type(pid) is int else 0, "",
+                   text("started"), text("refreshed"), text("command"), text("tool_version"),
+                   version)
+
     def describe(self) -> str:
+        if self.newer:
+            return (f"lock of format {self.format_version} (this volbackup reads format "
+                    f"{FORMAT_VERSION}) written by volbackup {self.tool_version or '?'} on host "
+                    f"{self.host}, started {self.started or '?'}: a newer volbackup's lock is "
+                    f"never broken as stale; upgrade, or remove it with `volbackup unlock --all` "
+                    f"once its run is over")
         return (f"{self.kind} lock of pid {self.pid} on host {self.host}"
                 + (f" ({self.command})" if self.command else "")
                 + f", started {self.started or '?'}")
 
     def stale_reason(self, now: datetime | None = None) -> str | None:
         """Why this lock may be broken, or None while its holder may still be running."""
+        if self.newer:
+            return None  # its holder may refresh it, or judge it, by rules unknown here
         now = now or _now()
         # A lock without a pid namespace ("", older versions) is judged by age only.
         if run_is_over(self.host, self.pid_namespace, self.pid):
@@ -183,7 +222,8 @@ def acquire(backend: Backend, kind: str, wait: float, command: str = "",
             raise RepositoryLocked(
                 f"repository {backend.describe()} is locked: {blocking[0].describe()}"
                 + (f" (gave up after {wait:g}s)" if wait else "")
-                + "; if that run is gone, `volbackup unlock` breaks stale locks")
+                + ("" if blocking[0].newer
+                   else "; if that run is gone, `volbackup unlock` breaks stale locks"))
         sleep(min(left, delay * random.uniform(0.5, 1.5)))
         delay = min(delay * 2, 5.0)
 

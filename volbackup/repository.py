@@ -5,19 +5,24 @@ Layout: `snapshots/<volume>/<stamp>.tar.zst` (archive) and `snapshots/<volume>/<
 `YYYYMMDDTHHMMSSZ-xxxx` (UTC time plus a random suffix, so two runs in the same second,
 or two hosts, never collide). The archive is written first, the manifest last: a
 snapshot exists exactly when its manifest does.
+
+The Repository owns its storage: locks, orphaned archives and unfinished writes are
+reached through it, never through `repo.backend`, so that a different layout (a chunk
+store) can change them in one place.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterator
 
+from volbackup import locking
 from volbackup.archive import read_chunks
-from volbackup.backends import Backend, BlobNotFound, Leftover, open_backend
+from volbackup.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.errors import NotFound, RepositoryError
 from volbackup.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
 
@@ -25,6 +30,8 @@ PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".json"
 _ID = re.compile(rf"(?P<volume>{VOLUME_NAME.pattern})@(?P<stamp>{STAMP})")
+_ARCHIVE_KEY = re.compile(rf"{PREFIX}(?P<volume>{VOLUME_NAME.pattern})/(?P<stamp>{STAMP})"
+                          rf"{re.escape(ARCHIVE_SUFFIX)}")
 
 
 def new_snapshot_id(volume: str, created: datetime) -> str:
@@ -56,6 +63,35 @@ class Problem:
 
     def __str__(self) -> str:
         return self.message
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An archive without a manifest: left by a run that failed or was killed between its
+    archive and its manifest. Never a snapshot; only keys named by volbackup count."""
+
+    key: str
+    volume: str
+    started: datetime       # UTC, from its stamp: when its backup started
+    size: int
+
+
+@dataclass(frozen=True)
+class UnfinishedWrite:
+    """A write that never finished and takes space: an S3 multipart upload ("upload") or a
+    directory repository's temp file `.NAME.tmp-PID-xxxx` ("temp"). Never a blob."""
+
+    key: str                # the upload's object key, or the temp file's own key
+    kind: str               # "upload" or "temp"
+    since: datetime         # UTC: when the upload started; a temp file's last write
+    size: int | None        # bytes stored so far, if known
+    pid: int | None = None  # a temp file's writer, on the host that wrote it
+    upload_id: str | None = None
+    source: Leftover | TempFile | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def volume(self) -> str:
+        return _volume_of(self.key)
 
 
 @dataclass
@@ -186,12 +222,73 @@ class Repository:
             raise NotFound(f"{ref!r} is neither a snapshot id nor a volume name")
         return self.newest(ref, host)
 
-    # -- leftovers of killed runs
-    def leftovers(self) -> list[Leftover]:
-        return self.backend.leftovers()
+    # -- removing
+    def remove_manifest(self, snapshot_id: str) -> None:
+        """Remove a snapshot's manifest, which makes the snapshot cease to exist."""
+        self.backend.delete(self.manifest_key(snapshot_id))
 
-    def remove_leftover(self, leftover: Leftover) -> None:
-        self.backend.remove_leftover(leftover)
+    def remove_archive(self, manifest: Manifest) -> None:
+        """Remove the archive of a snapshot whose manifest is gone."""
+        self.backend.delete(self.archive_key(manifest))
+
+    # -- locks (volbackup.locking)
+    def lock(self, kind: str, wait: float, command: str = "",
+             on_break: Callable[[locking.LockInfo, str], None] = lambda lock, why: None
+             ) -> AbstractContextManager[locking.Lock]:
+        """Hold a SHARED (backup) or EXCLUSIVE (prune) lock for a `with` block, waiting up
+        to `wait` seconds; `on_break` hears of each stale lock broken on the way."""
+        return locking.locked(self.backend, kind, wait, command, on_break)
+
+    def locks(self) -> list[locking.LockInfo]:
+        return locking.list_locks(self.backend)
+
+    def unlock(self, remove_all: bool = False) -> list[tuple[locking.LockInfo, str | None]]:
+        """Remove stale locks (every lock with `remove_all`): (lock, why removed or None)."""
+        return locking.unlock(self.backend, remove_all)
+
+    # -- what interrupted runs left
+    def orphans(self) -> list[Orphan]:
+        """Archives named by volbackup whose manifest does not exist, in key order."""
+        blobs = list(self.backend.list(PREFIX))
+        manifests = {b.key[:-len(MANIFEST_SUFFIX)] for b in blobs
+                     if b.key.endswith(MANIFEST_SUFFIX)}
+        out = []
+        for blob in blobs:
+            match = _ARCHIVE_KEY.fullmatch(blob.key)
+            if not match or blob.key[:-len(ARCHIVE_SUFFIX)] in manifests:
+                continue
+            try:
+                started = datetime.strptime(match["stamp"][:16], "%Y%m%dT%H%M%SZ")
+            except ValueError:
+                continue  # month 13: not named by volbackup, not ours to remove
+            out.append(Orphan(blob.key, match["volume"], started.replace(tzinfo=timezone.utc),
+                              blob.size))
+        return out
+
+    def remove_orphan(self, orphan: Orphan) -> None:
+        if not _ARCHIVE_KEY.fullmatch(orphan.key):
+            raise ValueError(f"not an archive key {orphan.key!r}")
+        self.backend.delete(orphan.key)
+
+    def unfinished_writes(self) -> list[UnfinishedWrite]:
+        """S3 multipart uploads and temp files of writes that have not finished: those of
+        killed runs, and those of runs still writing (judge them by `since` and `pid`)."""
+        out = [UnfinishedWrite(left.key, "upload", left.started, left.size,
+                               upload_id=left.ident, source=left)
+               for left in self.backend.leftovers()]
+        out += [UnfinishedWrite(temp.key, "temp", temp.modified, temp.size, pid=temp.pid,
+                                source=temp)
+                for temp in self.backend.temp_files()]
+        return out
+
+    def remove_unfinished(self, write: UnfinishedWrite) -> None:
+        """Abort the upload, or remove the temp file."""
+        if isinstance(write.source, Leftover):
+            self.backend.remove_leftover(write.source)
+        elif isinstance(write.source, TempFile):
+            self.backend.remove_temp(write.source)
+        else:
+            raise ValueError(f"{write.key} was not found by unfinished_writes()")
 
     @contextmanager
     def open_archive(self, manifest: Manifest) -> Iterator[Iterator[bytes]]:

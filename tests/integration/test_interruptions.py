@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -59,6 +60,31 @@ def test_signal_during_restore_leaves_no_volume(big_volume, repo_dir, client, na
     assert helpers_of(client, proc.pid) == []
     assert gone(tars), "the direct path's tar outlived the run"
     assert [v for v in client.volumes.list() if v.name == target] == []
+
+
+def test_cleanup_removes_the_temp_file_of_a_killed_backup(big_volume, repo_dir, client, cli):
+    """A directory repository's temp file is an unfinished write like an S3 upload: `cleanup`
+    finds it (it said "no leftovers" and only `prune` removed it) and removes it once old
+    enough; younger, its writer dead but quiet for under 10 minutes, it is kept."""
+    proc = start("backup", big_volume, "-r", str(repo_dir), PATHS["engine"])
+    wait_for_read(client, proc, "engine")
+    proc.kill()
+    proc.wait(timeout=30)
+    try:
+        temp, = [f for f in repo_files(repo_dir) if ".tmp-" in f]
+        assert f".tmp-{proc.pid}-" in temp
+        kept = cli("cleanup", "-r", str(repo_dir), "--json")
+        assert kept.code == 0, kept.stderr
+        left, = json.loads(kept.stdout)["leftovers"]
+        assert (left["key"], left["kind"], left["status"], left["reason"]) == (
+            temp, "temp", "kept", "too young")
+        done = cli("cleanup", "-r", str(repo_dir), "--older-than", "0")
+        assert done.code == 0, done.stderr
+        assert done.stdout.startswith(f"{temp}: removed, last written ")
+        assert "1 unfinished write(s); freed" in done.stderr
+        assert [f for f in repo_files(repo_dir) if ".tmp-" in f] == []
+    finally:  # the next run removes the killed run's helper (and breaks its lock)
+        assert cli("backup", big_volume, "-r", str(repo_dir), "--no-direct").code == 0
 
 
 @pytest.mark.parametrize("via", list(PATHS))

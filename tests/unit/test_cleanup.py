@@ -35,8 +35,10 @@ def _left(key, hours, size=100):
 def test_only_old_uploads_are_removed(tmp_path):
     backend = FakeBackend(tmp_path, [_left("a", 30), _left("b", 1), _left("c", 25, None)])
     result = cleanup(Repository(backend), older_than=24 * 3600, now=NOW)
-    assert [(o.key, o.status) for o in result.leftovers] == [
-        ("a", "removed"), ("b", "kept (too young)"), ("c", "removed")]
+    assert [(o.key, o.status, o.reason) for o in result.leftovers] == [
+        ("a", "removed", "started over 1d ago"), ("b", "kept", "too young"),
+        ("c", "removed", "started over 1d ago")]
+    assert [o.as_dict()["status"] for o in result.leftovers] == ["removed", "kept", "removed"]
     assert backend.removed == ["a", "c"] and result.removed_bytes == 100
     assert result.leftovers[0].started == "2026-11-28T06:00:00Z"
     assert result.leftovers[0].age_seconds == 30 * 3600
@@ -60,3 +62,64 @@ def test_a_failed_removal_is_reported_and_the_rest_goes_on(tmp_path):
 
 def test_a_local_repository_has_no_leftovers(tmp_path):
     assert cleanup(Repository(LocalBackend(tmp_path)), older_than=0).leftovers == []
+
+
+def test_temp_files_of_a_directory_repository_are_unfinished_writes_too(tmp_path):
+    """`cleanup` said a directory repository had no leftovers; its temp files were only
+    removed by `prune`. Same rule as there: old, or quiet for 10 min with a dead pid."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "snapshots" / "pgdata"
+    folder.mkdir(parents=True)
+    now = datetime.now(timezone.utc)
+    files = {}
+    for name, pid, minutes in (("old", os.getpid(), 25 * 60), ("young", os.getpid(), 60),
+                               ("dead", dead.pid, 11), ("busy", dead.pid, 1)):
+        files[name] = folder / f".{name}.tar.zst.tmp-{pid}-ab12"
+        files[name].write_bytes(b"t" * 4)
+        quiet = (now - timedelta(minutes=minutes)).timestamp()
+        os.utime(files[name], (quiet, quiet))
+    result = cleanup(Repository(LocalBackend(tmp_path)), older_than=24 * 3600, now=now)
+    got = {o.key.rsplit("/", 1)[1].split(".")[1]: (o.kind, o.status, o.upload_id, o.bytes)
+           for o in result.leftovers}
+    assert got == {"old": ("temp", "removed", None, 4), "young": ("temp", "kept", None, 4),
+                   "dead": ("temp", "removed", None, 4), "busy": ("temp", "kept", None, 4)}
+    assert {n for n, path in files.items() if path.exists()} == {"young", "busy"}
+    assert result.removed_bytes == 8
+    result.raise_for_failures()
+
+
+def test_prune_removes_old_uploads_through_the_same_operation(tmp_path):
+    from volbackup.ops.prune import PruneOptions, prune
+    from volbackup.retention import Rules
+
+    backend = FakeBackend(tmp_path, [_left("snapshots/a/x", 7), _left("snapshots/b/y", 7),
+                                     _left("snapshots/a/z", 5)])
+    result = prune(Repository(backend), PruneOptions(Rules(last=1), volumes=["a"]), now=NOW)
+    assert [(o.key, o.kind, o.status, o.reason) for o in result.leftovers] == [
+        ("snapshots/a/x", "upload", "removed", "started over 6h ago"),
+        ("snapshots/a/z", "upload", "kept", "too young")]
+    assert backend.removed == ["snapshots/a/x"] and result.freed_bytes == 100
+
+
+def test_cli_cleanup_of_a_directory_repository(tmp_path, capsys):
+    import json
+
+    from volbackup.cli import main
+
+    folder = tmp_path / "snapshots" / "pgdata"
+    folder.mkdir(parents=True)
+    (folder / ".a.tar.zst.tmp-1-ab12").write_bytes(b"t" * 4)
+    assert main(["cleanup", "-r", str(tmp_path), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("snapshots/pgdata/.a.tar.zst.tmp-1-ab12: kept (too young), last written ")
+    assert "1 unfinished write(s); would free 0 B" in err
+    assert main(["cleanup", "-r", str(tmp_path), "--older-than", "0", "--json"]) == 0
+    left, = json.loads(capsys.readouterr().out)["leftovers"]
+    assert (left["kind"], left["status"], left["upload_id"], left["bytes"]) == (
+        "temp", "removed", None, 4)
+    assert not (folder / ".a.tar.zst.tmp-1-ab12").exists()

@@ -162,3 +162,44 @@ def test_lock_that_is_a_symlink_fifo_or_huge_is_stale_and_never_followed(backend
     with locking.locked(backend, locking.EXCLUSIVE, 0):
         assert not any(n in k for k in lock_keys(backend) for n in ("huge", "deep", "link", "fifo"))
     assert target.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("body", [
+    # a newer volbackup's lock, dead pid and long unrefreshed by this version's rules
+    {"kind": "shared", "host": "HOST", "pid": "DEAD", "pid_namespace": "NS",
+     "started": "2020-01-01T00:00:00Z", "refreshed": "2020-01-01T00:00:00Z",
+     "command": "backup", "tool_version": "9.0.0"},
+    # one whose fields this version cannot read at all
+    {"payload": "c2VhbGVk"},
+])
+def test_a_lock_of_a_newer_format_is_live_and_only_unlock_all_removes_it(backend, body):
+    """Such a lock was read as unreadable or by today's rules, and broken as stale: a newer
+    volbackup's run would lose its lock to an older one."""
+    body = {k: {"HOST": locking.socket.gethostname(), "DEAD": dead_pid(),
+                "NS": locking._pid_namespace()}.get(v, v) for k, v in body.items()}
+    backend.write_bytes("locks/newer.json", json.dumps({**body, "format_version": 99}).encode())
+    lock, = locking.list_locks(backend)
+    assert lock.newer and lock.stale_reason() is None and lock.kind == locking.EXCLUSIVE
+    for kind in (locking.SHARED, locking.EXCLUSIVE):
+        with pytest.raises(RepositoryLocked) as caught:
+            locking.acquire(backend, kind, 0)
+        assert "lock of format 99 (this volbackup reads format 1)" in str(caught.value)
+        assert "never broken as stale" in str(caught.value)
+        assert "unlock --all" in str(caught.value)
+    assert [(lock.key, why) for lock, why in locking.unlock(backend)] == [("locks/newer.json", None)]
+    assert lock_keys(backend) == ["locks/newer.json"]
+    assert [why for _, why in locking.unlock(backend, remove_all=True)] == ["removed with --all"]
+    assert lock_keys(backend) == []
+
+
+@pytest.mark.parametrize("version", ["2", 0, True, None, 1.5])
+def test_a_lock_with_a_malformed_format_version_is_unreadable(backend, version):
+    plant(backend, pid=locking.os.getpid())
+    data = json.loads(backend.read_bytes("locks/planted.json"))
+    backend.write_bytes("locks/planted.json", json.dumps({**data, "format_version": version}).encode())
+    assert [lock.command for lock in locking.list_locks(backend)] == ["unreadable lock"]
+
+
+def test_own_locks_carry_the_format_version(backend):
+    with locking.locked(backend, locking.SHARED, 0) as lock:
+        assert json.loads(backend.read_bytes(lock.info.key))["format_version"] == 1

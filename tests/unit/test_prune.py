@@ -15,7 +15,7 @@ from tests.unit.manifests import make_manifest
 from volbackup import locking
 from volbackup.cli import main
 from volbackup.errors import RepositoryLocked, VolbackupError
-from volbackup.ops.prune import prune
+from volbackup.ops.prune import PruneOptions, prune
 from volbackup.repository import Repository
 from volbackup.retention import Rules
 
@@ -45,7 +45,7 @@ def keys(repo_dir) -> list[str]:
 
 def test_removes_manifest_and_archive_of_what_no_rule_keeps(repo, repo_dir):
     ids = daily(repo)
-    result = prune(repo, Rules(last=2), now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=2)), now=NOW)
     assert [(d.snapshot, d.status) for d in result.snapshots] == [
         (ids[4], "kept"), (ids[3], "kept"), (ids[2], "removed"), (ids[1], "removed"),
         (ids[0], "removed")]
@@ -58,7 +58,7 @@ def test_dry_run_deletes_nothing_and_takes_no_lock(repo, repo_dir):
     daily(repo)
     held = locking.acquire(repo.backend, locking.EXCLUSIVE, 0)  # by "another run"
     before = keys(repo_dir)
-    result = prune(repo, Rules(last=1), dry_run=True, now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1), dry_run=True), now=NOW)
     assert [d.status for d in result.snapshots].count("would remove") == 4
     assert keys(repo_dir) == before
     held.release()
@@ -68,7 +68,7 @@ def test_waits_for_the_lock_then_fails(repo):
     daily(repo, days=2)
     held = locking.acquire(repo.backend, locking.SHARED, 0)  # a backup is running
     with pytest.raises(RepositoryLocked):
-        prune(repo, Rules(last=1), lock_wait=0.3, now=NOW)
+        prune(repo, PruneOptions(Rules(last=1), lock_wait=0.3), now=NOW)
     assert len(repo.snapshots().snapshots) == 2
     held.release()
 
@@ -77,23 +77,24 @@ def test_filters_and_groups(repo):
     a = daily(repo, "a", 3)
     b = daily(repo, "b", 3)
     other = add(repo, "a", NOW + timedelta(minutes=1), host="host2")  # within the tolerance
-    result = prune(repo, Rules(last=1), volumes=["a"], now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1), volumes=["a"]), now=NOW)
     kept = sorted(d.snapshot for d in result.snapshots if d.keep)
     assert kept == sorted([a[-1], other])  # per host: host1's newest survives host2's
     assert len(repo.snapshots("b").snapshots) == 3
-    result = prune(repo, Rules(last=1), host="host2", now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1), host="host2"), now=NOW)
     assert [d.snapshot for d in result.snapshots] == [other]
-    result = prune(repo, Rules(last=1), by_host=False, dry_run=True, now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1), by_host=False, dry_run=True), now=NOW)
     assert sorted(d.snapshot for d in result.snapshots if d.keep) == sorted([other, b[-1]])
 
 
 def test_newest_survives_within_unless_allowed(repo):
     ids = daily(repo, days=2)
     old_now = NOW + timedelta(days=60)
-    result = prune(repo, Rules(within=timedelta(days=1)), now=old_now)
+    result = prune(repo, PruneOptions(Rules(within=timedelta(days=1))), now=old_now)
     assert [d.reasons for d in result.snapshots if d.keep] == [["newest"]]
     assert [m.snapshot for m in repo.snapshots().snapshots] == [ids[-1]]
-    prune(repo, Rules(within=timedelta(days=1)), allow_remove_newest=True, now=old_now)
+    prune(repo, PruneOptions(Rules(within=timedelta(days=1)), allow_remove_newest=True),
+          now=old_now)
     assert repo.snapshots().snapshots == []
 
 
@@ -101,7 +102,7 @@ def test_volume_with_an_unreadable_manifest_is_left_alone(repo, repo_dir):
     daily(repo, "a", 3)
     daily(repo, "b", 3)
     (repo_dir / "snapshots" / "a" / "20000101T000000Z-dead.json").write_text("{broken")
-    result = prune(repo, Rules(last=1), now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1)), now=NOW)
     assert len(repo.snapshots("a").snapshots) == 3 and len(repo.snapshots("b").snapshots) == 1
     assert result.problems and "volume a left alone" in result.problems[0]
     with pytest.raises(Exception, match="left alone"):
@@ -115,9 +116,9 @@ def test_unreferenced_archives_are_removed_once_old(repo, repo_dir):
     foreign = "snapshots/pgdata/notes.tar.zst"
     for key in (old, young, foreign):
         repo.backend.write_bytes(key, b"x" * 10)
-    result = prune(repo, Rules(last=1), now=NOW)
-    assert {o.key: o.status for o in result.leftovers} == {old: "removed",
-                                                           young: "kept (too young)"}
+    result = prune(repo, PruneOptions(Rules(last=1)), now=NOW)
+    assert {o.key: (o.status, o.reason) for o in result.leftovers} == {
+        old: ("removed", "no manifest, started over 6h ago"), young: ("kept", "too young")}
     assert old not in keys(repo_dir) and young in keys(repo_dir) and foreign in keys(repo_dir)
 
 
@@ -138,12 +139,13 @@ def test_temp_files_of_killed_writes(repo, repo_dir):
         path.write_bytes(b"t" * 7)
     os.utime(dead_quiet, (quiet, quiet))
     os.utime(live_quiet, (quiet, quiet))
-    result = prune(repo, Rules(last=1), leftover_age=6 * 3600)
-    status = {o.key.rsplit("/", 1)[1]: o.status for o in result.leftovers}
-    assert status == {dead_quiet.name: "removed", dead_busy.name: "kept (too young)",
-                      live_quiet.name: "kept (too young)"}
+    result = prune(repo, PruneOptions(Rules(last=1), leftover_age=6 * 3600))
+    status = {o.key.rsplit("/", 1)[1]: (o.status, o.reason) for o in result.leftovers}
+    assert status[dead_busy.name] == status[live_quiet.name] == ("kept", "too young")
+    assert status[dead_quiet.name][0] == "removed" and "is not running" in status[dead_quiet.name][1]
+    assert set(status) == {dead_quiet.name, dead_busy.name, live_quiet.name}
     assert not dead_quiet.exists() and dead_busy.exists() and live_quiet.exists()
-    prune(repo, Rules(last=1), leftover_age=1800)
+    prune(repo, PruneOptions(Rules(last=1), leftover_age=1800))
     assert not live_quiet.exists()  # quiet for longer than the leftover age
 
 
@@ -171,7 +173,9 @@ def test_cli_json_names_every_snapshot_and_why(capsys, repo, repo_dir):
     assert by_id[ids[0]]["keep"] is False and by_id[ids[0]]["status"] == "would remove"
     assert "within" in ", ".join(by_id[ids[1]]["reasons"])
     assert set(by_id[ids[2]]) >= {"snapshot", "volume", "host", "created", "keep", "reasons",
-                                  "status", "stored_bytes", "message"}
+                                  "status", "stored_bytes", "message", "reason"}
+    assert by_id[ids[0]]["reason"] == "no rule keeps it"
+    assert by_id[ids[2]]["reason"] == ", ".join(by_id[ids[2]]["reasons"])
 
 
 def test_cli_unlock(capsys, repo, repo_dir):
@@ -195,7 +199,7 @@ def test_one_bad_manifest_is_a_problem_of_its_volume_only(repo, repo_dir, field,
     bad = json.loads(make_manifest("a@20261201T000000Z-bad0").to_json())
     bad[field] = value
     (repo_dir / "snapshots" / "a" / "20261201T000000Z-bad0.json").write_text(json.dumps(bad))
-    result = prune(repo, Rules(last=1), now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1)), now=NOW)
     assert len(repo.snapshots("a").snapshots) == 3 and len(repo.snapshots("b").snapshots) == 1
     assert len(result.problems) == 1 and "volume a left alone" in result.problems[0]
     assert f"invalid {field}" in result.problems[0]
@@ -204,7 +208,7 @@ def test_one_bad_manifest_is_a_problem_of_its_volume_only(repo, repo_dir, field,
 def test_a_future_dated_snapshot_is_kept_reported_and_not_counted(repo):
     ids = daily(repo, days=2)
     future = add(repo, "pgdata", NOW + timedelta(days=400), suffix="f00d")
-    result = prune(repo, Rules(last=1), now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1)), now=NOW)
     assert [(d.snapshot, d.status, d.reasons) for d in result.snapshots] == [
         (future, "kept", ["dated in the future"]), (ids[1], "kept", ["last 1"]),
         (ids[0], "removed", [])]
@@ -216,7 +220,7 @@ def test_a_future_dated_snapshot_is_kept_reported_and_not_counted(repo):
 
 def test_protected_snapshots_are_never_removed(repo):
     ids = daily(repo, days=3)
-    result = prune(repo, Rules(last=1), now=NOW, protected={ids[0]})
+    result = prune(repo, PruneOptions(Rules(last=1), protected={ids[0]}), now=NOW)
     assert {d.snapshot: d.status for d in result.snapshots} == {
         ids[2]: "kept", ids[1]: "removed", ids[0]: "kept"}
 
@@ -246,10 +250,30 @@ def test_an_error_from_outside_volbackup_fails_one_removal_and_prune_goes_on(rep
         delete(key)
 
     repo.backend.delete = flaky
-    result = prune(repo, Rules(last=1), now=NOW)
+    result = prune(repo, PruneOptions(Rules(last=1)), now=NOW)
     status = {d.snapshot: (d.status, d.message) for d in result.snapshots}
     assert status[ids[2]] == ("failed", f"{ids[2]}: unexpected OSError: [Errno 5] "
                                         "Input/output error")
     assert status[ids[1]][0] == status[ids[0]][0] == "removed"
     with pytest.raises(VolbackupError, match="Input/output error"):
         result.raise_for_failures()
+
+
+def test_cli_text_and_json_of_leftovers(capsys, repo, repo_dir):
+    """The status is one of four machine values; why a leftover is kept is its `reason`
+    (it was the status "kept (too young)"). The text lines read as before."""
+    add(repo, "pgdata", datetime.now(timezone.utc) - timedelta(minutes=1))
+    young = f"snapshots/pgdata/{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-cafe.tar.zst"
+    old = "snapshots/pgdata/20261120T000000Z-beef.tar.zst"
+    for key in (young, old):
+        repo.backend.write_bytes(key, b"x" * 10)
+    code, out, _ = run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1", "--dry-run")
+    assert code == 0
+    assert f"{young}: kept (too young) (archive left by an interrupted run, 10 B)" in out
+    assert f"{old}: would remove (archive left by an interrupted run, 10 B)" in out
+    code, out, _ = run(capsys, "prune", "-r", str(repo_dir), "--keep-last", "1", "--json")
+    left = {o["key"]: o for o in json.loads(out)["leftovers"]}
+    assert (left[young]["status"], left[young]["reason"]) == ("kept", "too young")
+    assert (left[old]["status"], left[old]["kind"]) == ("removed", "archive")
+    assert set(left[old]) == {"key", "kind", "age_seconds", "bytes", "status", "message",
+                              "reason"}

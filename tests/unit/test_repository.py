@@ -229,3 +229,71 @@ def test_bad_created_sorts_nothing_and_mixed_precision_sorts_by_time(repo):
     listing = repo.snapshots()
     assert [m.snapshot for m in listing.snapshots] == [MID, OLD]
     assert "invalid created time" in str(listing.problems[0])
+
+
+# -- the repository owns its storage
+
+
+def test_ops_and_cli_never_reach_past_the_repository():
+    """prune, run, restore and unlock used `repo.backend` for locks, orphans and temp files:
+    a chunked layout would have had to change them all. Tests may still use backends."""
+    import pathlib
+    import re
+
+    import volbackup
+
+    root = pathlib.Path(volbackup.__file__).parent
+    found = [f"{path.relative_to(root)}:{n}: {line.strip()}"
+             for folder in ("ops", "cli") for path in sorted((root / folder).glob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\.backend\b|volbackup\.backends|import .*\bbackends\b", line)]
+    assert found == []
+
+
+def test_orphans_are_archives_named_by_volbackup_without_a_manifest(three):
+    backend = three.backend
+    for key in ("snapshots/pgdata/20261120T000000Z-beef.tar.zst",       # an orphan
+                "snapshots/pgdata/20261120T000000Zbeef.tar.zst",        # not a stamp
+                "snapshots/pgdata/20261320T000000Z-beef.tar.zst",       # month 13
+                "snapshots/pgdata/notes.tar.zst",
+                "snapshots/pgdata/sub/20261120T000000Z-beef.tar.zst",   # not a volume's
+                f"snapshots/pgdata/{three.archive_name(OLD)}"):           # has a manifest
+        backend.write_bytes(key, b"x" * 5)
+    orphan, = three.orphans()
+    assert (orphan.key, orphan.volume, orphan.size) == (
+        "snapshots/pgdata/20261120T000000Z-beef.tar.zst", "pgdata", 5)
+    assert orphan.started == datetime(2026, 11, 20, tzinfo=timezone.utc)
+    three.remove_orphan(orphan)
+    assert three.orphans() == [] and len(three.snapshots().snapshots) == 4
+
+
+def test_uploads_and_temp_files_are_one_kind_of_unfinished_write(repo, tmp_path):
+    from volbackup.backends import Leftover
+
+    started = datetime(2026, 11, 29, tzinfo=timezone.utc)
+    upload = Leftover("snapshots/v/20261129T000000Z-0000.tar.zst", "upload-1", started, 7)
+    aborted = []
+    repo.backend.leftovers = lambda: [upload]
+    repo.backend.remove_leftover = aborted.append
+    (tmp_path / "snapshots" / "v").mkdir(parents=True)
+    temp = tmp_path / "snapshots" / "v" / ".20261129T000000Z-0001.json.tmp-123-ab12"
+    temp.write_bytes(b"abc")
+    first, second = repo.unfinished_writes()
+    assert (first.kind, first.key, first.since, first.size, first.upload_id, first.volume) == (
+        "upload", upload.key, started, 7, "upload-1", "v")
+    assert (second.kind, second.key, second.size, second.pid, second.volume) == (
+        "temp", "snapshots/v/" + temp.name, 3, 123, "v")
+    repo.remove_unfinished(first)
+    repo.remove_unfinished(second)
+    assert aborted == [upload] and not temp.exists()
+
+
+def test_locks_through_the_repository(repo):
+    from volbackup import locking
+
+    with repo.lock(locking.EXCLUSIVE, 0, "prune") as held:
+        assert [lock.key for lock in repo.locks()] == [held.info.key]
+        assert repo.unlock() == [(repo.locks()[0], None)]  # live: kept
+    assert repo.locks() == []
+    with repo.lock(locking.SHARED, 0):
+        assert [why for _, why in repo.unlock(remove_all=True)] == ["removed with --all"]

@@ -352,3 +352,25 @@ def test_a_run_never_prunes_the_snapshot_it_made(repo, hook, ahead):
         assert body["prune"]["future_dated"] == [other]
     else:
         assert warned == [] and body["prune"]["future_dated"] == []
+
+
+def test_a_job_whose_repository_cannot_be_opened_has_the_same_summary(tmp_path, repo):
+    """Its summary (what the metrics file and notification get) is built by `summary`, the
+    one builder: same keys as a run's, named by the repository URL."""
+    from volbackup.ops.run import run_jobs
+
+    jobs = load(tmp_path, f'''
+[jobs.db]
+repository = "{tmp_path / 'missing'}"
+volumes = ["pgdata"]
+''')
+    result = run_jobs(lambda: None, jobs)
+    unopened, = result.jobs
+    schedule = Schedule("db")
+    schedule.run(repo, fake_backup(repo))
+    ran, = schedule.summaries
+    assert list(unopened) == list(ran)
+    assert (unopened["status"], unopened["exit_code"], unopened["repository"]) == (
+        "failed", result.errors[0][1].exit_code, str(tmp_path / "missing"))
+    assert unopened["started"] == unopened["finished"] and unopened["seconds"] == 0.0
+    assert unopened["volumes"] == [] and unopened["prune"] is None

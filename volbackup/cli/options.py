@@ -34,7 +34,7 @@ direct_option = click.option(
 host_option = click.option(
     "--host", metavar="NAME", help="Only snapshots made on this host (as `list` shows it).")
 
-# Kept in step with volbackup.backends.s3, which click modules do not import (boto3).
+# Kept in step with volbackup/backends/s3.py, which click modules do not import (boto3).
 _STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                     "GLACIER_IR", "REDUCED_REDUNDANCY")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from volbackup import locking
 from volbackup.cli import render
 from volbackup.cli.options import (
     Duration,
@@ -34,8 +33,8 @@ def broke_lock(lock, why) -> None:
               help="Let the rules remove even the newest snapshot of a volume.")
 @click.option("--leftover-age", type=Duration(), default="6h", show_default=True,
               metavar="DURATION",
-              help="Remove archives without a manifest, and temp files of killed writes, once "
-                   "this old.")
+              help="Remove archives without a manifest, and unfinished writes of killed runs "
+                   "(temp files, S3 multipart uploads; see `cleanup`), once this old.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @lock_wait_option
 @json_option
@@ -54,9 +53,11 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
     if rules.empty:
         raise click.UsageError("give at least one --keep-* rule (prune never removes "
                                "everything)")
-    result = ops.prune(Repository.open(repo, writable=not dry_run), rules, list(volumes), host,
-                       not group_by_volume_only, allow_remove_newest, dry_run, leftover_age,
-                       lock_wait, broke_lock)
+    options = ops.PruneOptions(rules, volumes=list(volumes), host=host,
+                               by_host=not group_by_volume_only,
+                               allow_remove_newest=allow_remove_newest, dry_run=dry_run,
+                               leftover_age=leftover_age, lock_wait=lock_wait)
+    result = ops.prune(Repository.open(repo, writable=not dry_run), options, broke_lock)
     for problem in result.problems + result.warnings:
         render.warn(problem)
     if as_json:
@@ -66,11 +67,13 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                          problems=result.problems, future_dated=result.future_dated)
     else:
         for d in result.snapshots:
-            why = ", ".join(d.reasons) if d.keep else "no rule keeps it"
-            render.echo(f"{d.snapshot}: {d.status} ({why})" + (f": {d.message}" if d.message else ""))
+            render.echo(f"{d.snapshot}: {d.status} ({d.reason})"
+                        + (f": {d.message}" if d.message else ""))
         for o in result.leftovers:
-            render.echo(f"{o.key}: {o.status} ({o.kind} left by an interrupted run, "
-                        f"{render.human_bytes(o.bytes)})" + (f": {o.message}" if o.message else ""))
+            why = f" ({o.reason})" if o.status == ops.Status.KEPT else ""
+            size = "?" if o.bytes is None else render.human_bytes(o.bytes)
+            render.echo(f"{o.key}: {o.status}{why} ({o.kind} left by an interrupted run, "
+                        f"{size})" + (f": {o.message}" if o.message else ""))
         verb = "would free" if dry_run else "freed"
         render.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
                     f"{'to remove' if dry_run else 'removed'}; {verb} "
@@ -92,7 +95,7 @@ def unlock(repo, remove_all, as_json):
       volbackup unlock -r s3://backups/prod --all
     """
     repository = Repository.open(repo, writable=True)
-    result = locking.unlock(repository.backend, remove_all)
+    result = repository.unlock(remove_all)
     if as_json:
         render.emit_json("unlock", repository=repository.describe(), locks=[
             {**lock.__dict__, "removed": why is not None, "reason": why} for lock, why in result])

@@ -165,7 +165,7 @@ def _safety_snapshot(engine: Engine, repo: Repository, volume: str, replacing: M
     try:
         # A backup like any other: under the shared lock, so a prune cannot take its
         # archive for a leftover of a killed run while it is written.
-        with locking.locked(repo.backend, locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"):
+        with repo.lock(locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"):
             (saved,) = backup(engine, repo, [volume], progress=progress, retries=1,
                               use_direct=None if use_direct is not False else False,
                               safety_for=replacing.snapshot).volumes

@@ -50,8 +50,7 @@ class Schedule:
         result = pruned = error = None
         self.prune_error = None
         try:
-            with locking.locked(repo.backend, locking.SHARED, self.lock_wait, "backup",
-                                self._broke):
+            with repo.lock(locking.SHARED, self.lock_wait, "backup", self._broke):
                 result = do_backup()
             if self.rules and not self.rules.empty and not any(v.failed for v in result.volumes):
                 pruned = self._prune(repo, result)
@@ -62,18 +61,19 @@ class Schedule:
             error = e
             raise
         finally:
-            self._report(summary(self.job, repo, started, time.monotonic() - clock, result,
-                                 pruned, error))
+            self._report(summary(self.job, repo.describe(), started,
+                                 time.monotonic() - clock, result, pruned, error))
         return result
 
     def _prune(self, repo: Repository, result):
         made = {v.snapshot for v in result.volumes if v.snapshot and not v.failed}
         try:
-            pruned = prune_ops.prune(
-                repo, self.rules, sorted({v.volume for v in result.volumes}),
-                socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
-                lock_wait=self.lock_wait, on_break=self._broke,
+            options = prune_ops.PruneOptions(
+                self.rules, volumes=sorted({v.volume for v in result.volumes}),
+                host=socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
+                lock_wait=self.lock_wait,
                 protected=made)  # never what this run just made, whatever the clocks say
+            pruned = prune_ops.prune(repo, options, on_break=self._broke)
         except Exception as e:
             self.prune_error = as_error(e)
             self.warn(f"prune failed: {self.prune_error}")
@@ -119,10 +119,11 @@ def _first_error(result) -> VolbackupError | None:
     return None
 
 
-def summary(job: str, repo: Repository, started: datetime, seconds: float, result, pruned,
-            error: BaseException | None) -> dict:
-    """The JSON run summary: what the metrics file and the notification are made from."""
-    finished = datetime.now(timezone.utc)
+def summary(job: str, repository: str, started: datetime, seconds: float, result, pruned,
+            error: BaseException | None, finished: datetime | None = None) -> dict:
+    """The JSON run summary, the one place it is built: what the metrics file and the
+    notification are made from, also for a job whose repository could not be opened."""
+    finished = finished or datetime.now(timezone.utc)
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         code, message = 130, "interrupted"
     elif error is not None:
@@ -132,7 +133,7 @@ def summary(job: str, repo: Repository, started: datetime, seconds: float, resul
         code, message = 0, None
     return {
         "volbackup_json": JSON_VERSION, "command": "run", "job": job,
-        "repository": repo.describe(), "host": socket.gethostname(),
+        "repository": repository, "host": socket.gethostname(),
         "tool_version": __version__, "status": "ok" if code == 0 else "failed",
         "exit_code": code, "message": message, "started": utc_iso(started),
         "finished": utc_iso(finished), "finished_unix": round(finished.timestamp(), 3),
@@ -196,10 +197,6 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
 
 
 def _unopened(job: Job, error: VolbackupError) -> dict:
+    """The summary of a job whose repository could not be opened: named by its URL."""
     now = datetime.now(timezone.utc)
-    return {"volbackup_json": JSON_VERSION, "command": "run", "job": job.name,
-            "repository": job.repository, "host": socket.gethostname(),
-            "tool_version": __version__, "status": "failed", "exit_code": error.exit_code,
-            "message": str(error), "started": utc_iso(now), "finished": utc_iso(now),
-            "finished_unix": round(now.timestamp(), 3), "seconds": 0.0, "volumes": [],
-            "prune": None}
+    return summary(job.name, job.repository, now, 0.0, None, None, error, finished=now)
