@@ -1,9 +1,6 @@
-"""The backend contract against S3 (moto's server on 127.0.0.1), then S3's own details.
-
-TestS3Contract inherits every test of the shared contract suite; only the `backend`
-fixture differs. (The module is imported, not its class, so pytest does not collect the
-local-backend contract a second time here.)
-"""
+"""S3's own details, on moto's server on 127.0.0.1 (the contract it shares with every backend
+is in test_contract.py): multipart uploads and their leftovers, options, bad URLs, part
+sizes, resumed downloads, and which requests are retried and how often."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import os
 
 import pytest
 
-import tests.unit.test_backends as contract
+from tests.backends.test_contract import Boom, keys
 from volbackup.backends import open_backend
 from volbackup.backends.s3 import BASE_PART, part_size
 from volbackup.errors import RepositoryError
@@ -20,10 +17,6 @@ from volbackup.errors import RepositoryError
 @pytest.fixture
 def backend(s3_bucket):
     return open_backend(f"s3://{s3_bucket}/repo/one")
-
-
-class TestS3Contract(contract.TestContract):
-    pass
 
 
 def uploads(s3_client, bucket):
@@ -36,7 +29,7 @@ def test_large_blob_goes_multipart_and_streams_back(backend, s3_client, s3_bucke
         for pos in range(0, len(data), 300_000):
             writer.write(data[pos:pos + 300_000])
         assert len(uploads(s3_client, s3_bucket)) == 1  # parts are on their way
-        assert contract.keys(backend) == []
+        assert keys(backend) == []
     head = s3_client.head_object(Bucket=s3_bucket, Key="repo/one/snapshots/v/big.tar.zst")
     assert head["ETag"].endswith('-4"')  # 3 full parts and the rest: a multipart ETag
     assert uploads(s3_client, s3_bucket) == []
@@ -47,7 +40,7 @@ def test_large_blob_goes_multipart_and_streams_back(backend, s3_client, s3_bucke
     assert first + rest == data
 
 
-@pytest.mark.parametrize("error", [contract.Boom, KeyboardInterrupt])
+@pytest.mark.parametrize("error", [Boom, KeyboardInterrupt])
 def test_interrupted_multipart_write_leaves_no_upload(backend, s3_client, s3_bucket, error):
     with pytest.raises(error):
         with backend.open_write("snapshots/v/x.tar.zst") as writer:
@@ -55,7 +48,7 @@ def test_interrupted_multipart_write_leaves_no_upload(backend, s3_client, s3_buc
             assert len(uploads(s3_client, s3_bucket)) == 1
             raise error()
     assert uploads(s3_client, s3_bucket) == []
-    assert contract.keys(backend) == [] and backend.leftovers() == []
+    assert keys(backend) == [] and backend.leftovers() == []
 
 
 def test_a_dangling_upload_is_a_leftover_until_removed(backend, s3_client, s3_bucket):
