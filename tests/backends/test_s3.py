@@ -5,6 +5,8 @@ sizes, resumed downloads, and which requests are retried and how often."""
 from __future__ import annotations
 
 import os
+import re
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -122,3 +124,158 @@ def test_a_broken_download_resumes_where_it_stopped(backend):
         reader.body.read = break_once
         rest = b"".join(iter(lambda: reader.read(1 << 20), b""))
     assert broken and first + rest == data
+
+
+# -- which requests are retried, and how often: a fake endpoint that answers 503 ----------
+
+SLOW_DOWN = (503, {"Content-Type": "application/xml"},
+             b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
+             b"</Error>")
+
+
+@pytest.fixture
+def flaky_endpoint(monkeypatch):
+    """A real HTTP endpoint on 127.0.0.1; `answer(method, path)` gives each response.
+
+    Yields a dict: `answer` (replace it), `requests` (method and path of each request).
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state: dict = {"requests": [], "answer": lambda method, path: SLOW_DOWN}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _any(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if self.headers.get("Transfer-Encoding") == "chunked":
+                while (size := int(self.rfile.readline().split(b";")[0], 16)):
+                    self.rfile.read(size + 2)
+                self.rfile.readline()
+            elif length:
+                self.rfile.read(length)
+            state["requests"].append((self.command, self.path))
+            status, headers, body = state["answer"](self.command, self.path)
+            self.send_response(status)
+            for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name, value in {"AWS_ACCESS_KEY_ID": "vbtest", "AWS_SECRET_ACCESS_KEY": "vbtest",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "3",
+                        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def flaky_backend(slept: list):
+    """What open_backend builds (AWS_MAX_ATTEMPTS=3), with the pauses recorded, not slept."""
+    from volbackup.backends import RetryBackend
+    from volbackup.backends.retry import Retry
+    from volbackup.backends.s3 import S3Backend
+
+    retry = Retry(3, backoff=lambda n: float(n), sleep=slept.append)
+    return RetryBackend(S3Backend("s3://bucket/repo", retry=retry), 3, retry.backoff, retry.sleep)
+
+
+def test_open_backend_wraps_s3_with_aws_max_attempts(flaky_endpoint):
+    from volbackup.backends import RetryBackend
+    from volbackup.backends.s3 import S3Backend
+
+    backend = open_backend("s3://bucket/repo")
+    assert isinstance(backend, RetryBackend) and isinstance(backend.inner, S3Backend)
+    assert backend.retry.attempts == backend.inner.retry.attempts == 3
+
+
+@pytest.mark.parametrize("verb, doing", [
+    (lambda b: b.stat("k"), "reading k"),
+    (lambda b: b.read_bytes("k"), "reading k"),
+    (lambda b: list(b.list("snapshots/")), "listing"),
+    (lambda b: b.check(writable=True), "checking the bucket"),
+    (lambda b: b.delete("k"), "deleting k"),
+    # a small blob: the writer's own PUT tries, settled, are not tried again by the wrapper
+    (lambda b: b.write_bytes("k", b"{}"), "writing repo/k"),
+])
+def test_a_store_that_keeps_failing_gets_exactly_the_attempts(flaky_endpoint, verb, doing):
+    """3 requests with AWS_MAX_ATTEMPTS=3: not botocore's 3 times ours, not ours twice."""
+    slept: list = []
+    with pytest.raises(RepositoryError) as caught:
+        verb(flaky_backend(slept))
+    assert type(caught.value).__name__ == "RepositoryUnreachable" and caught.value.exit_code == 10
+    assert re.search(f" kept failing for s3://bucket/repo while {doing} "
+                     r"\((SlowDown|503), gave up after retries\)$", str(caught.value)), caught.value
+    assert len(flaky_endpoint["requests"]) == 3, flaky_endpoint["requests"]
+    assert slept == [1.0, 2.0]
+
+
+def test_a_flaky_store_answers_on_the_third_try(flaky_endpoint):
+    def answer(method, path):
+        if len(flaky_endpoint["requests"]) < 3:
+            return SLOW_DOWN
+        return 200, {"Content-Length": "42", "ETag": '"abc"'}, b""
+
+    flaky_endpoint["answer"] = answer
+    slept: list = []
+    assert flaky_backend(slept).stat("k").size == 42
+    assert [m for m, _ in flaky_endpoint["requests"]] == ["HEAD"] * 3 and slept == [1.0, 2.0]
+
+
+def test_each_part_of_an_upload_is_retried_inside_the_writer(flaky_endpoint):
+    """The wrapper cannot replay a stream, so the multipart writer retries each request."""
+    failed: set = set()
+
+    def answer(method, path):
+        step = _step(method, path)
+        if step not in failed:       # every kind of request fails once, then works
+            failed.add(step)
+            return SLOW_DOWN
+        if step == ("POST", "uploads="):
+            return 200, {}, (b"<InitiateMultipartUploadResult><Bucket>bucket</Bucket><Key>repo/big"
+                             b"</Key><UploadId>up-1</UploadId></InitiateMultipartUploadResult>")
+        if method == "PUT":
+            return 200, {"ETag": f'"{len(flaky_endpoint["requests"])}"'}, b""
+        return 200, {}, (b"<CompleteMultipartUploadResult><Bucket>bucket</Bucket><Key>repo/big"
+                         b"</Key><ETag>\"x-2\"</ETag></CompleteMultipartUploadResult>")
+
+    flaky_endpoint["answer"] = answer
+    slept: list = []
+    with flaky_backend(slept).open_write("big") as writer:
+        writer.write(b"x" * (BASE_PART + 10))
+    steps = [_step(m, p) for m, p in flaky_endpoint["requests"]]
+    parts = sorted(steps[2:-2])   # sent concurrently
+    assert steps[:2] == [("POST", "uploads=")] * 2 and steps[-2:] == [("POST", "uploadId=up-1")] * 2
+    assert parts == [("PUT", "partNumber=1")] * 2 + [("PUT", "partNumber=2")] * 2, steps
+    assert slept == [1.0] * 4
+
+
+def _step(method: str, path: str) -> tuple[str, str]:
+    """("PUT", "partNumber=2"): the request's method and the query item that says what it is."""
+    query = dict(parse_qsl(urlsplit(path).query, keep_blank_values=True))
+    for name in ("uploads", "partNumber", "uploadId"):
+        if name in query:
+            return method, f"{name}={query[name]}"
+    return method, ""
+
+
+def test_a_denied_request_is_not_retried(flaky_endpoint):
+    flaky_endpoint["answer"] = lambda method, path: (
+        403, {}, b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>")
+    slept: list = []
+    with pytest.raises(RepositoryError) as caught:
+        flaky_backend(slept).read_bytes("k")
+    assert caught.value.exit_code == 9 and "access denied to s3://bucket/repo" in str(caught.value)
+    assert len(flaky_endpoint["requests"]) == 1 and slept == []
