@@ -129,8 +129,7 @@ def test_a_broken_download_resumes_where_it_stopped(backend):
 # -- which requests are retried, and how often: a fake endpoint that answers 503 ----------
 
 SLOW_DOWN = (503, {"Content-Type": "application/xml"},
-             b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
-             b"</Error>")
+             b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>")
 
 
 @pytest.fixture
