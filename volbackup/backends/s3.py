@@ -13,8 +13,9 @@ size is not known in advance.
 Each request is sent once (botocore's own retries are off); a failure worth retrying is a
 `TransientError`. Verbs are retried by the `RetryBackend` that `open_backend` wraps around
 this backend; inside a stream, where that wrapper cannot replay bytes, this module retries
-each request itself with the same policy (`self.retry`): starting, sending each part of and
-completing an upload, a small blob's PUT, and re-opening a broken download at its offset.
+each request itself with the same policy (`self.retry`): starting, sending each part of,
+completing and aborting an upload, a small blob's PUT, and re-opening a broken download at
+its offset.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def attempts_from_env() -> int:
 
 def _client():
     # One try per request: retrying is RetryBackend's (and, inside streams, self.retry's).
-    config = Config(retries={"mode": "standard", "total_max_attempts": 1},
+    # The mode still matters: "adaptive" rate-limits requests on the client.
+    mode = os.environ.get("AWS_RETRY_MODE", "standard")
+    config = Config(retries={"mode": mode, "total_max_attempts": 1},
                     connect_timeout=10, read_timeout=120, max_pool_connections=16)
     try:
         return boto3.session.Session().client("s3", config=config)
@@ -352,10 +355,14 @@ class _MultipartWriter:
             future.cancel()
         self._close_pool()
         try:
-            self.backend.client.abort_multipart_upload(
-                Bucket=self.backend.bucket, Key=self.key, UploadId=self.upload_id)
+            self.backend.retry.call(self._abort)
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
+
+    def _abort(self) -> None:
+        with self.backend._calls(f"aborting the upload of {self.key}"):
+            self.backend.client.abort_multipart_upload(
+                Bucket=self.backend.bucket, Key=self.key, UploadId=self.upload_id)
 
     def _close_pool(self) -> None:
         if self.pool is not None:
