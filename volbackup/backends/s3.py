@@ -148,7 +148,7 @@ class S3Backend(Backend):
         if isinstance(e, (bce.EndpointConnectionError, bce.ConnectTimeoutError,
                           bce.ConnectionClosedError, bce.ReadTimeoutError)):
             return TransientError(f"cannot reach the S3 endpoint {self.endpoint} for "
-                                         f"{where} while {doing} (gave up after retries)")
+                                  f"{where} while {doing} (gave up after retries)")
         if isinstance(e, bce.ClientError):
             err = e.response.get("Error", {})
             code = str(err.get("Code", "")) or str(e.response.get("ResponseMetadata", {})
@@ -164,7 +164,7 @@ class S3Backend(Backend):
                                         f"IAM policy, see docs/s3.md)")
             if status and status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
                 return TransientError(f"{self.endpoint} kept failing for {where} while "
-                                             f"{doing} ({code}, gave up after retries)")
+                                      f"{doing} ({code}, gave up after retries)")
             message = scrub(" ".join(str(err.get("Message", "")).split())[:200])
             return RepositoryError(f"S3 refused {doing} in {where}: {code}"
                                    + (f": {message}" if message else ""))
