@@ -4,26 +4,40 @@ from __future__ import annotations
 
 from volbackup.backends.base import (
     MAX_SMALL_BLOB,
-    BadEntry,
     Backend,
+    BadEntry,
     BlobInfo,
     BlobNotFound,
     Leftover,
     TempFile,
+    TransientError,
 )
 from volbackup.backends.local import LocalBackend
+from volbackup.backends.retry import RetryBackend
 from volbackup.errors import RepositoryError
 
-__all__ = ["MAX_SMALL_BLOB", "BadEntry", "Backend", "BlobInfo", "BlobNotFound", "Leftover",
-           "LocalBackend", "TempFile",
-           "open_backend"]
+__all__ = [
+    "MAX_SMALL_BLOB",
+    "Backend",
+    "BadEntry",
+    "BlobInfo",
+    "BlobNotFound",
+    "Leftover",
+    "LocalBackend",
+    "RetryBackend",
+    "TempFile",
+    "TransientError",
+    "open_backend",
+]
 
 # Options for writing, by name; only some backends know them.
 S3_OPTIONS = ("storage_class", "sse", "sse_kms_key_id")
 
 
 def open_backend(url: str, options: dict | None = None) -> Backend:
-    """A local path or `file://` URL opens a LocalBackend; `s3://BUCKET[/PREFIX]` an S3Backend.
+    """A local path or `file://` URL opens a LocalBackend; `s3://BUCKET[/PREFIX]` an S3Backend
+    inside a RetryBackend. A directory is not wrapped: it has no transient failures (an
+    OSError on a local disk does not pass by trying again), see docs/design.md.
 
     `options` (storage_class, sse, sse_kms_key_id; None means unset) apply to S3 only.
     """
@@ -35,7 +49,9 @@ def open_backend(url: str, options: dict | None = None) -> Backend:
     if sep and scheme == "s3":
         from volbackup.backends.s3 import S3Backend  # boto3 is imported only when needed
 
-        return S3Backend(url, **options)
+        s3 = S3Backend(url, **options)
+        # one policy: the wrapper's for whole verbs, the backend's inside its streams
+        return RetryBackend(s3, s3.retry.attempts, s3.retry.backoff, s3.retry.sleep)
     if options:
         raise RepositoryError("storage class and server-side encryption options apply only "
                               "to s3:// repositories")

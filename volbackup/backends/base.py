@@ -3,7 +3,8 @@
 Keys are '/'-separated relative paths such as `snapshots/pgdata/20261129T031500Z-1a2b.json`.
 A blob opened for writing becomes visible (to `list`, `stat`, `open_read`) only when its
 `with` block ends without an exception; an interrupted write leaves nothing visible.
-Retry, dry-run or logging belong in wrappers around a backend, not inside one.
+Retry, dry-run or logging belong in wrappers around a backend, not inside one: a backend
+marks a failure worth retrying by raising `TransientError`, and `retry.RetryBackend` retries.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Iterator
 
-from volbackup.errors import RepositoryError
-
+from volbackup.errors import RepositoryError, RepositoryUnreachable
 
 # Manifests and locks are read whole; anything larger is not ours (the biggest real
 # manifest is a few KiB: labels and driver options).
@@ -29,6 +29,16 @@ class BlobNotFound(RepositoryError):
 class BadEntry(RepositoryError):
     """The key exists but is nothing volbackup reads: a symlink, FIFO or device in a
     directory repository, or a blob larger than the reader's cap."""
+
+
+class TransientError(RepositoryUnreachable):
+    """A failure that may pass if tried again (no connection, a timeout, 5xx, throttling).
+
+    Backends raise it with the message a user should see once the attempts are used up;
+    `retry.RetryBackend` retries it and then raises a plain RepositoryUnreachable, which
+    nothing retries again. A subclass of RepositoryUnreachable, so a backend used without
+    the wrapper still fails with exit 10.
+    """
 
 
 @dataclass(frozen=True)

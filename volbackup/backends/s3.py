@@ -9,6 +9,13 @@ size, never on the blob size. Small blobs (under one part) are a single PUT. A b
 visible only with CompleteMultipartUpload; any exception, KeyboardInterrupt included, aborts
 the upload. The part size grows as parts accumulate (see `part_size`), since the archive
 size is not known in advance.
+
+Each request is sent once (botocore's own retries are off); a failure worth retrying is a
+`TransientError`. Verbs are retried by the `RetryBackend` that `open_backend` wraps around
+this backend; inside a stream, where that wrapper cannot replay bytes, this module retries
+each request itself with the same policy (`self.retry`): starting, sending each part of,
+completing and aborting an upload, a small blob's PUT, and re-opening a broken download at
+its offset.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, check_key
-from volbackup.errors import RepositoryDenied, RepositoryError, RepositoryUnreachable
+from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, TransientError, check_key
+from volbackup.backends.retry import Retry, settled
+from volbackup.errors import RepositoryDenied, RepositoryError
 from volbackup.urls import safe_url, scrub
 
 MiB = 1 << 20
@@ -75,10 +83,19 @@ def parse_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+def attempts_from_env() -> int:
+    """Tries per request in all (AWS_MAX_ATTEMPTS, as botocore reads it; default 8)."""
+    try:
+        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "8")))
+    except ValueError:
+        raise RepositoryError("AWS_MAX_ATTEMPTS is not a whole number") from None
+
+
 def _client():
-    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", "8"))
+    # One try per request: retrying is RetryBackend's (and, inside streams, self.retry's).
+    # The mode still matters: "adaptive" rate-limits requests on the client.
     mode = os.environ.get("AWS_RETRY_MODE", "standard")
-    config = Config(retries={"mode": mode, "max_attempts": attempts},
+    config = Config(retries={"mode": mode, "total_max_attempts": 1},
                     connect_timeout=10, read_timeout=120, max_pool_connections=16)
     try:
         return boto3.session.Session().client("s3", config=config)
@@ -91,8 +108,9 @@ def _client():
 
 class S3Backend(Backend):
     def __init__(self, url: str, storage_class: str | None = None, sse: str | None = None,
-                 sse_kms_key_id: str | None = None, client=None):
+                 sse_kms_key_id: str | None = None, client=None, retry: Retry | None = None):
         self.bucket, self.prefix = parse_url(url)
+        self.retry = retry or Retry(attempts_from_env())
         if storage_class and storage_class not in STORAGE_CLASSES:
             raise RepositoryError(f"storage class {storage_class} is not one of "
                                   f"{', '.join(STORAGE_CLASSES)}")
@@ -129,8 +147,8 @@ class S3Backend(Backend):
                                     f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
         if isinstance(e, (bce.EndpointConnectionError, bce.ConnectTimeoutError,
                           bce.ConnectionClosedError, bce.ReadTimeoutError)):
-            return RepositoryUnreachable(f"cannot reach the S3 endpoint {self.endpoint} for "
-                                         f"{where} while {doing} (gave up after retries)")
+            return TransientError(f"cannot reach the S3 endpoint {self.endpoint} for "
+                                  f"{where} while {doing} (gave up after retries)")
         if isinstance(e, bce.ClientError):
             err = e.response.get("Error", {})
             code = str(err.get("Code", "")) or str(e.response.get("ResponseMetadata", {})
@@ -145,8 +163,8 @@ class S3Backend(Backend):
                 return RepositoryDenied(f"access denied to {where} while {doing} (check the "
                                         f"IAM policy, see docs/s3.md)")
             if status and status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-                return RepositoryUnreachable(f"{self.endpoint} kept failing for {where} while "
-                                             f"{doing} ({code}, gave up after retries)")
+                return TransientError(f"{self.endpoint} kept failing for {where} while "
+                                      f"{doing} ({code}, gave up after retries)")
             message = scrub(" ".join(str(err.get("Message", "")).split())[:200])
             return RepositoryError(f"S3 refused {doing} in {where}: {code}"
                                    + (f": {message}" if message else ""))
@@ -278,9 +296,7 @@ class _MultipartWriter:
         if self.number > MAX_PARTS:
             raise RepositoryError(f"{self.key} needs more than {MAX_PARTS} parts, the S3 limit")
         if self.upload_id is None:
-            with self.backend._calls(f"starting the upload of {self.key}"):
-                self.upload_id = self.backend.client.create_multipart_upload(
-                    Bucket=self.backend.bucket, Key=self.key, **self.backend.put_args)["UploadId"]
+            self.upload_id = self.backend.retry.call(self._create)
             self.pool = ThreadPoolExecutor(max_workers=max(1, IN_FLIGHT_BYTES // BASE_PART),
                                            thread_name_prefix="s3-part")
         while len(self.pending) * size >= max(IN_FLIGHT_BYTES, size):
@@ -288,7 +304,15 @@ class _MultipartWriter:
         assert self.pool is not None
         self.pending.add(self.pool.submit(self._upload_part, self.number, body))
 
+    def _create(self) -> str:
+        with self.backend._calls(f"starting the upload of {self.key}"):
+            return self.backend.client.create_multipart_upload(
+                Bucket=self.backend.bucket, Key=self.key, **self.backend.put_args)["UploadId"]
+
     def _upload_part(self, number: int, body: bytes) -> None:
+        self.backend.retry.call(self._send_part, number, body)
+
+    def _send_part(self, number: int, body: bytes) -> None:
         with self.backend._calls(f"uploading part {number} of {self.key}"):
             response = self.backend.client.upload_part(
                 Bucket=self.backend.bucket, Key=self.key, UploadId=self.upload_id,
@@ -302,19 +326,25 @@ class _MultipartWriter:
 
     def finish(self) -> None:
         if self.upload_id is None:
-            with self.backend._calls(f"writing {self.key}"):
-                self.backend.client.put_object(Bucket=self.backend.bucket, Key=self.key,
-                                               Body=bytes(self.buffer), **self.backend.put_args)
+            self.backend.retry.call(self._put, bytes(self.buffer))
             return
         if self.buffer:
             self._ship(len(self.buffer))
         self._collect(wait(self.pending).done)
         parts = [{"PartNumber": n, "ETag": self.parts[n]} for n in sorted(self.parts)]
+        self.backend.retry.call(self._complete, parts)
+        self._close_pool()
+
+    def _put(self, body: bytes) -> None:
+        with self.backend._calls(f"writing {self.key}"):
+            self.backend.client.put_object(Bucket=self.backend.bucket, Key=self.key,
+                                           Body=body, **self.backend.put_args)
+
+    def _complete(self, parts: list[dict]) -> None:
         with self.backend._calls(f"completing the upload of {self.key}"):
             self.backend.client.complete_multipart_upload(
                 Bucket=self.backend.bucket, Key=self.key, UploadId=self.upload_id,
                 MultipartUpload={"Parts": parts})
-        self._close_pool()
 
     def abort(self) -> None:
         """Stop uploading and abort; a failure here leaves a leftover for `cleanup`."""
@@ -325,10 +355,14 @@ class _MultipartWriter:
             future.cancel()
         self._close_pool()
         try:
-            self.backend.client.abort_multipart_upload(
-                Bucket=self.backend.bucket, Key=self.key, UploadId=self.upload_id)
+            self.backend.retry.call(self._abort)
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
+
+    def _abort(self) -> None:
+        with self.backend._calls(f"aborting the upload of {self.key}"):
+            self.backend.client.abort_multipart_upload(
+                Bucket=self.backend.bucket, Key=self.key, UploadId=self.upload_id)
 
     def _close_pool(self) -> None:
         if self.pool is not None:
@@ -362,8 +396,9 @@ class _Reader:
             except _STREAM_ERRORS as e:
                 self.body.close()
                 if attempt == READ_RETRIES:
-                    raise self.backend.error(e, f"reading {self.key}") from None
-                self.body = self._open()
+                    # part of the stream was handed out: nothing may retry it whole
+                    raise settled(self.backend.error(e, f"reading {self.key}")) from None
+                self.body = self.backend.retry.call(self._open)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -1,0 +1,187 @@
+"""The storage backend contract: the one gate every backend passes.
+
+TestContract runs against each param of the `backend` fixture: the directory backend, S3
+on moto's server, and both inside RetryBackend (S3's as `open_backend` returns it). To add
+a backend, add a param that gives a fresh, empty, writable store; no test changes. Each
+backend's own details are in test_<backend>.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from volbackup.backends import (
+    MAX_SMALL_BLOB,
+    BadEntry,
+    BlobNotFound,
+    LocalBackend,
+    RetryBackend,
+    open_backend,
+)
+from volbackup.errors import RepositoryError
+
+BACKENDS = ["local", "s3", "retry-local", "retry-s3"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    if request.param.endswith("local"):
+        root = tmp_path / "repo"
+        root.mkdir()
+        local = LocalBackend(root)
+        return RetryBackend(local, 3, sleep=_no_sleep) if request.param == "retry-local" else local
+    bucket = request.getfixturevalue("s3_bucket")
+    wrapped = open_backend(f"s3://{bucket}/repo/one")
+    assert isinstance(wrapped, RetryBackend)
+    return wrapped if request.param == "retry-s3" else wrapped.inner
+
+
+def _no_sleep(seconds: float) -> None:
+    raise AssertionError("nothing fails transiently in the contract suite")
+
+
+def keys(backend, prefix: str = "") -> list[str]:
+    return [info.key for info in backend.list(prefix)]
+
+
+class Boom(Exception):
+    pass
+
+
+INVALID_KEYS = ["", "../x", "a//b", "/abs", "a/./b", "a/..", ".", "a/"]
+
+
+class TestContract:
+    def test_large_blob_written_in_many_pieces_reads_back(self, backend):
+        rnd = random.Random(5)
+        data = rnd.randbytes(9 * 1024 * 1024 + 17)
+        pos = 0
+        with backend.open_write("snapshots/v/big.tar.zst") as writer:
+            while pos < len(data):
+                size = rnd.choice([1, 4095, 65536, 1 << 20])
+                writer.write(data[pos:pos + size])
+                pos += size
+        assert backend.stat("snapshots/v/big.tar.zst").size == len(data)
+        assert keys(backend) == ["snapshots/v/big.tar.zst"]
+        with backend.open_read("snapshots/v/big.tar.zst") as reader:
+            assert reader.read(1000) + reader.read() == data
+
+    def test_small_blobs_and_overwrite(self, backend):
+        backend.write_bytes("a", b"")
+        backend.write_bytes("b/c.json", b"one")
+        backend.write_bytes("b/c.json", b"two!")
+        assert backend.read_bytes("a") == b"" and backend.stat("a").size == 0
+        assert backend.read_bytes("b/c.json") == b"two!"
+        assert backend.stat("b/c.json").size == 4
+
+    @pytest.mark.parametrize("error", [Boom, KeyboardInterrupt])
+    def test_failed_write_leaves_nothing_visible(self, backend, error):
+        raised = error("stop")
+        with pytest.raises(error) as caught:
+            with backend.open_write("snapshots/v/x.tar.zst") as writer:
+                writer.write(b"partial" * 1000)
+                raise raised
+        assert caught.value is raised
+        assert keys(backend) == []
+        with pytest.raises(BlobNotFound):
+            backend.stat("snapshots/v/x.tar.zst")
+        with pytest.raises(BlobNotFound):
+            backend.read_bytes("snapshots/v/x.tar.zst")
+
+    def test_failed_overwrite_keeps_the_old_blob(self, backend):
+        backend.write_bytes("m.json", b"old")
+        with pytest.raises(Boom):
+            with backend.open_write("m.json") as writer:
+                writer.write(b"new and longer")
+                raise Boom()
+        assert backend.read_bytes("m.json") == b"old"
+        assert [(i.key, i.size) for i in backend.list()] == [("m.json", 3)]
+
+    def test_unfinished_write_is_not_listed(self, backend):
+        backend.write_bytes("snapshots/v/done.json", b"{}")
+        with backend.open_write("snapshots/v/open.tar.zst") as writer:
+            writer.write(b"x" * 100_000)
+            writer.flush()
+            assert keys(backend) == ["snapshots/v/done.json"]
+            with pytest.raises(BlobNotFound):
+                backend.stat("snapshots/v/open.tar.zst")
+        assert keys(backend) == ["snapshots/v/done.json", "snapshots/v/open.tar.zst"]
+
+    def test_list_with_prefix_in_key_order(self, backend):
+        names = ["snapshots/b/2.json", "snapshots/a/1.tar.zst", "other.txt", "snapshotsX",
+                 "snapshots/a/1.json", "snapshots/a/0.json"]
+        for i, name in enumerate(names):
+            backend.write_bytes(name, b"x" * i)
+        assert keys(backend) == sorted(names)
+        assert keys(backend, "snapshots/a/") == ["snapshots/a/0.json", "snapshots/a/1.json",
+                                                 "snapshots/a/1.tar.zst"]
+        assert keys(backend, "snapshots/") == ["snapshots/a/0.json", "snapshots/a/1.json",
+                                               "snapshots/a/1.tar.zst", "snapshots/b/2.json"]
+        assert keys(backend, "snapshots") == keys(backend, "snapshots/") + ["snapshotsX"]
+        assert keys(backend, "nothing/") == []
+        sizes = {i.key: i.size for i in backend.list()}
+        assert sizes == {name: i for i, name in enumerate(names)}
+
+    @pytest.mark.parametrize("key", ["missing", "snapshots/none/x.json"])
+    def test_missing_blob(self, backend, key):
+        backend.write_bytes("present", b"1")
+        with pytest.raises(BlobNotFound, match="missing"):
+            backend.stat(key)
+        with pytest.raises(BlobNotFound):
+            with backend.open_read(key):
+                pass
+        assert issubclass(BlobNotFound, RepositoryError)
+
+    def test_delete_is_idempotent(self, backend):
+        backend.write_bytes("a/b", b"1")
+        backend.write_bytes("a/c", b"2")
+        backend.delete("a/b")
+        backend.delete("a/b")
+        backend.delete("never/was")
+        assert keys(backend) == ["a/c"]
+        with pytest.raises(BlobNotFound):
+            backend.stat("a/b")
+
+    @pytest.mark.parametrize("key", INVALID_KEYS)
+    def test_invalid_keys_are_rejected(self, backend, key):
+        with pytest.raises(ValueError):
+            with backend.open_write(key) as writer:
+                writer.write(b"escaped")
+        for call in (backend.open_read, backend.stat, backend.delete):
+            with pytest.raises(ValueError):
+                result = call(key)
+                if hasattr(result, "__enter__"):
+                    with result:
+                        pass
+        assert keys(backend) == []
+    def test_a_prefix_is_not_a_blob(self, backend):
+        backend.write_bytes("snapshots/v/1.json", b"{}")
+        with pytest.raises(BlobNotFound):
+            backend.stat("snapshots/v")
+    def test_key_below_a_blob_is_missing(self, backend):
+        backend.write_bytes("a", b"1")
+        with pytest.raises(BlobNotFound):
+            backend.stat("a/b")
+        with pytest.raises(BlobNotFound):
+            backend.read_bytes("a/b")
+    def test_read_bytes_is_capped(self, backend):
+        """Manifests and locks are read whole: a huge blob must not be read into memory."""
+        backend.write_bytes("snapshots/v/ok.json", b"x" * MAX_SMALL_BLOB)
+        backend.write_bytes("snapshots/v/big.json", b"x" * (MAX_SMALL_BLOB + 1))
+        assert len(backend.read_bytes("snapshots/v/ok.json")) == MAX_SMALL_BLOB
+        with pytest.raises(BadEntry, match="snapshots/v/big.json .*larger than 1,048,576 bytes"):
+            backend.read_bytes("snapshots/v/big.json")
+        assert issubclass(BadEntry, RepositoryError)
+        assert len(backend.read_bytes("snapshots/v/big.json", limit=None)) == MAX_SMALL_BLOB + 1
+        with pytest.raises(BadEntry):
+            backend.read_bytes("snapshots/v/ok.json", limit=10)
+
+    @pytest.mark.parametrize("key", [".hidden", "a/.b", ".dir/c"])
+    def test_every_accepted_key_is_listed(self, backend, key):
+        try:
+            backend.write_bytes(key, b"x")
+        except ValueError:
+            return   # refusing such keys would be fine too
+        assert key in keys(backend)
