@@ -169,7 +169,8 @@ def report(result: dict) -> str:
              f"{'in' if cfg.get('warm_archives') else 'out of'} the page cache; host pipelines "
              f"{'end with `sync FILE`' if cfg['fsync'] else 'not synced'}"),
              "MiB/s of the uncompressed volume size", "",
-             f"{'':40}{'median':>8}  {'min-max':>13}  {'/recipe':>7}  {'/limit':>7}  {'peak RSS':>10}  {'archive':>10}"]
+             f"{'':40}{'median':>8}  {'min-max':>13}  {'/recipe':>7}  {'/limit':>7}  "
+             f"{'peak RSS':>10}  {'archive':>10}"]
     ratio = {"backup:volbackup": (r["backup_volbackup_vs_recipe"], r["backup_volbackup_vs_limit"]),
              "backup:recipe": (None, r["backup_recipe_vs_limit"]),
              "restore:volbackup": (None, r["restore_volbackup_vs_limit"])}
@@ -191,7 +192,8 @@ def report(result: dict) -> str:
                      f"engine calls, lock); path: {', '.join(row['via'])}")
     if "double" in result:
         d = result["double"]
-        lines += ["", f"peak RSS of volbackup{'':6}{vol['mib']:>6.0f} MiB vol  {d['volume']['mib']:>6.0f} MiB vol",
+        lines += ["", f"peak RSS of volbackup{'':6}{vol['mib']:>6.0f} MiB vol  "
+                      f"{d['volume']['mib']:>6.0f} MiB vol",
                   *(f"  {op:25}{c[key]['peak_rss_mib']:>10.1f} MiB  {d[op]['peak_rss_mib']:>10.1f} MiB"
                     f"   ({d[op]['mib_s']:.0f} MiB/s, 1 run)"
                     for op, key in (("backup", "backup:volbackup"), ("restore", "restore:volbackup")))]
