@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 from volbackup import locking
-from volbackup.archive import read_chunks
+from volbackup.stream.archive import read_chunks
 from volbackup.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.errors import NotFound, RepositoryError
 from volbackup.manifest import STAMP, VOLUME_NAME, Manifest, parse_created

@@ -19,7 +19,7 @@ from tests.unit.tars import (
     make_tar,
     members_of,
 )
-from volbackup.archive import READ_CHUNK, Unpacker, pack, read_chunks
+from volbackup.stream.archive import READ_CHUNK, Unpacker, pack, read_chunks
 from volbackup.errors import IntegrityError
 
 TAR = make_tar(corpus_members())

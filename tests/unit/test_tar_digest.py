@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from tests.unit.tars import CHUNKINGS, chunked, corpus_members, make_tar
-from volbackup.tarstream import TarWalker, digest_differences, normal_name
+from volbackup.stream.tarstream import TarWalker, digest_differences, normal_name
 
 
 def digests_of(tar: bytes, how) -> dict:

@@ -22,7 +22,7 @@ from tests.unit.tars import (
     members_of,
 )
 from volbackup.errors import IntegrityError
-from volbackup.tarstream import Entry, TarWalker, _again, _Header, parse_pax
+from volbackup.stream.tarstream import Entry, TarWalker, _again, _Header, parse_pax
 
 TAR = make_tar(corpus_members())
 SMALL_TAR = make_tar(corpus_members(big=False))
@@ -472,7 +472,7 @@ def test_a_hard_link_made_a_symlink_later_is_refused():
 
 
 def test_setid_hard_links_are_remembered_up_to_a_bound(monkeypatch):
-    from volbackup import tarstream
+    from volbackup.stream import tarstream
     from volbackup.errors import VolbackupError
 
     monkeypatch.setattr(tarstream, "MAX_RELINKS", 1)
@@ -509,7 +509,7 @@ def test_a_hard_link_to_a_file_with_capabilities_is_made_again_with_them():
 @pytest.mark.parametrize("headers", [1, 20], ids=["one-huge", "many-before-one-entry"])
 def test_extended_headers_are_bounded(headers, monkeypatch):
     """PAX data is held until its entry: a crafted archive cannot make that unbounded."""
-    from volbackup import tarstream
+    from volbackup.stream import tarstream
 
     monkeypatch.setattr(tarstream, "MAX_EXTENDED", 100_000)
     value = "v" * (150_000 // headers)

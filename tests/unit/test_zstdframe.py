@@ -8,7 +8,7 @@ import pytest
 import zstandard
 
 from volbackup.errors import IntegrityError
-from volbackup.zstdframe import FrameWalker
+from volbackup.stream.zstdframe import FrameWalker
 
 SAMPLES = {
     "empty": b"",

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from volbackup import __version__, archive, direct
+from volbackup import __version__, direct
+from volbackup.stream import archive
 from volbackup.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken
 from volbackup.manifest import Manifest, utc_iso

@@ -17,7 +17,7 @@ from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
-from volbackup.tarstream import TarWalker, digest_differences
+from volbackup.stream.tarstream import TarWalker, digest_differences
 
 WIRE_CHOICES = ("auto", "gzip", "none")
 

@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup import archive, direct, locking
+from volbackup import direct, locking
+from volbackup.stream import archive
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError, reworded)

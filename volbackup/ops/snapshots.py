@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from volbackup import archive
+from volbackup.stream import archive
 from volbackup.errors import IntegrityError, NotFound, RepositoryError
 from volbackup.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures

@@ -18,8 +18,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import zstandard
 
 from volbackup.errors import IntegrityError
-from volbackup.tarstream import BLOCK, Entry, TarWalker
-from volbackup.zstdframe import FrameWalker
+from volbackup.stream.tarstream import BLOCK, Entry, TarWalker
+from volbackup.stream.zstdframe import FrameWalker
 
 READ_CHUNK = 1 << 20
 OUTPUT_CHUNK = 1 << 20
