@@ -29,9 +29,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from volbackup.errors import ConfigError
-from volbackup.manifest import VOLUME_NAME
+from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.ops.select import Selection
-from volbackup.retention import PERIODS, Rules
+from volbackup.repo.retention import PERIODS, Rules
 from volbackup.urls import scrub
 
 if sys.version_info >= (3, 11):

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from volbackup.backends import (
+from volbackup.repo.backends import (
     MAX_SMALL_BLOB,
     BadEntry,
     BlobNotFound,

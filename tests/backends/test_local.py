@@ -16,7 +16,7 @@ import pytest
 
 from tests.backends.test_contract import Boom, keys
 from tests.conftest import deadline, umask
-from volbackup.backends import BadEntry, LocalBackend, open_backend
+from volbackup.repo.backends import BadEntry, LocalBackend, open_backend
 from volbackup.errors import RepositoryError
 
 
@@ -144,7 +144,7 @@ def tiny_tmpfs(tmp_path, request):
 class TestLocalPermissions:
     @pytest.mark.parametrize("mask", [0o022, 0o000])
     def test_files_0600_and_directories_0700_whatever_the_umask(self, tmp_path, mask):
-        from volbackup import locking
+        from volbackup.repo import locking
 
         backend = LocalBackend(tmp_path)
         with umask(mask):
@@ -240,7 +240,7 @@ class TestLocalUntrusted:
         backend.write_bytes("snapshots/b/2.json", b"{}")
         (backend.root / "snapshots" / "b").chmod(0o000)
         try:
-            code = ("import sys; from volbackup.backends import LocalBackend; "
+            code = ("import sys; from volbackup.repo.backends import LocalBackend; "
                     "print([(i.key, i.error) for i in LocalBackend(sys.argv[1]).list('snapshots/')])")
             out = _without_dac_override(code, str(backend.root))
         finally:

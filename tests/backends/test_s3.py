@@ -11,8 +11,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from tests.backends.test_contract import Boom, keys
-from volbackup.backends import open_backend
-from volbackup.backends.s3 import BASE_PART, part_size
+from volbackup.repo.backends import open_backend
+from volbackup.repo.backends.s3 import BASE_PART, part_size
 from volbackup.errors import RepositoryError
 
 
@@ -183,17 +183,17 @@ def flaky_endpoint(monkeypatch):
 
 def flaky_backend(slept: list):
     """What open_backend builds (AWS_MAX_ATTEMPTS=3), with the pauses recorded, not slept."""
-    from volbackup.backends import RetryBackend
-    from volbackup.backends.retry import Retry
-    from volbackup.backends.s3 import S3Backend
+    from volbackup.repo.backends import RetryBackend
+    from volbackup.repo.backends.retry import Retry
+    from volbackup.repo.backends.s3 import S3Backend
 
     retry = Retry(3, backoff=lambda n: float(n), sleep=slept.append)
     return RetryBackend(S3Backend("s3://bucket/repo", retry=retry), 3, retry.backoff, retry.sleep)
 
 
 def test_open_backend_wraps_s3_with_aws_max_attempts(flaky_endpoint):
-    from volbackup.backends import RetryBackend
-    from volbackup.backends.s3 import S3Backend
+    from volbackup.repo.backends import RetryBackend
+    from volbackup.repo.backends.s3 import S3Backend
 
     backend = open_backend("s3://bucket/repo")
     assert isinstance(backend, RetryBackend) and isinstance(backend.inner, S3Backend)

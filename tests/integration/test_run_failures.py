@@ -26,7 +26,7 @@ from volbackup.errors import PartialFailure
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import restore as restore_ops
 from volbackup.ops import snapshots
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 TOKEN = "T0KEN5ecr3t"          # what a Slack/Discord webhook hides in its path
 OLD_SUCCESS = 1_000_000_000.0  # a last success written by an earlier run

@@ -13,8 +13,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.helpers import fill
-from volbackup import locking
-from volbackup.backends import open_backend
+from volbackup.repo import locking
+from volbackup.repo.backends import open_backend
 
 
 def write_config(path: Path, repo: str, volumes: list[str], **extra) -> str:
@@ -80,8 +80,8 @@ def test_prune_waits_for_a_running_backup_then_fails_with_exit_11(cli, repo_dir,
 
 HOLD_LOCK = """
 import sys, time
-from volbackup import locking
-from volbackup.backends import open_backend
+from volbackup.repo import locking
+from volbackup.repo.backends import open_backend
 locking.acquire(open_backend(sys.argv[1]), locking.EXCLUSIVE, 0, "prune")
 print("locked", flush=True)
 time.sleep(600)

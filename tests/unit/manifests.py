@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from volbackup.manifest import Manifest
-from volbackup.repository import Repository
+from volbackup.repo.manifest import Manifest
+from volbackup.repo.repository import Repository
 
 
 def make_manifest(snapshot: str = "pgdata@20261129T031500Z-1a2b",

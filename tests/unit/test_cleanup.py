@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from volbackup.backends import Leftover, LocalBackend
+from volbackup.repo.backends import Leftover, LocalBackend
 from volbackup.errors import RepositoryError, VolbackupError
 from volbackup.ops.cleanup import cleanup
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 
@@ -95,7 +95,7 @@ def test_temp_files_of_a_directory_repository_are_unfinished_writes_too(tmp_path
 
 def test_prune_removes_old_uploads_through_the_same_operation(tmp_path):
     from volbackup.ops.prune import PruneOptions, prune
-    from volbackup.retention import Rules
+    from volbackup.repo.retention import Rules
 
     backend = FakeBackend(tmp_path, [_left("snapshots/a/x", 7), _left("snapshots/b/y", 7),
                                      _left("snapshots/a/z", 5)])

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from volbackup import locking
-from volbackup.backends import LocalBackend
+from volbackup.repo import locking
+from volbackup.repo.backends import LocalBackend
 from volbackup.errors import RepositoryLocked
-from volbackup.manifest import utc_iso
+from volbackup.repo.manifest import utc_iso
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from tests.unit.manifests import BROKEN, make_manifest, manifest_json
 from volbackup.errors import RepositoryError
-from volbackup.manifest import FORMAT, FORMAT_VERSION, Manifest
+from volbackup.repo.manifest import FORMAT, FORMAT_VERSION, Manifest
 
 WHERE = "snapshots/pgdata/20261129T031500Z-1a2b.json"
 

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.unit.manifests import make_manifest
-from volbackup import locking
+from volbackup.repo import locking
 from volbackup.cli import main
 from volbackup.errors import RepositoryLocked, VolbackupError
 from volbackup.ops.prune import PruneOptions, prune
-from volbackup.repository import Repository
-from volbackup.retention import Rules
+from volbackup.repo.repository import Repository
+from volbackup.repo.retention import Rules
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 

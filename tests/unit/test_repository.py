@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.unit.manifests import BROKEN, make_manifest, manifest_json
-from volbackup.backends import LocalBackend
+from volbackup.repo.backends import LocalBackend
 from volbackup.errors import NotFound, RepositoryError
-from volbackup.repository import Repository, looks_like_id, new_snapshot_id, split_id
+from volbackup.repo.repository import Repository, looks_like_id, new_snapshot_id, split_id
 
 OLD = "pgdata@20260101T000000Z-aaaa"
 MID = "pgdata@20260301T000000Z-0001"
@@ -246,7 +246,7 @@ def test_ops_and_cli_never_reach_past_the_repository():
     found = [f"{path.relative_to(root)}:{n}: {line.strip()}"
              for folder in ("ops", "cli") for path in sorted((root / folder).glob("*.py"))
              for n, line in enumerate(path.read_text().splitlines(), 1)
-             if re.search(r"\.backend\b|volbackup\.backends|import .*\bbackends\b", line)]
+             if re.search(r"\.backend\b|volbackup\.repo\.backends|import .*\bbackends\b", line)]
     assert found == []
 
 
@@ -268,7 +268,7 @@ def test_orphans_are_archives_named_by_volbackup_without_a_manifest(three):
 
 
 def test_uploads_and_temp_files_are_one_kind_of_unfinished_write(repo, tmp_path):
-    from volbackup.backends import Leftover
+    from volbackup.repo.backends import Leftover
 
     started = datetime(2026, 11, 29, tzinfo=timezone.utc)
     upload = Leftover("snapshots/v/20261129T000000Z-0000.tar.zst", "upload-1", started, 7)
@@ -289,7 +289,7 @@ def test_uploads_and_temp_files_are_one_kind_of_unfinished_write(repo, tmp_path)
 
 
 def test_locks_through_the_repository(repo):
-    from volbackup import locking
+    from volbackup.repo import locking
 
     with repo.lock(locking.EXCLUSIVE, 0, "prune") as held:
         assert [lock.key for lock in repo.locks()] == [held.info.key]

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from volbackup.retention import Rules, Snap, decide, format_duration
+from volbackup.repo.retention import Rules, Snap, decide, format_duration
 
 NOW = datetime(2027, 1, 10, 12, 0, tzinfo=timezone.utc)
 

@@ -15,13 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.test_prune import add
-from volbackup import config, locking
+from volbackup import config
+from volbackup.repo import locking
 from volbackup.errors import ConfigError, EngineError, RepositoryLocked
 from volbackup.ops.backup import BackupResult, VolumeBackup
 from volbackup.ops.report import metrics_text
 from volbackup.ops.run import Schedule
-from volbackup.repository import Repository
-from volbackup.retention import Rules
+from volbackup.repo.repository import Repository
+from volbackup.repo.retention import Rules
 
 GOOD = """\
 [defaults]

@@ -10,11 +10,11 @@ import click
 import pytest
 
 from tests.unit.manifests import make_manifest
-from volbackup.backends import LocalBackend
-from volbackup.backends.s3 import STORAGE_CLASSES
+from volbackup.repo.backends import LocalBackend
+from volbackup.repo.backends.s3 import STORAGE_CLASSES
 from volbackup.cli.options import _STORAGE_CLASSES, Duration
 from volbackup.errors import NotFound
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 PACKAGE = Path(__file__).parents[2] / "volbackup"
 
@@ -23,11 +23,11 @@ def test_only_the_s3_backend_imports_boto3():
     importers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                        if any(w in p.read_text() for w in ("import boto3", "import botocore",
                                                             "from botocore", "from boto3")))
-    assert importers == ["backends/s3.py"]
+    assert importers == ["repo/backends/s3.py"]
 
 
 def test_a_local_repository_never_loads_boto3():
-    code = ("import sys; from volbackup.cli import cli; from volbackup.repository import Repository;"
+    code = ("import sys; from volbackup.cli import cli; from volbackup.repo.repository import Repository;"
             "Repository.open('/tmp'); print('boto3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

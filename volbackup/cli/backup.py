@@ -11,7 +11,7 @@ from volbackup.cli.run import scheduling_options
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
 from volbackup.engine import Engine
 from volbackup.ops import backup as ops
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 
 @click.command()

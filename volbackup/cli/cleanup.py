@@ -7,7 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import Duration, json_option, repo_option
 from volbackup.ops import cleanup as ops
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 
 @click.command()

@@ -34,7 +34,7 @@ direct_option = click.option(
 host_option = click.option(
     "--host", metavar="NAME", help="Only snapshots made on this host (as `list` shows it).")
 
-# Kept in step with volbackup/backends/s3.py, which click modules do not import (boto3).
+# Kept in step with volbackup/repo/backends/s3.py, which click modules do not import (boto3).
 _STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                     "GLACIER_IR", "REDUCED_REDUNDANCY")
 
@@ -73,10 +73,10 @@ class Duration(click.ParamType):
 
 
 def keep_options(command):
-    """--keep-last ... --keep-within, handed on as one `rules` (volbackup.retention.Rules)."""
+    """--keep-last ... --keep-within, handed on as one `rules` (volbackup.repo.retention.Rules)."""
     from datetime import timedelta
 
-    from volbackup.retention import Rules
+    from volbackup.repo.retention import Rules
 
     counts = [("last", "the N newest snapshots")] + [
         (rule, f"the newest snapshot of each of the N latest {period} that have one (UTC)")

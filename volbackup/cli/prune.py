@@ -14,7 +14,7 @@ from volbackup.cli.options import (
     repo_option,
 )
 from volbackup.ops import prune as ops
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 
 def broke_lock(lock, why) -> None:

@@ -9,7 +9,7 @@ from volbackup.cli.options import direct_option, host_option, json_option, repo_
 from volbackup.cli.progress import terminal_progress
 from volbackup.engine import Engine
 from volbackup.ops import restore as ops
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 
 @click.command()

@@ -8,7 +8,7 @@ from volbackup.cli import render
 from volbackup.cli.options import host_option, json_option, repo_option
 from volbackup.cli.progress import terminal_progress
 from volbackup.ops import snapshots as ops
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 LIST_FIELDS = ("snapshot", "volume", "created", "host", "bytes", "stored_bytes", "sha256")
 

@@ -19,12 +19,12 @@ from volbackup import __version__, direct
 from volbackup.stream import archive
 from volbackup.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken
-from volbackup.manifest import Manifest, utc_iso
+from volbackup.repo.manifest import Manifest, utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
-from volbackup.repository import Repository, new_snapshot_id
+from volbackup.repo.repository import Repository, new_snapshot_id
 
 
 @dataclass

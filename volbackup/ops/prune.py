@@ -1,6 +1,6 @@
 """Apply a retention policy to a repository, and remove what interrupted runs left behind.
 
-Under an exclusive repository lock: decide with volbackup.retention, then for each
+Under an exclusive repository lock: decide with volbackup.repo.retention, then for each
 snapshot to remove delete its manifest first (the snapshot is gone) and its archive after
 (a failure there leaves an orphaned archive, which the next prune removes). Then remove
 orphaned archives (no manifest) whose stamp is older than `leftover_age`, and unfinished
@@ -11,7 +11,7 @@ A volume with an unreadable manifest is left alone and reported.
 `protected` snapshot ids (those the calling run just made: `backup --prune`, `run`) are
 never removed. A snapshot dated in the future (clock skew, or a crafted manifest) is kept,
 not counted by the rules, and reported in `future_dated` and `warnings`
-(volbackup.retention).
+(volbackup.repo.retention).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Collection
 
-from volbackup import locking, retention
+from volbackup.repo import locking, retention
 from volbackup.errors import VolbackupError, as_error
-from volbackup.manifest import Manifest, utc_iso
+from volbackup.repo.manifest import Manifest, utc_iso
 from volbackup.ops.cleanup import GONE, TOO_YOUNG, Status, remove_unfinished
-from volbackup.repository import Repository
+from volbackup.repo.repository import Repository
 
 DEFAULT_LEFTOVER_AGE = 6 * 3600.0
 NO_RULE = "no rule keeps it"

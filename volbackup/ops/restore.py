@@ -8,17 +8,18 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup import direct, locking
+from volbackup import direct
+from volbackup.repo import locking
 from volbackup.stream import archive
 from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError, reworded)
-from volbackup.manifest import Manifest
+from volbackup.repo.manifest import Manifest
 from volbackup.ops.backup import backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.select import plain_directory
-from volbackup.repository import Repository, looks_like_id
+from volbackup.repo.repository import Repository, looks_like_id
 
 
 SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock

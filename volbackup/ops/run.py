@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from volbackup import __version__, locking
+from volbackup import __version__
+from volbackup.repo import locking
 from volbackup.config import Job
 from volbackup.errors import PartialFailure, VolbackupError, as_error
-from volbackup.manifest import utc_iso
+from volbackup.repo.manifest import utc_iso
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import prune as prune_ops
 from volbackup.ops import report
 from volbackup.ops.outcome import ProgressFactory, no_progress
-from volbackup.repository import Repository
-from volbackup.retention import Rules
+from volbackup.repo.repository import Repository
+from volbackup.repo.retention import Rules
 
 JSON_VERSION = 1
 

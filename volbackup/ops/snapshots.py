@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from volbackup.stream import archive
 from volbackup.errors import IntegrityError, NotFound, RepositoryError
-from volbackup.manifest import Manifest
+from volbackup.repo.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
-from volbackup.repository import Listing, Repository
+from volbackup.repo.repository import Listing, Repository
 
 
 def list_snapshots(repo: Repository, volume: str | None = None,

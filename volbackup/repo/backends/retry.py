@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, TypeVar
 
-from volbackup.backends.base import MAX_SMALL_BLOB, Backend, BlobInfo, Leftover, TempFile, TransientError
+from volbackup.repo.backends.base import MAX_SMALL_BLOB, Backend, BlobInfo, Leftover, TempFile, TransientError
 from volbackup.errors import RepositoryError, RepositoryUnreachable
 
 DEFAULT_ATTEMPTS = 8

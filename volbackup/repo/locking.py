@@ -33,9 +33,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 from volbackup import __version__
-from volbackup.backends import BadEntry, Backend, BlobNotFound
+from volbackup.repo.backends import BadEntry, Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
-from volbackup.manifest import utc_iso
+from volbackup.repo.manifest import utc_iso
 from volbackup.processes import pid_namespace, run_is_over
 from volbackup.signals import held, main_thread_only
 

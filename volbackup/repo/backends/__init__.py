@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from volbackup.backends.base import (
+from volbackup.repo.backends.base import (
     MAX_SMALL_BLOB,
     Backend,
     BadEntry,
@@ -12,8 +12,8 @@ from volbackup.backends.base import (
     TempFile,
     TransientError,
 )
-from volbackup.backends.local import LocalBackend
-from volbackup.backends.retry import RetryBackend
+from volbackup.repo.backends.local import LocalBackend
+from volbackup.repo.backends.retry import RetryBackend
 from volbackup.errors import RepositoryError
 
 __all__ = [
@@ -47,7 +47,7 @@ def open_backend(url: str, options: dict | None = None) -> Backend:
         raise ValueError(f"unknown backend options {sorted(unknown)}")
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "s3":
-        from volbackup.backends.s3 import S3Backend  # boto3 is imported only when needed
+        from volbackup.repo.backends.s3 import S3Backend  # boto3 is imported only when needed
 
         s3 = S3Backend(url, **options)
         # one policy: the wrapper's for whole verbs, the backend's inside its streams

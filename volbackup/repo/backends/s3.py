@@ -30,8 +30,8 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from volbackup.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, TransientError, check_key
-from volbackup.backends.retry import Retry, settled
+from volbackup.repo.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, TransientError, check_key
+from volbackup.repo.backends.retry import Retry, settled
 from volbackup.errors import RepositoryDenied, RepositoryError
 from volbackup.urls import safe_url, scrub
 

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from volbackup.backends.base import Backend, BadEntry, BlobInfo, BlobNotFound, TempFile
+from volbackup.repo.backends.base import Backend, BadEntry, BlobInfo, BlobNotFound, TempFile
 from volbackup.errors import RepositoryError
 
 TEMP_MARKER = ".tmp-"

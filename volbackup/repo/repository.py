@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from volbackup import locking
+from volbackup.repo import locking
 from volbackup.stream.archive import read_chunks
-from volbackup.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
+from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.errors import NotFound, RepositoryError
-from volbackup.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.repo.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
 
 PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
@@ -231,7 +231,7 @@ class Repository:
         """Remove the archive of a snapshot whose manifest is gone."""
         self.backend.delete(self.archive_key(manifest))
 
-    # -- locks (volbackup.locking)
+    # -- locks (volbackup.repo.locking)
     def lock(self, kind: str, wait: float, command: str = "",
              on_break: Callable[[locking.LockInfo, str], None] = lambda lock, why: None
              ) -> AbstractContextManager[locking.Lock]:

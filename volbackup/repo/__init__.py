@@ -1,0 +1,1 @@
+"""The repository: snapshots, manifests, locks and retention over a storage backend (backends/)."""
