@@ -140,7 +140,7 @@ def test_the_direct_path_reports_tar_s_own_reason(cli, repo_dir, names, client):
 
 def test_gnu_tar_s_first_error_line_is_the_reason(tmp_path):
     """direct.import_ on its own: the first of several error lines is kept."""
-    from volbackup import direct
+    from volbackup.docker import direct
 
     if direct.gnu_tar() is None:
         pytest.fail("GNU tar is needed for this test")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from volbackup.engine import ContainerInfo, VolumeInfo
+from volbackup.docker.engine import ContainerInfo, VolumeInfo
 from volbackup.ops.quiesce import groups, stop_order
 from volbackup.ops.select import Selection, Source
 

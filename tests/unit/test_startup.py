@@ -10,7 +10,7 @@ CHECK = """
 import sys
 import volbackup.cli
 assert "paramiko" not in sys.modules, "paramiko was imported at start-up"
-from volbackup import engine
+from volbackup.docker import engine
 engine._enable_ssh()
 assert "paramiko" in sys.modules
 import docker.api.client
@@ -26,7 +26,7 @@ def test_ssh_support_is_loaded_only_when_asked_for():
 def test_an_ssh_engine_url_loads_ssh_support():
     """Engine.connect to ssh:// gets past docker-py's 'Install paramiko' check (it fails
     later, reaching no such host, with our one-line error)."""
-    script = ("from volbackup.engine import Engine\n"
+    script = ("from volbackup.docker.engine import Engine\n"
               "from volbackup.errors import EngineError\n"
               "try:\n"
               "    Engine.connect('ssh://nobody@127.0.0.1:1')\n"

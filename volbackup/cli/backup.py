@@ -9,7 +9,7 @@ from volbackup.cli.options import direct_option, json_option, repo_option, s3_wr
 from volbackup.cli.progress import terminal_progress
 from volbackup.cli.run import scheduling_options
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
-from volbackup.engine import Engine
+from volbackup.docker.engine import Engine
 from volbackup.ops import backup as ops
 from volbackup.repo.repository import Repository
 

@@ -8,7 +8,7 @@ from volbackup.cli import render
 from volbackup.cli.options import json_option
 from volbackup.cli.progress import terminal_progress
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
-from volbackup.engine import Engine
+from volbackup.docker.engine import Engine
 from volbackup.ops import migrate as ops
 
 

@@ -7,7 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import direct_option, host_option, json_option, repo_option
 from volbackup.cli.progress import terminal_progress
-from volbackup.engine import Engine
+from volbackup.docker.engine import Engine
 from volbackup.ops import restore as ops
 from volbackup.repo.repository import Repository
 

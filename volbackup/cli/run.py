@@ -10,7 +10,7 @@ from volbackup import config
 from volbackup.cli import render
 from volbackup.cli.options import json_option, keep_options, lock_wait_option
 from volbackup.cli.progress import terminal_progress
-from volbackup.engine import Engine
+from volbackup.docker.engine import Engine
 from volbackup.ops import run as ops
 
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from volbackup import __version__, direct
+from volbackup import __version__
+from volbackup.docker import direct
 from volbackup.stream import archive
-from volbackup.engine import Engine
+from volbackup.docker.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken
 from volbackup.repo.manifest import Manifest, utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
@@ -68,7 +69,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
 
     `quiesce` is None, "stop" or "pause": what to do to the running containers that use
     a volume while it is read (the label volbackup.stop=true asks for "stop" too).
-    `use_direct`: how plain local volumes and binds are read (volbackup.direct). None
+    `use_direct`: how plain local volumes and binds are read (volbackup.docker.direct). None
     (the default): with GNU tar on this host where it can, when no running container
     uses the volume at that moment; True: also while containers run; False: never.
     `jobs`: how many volumes (groups of volumes sharing containers) are read at once.

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup.engine import Engine, Helper, VolumeInfo
+from volbackup.docker.engine import Engine, Helper, VolumeInfo
 from volbackup.errors import NotFound, TargetNotEmpty, UntrustedStorage, VolbackupError, reworded
 from volbackup.signals import deferred
 from volbackup.urls import SECRET_OPTION, scrub

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
-from volbackup.engine import ContainerInfo, Engine
+from volbackup.docker.engine import ContainerInfo, Engine
 from volbackup.errors import EngineError, Unexpected, VolbackupError, as_error
 from volbackup.ops.outcome import Outcome
 from volbackup.ops.parallel import in_parallel

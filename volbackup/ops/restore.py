@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup import direct
+from volbackup.docker import direct
 from volbackup.repo import locking
 from volbackup.stream import archive
-from volbackup.engine import DATA_PATH, Engine, Helper, VolumeInfo
+from volbackup.docker.engine import DATA_PATH, Engine, Helper, VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError, reworded)
 from volbackup.repo.manifest import Manifest
@@ -59,7 +59,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     restored, and targets that are not empty (or are in use) are skipped, not failed.
     With `host`, only snapshots made on that host are considered. A fresh volume that is
     a plain directory here is filled by GNU tar on this host unless `use_direct` is False
-    (volbackup.direct); any other through a helper.
+    (volbackup.docker.direct); any other through a helper.
     Driver options that keep data outside the engine's volume area (a host path, a
     device, network storage, a plugin) come from the repository, which is not trusted:
     such a volume is refused (skipped with `restore_all`) unless `trust_options`, and

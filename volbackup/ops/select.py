@@ -7,7 +7,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from volbackup.engine import DATA_PATH, Engine, bind_volume_name
+from volbackup.docker.engine import DATA_PATH, Engine, bind_volume_name
 from volbackup.errors import NotFound, VolbackupError
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -29,7 +29,7 @@ class Source:
     container: str | None = None
     mount_path: str | None = None
     bind_path: str | None = None
-    host_path: str | None = None    # its directory on the engine's host, if plain (direct.py)
+    host_path: str | None = None    # its directory on the engine's host, if plain (docker/direct.py)
     file_name: str | None = None    # a bind of one regular file: its name in the snapshot,
                                     # the only entry beside the root (host_path is the file)
 

@@ -78,7 +78,7 @@ def pack(tar_chunks: Iterable[bytes], out: BinaryIO, level: int = 3,
 
     The archive ends right after the end-of-archive marker (two zero blocks): the
     padding a tar writer adds to fill its last record is dropped. GNU tar with 128 KiB
-    records (volbackup.direct) pads by up to 127 KiB, and a stock `zstd -dc | tar -x`
+    records (volbackup.docker.direct) pads by up to 127 KiB, and a stock `zstd -dc | tar -x`
     would end with zstd killed by SIGPIPE, tar having stopped reading at the marker.
     """
     walker = TarWalker()

@@ -25,7 +25,7 @@ from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.signals import main_thread_only
 
 if TYPE_CHECKING:
-    from volbackup.engine import Engine
+    from volbackup.docker.engine import Engine
 
 CHUNK = 1 << 20
 # 128 KiB records (not tar's 10 KiB): far fewer writes into the pipe; the end padding
