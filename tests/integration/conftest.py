@@ -17,7 +17,8 @@ from tests.conftest import REQUIRE_ENGINE
 from tests.integration.images import ensure_busybox
 # S3: moto's server on 127.0.0.1, shared with tests/backends
 from tests.moto_s3 import S3_ENV, s3_bucket, s3_client, s3_endpoint  # noqa: F401 - fixtures
-from volbackup.docker.engine import HELPER_IMAGE, HELPER_LABEL, PID_LABEL, Engine
+from volbackup.docker.engine import Engine
+from volbackup.docker.helpers import HELPER_IMAGE, HELPER_LABEL, PID_LABEL
 
 TEST_LABEL = "io.volbackup.test"
 PREFIX = f"vbtest-{secrets.token_hex(3)}-"

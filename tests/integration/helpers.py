@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from volbackup.docker.engine import PID_LABEL
+from volbackup.docker.helpers import PID_LABEL
 
 # The two ways volbackup reads and writes a plain local volume, and the option for each.
 PATHS = {"direct": "--direct", "engine": "--no-direct"}

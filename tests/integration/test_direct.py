@@ -18,7 +18,7 @@ from tests.integration.conftest import TEST_LABEL
 from tests.integration.helpers import PATHS, contents, fill, one_line_error, repo_files
 from tests.integration.images import ensure_busybox
 from tests.integration.slow_engine import SlowEngine
-from volbackup.docker.engine import PID_LABEL
+from volbackup.docker.helpers import PID_LABEL
 
 FILES = {"table": b"rows\n", "sub/index": b"\x00" * 5000 + b"end"}
 

@@ -20,7 +20,7 @@ from tests.integration.helpers import (PATHS, fill, gone, helpers_of, one_line_e
 from tests.integration.slow_engine import SlowEngine
 from volbackup.repo import locking
 from volbackup.repo.backends import LocalBackend
-from volbackup.docker.engine import PIDNS_LABEL
+from volbackup.docker.helpers import PIDNS_LABEL
 
 
 @pytest.fixture

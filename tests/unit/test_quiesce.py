@@ -9,7 +9,7 @@ import errno
 
 import pytest
 
-from volbackup.docker.engine import ContainerInfo
+from volbackup.docker.containers import ContainerInfo
 from volbackup.errors import EngineError
 from volbackup.ops.quiesce import quiet
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from volbackup.docker.engine import ContainerInfo, VolumeInfo
+from volbackup.docker.containers import ContainerInfo
+from volbackup.docker.volumes import VolumeInfo
 from volbackup.ops.quiesce import groups, stop_order
 from volbackup.ops.select import Selection, Source
 

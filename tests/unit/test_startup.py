@@ -10,8 +10,8 @@ CHECK = """
 import sys
 import volbackup.cli
 assert "paramiko" not in sys.modules, "paramiko was imported at start-up"
-from volbackup.docker import engine
-engine._enable_ssh()
+from volbackup.docker import client
+client.enable_ssh()
 assert "paramiko" in sys.modules
 import docker.api.client
 assert docker.api.client.SSHHTTPAdapter.__name__ == "SSHHTTPAdapter"

@@ -15,7 +15,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup.docker.engine import Engine, Helper, VolumeInfo
+from volbackup.docker.engine import Engine
+from volbackup.docker.helpers import Helper
+from volbackup.docker.volumes import VolumeInfo
 from volbackup.errors import NotFound, TargetNotEmpty, UntrustedStorage, VolbackupError, reworded
 from volbackup.signals import deferred
 from volbackup.urls import SECRET_OPTION, scrub

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from volbackup.docker.engine import DATA_PATH, Engine, Helper
+from volbackup.docker.engine import Engine
+from volbackup.docker.helpers import DATA_PATH, Helper
 from volbackup.errors import IntegrityError, UntrustedStorage, VolbackupError
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
-from volbackup.docker.engine import ContainerInfo, Engine
+from volbackup.docker.containers import ContainerInfo
+from volbackup.docker.engine import Engine
 from volbackup.errors import EngineError, Unexpected, VolbackupError, as_error
 from volbackup.ops.outcome import Outcome
 from volbackup.ops.parallel import in_parallel

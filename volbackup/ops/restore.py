@@ -11,7 +11,9 @@ from typing import Callable
 from volbackup.docker import direct
 from volbackup.repo import locking
 from volbackup.stream import archive
-from volbackup.docker.engine import DATA_PATH, Engine, Helper, VolumeInfo
+from volbackup.docker.engine import Engine
+from volbackup.docker.helpers import DATA_PATH, Helper
+from volbackup.docker.volumes import VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError, reworded)
 from volbackup.repo.manifest import Manifest

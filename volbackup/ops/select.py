@@ -7,7 +7,9 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from volbackup.docker.engine import DATA_PATH, Engine, bind_volume_name
+from volbackup.docker.engine import Engine
+from volbackup.docker.helpers import DATA_PATH
+from volbackup.docker.volumes import bind_volume_name
 from volbackup.errors import NotFound, VolbackupError
 
 PROJECT_LABEL = "com.docker.compose.project"

@@ -1,0 +1,85 @@
+"""The proof that a path is the engine's own: when this host's directories are the ones
+the engine means, the direct path (volbackup/docker/direct.py) may read and fill them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+from functools import cached_property
+
+import docker
+
+from volbackup.docker.client import engine_errors
+
+
+class HostPaths:
+    """Part of Engine (volbackup/docker/engine.py): needs its `api`, `where` and `is_remote`."""
+
+    api: docker.APIClient
+    where: str
+    is_remote: bool
+
+    @cached_property
+    def shares_host_paths(self) -> bool:
+        """True when this host's paths are the engine's, as the engine's containers see
+        them: a local engine without user-namespace remapping (which shifts the ids of
+        files on the host; only the engine's own archive endpoints translate them)."""
+        if self.is_remote:
+            return False
+        with engine_errors("reading the engine's security options"):
+            options = self.api.info().get("SecurityOptions") or []
+        return not any("userns" in option for option in options)
+
+    @cached_property
+    def _socket_owner_pid(self) -> int | None:
+        """The pid of the process that serves the engine's unix socket, as this process
+        sees it (SO_PEERCRED); None when that process is not in our pid namespace (the
+        socket was mounted into our container), is not the engine (a forwarder such as
+        `ssh -L` or socat may lead to another host's engine), or the engine is not on a
+        unix socket."""
+        if self.is_remote or not self.where.startswith(("unix://", "/")):
+            return None
+        try:
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.settimeout(5)
+                peer.connect(self.where.removeprefix("unix://"))
+                credentials = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                              struct.calcsize("3i"))
+        except (OSError, AttributeError):  # AttributeError: no SO_PEERCRED (not Linux)
+            return None
+        pid = struct.unpack("3i", credentials)[0] or None
+        return pid if pid is not None and _is_engine_process(pid) else None
+
+    def local_directory(self, path: str | None) -> str | None:
+        """`path` if the directory the engine knows by that name is the very directory
+        this process finds there (same device and inode seen through the engine's root),
+        so it can be read and written here; None otherwise (remote engine, user-namespace
+        remapping, volbackup in a container of its own, no such directory)."""
+        pid = self._socket_owner_pid
+        if not path or not os.path.isabs(path) or pid is None or not self.shares_host_paths:
+            return None
+        try:
+            here, there = os.stat(path), os.stat(f"/proc/{pid}/root{path}")
+        except OSError:
+            return None
+        same = (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        return path if same and stat.S_ISDIR(here.st_mode) else None
+
+
+# What may serve the engine's socket: the engine itself, or the init system that holds the
+# socket for it (systemd's docker.socket). Anything else (socat, `ssh -L`, a proxy) may
+# forward to another engine, whose same-named directories are not these.
+_ENGINE_PROCESSES = frozenset({"dockerd", "systemd", "init"})
+
+
+def _is_engine_process(pid: int) -> bool:
+    """Whether `pid`, the socket's peer, is the engine (or init holding its socket)."""
+    if pid == 1:
+        return True
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return os.path.basename(exe).removesuffix(" (deleted)") in _ENGINE_PROCESSES
