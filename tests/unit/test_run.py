@@ -15,12 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.test_prune import add
-from volbackup import config
+from volbackup.runner import config
 from volbackup.repo import locking
 from volbackup.errors import ConfigError, EngineError, RepositoryLocked
 from volbackup.ops.backup import BackupResult, VolumeBackup
 from volbackup.ops.report import metrics_text
-from volbackup.ops.run import Schedule
+from volbackup.runner.run import Schedule
 from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
 
@@ -358,7 +358,7 @@ def test_a_run_never_prunes_the_snapshot_it_made(repo, hook, ahead):
 def test_a_job_whose_repository_cannot_be_opened_has_the_same_summary(tmp_path, repo):
     """Its summary (what the metrics file and notification get) is built by `summary`, the
     one builder: same keys as a run's, named by the repository URL."""
-    from volbackup.ops.run import run_jobs
+    from volbackup.runner.run import run_jobs
 
     jobs = load(tmp_path, f'''
 [jobs.db]

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from volbackup.config import parse_duration
+from volbackup.runner.config import parse_duration
 
 class _RepoOption(click.Option):
     """-r/--repo: a missing one says that $VOLBACKUP_REPO would do too."""

@@ -6,12 +6,12 @@ import functools
 
 import click
 
-from volbackup import config
+from volbackup.runner import config
 from volbackup.cli import render
 from volbackup.cli.options import json_option, keep_options, lock_wait_option
 from volbackup.cli.progress import terminal_progress
 from volbackup.docker.engine import Engine
-from volbackup.ops import run as ops
+from volbackup.runner import run as ops
 
 
 def _say(message: str) -> None:
@@ -28,7 +28,7 @@ def _check_notify_url(ctx, param, value):
 def scheduling_options(command):
     """--prune with --keep-*, --lock-wait, --metrics-file, --notify-url, --notify.
 
-    The command gets one `schedule` (volbackup.ops.run.Schedule); it calls
+    The command gets one `schedule` (volbackup.runner.run.Schedule); it calls
     `result = schedule.run(repository, lambda: ops.backup(...))` instead of `ops.backup(...)`
     and, after rendering, `schedule.raise_for_failures(result)`.
     """

@@ -45,7 +45,7 @@ def _labels(**labels: str) -> str:
 
 
 def metrics_text(summary: dict, previous: str = "") -> str:
-    """The metrics of one run summary (see `ops.run.summary`), in Prometheus text format."""
+    """The metrics of one run summary (see `runner.run.summary`), in Prometheus text format."""
     job = summary["job"]
     ended = summary["finished_unix"]
     samples: dict[str, dict[str, float]] = {name: {} for name in _HELP}

@@ -17,7 +17,7 @@ from typing import Callable
 
 from volbackup import __version__
 from volbackup.repo import locking
-from volbackup.config import Job
+from volbackup.runner.config import Job
 from volbackup.errors import PartialFailure, VolbackupError, as_error
 from volbackup.repo.manifest import utc_iso
 from volbackup.ops import backup as backup_ops
