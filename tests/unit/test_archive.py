@@ -19,7 +19,8 @@ from tests.unit.tars import (
     make_tar,
     members_of,
 )
-from volbackup.stream.archive import READ_CHUNK, Unpacker, pack, read_chunks
+from volbackup.stream.archive import Unpacker, pack
+from volbackup.stream.chunks import READ_CHUNK, read_chunks
 from volbackup.errors import IntegrityError
 
 TAR = make_tar(corpus_members())

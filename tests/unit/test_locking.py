@@ -15,7 +15,7 @@ import pytest
 from volbackup.repo import locking
 from volbackup.repo.backends import LocalBackend
 from volbackup.errors import RepositoryLocked
-from volbackup.repo.manifest import utc_iso
+from volbackup.timefmt import utc_iso
 
 
 @pytest.fixture

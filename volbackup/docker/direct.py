@@ -20,7 +20,7 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from volbackup.stream.archive import read_chunks
+from volbackup.stream.chunks import read_chunks
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.signals import main_thread_only
 

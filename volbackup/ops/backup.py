@@ -20,7 +20,8 @@ from volbackup.docker import direct
 from volbackup.stream import archive
 from volbackup.docker.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken
-from volbackup.repo.manifest import Manifest, utc_iso
+from volbackup.repo.manifest import Manifest
+from volbackup.timefmt import utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from volbackup.errors import VolbackupError, as_error
-from volbackup.repo.manifest import utc_iso
+from volbackup.timefmt import utc_iso
 from volbackup.processes import pid_alive
 from volbackup.repo.repository import Repository, UnfinishedWrite
 from volbackup.repo.retention import format_duration

@@ -22,7 +22,8 @@ from typing import Callable, Collection
 
 from volbackup.repo import locking, retention
 from volbackup.errors import VolbackupError, as_error
-from volbackup.repo.manifest import Manifest, utc_iso
+from volbackup.repo.manifest import Manifest
+from volbackup.timefmt import utc_iso
 from volbackup.ops.cleanup import GONE, TOO_YOUNG, Status, remove_unfinished
 from volbackup.repo.repository import Repository
 

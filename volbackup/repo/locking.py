@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 from volbackup import __version__
 from volbackup.repo.backends import BadEntry, Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
-from volbackup.repo.manifest import utc_iso
+from volbackup.timefmt import utc_iso
 from volbackup.processes import pid_namespace, run_is_over
 from volbackup.signals import held, main_thread_only
 

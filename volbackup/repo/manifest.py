@@ -17,11 +17,6 @@ VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accep
 FORMAT = "volbackup-snapshot"
 
 
-def utc_iso(t: datetime, timespec: str = "seconds") -> str:
-    """A UTC time as ISO 8601 with `Z`, the form of every time volbackup writes."""
-    return t.isoformat(timespec=timespec).replace("+00:00", "Z")
-
-
 FORMAT_VERSION = 1
 STAMP = r"\d{8}T\d{6}Z-[0-9a-f]{4,32}"  # of a snapshot id, VOLUME@STAMP
 _CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|\+00:00)")

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 from volbackup.repo import locking
-from volbackup.stream.archive import read_chunks
+from volbackup.stream.chunks import read_chunks
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.errors import NotFound, RepositoryError
 from volbackup.repo.manifest import STAMP, VOLUME_NAME, Manifest, parse_created

@@ -19,7 +19,7 @@ from volbackup import __version__
 from volbackup.repo import locking
 from volbackup.runner.config import Job
 from volbackup.errors import PartialFailure, VolbackupError, as_error
-from volbackup.repo.manifest import utc_iso
+from volbackup.timefmt import utc_iso
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import prune as prune_ops
 from volbackup.ops import report

@@ -18,10 +18,10 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import zstandard
 
 from volbackup.errors import IntegrityError
+from volbackup.stream.chunks import READ_CHUNK
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker
 from volbackup.stream.zstdframe import FrameWalker
 
-READ_CHUNK = 1 << 20
 OUTPUT_CHUNK = 1 << 20
 JOB_SIZE = 4 << 20
 END_MARKER = 2 * BLOCK  # two zero blocks end a tar archive
@@ -208,11 +208,3 @@ def _release(held: list[bytes], count: int) -> Iterator[bytes]:
         count -= len(piece)
         yield piece
 
-
-def read_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:
-    """Iterate over a readable binary stream in chunks of up to `size` bytes."""
-    while True:
-        chunk = stream.read(size)
-        if not chunk:
-            return
-        yield chunk
