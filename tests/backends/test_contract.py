@@ -12,6 +12,7 @@ import random
 
 import pytest
 
+from volbackup.errors import RepositoryError
 from volbackup.repo.backends import (
     MAX_SMALL_BLOB,
     BadEntry,
@@ -20,7 +21,6 @@ from volbackup.repo.backends import (
     RetryBackend,
     open_backend,
 )
-from volbackup.errors import RepositoryError
 
 BACKENDS = ["local", "s3", "retry-local", "retry-s3"]
 

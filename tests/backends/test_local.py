@@ -16,8 +16,8 @@ import pytest
 
 from tests.backends.test_contract import Boom, keys
 from tests.conftest import deadline, umask
-from volbackup.repo.backends import BadEntry, LocalBackend, open_backend
 from volbackup.errors import RepositoryError
+from volbackup.repo.backends import BadEntry, LocalBackend, open_backend
 
 
 class TestLocal:

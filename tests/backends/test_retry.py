@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import pytest
 
+from volbackup.errors import RepositoryDenied, RepositoryError, RepositoryUnreachable
 from volbackup.repo.backends import Backend, BlobInfo, BlobNotFound, RetryBackend, TransientError
 from volbackup.repo.backends.base import Leftover, TempFile
 from volbackup.repo.backends.retry import MAX_BACKOFF, Retry, jittered
-from volbackup.errors import RepositoryDenied, RepositoryError, RepositoryUnreachable
 
 FAILING = "cannot reach the store for fake://x while doing it (gave up after retries)"
 LEFTOVER = Leftover("k", "upload-1", None)  # type: ignore[arg-type]

@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from tests.backends.test_contract import Boom, keys
+from volbackup.errors import RepositoryError
 from volbackup.repo.backends import open_backend
 from volbackup.repo.backends.s3 import BASE_PART, part_size
-from volbackup.errors import RepositoryError
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import zstandard
 from tests.integration.helpers import PATHS, contents, fill, one_line_error
 from tests.unit.manifests import make_manifest
 from tests.unit.tars import crafted, gnu_long_crafted, make_tar, members_of
-from volbackup.timefmt import utc_iso
 from volbackup.repo.repository import Repository, new_snapshot_id
+from volbackup.timefmt import utc_iso
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 # The cases run through the CLI on both paths (the unit tests cover every case).

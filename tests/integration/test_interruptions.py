@@ -18,9 +18,9 @@ from tests.integration.helpers import (PATHS, fill, gone, helpers_of, one_line_e
                                        random_file, repo_files, start, tar_children,
                                        wait_for_read)
 from tests.integration.slow_engine import SlowEngine
+from volbackup.docker.helpers import PIDNS_LABEL
 from volbackup.repo import locking
 from volbackup.repo.backends import LocalBackend
-from volbackup.docker.helpers import PIDNS_LABEL
 
 
 @pytest.fixture

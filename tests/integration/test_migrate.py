@@ -13,9 +13,9 @@ from docker.types import Mount
 from tests.integration.conftest import PREFIX
 from tests.integration.corpus import differences, tree, write_corpus
 from tests.integration.helpers import contents, fill, one_line_error
-from tests.integration.test_run_failures import failing_for
 from tests.integration.second_engine import second_engine  # noqa: F401 (fixture)
 from tests.integration.ssh_engine import ssh_engine  # noqa: F401 (fixture)
+from tests.integration.test_run_failures import failing_for
 from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import HELPER_LABEL, PID_LABEL
 from volbackup.ops import migrate as migrate_ops

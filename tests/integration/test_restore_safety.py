@@ -25,8 +25,8 @@ import pytest
 from tests.integration.conftest import TEST_LABEL
 from tests.integration.helpers import contents, fill, one_line_error, random_file, repo_files
 from tests.integration.slow_engine import SlowEngine
-from volbackup.repo import locking
 from volbackup.docker.helpers import CREATED_LABEL, HELPER_IMAGE, HELPER_LABEL, HOST_LABEL, PID_LABEL
+from volbackup.repo import locking
 from volbackup.repo.repository import Repository
 
 FILES = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 40}

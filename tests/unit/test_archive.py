@@ -19,9 +19,9 @@ from tests.unit.tars import (
     make_tar,
     members_of,
 )
+from volbackup.errors import IntegrityError
 from volbackup.stream.archive import Unpacker, pack
 from volbackup.stream.chunks import READ_CHUNK, read_chunks
-from volbackup.errors import IntegrityError
 
 TAR = make_tar(corpus_members())
 SMALL_TAR = make_tar(corpus_members(big=False))

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from volbackup.repo.backends import Leftover, LocalBackend
 from volbackup.errors import RepositoryError, VolbackupError
 from volbackup.ops.cleanup import cleanup
+from volbackup.repo.backends import Leftover, LocalBackend
 from volbackup.repo.repository import Repository
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)

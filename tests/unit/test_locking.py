@@ -12,9 +12,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from volbackup.errors import RepositoryLocked
 from volbackup.repo import locking
 from volbackup.repo.backends import LocalBackend
-from volbackup.errors import RepositoryLocked
 from volbackup.timefmt import utc_iso
 
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.unit.manifests import make_manifest
-from volbackup.repo import locking
 from volbackup.cli import main
 from volbackup.errors import RepositoryLocked, VolbackupError
 from volbackup.ops.prune import PruneOptions, prune
+from volbackup.repo import locking
 from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
 

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.unit.manifests import BROKEN, make_manifest, manifest_json
-from volbackup.repo.backends import LocalBackend
 from volbackup.errors import NotFound, RepositoryError
+from volbackup.repo.backends import LocalBackend
 from volbackup.repo.repository import Repository, looks_like_id, new_snapshot_id, split_id
 
 OLD = "pgdata@20260101T000000Z-aaaa"

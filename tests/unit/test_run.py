@@ -15,14 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.test_prune import add
-from volbackup.runner import config
-from volbackup.repo import locking
 from volbackup.errors import ConfigError, EngineError, RepositoryLocked
 from volbackup.ops.backup import BackupResult, VolumeBackup
 from volbackup.ops.report import metrics_text
-from volbackup.runner.run import Schedule
+from volbackup.repo import locking
 from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
+from volbackup.runner import config
+from volbackup.runner.run import Schedule
 
 GOOD = """\
 [defaults]

@@ -10,10 +10,10 @@ import click
 import pytest
 
 from tests.unit.manifests import make_manifest
-from volbackup.repo.backends import LocalBackend
-from volbackup.repo.backends.s3 import STORAGE_CLASSES
 from volbackup.cli.options import _STORAGE_CLASSES, Duration
 from volbackup.errors import NotFound
+from volbackup.repo.backends import LocalBackend
+from volbackup.repo.backends.s3 import STORAGE_CLASSES
 from volbackup.repo.repository import Repository
 
 PACKAGE = Path(__file__).parents[2] / "volbackup"

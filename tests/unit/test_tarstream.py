@@ -472,8 +472,8 @@ def test_a_hard_link_made_a_symlink_later_is_refused():
 
 
 def test_setid_hard_links_are_remembered_up_to_a_bound(monkeypatch):
-    from volbackup.stream import tarstream
     from volbackup.errors import VolbackupError
+    from volbackup.stream import tarstream
 
     monkeypatch.setattr(tarstream, "MAX_RELINKS", 1)
     walker = walk(make_tar(SETUID_LINKS))

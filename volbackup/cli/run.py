@@ -6,11 +6,11 @@ import functools
 
 import click
 
-from volbackup.runner import config
 from volbackup.cli import render
 from volbackup.cli.options import json_option, keep_options, lock_wait_option
 from volbackup.cli.progress import terminal_progress
 from volbackup.docker.engine import Engine
+from volbackup.runner import config
 from volbackup.runner import run as ops
 
 

@@ -20,9 +20,9 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from volbackup.stream.chunks import read_chunks
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.signals import main_thread_only
+from volbackup.stream.chunks import read_chunks
 
 if TYPE_CHECKING:
     from volbackup.docker.engine import Engine

@@ -17,16 +17,16 @@ from typing import Callable, Iterator
 
 from volbackup import __version__
 from volbackup.docker import direct
-from volbackup.stream import archive
 from volbackup.docker.engine import Engine
 from volbackup.errors import IntegrityError, StreamBroken
-from volbackup.repo.manifest import Manifest
-from volbackup.timefmt import utc_iso
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
+from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, new_snapshot_id
+from volbackup.stream import archive
+from volbackup.timefmt import utc_iso
 
 
 @dataclass

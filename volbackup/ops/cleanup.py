@@ -16,10 +16,10 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from volbackup.errors import VolbackupError, as_error
-from volbackup.timefmt import utc_iso
 from volbackup.processes import pid_alive
 from volbackup.repo.repository import Repository, UnfinishedWrite
 from volbackup.repo.retention import format_duration
+from volbackup.timefmt import utc_iso
 
 TEMP_QUIET = timedelta(minutes=10)
 TOO_YOUNG = "too young"

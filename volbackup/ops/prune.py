@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Collection
 
-from volbackup.repo import locking, retention
 from volbackup.errors import VolbackupError, as_error
-from volbackup.repo.manifest import Manifest
-from volbackup.timefmt import utc_iso
 from volbackup.ops.cleanup import GONE, TOO_YOUNG, Status, remove_unfinished
+from volbackup.repo import locking, retention
+from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository
+from volbackup.timefmt import utc_iso
 
 DEFAULT_LEFTOVER_AGE = 6 * 3600.0
 NO_RULE = "no rule keeps it"

@@ -9,19 +9,19 @@ from dataclasses import dataclass
 from typing import Callable
 
 from volbackup.docker import direct
-from volbackup.repo import locking
-from volbackup.stream import archive
 from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import DATA_PATH, Helper
 from volbackup.docker.volumes import VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError, reworded)
-from volbackup.repo.manifest import Manifest
 from volbackup.ops.backup import backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.select import plain_directory
+from volbackup.repo import locking
+from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, looks_like_id
+from volbackup.stream import archive
 
 
 SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from volbackup.stream import archive
 from volbackup.errors import IntegrityError, NotFound, RepositoryError
-from volbackup.repo.manifest import Manifest
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Listing, Repository
+from volbackup.stream import archive
 
 
 def list_snapshots(repo: Repository, volume: str | None = None,

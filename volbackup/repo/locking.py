@@ -33,11 +33,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 from volbackup import __version__
-from volbackup.repo.backends import BadEntry, Backend, BlobNotFound
 from volbackup.errors import RepositoryError, RepositoryLocked
-from volbackup.timefmt import utc_iso
 from volbackup.processes import pid_namespace, run_is_over
+from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.signals import held, main_thread_only
+from volbackup.timefmt import utc_iso
 
 PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)

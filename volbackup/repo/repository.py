@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from volbackup.repo import locking
-from volbackup.stream.chunks import read_chunks
-from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.errors import NotFound, RepositoryError
+from volbackup.repo import locking
+from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.stream.chunks import read_chunks
 
 PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"

@@ -29,8 +29,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from volbackup.errors import ConfigError
-from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.ops.select import Selection
+from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.repo.retention import PERIODS, Rules
 from volbackup.urls import scrub
 

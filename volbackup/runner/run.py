@@ -16,16 +16,16 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from volbackup import __version__
-from volbackup.repo import locking
-from volbackup.runner.config import Job
 from volbackup.errors import PartialFailure, VolbackupError, as_error
-from volbackup.timefmt import utc_iso
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import prune as prune_ops
 from volbackup.ops import report
 from volbackup.ops.outcome import ProgressFactory, no_progress
+from volbackup.repo import locking
 from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
+from volbackup.runner.config import Job
+from volbackup.timefmt import utc_iso
 
 JSON_VERSION = 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from volbackup.errors import RepositoryError
 from volbackup.repo.backends.base import (
     MAX_SMALL_BLOB,
     Backend,
@@ -14,7 +15,6 @@ from volbackup.repo.backends.base import (
 )
 from volbackup.repo.backends.local import LocalBackend
 from volbackup.repo.backends.retry import RetryBackend
-from volbackup.errors import RepositoryError
 
 __all__ = [
     "MAX_SMALL_BLOB",

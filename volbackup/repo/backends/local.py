@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from volbackup.repo.backends.base import Backend, BadEntry, BlobInfo, BlobNotFound, TempFile
 from volbackup.errors import RepositoryError
+from volbackup.repo.backends.base import Backend, BadEntry, BlobInfo, BlobNotFound, TempFile
 
 TEMP_MARKER = ".tmp-"
 WRITEBACK_EVERY = 8 << 20

@@ -23,8 +23,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, TypeVar
 
-from volbackup.repo.backends.base import MAX_SMALL_BLOB, Backend, BlobInfo, Leftover, TempFile, TransientError
 from volbackup.errors import RepositoryError, RepositoryUnreachable
+from volbackup.repo.backends.base import MAX_SMALL_BLOB, Backend, BlobInfo, Leftover, TempFile, TransientError
 
 DEFAULT_ATTEMPTS = 8
 MAX_BACKOFF = 20.0

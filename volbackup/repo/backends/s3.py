@@ -30,9 +30,9 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
+from volbackup.errors import RepositoryDenied, RepositoryError
 from volbackup.repo.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, TransientError, check_key
 from volbackup.repo.backends.retry import Retry, settled
-from volbackup.errors import RepositoryDenied, RepositoryError
 from volbackup.urls import safe_url, scrub
 
 MiB = 1 << 20
