@@ -61,13 +61,10 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
         render.emit_json("backup", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])
     else:
-        for v in result.volumes:
-            if v.status == "skipped":
-                render.echo(f"{v.volume}: skipped: {v.message}")
-            elif not v.failed:
-                render.echo(f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)}"
-                            f" -> {render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
-                            + (f" ({v.message})" if v.message else ""))
+        render.results(result.volumes, lambda v: (
+            f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)} -> "
+            f"{render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
+            + (f" ({v.message})" if v.message else "")))
     render.hook_failures(result.volumes)
     render.failures(result.volumes)
     schedule.raise_for_failures(result)

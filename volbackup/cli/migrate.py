@@ -68,13 +68,9 @@ def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_co
         render.emit_json("migrate", source=result.source, target=result.target,
                          volumes=[v.as_dict() for v in result.volumes])
     else:
-        for v in result.volumes:
-            if v.status == "skipped":
-                render.echo(f"{v.source_volume}: skipped: {v.message}")
-            elif not v.failed:
-                render.echo(f"{v.source_volume} -> {v.volume}: migrated"
-                            f"{' (replaced)' if v.replaced else ''}"
-                            f"{', verified' if v.verified else ''}, "
-                            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
+        render.results(result.volumes, lambda v: (
+            f"{v.source_volume} -> {v.volume}: migrated{' (replaced)' if v.replaced else ''}"
+            f"{', verified' if v.verified else ''}, {render.human_bytes(v.bytes)} in "
+            f"{v.seconds:.1f}s"), name=lambda v: v.source_volume)
     render.failures(result.volumes)
     result.raise_for_failures()

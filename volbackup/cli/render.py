@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Callable
 
 import click
 
@@ -51,6 +52,16 @@ def note(message: str) -> None:
 
 def warn(message: object) -> None:
     echo(f"volbackup: warning: {message}", err=True)
+
+
+def results(outcomes, done: Callable, name: Callable = lambda o: o.volume) -> None:
+    """One line per volume on stdout: `done(o)` for each that succeeded, `NAME: skipped:
+    WHY` for each skipped; failures are named by failures(), on stderr."""
+    for o in outcomes:
+        if o.status == "skipped":
+            echo(f"{name(o)}: skipped: {o.message}")
+        elif not o.failed:
+            echo(done(o))
 
 
 def failures(outcomes) -> None:

@@ -73,15 +73,16 @@ def restore(snapshots, repo, target, force, safety, restore_all, trust_options, 
         render.emit_json("restore", repository=result.repository,
                          volumes=[v.as_dict() for v in result.volumes])
     else:
-        for v in result.volumes:
-            if v.status == "restored":
-                replaced = ""
-                if v.replaced:
-                    replaced = (f" (replaced; old contents in safety snapshot {v.safety_snapshot})"
-                                if v.safety_snapshot else " (replaced)")
-                render.echo(f"{v.volume}: restored from {v.snapshot}{replaced}, "
-                            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s")
-            elif v.status == "skipped":
-                render.echo(f"{v.volume}: skipped: {v.message}")
+        render.results(result.volumes, lambda v: (
+            f"{v.volume}: restored from {v.snapshot}{_replaced(v)}, "
+            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s"))
     render.failures(result.volumes)
     result.raise_for_failures()
+
+
+def _replaced(v) -> str:
+    if not v.replaced:
+        return ""
+    if v.safety_snapshot:
+        return f" (replaced; old contents in safety snapshot {v.safety_snapshot})"
+    return " (replaced)"
