@@ -57,14 +57,10 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
         engine, repository, [], container, level, terminal_progress(), selection=selection,
         quiesce=quiesce, stop_timeout=stop_timeout, retries=retries, use_direct=use_direct,
         jobs=jobs))
-    if as_json:
-        render.emit_json("backup", repository=result.repository,
-                         volumes=[v.as_dict() for v in result.volumes])
-    else:
-        render.results(result.volumes, lambda v: (
-            f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)} -> "
-            f"{render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
-            + (f" ({v.message})" if v.message else "")))
+    render.results("backup", as_json, result.volumes, lambda v: (
+        f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)} -> "
+        f"{render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
+        + (f" ({v.message})" if v.message else "")), repository=result.repository)
     render.hook_failures(result.volumes)
     render.failures(result.volumes)
     schedule.raise_for_failures(result)

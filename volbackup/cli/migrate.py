@@ -64,13 +64,10 @@ def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_co
                          wire_compression, terminal_progress(), selection=selection,
                          quiesce=quiesce, stop_timeout=stop_timeout,
                          trust_options=trust_options, announce=render.note)
-    if as_json:
-        render.emit_json("migrate", source=result.source, target=result.target,
-                         volumes=[v.as_dict() for v in result.volumes])
-    else:
-        render.results(result.volumes, lambda v: (
-            f"{v.source_volume} -> {v.volume}: migrated{' (replaced)' if v.replaced else ''}"
-            f"{', verified' if v.verified else ''}, {render.human_bytes(v.bytes)} in "
-            f"{v.seconds:.1f}s"), name=lambda v: v.source_volume)
+    render.results("migrate", as_json, result.volumes, lambda v: (
+        f"{v.source_volume} -> {v.volume}: migrated{' (replaced)' if v.replaced else ''}"
+        f"{', verified' if v.verified else ''}, {render.human_bytes(v.bytes)} in "
+        f"{v.seconds:.1f}s"), name=lambda v: v.source_volume,
+        source=result.source, target=result.target)
     render.failures(result.volumes)
     result.raise_for_failures()

@@ -54,9 +54,14 @@ def warn(message: object) -> None:
     echo(f"volbackup: warning: {message}", err=True)
 
 
-def results(outcomes, done: Callable, name: Callable = lambda o: o.volume) -> None:
-    """One line per volume on stdout: `done(o)` for each that succeeded, `NAME: skipped:
-    WHY` for each skipped; failures are named by failures(), on stderr."""
+def results(command: str, as_json: bool, outcomes, done: Callable,
+            name: Callable = lambda o: o.volume, **envelope) -> None:
+    """The per-volume results on stdout: the JSON envelope (`envelope` fields and
+    `volumes`), or a line per volume: `done(o)` for each that succeeded, `NAME: skipped:
+    WHY` for each skipped. Failures are named by failures(), on stderr."""
+    if as_json:
+        emit_json(command, **envelope, volumes=[o.as_dict() for o in outcomes])
+        return
     for o in outcomes:
         if o.status == "skipped":
             echo(f"{name(o)}: skipped: {o.message}")

@@ -69,13 +69,9 @@ def restore(snapshots, repo, target, force, safety, restore_all, trust_options, 
                          terminal_progress(), host=host, use_direct=use_direct,
                          trust_options=trust_options, drop_options=drop_options,
                          announce=render.note, safety=safety)
-    if as_json:
-        render.emit_json("restore", repository=result.repository,
-                         volumes=[v.as_dict() for v in result.volumes])
-    else:
-        render.results(result.volumes, lambda v: (
-            f"{v.volume}: restored from {v.snapshot}{_replaced(v)}, "
-            f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s"))
+    render.results("restore", as_json, result.volumes, lambda v: (
+        f"{v.volume}: restored from {v.snapshot}{_replaced(v)}, "
+        f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s"), repository=result.repository)
     render.failures(result.volumes)
     result.raise_for_failures()
 
