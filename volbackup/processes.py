@@ -9,6 +9,7 @@ namespace are both ours; otherwise only its age can tell (each caller has its ow
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 
@@ -42,3 +43,19 @@ def run_is_over(host: str, namespace: str | None, pid: int) -> bool:
     if namespace is not None and namespace != pid_namespace():
         return False
     return not pid_alive(pid)
+
+
+def place() -> str:
+    """Where a pid of ours means something, in 8 hex digits: a digest of (host name, pid
+    namespace). Names that carry a pid (a directory repository's temp files) carry this
+    too, so they are judged by the same rule as helpers and locks (run_is_over)."""
+    where = f"{socket.gethostname()}\0{pid_namespace()}".encode()
+    return hashlib.sha256(where).hexdigest()[:8]
+
+
+def run_at_place_is_over(where: str | None, pid: int) -> bool:
+    """run_is_over for a run known by `place()` instead of host and namespace. `where`
+    None (names written by earlier versions) keeps their rule: the pid alone."""
+    if where is None:
+        return pid > 0 and not pid_alive(pid)
+    return where == place() and pid > 0 and not pid_alive(pid)

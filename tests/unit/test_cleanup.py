@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from volbackup.errors import RepositoryError, VolbackupError
 from volbackup.ops.cleanup import cleanup
+from volbackup.processes import place
 from volbackup.repo.backends import Leftover, LocalBackend
 from volbackup.repo.repository import Repository
 
@@ -67,7 +69,6 @@ def test_a_local_repository_has_no_leftovers(tmp_path):
 def test_temp_files_of_a_directory_repository_are_unfinished_writes_too(tmp_path):
     """`cleanup` said a directory repository had no leftovers; its temp files were only
     removed by `prune`. Same rule as there: old, or quiet for 10 min with a dead pid."""
-    import os
     import subprocess
     import sys
 
@@ -77,9 +78,14 @@ def test_temp_files_of_a_directory_repository_are_unfinished_writes_too(tmp_path
     folder.mkdir(parents=True)
     now = datetime.now(timezone.utc)
     files = {}
-    for name, pid, minutes in (("old", os.getpid(), 25 * 60), ("young", os.getpid(), 60),
-                               ("dead", dead.pid, 11), ("busy", dead.pid, 1)):
-        files[name] = folder / f".{name}.tar.zst.tmp-{pid}-ab12"
+    here = place()
+    elsewhere = "00000000" if here != "00000000" else "11111111"  # another host or namespace
+    for name, pid, minutes, where in (
+            ("old", os.getpid(), 25 * 60, ""), ("young", os.getpid(), 60, ""),
+            ("dead", dead.pid, 11, ""), ("busy", dead.pid, 1, ""),
+            ("deadhere", dead.pid, 11, f"{here}-"),
+            ("deadelsewhere", dead.pid, 11, f"{elsewhere}-")):
+        files[name] = folder / f".{name}.tar.zst.tmp-{pid}-{where}ab12"
         files[name].write_bytes(b"t" * 4)
         quiet = (now - timedelta(minutes=minutes)).timestamp()
         os.utime(files[name], (quiet, quiet))
@@ -87,10 +93,23 @@ def test_temp_files_of_a_directory_repository_are_unfinished_writes_too(tmp_path
     got = {o.key.rsplit("/", 1)[1].split(".")[1]: (o.kind, o.status, o.upload_id, o.bytes)
            for o in result.leftovers}
     assert got == {"old": ("temp", "removed", None, 4), "young": ("temp", "kept", None, 4),
-                   "dead": ("temp", "removed", None, 4), "busy": ("temp", "kept", None, 4)}
-    assert {n for n, path in files.items() if path.exists()} == {"young", "busy"}
-    assert result.removed_bytes == 8
+                   "dead": ("temp", "removed", None, 4), "busy": ("temp", "kept", None, 4),
+                   "deadhere": ("temp", "removed", None, 4),
+                   # a pid of another host or pid namespace says nothing here: age only
+                   "deadelsewhere": ("temp", "kept", None, 4)}
+    assert {n for n, path in files.items() if path.exists()} == {"young", "busy",
+                                                                  "deadelsewhere"}
+    assert result.removed_bytes == 12
     result.raise_for_failures()
+
+
+def test_a_temp_file_names_its_writer_and_where_its_pid_means_it(tmp_path):
+    backend = LocalBackend(tmp_path)
+    with backend.open_write("snapshots/v/x.tar.zst") as writer:
+        writer.write(b"data")
+        (temp,) = backend.temp_files()
+        assert (temp.pid, temp.place) == (os.getpid(), place())
+    assert backend.temp_files() == []
 
 
 def test_prune_removes_old_uploads_through_the_same_operation(tmp_path):

@@ -5,7 +5,8 @@ Neither is ever a snapshot, yet both take space (an upload's parts are billed as
 but belong to no object, so nothing else ever shows or removes them). A write younger than
 `older_than` may belong to a run that is still going (on this host or another), so it is
 left alone; a temp file is removed sooner, once TEMP_QUIET has passed since its last write
-and its writer's pid is not running on this host. `cleanup` owns this; `prune` calls
+and its writer's pid is not running on this host and in this pid namespace (the same
+rule as helpers and locks, processes.run_is_over). `cleanup` owns this; `prune` calls
 `remove_unfinished` too, with its own `--leftover-age`, under its exclusive lock.
 """
 
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from volbackup.errors import VolbackupError, as_error
-from volbackup.processes import pid_alive
+from volbackup.processes import run_at_place_is_over
 from volbackup.repo.repository import Repository, UnfinishedWrite
 from volbackup.repo.retention import format_duration
 from volbackup.timefmt import utc_iso
@@ -111,7 +112,8 @@ def _abandoned(write: UnfinishedWrite, age: timedelta, older_than: timedelta) ->
     if age >= older_than:
         return f"{'started' if write.kind == 'upload' else 'last written'} over " \
                f"{format_duration(older_than)} ago"
-    if write.pid is not None and age >= TEMP_QUIET and not pid_alive(write.pid):
+    if write.pid is not None and age >= TEMP_QUIET \
+            and run_at_place_is_over(write.place, write.pid):
         return (f"its writer, pid {write.pid}, is not running and it was not written for "
                 f"{format_duration(TEMP_QUIET)}")
     return None

@@ -79,13 +79,14 @@ class Orphan:
 @dataclass(frozen=True)
 class UnfinishedWrite:
     """A write that never finished and takes space: an S3 multipart upload ("upload") or a
-    directory repository's temp file `.NAME.tmp-PID-xxxx` ("temp"). Never a blob."""
+    directory repository's temp file `.NAME.tmp-PID-PLACE-xxxx` ("temp"). Never a blob."""
 
     key: str                # the upload's object key, or the temp file's own key
     kind: str               # "upload" or "temp"
     since: datetime         # UTC: when the upload started; a temp file's last write
     size: int | None        # bytes stored so far, if known
     pid: int | None = None  # a temp file's writer, on the host that wrote it
+    place: str | None = None  # processes.place() of that writer (None: an earlier version's)
     upload_id: str | None = None
     source: Leftover | TempFile | None = field(default=None, compare=False, repr=False)
 
@@ -277,7 +278,7 @@ class Repository:
                                upload_id=left.ident, source=left)
                for left in self.backend.leftovers()]
         out += [UnfinishedWrite(temp.key, "temp", temp.modified, temp.size, pid=temp.pid,
-                                source=temp)
+                                place=temp.place, source=temp)
                 for temp in self.backend.temp_files()]
         return out
 

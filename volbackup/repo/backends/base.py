@@ -63,12 +63,14 @@ class Leftover:
 
 @dataclass(frozen=True)
 class TempFile:
-    """A temp file of an unfinished write (a directory repository): `.NAME.tmp-PID-xxxx`."""
+    """A temp file of an unfinished write (a directory repository):
+    `.NAME.tmp-PID-PLACE-xxxx` (`.NAME.tmp-PID-xxxx` from earlier versions)."""
 
     key: str                # '/'-separated path of the temp file itself
     pid: int | None         # of the process that was writing it
     modified: datetime      # UTC, last write
     size: int
+    place: str | None = None  # processes.place() of that process: where its pid means it
 
 
 def check_key(key: str) -> str:

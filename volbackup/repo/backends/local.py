@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from volbackup.errors import RepositoryError
+from volbackup.processes import place
 from volbackup.repo.backends.base import Backend, BadEntry, BlobInfo, BlobNotFound, TempFile
 
 TEMP_MARKER = ".tmp-"
 WRITEBACK_EVERY = 8 << 20
 FILE_MODE, DIR_MODE = 0o600, 0o700
-_TEMP_PID = re.compile(r"\.tmp-(\d+)-[0-9a-f]+$")
+# `.NAME.tmp-PID-PLACE-RANDOM` (PLACE: processes.place()); earlier: `.NAME.tmp-PID-RANDOM`
+_TEMP_PID = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # Entries at the top of a directory that do not make it "something else" (a fresh file
@@ -183,7 +185,7 @@ class LocalBackend(Backend):
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         parts = self._parts(key)
         name = parts[-1]
-        temp = f".{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+        temp = f".{name}{TEMP_MARKER}{os.getpid()}-{place()}-{secrets.token_hex(4)}"
         parent = self._open_dir(parts[:-1], create=True)
         try:
             try:
@@ -303,7 +305,7 @@ class LocalBackend(Backend):
                         match = _TEMP_PID.search(name)
                         found.append(TempFile(key, int(match[1]) if match else None,
                                               datetime.fromtimestamp(st.st_mtime, timezone.utc),
-                                              st.st_size))
+                                              st.st_size, match[2] if match else None))
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
