@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,16 @@ def contents(root: str) -> dict[str, bytes]:
 def repo_files(repo: Path) -> list[str]:
     """Every file in a repository directory, temp files included."""
     return sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+
+
+def tar_first_on_path(directory: Path, script: str) -> dict:
+    """Environment whose PATH finds `script` as `tar` first (`{tar}` in it: the real one)."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir()
+    tar = bin_dir / "tar"
+    tar.write_text(script.format(tar=shutil.which("tar")))
+    tar.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
 def one_line_error(stderr: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,8 @@ import pytest
 from docker.types import Mount
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import PATHS, contents, fill, one_line_error, repo_files
+from tests.integration.helpers import (PATHS, contents, fill, one_line_error, repo_files,
+                                       tar_first_on_path)
 from tests.integration.images import ensure_busybox
 from tests.integration.slow_engine import SlowEngine
 from volbackup.docker.helpers import PID_LABEL
@@ -171,12 +171,7 @@ esac
 @pytest.fixture
 def failing_tar(tmp_path) -> dict:
     """Environment whose PATH finds FAILING_TAR first."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    tar = bin_dir / "tar"
-    tar.write_text(FAILING_TAR.format(tar=shutil.which("tar")))
-    tar.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return tar_first_on_path(tmp_path, FAILING_TAR)
 
 
 def test_a_direct_read_that_breaks_leaves_no_snapshot(make_volume, mountpoint, cli, repo_dir,

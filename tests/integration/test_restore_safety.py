@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -23,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import TEST_LABEL
-from tests.integration.helpers import contents, fill, one_line_error, random_file, repo_files
+from tests.integration.helpers import (contents, fill, one_line_error, random_file, repo_files,
+                                       tar_first_on_path)
 from tests.integration.slow_engine import SlowEngine
 from volbackup.docker.helpers import CREATED_LABEL, HELPER_IMAGE, HELPER_LABEL, HOST_LABEL, PID_LABEL
 from volbackup.repo import locking
@@ -193,12 +193,7 @@ esac
 
 @pytest.fixture
 def extract_fails(tmp_path) -> dict:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    tar = bin_dir / "tar"
-    tar.write_text(EXTRACT_FAILS.format(tar=shutil.which("tar")))
-    tar.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return tar_first_on_path(tmp_path, EXTRACT_FAILS)
 
 
 def test_a_restore_that_fails_late_leaves_the_old_contents_restorable(
