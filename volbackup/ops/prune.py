@@ -57,10 +57,14 @@ class SnapshotDecision:
     status: Status
     stored_bytes: int = 0
     message: str | None = None  # what went wrong, when failed
-    reason: str = ""          # for people: the rules that keep it, or NO_RULE
+
+    @property
+    def reason(self) -> str:
+        """For people: the rules that keep it, or NO_RULE."""
+        return ", ".join(self.reasons) if self.keep else NO_RULE
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "status": self.status.value}
+        return {**self.__dict__, "status": self.status.value, "reason": self.reason}
 
 
 @dataclass
@@ -143,8 +147,7 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None) -> Pru
                 f"host's clock ahead, or a wrong manifest?)")
         status = Status.KEPT if d.keep else (Status.WOULD_REMOVE if dry_run else Status.REMOVED)
         out = SnapshotDecision(m.snapshot, m.volume, m.host, m.created, d.keep, d.reasons,
-                               status, m.stored_bytes,
-                               reason=", ".join(d.reasons) if d.keep else NO_RULE)
+                               status, m.stored_bytes)
         if not d.keep and not dry_run:
             _remove(repo, m, out)
         result.snapshots.append(out)
