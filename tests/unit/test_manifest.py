@@ -8,7 +8,7 @@ import pytest
 
 from tests.unit.manifests import BROKEN, make_manifest, manifest_json
 from volbackup.errors import RepositoryError
-from volbackup.repo.manifest import FORMAT, FORMAT_VERSION, Manifest
+from volbackup.repo.manifest import ARCHIVE_VERSION, FORMAT, Manifest
 
 WHERE = "snapshots/pgdata/20261129T031500Z-1a2b.json"
 
@@ -22,7 +22,7 @@ def test_round_trip():
     assert again == manifest
     assert again.to_json() == text
     data = json.loads(text)
-    assert data["format"] == FORMAT and data["format_version"] == FORMAT_VERSION
+    assert data["format"] == FORMAT and data["format_version"] == ARCHIVE_VERSION
     assert "extra" not in data
     assert list(data) == sorted(data)
 

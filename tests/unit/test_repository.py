@@ -135,8 +135,8 @@ def test_newest_refuses_when_the_newest_manifest_is_broken(three):
 
 
 def test_archive_without_manifest_is_never_a_snapshot(repo):
-    with repo.archive_writer(OLD) as out:
-        out.write(b"orphan")
+    with repo.snapshot_writer(OLD) as writer:
+        writer._out.write(b"orphan")
     assert repo.snapshots().snapshots == [] and repo.snapshots("pgdata").problems == []
     with pytest.raises(NotFound):
         repo.resolve("pgdata")
@@ -145,8 +145,8 @@ def test_archive_without_manifest_is_never_a_snapshot(repo):
 
 
 def test_orphan_archive_volume_is_not_among_volumes(three):
-    with three.archive_writer("orphan@20260101T000000Z-abcd") as out:
-        out.write(b"orphan")
+    with three.snapshot_writer("orphan@20260101T000000Z-abcd") as writer:
+        writer._out.write(b"orphan")
     assert three.volumes() == ["other", "pgdata"]
 
 
@@ -155,8 +155,9 @@ def test_orphan_archive_volume_is_not_among_volumes(three):
 
 def test_archive_written_and_read_through_the_manifest(repo):
     manifest = make_manifest(OLD)
-    with repo.archive_writer(OLD) as out:
-        out.write(b"archive bytes")
+    with repo.snapshot_writer(OLD) as writer:
+        assert writer.archive == "20260101T000000Z-aaaa.tar.zst"
+        writer._out.write(b"archive bytes")
     repo.commit(manifest)
     loaded = repo.load(OLD)
     assert repo.archive_key(loaded) == "snapshots/pgdata/20260101T000000Z-aaaa.tar.zst"

@@ -15,6 +15,7 @@ import click
 from volbackup import __version__
 from volbackup.cli import backup as backup_cmd
 from volbackup.cli import cleanup as cleanup_cmd
+from volbackup.cli import init as init_cmd
 from volbackup.cli import migrate as migrate_cmd
 from volbackup.cli import prune as prune_cmd
 from volbackup.cli import render
@@ -38,6 +39,7 @@ def cli(debug: bool) -> None:
     """
 
 
+cli.add_command(init_cmd.init)
 cli.add_command(backup_cmd.backup)
 cli.add_command(restore_cmd.restore)
 cli.add_command(migrate_cmd.migrate)

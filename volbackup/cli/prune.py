@@ -58,13 +58,15 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                                allow_remove_newest=allow_remove_newest, dry_run=dry_run,
                                leftover_age=leftover_age, lock_wait=lock_wait)
     result = ops.prune(Repository.open(repo, writable=not dry_run), options, broke_lock)
-    for problem in result.problems + result.warnings:
+    sweep = result.chunks
+    for problem in result.problems + result.warnings + (sweep.problems if sweep else []):
         render.warn(problem)
     if as_json:
         render.emit_json("prune", repository=result.repository, dry_run=result.dry_run,
                          rules=result.rules, snapshots=[d.as_dict() for d in result.snapshots],
                          leftovers=[o.as_dict() for o in result.leftovers],
-                         problems=result.problems, future_dated=result.future_dated)
+                         problems=result.problems, future_dated=result.future_dated,
+                         chunks=sweep.as_dict() if sweep else None)
     else:
         for d in result.snapshots:
             render.echo(f"{d.snapshot}: {d.status} ({d.reason})"
@@ -74,6 +76,12 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
             size = "?" if o.bytes is None else render.human_bytes(o.bytes)
             render.echo(f"{o.key}: {o.status}{why} ({o.kind} left by an interrupted run, "
                         f"{size})" + (f": {o.message}" if o.message else ""))
+        if sweep is not None:
+            render.echo(f"chunks: {sweep.stored} stored, {sweep.referenced} in use, "
+                        f"{sweep.removed} {'to remove' if dry_run else 'removed'}"
+                        + (f", {sweep.too_young} unused kept (younger than --leftover-age)"
+                           if sweep.too_young else "")
+                        + (f", {sweep.failed} failed" if sweep.failed else ""))
         verb = "would free" if dry_run else "freed"
         render.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
                     f"{'to remove' if dry_run else 'removed'}; {verb} "

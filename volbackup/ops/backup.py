@@ -25,7 +25,6 @@ from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, new_snapshot_id
-from volbackup.stream import archive
 from volbackup.timefmt import utc_iso
 
 
@@ -148,21 +147,21 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
         # The reader ends inside the writer: an error it reports on closing (GNU tar's
         # exit code) discards the archive instead of leaving it in the repository.
         with progress(source.volume, None) as update, \
-                repo.archive_writer(snapshot_id) as out, \
+                repo.snapshot_writer(snapshot_id) as writer, \
                 reader() as stream:
             outcome.via = stream.via
-            packed = archive.pack(stream.chunks, out, level, update)
+            packed = writer.pack(stream.chunks, level, update)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(
             snapshot=snapshot_id, volume=source.volume, driver=source.driver,
             driver_options=source.driver_options, labels=source.labels,
             created=utc_iso(created, "milliseconds"),
             host=socket.gethostname(), tool_version=__version__,
-            archive=repo.archive_name(snapshot_id), compression="zstd", level=level,
+            archive=writer.archive, compression="zstd", level=level,
             bytes=packed.bytes, stored_bytes=packed.stored_bytes, sha256=packed.sha256,
             entries=packed.entries, seconds=seconds, source_kind=source.kind,
             source_container=source.container, mount_path=source.mount_path,
-            bind_path=source.bind_path, safety_for=safety_for))
+            bind_path=source.bind_path, safety_for=safety_for, **writer.fields(packed)))
     except Exception as e:  # any error, also disk full: this volume failed, the next runs
         outcome.snapshot = None
         return outcome.failure(e)

@@ -1,11 +1,13 @@
 """Apply a retention policy to a repository, and remove what interrupted runs left behind.
 
 Under an exclusive repository lock: decide with volbackup.repo.retention, then for each
-snapshot to remove delete its manifest first (the snapshot is gone) and its archive after
-(a failure there leaves an orphaned archive, which the next prune removes). Then remove
-orphaned archives (no manifest) whose stamp is older than `leftover_age`, and unfinished
-writes (S3 multipart uploads, temp files of a directory repository) by the rule of
-`cleanup`, which owns them (volbackup.ops.cleanup), with `leftover_age` for its age.
+snapshot to remove delete its manifest first (the snapshot is gone) and its archive or
+chunk list after (a failure there leaves an orphan, which the next prune removes). Then
+remove orphaned archives and chunk lists (no manifest) whose stamp is older than
+`leftover_age`, and unfinished writes (S3 multipart uploads, temp files of a directory
+repository) by the rule of `cleanup`, which owns them (volbackup.ops.cleanup), with
+`leftover_age` for its age. In a chunked repository, last, the chunks that no chunk list
+names any more, and are older than `leftover_age`, are swept (volbackup.repo.sweep).
 A volume with an unreadable manifest is left alone and reported.
 
 `protected` snapshot ids (those the calling run just made: `backup --prune`, `run`) are
@@ -25,6 +27,7 @@ from volbackup.ops.cleanup import GONE, TOO_YOUNG, Status, remove_unfinished
 from volbackup.repo import locking, retention
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository
+from volbackup.repo.sweep import ChunkSweep
 from volbackup.timefmt import utc_iso
 
 DEFAULT_LEFTOVER_AGE = 6 * 3600.0
@@ -91,6 +94,7 @@ class PruneResult:
     problems: list[str] = field(default_factory=list)   # volumes left alone, and why
     future_dated: list[str] = field(default_factory=list)  # snapshot ids (kept, not counted)
     warnings: list[str] = field(default_factory=list)   # for stderr; not failures
+    chunks: ChunkSweep | None = None                    # a chunked repository's sweep
 
     @property
     def removed(self) -> list[SnapshotDecision]:
@@ -98,6 +102,9 @@ class PruneResult:
 
     @property
     def freed_bytes(self) -> int:
+        if self.chunks is not None:  # a snapshot's stored_bytes are shared: count chunks
+            return self.chunks.removed_bytes + sum(
+                o.bytes or 0 for o in self.leftovers if o.status in GONE)
         return (sum(d.stored_bytes for d in self.removed)
                 + sum(o.bytes or 0 for o in self.leftovers if o.status in GONE))
 
@@ -105,6 +112,8 @@ class PruneResult:
         failed = [d.message for d in self.snapshots if d.status == Status.FAILED]
         failed += [o.message for o in self.leftovers if o.status == Status.FAILED]
         failed += self.problems
+        if self.chunks is not None:
+            failed += self.chunks.problems
         if failed:
             raise VolbackupError(f"prune: {len(failed)} problem(s), the first: {failed[0]}")
 
@@ -154,6 +163,11 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None) -> Pru
     if options.host is None or wanted is not None:  # leftovers have no host: only by volume
         result.leftovers = _leftovers(repo, wanted, dry_run,
                                       timedelta(seconds=options.leftover_age), now)
+    if repo.config is not None:
+        # Last: what the removed snapshots and leftovers alone held (every volume's lists
+        # count, so a prune of some volumes never takes what others use).
+        result.chunks = repo.sweep_chunks(timedelta(seconds=options.leftover_age), now,
+                                          dry_run)
     return result
 
 

@@ -21,7 +21,6 @@ from volbackup.ops.select import plain_directory
 from volbackup.repo import locking
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, looks_like_id
-from volbackup.stream import archive
 
 
 SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock
@@ -113,8 +112,7 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
         """Nothing a restore replaces may be lost: the snapshot must check out and fit, and
         the old contents are kept as a safety snapshot before the volume is removed."""
         _check_space(engine, existing, spec, manifest)
-        with repo.open_archive(manifest) as stored:
-            archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes).drain()
+        repo.unpacker(manifest).drain()
         if safety:
             outcome.safety_snapshot = _safety_snapshot(engine, repo, existing.name, manifest,
                                                        progress, use_direct)
@@ -126,9 +124,8 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
 
     def write(target: Helper | str) -> None:
         outcome.via = "direct" if isinstance(target, str) else "engine"
-        with progress(outcome.volume, manifest.bytes) as update, \
-                repo.open_archive(manifest) as stored:
-            unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)
+        with progress(outcome.volume, manifest.bytes) as update:
+            unpacker = repo.unpacker(manifest, update)
             if isinstance(target, str):
                 direct.import_(target, unpacker.chunks())  # `./` carries the root's metadata
             else:

@@ -9,7 +9,6 @@ from volbackup.errors import IntegrityError, NotFound, RepositoryError
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Listing, Repository
-from volbackup.stream import archive
 
 
 def list_snapshots(repo: Repository, volume: str | None = None,
@@ -71,9 +70,8 @@ def verify(repo: Repository, refs: list[str], verify_all: bool = False,
 def _verify_one(repo: Repository, manifest: Manifest, check: SnapshotCheck,
                 progress: ProgressFactory) -> None:
     started = time.monotonic()
-    with progress(manifest.snapshot, manifest.bytes) as update, \
-            repo.open_archive(manifest) as stored:
-        unpacker = archive.Unpacker(stored, manifest.sha256, manifest.stored_bytes, update)
+    with progress(manifest.snapshot, manifest.bytes) as update:
+        unpacker = repo.unpacker(manifest, update)
         unpacker.drain()
     if unpacker.walker.bytes != manifest.bytes or unpacker.walker.entries != manifest.entries:
         raise IntegrityError(

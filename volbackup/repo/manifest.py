@@ -17,7 +17,10 @@ VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accep
 FORMAT = "volbackup-snapshot"
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # what this volbackup writes for a chunked snapshot
+ARCHIVE_VERSION = 1         # ... and for an archive-layout one (readable by older versions)
+LAYOUTS = ("archive", "chunked")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 STAMP = r"\d{8}T\d{6}Z-[0-9a-f]{4,32}"  # of a snapshot id, VOLUME@STAMP
 _CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|\+00:00)")
 
@@ -43,12 +46,13 @@ class Manifest:
     created: str                # UTC, ISO 8601 with Z
     host: str                   # host name of the machine that ran the backup
     tool_version: str
-    archive: str                # file name of the archive, next to the manifest
+    archive: str                # file name of the archive (chunked: of the chunk list),
+    #                             next to the manifest
     compression: str            # "zstd"
     level: int
     bytes: int                  # uncompressed tar bytes
-    stored_bytes: int           # archive bytes
-    sha256: str                 # of the archive bytes
+    stored_bytes: int           # archive bytes (chunked: bytes of the chunks it added)
+    sha256: str                 # of the archive (chunked: of the chunk list)
     entries: int                # tar members, the root included
     seconds: float              # how long the backup of this volume took
     source_kind: str = "volume"  # "volume" or "bind"
@@ -57,8 +61,12 @@ class Manifest:
     bind_path: str | None = None
     safety_for: str | None = None  # set on the snapshot restore --force takes of the volume
     #                                it replaces: the id of the snapshot it was replaced by
+    layout: str = "archive"     # "archive" or "chunked" (docs/format.md)
+    chunks: int | None = None   # chunked: entries in the chunk list
+    new_chunks: int | None = None  # chunked: how many of them this backup wrote
+    tar_sha256: str | None = None  # chunked: of the whole tar stream
     format: str = FORMAT
-    format_version: int = FORMAT_VERSION
+    format_version: int = ARCHIVE_VERSION
     extra: dict = field(default_factory=dict)  # unknown keys from newer minor writers
 
     def to_json(self) -> str:
@@ -103,12 +111,15 @@ class Manifest:
         ints = ("level", "bytes", "stored_bytes", "entries")
         strs = ("snapshot", "volume", "driver", "created", "host", "tool_version", "archive",
                 "sha256", "compression", "source_kind")
-        optional = ("source_container", "mount_path", "bind_path", "safety_for")
+        optional = ("source_container", "mount_path", "bind_path", "safety_for", "tar_sha256")
         bad = [n for n in ints if isinstance(getattr(self, n), bool)
                or not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
         bad += [n for n in strs if not isinstance(getattr(self, n), str)]
         bad += [n for n in optional if getattr(self, n) is not None
                 and not isinstance(getattr(self, n), str)]
+        bad += [n for n in ("chunks", "new_chunks") if getattr(self, n) is not None
+                and (isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), int)
+                     or getattr(self, n) < 0)]
         bad += [n for n in ("labels", "driver_options") if not isinstance(getattr(self, n), dict)
                 or not all(isinstance(k, str) and isinstance(v, str)
                            for k, v in getattr(self, n).items())]
@@ -128,4 +139,15 @@ class Manifest:
                                   f"{self.snapshot!r} for volume {self.volume}")
         if "/" in self.archive or self.archive.startswith("."):
             raise RepositoryError(f"manifest {where} names an invalid archive {self.archive!r}")
+        if self.layout not in LAYOUTS:
+            raise RepositoryError(f"manifest {where} has an unknown layout {self.layout!r}")
+        if self.layout == "chunked" and not (
+                self.format_version >= 2 and self.chunks is not None
+                and isinstance(self.tar_sha256, str) and _HEX64.fullmatch(self.tar_sha256)
+                and _HEX64.fullmatch(self.sha256)):
+            raise RepositoryError(f"manifest {where} is an incomplete chunked manifest")
+
+    @property
+    def chunked(self) -> bool:
+        return self.layout == "chunked"
 

@@ -1,10 +1,11 @@
 """Snapshot naming and layout on top of a storage backend.
 
-Layout: `snapshots/<volume>/<stamp>.tar.zst` (archive) and `snapshots/<volume>/<stamp>.json`
-(manifest), where the snapshot id is `<volume>@<stamp>` and the stamp is
-`YYYYMMDDTHHMMSSZ-xxxx` (UTC time plus a random suffix, so two runs in the same second,
-or two hosts, never collide). The archive is written first, the manifest last: a
-snapshot exists exactly when its manifest does.
+Layout: `snapshots/<volume>/<stamp>.json` (manifest), next to its data: an archive
+`<stamp>.tar.zst`, or in a chunked repository (one with a `config`, made by `init`) a
+chunk list `<stamp>.chunks` naming chunks under `chunks/` (volbackup.repo.chunked). The
+snapshot id is `<volume>@<stamp>` and the stamp is `YYYYMMDDTHHMMSSZ-xxxx` (UTC time plus
+a random suffix, so two runs in the same second, or two hosts, never collide). The data
+is written first, the manifest last: a snapshot exists exactly when its manifest does.
 
 The Repository owns its storage: locks, orphaned archives and unfinished writes are
 reached through it, never through `repo.backend`, so that a different layout (a chunk
@@ -15,23 +16,28 @@ from __future__ import annotations
 
 import re
 import secrets
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import NotFound, RepositoryError
-from volbackup.repo import locking
+from volbackup.repo import chunked, locking, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
-from volbackup.repo.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.config import CONFIG_KEY, RepoConfig
+from volbackup.repo.manifest import FORMAT_VERSION, STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.stream import archive
+from volbackup.stream.archive import Packed, Progress, no_progress
 from volbackup.stream.chunks import read_chunks
 
 PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
+LIST_SUFFIX = chunked.LIST_SUFFIX
 MANIFEST_SUFFIX = ".json"
 _ID = re.compile(rf"(?P<volume>{VOLUME_NAME.pattern})@(?P<stamp>{STAMP})")
 _ARCHIVE_KEY = re.compile(rf"{PREFIX}(?P<volume>{VOLUME_NAME.pattern})/(?P<stamp>{STAMP})"
-                          rf"{re.escape(ARCHIVE_SUFFIX)}")
+                          rf"(?P<suffix>{re.escape(ARCHIVE_SUFFIX)}|{re.escape(LIST_SUFFIX)})")
 
 
 def new_snapshot_id(volume: str, created: datetime) -> str:
@@ -67,8 +73,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class Orphan:
-    """An archive without a manifest: left by a run that failed or was killed between its
-    archive and its manifest. Never a snapshot; only keys named by volbackup count."""
+    """An archive or chunk list without a manifest: left by a run that failed or was killed
+    between its data and its manifest. Never a snapshot; only keys named by volbackup count."""
 
     key: str
     volume: str
@@ -101,16 +107,63 @@ class Listing:
     problems: list[Problem]
 
 
+class SnapshotWriter:
+    """Writes one snapshot's data (an archive, or chunks and a chunk list); the manifest
+    that makes it a snapshot is written after, by Repository.commit."""
+
+    def __init__(self, repo: "Repository", out, archive_name: str):
+        self._repo, self._out, self.archive = repo, out, archive_name
+
+    def pack(self, tar_chunks: Iterable[bytes], level: int,
+             progress: Progress = no_progress) -> Packed:
+        if self._repo.config is None:
+            return archive.pack(tar_chunks, self._out, level, progress)
+        return chunked.pack(tar_chunks, self._out, self._repo.chunk_store,
+                            self._repo.config, self._repo.known_chunks, level, progress)
+
+    @staticmethod
+    def fields(packed: Packed) -> dict:
+        """The manifest fields that depend on the layout."""
+        if not isinstance(packed, chunked.ChunkedPacked):
+            return {}
+        return {"layout": "chunked", "format_version": FORMAT_VERSION, "chunks": packed.chunks,
+                "new_chunks": packed.new_chunks, "tar_sha256": packed.tar_sha256}
+
+
 class Repository:
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, config: RepoConfig | None = None):
         self.backend = backend
+        self.config = config        # None: the archive layout
+        self.chunk_store = ChunkStore(backend)
+        self.known_chunks = chunked.KnownChunks(self.chunk_store)
 
     @classmethod
     def open(cls, url: str, writable: bool = False, options: dict | None = None) -> "Repository":
         """Open and check the repository at `url`; `options` are for writing (S3 only)."""
         backend = open_backend(url, options)
         backend.check(writable=writable)
-        return cls(backend)
+        return cls(backend, read_config(backend))
+
+    @classmethod
+    def init(cls, url: str, options: dict | None = None,
+             config: RepoConfig | None = None) -> "Repository":
+        """Make a chunked repository at `url` (an empty directory or bucket prefix, or one
+        with archive-layout snapshots); refuse one that already has a config."""
+        backend = open_backend(url, options)
+        backend.check(writable=True)
+        if read_config(backend) is not None:
+            raise RepositoryError(f"{backend.describe()} is already a chunked repository "
+                                  f"(it has a config); nothing was changed")
+        repo = cls(backend)
+        repo.require_repository()   # not a directory of other things
+        config = config or RepoConfig.new()
+        backend.write_bytes(CONFIG_KEY, config.to_json())
+        repo.config = config
+        return repo
+
+    @property
+    def layout(self) -> str:
+        return "archive" if self.config is None else "chunked"
 
     def describe(self) -> str:
         return self.backend.describe()
@@ -122,16 +175,21 @@ class Repository:
         return f"{PREFIX}{volume}/{stamp}{MANIFEST_SUFFIX}"
 
     @staticmethod
-    def archive_name(snapshot_id: str) -> str:
-        return split_id(snapshot_id)[1] + ARCHIVE_SUFFIX
+    def archive_name(snapshot_id: str, chunked: bool = False) -> str:
+        """The name of a snapshot's data blob next to its manifest: archive or chunk list."""
+        return split_id(snapshot_id)[1] + (LIST_SUFFIX if chunked else ARCHIVE_SUFFIX)
 
     def archive_key(self, manifest: Manifest) -> str:
         return f"{PREFIX}{manifest.volume}/{manifest.archive}"
 
     # -- writing
-    def archive_writer(self, snapshot_id: str):
+    @contextmanager
+    def snapshot_writer(self, snapshot_id: str) -> Iterator[SnapshotWriter]:
+        """Where a new snapshot's data goes; it appears when the block ends cleanly."""
         volume, _ = split_id(snapshot_id)
-        return self.backend.open_write(f"{PREFIX}{volume}/{self.archive_name(snapshot_id)}")
+        name = self.archive_name(snapshot_id, chunked=self.config is not None)
+        with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out:
+            yield SnapshotWriter(self, out, name)
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest, which makes the snapshot exist."""
@@ -233,12 +291,19 @@ class Repository:
         self.backend.delete(self.archive_key(manifest))
 
     # -- locks (volbackup.repo.locking)
+    @contextmanager
     def lock(self, kind: str, wait: float, command: str = "",
              on_break: Callable[[locking.LockInfo, str], None] = lambda lock, why: None
-             ) -> AbstractContextManager[locking.Lock]:
+             ) -> Iterator[locking.Lock]:
         """Hold a SHARED (backup) or EXCLUSIVE (prune) lock for a `with` block, waiting up
-        to `wait` seconds; `on_break` hears of each stale lock broken on the way."""
-        return locking.locked(self.backend, kind, wait, command, on_break)
+        to `wait` seconds; `on_break` hears of each stale lock broken on the way. What is
+        known of the stored chunks is listed afresh under each lock."""
+        with locking.locked(self.backend, kind, wait, command, on_break) as held:
+            self.known_chunks.forget()
+            try:
+                yield held
+            finally:
+                self.known_chunks.forget()
 
     def locks(self) -> list[locking.LockInfo]:
         return locking.list_locks(self.backend)
@@ -256,7 +321,7 @@ class Repository:
         out = []
         for blob in blobs:
             match = _ARCHIVE_KEY.fullmatch(blob.key)
-            if not match or blob.key[:-len(ARCHIVE_SUFFIX)] in manifests:
+            if not match or blob.key[:-len(match["suffix"])] in manifests:
                 continue
             try:
                 started = datetime.strptime(match["stamp"][:16], "%Y%m%dT%H%M%SZ")
@@ -265,6 +330,12 @@ class Repository:
             out.append(Orphan(blob.key, match["volume"], started.replace(tzinfo=timezone.utc),
                               blob.size))
         return out
+
+    def sweep_chunks(self, min_age: timedelta, now: datetime, dry_run: bool = False
+                     ) -> sweep.ChunkSweep:
+        """Remove the chunks no chunk list names (older than `min_age`); under the
+        exclusive lock only (volbackup.repo.sweep)."""
+        return sweep.sweep(self.backend, self.chunk_store, min_age, now, dry_run)
 
     def remove_orphan(self, orphan: Orphan) -> None:
         if not _ARCHIVE_KEY.fullmatch(orphan.key):
@@ -293,10 +364,55 @@ class Repository:
 
     @contextmanager
     def open_archive(self, manifest: Manifest) -> Iterator[Iterator[bytes]]:
+        """The stored bytes of the blob next to the manifest (archive or chunk list)."""
         key = self.archive_key(manifest)
+        what = "chunk list" if manifest.chunked else "archive"
         try:
             with self.backend.open_read(key) as reader:
                 yield read_chunks(reader)
         except BlobNotFound:
             raise RepositoryError(
-                f"archive {key} of snapshot {manifest.snapshot} is missing") from None
+                f"{what} {key} of snapshot {manifest.snapshot} is missing") from None
+
+    def unpacker(self, manifest: Manifest, progress: Progress = no_progress
+                 ) -> archive.Unpacker | chunked.ChunkedUnpacker:
+        """A checked reader of the snapshot's tar stream: `chunks()` yields it, holding
+        back the end until everything checked out (volbackup.stream.archive.Unpacker)."""
+        if not manifest.chunked:
+            return _ArchiveUnpacker(self, manifest, progress)
+        return chunked.ChunkedUnpacker(
+            lambda: _open_list(self, manifest), self.chunk_store, manifest.sha256,
+            manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes, progress)
+
+
+class _ArchiveUnpacker(archive.Unpacker):
+    """An Unpacker that opens the archive itself when read."""
+
+    def __init__(self, repo: Repository, manifest: Manifest, progress: Progress):
+        super().__init__((), manifest.sha256, manifest.stored_bytes, progress)
+        self._repo, self._manifest = repo, manifest
+
+    def chunks(self) -> Iterator[bytes]:
+        with self._repo.open_archive(self._manifest) as stored:
+            self._stored = stored
+            yield from super().chunks()
+
+
+@contextmanager
+def _open_list(repo: Repository, manifest: Manifest) -> Iterator[object]:
+    key = repo.archive_key(manifest)
+    try:
+        with repo.backend.open_read(key) as reader:
+            yield reader
+    except BlobNotFound:
+        raise RepositoryError(
+            f"chunk list {key} of snapshot {manifest.snapshot} is missing") from None
+
+
+def read_config(backend: Backend) -> RepoConfig | None:
+    """The repository's config, or None for an archive-layout repository (no config)."""
+    try:
+        raw = backend.read_bytes(CONFIG_KEY)
+    except BlobNotFound:
+        return None
+    return RepoConfig.from_json(raw, f"config of repository {backend.describe()}")

@@ -29,11 +29,11 @@ MAX_TAIL = 1 << 20  # tar bytes allowed after the end marker (padding); more is 
 Progress = Callable[[int], None]
 
 
-def _no_progress(_n: int) -> None:
+def no_progress(_n: int) -> None:
     pass
 
 
-class _HashingWriter:
+class HashingWriter:
     """A write-only file object that hashes and counts what it passes on."""
 
     def __init__(self, inner: BinaryIO):
@@ -73,29 +73,36 @@ class Packed:
 
 
 def pack(tar_chunks: Iterable[bytes], out: BinaryIO, level: int = 3,
-         progress: Progress = _no_progress) -> Packed:
-    """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete.
-
-    The archive ends right after the end-of-archive marker (two zero blocks): the
-    padding a tar writer adds to fill its last record is dropped. GNU tar with 128 KiB
-    records (volbackup.docker.direct) pads by up to 127 KiB, and a stock `zstd -dc | tar -x`
-    would end with zstd killed by SIGPIPE, tar having stopped reading at the marker.
-    """
+         progress: Progress = no_progress) -> Packed:
+    """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete."""
     walker = TarWalker()
-    sink = _HashingWriter(out)
+    sink = HashingWriter(out)
     kept = 0
     compressor = zstandard.ZstdCompressor(compression_params=compression_params(level))
     with compressor.stream_writer(sink, closefd=False) as zout:
-        for chunk in tar_chunks:
-            offset = walker.bytes
-            walker.feed(chunk)
-            if walker.ended:
-                chunk = chunk[:max(0, walker.end_marker_at + END_MARKER - offset)]
+        for chunk in kept_tar(tar_chunks, walker):
             zout.write(chunk)
             kept += len(chunk)
             progress(len(chunk))
-        walker.finish()
     return Packed(kept, sink.bytes, sink.sha256.hexdigest(), walker.entries, walker.first)
+
+
+def kept_tar(tar_chunks: Iterable[bytes], walker: TarWalker) -> Iterator[bytes]:
+    """The tar stream checked by `walker`, ending right after its end-of-archive marker;
+    raises IntegrityError (at the end) if the tar is incomplete.
+
+    The padding a tar writer adds to fill its last record is dropped. GNU tar with 128 KiB
+    records (volbackup.docker.direct) pads by up to 127 KiB, and a stock `zstd -dc | tar -x`
+    would end with zstd killed by SIGPIPE, tar having stopped reading at the marker.
+    """
+    for chunk in tar_chunks:
+        offset = walker.bytes
+        walker.feed(chunk)
+        if walker.ended:
+            chunk = chunk[:max(0, walker.end_marker_at + END_MARKER - offset)]
+        if chunk:
+            yield chunk
+    walker.finish()
 
 
 class _CheckedSource:
@@ -136,7 +143,7 @@ class Unpacker:
     """
 
     def __init__(self, stored: Iterable[bytes], expected_sha256: str | None = None,
-                 expected_stored_bytes: int | None = None, progress: Progress = _no_progress):
+                 expected_stored_bytes: int | None = None, progress: Progress = no_progress):
         self._stored = stored
         self._expected_sha256 = expected_sha256
         self._expected_stored_bytes = expected_stored_bytes
@@ -151,34 +158,20 @@ class Unpacker:
 
     def chunks(self) -> Iterator[bytes]:
         source = _CheckedSource(self._stored)
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            source, read_size=READ_CHUNK, read_across_frames=False)
-        held: list[bytes] = []  # decompressed, not yet released
-        released = 0            # tar bytes released so far
-        try:
-            while True:
-                out = reader.read(OUTPUT_CHUNK)  # bounded: a tiny input may expand hugely
-                if not out:
-                    break
-                self.walker.feed(out)
-                held.append(out)
-                safe = self.walker.bytes - len(out)
-                if self.walker.end_marker_at is not None:
-                    safe = min(safe, self.walker.end_marker_at)
-                    if self.walker.bytes - self.walker.end_marker_at > MAX_TAIL:
-                        raise IntegrityError("archive has data after the end of its tar stream")
-                for piece in _release(held, safe - released):
-                    released += len(piece)
-                    yield piece
-                    self._progress(len(piece))
-            source.drain()
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"archive is corrupt: zstd says {e}") from None
-        self.stored_bytes, self.sha256 = source.bytes, source.sha256.hexdigest()
-        self._check_complete(source.frame)
-        for piece in held:
-            yield piece
-            self._progress(len(piece))
+
+        def decompressed() -> Iterator[bytes]:
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                source, read_size=READ_CHUNK, read_across_frames=False)
+            try:
+                while out := reader.read(OUTPUT_CHUNK):  # bounded: a tiny input may expand
+                    yield out
+                source.drain()
+            except zstandard.ZstdError as e:
+                raise IntegrityError(f"archive is corrupt: zstd says {e}") from None
+            self.stored_bytes, self.sha256 = source.bytes, source.sha256.hexdigest()
+
+        yield from release_checked(decompressed(), self.walker,
+                                   lambda: self._check_complete(source.frame), self._progress)
 
     def _check_complete(self, frame: FrameWalker) -> None:
         if self._expected_stored_bytes is not None and self.stored_bytes != self._expected_stored_bytes:
@@ -195,6 +188,31 @@ class Unpacker:
         """Read and check the whole archive, discarding the tar bytes."""
         for _ in self.chunks():
             pass
+
+
+def release_checked(tar_pieces: Iterable[bytes], walker: TarWalker, check: Callable[[], None],
+                    progress: Progress = no_progress) -> Iterator[bytes]:
+    """Pass a tar stream on as `walker` checks it, holding back the last piece and
+    everything from the end-of-archive marker on until the stream ended and `check()`
+    (the caller's checks of the whole: digests, sizes) returned without raising."""
+    held: list[bytes] = []  # checked, not yet released
+    released = 0
+    for out in tar_pieces:
+        walker.feed(out)
+        held.append(out)
+        safe = walker.bytes - len(out)
+        if walker.end_marker_at is not None:
+            safe = min(safe, walker.end_marker_at)
+            if walker.bytes - walker.end_marker_at > MAX_TAIL:
+                raise IntegrityError("archive has data after the end of its tar stream")
+        for piece in _release(held, safe - released):
+            released += len(piece)
+            yield piece
+            progress(len(piece))
+    check()
+    for piece in held:
+        yield piece
+        progress(len(piece))
 
 
 def _release(held: list[bytes], count: int) -> Iterator[bytes]:

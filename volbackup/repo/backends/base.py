@@ -49,6 +49,7 @@ class BlobInfo:
     # device, or a directory that cannot be listed (its key then ends with '/'). Callers
     # report it rather than skip it: a snapshot must never silently drop out of a listing.
     error: str | None = None
+    modified: datetime | None = None  # UTC, where the listing says (chunk sweeps judge age)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,17 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove a blob; removing one that does not exist is not an error."""
+
+    def delete_many(self, keys: list[str]) -> list[tuple[str, str]]:
+        """Remove many blobs; the (key, message) of each that could not be removed. A
+        backend with a batch call (S3) overrides it."""
+        failed = []
+        for key in keys:
+            try:
+                self.delete(key)
+            except RepositoryError as e:
+                failed.append((key, str(e)))
+        return failed
 
     def foreign_entries(self) -> list[str]:
         """What the store holds instead of a repository: its top-level names when it has

@@ -332,7 +332,8 @@ class LocalBackend(Backend):
                     os.close(sub)
             elif stat.S_ISREG(st.st_mode):
                 if not temps:
-                    found.append(BlobInfo(key, st.st_size))
+                    found.append(BlobInfo(key, st.st_size, modified=datetime.fromtimestamp(
+                        st.st_mtime, timezone.utc)))
             elif not temps:
                 found.append(BlobInfo(key + ("/" if stat.S_ISLNK(st.st_mode)
                                              and entry.is_dir() else ""), 0,
@@ -358,12 +359,12 @@ class LocalBackend(Backend):
 
     def foreign_entries(self) -> list[str]:
         """Names at the root that volbackup did not make (hidden ones and lost+found
-        aside); [] when the root holds snapshots/ or locks/ (it is a repository)."""
+        aside); [] when the root holds snapshots/, locks/ or config (it is a repository)."""
         try:
             names = sorted(n for n in os.listdir(self.root) if not n.startswith("."))
         except OSError as e:
             raise self._error(e, "list the directory") from None
-        if "snapshots" in names or "locks" in names:
+        if "snapshots" in names or "locks" in names or "config" in names:
             return []
         return [n for n in names if n not in _IGNORED_TOP]
 

@@ -130,6 +130,13 @@ class RetryBackend(Backend):
     def delete(self, key: str) -> None:
         self.retry.call(self.inner.delete, key)
 
+    def delete_many(self, keys: list[str]) -> list[tuple[str, str]]:
+        """In batches of 1000, each retried: a transient failure repeats one batch only."""
+        failed = []
+        for start in range(0, len(keys), 1000):
+            failed += self.retry.call(self.inner.delete_many, keys[start:start + 1000])
+        return failed
+
     def foreign_entries(self) -> list[str]:
         return self.retry.call(self.inner.foreign_entries)
 

@@ -223,11 +223,24 @@ class S3Backend(Backend):
                 Bucket=self.bucket, Prefix=full)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield BlobInfo(self._rel(obj["Key"]), obj["Size"])
+                    yield BlobInfo(self._rel(obj["Key"]), obj["Size"],
+                                   modified=obj.get("LastModified"))
 
     def delete(self, key: str) -> None:
         with self._calls(f"deleting {key}"):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_many(self, keys: list[str]) -> list[tuple[str, str]]:
+        """DeleteObjects, 1000 keys a request; a key S3 reports as failed comes back."""
+        failed = []
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            with self._calls(f"deleting {len(batch)} objects"):
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True})
+            failed += [(self._rel(e["Key"]), f"{e.get('Code')}: {e.get('Message')}")
+                       for e in answer.get("Errors", [])]
+        return failed
 
     def leftovers(self) -> list[Leftover]:
         """Multipart uploads under the prefix that were neither completed nor aborted."""

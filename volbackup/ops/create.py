@@ -1,0 +1,26 @@
+"""Create a chunked repository (`volbackup init`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from volbackup.repo.config import DEFAULT_AVG, RepoConfig
+from volbackup.repo.repository import Repository
+
+
+@dataclass
+class InitResult:
+    repository: str
+    id: str
+    layout: str
+    chunker: dict
+    existing_snapshots: int   # archive-layout snapshots it already held (kept as they are)
+
+
+def create_repository(url: str, options: dict | None = None,
+                      avg_chunk_size: int = DEFAULT_AVG) -> InitResult:
+    repo = Repository.init(url, options, RepoConfig.new(avg_chunk_size))
+    assert repo.config is not None
+    held = len(repo.snapshots().snapshots)
+    return InitResult(repo.describe(), repo.config.id, repo.layout,
+                      vars(repo.config.chunker).copy(), held)

@@ -1,0 +1,243 @@
+"""Snapshots of a chunked repository: a tar stream cut into chunks, and its chunk list.
+
+Writing: the tar stream (checked as for an archive) is cut by content-defined chunking;
+each chunk is hashed, and the ones the repository lacks are compressed and stored by a
+few worker threads while the stream goes on. The chunk list, one line per chunk
+(`<sha256 hex> <length>`), is written as the chunks complete, in stream order, into a blob
+that appears only when every chunk is durable. The manifest is written after it.
+
+Reading: the list is read as a stream; the chunks are fetched ahead by worker threads
+(restores from S3 are not latency-bound), each checked against its name, and the tar
+stream they form goes through the same checks as an archive's, the last piece held back
+until the whole stream's sha256, the list's sha256 and the tar structure check out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import zstandard
+
+from volbackup.errors import IntegrityError
+from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.config import MAX_CHUNK, RepoConfig
+from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
+                                      release_checked)
+from volbackup.stream.chunker import cut
+from volbackup.stream.chunks import READ_CHUNK
+from volbackup.stream.tarstream import Entry, TarWalker
+
+LIST_SUFFIX = ".chunks"
+WRITERS = 4         # threads compressing and storing new chunks
+READERS = 8         # chunks fetched ahead on restore
+_LINE = re.compile(rb"([0-9a-f]{64}) ([1-9][0-9]{0,8})\n")
+MAX_LINE = 64 + 1 + 9 + 1
+
+
+@dataclass
+class ChunkedPacked(Packed):
+    chunks: int = 0
+    new_chunks: int = 0
+    tar_sha256: str = ""
+
+
+class KnownChunks:
+    """The chunks a backup need not write: those listed under the current lock, plus those
+    written since. Never a cache kept across locks: a prune may have swept in between.
+    Shared by the jobs of one run: a chunk another job is writing is waited for, so that no
+    chunk list names a chunk before it is durable."""
+
+    def __init__(self, store: ChunkStore):
+        self._store = store
+        self._ids: set[bytes] | None = None
+        self._writing: dict[bytes, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, digest: bytes) -> bool:
+        """True: the caller must write this chunk, then call done(). False: it is stored
+        (perhaps after waiting for the caller that was writing it)."""
+        while True:
+            with self._lock:
+                if self._ids is None:
+                    self._ids = self._store.ids()
+                if digest in self._ids:
+                    return False
+                writing = self._writing.get(digest)
+                if writing is None:
+                    self._writing[digest] = threading.Event()
+                    return True
+            writing.wait()  # then stored, or that writer failed and this one claims it
+
+    def done(self, digest: bytes, stored: bool) -> None:
+        with self._lock:
+            writing = self._writing.pop(digest)
+            if stored and self._ids is not None:
+                self._ids.add(digest)
+        writing.set()
+
+    def forget(self) -> None:
+        """Drop what was listed (a new lock begins, or one ended)."""
+        with self._lock:
+            self._ids = None
+
+
+def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
+         config: RepoConfig, known: KnownChunks, level: int = 3,
+         progress: Progress = no_progress) -> ChunkedPacked:
+    """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
+    IntegrityError if the tar is incomplete (nothing of it is then referenced)."""
+    walker = TarWalker()
+    tar_sha256 = hashlib.sha256()
+    listing = HashingWriter(list_out)
+    local = threading.local()
+    result = ChunkedPacked(0, 0, "", 0, None)
+
+    def store_one(data: bytes) -> tuple[str, int, int]:
+        digest = hashlib.sha256(data).digest()
+        if not known.claim(digest):
+            return digest.hex(), len(data), 0
+        if not hasattr(local, "compressor"):
+            local.compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        stored = 0
+        try:
+            stored = store.put(digest.hex(), data, local.compressor)
+        finally:
+            known.done(digest, stored > 0)
+        return digest.hex(), len(data), stored
+
+    def record(future: Future) -> None:
+        chunk_id, length, stored = future.result()
+        listing.write(f"{chunk_id} {length}\n".encode())
+        result.chunks += 1
+        result.new_chunks += 1 if stored else 0
+        result.stored_bytes += stored
+
+    c = config.chunker
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="volbackup-chunk") as pool:
+        try:
+            for data in cut(kept_tar(tar_chunks, walker), c.avg_size, c.min_size, c.max_size,
+                            c.normalized_chunking, c.seed):
+                tar_sha256.update(data)
+                result.bytes += len(data)
+                pending.append(pool.submit(store_one, data))
+                while len(pending) > 2 * WRITERS or (pending and pending[0].done()):
+                    record(pending.popleft())
+                progress(len(data))
+            while pending:
+                record(pending.popleft())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    result.sha256, result.tar_sha256 = listing.sha256.hexdigest(), tar_sha256.hexdigest()
+    result.entries, result.root = walker.entries, walker.first
+    return result
+
+
+class ChunkedUnpacker:
+    """As volbackup.stream.archive.Unpacker, for a chunked snapshot: `chunks()` yields the
+    checked tar stream; `walker`, `root` and `stored_bytes` as there."""
+
+    def __init__(self, open_list: Callable[[], object], store: ChunkStore, expected_sha256: str,
+                 expected_chunks: int, expected_tar_sha256: str, expected_bytes: int,
+                 progress: Progress = no_progress):
+        self._open_list = open_list
+        self._store = store
+        self._expected = (expected_sha256, expected_chunks, expected_tar_sha256, expected_bytes)
+        self._progress = progress
+        self.walker = TarWalker()
+        self.stored_bytes = 0
+
+    @property
+    def root(self) -> Entry | None:
+        return self.walker.first
+
+    def chunks(self) -> Iterator[bytes]:
+        list_sha256, tar_sha256 = hashlib.sha256(), hashlib.sha256()
+        counted = {"chunks": 0, "bytes": 0}
+        want_sha, want_chunks, want_tar, want_bytes = self._expected
+
+        def entries() -> Iterator[tuple[str, int]]:
+            with self._open_list() as reader:
+                for chunk_id, length in iter_list(reader, list_sha256):
+                    counted["chunks"] += 1
+                    counted["bytes"] += length
+                    if counted["bytes"] > want_bytes or counted["chunks"] > want_chunks:
+                        raise IntegrityError("chunk list is longer than the manifest says")
+                    yield chunk_id, length
+
+        def plaintext() -> Iterator[bytes]:
+            with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-fetch") as pool:
+                ahead: deque[Future] = deque()
+                try:
+                    for chunk_id, length in entries():
+                        ahead.append(pool.submit(self._store.get, chunk_id, length))
+                        if len(ahead) >= READERS:
+                            yield self._take(ahead.popleft(), tar_sha256)
+                    while ahead:
+                        yield self._take(ahead.popleft(), tar_sha256)
+                finally:
+                    for future in ahead:
+                        future.cancel()
+
+        def check() -> None:
+            if list_sha256.hexdigest() != want_sha:
+                raise IntegrityError(f"chunk list sha256 is {list_sha256.hexdigest()}, the "
+                                     f"manifest says {want_sha}")
+            if (counted["chunks"], counted["bytes"]) != (want_chunks, want_bytes):
+                raise IntegrityError(
+                    f"chunk list holds {counted['chunks']} chunks of {counted['bytes']} bytes, "
+                    f"the manifest says {want_chunks} of {want_bytes}")
+            if tar_sha256.hexdigest() != want_tar:
+                raise IntegrityError(f"tar stream sha256 is {tar_sha256.hexdigest()}, the "
+                                     f"manifest says {want_tar}")
+            self.walker.finish()
+
+        yield from release_checked(plaintext(), self.walker, check, self._progress)
+
+    def _take(self, future: Future, tar_sha256) -> bytes:
+        plain, stored = future.result()
+        tar_sha256.update(plain)
+        self.stored_bytes += stored
+        return plain
+
+    def drain(self) -> None:
+        for _ in self.chunks():
+            pass
+
+
+def iter_list(reader, digest=None) -> Iterator[tuple[str, int]]:
+    """The (chunk id, length) entries of a chunk list read from `reader`, each checked
+    (a chunk list is untrusted input); `digest` (a hashlib object) sees every byte."""
+    for line in _lines(reader):
+        if digest is not None:
+            digest.update(line)
+        match = _LINE.fullmatch(line)
+        if not match or int(match[2]) > MAX_CHUNK:
+            raise IntegrityError(f"chunk list has an invalid line {line[:80]!r}")
+        yield match[1].decode(), int(match[2])
+
+
+def _lines(reader) -> Iterator[bytes]:
+    """Lines of a chunk list, each with its newline; a line longer than any valid one, or
+    a last line without a newline, is yielded as it is (and refused by the caller)."""
+    rest = b""
+    while piece := reader.read(READ_CHUNK):
+        rest += piece
+        lines = rest.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+        if len(rest) > MAX_LINE:
+            yield rest
+            return
+    if rest:
+        yield rest
+

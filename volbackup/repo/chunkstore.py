@@ -1,0 +1,91 @@
+"""The chunk store of a chunked repository: `chunks/<2 hex>/<sha256 hex>`, one zstd frame each.
+
+A chunk is named by the sha256 of its plaintext, so it is written once however many
+snapshots, volumes or hosts hold it, and every read checks the bytes against the name.
+Chunks are only ever added, except by prune's sweep under the exclusive lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+import zstandard
+
+from volbackup.errors import IntegrityError
+from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
+from volbackup.repo.config import MAX_CHUNK
+
+PREFIX = "chunks/"
+_KEY = re.compile(r"chunks/([0-9a-f]{2})/(\1[0-9a-f]{62})")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+# A chunk that does not compress is stored as a raw zstd block: a little larger than itself.
+MAX_STORED = MAX_CHUNK + (MAX_CHUNK >> 7) + (1 << 16)
+
+
+def chunk_key(chunk_id: str) -> str:
+    return f"{PREFIX}{chunk_id[:2]}/{chunk_id}"
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: str
+    size: int                   # stored (compressed) bytes
+    modified: datetime | None   # UTC, when the backend says
+
+
+class ChunkStore:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def listing(self) -> Iterator[StoredChunk | str]:
+        """Every chunk stored, and an error message for each entry that is no chunk
+        (a stray file, a symlink, an unreadable directory) under chunks/."""
+        for info in self.backend.list(PREFIX):
+            match = _KEY.fullmatch(info.key)
+            if info.error or not match:
+                yield info.error or f"{info.key} in repository {self.backend.describe()} " \
+                                    f"is not a chunk (left alone)"
+                continue
+            yield StoredChunk(match[2], info.size, info.modified)
+
+    def ids(self) -> set[bytes]:
+        """The ids (binary) of every chunk stored: what a backup need not write again."""
+        return {bytes.fromhex(c.id) for c in self.listing() if isinstance(c, StoredChunk)}
+
+    def put(self, chunk_id: str, data: bytes, compressor: zstandard.ZstdCompressor) -> int:
+        """Store one chunk; returns its stored size."""
+        stored = compressor.compress(data)
+        self.backend.write_bytes(chunk_key(chunk_id), stored)
+        return len(stored)
+
+    def get(self, chunk_id: str, length: int) -> tuple[bytes, int]:
+        """A chunk's plaintext and stored size, checked: one complete zstd frame, `length` bytes, and the
+        sha256 its name says. Raises IntegrityError naming the chunk otherwise."""
+        key = chunk_key(chunk_id)
+        try:
+            stored = self.backend.read_bytes(key, limit=MAX_STORED)
+        except BlobNotFound:
+            raise IntegrityError(f"chunk {chunk_id} is missing") from None
+        except BadEntry as e:
+            raise IntegrityError(f"chunk {chunk_id} is not a chunk: {e}") from None
+        try:
+            params = zstandard.get_frame_parameters(stored)
+            if params.content_size != length:
+                raise IntegrityError(f"chunk {chunk_id} holds {params.content_size} bytes, "
+                                     f"the chunk list says {length}")
+            # The header's size is checked above, so this allocates at most MAX_CHUNK; a
+            # frame that is cut short, or followed by anything, is refused.
+            plain = zstandard.ZstdDecompressor().decompress(stored, allow_extra_data=False)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"chunk {chunk_id} is corrupt: zstd says {e}") from None
+        if len(plain) != length or hashlib.sha256(plain).hexdigest() != chunk_id:
+            raise IntegrityError(f"chunk {chunk_id} does not match its name (corrupt or "
+                                 f"replaced)")
+        return plain, len(stored)
+
+    def delete(self, chunk_id: str) -> None:
+        self.backend.delete(chunk_key(chunk_id))

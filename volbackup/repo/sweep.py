@@ -1,0 +1,84 @@
+"""Prune's last step in a chunked repository: remove the chunks no chunk list names.
+
+Run under the exclusive lock, after the snapshots to remove and old orphaned lists are
+gone. Every chunk list under snapshots/ counts, with or without its manifest (a young
+orphan is kept by prune, and so are its chunks). If any list cannot be read, or an entry
+under snapshots/ is not readable, nothing is swept: a chunk is removed only when it is
+certain that nothing names it. Unreferenced chunks younger than `min_age` are kept too
+(defence in depth against a writer whose lock was broken as stale).
+
+Memory: one set of referenced ids, about 100 bytes per distinct chunk (100 MB per
+million chunks, ~1.2 TiB of unique data at the default chunk size).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from volbackup.errors import IntegrityError, RepositoryError
+from volbackup.repo.backends import Backend
+from volbackup.repo.chunked import LIST_SUFFIX, iter_list
+from volbackup.repo.chunkstore import ChunkStore, StoredChunk, chunk_key
+
+SNAPSHOTS = "snapshots/"
+_LIST_KEY = re.compile(rf"{SNAPSHOTS}[^/]+/[^/]+{re.escape(LIST_SUFFIX)}")
+
+
+@dataclass
+class ChunkSweep:
+    stored: int = 0           # chunks in the repository before the sweep
+    referenced: int = 0       # distinct chunks the chunk lists name
+    removed: int = 0          # (or would be, in a dry run)
+    removed_bytes: int = 0
+    too_young: int = 0        # unreferenced, kept: younger than the leftover age
+    failed: int = 0
+    problems: list[str] = field(default_factory=list)  # why nothing was swept, or left alone
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def sweep(backend: Backend, store: ChunkStore, min_age: timedelta, now: datetime,
+          dry_run: bool) -> ChunkSweep:
+    result = ChunkSweep()
+    referenced: set[bytes] = set()
+    for info in backend.list(SNAPSHOTS):
+        if info.error:
+            result.problems.append(f"no chunk swept: {info.error}")
+            return result
+        if not _LIST_KEY.fullmatch(info.key):
+            continue
+        try:
+            with backend.open_read(info.key) as reader:
+                for chunk_id, _ in iter_list(reader):
+                    referenced.add(bytes.fromhex(chunk_id))
+        except (IntegrityError, RepositoryError) as e:
+            result.problems.append(f"no chunk swept: chunk list {info.key}: {e}")
+            return result
+    result.referenced = len(referenced)
+    doomed: list[StoredChunk] = []
+    for chunk in store.listing():
+        if isinstance(chunk, str):
+            result.problems.append(chunk)
+            continue
+        result.stored += 1
+        if bytes.fromhex(chunk.id) in referenced:
+            continue
+        if chunk.modified is not None and now - chunk.modified < min_age:
+            result.too_young += 1
+            continue
+        doomed.append(chunk)
+    result.removed = len(doomed)
+    result.removed_bytes = sum(c.size for c in doomed)
+    if dry_run or not doomed:
+        return result
+    sizes = {chunk_key(c.id): c.size for c in doomed}
+    for key, message in backend.delete_many(list(sizes)):
+        result.failed += 1
+        result.removed -= 1
+        result.removed_bytes -= sizes[key]
+        if len(result.problems) < 10:
+            result.problems.append(f"{key}: not removed: {message}")
+    return result
