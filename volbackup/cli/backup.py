@@ -59,7 +59,9 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
         jobs=jobs))
     render.results("backup", as_json, result.volumes, lambda v: (
         f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)} -> "
-        f"{render.human_bytes(v.stored_bytes)} in {v.seconds:.1f}s"
+        + (f"{render.human_bytes(v.stored_bytes)}" if v.chunks is None else
+           f"{render.human_bytes(v.stored_bytes)} new ({v.new_chunks} of {v.chunks} chunks)")
+        + f" in {v.seconds:.1f}s"
         + (f" ({v.message})" if v.message else "")), repository=result.repository)
     render.hook_failures(result.volumes)
     render.failures(result.volumes)

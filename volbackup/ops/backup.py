@@ -48,6 +48,8 @@ class VolumeBackup(QuietOutcome):
     seconds: float = 0.0
     attempts: int = 0
     via: str | None = None        # "direct" (GNU tar here) or "engine" (a helper)
+    chunks: int | None = None     # chunked repository: chunks in the snapshot ...
+    new_chunks: int | None = None  # ... and how many of them it stored (others were there)
 
 
 @dataclass
@@ -167,4 +169,6 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
         return outcome.failure(e)
     outcome.bytes, outcome.stored_bytes = packed.bytes, packed.stored_bytes
     outcome.sha256, outcome.entries, outcome.seconds = packed.sha256, packed.entries, seconds
+    fields = writer.fields(packed)
+    outcome.chunks, outcome.new_chunks = fields.get("chunks"), fields.get("new_chunks")
     return outcome
