@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator
@@ -20,6 +21,7 @@ from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.repo.config import MAX_CHUNK
 
 PREFIX = "chunks/"
+LISTERS = 8
 _KEY = re.compile(r"chunks/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # A chunk that does not compress is stored as a raw zstd block: a little larger than itself.
@@ -53,8 +55,18 @@ class ChunkStore:
             yield StoredChunk(match[2], info.size, info.modified)
 
     def ids(self) -> set[bytes]:
-        """The ids (binary) of every chunk stored: what a backup need not write again."""
-        return {bytes.fromhex(c.id) for c in self.listing() if isinstance(c, StoredChunk)}
+        """The ids (binary) of every chunk stored: what a backup need not write again.
+        Listed one fan-out directory per request stream, LISTERS at once: S3 lists 1,000
+        keys a request, so a million chunks take 1,000 requests, not 1,000 in a row."""
+        def listed(fanout: int) -> list[bytes]:
+            return [bytes.fromhex(match[2]) for info in self.backend.list(f"{PREFIX}{fanout:02x}/")
+                    if not info.error and (match := _KEY.fullmatch(info.key))]
+
+        found: set[bytes] = set()
+        with ThreadPoolExecutor(LISTERS, thread_name_prefix="volbackup-list") as pool:
+            for part in pool.map(listed, range(256)):
+                found.update(part)
+        return found
 
     def put(self, chunk_id: str, data: bytes, compressor: zstandard.ZstdCompressor) -> int:
         """Store one chunk; returns its stored size."""
