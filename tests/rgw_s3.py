@@ -135,7 +135,8 @@ def any_s3_bucket(request):
 
 @pytest.fixture
 def any_s3_client(any_s3_bucket):
-    """A boto3 client for the server `any_s3_bucket` is on (from the env it set)."""
+    """A boto3 client for the server `any_s3_bucket` is on (from the env it set). A session
+    of its own: boto3's default session keeps the credentials it found first."""
     import boto3
 
-    return boto3.client("s3")
+    return boto3.session.Session().client("s3")
