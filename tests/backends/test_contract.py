@@ -1,7 +1,8 @@
 """The storage backend contract: the one gate every backend passes.
 
 TestContract runs against each param of the `backend` fixture: the directory backend, S3
-on moto's server, and both inside RetryBackend (S3's as `open_backend` returns it). To add
+on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), and
+each inside RetryBackend (S3's as `open_backend` returns it). To add
 a backend, add a param that gives a fresh, empty, writable store; no test changes. Each
 backend's own details are in test_<backend>.py.
 """
@@ -22,7 +23,7 @@ from volbackup.repo.backends import (
     open_backend,
 )
 
-BACKENDS = ["local", "s3", "retry-local", "retry-s3"]
+BACKENDS = ["local", "s3", "rgw", "retry-local", "retry-s3", "retry-rgw"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -32,10 +33,14 @@ def backend(request, tmp_path):
         root.mkdir()
         local = LocalBackend(root)
         return RetryBackend(local, 3, sleep=_no_sleep) if request.param == "retry-local" else local
-    bucket = request.getfixturevalue("s3_bucket")
+    # rgw_bucket points the AWS env at RGW while the test runs; open_backend reads it
+    on_rgw = request.param.endswith("rgw")
+    bucket = request.getfixturevalue("rgw_bucket" if on_rgw else "s3_bucket")
     wrapped = open_backend(f"s3://{bucket}/repo/one")
     assert isinstance(wrapped, RetryBackend)
-    return wrapped if request.param == "retry-s3" else wrapped.inner
+    server = request.getfixturevalue("rgw_endpoint" if on_rgw else "s3_endpoint")
+    assert wrapped.inner.client.meta.endpoint_url == server
+    return wrapped if request.param.startswith("retry-") else wrapped.inner
 
 
 def _no_sleep(seconds: float) -> None:

@@ -4,6 +4,7 @@ sizes, resumed downloads, and which requests are retried and how often."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from urllib.parse import parse_qsl, urlsplit
@@ -278,3 +279,20 @@ def test_a_denied_request_is_not_retried(flaky_endpoint):
         flaky_backend(slept).read_bytes("k")
     assert caught.value.exit_code == 9 and "access denied to s3://bucket/repo" in str(caught.value)
     assert len(flaky_endpoint["requests"]) == 1 and slept == []
+
+
+def test_an_upload_aborted_while_leftovers_are_listed_is_no_error(any_s3_bucket, any_s3_client):
+    """leftovers() lists the uploads, then sizes each with ListParts: one aborted in between
+    is skipped, whatever the store answers (AWS and moto: NoSuchUpload; Ceph RGW: NoSuchKey)."""
+    backend = open_backend(f"s3://{any_s3_bucket}/repo/one").inner
+    key = "repo/one/snapshots/v/k.tar.zst"
+    up = any_s3_client.create_multipart_upload(Bucket=any_s3_bucket, Key=key)
+    any_s3_client.upload_part(Bucket=any_s3_bucket, Key=key, UploadId=up["UploadId"],
+                              PartNumber=1, Body=b"x" * 100)
+    (left,) = backend.leftovers()
+    assert left.size == 100
+    any_s3_client.abort_multipart_upload(Bucket=any_s3_bucket, Key=key, UploadId=up["UploadId"])
+    unsized = dataclasses.replace(left, size=None)
+    assert backend._with_size(unsized) == unsized   # the step of leftovers() after the listing
+    assert backend.leftovers() == []
+    backend.remove_leftover(left)  # gone already: not an error

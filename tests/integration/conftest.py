@@ -17,6 +17,15 @@ from tests.conftest import REQUIRE_ENGINE
 from tests.integration.images import ensure_busybox
 # S3: moto's server on 127.0.0.1, shared with tests/backends
 from tests.moto_s3 import S3_ENV, s3_bucket, s3_client, s3_endpoint  # noqa: F401 - fixtures
+# S3 on Ceph's RGW (real S3-compatible store), and any_s3_bucket: moto, then RGW
+from tests.rgw_s3 import (  # noqa: F401 - fixtures
+    any_s3_bucket,
+    any_s3_client,
+    rgw_bucket,
+    rgw_client,
+    rgw_endpoint,
+    rgw_env,
+)
 from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import HELPER_IMAGE, HELPER_LABEL, PID_LABEL
 

@@ -265,8 +265,9 @@ class S3Backend(Backend):
                 for page in pages:
                     size += sum(p["Size"] for p in page.get("Parts", []))
             except bce.ClientError as e:
-                if e.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                    return leftover  # finished or aborted meanwhile
+                # finished or aborted meanwhile; Ceph RGW answers NoSuchKey, AWS NoSuchUpload
+                if e.response.get("Error", {}).get("Code") in ("NoSuchUpload", "NoSuchKey"):
+                    return leftover
                 raise
         return Leftover(leftover.key, leftover.ident, leftover.started, size)
 
