@@ -139,6 +139,25 @@ class TestContract:
                 pass
         assert issubclass(BlobNotFound, RepositoryError)
 
+    def test_delete_many_removes_exactly_the_keys_given(self, backend):
+        from concurrent.futures import ThreadPoolExecutor
+        names = [f"chunks/{i % 3:02x}/{i:064x}" for i in range(1005)]  # > one S3 batch
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda name: backend.write_bytes(name, b"x"), names))
+        backend.write_bytes("snapshots/keep/me.json", b"{}")
+        doomed = names[:1002] + ["never/was"]
+        assert backend.delete_many(doomed) == []
+        assert keys(backend) == sorted(names[1002:] + ["snapshots/keep/me.json"])
+        assert backend.delete_many([]) == []
+
+    def test_listing_says_when_each_blob_was_written(self, backend):
+        from datetime import datetime, timedelta, timezone
+        before = datetime.now(timezone.utc) - timedelta(seconds=5)
+        backend.write_bytes("a/b", b"1")
+        (info,) = backend.list("a/")
+        assert info.modified is not None and info.modified.tzinfo is not None
+        assert before <= info.modified <= datetime.now(timezone.utc) + timedelta(seconds=5)
+
     def test_delete_is_idempotent(self, backend):
         backend.write_bytes("a/b", b"1")
         backend.write_bytes("a/c", b"2")
