@@ -86,23 +86,19 @@ def _with_library(kind: str, make: Callable, error: type) -> Callable[[Iterator[
     output bounded per call, that raises InputRefused when the input is corrupt or cut."""
 
     def run(compressed: Iterator[bytes]) -> Iterator[bytes]:
-        d = make()
+        d, fed = make(), False
         try:
             for data in compressed:
                 while data:
-                    if d.eof:  # a next stream follows (pigz, pbzip2, xz -T)
-                        data, d = d.unused_data + data, make()
-                    out = d.decompress(data, OUTPUT_CHUNK)
-                    data = b""
+                    out, data, fed = d.decompress(data, OUTPUT_CHUNK), b"", True
                     if out:
                         yield out
                     while not d.eof and not d.needs_input:
-                        out = d.decompress(b"", OUTPUT_CHUNK)
-                        if out:
+                        if out := d.decompress(b"", OUTPUT_CHUNK):
                             yield out
-                    if d.eof and d.unused_data:
-                        data = d.unused_data
-            if not d.eof:
+                    if d.eof:  # a next stream may follow (pigz, pbzip2, cat a.gz b.gz)
+                        data, d, fed = d.unused_data, make(), False
+            if fed and not d.eof:
                 raise InputRefused(f"the {kind} input is truncated: its last stream does not end")
         except error as e:
             raise InputRefused(f"the {kind} input is corrupt ({e})") from None
@@ -234,9 +230,18 @@ def normalised(reader: BinaryIO, strip: int = 0, seen: Normalised | None = None,
         raise InputRefused(str(e).replace("the archive is crafted or damaged",
                                           "the input is crafted or damaged")) from None
     except tarfile.TarError as e:
+        _explain(source)  # the walker's reason (truncated, corrupt) says more, if it has one
         raise InputRefused(f"the input is not a valid tar archive ({e})") from None
     except EOFError:
         raise InputRefused("the input is truncated inside a tar member") from None
+
+
+def _explain(source: _TarSource) -> None:
+    """Raise InputRefused with the walker's reason for what tarfile refused, if it has one."""
+    try:
+        source.drain()
+    except IntegrityError as e:
+        raise InputRefused(str(e)) from None
 
 
 def _members(source: _TarSource, strip: int, seen: Normalised,
