@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -273,3 +276,58 @@ def test_import_and_export_on_s3(names, mountpoint, s3_bucket, tmp_path, cli):
     assert exported.code == 0, exported.stderr
     _extract(out, tmp_path / "x")
     assert differences(tree(str(source)), tree(str(tmp_path / "x"))) == []
+
+
+_PEAK = ("import resource, subprocess, sys; "
+         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def _peak_rss_mib(args: list[str], feed=None) -> float:
+    """Peak RSS of `volbackup ARGS` (MiB), with `feed(stdin)` writing its input."""
+    proc = subprocess.Popen([sys.executable, "-c", _PEAK, sys.executable, "-m", "volbackup",
+                             *args], stdin=subprocess.PIPE if feed else None,
+                            stdout=subprocess.PIPE, text=False)
+    if feed:
+        feed(proc.stdin)
+        proc.stdin.close()
+    out = proc.stdout.read()
+    assert proc.wait() == 0
+    return int(out) / 1024
+
+
+def _gzipped_tar(size: int):
+    """A tar.gz of one file of `size` bytes, half random, written as it is made."""
+    def feed(out) -> None:
+        z = zlib.compressobj(1, wbits=16 + zlib.MAX_WBITS)
+        info = tarfile.TarInfo("./data.bin")
+        info.size = size
+        out.write(z.compress(_root_header() + info.tobuf(tarfile.PAX_FORMAT)))
+        for i in range(size >> 20):
+            out.write(z.compress(os.urandom(1 << 20) if i % 2 else bytes(1 << 20)))
+        out.write(z.compress(bytes(1024)) + z.flush())
+    return feed
+
+
+def _root_header() -> bytes:
+    root = tarfile.TarInfo("./")
+    root.type = tarfile.DIRTYPE
+    return root.tobuf(tarfile.PAX_FORMAT)
+
+
+@pytest.mark.parametrize("layout", ["archive", "chunked"])
+def test_memory_stays_flat_for_import_and_export(layout, tmp_path, cli):
+    peaks = {}
+    for mib in (32, 256):
+        repo_path = tmp_path / f"repo{mib}"
+        repo_path.mkdir()
+        repo = _layout(cli, str(repo_path), layout)
+        imported = _peak_rss_mib(["import", "-", "--volume", "vbt-io-mem", "-r", repo],
+                                 _gzipped_tar(mib << 20))
+        exported = _peak_rss_mib(["export", "vbt-io-mem", "-r", repo, "-o",
+                                  str(tmp_path / f"out{mib}.tar.zst")])
+        assert (tmp_path / f"out{mib}.tar.zst").stat().st_size > (mib << 20) // 2
+        peaks[mib] = (imported, exported)
+    # a copy of the data in memory would add 224 MiB; streaming adds next to nothing
+    assert peaks[256][0] < peaks[32][0] + 48, peaks
+    assert peaks[256][1] < peaks[32][1] + 48, peaks
