@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zlib
 from pathlib import Path
 
 import pytest
 
 from tests.integration.corpus import SMALL_FILES, differences, tree, write_corpus
-from tests.integration.helpers import one_line_error, repo_files
+from tests.integration.helpers import one_line_error, repo_files, start
 
 MTIME = 1_650_000_000
 
@@ -331,3 +333,21 @@ def test_memory_stays_flat_for_import_and_export(layout, tmp_path, cli):
     # a copy of the data in memory would add 224 MiB; streaming adds next to nothing
     assert peaks[256][0] < peaks[32][0] + 48, peaks
     assert peaks[256][1] < peaks[32][1] + 48, peaks
+
+
+def test_ctrl_c_during_export_leaves_no_file(tmp_path, repo_dir):
+    _peak_rss_mib(["import", "-", "--volume", "vbt-io-int", "-r", str(repo_dir)],
+                  _gzipped_tar(128 << 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start("export", "vbt-io-int", "-r", str(repo_dir), "-o", str(out / "v.tar.zst"),
+                 "--level", "19")   # slow enough to be caught half way
+    deadline = time.monotonic() + 30
+    while not any(p.stat().st_size > 0 for p in out.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert one_line_error(stderr) == "volbackup: error: interrupted"
+    assert os.listdir(out) == []
