@@ -7,6 +7,7 @@ import gzip
 import io
 import lzma
 import os
+import subprocess
 import tarfile
 
 import pytest
@@ -189,3 +190,19 @@ def test_detect_by_magic_not_name():
     assert detect(_TAR) == "tar"
     with pytest.raises(InputRefused):
         detect(b"PK\x03\x04" + bytes(600))  # a zip
+
+
+@pytest.mark.parametrize("fmt", ["posix", "gnu"])
+def test_sparse_files_of_gnu_tar_are_written_in_full(fmt, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse.img", "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(5_000_000)
+        f.write(b"data in a hole\n")
+    tar = subprocess.run(["tar", "--sparse", f"--format={fmt}", "-C", str(src), "-cf", "-", "."],
+                         capture_output=True, check=True).stdout
+    members, contents, _, _ = run(tar)
+    img = next(m for m in members if m.name == "./sparse.img")
+    assert img.type == tarfile.REGTYPE and not img.pax_headers.keys() & {"GNU.sparse.name"}
+    assert contents["./sparse.img"] == (src / "sparse.img").read_bytes()

@@ -269,8 +269,8 @@ def _members(source: _TarSource, strip: int, seen: Normalised,
         member.name = "./" + name if name else "./"
         member.pax_headers = {k: v for k, v in member.pax_headers.items()
                               if k not in _STALE_PAX and not k.startswith(_SPARSE_PAX)}
-        if member.type not in tarfile.SUPPORTED_TYPES or member.type == tarfile.CONTTYPE:
-            member.type = tarfile.REGTYPE
+        if member.isreg() or member.type not in tarfile.SUPPORTED_TYPES:
+            member.type = tarfile.REGTYPE  # GNU sparse and contiguous files: written in full
         seen.kept += 1
         yield _header(member)
         if member.isreg() and member.size:
