@@ -10,6 +10,7 @@ from volbackup.cli import render
 from volbackup.cli.options import (host_option, json_option, lock_wait_option, repo_option,
                                    s3_write_options)
 from volbackup.ops import transfer as ops
+from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.repo.repository import Repository
 
 
@@ -63,10 +64,16 @@ class _Label(click.ParamType):
         return key, val
 
 
+def _volume_name(ctx, param, value):
+    if value is not None and not VOLUME_NAME.fullmatch(value):
+        raise click.BadParameter(f"{value!r} is not a volume name ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+    return value
+
+
 @click.command("import")
 @click.argument("file", type=click.File("rb", lazy=False))
 @repo_option
-@click.option("--volume", required=True, metavar="NAME",
+@click.option("--volume", required=True, metavar="NAME", callback=_volume_name,
               help="The volume the snapshot is of (restore creates it under this name).")
 @click.option("--strip-components", "strip", type=click.IntRange(0, 64), default=0,
               show_default=True, metavar="N",
