@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import tarfile
+from contextlib import contextmanager
 
 import pytest
 import zstandard
@@ -81,8 +82,11 @@ def test_an_interrupted_or_failed_export_leaves_nothing(repo, tmp_path, stop):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
 
-    def progress(n: int) -> None:
-        raise stop("stopped half way")
+    @contextmanager
+    def progress(label: str, total: int | None):
+        def update(n: int) -> None:
+            raise stop("stopped half way")
+        yield update
 
     with pytest.raises(stop):
         export_snapshot(repo, "vbt-io-vol", str(out_dir / "v.tar.zst"), progress=progress)

@@ -9,6 +9,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import (host_option, json_option, lock_wait_option, repo_option,
                                    s3_write_options)
+from volbackup.cli.progress import terminal_progress
 from volbackup.ops import transfer as ops
 from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.repo.repository import Repository
@@ -45,7 +46,8 @@ def export(snapshot, repo, output, force, level, host, as_json):
                                    "redirect stdout)")
     repository = Repository.open(repo)
     target = sys.stdout.buffer if output == "-" else output
-    result = ops.export_snapshot(repository, snapshot, target, force, level, host)
+    result = ops.export_snapshot(repository, snapshot, target, force, level, host,
+                                 terminal_progress())
     if as_json:
         render.emit_json("export", **vars(result))
         return
@@ -102,9 +104,10 @@ def import_(file, repo, volume, strip, labels, level, lock_wait, s3, as_json):
         | volbackup import - --volume data -r /srv/backups
     """
     repository = Repository.open(repo, writable=True, options=s3)
+    name = "stdin" if file.name == "<stdin>" else file.name
     with file:
         result = ops.import_archive(repository, file, volume, strip, dict(labels), level,
-                                    lock_wait, name="stdin" if file.name == "<stdin>" else file.name)
+                                    lock_wait, terminal_progress(), name=name)
     if as_json:
         render.emit_json("import", **vars(result))
         return

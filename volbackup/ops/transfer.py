@@ -23,12 +23,12 @@ from typing import BinaryIO
 
 from volbackup import __version__
 from volbackup.errors import InputRefused, NotFound, TargetNotEmpty, VolbackupError, reworded
+from volbackup.ops.outcome import ProgressFactory, no_progress
 from volbackup.ops.restore import resolve_ref
 from volbackup.repo import locking
 from volbackup.repo.manifest import VOLUME_NAME, Manifest
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.stream import archive
-from volbackup.stream.archive import Progress, no_progress
 from volbackup.stream.foreign import Normalised, normalised
 from volbackup.timefmt import utc_iso
 
@@ -62,7 +62,7 @@ class ImportResult:
 
 def export_snapshot(repo: Repository, ref: str, target: str | BinaryIO, force: bool = False,
                     level: int = 3, host: str | None = None,
-                    progress: Progress = no_progress) -> ExportResult:
+                    progress: ProgressFactory = no_progress) -> ExportResult:
     """Write snapshot `ref` (an id, or a volume name for its newest) as one .tar.zst to
     the file named `target` (refused if it exists, unless `force`), or to the binary
     stream `target`. A file appears only whole and checked; a stream gets the end of the
@@ -71,13 +71,18 @@ def export_snapshot(repo: Repository, ref: str, target: str | BinaryIO, force: b
         raise TargetNotEmpty(f"{target} exists; nothing was written (give --force to "
                              f"replace it)")
     manifest = resolve_ref(repo, ref, host)
-    unpacker = repo.unpacker(manifest, progress)
-    if not isinstance(target, str):
-        packed = archive.pack(unpacker.chunks(), target, level)
-        target.flush()
-        return _exported(manifest, None, packed)
-    with _file_in_place(target, force) as out:
-        packed = archive.pack(unpacker.chunks(), out, level)
+    with progress(manifest.snapshot, manifest.bytes) as update:
+        unpacker = repo.unpacker(manifest, update)
+        if not isinstance(target, str):
+            try:
+                packed = archive.pack(unpacker.chunks(), target, level)
+                target.flush()
+            except BrokenPipeError:
+                raise VolbackupError("the reader of the archive went away before its end "
+                                     "(broken pipe)") from None
+            return _exported(manifest, None, packed)
+        with _file_in_place(target, force) as out:
+            packed = archive.pack(unpacker.chunks(), out, level)
     return _exported(manifest, target, packed)
 
 
@@ -148,7 +153,7 @@ class _file_in_place:
 
 def import_archive(repo: Repository, source: BinaryIO, volume: str, strip: int = 0,
                    labels: dict[str, str] | None = None, level: int = 3,
-                   lock_wait: float = 60.0, progress: Progress = no_progress,
+                   lock_wait: float = 60.0, progress: ProgressFactory = no_progress,
                    name: str = "the input") -> ImportResult:
     """Make a snapshot of volume `volume` (driver local, no options, `labels`) from the
     foreign tar archive read from `source` (volbackup.stream.foreign), `strip` leading
@@ -162,8 +167,9 @@ def import_archive(repo: Repository, source: BinaryIO, volume: str, strip: int =
     seen = Normalised()
     with repo.lock(locking.SHARED, lock_wait, "import"):
         try:
-            with repo.snapshot_writer(snapshot_id) as writer:
-                packed = writer.pack(normalised(source, strip, seen), level, progress)
+            with progress(volume, None) as update, \
+                    repo.snapshot_writer(snapshot_id) as writer:
+                packed = writer.pack(normalised(source, strip, seen), level, update)
         except InputRefused as e:
             raise reworded(e, f"{name} refused, no snapshot made: {e}") from None
         seconds = round(time.monotonic() - started, 3)
