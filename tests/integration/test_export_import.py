@@ -351,3 +351,23 @@ def test_ctrl_c_during_export_leaves_no_file(tmp_path, repo_dir):
     assert proc.returncode == 130, stderr
     assert one_line_error(stderr) == "volbackup: error: interrupted"
     assert os.listdir(out) == []
+
+
+def test_import_keeps_xattrs_and_nanosecond_mtimes(names, mountpoint, repo_dir, tmp_path, cli):
+    """PAX records of the input (GNU tar --xattrs) survive the re-written headers."""
+    source = tmp_path / "src"
+    source.mkdir()
+    note = source / "note.txt"
+    note.write_text("with an xattr\n")
+    os.setxattr(note, "user.note", b"kept through import")
+    os.utime(note, ns=(1_650_000_000_123_456_789, 1_650_000_000_123_456_789))
+    archive = tmp_path / "x.tar.zst"
+    subprocess.run(f"tar --xattrs --xattrs-include='*' -C '{source}' -c . | zstd -q > '{archive}'",
+                   shell=True, check=True)
+    volume = names("xattr")
+    assert cli("import", str(archive), "-r", str(repo_dir), "--volume", volume).code == 0
+    target = names("xattr-restored")
+    assert cli("restore", volume, "-r", str(repo_dir), "--as", target).code == 0
+    copy = Path(mountpoint(target), "note.txt")
+    assert os.getxattr(copy, "user.note") == b"kept through import"
+    assert os.stat(copy).st_mtime_ns == 1_650_000_000_123_456_789

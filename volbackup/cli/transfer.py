@@ -103,6 +103,9 @@ def import_(file, repo, volume, strip, labels, level, lock_wait, s3, as_json):
       docker run --rm -v data:/volume loomchild/volume-backup backup - \
         | volbackup import - --volume data -r /srv/backups
     """
+    if file.isatty():
+        raise click.UsageError("refusing to read an archive from a terminal (give FILE, or "
+                               "redirect stdin)")
     repository = Repository.open(repo, writable=True, options=s3)
     name = "stdin" if file.name == "<stdin>" else file.name
     with file:
