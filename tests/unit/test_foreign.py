@@ -206,3 +206,25 @@ def test_sparse_files_of_gnu_tar_are_written_in_full(fmt, tmp_path):
     img = next(m for m in members if m.name == "./sparse.img")
     assert img.type == tarfile.REGTYPE and not img.pax_headers.keys() & {"GNU.sparse.name"}
     assert contents["./sparse.img"] == (src / "sparse.img").read_bytes()
+
+
+def test_two_trees_that_strip_would_merge_are_refused():
+    """offen's archive of two volumes: backup/a/... and backup/b/..."""
+    source = [_dir("backup/"), _dir("backup/a/"), _member("backup/a/x"), _dir("backup/b/"),
+              _member("backup/b/y")]
+    with pytest.raises(InputRefused, match="makes both 'backup/a' and 'backup/b' the volume"):
+        run(make_tar(source), strip=2)
+    _, contents, _, _ = run(make_tar(source[:3]), strip=2)   # one of them alone is fine
+    assert list(contents) == ["./x"]
+
+
+def test_the_same_root_twice_is_one_root():
+    source = [_dir("./"), _member("./x"), _dir("./")]
+    members, _, _, _ = run(make_tar(source))
+    assert [m.name for m in members] == [".", "./x"]
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info, b""

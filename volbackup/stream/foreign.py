@@ -248,14 +248,20 @@ def _members(source: _TarSource, strip: int, seen: Normalised,
              now: Callable[[], float]) -> Iterator[bytes]:
     tar = tarfile.open(fileobj=source, mode="r|", errors="surrogateescape")
     root_done = False
+    root_from: str | None = None  # the input's name of the member that became the root
     while (member := tar.next()) is not None:
         seen.members += 1
         name = _stripped(member.name, strip)
-        if name is None or (name == "" and (root_done or not member.isdir())):
-            continue  # stripped away, or a second root (the first one's metadata stands)
+        if name is None or (name == "" and not member.isdir()):
+            continue  # stripped away (a file cannot be the root)
+        if name == "" and root_done:
+            _second_root(member.name, root_from, strip)
+            continue  # the same root again: the first one's metadata stands
         if not root_done:
             root_done = True
-            if name != "":
+            if name == "":
+                root_from = _stripped(member.name, 0)
+            else:
                 seen.root_added = True
                 seen.kept += 1
                 yield _header(_root(now()))
@@ -280,6 +286,19 @@ def _members(source: _TarSource, strip: int, seen: Normalised,
                 if seen.members else "it holds no members")
         raise InputRefused(f"the input has nothing to import: {what}")
     yield bytes(2 * BLOCK)
+
+
+def _second_root(name: str, root_from: str | None, strip: int) -> None:
+    """A second member that --strip-components makes the root: the same directory again is
+    fine, another one means the input holds several trees, which would be merged."""
+    if root_from is not None and _stripped(name, 0) == root_from:
+        return
+    first = "a root made for members outside any directory" if root_from is None \
+        else shown(root_from or ".")
+    raise InputRefused(
+        f"--strip-components {strip} makes both {first} and {shown(name)} the volume root: "
+        f"the input holds several directory trees, which would be merged (import each "
+        f"one on its own)")
 
 
 def _stripped(name: str, strip: int) -> str | None:
