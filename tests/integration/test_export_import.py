@@ -235,6 +235,13 @@ def _junk(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]:
                             capture_output=True, check=True).stdout
     case("dotdot", dotdot, [], "'..'")
     case("strip-everything", good.read_bytes(), ["--strip-components", "3"], "leaves nothing")
+    two = tmp_path / "two" / "backup"
+    for volume in ("app_data", "db_data"):
+        (two / volume).mkdir(parents=True)
+        (two / volume / "x").write_text(volume)
+    offen_two = subprocess.run(["tar", "-C", str(two.parent), "-czf", "-", "backup"],
+                               capture_output=True, check=True).stdout
+    case("offen-two-volumes", offen_two, ["--strip-components", "2"], "would be merged")
     return cases
 
 
