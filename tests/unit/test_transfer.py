@@ -118,3 +118,20 @@ def test_refused_import_leaves_no_snapshot_and_no_named_blob(repo, tmp_path):
     left = [f for f in files(tmp_path / "repo") if f not in before]
     assert all(f.startswith("chunks/") for f in left), left   # chunked: swept by prune
     assert repo.locks() == []
+
+
+def test_export_onto_a_filesystem_without_hard_links(repo, tmp_path, monkeypatch):
+    """vfat or exFAT (a USB stick) refuses link(): the file is renamed into place instead."""
+    import errno
+
+    import_archive(repo, io.BytesIO(make_tar(corpus_members(big=False))), "vbt-io-vol")
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "usb" / "v.tar.zst"
+    out.parent.mkdir()
+    export_snapshot(repo, "vbt-io-vol", str(out))
+    assert os.listdir(out.parent) == ["v.tar.zst"]
+    assert members_of(out.read_bytes())["./hello.txt"][-1] == b"hello, volume\n"

@@ -13,6 +13,7 @@ stored are referenced by nothing, and prune's sweep removes them.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
@@ -33,6 +34,7 @@ from volbackup.stream.foreign import Normalised, normalised
 from volbackup.timefmt import utc_iso
 
 IMPORT_KIND = "import"
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
 
 
 @dataclass
@@ -138,6 +140,15 @@ class _file_in_place:
         except FileExistsError:
             raise TargetNotEmpty(f"{self._path} appeared while it was written; nothing was "
                                  f"written (give --force to replace it)") from None
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            # vfat, exFAT, some network filesystems (a USB stick): check, then rename
+            if os.path.lexists(self._path):
+                raise TargetNotEmpty(f"{self._path} appeared while it was written; nothing "
+                                     f"was written (give --force to replace it)") from None
+            os.rename(self._temp, self._path)
+            return
         os.unlink(self._temp)
 
     def _discard(self) -> None:
