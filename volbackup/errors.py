@@ -90,7 +90,8 @@ class TargetNotEmpty(VolbackupError):
     exit_code = 8
     title = "target refused"
     summary = ("A restore target volume exists and is not empty (use --force to replace "
-               "it), or it is in use by a container.")
+               "it), or it is in use by a container; or the file `export` would write "
+               "exists (use --force).")
 
 
 class PartialFailure(VolbackupError):
@@ -139,6 +140,16 @@ class InsufficientSpace(VolbackupError):
     title = "not enough space"
     summary = ("restore --force refused before removing anything: the filesystem that would "
                "hold the restored volume has less free space than the snapshot needs.")
+
+
+class InputRefused(VolbackupError):
+    exit_code = 16
+    title = "input refused"
+    summary = ("The file given to `import` is not a whole tar archive (plain, or compressed "
+               "with gzip, bzip2, xz or zstd): empty, of another format, truncated or "
+               "corrupt, a member that would land outside the volume (an absolute name, "
+               "`..`, a path through a symlink), or nothing left after --strip-components. "
+               "No snapshot was made.")
 
 
 class Interrupted(VolbackupError):

@@ -22,6 +22,7 @@ from volbackup.cli import render
 from volbackup.cli import restore as restore_cmd
 from volbackup.cli import run as run_cmd
 from volbackup.cli import snapshots as snapshots_cmd
+from volbackup.cli import transfer as transfer_cmd
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 from volbackup.malloc import use_one_arena
 from volbackup.signals import Terminated, handled
@@ -44,7 +45,8 @@ cli.add_command(backup_cmd.backup)
 cli.add_command(restore_cmd.restore)
 cli.add_command(migrate_cmd.migrate)
 for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
-                cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock, run_cmd.run):
+                cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock, run_cmd.run,
+                transfer_cmd.export, transfer_cmd.import_):
     cli.add_command(command)
 
 

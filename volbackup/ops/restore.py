@@ -80,7 +80,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     for ref in refs:
         outcome = VolumeRestore(target or ref, "restored")
         try:
-            manifest = _resolve(repo, ref, host)
+            manifest = resolve_ref(repo, ref, host)
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
             spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
             if drop_options:
@@ -148,7 +148,7 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
     outcome.seconds = round(time.monotonic() - started, 3)
 
 
-def _resolve(repo: Repository, ref: str, host: str | None) -> Manifest:
+def resolve_ref(repo: Repository, ref: str, host: str | None) -> Manifest:
     """As Repository.resolve, but a volume name means its newest snapshot that is not a
     safety snapshot: restoring `NAME --force` twice must not bring back what the first
     restore replaced. Safety snapshots are restored by id (or when there is nothing else)."""

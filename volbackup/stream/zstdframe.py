@@ -28,11 +28,17 @@ class FrameWalker:
         self.ended = False
 
     def feed(self, data: bytes | memoryview) -> None:
+        if self.feed_some(data) < len(data):
+            raise IntegrityError("archive has data after the end of its zstd frame")
+
+    def feed_some(self, data: bytes | memoryview) -> int:
+        """Feed `data` up to the end of the frame; how many bytes of it were the frame's
+        (for inputs of several frames one after another)."""
         view = memoryview(data)
         pos, n = 0, len(view)
         while pos < n:
             if self.ended:
-                raise IntegrityError("archive has data after the end of its zstd frame")
+                return pos
             if self._skip:
                 take = min(self._skip, n - pos)
                 self._skip -= take
@@ -47,6 +53,7 @@ class FrameWalker:
                 field = bytes(self._buf)
                 self._buf.clear()
                 self._on_field(field)
+        return n
 
     def _on_field(self, field: bytes) -> None:
         state = self._state
