@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.corpus import SMALL_FILES, differences, tree, write_corpus
+from tests.integration.corpus import differences, tree, write_corpus
 from tests.integration.helpers import helpers_of, random_file
 from tests.unit.chunkrepos import backup as lib_backup, volume_tar
 from volbackup.repo.chunked import iter_list
@@ -92,26 +92,7 @@ def start(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-# -- round trip
-
-
-def test_round_trip_is_byte_for_byte(make_volume, mountpoint, names, repo_dir):
-    source = make_volume("corpus")
-    write_corpus(mountpoint(source.name))
-    expected = tree(mountpoint(source.name))
-    init(repo_dir)
-    first = backed_up(source.name, repo_dir)
-    assert first["layout"] == "chunked" and first["new_chunks"] == first["chunks"] > 10
-    assert not list((repo_dir / "snapshots").rglob("*.tar.zst"))
-    assert len(chunk_files(repo_dir)) == first["chunks"]
-    second = backed_up(source.name, repo_dir)
-    assert second["new_chunks"] == 0 and second["tar_sha256"] == first["tar_sha256"]
-    assert ok("verify", "--all", "-r", str(repo_dir))
-    for snapshot in (first["snapshot"], second["snapshot"]):
-        target = names("restored")
-        ok("restore", snapshot, "-r", str(repo_dir), "--as", target)
-        actual = tree(mountpoint(target))
-        assert len(actual) > SMALL_FILES and differences(expected, actual) == []
+# -- round trip (through a directory: test_roundtrip.py's corpus runs on both layouts)
 
 
 def test_round_trip_through_s3(make_volume, mountpoint, names, s3_bucket, s3_client):

@@ -6,7 +6,8 @@ few worker threads while the stream goes on. The chunk list, one line per chunk
 (`<sha256 hex> <length>`), is written as the chunks complete, in stream order, into a blob
 that appears only when every chunk is durable. The manifest is written after it.
 
-Reading: the list is read as a stream; the chunks are fetched ahead by worker threads
+Reading: the list is read as a stream, once through to check it against the manifest
+before any chunk is fetched, then again as the chunks are fetched ahead by worker threads
 (restores from S3 are not latency-bound), each checked against its name, and the tar
 stream they form goes through the same checks as an archive's, the last piece held back
 until the whole stream's sha256, the list's sha256 and the tar structure check out.
