@@ -48,9 +48,11 @@ def run(*args: str) -> tuple[float, float]:
         raise SystemExit(str(e)) from None
 
 
-def measure(mib: int, client) -> dict:
+def measure(mib: int, client, layout: str = "archive") -> dict:
     with tempfile.TemporaryDirectory() as repo:
-        return round_trip(mib, client, repo)
+        if layout == "chunked":
+            run("init", "-r", repo)
+        return {**round_trip(mib, client, repo), "layout": layout}
 
 
 def round_trip(mib: int, client, repo: str) -> dict:
@@ -75,10 +77,12 @@ def round_trip(mib: int, client, repo: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="256,1024,2048", help="MiB per volume, comma-separated")
+    parser.add_argument("--layout", choices=["archive", "chunked"], default="archive",
+                        help="repository layout (chunked: made by `volbackup init`)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     client = docker.from_env()
-    rows = [measure(int(s), client) for s in args.sizes.split(",")]
+    rows = [measure(int(s), client, args.layout) for s in args.sizes.split(",")]
     print_rows(rows, args.json)
 
 

@@ -13,7 +13,7 @@ import secrets
 import docker
 import pytest
 
-from tests.conftest import REQUIRE_ENGINE
+from tests.conftest import REQUIRE_ENGINE, run_cli
 from tests.integration.images import ensure_busybox
 # S3: moto's server on 127.0.0.1, shared with tests/backends
 from tests.moto_s3 import S3_ENV, s3_bucket, s3_client, s3_endpoint  # noqa: F401 - fixtures
@@ -191,3 +191,23 @@ def no_helpers_left(client):
 def engine(client):
     return Engine(client, os.environ.get("DOCKER_HOST", "default"))
 
+
+
+# -- repository layouts: suites about behaviour run on both
+
+
+LAYOUTS = ("archive", "chunked")
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request) -> str:
+    """The repository layout of a test's `repo_dir`, where a module asks for both (a test
+    about the archive file itself pins it: @pytest.mark.parametrize("layout", ["archive"]))."""
+    return request.param
+
+
+def make_layout(repo: str, layout: str) -> None:
+    """Make the empty directory or bucket prefix `repo` a repository of `layout`."""
+    if layout == "chunked":
+        result = run_cli("init", "-r", repo)
+        assert result.code == 0, result.stderr

@@ -22,16 +22,22 @@ from tests.integration.helpers import PATHS, contents, fill, one_line_error
 from tests.unit.manifests import make_manifest
 from tests.unit.tars import crafted, gnu_long_crafted, make_tar, members_of
 from volbackup.repo.repository import Repository, new_snapshot_id
+from volbackup.stream.chunker import cut
 from volbackup.timefmt import utc_iso
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 # The cases run through the CLI on both paths (the unit tests cover every case).
 CASES = ["dotdot", "absolute", "pax-path", "sparse-name", "under-symlink", "dir-after-symlink",
          "hardlink-absolute", "hardlink-under-symlink", "hardlink-to-symlink"]
+# The tar checks are one for both layouts: a chunked repository runs a few through restore.
+CHUNKED_CASES = ["dotdot", "under-symlink", "hardlink-to-symlink"]
+LAYOUTS = ["archive", "chunked"]
 
 
-def put_snapshot(repo: Path, volume: str, tar: bytes) -> str:
+def put_snapshot(repo: Path, volume: str, tar: bytes, layout: str = "archive") -> str:
     """Store `tar` as a snapshot of `volume` with a manifest that matches it exactly."""
+    if layout == "chunked":
+        return put_chunked_snapshot(repo, volume, tar)
     snapshot = new_snapshot_id(volume, CREATED)
     stored = zstandard.ZstdCompressor(write_checksum=True).compress(tar)
     manifest = make_manifest(
@@ -42,6 +48,32 @@ def put_snapshot(repo: Path, volume: str, tar: bytes) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / manifest.archive).write_bytes(stored)
     (repo / Repository.manifest_key(snapshot)).write_text(manifest.to_json())
+    return snapshot
+
+
+def put_chunked_snapshot(repo: Path, volume: str, tar: bytes) -> str:
+    """The same in a chunked repository: chunks cut as a backup cuts them, a chunk list,
+    and a manifest whose digests all match (made a chunked repository if it is not)."""
+    if not (repo / "config").exists():
+        Repository.init(str(repo))
+    repository = Repository.open(str(repo), writable=True)
+    c = repository.config.chunker
+    snapshot = new_snapshot_id(volume, CREATED)
+    listing, stored_bytes = b"", 0
+    compressor = zstandard.ZstdCompressor(write_checksum=True)
+    for data in cut([tar], c.avg_size, c.min_size, c.max_size, c.normalized_chunking, c.seed):
+        chunk_id = hashlib.sha256(data).hexdigest()
+        stored_bytes += repository.chunk_store.put(chunk_id, data, compressor)
+        listing += f"{chunk_id} {len(data)}\n".encode()
+    manifest = make_manifest(
+        snapshot=snapshot, created=utc_iso(CREATED, "milliseconds"), driver="local",
+        driver_options={}, labels={}, bytes=len(tar), stored_bytes=stored_bytes,
+        sha256=hashlib.sha256(listing).hexdigest(), entries=len(members_of(tar)),
+        archive=Repository.archive_name(snapshot, chunked=True), layout="chunked",
+        format_version=2, chunks=listing.count(b"\n"), new_chunks=listing.count(b"\n"),
+        tar_sha256=hashlib.sha256(tar).hexdigest())
+    repository.backend.write_bytes(f"snapshots/{volume}/{manifest.archive}", listing)
+    repository.commit(manifest)
     return snapshot
 
 
@@ -58,10 +90,11 @@ def volume_exists(client, name: str) -> bool:
     return any(v.name == name for v in client.volumes.list(filters={"name": name}))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES)
-def test_verify_refuses_a_member_outside_the_volume(case, cli, repo_dir, outside, names):
+def test_verify_refuses_a_member_outside_the_volume(case, layout, cli, repo_dir, outside, names):
     tar, member = crafted(str(outside))[case]
-    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    snapshot = put_snapshot(repo_dir, names("src"), tar, layout)
     result = cli("verify", snapshot, "-r", str(repo_dir))
     assert result.code == 6, result.stderr
     line = one_line_error(result.stderr)
@@ -76,11 +109,12 @@ def test_verify_refuses_a_dotdot_in_a_gnu_long_name(cli, repo_dir, names):
 
 
 @pytest.mark.parametrize("via", list(PATHS))
-@pytest.mark.parametrize("case", CASES)
-def test_restore_refuses_a_member_outside_the_volume(case, via, cli, repo_dir, outside, names,
-                                                     client):
+@pytest.mark.parametrize("case, layout", [(case, "archive") for case in CASES]
+                         + [(case, "chunked") for case in CHUNKED_CASES])
+def test_restore_refuses_a_member_outside_the_volume(case, layout, via, cli, repo_dir, outside,
+                                                     names, client):
     tar, member = crafted(str(outside))[case]
-    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    snapshot = put_snapshot(repo_dir, names("src"), tar, layout)
     target = names("target")
     result = cli("restore", snapshot, "--as", target, "-r", str(repo_dir), PATHS[via])
     assert result.code == 6, result.stderr
@@ -89,8 +123,9 @@ def test_restore_refuses_a_member_outside_the_volume(case, via, cli, repo_dir, o
     assert not volume_exists(client, target), "a half-restored volume was left"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("via", list(PATHS))
-def test_restore_with_force_keeps_the_volume_it_would_replace(via, cli, repo_dir, outside,
+def test_restore_with_force_keeps_the_volume_it_would_replace(via, layout, cli, repo_dir, outside,
                                                               names, client, make_volume,
                                                               mountpoint):
     """The whole archive is read before a non-empty volume is given up: a refused
@@ -98,7 +133,7 @@ def test_restore_with_force_keeps_the_volume_it_would_replace(via, cli, repo_dir
     tar, member = crafted(str(outside), filler=os.urandom(3 << 20))["under-symlink"]
     existing = make_volume("keep")
     fill(mountpoint(existing.name), {"precious": b"old contents\n"})
-    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    snapshot = put_snapshot(repo_dir, names("src"), tar, layout)
     result = cli("restore", snapshot, "--as", existing.name, "--force", "-r", str(repo_dir),
                  PATHS[via])
     assert result.code == 6, result.stderr
@@ -106,14 +141,15 @@ def test_restore_with_force_keeps_the_volume_it_would_replace(via, cli, repo_dir
     assert contents(mountpoint(existing.name)) == {"precious": b"old contents\n"}
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("via", list(PATHS))
-def test_restore_into_an_empty_volume_removes_what_it_wrote(via, cli, repo_dir, outside, names,
+def test_restore_into_an_empty_volume_removes_what_it_wrote(via, layout, cli, repo_dir, outside, names,
                                                             client, make_volume, mountpoint):
     """An empty target is replaced without a pre-check: the member is refused while the
     stream goes in, and the target is put back empty."""
     tar, member = crafted(str(outside), filler=os.urandom(3 << 20))["hardlink-to-symlink"]
     empty = make_volume("empty")
-    snapshot = put_snapshot(repo_dir, names("src"), tar)
+    snapshot = put_snapshot(repo_dir, names("src"), tar, layout)
     result = cli("restore", snapshot, "--as", empty.name, "-r", str(repo_dir), PATHS[via])
     assert result.code == 6, result.stderr
     assert f"tar member '{member}' " in one_line_error(result.stderr)

@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "memory.py"
 
 
-def test_peak_rss_does_not_grow_with_the_volume(client):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "64,512", "--json"],
+@pytest.mark.parametrize("layout", ["archive", "chunked"])
+def test_peak_rss_does_not_grow_with_the_volume(client, layout):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "64,512", "--layout", layout,
+                          "--json"],
                          capture_output=True, text=True, check=True, timeout=900)
     small, large = json.loads(out.stdout)
     # A copy of the data in memory would add 448 MiB; streaming adds next to nothing.

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.conftest import S3_ENV
+from tests.integration.conftest import LAYOUTS, S3_ENV, make_layout
 from tests.integration.corpus import SMALL_FILES, differences, tree, write_corpus
 from tests.integration.helpers import helpers_of, one_line_error, random_file
 
@@ -74,11 +74,14 @@ def test_killed_backup_leaves_an_upload_that_cleanup_removes(
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 
-def test_snapshots_of_two_hosts_in_one_bucket(make_volume, mountpoint, names, s3_bucket, cli):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_snapshots_of_two_hosts_in_one_bucket(make_volume, mountpoint, names, s3_bucket, cli,
+                                              layout):
     if not shutil.which("unshare"):
         pytest.fail("unshare (util-linux) is needed to give a backup another host name")
     volume = make_volume("shared")
     repo = f"s3://{s3_bucket}"
+    make_layout(repo, layout)
     ids = {}
     for host in ("vbtest-host-a", "vbtest-host-b"):
         with open(os.path.join(mountpoint(volume.name), "who"), "w") as f:
@@ -129,7 +132,7 @@ def secret_env(s3_endpoint):
     return {"AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ACCESS_KEY_ID": "AKIAVBTESTKEY0000000"}
 
 
-@pytest.mark.parametrize("command", [["list"], ["backup", "vbtest-any"], ["cleanup"]])
+@pytest.mark.parametrize("command", [["list"], ["backup", "vbtest-any"], ["cleanup"], ["init"]])
 def test_missing_bucket(cli, secret_env, command):
     _check(cli, [*command, "-r", "s3://vbtest-no-such-bucket/x"], secret_env, 5,
            "bucket vbtest-no-such-bucket does not exist")
@@ -172,8 +175,9 @@ def moto_auth(s3_endpoint, s3_bucket, s3_client):
         iam.delete_user(UserName=user)
 
 
-def test_bad_credentials(cli, secret_env, moto_auth, s3_bucket):
-    _check(cli, ["list", "-r", f"s3://{s3_bucket}"], secret_env, 9, "rejected the AWS credentials")
+@pytest.mark.parametrize("command", ["list", "init"])
+def test_bad_credentials(cli, secret_env, moto_auth, s3_bucket, command):
+    _check(cli, [command, "-r", f"s3://{s3_bucket}"], secret_env, 9, "rejected the AWS credentials")
 
 
 def test_access_denied(cli, moto_auth, s3_bucket):

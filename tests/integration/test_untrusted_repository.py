@@ -16,8 +16,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import deadline, umask
+from tests.integration.conftest import make_layout
 from tests.integration.helpers import contents, fill, one_line_error
 ESC = "\x1b]0;pwned\x07\x1b[2J"
+# What volbackup creates, and what it reads from chunks/, is tried on both layouts; what
+# it reads from snapshots/ is the same in both, and is tried on the archive layout.
+ARCHIVE_ONLY = pytest.mark.parametrize("layout", ["archive"])
+
+
+@pytest.fixture
+def repo_dir(repo_dir, layout):
+    make_layout(str(repo_dir), layout)
+    return repo_dir
 
 
 
@@ -74,7 +84,8 @@ def test_repository_files_are_0600_and_directories_0700_whatever_the_umask(
     for path, mode in found.items():
         is_dir = (repo_dir / path).is_dir()
         assert mode == (0o700 if is_dir else 0o600), (path, oct(mode))
-    archive = next(repo_dir.glob("snapshots/*/*.tar.zst"))
+    archive = next(repo_dir.glob("snapshots/*/*.tar.zst"), None) or \
+        next(p for p in repo_dir.glob("chunks/*/*"))
     denied = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                              "cat", str(archive)], capture_output=True)
     assert denied.returncode != 0 and b"Permission denied" in denied.stderr
@@ -94,6 +105,7 @@ def test_existing_world_readable_repository_keeps_working(two, cli, repo_dir, na
 # -- 2. entries that are not regular files
 
 
+@ARCHIVE_ONLY
 @pytest.mark.parametrize("kind", ["symlink to /dev/zero", "FIFO", "2 MiB file"])
 def test_manifest_that_is_not_a_small_file_is_refused_and_reported(two, cli, repo_dir, kind):
     (names, snapshots) = two
@@ -122,6 +134,7 @@ def test_manifest_that_is_not_a_small_file_is_refused_and_reported(two, cli, rep
         assert failed["volume"] == volume and words in failed["message"]
 
 
+@ARCHIVE_ONLY
 def test_symlinked_volume_directory_is_reported_and_never_followed(two, cli, repo_dir, tmp_path):
     (names, snapshots) = two
     outside = tmp_path / "outside"
@@ -138,6 +151,7 @@ def test_symlinked_volume_directory_is_reported_and_never_followed(two, cli, rep
     assert contents(str(outside)) == before
 
 
+@ARCHIVE_ONLY
 def test_restore_all_reports_a_volume_it_cannot_read(two, cli, repo_dir, client):
     (names, snapshots) = two
     for name in names:
@@ -150,6 +164,7 @@ def test_restore_all_reports_a_volume_it_cannot_read(two, cli, repo_dir, client)
     assert [v.name for v in client.volumes.list() if v.name in names] == [names[0]]
 
 
+@ARCHIVE_ONLY
 def test_unreadable_snapshot_directory_is_reported_not_dropped(two, cli, repo_dir, client):
     """Root reads any directory; without CAP_DAC_OVERRIDE/READ_SEARCH a 000 one is denied."""
     (names, snapshots) = two
@@ -186,6 +201,7 @@ def _without_dac_override(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("changes", [{"created": "29/11/2026 03:15"}, {"host": 42},
                                      {"created": "2026-11-29T03:15:00"}],
                          ids=["created-not-iso", "host-int", "created-no-zone"])
+@ARCHIVE_ONLY
 def test_one_bad_manifest_beside_good_ones(two, cli, repo_dir, client, changes):
     (names, snapshots) = two
     bad, _ = forge(repo_dir, snapshots[0], "20300101T000000Z-bad0", **changes)
@@ -213,6 +229,7 @@ def test_one_bad_manifest_beside_good_ones(two, cli, repo_dir, client, changes):
 # -- 3. control characters are escaped in text, exact in JSON
 
 
+@ARCHIVE_ONLY
 def test_control_characters_are_escaped_in_text_and_exact_in_json(two, cli, repo_dir):
     (names, snapshots) = two
     sid, _ = forge(repo_dir, snapshots[0], "20300101T000000Z-e5c0", host=f"db{ESC}1",
@@ -232,6 +249,7 @@ def test_control_characters_are_escaped_in_text_and_exact_in_json(two, cli, repo
     assert manifest["host"] == f"db{ESC}1" and manifest["labels"] == {"note": f"x{ESC}y"}
 
 
+@ARCHIVE_ONLY
 def test_control_characters_in_the_error_line_are_escaped(cli, repo_dir):
     (repo_dir / "locks").mkdir()
     lock = {"kind": "exclusive", "host": f"evil{ESC}", "pid": 1, "pid_namespace": "x",
@@ -267,6 +285,52 @@ def test_full_repository_is_exit_5_with_what_was_written_and_what_is_free(
         subprocess.run(["umount", str(repo)], check=True)
 
 
+def test_full_chunked_repository_is_exit_5_and_leaves_no_snapshot(
+        cli, tmp_path, make_volume, mountpoint):
+    repo = tmp_path / "tiny"
+    repo.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(repo)], check=True)
+    try:
+        make_layout(str(repo), "chunked")
+        volume = make_volume("big")
+        with open(os.path.join(mountpoint(volume.name), "random.bin"), "wb") as f:
+            f.write(os.urandom(6 << 20))
+        result = cli("backup", volume.name, "-r", str(repo))
+        assert result.code == 5, result.stderr
+        line = one_line_error(result.stderr)
+        assert f"repository {repo} is full (No space left on device)" in line
+        assert not list(repo.glob("snapshots/*/*")), "no chunk list, no manifest"
+        listed = cli("list", "-r", str(repo), "--json")
+        assert listed.code == 0 and json.loads(listed.stdout)["snapshots"] == []
+    finally:
+        subprocess.run(["umount", str(repo)], check=True)
+
+
+@pytest.mark.parametrize("layout", ["chunked"])
+@pytest.mark.parametrize("kind", ["symlink to /dev/zero", "FIFO", "directory"])
+def test_a_chunk_that_is_not_a_regular_file_is_refused_never_followed(two, cli, repo_dir,
+                                                                      kind):
+    (names, snapshots) = two
+    (chunk_list,) = (repo_dir / "snapshots" / names[0]).glob("*.chunks")
+    chunk_id = chunk_list.read_text().split()[0]
+    path = repo_dir / "chunks" / chunk_id[:2] / chunk_id
+    path.unlink()
+    if kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.symlink("/dev/zero", path)
+    with deadline(60):
+        verified = cli("verify", "--all", "-r", str(repo_dir), "--json", timeout=30)
+    assert verified.code == 3, verified.stderr
+    checks = {c["snapshot"]: c for c in json.loads(verified.stdout)["snapshots"]}
+    assert checks[snapshots[1]]["status"] == "ok"
+    failed = checks[snapshots[0]]
+    assert failed["status"] == "failed" and failed["exit_code"] == 6
+    assert f"chunk {chunk_id}" in failed["message"]
+
+
 # -- 5. newcomers
 
 
@@ -278,6 +342,7 @@ def test_missing_repository_option_mentions_the_environment_variable(cli):
     assert "Missing option '-r' / '--repo' (or set VOLBACKUP_REPO)" in result.stderr
 
 
+@ARCHIVE_ONLY
 def test_list_of_an_empty_directory_says_no_snapshots_yet(cli, repo_dir):
     (repo_dir / "lost+found").mkdir()      # a fresh file system is still empty
     result = cli("list", "-r", str(repo_dir))

@@ -167,8 +167,17 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None) -> Pru
         # Last: what the removed snapshots and leftovers alone held (every volume's lists
         # count, so a prune of some volumes never takes what others use).
         result.chunks = repo.sweep_chunks(timedelta(seconds=options.leftover_age), now,
-                                          dry_run)
+                                          dry_run, _would_go(repo, manifests, result))
     return result
+
+
+def _would_go(repo: Repository, manifests: dict[str, Manifest], result: PruneResult
+              ) -> list[str]:
+    """The chunk lists a dry run would have removed: the sweep counts them as gone."""
+    keys = [repo.archive_key(manifests[d.snapshot]) for d in result.snapshots
+            if d.status == Status.WOULD_REMOVE and manifests[d.snapshot].chunked]
+    return keys + [o.key for o in result.leftovers
+                   if o.status == Status.WOULD_REMOVE and o.kind == "archive"]
 
 
 def _created(m: Manifest) -> datetime:

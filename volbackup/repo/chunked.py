@@ -6,7 +6,8 @@ few worker threads while the stream goes on. The chunk list, one line per chunk
 (`<sha256 hex> <length>`), is written as the chunks complete, in stream order, into a blob
 that appears only when every chunk is durable. The manifest is written after it.
 
-Reading: the list is read as a stream; the chunks are fetched ahead by worker threads
+Reading: the list is read as a stream, once through to check it against the manifest
+before any chunk is fetched, then again as the chunks are fetched ahead by worker threads
 (restores from S3 are not latency-bound), each checked against its name, and the tar
 stream they form goes through the same checks as an archive's, the last piece held back
 until the whole stream's sha256, the list's sha256 and the tar structure check out.
@@ -173,6 +174,24 @@ class ChunkedUnpacker:
                         raise IntegrityError("chunk list is longer than the manifest says")
                     yield chunk_id, length
 
+        def check_list() -> None:
+            if list_sha256.hexdigest() != want_sha:
+                raise IntegrityError(f"chunk list sha256 is {list_sha256.hexdigest()}, the "
+                                     f"manifest says {want_sha}")
+            if (counted["chunks"], counted["bytes"]) != (want_chunks, want_bytes):
+                raise IntegrityError(
+                    f"chunk list holds {counted['chunks']} chunks of {counted['bytes']} bytes, "
+                    f"the manifest says {want_chunks} of {want_bytes}")
+
+        # A first pass over the list alone (about 75 bytes per chunk), so that a list that
+        # is not the manifest's (a line dropped, two lines swapped: each chunk valid) is
+        # refused before any byte is released, not after a restore wrote wrong bytes. The
+        # second pass below checks the list again: it is read anew.
+        for _ in entries():
+            pass
+        check_list()
+        list_sha256, counted["chunks"], counted["bytes"] = hashlib.sha256(), 0, 0
+
         def plaintext() -> Iterator[bytes]:
             with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-fetch") as pool:
                 ahead: deque[Future] = deque()
@@ -188,13 +207,7 @@ class ChunkedUnpacker:
                         future.cancel()
 
         def check() -> None:
-            if list_sha256.hexdigest() != want_sha:
-                raise IntegrityError(f"chunk list sha256 is {list_sha256.hexdigest()}, the "
-                                     f"manifest says {want_sha}")
-            if (counted["chunks"], counted["bytes"]) != (want_chunks, want_bytes):
-                raise IntegrityError(
-                    f"chunk list holds {counted['chunks']} chunks of {counted['bytes']} bytes, "
-                    f"the manifest says {want_chunks} of {want_bytes}")
+            check_list()
             if tar_sha256.hexdigest() != want_tar:
                 raise IntegrityError(f"tar stream sha256 is {tar_sha256.hexdigest()}, the "
                                      f"manifest says {want_tar}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Collection
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend
@@ -41,14 +42,17 @@ class ChunkSweep:
 
 
 def sweep(backend: Backend, store: ChunkStore, min_age: timedelta, now: datetime,
-          dry_run: bool) -> ChunkSweep:
+          dry_run: bool, gone: Collection[str] = ()) -> ChunkSweep:
+    """`gone`: keys of chunk lists to count as removed, in a dry run those a real prune
+    would have removed before sweeping (else a dry run would say no chunk is freed)."""
     result = ChunkSweep()
+    gone = set(gone)
     referenced: set[bytes] = set()
     for info in backend.list(SNAPSHOTS):
         if info.error:
             result.problems.append(f"no chunk swept: {info.error}")
             return result
-        if not _LIST_KEY.fullmatch(info.key):
+        if not _LIST_KEY.fullmatch(info.key) or info.key in gone:
             continue
         try:
             with backend.open_read(info.key) as reader:

@@ -1,0 +1,145 @@
+"""The repository config (untrusted input: read from the store) and `init`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
+from tests.unit.manifests import make_manifest
+from volbackup.errors import RepositoryError
+from volbackup.repo.backends import LocalBackend
+from volbackup.repo.config import CONFIG_KEY, RepoConfig
+from volbackup.repo.repository import Repository
+from volbackup.stream import archive
+
+
+def config_json(**changes) -> bytes:
+    data = json.loads(RepoConfig.new().to_json())
+    chunker = changes.pop("chunker", {})
+    data.update(changes)
+    if isinstance(chunker, dict):
+        data["chunker"].update(chunker)
+    else:
+        data["chunker"] = chunker
+    return json.dumps(data).encode()
+
+
+def test_a_new_config_reads_back_as_itself():
+    config = RepoConfig.new(avg_size=512 << 10)
+    assert RepoConfig.from_json(config.to_json(), "config") == config
+    assert config.chunker.min_size == 128 << 10 and config.chunker.max_size == 2 << 20
+
+
+def test_two_new_configs_differ_in_id_and_seed():
+    a, b = RepoConfig.new(), RepoConfig.new()
+    assert a.id != b.id and a.chunker.seed != b.chunker.seed
+
+
+def test_a_newer_format_version_asks_for_an_upgrade():
+    with pytest.raises(RepositoryError, match=r"format version 2; .*upgrade volbackup"):
+        RepoConfig.from_json(config_json(format_version=2), "config")
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[" * 100_000, "not valid JSON"),
+    (b"[]", "not a volbackup repository config"),
+    (config_json(format="restic"), "not a volbackup repository config"),
+    (config_json(format_version=True), "invalid format version"),
+    (config_json(format_version="1"), "invalid format version"),
+    (config_json(format_version=0), "invalid format version"),
+    (config_json(chunker=[]), "invalid chunker"),
+    (config_json(chunker={"extra": 1}), "invalid chunker"),
+    (config_json(chunker={"min_size": True}), "non-integer"),
+    (config_json(chunker={"seed": 1.5}), "non-integer"),
+    (config_json(chunker={"avg_size": "1048576"}), "non-integer"),
+    (config_json(chunker={"min_size": 10}), "out of bounds"),
+    (config_json(chunker={"max_size": 1 << 30}), "out of bounds"),
+    (config_json(chunker={"min_size": 2 << 20, "avg_size": 1 << 20}), "out of bounds"),
+    (config_json(chunker={"normalized_chunking": 9}), "out of bounds"),
+    (config_json(chunker={"seed": -1}), "out of bounds"),
+    (config_json(chunker={"algorithm": "rabin"}), "chunker 'rabin'"),
+    (config_json(layout="tree"), "layout 'tree'"),
+    (config_json(chunk_hash="md5"), "hash 'md5'"),
+    (config_json(compression="lz4"), "compression 'lz4'"),
+    (config_json(id=5), "invalid id"),
+    (config_json(id="../x"), "invalid id"),
+])
+def test_junk_configs_are_refused(raw, words):
+    with pytest.raises(RepositoryError) as caught:
+        RepoConfig.from_json(raw, "config of repository X")
+    message = str(caught.value)
+    assert words in message and message.startswith("config of repository X")
+    assert "\n" not in message
+
+
+def test_a_config_without_a_field_is_refused():
+    data = json.loads(config_json())
+    del data["compression"]
+    with pytest.raises(RepositoryError, match="lacks 'compression'"):
+        RepoConfig.from_json(json.dumps(data).encode(), "config")
+
+
+def test_open_refuses_a_repository_with_a_junk_config(tmp_path):
+    (tmp_path / "config").write_text("{}")
+    with pytest.raises(RepositoryError, match="not a volbackup repository config"):
+        Repository.open(str(tmp_path))
+
+
+# -- init
+
+
+def files(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file()}
+
+
+def test_init_writes_a_config_that_open_reads(tmp_path):
+    made = Repository.init(str(tmp_path))
+    assert list(files(tmp_path)) == ["config"]
+    opened = Repository.open(str(tmp_path))
+    assert opened.layout == "chunked" and opened.config == made.config
+
+
+def test_init_on_a_repository_with_a_config_refuses_and_changes_nothing(tmp_path):
+    repo = chunked_repo(tmp_path)
+    backup(repo, volume_tar())
+    before = files(tmp_path)
+    with pytest.raises(RepositoryError, match="already a chunked repository.*nothing was changed"):
+        Repository.init(str(tmp_path))
+    assert files(tmp_path) == before
+
+
+def test_init_on_a_directory_of_other_files_refuses(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    before = files(tmp_path)
+    with pytest.raises(RepositoryError, match="not a volbackup repository: it holds etc, passwd"):
+        Repository.init(str(tmp_path))
+    assert files(tmp_path) == before and not (tmp_path / CONFIG_KEY).exists()
+
+
+def test_init_over_an_archive_layout_repository_keeps_its_snapshots(tmp_path):
+    old = Repository(LocalBackend(tmp_path))
+    tar = volume_tar(seed=3)
+    snapshot = "pgdata@20261101T000000Z-0001"
+    with old.snapshot_writer(snapshot) as writer:
+        packed = writer.pack([tar], 3)
+    assert writer.fields(packed) == {}
+    manifest = make_manifest(snapshot, "2026-11-01T00:00:00.000Z", archive=writer.archive,
+                             bytes=packed.bytes, stored_bytes=packed.stored_bytes,
+                             sha256=packed.sha256, entries=packed.entries)
+    old.commit(manifest)
+
+    Repository.init(str(tmp_path))
+    repo = Repository.open(str(tmp_path))
+    assert repo.layout == "chunked"
+    assert not repo.resolve(snapshot).chunked
+    assert restored(repo, repo.resolve(snapshot)) == tar       # still readable
+    new = backup(repo, tar)                                     # new ones are chunked
+    assert new.chunked and restored(repo, new) == tar
+    assert [m.snapshot for m in repo.snapshots().snapshots] == [snapshot, new.snapshot]
+    assert isinstance(repo.unpacker(repo.resolve(snapshot)), archive.Unpacker)
