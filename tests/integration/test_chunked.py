@@ -95,7 +95,9 @@ def start(*args: str) -> subprocess.Popen:
 # -- round trip (through a directory: test_roundtrip.py's corpus runs on both layouts)
 
 
-def test_round_trip_through_s3(make_volume, mountpoint, names, s3_bucket, s3_client):
+def test_round_trip_through_s3(make_volume, mountpoint, names, any_s3_bucket, any_s3_client):
+    """On moto and on a real object store (Ceph RGW)."""
+    s3_bucket, s3_client = any_s3_bucket, any_s3_client
     source = make_volume("corpus")
     write_corpus(mountpoint(source.name))
     expected = tree(mountpoint(source.name))
@@ -226,7 +228,9 @@ def test_two_backups_at_once_share_chunks(twin_volumes, repo_dir, names, mountpo
     assert differences(tree(mountpoint(twin_volumes[1])), tree(mountpoint(target))) == []
 
 
-def test_two_backups_at_once_share_chunks_in_s3(twin_volumes, s3_bucket, s3_client):
+def test_two_backups_at_once_share_chunks_in_s3(twin_volumes, any_s3_bucket, any_s3_client):
+    """On moto and on a real object store (Ceph RGW)."""
+    s3_bucket, s3_client = any_s3_bucket, any_s3_client
     repo = f"s3://{s3_bucket}/r"
     init(repo, "--chunk-size", "512K")
     a, b = concurrent_backups(twin_volumes, repo)
