@@ -80,7 +80,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     for ref in refs:
         outcome = VolumeRestore(target or ref, "restored")
         try:
-            manifest = resolve_ref(repo, ref, host)
+            manifest = repo.reveal(resolve_ref(repo, ref, host))  # labels, options: sealed?
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
             spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
             if drop_options:
