@@ -15,6 +15,8 @@ repeated blocks), so every saving is dedup's own. Sections:
   dedup   into one chunked repository holding the volume: the volume after a ~1.5 % change
           (a copy, changed: uniquevolume.change), an identical copy in another volume, and
           two more identical copies backed up at once by two processes ("two hosts").
+  parts   which part of that change costs what: each of its three kinds alone (appends to
+          1 % of the small files, a block rewritten in a large file, files added and removed).
   sizes   per chunk size (`volbackup init --chunk-size`), rounds rotating: the first backup
           and the changed volume's backup; new bytes, objects per GiB, requests.
   daily   --days snapshots of a volume of --daily-mib changing 1 % a day; repository size.
@@ -42,7 +44,7 @@ import benchrun
 from benchrun import MIB, StepFailed, busy_fraction, dir_bytes, timed, volbackup_cmd, volbackup_timed
 import uniquevolume
 
-SECTIONS = ("speed", "dedup", "sizes", "daily", "rss", "prune")
+SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune")
 CHUNK_SIZES = ("512K", "1M", "2M", "4M")
 
 
@@ -185,6 +187,21 @@ def dedup(bench: Dedup, volume: str, mountpoint: str, seed: int) -> dict:
     return {"change": change, "rows": rows, "full_snapshot_bytes": full}
 
 
+def parts(bench: Dedup, volume: str, mountpoint: str, seed: int, chunk_size: str = "1M") -> dict:
+    repo = bench.repo(chunk_size)
+    full = bench.backup(volume, repo)["new_bytes"]
+    out = {"chunk_size": chunk_size, "full_snapshot_bytes": full, "rows": {}}
+    for part in uniquevolume.PARTS:
+        changed, changed_mp = bench.copy(mountpoint, part)
+        change = uniquevolume.change(changed_mp, seed + 1000, parts=(part,))
+        row = bench.backup(changed, repo)
+        out["rows"][part] = {"change": change, "new_bytes": row["new_bytes"],
+                             "new_pct": round(100 * row["new_bytes"] / full, 2)}
+        bench.client.volumes.get(changed).remove(force=True)
+    shutil.rmtree(repo)
+    return out
+
+
 def sizes(bench: Dedup, volume: str, mountpoint: str, mib: float, seed: int, repeat: int) -> dict:
     changed, changed_mp = bench.copy(mountpoint, "changed")
     change = uniquevolume.change(changed_mp, seed + 1000)
@@ -302,6 +319,14 @@ def report(result: dict) -> str:
                 continue
             lines.append(f"  {key.replace('_', ' '):24}{row['new_bytes'] / MIB:>9.2f} MiB new  "
                          f"{pct(row['new_pct']):>9}  (target {targets[key]})")
+    if "parts" in result:
+        z = result["parts"]
+        lines += ["", f"PARTS OF THE CHANGE (chunk size {z['chunk_size']}; each alone, against the "
+                      f"unchanged volume)"]
+        for part, row in z["rows"].items():
+            c = row["change"]
+            lines.append(f"  {part:12}{c['changed'] / MIB:>8.2f} MiB changed ({c['changed_pct']:.2f} %)"
+                         f"  {row['new_bytes'] / MIB:>8.2f} MiB new  {pct(row['new_pct']):>9}")
     if "sizes" in result:
         z = result["sizes"]
         lines += ["", f"CHUNK SIZE (change: {z['change']['changed_pct']} % of the volume; medians "
@@ -377,7 +402,7 @@ def main() -> int:
     print(f"dedup.py: {bench.prefix}*, sections {','.join(sections)}, load {os.getloadavg()}",
           file=sys.stderr)
     try:
-        if {"speed", "dedup", "sizes"} & set(sections):
+        if {"speed", "dedup", "parts", "sizes"} & set(sections):
             volume, mountpoint = bench.volume("vol")
             result["volume"] = uniquevolume.fill(mountpoint, args.size_mib, args.seed)
             mib = result["volume"]["mib"]
@@ -385,6 +410,8 @@ def main() -> int:
                 result["speed"] = speed(bench, volume, mib, args.repeat)
             if "dedup" in sections:
                 result["dedup"] = dedup(bench, volume, mountpoint, args.seed)
+            if "parts" in sections:
+                result["parts"] = parts(bench, volume, mountpoint, args.seed)
             if "sizes" in sections:
                 result["sizes"] = sizes(bench, volume, mountpoint, mib, args.seed, args.repeat)
         if "daily" in sections:

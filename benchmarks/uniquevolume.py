@@ -98,11 +98,16 @@ def fill(root: str, size_mib: int, seed: int = 11, large_files: int = 4,
     return stats
 
 
-def change(root: str, seed: int, share: float = 0.015) -> dict:
+PARTS = ("append", "rewrite", "add_remove")
+
+
+def change(root: str, seed: int, share: float = 0.015, parts: tuple = PARTS) -> dict:
     """Change about `share` of the volume's bytes, as a day of use might: appends to 1 % of
     the small files (1-8 KiB each), a block rewritten in place inside one large file, new
     small files added and old ones removed (the rest of the share, half each). The block
-    is 4 MiB per GiB of volume at share 0.015 (scaled with both). Returns what changed."""
+    is 4 MiB per GiB of volume at share 0.015 (scaled with both). `parts` picks some of
+    the three kinds (the others are skipped; the rest of the share stays as with all).
+    Returns what changed."""
     src = Source(seed)
     rng = src.rng
     small = sorted(os.path.join(d, f) for d, _, files in os.walk(os.path.join(root, "small"))
@@ -112,8 +117,9 @@ def change(root: str, seed: int, share: float = 0.015) -> dict:
     out = {"volume_bytes": total, "appended": 0, "rewritten": 0, "added": 0, "removed": 0}
     for path in rng.choice(small, size=max(1, len(small) // 100), replace=False):
         n = int(rng.integers(1024, 8193))
-        with open(path, "ab") as f:
-            src.write(f, "text" if path.endswith(".txt") else "random", n)
+        if "append" in parts:
+            with open(path, "ab") as f:
+                src.write(f, "text" if path.endswith(".txt") else "random", n)
         out["appended"] += n
     if large:
         block = int(4 * MIB * (total / (1 << 30)) * (share / 0.015))
@@ -121,11 +127,16 @@ def change(root: str, seed: int, share: float = 0.015) -> dict:
         size = os.path.getsize(path)
         block = min(block, size)
         offset = int(rng.integers(0, size - block + 1))
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            src.write(f, "random", block)
+        if "rewrite" in parts:
+            with open(path, "r+b") as f:
+                f.seek(offset)
+                src.write(f, "random", block)
         out["rewritten"] = block
     rest = max(0, int(total * share) - out["appended"] - out["rewritten"])
+    out["appended"] *= "append" in parts
+    out["rewritten"] *= "rewrite" in parts
+    if "add_remove" not in parts:
+        rest = 0
     budget = rest // 2
     while out["removed"] < budget and small:
         path = small.pop(int(rng.integers(len(small))))
