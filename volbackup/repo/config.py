@@ -18,7 +18,8 @@ CONFIG_KEY = "config"
 FORMAT = "volbackup-repository"
 FORMAT_VERSION = 2          # what this volbackup reads; an encrypted config is written as 2
 PLAIN_VERSION = 1           # ... and a plain one as 1 (readable by the first chunked versions)
-CHUNKER = "fastcdc-2020"
+CHUNKER = "fastcdc-2020-members"   # FastCDC, plus cuts at tar members (stream/chunker.py)
+CHUNKER_PLAIN = "fastcdc-2020"     # FastCDC alone (the first chunked repositories)
 SCHEME = "age+hmac-sha256"
 
 # Kept at 1M after `benchmarks/dedup.py --sections sizes` (docs/performance.md, "Chunk
@@ -132,8 +133,8 @@ class RepoConfig:
                                          and re.fullmatch(r"[0-9a-f]{64}", self.mac)):
             raise RepositoryError(f"{where} has an invalid mac")
         chunk_hash = "hmac-sha256" if self.encrypted else "sha256"
-        if (self.layout, self.chunk_hash, self.compression, c.algorithm) != \
-                ("chunked", chunk_hash, "zstd", CHUNKER):
+        if (self.layout, self.chunk_hash, self.compression) != ("chunked", chunk_hash, "zstd") \
+                or c.algorithm not in (CHUNKER, CHUNKER_PLAIN):
             raise RepositoryError(
                 f"{where} asks for layout {self.layout!r}, hash {self.chunk_hash!r}, "
                 f"compression {self.compression!r}, chunker {c.algorithm!r}; this volbackup "
