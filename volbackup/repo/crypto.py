@@ -136,10 +136,14 @@ def load_identities(path: str) -> tuple[list, RepositoryKey | None]:
     key = (RepositoryKey.from_text(text, f"identity file {path}")
            if KEY_PREFIX.strip() in text else None)
     if b"PRIVATE KEY-----" in raw:
-        start = raw.index(b"-----BEGIN")
+        # From the BEGIN line to the end of the END line: a key file appended after it
+        # (the repository key) is no part of the PEM block.
+        start = raw.find(b"-----BEGIN")
+        end = raw.find(b"PRIVATE KEY-----", raw.find(b"-----END", start + 1))
         try:
-            return [ssh.Identity.from_buffer(raw[start:raw.index(b"PRIVATE KEY-----", start + 12)
-                                                 + 16] + b"\n")], key
+            if start < 0 or end < 0 or raw.find(b"-----END", start + 1) < 0:
+                raise ValueError("no complete PEM block")
+            return [ssh.Identity.from_buffer(raw[start:end + 16] + b"\n")], key
         except Exception:  # pyrage raises several types here; none of them may echo the key
             raise KeyProblem(f"identity file {path} holds an SSH key that cannot be used "
                              f"(encrypted with a passphrase, or not ed25519/RSA)") from None
