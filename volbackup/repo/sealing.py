@@ -74,7 +74,9 @@ class Keyring:
                 raise KeyProblem(f"repository {self.where} is encrypted: reading it needs an "
                                  f"identity (--identity FILE or ${IDENTITY_FILE_ENV})")
             self._identities, carried = crypto.load_identities(self.secrets.identity_file)
-            if carried is not None and self._key is None:
+            # A key file given wins over a key the identity file carries (that of another
+            # repository, say: one identity file can serve several).
+            if carried is not None and self._key is None and not self.secrets.key_file:
                 self._accept(carried, f"the key in identity file {self.secrets.identity_file}")
         return self._identities
 
