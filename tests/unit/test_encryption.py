@@ -155,6 +155,22 @@ def test_the_key_appended_to_the_identity_file_is_enough(setup):
     assert restored(reader, reader.load(manifest.snapshot)) == tar
 
 
+def test_a_key_file_given_wins_over_the_key_an_identity_file_carries(tmp_path, setup):
+    """One identity file can read several repositories; it can carry only one key."""
+    root, key_file, identity = setup
+    other_key = tmp_path / "other.key"
+    encrypted_repo(tmp_path / "other", [age_identity(tmp_path / "other-id.txt")], other_key)
+    with open(identity, "a") as out:
+        out.write(other_key.read_text())
+    tar = volume_tar()
+    manifest = backup(opened(root, key_file), tar)
+    reader = opened(root, key_file, identity)
+    assert restored(reader, reader.load(manifest.snapshot)) == tar
+    reader = opened(root, identity=identity)  # the carried key alone: not this repository's
+    with pytest.raises(KeyProblem, match="is not the key of repository"):
+        restored(reader, reader.load(manifest.snapshot))
+
+
 # -- what stock tools see
 
 
