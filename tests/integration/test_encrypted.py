@@ -4,14 +4,17 @@ and wrong secrets (exit 17, one line, nothing made), and that no secret is ever 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pyrage
 import pytest
 import zstandard
 from pyrage import x25519
@@ -19,8 +22,10 @@ from pyrage import x25519
 from tests.conftest import run_cli
 from tests.integration.helpers import contents, fill, one_line_error, repo_files
 from tests.integration.test_scheduling import write_config
+from volbackup.repo import crypto
 from volbackup.repo.chunked import iter_list
 from volbackup.repo.chunkstore import chunk_key
+from volbackup.repo.config import RepoConfig
 
 MARKERS = (b"FILENAME-MARKER", b"CONTENT-MARKER", b"LABELVALUE123", b"73400320")
 SECRET_ENV = ("VOLBACKUP_KEY_FILE", "VOLBACKUP_IDENTITY_FILE")
@@ -145,11 +150,11 @@ def test_round_trip_dedup_and_nothing_given_away(keys, make_volume, mountpoint, 
              *keys.key(), keys=keys)
     assert out.stdout.count(": ok") == 3
 
-    # every stored byte: no marker, nothing zstd reads
+    # every stored byte: no marker (nor the volume's path on the host), nothing zstd reads
     files = [p for p in keys.repo.rglob("*") if p.is_file()]
     for path in files:
         data = path.read_bytes()
-        for marker in MARKERS:
+        for marker in (*MARKERS, mountpoint(source.name).encode()):
             assert marker not in data, (marker, path)
         with pytest.raises(zstandard.ZstdError):
             zstandard.ZstdDecompressor().decompressobj().decompress(data)
@@ -250,8 +255,51 @@ def _change_host(repo: Path, vol: dict) -> None:
     path.write_text(json.dumps(data))
 
 
+def _manifest(repo: Path, vol: dict) -> tuple[Path, dict]:
+    volume, stamp = vol["snapshot"].split("@")
+    path = repo / "snapshots" / volume / f"{stamp}.json"
+    return path, json.loads(path.read_text())
+
+
+def _recipient(repo: Path):
+    return x25519.Recipient.from_str(
+        json.loads((repo / "config").read_text())["encryption"]["recipients"][0])
+
+
+def _outsiders_chunk(repo: Path, vol: dict) -> None:
+    """A fresh age file of chosen content, to the public recipient, under a chunk's name."""
+    volume, stamp = vol["snapshot"].split("@")
+    with open(repo / "snapshots" / volume / f"{stamp}.chunks", "rb") as reader:
+        chunk_id, length = next(iter_list(reader))
+    frame = zstandard.ZstdCompressor().compress(b"\0" * length)
+    (repo / chunk_key(chunk_id)).write_bytes(pyrage.encrypt(frame, [_recipient(repo)]))
+
+
+def _outsiders_sealed_part(repo: Path, vol: dict) -> None:
+    path, data = _manifest(repo, vol)
+    private = {"labels": {"evil": "1"}, "driver_options": {}, "mount_path": None,
+               "bind_path": None, "source_container": None, "tar_sha256": "0" * 64}
+    data["sealed"] = base64.b64encode(pyrage.encrypt(json.dumps(private).encode(),
+                                                     [_recipient(repo)])).decode()
+    path.write_text(json.dumps(data))
+
+
+def _chunk_list_lines_swapped(repo: Path, vol: dict) -> None:
+    volume, stamp = vol["snapshot"].split("@")
+    list_path = repo / "snapshots" / volume / f"{stamp}.chunks"
+    lines = list_path.read_bytes().splitlines(keepends=True)
+    lines[0], lines[1] = lines[1], lines[0]
+    list_path.write_bytes(b"".join(lines))
+    path, data = _manifest(repo, vol)
+    data["sha256"] = hashlib.sha256(b"".join(lines)).hexdigest()
+    path.write_text(json.dumps(data))
+
+
 @pytest.mark.parametrize("tamper, words", [(_swap_two_chunks, ("chunk",)),
-                                           (_change_host, ("not authentic",))])
+                                           (_change_host, ("not authentic",)),
+                                           (_outsiders_chunk, ("does not match its name",)),
+                                           (_outsiders_sealed_part, ("not authentic",)),
+                                           (_chunk_list_lines_swapped, ("not authentic",))])
 def test_tampering_is_caught_at_restore_and_verify(keys, make_volume, mountpoint, names,
                                                    client, tamper, words):
     volume = make_volume("tampered")
@@ -277,6 +325,61 @@ def test_a_config_with_an_outsiders_recipient_makes_backup_refuse(keys, tmp_path
     refused(6, "backup", volume.name, "-r", str(keys.repo), *keys.key(), keys=keys,
             words=("not authentic",))
     assert repo_files(keys.repo) == before
+
+
+def test_a_config_whose_sealed_key_an_outsider_replaced(keys, make_volume, mountpoint, names,
+                                                        client):
+    """An outsider seals a key of their own to the real recipients (public data), with its
+    key check and MAC. The key file, or the key the identity file carries, refuses that
+    config (17); --trust-repository-key takes the outsider's key, and then every snapshot
+    made with the real key is refused as not authentic (6)."""
+    volume = marked_volume(make_volume, mountpoint)
+    vol = backed_up(keys, volume.name)
+    config = RepoConfig.from_json((keys.repo / "config").read_bytes(), "config")
+    assert config.encryption is not None
+    key = crypto.RepositoryKey.generate()
+    sealed = base64.b64encode(crypto.encrypt(key.to_text().encode(), [_recipient(keys.repo)]))
+    forged = replace(config, encryption=replace(config.encryption, key_check=key.check,
+                                                sealed_key=sealed.decode()), mac=None)
+    (keys.repo / "config").write_bytes(replace(forged, mac=key.mac(forged.signed_bytes()))
+                                       .to_json())
+    repo, target = str(keys.repo), names("forged")
+    refused(17, "backup", volume.name, "-r", repo, *keys.key(), keys=keys,
+            words=("not the key of repository",))
+    refused(17, "restore", vol["snapshot"], "--as", target, "-r", repo, *keys.reading(),
+            keys=keys, words=("not the key of repository",))
+    refused(6, "restore", vol["snapshot"], "--as", target, "-r", repo, "--identity",
+            str(keys.identity), "--trust-repository-key", keys=keys, words=("not authentic",))
+    assert target not in volume_names(client)
+
+
+def test_no_command_prints_a_secret(keys, tmp_path, make_volume, mountpoint, names):
+    """Every command, in text and --json, given the identity file and the key file."""
+    volume = marked_volume(make_volume, mountpoint)
+    vol = backed_up(keys, volume.name)
+    repo = str(keys.repo)
+    both = ("--identity", str(keys.carrying), *keys.key())
+    tar = tmp_path / "in.tar"
+    subprocess.run(["tar", "-C", mountpoint(volume.name), "-cf", str(tar), "."], check=True)
+    for json_flag in ((), ("--json",)):
+        out = tmp_path / f"export{len(json_flag)}.tar.zst"
+        for args in (("backup", volume.name, *keys.key()),
+                     ("import", str(tar), "--volume", names("imported"), *keys.key()),
+                     ("list",), ("show", vol["snapshot"]),
+                     ("verify", "--all", *both),
+                     ("export", vol["snapshot"], "-o", str(out), *both),
+                     ("restore", vol["snapshot"], "--as", names("shown"), *both),
+                     ("prune", "--keep-last", "5", "--dry-run"), ("cleanup", "--dry-run")):
+            ok(*args, "-r", repo, *json_flag, keys=keys)
+    # an identity whose secret is damaged: its text must not be echoed either
+    damaged = tmp_path / "damaged.txt"
+    secret = keys.secrets[0]
+    damaged.write_text(secret[:-1] + ("Q" if secret[-1] != "Q" else "P") + "\n")
+    keys.secrets.append(damaged.read_text().strip())
+    args = ("verify", vol["snapshot"], "-r", repo, "--identity", str(damaged), *keys.key())
+    refused(17, *args, keys=keys, words=("invalid AGE-SECRET-KEY",))
+    debug = cli("--debug", *args, secrets=keys.secrets)  # the traceback too
+    assert debug.code == 17 and "Traceback" in debug.stderr
 
 
 # -- missing and wrong secrets: exit 17, one line, nothing made
