@@ -382,6 +382,25 @@ def test_trust_repository_key_reads_without_the_key_file(snapshot):
     assert restored(reader, reader.load(manifest.snapshot)) == tar
 
 
+@pytest.mark.parametrize("downgrade", ["config removed", "plain config"])
+def test_a_repository_downgraded_to_plain_is_refused_to_whoever_holds_a_secret(
+        snapshot, downgrade):
+    """A writer to the repository removes the config, or writes a plain one: a backup host
+    with the key file would store its data in the clear, and a restore with the identity
+    would take the writer's plain snapshots. Holding a secret means expecting encryption."""
+    root, key_file, identity, tar, manifest = snapshot
+    if downgrade == "config removed":
+        (root / CONFIG_KEY).unlink()
+    else:
+        (root / CONFIG_KEY).write_bytes(RepoConfig.new(avg_size=AVG).to_json())
+    before = every_stored_file(root)
+    for secrets in ((key_file, None), (None, identity), (key_file, identity)):
+        with pytest.raises(KeyProblem, match="is not encrypted"):
+            opened(root, *secrets)
+    assert every_stored_file(root) == before
+    assert opened(root).keyring is None  # no secret given: a plain repository, as it says
+
+
 # -- missing and wrong secrets (library level; the CLI's one-line errors are in
 # tests/integration/test_encrypted.py)
 
