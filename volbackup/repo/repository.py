@@ -240,6 +240,12 @@ class Repository:
             manifest = self.keyring.seal(manifest)
         self.backend.write_bytes(self.manifest_key(manifest.snapshot), manifest.to_json().encode())
 
+    def check_secrets(self, reading: bool) -> None:
+        """An encrypted repository: load and check the key (and, `reading`, the identity)
+        now, before any volume is touched; KeyProblem if one is missing or wrong."""
+        if self.keyring is not None:
+            self.keyring.check(reading)
+
     def reveal(self, manifest: Manifest) -> Manifest:
         """The whole manifest, private fields included: in an encrypted repository this
         needs the identity and checks the manifest's MAC; otherwise it is `manifest`."""
