@@ -431,6 +431,45 @@ def test_missing_and_wrong_secrets(keys, tmp_path, make_volume, mountpoint, name
     assert contents(mountpoint(target)) == contents(mountpoint(volume.name))
 
 
+def test_a_missing_secret_is_one_error_before_any_volume_is_touched(
+        keys, make_volume, mountpoint, run_container, client, names):
+    """Several volumes, --all, --stop: still one line and exit 17, and the container that
+    --stop would have stopped keeps running (the key is checked before anything is done)."""
+    one, two = marked_volume(make_volume, mountpoint), make_volume("two")
+    running = run_container("db", one.name)
+    running.reload()
+    started = running.attrs["State"]["StartedAt"]
+    repo = str(keys.repo)
+    refused(17, "backup", one.name, two.name, "--stop", "-r", repo, keys=keys,
+            words=("--key-file",))
+    running.reload()
+    assert running.status == "running" and running.attrs["State"]["StartedAt"] == started
+    assert not list((keys.repo / "snapshots").glob("*/*.json"))
+    backed_up(keys, two.name)
+    refused(17, "verify", "--all", "-r", repo, keys=keys, words=("--identity",))
+    refused(17, "restore", "--all", "-r", repo, *keys.key(), keys=keys, words=("--identity",))
+    stranger = keys.repo.parent / "stranger.txt"
+    keys.secrets.append(new_identity(stranger)[1])
+    refused(17, "restore", "--all", "-r", repo, "--identity", str(stranger), *keys.key(),
+            keys=keys, words=("not encrypted to the identity",))
+    refused(17, "export", two.name, "-r", repo, "-o", str(keys.repo.parent / "x.tar.zst"),
+            "--identity", str(stranger), *keys.key(), keys=keys)
+
+
+def test_a_repository_downgraded_to_plain_is_refused(keys, make_volume, mountpoint):
+    """A writer to the repository removed its config: a backup host with the key file
+    must not then store the volume in the clear."""
+    volume = marked_volume(make_volume, mountpoint)
+    (keys.repo / "config").unlink()
+    before = repo_files(keys.repo)
+    refused(17, "backup", volume.name, "-r", str(keys.repo), *keys.key(), keys=keys,
+            words=("is not encrypted",))
+    env = {"VOLBACKUP_KEY_FILE": str(keys.key_file)}  # from the environment, the same
+    result = cli("backup", volume.name, "-r", str(keys.repo), env=env, secrets=keys.secrets)
+    assert result.code == 17 and "is not encrypted" in one_line_error(result.stderr)
+    assert repo_files(keys.repo) == before
+
+
 def test_the_environment_gives_the_secrets(keys, make_volume, mountpoint):
     volume = marked_volume(make_volume, mountpoint)
     env = {"VOLBACKUP_KEY_FILE": str(keys.key_file)}
