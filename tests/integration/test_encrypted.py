@@ -468,6 +468,8 @@ def test_a_repository_downgraded_to_plain_is_refused(keys, make_volume, mountpoi
     result = cli("backup", volume.name, "-r", str(keys.repo), env=env, secrets=keys.secrets)
     assert result.code == 17 and "is not encrypted" in one_line_error(result.stderr)
     assert repo_files(keys.repo) == before
+    listed = cli("list", "-r", str(keys.repo), env=env)  # needs no secret: not refused
+    assert listed.code == 0, listed.stderr
 
 
 def test_the_environment_gives_the_secrets(keys, make_volume, mountpoint):

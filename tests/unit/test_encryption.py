@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -399,6 +400,13 @@ def test_a_repository_downgraded_to_plain_is_refused_to_whoever_holds_a_secret(
             opened(root, *secrets)
     assert every_stored_file(root) == before
     assert opened(root).keyring is None  # no secret given: a plain repository, as it says
+    # commands that need no secret (list, prune, cleanup) open it without any, whatever
+    # the environment says
+    os.environ["VOLBACKUP_KEY_FILE"] = str(key_file)
+    try:
+        assert Repository.open(str(root)).keyring is None
+    finally:
+        del os.environ["VOLBACKUP_KEY_FILE"]
 
 
 # -- missing and wrong secrets (library level; the CLI's one-line errors are in

@@ -150,11 +150,13 @@ class Repository:
     def open(cls, url: str, writable: bool = False, options: dict | None = None,
              secrets: Secrets | None = None) -> "Repository":
         """Open and check the repository at `url`; `options` are for writing (S3 only);
-        `secrets` say where an encrypted repository's keys are (default: the env)."""
+        `secrets` say where an encrypted repository's keys are (default: the env); given
+        (commands that use them: backup, restore, verify, export, import, run), a plain
+        repository is refused, not used in the clear."""
         backend = open_backend(url, options)
         backend.check(writable=writable)
         repo = cls(backend, read_config(backend), secrets)
-        given = repo.secrets.key_file or repo.secrets.identity_file
+        given = secrets and (secrets.key_file or secrets.identity_file)
         if given and repo.keyring is None:
             # Whoever holds a secret expects encryption: a config removed or replaced by a
             # plain one would otherwise have backups stored in the clear, and restores take
