@@ -236,4 +236,10 @@ class SealedChunks:
         if not self._identities:
             raise KeyProblem("reading an encrypted repository needs an identity (--identity "
                              "FILE or $VOLBACKUP_IDENTITY_FILE)")
-        return decrypt(stored, self._identities, f"chunk {chunk_id}")
+        try:
+            return decrypt(stored, self._identities, f"chunk {chunk_id}")
+        except KeyProblem:
+            # The identity opened the snapshot's sealed part before a chunk is read, so it
+            # is a recipient: a chunk it cannot open was replaced, not read with a wrong key.
+            raise IntegrityError(f"chunk {chunk_id} is not encrypted to the repository's "
+                                 f"recipients (replaced in the repository?)") from None
