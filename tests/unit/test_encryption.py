@@ -271,6 +271,19 @@ def test_a_chunk_encrypted_by_an_outsider_to_the_recipient_is_refused(snapshot):
             "does not match its name")
 
 
+def test_a_chunk_encrypted_to_an_outsider_is_damage_not_a_wrong_identity(tmp_path, snapshot):
+    """The identity opened the config's sealed key, so it is a recipient: a chunk it cannot
+    open was replaced (exit 6), not read with the wrong identity (exit 17)."""
+    root, key_file, identity, tar, manifest = snapshot
+    chunk_id, length = chunk_list(opened(root, key_file), manifest)[2]
+    outsider = x25519.Recipient.from_str(age_identity(tmp_path / "outsider.txt"))
+    frame = zstandard.ZstdCompressor().compress(b"A" * length)
+    (root / chunk_key(chunk_id)).write_bytes(pyrage.encrypt(frame, [outsider]))
+    reader = opened(root, key_file, identity)
+    reader.check_secrets(reading=True)
+    refused(root, key_file, identity, manifest, tar, f"chunk {chunk_id}")
+
+
 def _manifest_path(root: Path, manifest) -> Path:
     return root / "snapshots" / manifest.volume / f"{manifest.snapshot.split('@')[1]}.json"
 
