@@ -214,8 +214,8 @@ def test_force_restore_keeps_a_safety_snapshot_in_an_encrypted_repository(
         assert b"written after the backup" in tar.read()
 
 
-def test_an_encrypted_repository_on_s3(tmp_path, s3_bucket, make_volume, mountpoint, names,
-                                      client):
+def test_an_encrypted_repository_on_s3(tmp_path, s3_bucket, s3_client, make_volume,
+                                      mountpoint, names, client):
     repo = f"s3://{s3_bucket}/enc"
     recipient, secret = new_identity(tmp_path / "id.txt")
     key_file = tmp_path / "s3.key"
@@ -232,6 +232,12 @@ def test_an_encrypted_repository_on_s3(tmp_path, s3_bucket, make_volume, mountpo
     assert restore.code == 0, restore.stderr
     assert contents(mountpoint(target)) == contents(mountpoint(volume.name))
     assert secret not in restore.stdout + restore.stderr + backup.stdout + backup.stderr
+    objects = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="enc/")["Contents"]
+    assert len(objects) >= 4  # config, manifest, chunk list, a chunk
+    for item in objects:
+        data = s3_client.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
+        for marker in MARKERS:
+            assert marker not in data, (marker, item["Key"])
 
 
 # -- forgeries, through the CLI: exit 6, one line, no volume left behind
@@ -394,6 +400,10 @@ def test_missing_and_wrong_secrets(keys, tmp_path, make_volume, mountpoint, name
     keys.secrets += other.secrets
     refused(17, "backup", volume.name, "-r", repo, *other.key(), keys=keys,
             words=("not the key of repository",))
+    for junk_key in (b"", b"junk\n", b"# volbackup-repository-key-v1: c2hvcnQ=\n"):
+        (tmp_path / "junk.key").write_bytes(junk_key)
+        refused(17, "backup", volume.name, "-r", repo, "--key-file", str(tmp_path / "junk.key"),
+                keys=keys, words=("not a volbackup repository key file",))
     assert repo_files(keys.repo) == before
 
     vol = backed_up(keys, volume.name)
