@@ -136,10 +136,14 @@ def load_identities(path: str) -> tuple[list, RepositoryKey | None]:
     key = (RepositoryKey.from_text(text, f"identity file {path}")
            if KEY_PREFIX.strip() in text else None)
     if b"PRIVATE KEY-----" in raw:
-        start = raw.index(b"-----BEGIN")
+        # From the BEGIN line to the end of the END line: a key file appended after it
+        # (the repository key) is no part of the PEM block.
+        start = raw.find(b"-----BEGIN")
+        end = raw.find(b"PRIVATE KEY-----", raw.find(b"-----END", start + 1))
         try:
-            return [ssh.Identity.from_buffer(raw[start:raw.index(b"PRIVATE KEY-----", start + 12)
-                                                 + 16] + b"\n")], key
+            if start < 0 or end < 0 or raw.find(b"-----END", start + 1) < 0:
+                raise ValueError("no complete PEM block")
+            return [ssh.Identity.from_buffer(raw[start:end + 16] + b"\n")], key
         except Exception:  # pyrage raises several types here; none of them may echo the key
             raise KeyProblem(f"identity file {path} holds an SSH key that cannot be used "
                              f"(encrypted with a passphrase, or not ed25519/RSA)") from None
@@ -232,4 +236,10 @@ class SealedChunks:
         if not self._identities:
             raise KeyProblem("reading an encrypted repository needs an identity (--identity "
                              "FILE or $VOLBACKUP_IDENTITY_FILE)")
-        return decrypt(stored, self._identities, f"chunk {chunk_id}")
+        try:
+            return decrypt(stored, self._identities, f"chunk {chunk_id}")
+        except KeyProblem:
+            # The identity opened the snapshot's sealed part before a chunk is read, so it
+            # is a recipient: a chunk it cannot open was replaced, not read with a wrong key.
+            raise IntegrityError(f"chunk {chunk_id} is not encrypted to the repository's "
+                                 f"recipients (replaced in the repository?)") from None

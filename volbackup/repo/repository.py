@@ -28,7 +28,8 @@ from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, o
 from volbackup.repo.chunkstore import ChunkStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.manifest import CHUNKED_VERSION, STAMP, VOLUME_NAME, Manifest, parse_created
-from volbackup.repo.sealing import Keyring, Secrets, new_encryption
+from volbackup.repo.sealing import (IDENTITY_FILE_ENV, KEY_FILE_ENV, Keyring, Secrets,
+                                    new_encryption)
 from volbackup.stream import archive
 from volbackup.stream.archive import Packed, Progress, no_progress
 from volbackup.stream.chunks import read_chunks
@@ -149,10 +150,23 @@ class Repository:
     def open(cls, url: str, writable: bool = False, options: dict | None = None,
              secrets: Secrets | None = None) -> "Repository":
         """Open and check the repository at `url`; `options` are for writing (S3 only);
-        `secrets` say where an encrypted repository's keys are (default: the env)."""
+        `secrets` say where an encrypted repository's keys are (default: the env); given
+        (commands that use them: backup, restore, verify, export, import, run), a plain
+        repository is refused, not used in the clear."""
         backend = open_backend(url, options)
         backend.check(writable=writable)
-        return cls(backend, read_config(backend), secrets)
+        repo = cls(backend, read_config(backend), secrets)
+        given = secrets and (secrets.key_file or secrets.identity_file)
+        if given and repo.keyring is None:
+            # Whoever holds a secret expects encryption: a config removed or replaced by a
+            # plain one would otherwise have backups stored in the clear, and restores take
+            # plain snapshots anyone could write (docs/security.md).
+            raise KeyProblem(
+                f"repository {backend.describe()} is not encrypted, but a key or identity "
+                f"was given ({given}): refusing (its config removed or replaced by a writer "
+                f"to the repository?); for a plain repository give neither --key-file nor "
+                f"--identity (nor ${KEY_FILE_ENV}, ${IDENTITY_FILE_ENV})")
+        return repo
 
     @classmethod
     def init(cls, url: str, options: dict | None = None, config: RepoConfig | None = None,
@@ -227,6 +241,12 @@ class Repository:
         if self.keyring is not None:
             manifest = self.keyring.seal(manifest)
         self.backend.write_bytes(self.manifest_key(manifest.snapshot), manifest.to_json().encode())
+
+    def check_secrets(self, reading: bool) -> None:
+        """An encrypted repository: load and check the key (and, `reading`, the identity)
+        now, before any volume is touched; KeyProblem if one is missing or wrong."""
+        if self.keyring is not None:
+            self.keyring.check(reading)
 
     def reveal(self, manifest: Manifest) -> Manifest:
         """The whole manifest, private fields included: in an encrypted repository this

@@ -74,7 +74,9 @@ class Keyring:
                 raise KeyProblem(f"repository {self.where} is encrypted: reading it needs an "
                                  f"identity (--identity FILE or ${IDENTITY_FILE_ENV})")
             self._identities, carried = crypto.load_identities(self.secrets.identity_file)
-            if carried is not None and self._key is None:
+            # A key file given wins over a key the identity file carries (that of another
+            # repository, say: one identity file can serve several).
+            if carried is not None and self._key is None and not self.secrets.key_file:
                 self._accept(carried, f"the key in identity file {self.secrets.identity_file}")
         return self._identities
 
@@ -98,6 +100,18 @@ class Keyring:
             raise KeyProblem(f"repository {self.where} is encrypted: this needs {need}")
         return self._key
 
+    def check(self, reading: bool) -> None:
+        """Load and check the secrets a command needs, before it touches a volume: one
+        KeyProblem (exit 17) rather than a failure per volume, after containers were
+        stopped and volumes read. An identity is checked by opening the key sealed in
+        the config (after the config's MAC checked out), which every recipient can."""
+        if not reading:
+            self.key()
+            return
+        identities = self.identities()
+        self.key(for_reading=True)
+        self._unseal_config_key(identities)
+
     def _accept(self, key: crypto.RepositoryKey, source: str) -> None:
         assert self.config.encryption is not None
         if key.check != self.config.encryption.key_check:
@@ -106,14 +120,15 @@ class Keyring:
                    f"the config of repository {self.where}")
         self._key = key
 
-    def _unseal_config_key(self) -> crypto.RepositoryKey:
+    def _unseal_config_key(self, identities: list | None = None) -> crypto.RepositoryKey:
         assert self.config.encryption is not None
         try:
             sealed = base64.b64decode(self.config.encryption.sealed_key, validate=True)
         except (binascii.Error, ValueError):
             raise RepositoryError(f"the config of repository {self.where} has an invalid "
                                   f"sealed key") from None
-        text = crypto.decrypt(sealed, self.identities(), "the key sealed in the config")
+        text = crypto.decrypt(sealed, identities or self.identities(),
+                              "the key sealed in the config")
         return crypto.RepositoryKey.from_text(text.decode("utf-8", "replace"),
                                               "the key sealed in the config")
 

@@ -174,7 +174,7 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
         schedule = Schedule(job.name, job.keep, job.allow_remove_newest, job.lock_wait,
                             job.metrics_file, job.notify_url, job.notify, warn, say)
         try:
-            secrets = Secrets(job.key_file) if job.key_file else None  # None: the env's
+            secrets = Secrets(job.key_file) if job.key_file else Secrets.from_env()
             repo = Repository.open(job.repository, writable=True, secrets=secrets)
         except Exception as e:
             error = as_error(e)
