@@ -152,6 +152,17 @@ class InputRefused(VolbackupError):
                "No snapshot was made.")
 
 
+class KeyProblem(VolbackupError):
+    exit_code = 17
+    title = "key or identity missing or wrong"
+    summary = ("An encrypted repository needs a key that was not given or does not fit: "
+               "restore, verify and export need an identity (--identity, "
+               "$VOLBACKUP_IDENTITY_FILE) that the snapshot is encrypted to; backup and "
+               "import need the repository's key file (--key-file, $VOLBACKUP_KEY_FILE); "
+               "or a recipient given to init is not an age or SSH public key. Nothing was "
+               "created or changed.")
+
+
 class Interrupted(VolbackupError):
     exit_code = 130
     title = "interrupted"

@@ -38,7 +38,7 @@ BROKEN = [
     ("wrong-format", manifest_json(format="something-else"), "not a volbackup snapshot manifest"),
     ("no-format", manifest_json(drop=("format",)), "not a volbackup snapshot manifest"),
     ("lacks-fields", manifest_json(drop=("sha256", "volume")), "lacks volume, sha256"),
-    ("newer-version", manifest_json(format_version=3), "format version 3"),
+    ("newer-version", manifest_json(format_version=4), "format version 4"),
     ("unknown-layout", manifest_json(layout="tree"), "unknown layout 'tree'"),
     ("chunked-without-chunks", manifest_json(layout="chunked", format_version=2),
      "incomplete chunked manifest"),

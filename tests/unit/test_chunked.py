@@ -4,6 +4,7 @@ tar stream is released)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import replace
@@ -253,6 +254,9 @@ class BlockingStore:
 
     def ids(self) -> set[bytes]:
         return set()
+
+    def chunk_id(self, data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
 
     def put(self, chunk_id, data, compressor) -> int:
         with self._lock:

@@ -38,8 +38,8 @@ def test_two_new_configs_differ_in_id_and_seed():
 
 
 def test_a_newer_format_version_asks_for_an_upgrade():
-    with pytest.raises(RepositoryError, match=r"format version 2; .*upgrade volbackup"):
-        RepoConfig.from_json(config_json(format_version=2), "config")
+    with pytest.raises(RepositoryError, match=r"format version 3; .*upgrade volbackup"):
+        RepoConfig.from_json(config_json(format_version=3), "config")
 
 
 @pytest.mark.parametrize("raw, words", [

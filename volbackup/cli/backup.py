@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import direct_option, json_option, repo_option, s3_write_options
+from volbackup.cli.options import (direct_option, json_option, repo_option, s3_write_options,
+                                   secrets_options)
 from volbackup.cli.progress import terminal_progress
 from volbackup.cli.run import scheduling_options
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
@@ -34,8 +35,9 @@ from volbackup.repo.repository import Repository
 @s3_write_options
 @json_option
 @scheduling_options
+@secrets_options(reading=False)
 def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, repo, level,
-           use_direct, as_json, s3, schedule):
+           use_direct, as_json, s3, schedule, secrets):
     """Back up volumes into REPO, one snapshot per volume.
 
     Container labels: volbackup.pre / volbackup.post run a command in the container
@@ -51,7 +53,7 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
     """
     selection.names = list(volumes)
     check_selection(selection, container)
-    repository = Repository.open(repo, writable=True, options=s3)
+    repository = Repository.open(repo, writable=True, options=s3, secrets=secrets)
     engine = Engine.connect()
     result = schedule.run(repository, lambda: ops.backup(
         engine, repository, [], container, level, terminal_progress(), selection=selection,

@@ -7,6 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import json_option, repo_option, s3_write_options
 from volbackup.ops.create import create_repository
+from volbackup.repo.crypto import recipients_from_lines
 
 _SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
 
@@ -17,9 +18,17 @@ _SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
               help="Target chunk size (content-defined: chunks vary between a quarter and four "
                    "times it). Smaller finds more duplicates and makes more objects; "
                    "docs/performance.md has the measurements.")
+@click.option("--encrypt-to", "recipients", multiple=True, metavar="RECIPIENT",
+              help="Encrypt to this age public key (age1...) or SSH public key (ssh-ed25519 "
+                   "..., ssh-rsa ...); repeatable. Needs --key-file.")
+@click.option("--recipients-file", type=click.File("r"), metavar="FILE",
+              help="Encrypt to the recipients in FILE, one per line (# comments).")
+@click.option("--key-file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Encrypted repository: write its new key here (0600; the file must not "
+                   "exist). Backup hosts need it; keep a copy with the identity.")
 @s3_write_options
 @json_option
-def init(repo, chunk_size, s3, as_json):
+def init(repo, chunk_size, recipients, recipients_file, key_file, s3, as_json):
     """Create a chunked repository in REPO (an empty directory, or s3://BUCKET[/PREFIX]).
 
     Snapshots in a chunked repository share their data: what is already stored, from
@@ -31,12 +40,24 @@ def init(repo, chunk_size, s3, as_json):
       volbackup init -r /srv/backups
       volbackup init -r s3://my-backups/prod
     """
-    result = create_repository(repo, s3, _SIZES[chunk_size])
+    encrypt_to = list(recipients) + (recipients_from_lines(recipients_file)
+                                     if recipients_file else [])
+    if (recipients or recipients_file) and not encrypt_to:
+        raise click.UsageError("--recipients-file holds no recipient")
+    if key_file and not encrypt_to:
+        raise click.UsageError("--key-file is for an encrypted repository: give --encrypt-to")
+    result = create_repository(repo, s3, _SIZES[chunk_size], encrypt_to or None, key_file)
     if as_json:
         render.emit_json("init", **vars(result))
         return
-    render.echo(f"created chunked repository {result.repository} (id {result.id}, chunks of "
-                f"about {render.human_bytes(result.chunker['avg_size'] + result.chunker['min_size'])})")
+    size = render.human_bytes(result.chunker['avg_size'] + result.chunker['min_size'])
+    render.echo(f"created {'encrypted ' if result.recipients else ''}chunked repository "
+                f"{result.repository} (id {result.id}, chunks of about {size})")
+    if result.recipients:
+        render.echo(f"encrypted to {len(result.recipients)} recipient(s); its key is in "
+                    f"{result.key_file}: backup hosts need it (--key-file), and so does "
+                    f"restore: append it to the identity file (cat {result.key_file} >> "
+                    f"IDENTITY_FILE) and keep a copy offline")
     if result.existing_snapshots:
         render.echo(f"its {result.existing_snapshots} existing snapshots keep the archive "
                     f"layout and stay readable; new ones are chunked")

@@ -101,3 +101,34 @@ def keep_options(command):
 lock_wait_option = click.option(
     "--lock-wait", type=Duration(), default="60s", show_default=True, metavar="DURATION",
     help="Wait this long for a conflicting repository lock, then fail with exit 11.")
+
+
+def secrets_options(reading: bool):
+    """--key-file (and, for commands that read data, --identity, --trust-repository-key),
+    handed on as one `secrets` (volbackup.repo.sealing.Secrets). Only an encrypted
+    repository uses them."""
+    from volbackup.repo.sealing import Secrets
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, key_file, identity_file=None, trust_repository_key=False, **kwargs):
+            return command(*args, secrets=Secrets(key_file, identity_file,
+                                                  trust_repository_key), **kwargs)
+
+        if reading:
+            wrapper = click.option(
+                "--trust-repository-key", is_flag=True,
+                help="Encrypted repository whose key file is lost: take the key sealed in the "
+                     "repository's config (a writer to the bucket could have replaced it; "
+                     "docs/security.md).")(wrapper)
+            wrapper = click.option(
+                "--identity", "identity_file", metavar="FILE", envvar="VOLBACKUP_IDENTITY_FILE",
+                type=click.Path(dir_okay=False),
+                help="Encrypted repository: the age identity file (or SSH private key) to "
+                     "decrypt with. $VOLBACKUP_IDENTITY_FILE.")(wrapper)
+        return click.option(
+            "--key-file", metavar="FILE", envvar="VOLBACKUP_KEY_FILE",
+            type=click.Path(dir_okay=False),
+            help="Encrypted repository: its key file (written by `init --encrypt-to`). "
+                 "$VOLBACKUP_KEY_FILE.")(wrapper)
+    return decorate

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import direct_option, host_option, json_option, repo_option
+from volbackup.cli.options import (direct_option, host_option, json_option, repo_option,
+                                   secrets_options)
 from volbackup.cli.progress import terminal_progress
 from volbackup.docker.engine import Engine
 from volbackup.ops import restore as ops
@@ -38,8 +39,9 @@ from volbackup.repo.repository import Repository
 @host_option
 @direct_option
 @json_option
+@secrets_options(reading=True)
 def restore(snapshots, repo, target, force, safety, restore_all, trust_options, drop_options,
-            host, use_direct, as_json):
+            host, use_direct, as_json, secrets):
     """Restore snapshots into fresh volumes.
 
     SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
@@ -60,7 +62,7 @@ def restore(snapshots, repo, target, force, safety, restore_all, trust_options, 
         raise click.UsageError("name one or more SNAPSHOTs, or --all (not both)")
     if target and (restore_all or len(snapshots) > 1):
         raise click.UsageError("--as takes exactly one SNAPSHOT")
-    repository = Repository.open(repo)
+    repository = Repository.open(repo, secrets=secrets)
     engine = Engine.connect()
     if trust_options and drop_options:
         raise click.UsageError("--trust-driver-options and --drop-driver-options exclude "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.options import host_option, json_option, repo_option
+from volbackup.cli.options import host_option, json_option, repo_option, secrets_options
 from volbackup.cli.progress import terminal_progress
 from volbackup.ops import snapshots as ops
 from volbackup.repo.repository import Repository
@@ -65,11 +65,13 @@ def show(snapshot, repo, as_json):
 @click.option("--all", "verify_all", is_flag=True, help="Verify every snapshot in REPO.")
 @repo_option
 @json_option
-def verify(snapshots, verify_all, repo, as_json):
+@secrets_options(reading=True)
+def verify(snapshots, verify_all, repo, as_json, secrets):
     """Read archives in full and check sha256, zstd checksum and tar structure."""
     if bool(snapshots) == verify_all:
         raise click.UsageError("name one or more SNAPSHOTs, or --all (not both)")
-    result = ops.verify(Repository.open(repo), list(snapshots), verify_all, terminal_progress())
+    result = ops.verify(Repository.open(repo, secrets=secrets), list(snapshots), verify_all,
+                        terminal_progress())
     if as_json:
         render.emit_json("verify", repository=result.repository,
                          snapshots=[c.as_dict() for c in result.snapshots])

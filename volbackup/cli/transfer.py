@@ -8,7 +8,7 @@ import click
 
 from volbackup.cli import render
 from volbackup.cli.options import (host_option, json_option, lock_wait_option, repo_option,
-                                   s3_write_options)
+                                   s3_write_options, secrets_options)
 from volbackup.cli.progress import terminal_progress
 from volbackup.ops import transfer as ops
 from volbackup.repo.manifest import VOLUME_NAME
@@ -25,7 +25,8 @@ from volbackup.repo.repository import Repository
               help="zstd compression level.")
 @host_option
 @json_option
-def export(snapshot, repo, output, force, level, host, as_json):
+@secrets_options(reading=True)
+def export(snapshot, repo, output, force, level, host, as_json, secrets):
     """Write a snapshot as one .tar.zst that stock zstd and tar extract.
 
     SNAPSHOT is a snapshot id or a volume name (its newest snapshot, as `restore`
@@ -44,7 +45,7 @@ def export(snapshot, repo, output, force, level, host, as_json):
         if sys.stdout.isatty():
             raise click.UsageError("refusing to write an archive to a terminal (-o FILE, or "
                                    "redirect stdout)")
-    repository = Repository.open(repo)
+    repository = Repository.open(repo, secrets=secrets)
     target = sys.stdout.buffer if output == "-" else output
     result = ops.export_snapshot(repository, snapshot, target, force, level, host,
                                  terminal_progress())
@@ -88,7 +89,8 @@ def _volume_name(ctx, param, value):
 @lock_wait_option
 @s3_write_options
 @json_option
-def import_(file, repo, volume, strip, labels, level, lock_wait, s3, as_json):
+@secrets_options(reading=False)
+def import_(file, repo, volume, strip, labels, level, lock_wait, s3, as_json, secrets):
     """Make a snapshot of a tar archive another tool wrote (plain, gzip, bzip2, xz, zstd).
 
     FILE (- reads stdin) is told apart by its first bytes, not its name. Its members
@@ -106,7 +108,7 @@ def import_(file, repo, volume, strip, labels, level, lock_wait, s3, as_json):
     if file.isatty():
         raise click.UsageError("refusing to read an archive from a terminal (give FILE, or "
                                "redirect stdin)")
-    repository = Repository.open(repo, writable=True, options=s3)
+    repository = Repository.open(repo, writable=True, options=s3, secrets=secrets)
     name = "stdin" if file.name == "<stdin>" else file.name
     with file:
         result = ops.import_archive(repository, file, volume, strip, dict(labels), level,

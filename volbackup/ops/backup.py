@@ -77,6 +77,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     `jobs`: how many volumes (groups of volumes sharing containers) are read at once.
     `safety_for`: recorded in the manifests (restore's safety snapshots; volbackup.ops.restore).
     """
+    repo.check_secrets(reading=False)  # before a container is stopped or a volume read
     engine.prepare_helpers()
     selection = selection or Selection()
     selection = replace(selection, names=list(volumes or []) + selection.names)

@@ -15,12 +15,18 @@ class InitResult:
     layout: str
     chunker: dict
     existing_snapshots: int   # archive-layout snapshots it already held (kept as they are)
+    recipients: list[str]     # encrypted: who can read it
+    key_file: str | None      # encrypted: where its key was written
 
 
 def create_repository(url: str, options: dict | None = None,
-                      avg_chunk_size: int = DEFAULT_AVG) -> InitResult:
-    repo = Repository.init(url, options, RepoConfig.new(avg_chunk_size))
+                      avg_chunk_size: int = DEFAULT_AVG, encrypt_to: list[str] | None = None,
+                      key_file: str | None = None) -> InitResult:
+    repo = Repository.init(url, options, RepoConfig.new(avg_chunk_size), encrypt_to, key_file)
     assert repo.config is not None
     held = len(repo.snapshots().snapshots)
+    encryption = repo.config.encryption
     return InitResult(repo.describe(), repo.config.id, repo.layout,
-                      vars(repo.config.chunker).copy(), held)
+                      vars(repo.config.chunker).copy(), held,
+                      list(encryption.recipients) if encryption else [],
+                      key_file if encryption else None)

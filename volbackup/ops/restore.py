@@ -69,6 +69,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     volume area is visible here) and, unless `safety` is False, saved as a *safety
     snapshot* in `repo`; if either fails, it is not touched.
     """
+    repo.check_secrets(reading=True)  # one error, before any volume is made or replaced
     if restore_all:
         refs = repo.volumes(host)
         if not refs:
@@ -80,7 +81,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
     for ref in refs:
         outcome = VolumeRestore(target or ref, "restored")
         try:
-            manifest = resolve_ref(repo, ref, host)
+            manifest = repo.reveal(resolve_ref(repo, ref, host))  # labels, options: sealed?
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
             spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
             if drop_options:

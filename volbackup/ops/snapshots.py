@@ -45,6 +45,7 @@ def verify(repo: Repository, refs: list[str], verify_all: bool = False,
            progress: ProgressFactory = no_progress) -> VerifyResult:
     """Read every archive in full: sha256, zstd frame checksum and tar structure."""
     checks: list[SnapshotCheck] = []
+    repo.check_secrets(reading=True)
     if verify_all:
         listing = repo.snapshots()
         targets: list[Manifest | str] = list(listing.snapshots)

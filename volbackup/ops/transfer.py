@@ -69,6 +69,7 @@ def export_snapshot(repo: Repository, ref: str, target: str | BinaryIO, force: b
     the file named `target` (refused if it exists, unless `force`), or to the binary
     stream `target`. A file appears only whole and checked; a stream gets the end of the
     archive only then (so a reader sees a truncated archive, never a wrong one)."""
+    repo.check_secrets(reading=True)
     if isinstance(target, str) and not force and os.path.lexists(target):
         raise TargetNotEmpty(f"{target} exists; nothing was written (give --force to "
                              f"replace it)")
@@ -176,6 +177,7 @@ def import_archive(repo: Repository, source: BinaryIO, volume: str, strip: int =
     created = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(volume, created)
     seen = Normalised()
+    repo.check_secrets(reading=False)
     with repo.lock(locking.SHARED, lock_wait, "import"):
         try:
             with progress(volume, None) as update, \

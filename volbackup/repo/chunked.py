@@ -27,10 +27,10 @@ import zstandard
 
 from volbackup.errors import IntegrityError
 from volbackup.repo.chunkstore import ChunkStore
-from volbackup.repo.config import MAX_CHUNK, RepoConfig
+from volbackup.repo.config import CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
-from volbackup.stream.chunker import cut
+from volbackup.stream.chunker import cut, cut_at_members
 from volbackup.stream.chunks import READ_CHUNK
 from volbackup.stream.tarstream import Entry, TarWalker
 
@@ -90,9 +90,10 @@ class KnownChunks:
 
 def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
          config: RepoConfig, known: KnownChunks, level: int = 3,
-         progress: Progress = no_progress) -> ChunkedPacked:
+         progress: Progress = no_progress, seed: int | None = None) -> ChunkedPacked:
     """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
-    IntegrityError if the tar is incomplete (nothing of it is then referenced)."""
+    IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
+    the chunker's, when not the config's (an encrypted repository's comes from its key)."""
     walker = TarWalker()
     tar_sha256 = hashlib.sha256()
     listing = HashingWriter(list_out)
@@ -100,7 +101,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
     result = ChunkedPacked(0, 0, "", 0, None)
 
     def store_one(data: bytes) -> tuple[str, int, int]:
-        digest = hashlib.sha256(data).digest()
+        digest = bytes.fromhex(store.chunk_id(data))
         if not known.claim(digest):
             return digest.hex(), len(data), 0
         if not hasattr(local, "compressor"):
@@ -123,8 +124,14 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="volbackup-chunk") as pool:
         try:
-            for data in cut(kept_tar(tar_chunks, walker), c.avg_size, c.min_size, c.max_size,
-                            c.normalized_chunking, c.seed):
+            if c.algorithm == CHUNKER_PLAIN:
+                cuts = cut(kept_tar(tar_chunks, walker), c.avg_size, c.min_size, c.max_size,
+                           c.normalized_chunking, c.seed if seed is None else seed)
+            else:
+                cuts = cut_at_members(kept_tar(tar_chunks, walker), walker, c.avg_size,
+                                      c.min_size, c.max_size, c.normalized_chunking,
+                                      c.seed if seed is None else seed)
+            for data in cuts:
                 tar_sha256.update(data)
                 result.bytes += len(data)
                 pending.append(pool.submit(store_one, data))

@@ -7,7 +7,6 @@ Chunks are only ever added, except by prune's sweep under the exclusive lock.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,13 +18,15 @@ import zstandard
 from volbackup.errors import IntegrityError
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.repo.config import MAX_CHUNK
+from volbackup.repo.crypto import PlainChunks, SealedChunks
 
 PREFIX = "chunks/"
 LISTERS = 8
 _KEY = re.compile(r"chunks/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 HEX64 = re.compile(r"[0-9a-f]{64}")
-# A chunk that does not compress is stored as a raw zstd block: a little larger than itself.
-MAX_STORED = MAX_CHUNK + (MAX_CHUNK >> 7) + (1 << 16)
+# A chunk that does not compress is stored as a raw zstd block: a little larger than itself;
+# age adds 16 bytes per 64 KiB and a header per recipient (up to a few KiB for RSA keys).
+MAX_STORED = MAX_CHUNK + (MAX_CHUNK >> 7) + (1 << 16) + (MAX_CHUNK >> 12) + (1 << 20)
 
 
 def chunk_key(chunk_id: str) -> str:
@@ -42,6 +43,11 @@ class StoredChunk:
 class ChunkStore:
     def __init__(self, backend: Backend):
         self.backend = backend
+        self.cipher: PlainChunks | SealedChunks = PlainChunks()  # set by Repository
+
+    def chunk_id(self, plaintext: bytes) -> str:
+        """The name of a chunk: sha256, or an HMAC in an encrypted repository."""
+        return self.cipher.chunk_id(plaintext)
 
     def listing(self) -> Iterator[StoredChunk | str]:
         """Every chunk stored, and an error message for each entry that is no chunk
@@ -70,13 +76,14 @@ class ChunkStore:
 
     def put(self, chunk_id: str, data: bytes, compressor: zstandard.ZstdCompressor) -> int:
         """Store one chunk; returns its stored size."""
-        stored = compressor.compress(data)
+        stored = self.cipher.seal(compressor.compress(data))
         self.backend.write_bytes(chunk_key(chunk_id), stored)
         return len(stored)
 
     def get(self, chunk_id: str, length: int) -> tuple[bytes, int]:
-        """A chunk's plaintext and stored size, checked: one complete zstd frame, `length` bytes, and the
-        sha256 its name says. Raises IntegrityError naming the chunk otherwise."""
+        """A chunk's plaintext and stored size, checked: (decrypted, if the repository is
+        encrypted) one complete zstd frame, `length` bytes, and the digest its name says.
+        Raises IntegrityError naming the chunk otherwise (KeyProblem: not our identity)."""
         key = chunk_key(chunk_id)
         try:
             stored = self.backend.read_bytes(key, limit=MAX_STORED)
@@ -84,17 +91,18 @@ class ChunkStore:
             raise IntegrityError(f"chunk {chunk_id} is missing") from None
         except BadEntry as e:
             raise IntegrityError(f"chunk {chunk_id} is not a chunk: {e}") from None
+        frame = self.cipher.open(stored, chunk_id)
         try:
-            params = zstandard.get_frame_parameters(stored)
+            params = zstandard.get_frame_parameters(frame)
             if params.content_size != length:
                 raise IntegrityError(f"chunk {chunk_id} holds {params.content_size} bytes, "
                                      f"the chunk list says {length}")
             # The header's size is checked above, so this allocates at most MAX_CHUNK; a
             # frame that is cut short, or followed by anything, is refused.
-            plain = zstandard.ZstdDecompressor().decompress(stored, allow_extra_data=False)
+            plain = zstandard.ZstdDecompressor().decompress(frame, allow_extra_data=False)
         except zstandard.ZstdError as e:
             raise IntegrityError(f"chunk {chunk_id} is corrupt: zstd says {e}") from None
-        if len(plain) != length or hashlib.sha256(plain).hexdigest() != chunk_id:
+        if len(plain) != length or self.cipher.chunk_id(plain) != chunk_id:
             raise IntegrityError(f"chunk {chunk_id} does not match its name (corrupt or "
                                  f"replaced)")
         return plain, len(stored)

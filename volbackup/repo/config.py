@@ -16,11 +16,16 @@ from volbackup.errors import RepositoryError
 
 CONFIG_KEY = "config"
 FORMAT = "volbackup-repository"
-FORMAT_VERSION = 1
-CHUNKER = "fastcdc-2020"
+FORMAT_VERSION = 2          # what this volbackup reads; an encrypted config is written as 2
+PLAIN_VERSION = 1           # ... and a plain one as 1 (readable by the first chunked versions)
+CHUNKER = "fastcdc-2020-members"   # FastCDC, plus cuts at tar members (stream/chunker.py)
+CHUNKER_PLAIN = "fastcdc-2020"     # FastCDC alone (the first chunked repositories)
+SCHEME = "age+hmac-sha256"
 
-# Chosen by benchmarks/chunk_sizes.py (docs/performance.md). pyfastcdc's average is
-# avg_size + min_size: about 1.25 MiB here.
+# Kept at 1M after `benchmarks/dedup.py --sections sizes` (docs/performance.md, "Chunk
+# size"): 512K cuts what scattered small-file changes store only from 19.7 % to 15.5 %
+# of a snapshot, at twice the objects; 2M and 4M store 14-21 % more per change.
+# pyfastcdc's average is avg_size + min_size: about 1.25 MiB here.
 DEFAULT_AVG = 1 << 20
 DEFAULT_MIN = 256 << 10
 DEFAULT_MAX = 4 << 20
@@ -40,14 +45,36 @@ class Chunker:
 
 
 @dataclass(frozen=True)
+class Encryption:
+    """An encrypted repository's public half (volbackup.repo.crypto has the model)."""
+
+    recipients: tuple[str, ...]  # age or SSH public keys every chunk and snapshot is sealed to
+    key_check: str               # tells the right repository key from a wrong one
+    sealed_key: str              # the repository key as an age file to the recipients (base64)
+    scheme: str = SCHEME
+
+
+@dataclass(frozen=True)
 class RepoConfig:
     id: str
     chunker: Chunker = field(default_factory=Chunker)
     layout: str = "chunked"
-    chunk_hash: str = "sha256"
+    chunk_hash: str = "sha256"  # an encrypted repository's chunk names: HMAC-SHA256
     compression: str = "zstd"
     format: str = FORMAT
-    format_version: int = FORMAT_VERSION
+    format_version: int = PLAIN_VERSION
+    encryption: Encryption | None = None
+    mac: str | None = None      # encrypted: of everything else, with the repository key
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption is not None
+
+    def signed_bytes(self) -> bytes:
+        """What the MAC covers: the whole config but the MAC, canonical JSON."""
+        data = asdict(self)
+        data.pop("mac")
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def new(cls, avg_size: int = DEFAULT_AVG) -> "RepoConfig":
@@ -58,7 +85,10 @@ class RepoConfig:
         return config
 
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+        data = asdict(self)
+        if data["encryption"] is None:  # a plain config as the first chunked versions wrote it
+            del data["encryption"], data["mac"]
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> "RepoConfig":
@@ -81,7 +111,9 @@ class RepoConfig:
         try:
             config = cls(id=data["id"], chunker=Chunker(**chunker), layout=data["layout"],
                          chunk_hash=data["chunk_hash"], compression=data["compression"],
-                         format=data["format"], format_version=version)
+                         format=data["format"], format_version=version,
+                         encryption=_encryption(data.get("encryption"), where),
+                         mac=data.get("mac"))
         except (KeyError, TypeError) as e:
             raise RepositoryError(f"{where} lacks {e}") from None
         config.check(where)
@@ -94,12 +126,19 @@ class RepoConfig:
             raise RepositoryError(f"{where} has a chunker with non-integer sizes")
         if not isinstance(self.id, str) or not re.fullmatch(r"[0-9a-f]{32}", self.id):
             raise RepositoryError(f"{where} has an invalid id {self.id!r}")
-        if (self.layout, self.chunk_hash, self.compression, c.algorithm) != \
-                ("chunked", "sha256", "zstd", CHUNKER):
+        if self.encrypted != (self.format_version >= 2) or self.encrypted != (self.mac is not None):
+            raise RepositoryError(f"{where} is half encrypted (encryption, mac and format "
+                                  f"version 2 go together)")
+        if self.mac is not None and not (isinstance(self.mac, str)
+                                         and re.fullmatch(r"[0-9a-f]{64}", self.mac)):
+            raise RepositoryError(f"{where} has an invalid mac")
+        chunk_hash = "hmac-sha256" if self.encrypted else "sha256"
+        if (self.layout, self.chunk_hash, self.compression) != ("chunked", chunk_hash, "zstd") \
+                or c.algorithm not in (CHUNKER, CHUNKER_PLAIN):
             raise RepositoryError(
                 f"{where} asks for layout {self.layout!r}, hash {self.chunk_hash!r}, "
                 f"compression {self.compression!r}, chunker {c.algorithm!r}; this volbackup "
-                f"knows chunked, sha256, zstd, {CHUNKER} (upgrade volbackup?)")
+                f"knows chunked, {chunk_hash}, zstd, {CHUNKER} (upgrade volbackup?)")
         # pyfastcdc's own bounds: min 64 B-1 MiB, avg 256 B-4 MiB, max 1 KiB-16 MiB
         if not (MIN_CHUNK <= c.min_size <= c.avg_size <= c.max_size <= MAX_CHUNK
                 and c.min_size <= 1 << 20 and 256 <= c.avg_size <= 4 << 20
@@ -107,3 +146,24 @@ class RepoConfig:
                 and 0 <= c.seed < 1 << 31):
             raise RepositoryError(f"{where} has chunker sizes out of bounds "
                                   f"({c.min_size}/{c.avg_size}/{c.max_size})")
+
+
+def _encryption(data: object, where: str) -> Encryption | None:
+    if data is None:
+        return None
+    fields = set(Encryption.__dataclass_fields__)
+    if not isinstance(data, dict) or set(data) != fields:
+        raise RepositoryError(f"{where} has an invalid encryption section")
+    recipients = data["recipients"]
+    if not isinstance(recipients, list) or not recipients or not all(
+            isinstance(r, str) and 0 < len(r) <= 16384 for r in recipients):
+        raise RepositoryError(f"{where} has invalid recipients")
+    if data["scheme"] != SCHEME:
+        raise RepositoryError(f"{where} uses encryption scheme {data['scheme']!r}; this "
+                              f"volbackup knows {SCHEME!r} (upgrade volbackup?)")
+    if not isinstance(data["key_check"], str) or not re.fullmatch(r"[0-9a-f]{32}",
+                                                                    data["key_check"]):
+        raise RepositoryError(f"{where} has an invalid key_check")
+    if not isinstance(data["sealed_key"], str) or len(data["sealed_key"]) > 1 << 20:
+        raise RepositoryError(f"{where} has an invalid sealed_key")
+    return Encryption(tuple(recipients), data["key_check"], data["sealed_key"], data["scheme"])

@@ -17,8 +17,13 @@ VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accep
 FORMAT = "volbackup-snapshot"
 
 
-FORMAT_VERSION = 2          # what this volbackup writes for a chunked snapshot
-ARCHIVE_VERSION = 1         # ... and for an archive-layout one (readable by older versions)
+FORMAT_VERSION = 3          # the newest this volbackup reads: 3 = encrypted chunked
+CHUNKED_VERSION = 2         # a plain chunked snapshot
+ARCHIVE_VERSION = 1         # an archive-layout one (readable by older versions)
+# What an encrypted manifest keeps only in `sealed`: everything `list` and `prune` do not
+# need that says something of the data (CIFS passwords live in driver options).
+PRIVATE_FIELDS = ("labels", "driver_options", "mount_path", "bind_path", "source_container",
+                  "tar_sha256")
 LAYOUTS = ("archive", "chunked")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 STAMP = r"\d{8}T\d{6}Z-[0-9a-f]{4,32}"  # of a snapshot id, VOLUME@STAMP
@@ -65,6 +70,9 @@ class Manifest:
     chunks: int | None = None   # chunked: entries in the chunk list
     new_chunks: int | None = None  # chunked: how many of them this backup wrote
     tar_sha256: str | None = None  # chunked: of the whole tar stream
+    encrypted: bool = False     # PRIVATE_FIELDS are blank here and in `sealed`
+    sealed: str | None = None   # encrypted: base64 of an age file of PRIVATE_FIELDS (JSON)
+    mac: str | None = None      # encrypted: HMAC of everything else, repository key
     format: str = FORMAT
     format_version: int = ARCHIVE_VERSION
     extra: dict = field(default_factory=dict)  # unknown keys from newer minor writers
@@ -143,9 +151,25 @@ class Manifest:
             raise RepositoryError(f"manifest {where} has an unknown layout {self.layout!r}")
         if self.layout == "chunked" and not (
                 self.format_version >= 2 and self.chunks is not None
-                and isinstance(self.tar_sha256, str) and _HEX64.fullmatch(self.tar_sha256)
+                and (self.encrypted is True or (isinstance(self.tar_sha256, str)
+                                                and _HEX64.fullmatch(self.tar_sha256)))
                 and _HEX64.fullmatch(self.sha256)):
             raise RepositoryError(f"manifest {where} is an incomplete chunked manifest")
+
+        if not isinstance(self.encrypted, bool) or self.encrypted != (self.mac is not None) \
+                or self.encrypted != (self.sealed is not None) or (self.encrypted and not (
+                    self.chunked and self.format_version >= 3
+                    and isinstance(self.sealed, str) and isinstance(self.mac, str))):
+            raise RepositoryError(f"manifest {where} is an incomplete encrypted manifest")
+
+    def signed_bytes(self) -> bytes:
+        """What an encrypted manifest's MAC covers: all of it but the MAC (canonical JSON)."""
+        data = self.to_dict()
+        data.pop("mac", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    def private(self) -> dict:
+        return {name: getattr(self, name) for name in PRIVATE_FIELDS}
 
     @property
     def chunked(self) -> bool:

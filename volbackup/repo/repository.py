@@ -14,6 +14,7 @@ store) can change them in one place.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from contextlib import contextmanager
@@ -21,12 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator
 
-from volbackup.errors import NotFound, RepositoryError
-from volbackup.repo import chunked, locking, sweep
+from volbackup.errors import KeyProblem, NotFound, RepositoryError
+from volbackup.repo import chunked, crypto, locking, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.chunkstore import ChunkStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
-from volbackup.repo.manifest import FORMAT_VERSION, STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.repo.manifest import CHUNKED_VERSION, STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.repo.sealing import (IDENTITY_FILE_ENV, KEY_FILE_ENV, Keyring, Secrets,
+                                    new_encryption)
 from volbackup.stream import archive
 from volbackup.stream.archive import Packed, Progress, no_progress
 from volbackup.stream.chunks import read_chunks
@@ -116,39 +119,61 @@ class SnapshotWriter:
 
     def pack(self, tar_chunks: Iterable[bytes], level: int,
              progress: Progress = no_progress) -> Packed:
-        if self._repo.config is None:
+        repo = self._repo
+        if repo.config is None:
             return archive.pack(tar_chunks, self._out, level, progress)
-        return chunked.pack(tar_chunks, self._out, self._repo.chunk_store,
-                            self._repo.config, self._repo.known_chunks, level, progress)
+        seed = repo.keyring.key().chunker_seed if repo.keyring else None
+        return chunked.pack(tar_chunks, self._out, repo.chunk_store, repo.config,
+                            repo.known_chunks, level, progress, seed)
 
     @staticmethod
     def fields(packed: Packed) -> dict:
         """The manifest fields that depend on the layout."""
         if not isinstance(packed, chunked.ChunkedPacked):
             return {}
-        return {"layout": "chunked", "format_version": FORMAT_VERSION, "chunks": packed.chunks,
+        return {"layout": "chunked", "format_version": CHUNKED_VERSION, "chunks": packed.chunks,
                 "new_chunks": packed.new_chunks, "tar_sha256": packed.tar_sha256}
 
 
 class Repository:
-    def __init__(self, backend: Backend, config: RepoConfig | None = None):
+    def __init__(self, backend: Backend, config: RepoConfig | None = None,
+                 secrets: Secrets | None = None):
         self.backend = backend
         self.config = config        # None: the archive layout
+        self.secrets = secrets or Secrets.from_env()
         self.chunk_store = ChunkStore(backend)
         self.known_chunks = chunked.KnownChunks(self.chunk_store)
+        self.keyring = (Keyring(config, self.secrets, backend.describe())
+                        if config is not None and config.encrypted else None)
 
     @classmethod
-    def open(cls, url: str, writable: bool = False, options: dict | None = None) -> "Repository":
-        """Open and check the repository at `url`; `options` are for writing (S3 only)."""
+    def open(cls, url: str, writable: bool = False, options: dict | None = None,
+             secrets: Secrets | None = None) -> "Repository":
+        """Open and check the repository at `url`; `options` are for writing (S3 only);
+        `secrets` say where an encrypted repository's keys are (default: the env); given
+        (commands that use them: backup, restore, verify, export, import, run), a plain
+        repository is refused, not used in the clear."""
         backend = open_backend(url, options)
         backend.check(writable=writable)
-        return cls(backend, read_config(backend))
+        repo = cls(backend, read_config(backend), secrets)
+        given = secrets and (secrets.key_file or secrets.identity_file)
+        if given and repo.keyring is None:
+            # Whoever holds a secret expects encryption: a config removed or replaced by a
+            # plain one would otherwise have backups stored in the clear, and restores take
+            # plain snapshots anyone could write (docs/security.md).
+            raise KeyProblem(
+                f"repository {backend.describe()} is not encrypted, but a key or identity "
+                f"was given ({given}): refusing (its config removed or replaced by a writer "
+                f"to the repository?); for a plain repository give neither --key-file nor "
+                f"--identity (nor ${KEY_FILE_ENV}, ${IDENTITY_FILE_ENV})")
+        return repo
 
     @classmethod
-    def init(cls, url: str, options: dict | None = None,
-             config: RepoConfig | None = None) -> "Repository":
+    def init(cls, url: str, options: dict | None = None, config: RepoConfig | None = None,
+             encrypt_to: list[str] | None = None, key_file: str | None = None) -> "Repository":
         """Make a chunked repository at `url` (an empty directory or bucket prefix, or one
-        with archive-layout snapshots); refuse one that already has a config."""
+        with archive-layout snapshots); refuse one that already has a config. With
+        `encrypt_to` (recipients), an encrypted one, whose new key goes to `key_file`."""
         backend = open_backend(url, options)
         backend.check(writable=True)
         if read_config(backend) is not None:
@@ -157,8 +182,26 @@ class Repository:
         repo = cls(backend)
         repo.require_repository()   # not a directory of other things
         config = config or RepoConfig.new()
-        backend.write_bytes(CONFIG_KEY, config.to_json())
+        if encrypt_to is not None:
+            if not key_file:
+                raise KeyProblem("an encrypted repository needs --key-file FILE: where its new "
+                                 "key is written, for the hosts that back up into it")
+            if repo.snapshots().snapshots or repo.snapshots().problems:
+                raise RepositoryError(
+                    f"{backend.describe()} holds snapshots; an encrypted repository starts "
+                    f"empty (its snapshots are all sealed and authenticated): init an empty "
+                    f"one and `volbackup export`/`import` what you want to keep")
+            config, key = new_encryption(encrypt_to, config)
+            crypto.write_key_file(key_file, key)
+        try:
+            backend.write_bytes(CONFIG_KEY, config.to_json())
+        except BaseException:
+            if encrypt_to is not None and key_file:
+                os.unlink(key_file)  # a key of no repository
+            raise
         repo.config = config
+        if config.encrypted:
+            repo.keyring = Keyring(config, Secrets(key_file=key_file), backend.describe())
         return repo
 
     @property
@@ -188,12 +231,31 @@ class Repository:
         """Where a new snapshot's data goes; it appears when the block ends cleanly."""
         volume, _ = split_id(snapshot_id)
         name = self.archive_name(snapshot_id, chunked=self.config is not None)
+        if self.keyring is not None and not self.chunk_store.cipher.encrypted:
+            self.chunk_store.cipher = self.keyring.writing_cipher()
         with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out:
             yield SnapshotWriter(self, out, name)
 
     def commit(self, manifest: Manifest) -> None:
-        """Write the manifest, which makes the snapshot exist."""
+        """Write the manifest, which makes the snapshot exist (sealed, if encrypted)."""
+        if self.keyring is not None:
+            manifest = self.keyring.seal(manifest)
         self.backend.write_bytes(self.manifest_key(manifest.snapshot), manifest.to_json().encode())
+
+    def check_secrets(self, reading: bool) -> None:
+        """An encrypted repository: load and check the key (and, `reading`, the identity)
+        now, before any volume is touched; KeyProblem if one is missing or wrong."""
+        if self.keyring is not None:
+            self.keyring.check(reading)
+
+    def reveal(self, manifest: Manifest) -> Manifest:
+        """The whole manifest, private fields included: in an encrypted repository this
+        needs the identity and checks the manifest's MAC; otherwise it is `manifest`."""
+        if self.keyring is None:
+            return manifest
+        whole = self.keyring.reveal(manifest)
+        self.chunk_store.cipher = self.keyring.reading_cipher()
+        return whole
 
     # -- reading
     def load(self, snapshot_id: str) -> Manifest:
@@ -379,6 +441,7 @@ class Repository:
                  ) -> archive.Unpacker | chunked.ChunkedUnpacker:
         """A checked reader of the snapshot's tar stream: `chunks()` yields it, holding
         back the end until everything checked out (volbackup.stream.archive.Unpacker)."""
+        manifest = self.reveal(manifest)
         if not manifest.chunked:
             return _ArchiveUnpacker(self, manifest, progress)
         return chunked.ChunkedUnpacker(

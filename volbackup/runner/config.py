@@ -44,7 +44,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
             "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct",
-            "parallel"}
+            "parallel", "key_file"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -67,6 +67,7 @@ class Job:
     retries: int = 2
     direct: bool | None = None   # --direct / --no-direct; None: the default
     parallel: int = 1            # as backup --jobs N
+    key_file: str | None = None  # an encrypted repository's key (backup --key-file)
 
 
 def parse_duration(value) -> float | None:
@@ -187,6 +188,7 @@ def _job(where: _Where, name: str, spec) -> Job:
             raise bad("lock_wait", "a duration like 60s, 5m or 1h")
         job.lock_wait = wait
     job.metrics_file, job.notify_url = text("metrics_file"), text("notify_url")
+    job.key_file = text("key_file")
     if job.notify_url and not job.notify_url.startswith(("http://", "https://")):
         raise bad("notify_url", "an http:// or https:// URL")
     job.notify = text("notify") or "failure"

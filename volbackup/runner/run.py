@@ -24,6 +24,7 @@ from volbackup.ops.outcome import ProgressFactory, no_progress
 from volbackup.repo import locking
 from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
+from volbackup.repo.sealing import Secrets
 from volbackup.runner.config import Job
 from volbackup.timefmt import utc_iso
 
@@ -173,7 +174,8 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
         schedule = Schedule(job.name, job.keep, job.allow_remove_newest, job.lock_wait,
                             job.metrics_file, job.notify_url, job.notify, warn, say)
         try:
-            repo = Repository.open(job.repository, writable=True)
+            secrets = Secrets(job.key_file) if job.key_file else Secrets.from_env()
+            repo = Repository.open(job.repository, writable=True, secrets=secrets)
         except Exception as e:
             error = as_error(e)
             result.errors.append((job.name, error))

@@ -6,6 +6,8 @@ the stream: an edit moves only the cut points near it, so the rest deduplicates.
 
 from __future__ import annotations
 
+import hashlib
+from collections import deque
 from typing import Iterable, Iterator
 
 from pyfastcdc.cy import FastCDC  # the Cython build; never the pure-Python fallback
@@ -37,3 +39,83 @@ def cut(pieces: Iterable[bytes], avg_size: int, min_size: int, max_size: int,
                       normalized_chunking=normalized_chunking, seed=seed)
     for chunk in chunker.cut_stream(_IterReader(pieces)):
         yield bytes(chunk.data)
+
+
+# Cutting at tar members (the default of new repositories): a file of at least LARGE bytes
+# gets chunks of its own (a cut where its header starts and where its data ends); smaller
+# files are grouped, a group ending before a member whose name hashes to 0 mod GROUP_MOD
+# once the group holds GROUP_MIN bytes, or before any member once it holds GROUP_MAX. A
+# changed small file then rewrites its group, not a whole chunk of neighbours, and since
+# group ends depend on names, not offsets, adding or removing a file moves no other group.
+# benchmarks/dedup.py has the measurements (docs/performance.md).
+LARGE = 512 << 10
+GROUP_MIN = 32 << 10
+GROUP_MAX = 1 << 20
+GROUP_MOD = 4
+
+
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "big")
+
+
+def cut_at_members(pieces: Iterable[bytes], walker, avg_size: int, min_size: int,
+                   max_size: int, normalized_chunking: int = 1, seed: int = 0
+                   ) -> Iterator[bytes]:
+    """As cut(), over a tar stream that `walker` (a TarWalker) checks as `pieces` arrive
+    (volbackup.stream.archive.kept_tar feeds it): cuts also where members start or end,
+    as above; between those cuts, FastCDC as cut() does."""
+    chunker = FastCDC(avg_size, min_size=min_size, max_size=max_size,
+                      normalized_chunking=normalized_chunking, seed=seed)
+    cuts: deque[int] = deque()
+    last = [0]  # the last cut decided
+
+    def on_member(start: int, data_at: int, entry) -> None:
+        group = start - last[0]
+        if entry.size >= LARGE:
+            end = data_at + -(-entry.size // 512) * 512
+            cuts.extend(c for c in (start, end) if c > last[0])
+            last[0] = end
+        elif group >= GROUP_MAX or (group >= GROUP_MIN
+                                    and _name_hash(entry.name) % GROUP_MOD == 0):
+            cuts.append(start)
+            last[0] = start
+
+    walker.on_member = on_member
+    buf = bytearray()
+    at = 0                      # stream offset of buf[0]
+    window = 4 * max_size
+    for piece in pieces:
+        buf += piece
+        while cuts and cuts[0] <= at + len(buf):
+            end = cuts.popleft() - at
+            if end > 0:
+                yield from _cut_all(chunker, buf, end)
+                del buf[:end]
+                at += end
+        if len(buf) >= window:  # a long stretch without a cut: FastCDC's own points
+            settled = min(walker.settled, cuts[0] if cuts else walker.settled) - at
+            done = _cut_before(chunker, buf, settled)
+            for a, b in done:
+                yield bytes(buf[a:b])
+            if done:
+                del buf[:done[-1][1]]
+                at += done[-1][1]
+    if buf:
+        yield from _cut_all(chunker, buf, len(buf))
+
+
+def _cut_all(chunker, buf: bytearray, end: int) -> Iterator[bytes]:
+    """The chunks of buf[:end], the last ending at `end`."""
+    spans = [(c.offset, c.offset + c.length) for c in chunker.cut_buf(memoryview(buf)[:end])]
+    for a, b in spans:
+        yield bytes(buf[a:b])
+
+
+def _cut_before(chunker, buf: bytearray, limit: int) -> list[tuple[int, int]]:
+    """Spans of the chunks of buf that FastCDC ended by content (not by the end of buf)
+    and that end at or before `limit`."""
+    view = memoryview(buf)
+    spans = [(c.offset, c.offset + c.length) for c in chunker.cut_buf(view)]
+    view.release()
+    return [(a, b) for a, b in spans[:-1] if b <= limit]

@@ -16,6 +16,7 @@ import io
 import struct
 import tarfile
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from volbackup.errors import IntegrityError, VolbackupError
 
@@ -231,6 +232,17 @@ class TarWalker:
         self.relinks: list[tuple[Entry, Entry | None]] = []  # see metadata_tar
         self._capabilities: dict[str, str] = {}  # file name -> its security.capability
         self.relinks_dropped = 0
+        self._member_start: int | None = None  # offset of the first header of this entry
+        # Told of each entry as its header is read: (offset of its first header block,
+        # offset of its data, the entry). Content-defined chunking cuts there.
+        self.on_member: Callable[[int, int, Entry], None] | None = None
+
+    @property
+    def settled(self) -> int:
+        """Every entry that starts before this stream offset has been told to on_member."""
+        if self._member_start is not None:
+            return self._member_start
+        return self.bytes - len(self._header)
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -273,6 +285,8 @@ class TarWalker:
             return
         if self._zero_blocks:
             raise IntegrityError("tar stream has a zero block in the middle")
+        if self._member_start is None:
+            self._member_start = offset
         info = _Header.parse(block, self.entries)
         if info.type in _EXTENDED:
             self._ext_pending += info.size
@@ -317,6 +331,9 @@ class TarWalker:
         elif _CAPABILITY in pax and info.type in tarfile.REGULAR_TYPES:
             self._note_capability(entry)
         has_data = info.type in tarfile.REGULAR_TYPES or info.type not in tarfile.SUPPORTED_TYPES
+        start, self._member_start = self._member_start, None
+        if self.on_member is not None:
+            self.on_member(start, offset + BLOCK, entry if has_data else replace(entry, size=0))
         self._skip = _padded(size) if has_data else 0
         self._data_left = size if has_data else 0
         if self.digests is not None:

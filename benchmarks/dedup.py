@@ -1,0 +1,441 @@
+"""Chunked repositories measured: speed against the archive layout, what dedup saves, memory.
+
+    python benchmarks/dedup.py [--size-mib 1024] [--repeat 3] [--sections speed,dedup,sizes]
+    python benchmarks/dedup.py --sections daily --daily-mib 256
+    python benchmarks/dedup.py --sections rss --rss-sizes 1024,2048,4096
+    python benchmarks/dedup.py --sections prune --prune-chunks 100000     # S3 (moto server)
+    python benchmarks/dedup.py --quick --json out.json                       # does it run?
+
+Run as root beside a Docker engine. The volume holds unique data (uniquevolume.py: no
+repeated blocks), so every saving is dedup's own. Sections:
+  speed   per round, in rotating order: the first backup into a fresh archive-layout
+          repository and into a fresh chunked one, a second backup of the unchanged volume
+          into the chunked one, then (repositories evicted from the page cache) a restore
+          of each; new bytes = growth of the repository directory.
+  dedup   into one chunked repository holding the volume: the volume after a ~1.5 % change
+          (a copy, changed: uniquevolume.change), an identical copy in another volume, and
+          two more identical copies backed up at once by two processes ("two hosts").
+  parts   which part of that change costs what: each of its three kinds alone (appends to
+          1 % of the small files, a block rewritten in a large file, files added and removed).
+  sizes   per chunk size (`volbackup init --chunk-size`), rounds rotating: the first backup
+          and the changed volume's backup; new bytes, objects per GiB, requests.
+  daily   --days snapshots of a volume of --daily-mib changing 1 % a day; repository size.
+  rss     peak RSS (VmHWM) of a chunked backup and restore at each of --rss-sizes.
+  prune   (benchmarks/dedup_prune.py) prune of a repository of --prune-chunks chunks on S3.
+Everything made is named vbbench-<random>- and removed at the end, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+
+import docker
+import benchrun
+from benchrun import MIB, StepFailed, busy_fraction, dir_bytes, timed, volbackup_cmd, volbackup_timed
+import uniquevolume
+
+SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune")
+CHUNK_SIZES = ("512K", "1M", "2M", "4M")
+
+
+class Dedup:
+    """The resources of one run (all named `<prefix>...`) and its volbackup steps."""
+
+    def __init__(self, client: docker.DockerClient, prefix: str):
+        self.client, self.prefix = client, prefix
+        self.work = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+        self.count = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{self.prefix}{stem}-{self.count}"
+
+    def volume(self, stem: str) -> tuple[str, str]:
+        name = self.name(stem)
+        self.client.volumes.create(name)
+        return name, self.client.api.inspect_volume(name)["Mountpoint"]
+
+    def copy(self, mountpoint: str, stem: str) -> tuple[str, str]:
+        """A new volume with the same files, modes and times (cp -a)."""
+        name, target = self.volume(stem)
+        subprocess.run(["cp", "-a", f"{mountpoint}/.", target], check=True)
+        return name, target
+
+    def repo(self, chunk_size: str | None) -> str:
+        """A fresh repository directory: chunked (`volbackup init`) unless chunk_size is None."""
+        path = tempfile.mkdtemp(prefix="repo-", dir=self.work)
+        if chunk_size:
+            timed([*volbackup_cmd(), "init", "-r", path, "--chunk-size", chunk_size], "volbackup init")
+        return path
+
+    def backup(self, volume: str, repo: str) -> dict:
+        before = dir_bytes(repo)
+        seconds, rss, result = volbackup_timed(["backup", volume, "-r", repo], "volbackup backup")
+        return {"seconds": round(seconds, 3), "rss_mib": round(rss, 1), "via": result["via"],
+                "bytes": result["bytes"], "stored_bytes": result["stored_bytes"],
+                "new_bytes": dir_bytes(repo) - before}
+
+    def restore(self, volume: str, repo: str) -> dict:
+        seconds, rss, result = volbackup_timed(
+            ["restore", volume, "--as", self.name("restored"), "-r", repo], "volbackup restore")
+        return {"seconds": round(seconds, 3), "rss_mib": round(rss, 1), "via": result["via"]}
+
+    def cleanup(self) -> list[str]:
+        problems = []
+        for volume in self.client.volumes.list(filters={"name": self.prefix}):
+            if volume.name.startswith(self.prefix):
+                try:
+                    volume.remove(force=True)
+                except docker.errors.APIError as e:
+                    problems.append(f"volume {volume.name}: {e}")
+        shutil.rmtree(self.work, ignore_errors=True)
+        return problems
+
+
+def chunk_objects(repo: str) -> int:
+    root = os.path.join(repo, "chunks")
+    return sum(len(files) for _, _, files in os.walk(root)) if os.path.isdir(root) else 0
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# -- sections -----------------------------------------------------------------------------
+
+def speed(bench: Dedup, volume: str, mib: float, repeat: int) -> dict:
+    runs: dict[str, list[dict]] = {k: [] for k in ("archive_first", "chunked_first",
+                                                   "chunked_second", "archive_restore",
+                                                   "chunked_restore")}
+    for rnd in range(repeat + 1):          # round 0 is the warm-up
+        repos = {}
+        for layout in (("archive", "chunked") if rnd % 2 else ("chunked", "archive")):
+            repos[layout] = bench.repo("1M" if layout == "chunked" else None)
+            step = bench.backup(volume, repos[layout])
+            runs[f"{layout}_first"].append({"round": rnd, **step})
+        runs["chunked_second"].append({"round": rnd, **bench.backup(volume, repos["chunked"])})
+        benchrun.prepare_archives(*repos.values())
+        for layout in (("archive", "chunked") if rnd % 2 == 0 else ("chunked", "archive")):
+            runs[f"{layout}_restore"].append({"round": rnd, **bench.restore(volume, repos[layout])})
+        for path in repos.values():
+            shutil.rmtree(path)
+    out = {}
+    for key, rows in runs.items():
+        measured = [r for r in rows if r["round"] > 0]
+        out[key] = {"median_seconds": med([r["seconds"] for r in measured]),
+                    "median_mib_s": round(mib / med([r["seconds"] for r in measured]), 1),
+                    "peak_rss_mib": max(r["rss_mib"] for r in measured),
+                    "via": sorted({r["via"] for r in rows}), "runs": rows}
+        if "new_bytes" in rows[0]:
+            out[key]["median_new_bytes"] = med([r["new_bytes"] for r in measured])
+    full = out["chunked_first"]["median_new_bytes"]
+    out["ratios"] = {
+        "first_chunked_vs_archive": round(out["archive_first"]["median_seconds"]
+                                          / out["chunked_first"]["median_seconds"], 3),
+        "restore_chunked_vs_archive": round(out["archive_restore"]["median_seconds"]
+                                            / out["chunked_restore"]["median_seconds"], 3),
+        "second_vs_first_speedup": round(out["chunked_first"]["median_seconds"]
+                                         / out["chunked_second"]["median_seconds"], 3),
+        "second_new_pct": round(100 * out["chunked_second"]["median_new_bytes"] / full, 3),
+        "archive_vs_chunked_size": round(out["archive_first"]["median_new_bytes"] / full, 3)}
+    return out
+
+
+def dedup(bench: Dedup, volume: str, mountpoint: str, seed: int) -> dict:
+    repo = bench.repo("1M")
+    first = bench.backup(volume, repo)
+    full = first["new_bytes"]
+    changed, changed_mp = bench.copy(mountpoint, "changed")
+    change = uniquevolume.change(changed_mp, seed + 1000)
+    copy, _ = bench.copy(mountpoint, "copy")
+    hosts = [bench.copy(mountpoint, f"host{i}")[0] for i in (1, 2)]
+    rows = {"first": first, "changed": bench.backup(changed, repo),
+            "identical_copy": bench.backup(copy, repo)}
+    before = dir_bytes(repo)
+    together: dict[str, dict] = {}
+    errors: list[BaseException] = []
+
+    def one(name: str) -> None:
+        try:
+            together[name] = bench.backup(name, repo)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    rows["two_hosts_at_once"] = {"new_bytes": dir_bytes(repo) - before,
+                                 "stored_bytes": sum(r["stored_bytes"] for r in together.values()),
+                                 "seconds": max(r["seconds"] for r in together.values())}
+    for row in rows.values():
+        row["new_pct"] = round(100 * row["new_bytes"] / full, 3)
+    shutil.rmtree(repo)
+    return {"change": change, "rows": rows, "full_snapshot_bytes": full}
+
+
+def parts(bench: Dedup, volume: str, mountpoint: str, seed: int, chunk_size: str = "1M") -> dict:
+    repo = bench.repo(chunk_size)
+    full = bench.backup(volume, repo)["new_bytes"]
+    out = {"chunk_size": chunk_size, "full_snapshot_bytes": full, "rows": {}}
+    for part in uniquevolume.PARTS:
+        changed, changed_mp = bench.copy(mountpoint, part)
+        change = uniquevolume.change(changed_mp, seed + 1000, parts=(part,))
+        row = bench.backup(changed, repo)
+        out["rows"][part] = {"change": change, "new_bytes": row["new_bytes"],
+                             "new_pct": round(100 * row["new_bytes"] / full, 2)}
+        bench.client.volumes.get(changed).remove(force=True)
+    shutil.rmtree(repo)
+    return out
+
+
+def sizes(bench: Dedup, volume: str, mountpoint: str, mib: float, seed: int, repeat: int) -> dict:
+    changed, changed_mp = bench.copy(mountpoint, "changed")
+    change = uniquevolume.change(changed_mp, seed + 1000)
+    runs: dict[str, list[dict]] = {s: [] for s in CHUNK_SIZES}
+    for rnd in range(repeat):
+        order = CHUNK_SIZES[rnd % 4:] + CHUNK_SIZES[:rnd % 4]
+        for size in order:
+            repo = bench.repo(size)
+            first = bench.backup(volume, repo)
+            objects = chunk_objects(repo)
+            after = bench.backup(changed, repo)
+            runs[size].append({"first": first, "changed": after, "objects": objects,
+                               "new_objects": chunk_objects(repo) - objects})
+            shutil.rmtree(repo)
+    out = {"change": change, "by_size": {}}
+    for size, rows in runs.items():
+        first_s = med([r["first"]["seconds"] for r in rows])
+        full = med([r["first"]["new_bytes"] for r in rows])
+        objects = med([r["objects"] for r in rows])
+        out["by_size"][size] = {
+            "first_mib_s": round(mib / first_s, 1), "first_seconds": first_s,
+            "full_bytes": full, "objects": objects,
+            "objects_per_gib": round(objects * 1024 / mib),
+            "mean_chunk_kib": round(mib * 1024 / objects, 1),
+            "changed_new_pct": round(100 * med([r["changed"]["new_bytes"] for r in rows]) / full, 2),
+            "changed_new_objects": med([r["new_objects"] for r in rows]),
+            "changed_seconds": med([r["changed"]["seconds"] for r in rows]),
+            "runs": rows}
+    return out
+
+
+def daily(bench: Dedup, mib: int, days: int, seed: int) -> dict:
+    volume, mountpoint = bench.volume("daily")
+    stats = uniquevolume.fill(mountpoint, mib, seed)
+    repo = bench.repo("1M")
+    rows = []
+    for day in range(days):
+        if day:
+            rows[-1]["change"] = uniquevolume.change(mountpoint, seed + day, share=0.01)
+        step = bench.backup(volume, repo)
+        rows.append({"day": day + 1, **step, "repo_bytes": dir_bytes(repo)})
+    full = rows[0]["new_bytes"]
+    out = {"volume": stats, "days": days, "full_snapshot_bytes": full,
+           "repo_bytes": rows[-1]["repo_bytes"], "repo_vs_full": round(rows[-1]["repo_bytes"] / full, 3),
+           "chunk_objects": chunk_objects(repo), "rows": rows}
+    shutil.rmtree(repo)
+    return out
+
+
+def rss(bench: Dedup, sizes_mib: list[int], seed: int) -> list[dict]:
+    rows = []
+    for mib in sizes_mib:
+        volume, mountpoint = bench.volume(f"rss{mib}")
+        uniquevolume.fill(mountpoint, mib, seed)
+        repo = bench.repo("1M")
+        b = bench.backup(volume, repo)
+        benchrun.prepare_archives(repo)
+        r = bench.restore(volume, repo)
+        rows.append({"mib": mib, "backup_rss_mib": b["rss_mib"], "restore_rss_mib": r["rss_mib"],
+                     "backup_mib_s": round(mib / b["seconds"], 1),
+                     "restore_mib_s": round(mib / r["seconds"], 1)})
+        shutil.rmtree(repo)
+        bench.client.volumes.get(volume).remove(force=True)
+    return rows
+
+
+def prune(chunks: int) -> dict:
+    script = os.path.join(os.path.dirname(__file__), "dedup_prune.py")
+    done = subprocess.run([sys.executable, script, "--chunks", str(chunks), "--json"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StepFailed(f"dedup_prune.py failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+# -- report -------------------------------------------------------------------------------
+
+def pct(n: float) -> str:
+    return f"{n:.2f} %"
+
+
+def report(result: dict) -> str:
+    lines = []
+    vol = result.get("volume")
+    if vol:
+        lines.append(f"volume {vol['mib']:.0f} MiB of unique data: {vol['files']:,} files "
+                     f"({vol['large_files']} large); {result['cpus']} CPUs; load before: "
+                     f"{result['load_before']}; volbackup {' '.join(result['volbackup_args']) or '(direct)'}")
+    if "speed" in result:
+        s = result["speed"]
+        r = s["ratios"]
+        lines += ["", f"SPEED (median of {result['repeat']} rounds after a warm-up)",
+                  f"  {'':34}{'MiB/s':>8}  {'seconds':>8}  {'peak RSS':>9}  {'new bytes':>12}  via"]
+        for key in ("archive_first", "chunked_first", "chunked_second", "archive_restore",
+                    "chunked_restore"):
+            row = s[key]
+            new = f"{row['median_new_bytes'] / MIB:.1f} MiB" if "median_new_bytes" in row else ""
+            lines.append(f"  {key.replace('_', ' '):34}{row['median_mib_s']:>8.1f}  "
+                         f"{row['median_seconds']:>8.2f}  {row['peak_rss_mib']:>5.1f} MiB  {new:>12}  "
+                         f"{','.join(row['via'])}")
+        lines += [f"  first backup chunked/archive speed: {r['first_chunked_vs_archive']:.2f}x "
+                  f"(target >= 0.9x)",
+                  f"  restore chunked/archive speed:      {r['restore_chunked_vs_archive']:.2f}x "
+                  f"(target >= 0.9x)",
+                  f"  second backup (unchanged): {pct(r['second_new_pct'])} new (target < 1 %), "
+                  f"{r['second_vs_first_speedup']:.2f}x faster than the first (target >= 3x)",
+                  f"  archive size / chunked full snapshot: {r['archive_vs_chunked_size']:.3f}"]
+    if "dedup" in result:
+        d = result["dedup"]
+        lines += ["", f"DEDUP (chunk size 1M; full snapshot {d['full_snapshot_bytes'] / MIB:.1f} MiB; "
+                      f"change: {d['change']['changed_pct']} % of the volume)"]
+        targets = {"changed": "<= 3 %", "identical_copy": "< 1 %", "two_hosts_at_once": "< 1 % (both)"}
+        for key, row in d["rows"].items():
+            if key == "first":
+                continue
+            lines.append(f"  {key.replace('_', ' '):24}{row['new_bytes'] / MIB:>9.2f} MiB new  "
+                         f"{pct(row['new_pct']):>9}  (target {targets[key]})")
+    if "parts" in result:
+        z = result["parts"]
+        lines += ["", f"PARTS OF THE CHANGE (chunk size {z['chunk_size']}; each alone, against the "
+                      f"unchanged volume)"]
+        for part, row in z["rows"].items():
+            c = row["change"]
+            lines.append(f"  {part:12}{c['changed'] / MIB:>8.2f} MiB changed ({c['changed_pct']:.2f} %)"
+                         f"  {row['new_bytes'] / MIB:>8.2f} MiB new  {pct(row['new_pct']):>9}")
+    if "sizes" in result:
+        z = result["sizes"]
+        lines += ["", f"CHUNK SIZE (change: {z['change']['changed_pct']} % of the volume; medians "
+                      f"of {result['repeat']} rounds)",
+                  f"  {'size':>5}  {'mean chunk':>10}  {'objects/GiB':>11}  {'first MiB/s':>11}  "
+                  f"{'changed: new':>12}  {'new objects':>11}"]
+        for size, row in z["by_size"].items():
+            lines.append(f"  {size:>5}  {row['mean_chunk_kib']:>6.0f} KiB  {row['objects_per_gib']:>11}  "
+                         f"{row['first_mib_s']:>11.1f}  {pct(row['changed_new_pct']):>12}  "
+                         f"{row['changed_new_objects']:>11.0f}")
+    if "daily" in result:
+        d = result["daily"]
+        lines += ["", f"DAILY ({d['days']} snapshots of {d['volume']['mib']:.0f} MiB changing 1 % a day)",
+                  f"  repository {d['repo_bytes'] / MIB:.1f} MiB = {d['repo_vs_full']:.3f}x one full "
+                  f"snapshot ({d['full_snapshot_bytes'] / MIB:.1f} MiB; target <= 1.5x); "
+                  f"{d['chunk_objects']} chunks",
+                  "  new MiB per day: " + " ".join(f"{r['new_bytes'] / MIB:.1f}" for r in d["rows"][1:])]
+    if "rss" in result:
+        lines += ["", "PEAK RSS (chunked repository, 1 run each; target < 150 MB and flat)",
+                  f"  {'volume':>8}  {'backup':>10}  {'restore':>10}  {'backup':>11}  {'restore':>11}"]
+        for r in result["rss"]:
+            lines.append(f"  {r['mib']:>4} MiB  {r['backup_rss_mib']:>6.1f} MiB  "
+                         f"{r['restore_rss_mib']:>6.1f} MiB  {r['backup_mib_s']:>5.0f} MiB/s  "
+                         f"{r['restore_mib_s']:>5.0f} MiB/s")
+    if "prune" in result:
+        p = result["prune"]
+        lines += ["", f"PRUNE on S3 (moto server): {p['chunks']} chunks, {p['referenced']} referenced",
+                  f"  write {p['write_seconds']:.1f} s; prune {p['prune_seconds']:.1f} s "
+                  f"(removed {p['removed']}); dry run {p['dry_run_seconds']:.1f} s; "
+                  f"prune peak RSS {p['prune_rss_mib']:.1f} MiB"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--size-mib", type=int, default=1024, help="volume size (default 1024)")
+    p.add_argument("--repeat", type=int, default=3, help="measured rounds (default 3)")
+    p.add_argument("--sections", default="speed,dedup,sizes",
+                   help=f"comma-separated, of {','.join(SECTIONS)} (default speed,dedup,sizes)")
+    p.add_argument("--daily-mib", type=int, default=256)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--rss-sizes", default="1024,2048,4096")
+    p.add_argument("--prune-chunks", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--no-direct", action="store_true", help="volbackup backup/restore --no-direct")
+    p.add_argument("--quick", action="store_true",
+                   help="every section at toy sizes (16 MiB, 1 round, 3 days, 500 chunks)")
+    p.add_argument("--json", metavar="PATH", help="write all raw numbers to PATH")
+    args = p.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    if args.quick:
+        args.size_mib, args.repeat, args.daily_mib, args.days = 16, 1, 16, 3
+        args.rss_sizes, args.prune_chunks, sections = "16,32", 500, list(SECTIONS)
+    if set(sections) - set(SECTIONS) or args.repeat < 1 or args.size_mib < 1:
+        p.error(f"--sections must be of {','.join(SECTIONS)}; --repeat, --size-mib >= 1")
+    if args.no_direct:
+        benchrun.VOLBACKUP_ARGS.append("--no-direct")
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        print(f"dedup.py: {e}", file=sys.stderr)
+        return 1
+    bench = Dedup(client, f"vbbench-{secrets.token_hex(3)}-")
+    result: dict = {"prefix": bench.prefix, "config": {**vars(args), "sections": sections},
+                    "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                    "cpu_busy_before": round(busy_fraction(), 3), "repeat": args.repeat,
+                    "volbackup_args": list(benchrun.VOLBACKUP_ARGS)}
+    print(f"dedup.py: {bench.prefix}*, sections {','.join(sections)}, load {os.getloadavg()}",
+          file=sys.stderr)
+    try:
+        if {"speed", "dedup", "parts", "sizes"} & set(sections):
+            volume, mountpoint = bench.volume("vol")
+            result["volume"] = uniquevolume.fill(mountpoint, args.size_mib, args.seed)
+            mib = result["volume"]["mib"]
+            if "speed" in sections:
+                result["speed"] = speed(bench, volume, mib, args.repeat)
+            if "dedup" in sections:
+                result["dedup"] = dedup(bench, volume, mountpoint, args.seed)
+            if "parts" in sections:
+                result["parts"] = parts(bench, volume, mountpoint, args.seed)
+            if "sizes" in sections:
+                result["sizes"] = sizes(bench, volume, mountpoint, mib, args.seed, args.repeat)
+        if "daily" in sections:
+            result["daily"] = daily(bench, args.daily_mib, args.days, args.seed)
+        if "rss" in sections:
+            result["rss"] = rss(bench, [int(s) for s in args.rss_sizes.split(",")], args.seed)
+        if "prune" in sections:
+            result["prune"] = prune(args.prune_chunks)
+    except StepFailed as e:
+        print(f"dedup.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dedup.py: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        for problem in bench.cleanup():
+            print(f"dedup.py: cleanup: {problem}", file=sys.stderr)
+    result["load_after"] = os.getloadavg()
+    print(report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

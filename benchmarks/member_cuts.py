@@ -1,0 +1,88 @@
+"""What a changed volume would store if chunks were also cut at every tar member's start.
+
+    python benchmarks/member_cuts.py --size-mib 1024 [--chunk-size 1M]
+
+A simulation, not volbackup: builds the uniquevolume.py volume in a temporary directory
+and a copy of it changed as dedup.py's `dedup` section changes it (uniquevolume.change),
+makes a GNU tar of each (`tar --sort=name`, into the temporary directory), and cuts both
+with pyfastcdc at volbackup's parameters two ways:
+  stream   FastCDC over the whole tar stream (volbackup today);
+  members  every tar member (header + data) starts a new chunk; FastCDC inside each.
+It prints, for each, the bytes (uncompressed) of the changed tar in chunks the base tar
+lacks, as a share of the tar, and the chunk count per GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+
+from pyfastcdc.cy import FastCDC
+
+import uniquevolume
+
+SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
+
+
+def member_starts(path: str) -> list[int]:
+    with tarfile.open(path) as tar:
+        return [m.offset for m in tar]
+
+
+def chunks(path: str, avg: int, aligned: bool) -> dict[bytes, int]:
+    """sha256 -> length of every chunk of the tar at `path`."""
+    cdc = FastCDC(avg, min_size=avg // 4, max_size=avg * 4)
+    size = os.path.getsize(path)
+    bounds = member_starts(path) + [size] if aligned else [0, size]
+    out: dict[bytes, int] = {}
+    with open(path, "rb") as f:
+        for start, end in zip(bounds, bounds[1:]):
+            f.seek(start)
+            segment = f.read(end - start)
+            for c in cdc.cut_buf(segment):
+                data = bytes(c.data)
+                out[hashlib.sha256(data).digest()] = len(data)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--chunk-size", default="1M", choices=list(SIZES))
+    p.add_argument("--seed", type=int, default=11)
+    args = p.parse_args()
+    work = tempfile.mkdtemp(prefix="vbbench-cuts-", dir="/var/tmp")
+    try:
+        base, changed = os.path.join(work, "base"), os.path.join(work, "changed")
+        os.makedirs(base)
+        uniquevolume.fill(base, args.size_mib, args.seed)
+        subprocess.run(["cp", "-a", base, changed], check=True)
+        change = uniquevolume.change(changed, args.seed + 1000)
+        tars = {}
+        for name, root in (("base", base), ("changed", changed)):
+            tars[name] = os.path.join(work, f"{name}.tar")
+            subprocess.run(["tar", "--sort=name", "-cf", tars[name], "-C", root, "."], check=True)
+        shutil.rmtree(base)
+        shutil.rmtree(changed)
+        avg = SIZES[args.chunk_size]
+        total = os.path.getsize(tars["changed"])
+        print(f"{args.size_mib} MiB volume, change {change['changed_pct']} %, chunk size "
+              f"{args.chunk_size}")
+        for mode in ("stream", "members"):
+            old = chunks(tars["base"], avg, mode == "members")
+            new = chunks(tars["changed"], avg, mode == "members")
+            fresh = sum(n for h, n in new.items() if h not in old)
+            print(f"  {mode:8} new {fresh / (1 << 20):8.1f} MiB = {100 * fresh / total:6.2f} % of "
+                  f"the tar; {len(new) * (1 << 30) / total:8.0f} chunks per GiB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
