@@ -22,6 +22,9 @@ repeated blocks), so every saving is dedup's own. Sections:
   daily   --days snapshots of a volume of --daily-mib changing 1 % a day; repository size.
   rss     peak RSS (VmHWM) of a chunked backup and restore at each of --rss-sizes.
   prune   (benchmarks/dedup_prune.py) prune of a repository of --prune-chunks chunks on S3.
+  encryption  per round, in rotating order: the first backup into a fresh plain chunked
+          repository and into a fresh encrypted one (`init --encrypt-to`, one age
+          recipient), then (evicted) a restore from each.
 Everything made is named vbbench-<random>- and removed at the end, also on error or Ctrl-C.
 """
 
@@ -44,7 +47,7 @@ import benchrun
 from benchrun import MIB, StepFailed, busy_fraction, dir_bytes, timed, volbackup_cmd, volbackup_timed
 import uniquevolume
 
-SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune")
+SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune", "encryption")
 CHUNK_SIZES = ("512K", "1M", "2M", "4M")
 
 
@@ -112,6 +115,55 @@ def med(values: list[float]) -> float:
 
 
 # -- sections -----------------------------------------------------------------------------
+
+def encryption(bench: Dedup, volume: str, mib: float, repeat: int) -> dict:
+    from pyrage import x25519
+
+    identity = x25519.Identity.generate()
+    runs: dict[str, list[dict]] = {k: [] for k in ("plain_backup", "encrypted_backup",
+                                                   "plain_restore", "encrypted_restore")}
+    for rnd in range(repeat + 1):          # round 0 is the warm-up
+        repos = {"plain": bench.repo("1M")}
+        path = tempfile.mkdtemp(prefix="repo-", dir=bench.work)
+        key = os.path.join(bench.work, f"key-{rnd}")
+        timed([*volbackup_cmd(), "init", "-r", path, "--encrypt-to", str(identity.to_public()),
+               "--key-file", key], "volbackup init --encrypt-to")
+        ident = os.path.join(bench.work, f"identity-{rnd}")
+        with open(ident, "w") as f:
+            f.write(f"{identity}\n{open(key).read()}")
+        repos["encrypted"] = path
+        secrets_for = {"plain": [], "encrypted": ["--key-file", key]}
+        order = ("plain", "encrypted") if rnd % 2 else ("encrypted", "plain")
+        for kind in order:
+            before = dir_bytes(repos[kind])
+            seconds, rss_mib, _ = volbackup_timed(
+                ["backup", volume, "-r", repos[kind], *secrets_for[kind]], f"backup ({kind})")
+            runs[f"{kind}_backup"].append({"round": rnd, "seconds": round(seconds, 3),
+                                           "rss_mib": round(rss_mib, 1),
+                                           "new_bytes": dir_bytes(repos[kind]) - before})
+        benchrun.prepare_archives(*repos.values())
+        reading = {"plain": [], "encrypted": ["--identity", ident]}
+        for kind in reversed(order):
+            seconds, rss_mib, _ = volbackup_timed(
+                ["restore", volume, "--as", bench.name("restored"), "-r", repos[kind],
+                 *reading[kind]], f"restore ({kind})")
+            runs[f"{kind}_restore"].append({"round": rnd, "seconds": round(seconds, 3),
+                                            "rss_mib": round(rss_mib, 1)})
+        for path in repos.values():
+            shutil.rmtree(path)
+    out = {}
+    for key_, rows in runs.items():
+        measured = [r for r in rows if r["round"] > 0]
+        out[key_] = {"median_seconds": med([r["seconds"] for r in measured]),
+                     "median_mib_s": round(mib / med([r["seconds"] for r in measured]), 1),
+                     "peak_rss_mib": max(r["rss_mib"] for r in measured), "runs": rows}
+    out["ratios"] = {
+        "backup_encrypted_vs_plain": round(out["plain_backup"]["median_seconds"]
+                                           / out["encrypted_backup"]["median_seconds"], 3),
+        "restore_encrypted_vs_plain": round(out["plain_restore"]["median_seconds"]
+                                            / out["encrypted_restore"]["median_seconds"], 3)}
+    return out
+
 
 def speed(bench: Dedup, volume: str, mib: float, repeat: int) -> dict:
     runs: dict[str, list[dict]] = {k: [] for k in ("archive_first", "chunked_first",
@@ -351,6 +403,20 @@ def report(result: dict) -> str:
             lines.append(f"  {r['mib']:>4} MiB  {r['backup_rss_mib']:>6.1f} MiB  "
                          f"{r['restore_rss_mib']:>6.1f} MiB  {r['backup_mib_s']:>5.0f} MiB/s  "
                          f"{r['restore_mib_s']:>5.0f} MiB/s")
+    if "encryption" in result:
+        e = result["encryption"]
+        r = e["ratios"]
+        lines += ["", f"ENCRYPTION (median of {result['repeat']} rounds after a warm-up; one age "
+                      f"recipient)",
+                  f"  {'':20}{'MiB/s':>8}  {'seconds':>8}  {'peak RSS':>9}"]
+        for key in ("plain_backup", "encrypted_backup", "plain_restore", "encrypted_restore"):
+            row = e[key]
+            lines.append(f"  {key.replace('_', ' '):20}{row['median_mib_s']:>8.1f}  "
+                         f"{row['median_seconds']:>8.2f}  {row['peak_rss_mib']:>5.1f} MiB")
+        lines += [f"  backup encrypted/plain speed:  {r['backup_encrypted_vs_plain']:.2f}x "
+                  f"(target >= 0.9x)",
+                  f"  restore encrypted/plain speed: {r['restore_encrypted_vs_plain']:.2f}x "
+                  f"(target >= 0.9x)"]
     if "prune" in result:
         p = result["prune"]
         lines += ["", f"PRUNE on S3 (moto server): {p['chunks']} chunks, {p['referenced']} referenced",
@@ -402,7 +468,7 @@ def main() -> int:
     print(f"dedup.py: {bench.prefix}*, sections {','.join(sections)}, load {os.getloadavg()}",
           file=sys.stderr)
     try:
-        if {"speed", "dedup", "parts", "sizes"} & set(sections):
+        if {"speed", "dedup", "parts", "sizes", "encryption"} & set(sections):
             volume, mountpoint = bench.volume("vol")
             result["volume"] = uniquevolume.fill(mountpoint, args.size_mib, args.seed)
             mib = result["volume"]["mib"]
@@ -414,6 +480,8 @@ def main() -> int:
                 result["parts"] = parts(bench, volume, mountpoint, args.seed)
             if "sizes" in sections:
                 result["sizes"] = sizes(bench, volume, mountpoint, mib, args.seed, args.repeat)
+            if "encryption" in sections:
+                result["encryption"] = encryption(bench, volume, mib, args.repeat)
         if "daily" in sections:
             result["daily"] = daily(bench, args.daily_mib, args.days, args.seed)
         if "rss" in sections:
