@@ -49,6 +49,7 @@ import uniquevolume
 
 SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune", "encryption")
 CHUNK_SIZES = ("512K", "1M", "2M", "4M")
+INIT_ARGS: list[str] = []   # --chunker
 
 
 class Dedup:
@@ -78,7 +79,8 @@ class Dedup:
         """A fresh repository directory: chunked (`volbackup init`) unless chunk_size is None."""
         path = tempfile.mkdtemp(prefix="repo-", dir=self.work)
         if chunk_size:
-            timed([*volbackup_cmd(), "init", "-r", path, "--chunk-size", chunk_size], "volbackup init")
+            timed([*volbackup_cmd(), "init", "-r", path, "--chunk-size", chunk_size, *INIT_ARGS],
+                  "volbackup init")
         return path
 
     def backup(self, volume: str, repo: str) -> dict:
@@ -127,7 +129,7 @@ def encryption(bench: Dedup, volume: str, mib: float, repeat: int) -> dict:
         path = tempfile.mkdtemp(prefix="repo-", dir=bench.work)
         key = os.path.join(bench.work, f"key-{rnd}")
         timed([*volbackup_cmd(), "init", "-r", path, "--encrypt-to", str(identity.to_public()),
-               "--key-file", key], "volbackup init --encrypt-to")
+               "--key-file", key, *INIT_ARGS], "volbackup init --encrypt-to")
         ident = os.path.join(bench.work, f"identity-{rnd}")
         with open(ident, "w") as f:
             f.write(f"{identity}\n{open(key).read()}")
@@ -440,6 +442,8 @@ def main() -> int:
     p.add_argument("--prune-chunks", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--no-direct", action="store_true", help="volbackup backup/restore --no-direct")
+    p.add_argument("--chunker", choices=("members", "stream"),
+                   help="volbackup init --chunker (default: volbackup's default, members)")
     p.add_argument("--quick", action="store_true",
                    help="every section at toy sizes (16 MiB, 1 round, 3 days, 500 chunks)")
     p.add_argument("--json", metavar="PATH", help="write all raw numbers to PATH")
@@ -452,6 +456,8 @@ def main() -> int:
         p.error(f"--sections must be of {','.join(SECTIONS)}; --repeat, --size-mib >= 1")
     if args.no_direct:
         benchrun.VOLBACKUP_ARGS.append("--no-direct")
+    if args.chunker:
+        INIT_ARGS.extend(["--chunker", args.chunker])
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

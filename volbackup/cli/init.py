@@ -7,6 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import json_option, repo_option, s3_write_options
 from volbackup.ops.create import create_repository
+from volbackup.repo.config import CHUNKER, CHUNKER_PLAIN
 from volbackup.repo.crypto import recipients_from_lines
 
 _SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
@@ -18,6 +19,12 @@ _SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
               help="Target chunk size (content-defined: chunks vary between a quarter and four "
                    "times it). Smaller finds more duplicates and makes more objects; "
                    "docs/performance.md has the measurements.")
+@click.option("--chunker", type=click.Choice(["members", "stream"]), default="members",
+              show_default=True,
+              help="members: also cut where files start and end, grouping small files by "
+                   "name (a changed small file rewrites its group only); stream: FastCDC over "
+                   "the stream alone (fewer, larger objects: faster for volumes of large "
+                   "files). docs/performance.md has the measurements.")
 @click.option("--encrypt-to", "recipients", multiple=True, metavar="RECIPIENT",
               help="Encrypt to this age public key (age1...) or SSH public key (ssh-ed25519 "
                    "..., ssh-rsa ...); repeatable. Needs --key-file.")
@@ -28,7 +35,7 @@ _SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
                    "exist). Backup hosts need it; keep a copy with the identity.")
 @s3_write_options
 @json_option
-def init(repo, chunk_size, recipients, recipients_file, key_file, s3, as_json):
+def init(repo, chunk_size, chunker, recipients, recipients_file, key_file, s3, as_json):
     """Create a chunked repository in REPO (an empty directory, or s3://BUCKET[/PREFIX]).
 
     Snapshots in a chunked repository share their data: what is already stored, from
@@ -46,7 +53,8 @@ def init(repo, chunk_size, recipients, recipients_file, key_file, s3, as_json):
         raise click.UsageError("--recipients-file holds no recipient")
     if key_file and not encrypt_to:
         raise click.UsageError("--key-file is for an encrypted repository: give --encrypt-to")
-    result = create_repository(repo, s3, _SIZES[chunk_size], encrypt_to or None, key_file)
+    result = create_repository(repo, s3, _SIZES[chunk_size], encrypt_to or None, key_file,
+                               CHUNKER if chunker == "members" else CHUNKER_PLAIN)
     if as_json:
         render.emit_json("init", **vars(result))
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from volbackup.repo.config import DEFAULT_AVG, RepoConfig
+from volbackup.repo.config import CHUNKER, DEFAULT_AVG, RepoConfig
 from volbackup.repo.repository import Repository
 
 
@@ -21,8 +21,9 @@ class InitResult:
 
 def create_repository(url: str, options: dict | None = None,
                       avg_chunk_size: int = DEFAULT_AVG, encrypt_to: list[str] | None = None,
-                      key_file: str | None = None) -> InitResult:
-    repo = Repository.init(url, options, RepoConfig.new(avg_chunk_size), encrypt_to, key_file)
+                      key_file: str | None = None, chunker: str = CHUNKER) -> InitResult:
+    repo = Repository.init(url, options, RepoConfig.new(avg_chunk_size, chunker), encrypt_to,
+                           key_file)
     assert repo.config is not None
     held = len(repo.snapshots().snapshots)
     encryption = repo.config.encryption

@@ -77,9 +77,9 @@ class RepoConfig:
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def new(cls, avg_size: int = DEFAULT_AVG) -> "RepoConfig":
-        chunker = Chunker(min_size=max(MIN_CHUNK, avg_size // 4), avg_size=avg_size,
-                          max_size=avg_size * 4, seed=secrets.randbits(31))
+    def new(cls, avg_size: int = DEFAULT_AVG, algorithm: str = CHUNKER) -> "RepoConfig":
+        chunker = Chunker(algorithm=algorithm, min_size=max(MIN_CHUNK, avg_size // 4),
+                          avg_size=avg_size, max_size=avg_size * 4, seed=secrets.randbits(31))
         config = cls(id=secrets.token_hex(16), chunker=chunker)
         config.check("the new config")
         return config
