@@ -328,9 +328,10 @@ def kill_when(proc: subprocess.Popen, going, timeout: float = 60) -> bool:
 
 
 def test_prunes_killed_while_deleting_leave_a_repository_that_verifies(tmp_path):
-    """Kill a prune while it removes snapshots, then prunes while they sweep chunks: after
+    """Kill a prune while it removes snapshots, then one while it sweeps chunks: after
     each, every snapshot left verifies (never a manifest whose chunks are gone), and the
-    next prune finishes the job: exactly the chunks of the snapshot kept are left."""
+    next prune finishes the job: exactly the chunks of the snapshot kept are left. (One
+    kill per phase: a second kill in the sweep raced the sweep's end on a fast machine.)"""
     repo = tmp_path / "repo"
     repo.mkdir()
     made = many_snapshots(repo, 12)
@@ -338,7 +339,7 @@ def test_prunes_killed_while_deleting_leave_a_repository_that_verifies(tmp_path)
     assert total > 2000
     prune = ("prune", "-r", str(repo), "--keep-last", "1", "--leftover-age", "0s")
     states = []
-    for phase in ("snapshots", "chunks", "chunks"):
+    for phase in ("snapshots", "chunks"):
         chunks_before = len(chunk_files(repo))
         going = (lambda: manifests(repo) < 12) if phase == "snapshots" else \
             (lambda: len(chunk_files(repo)) < chunks_before - 100)
@@ -347,7 +348,7 @@ def test_prunes_killed_while_deleting_leave_a_repository_that_verifies(tmp_path)
         states.append((phase, manifests(repo), len(chunk_files(repo))))
         code, checks = verify_all(repo)
         assert code == 0 and len(checks) == manifests(repo), checks
-    assert [phase for phase, _, _ in states] == ["snapshots", "chunks", "chunks"], states
+    assert [phase for phase, _, _ in states] == ["snapshots", "chunks"], states
     assert states[-1][2] > len(listed(repo)), f"the sweep was done before the kill: {states}"
     ok(*prune)
     (kept,) = (repo / "snapshots").rglob("*.json")
