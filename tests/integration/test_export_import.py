@@ -100,9 +100,11 @@ def test_a_damaged_snapshot_leaves_no_file(layout, make_volume, mountpoint, repo
     volume = make_volume("damaged")
     Path(mountpoint(volume.name), "data.bin").write_bytes(os.urandom(3 << 20))
     assert cli("backup", volume.name, "-r", repo).code == 0
-    stored = [p for p in repo_dir.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20
-              and p.suffix != ".json"]
-    assert stored, "no archive or chunk to damage"
+    # The largest archive or chunk (chunk sizes vary with the repository's random seed).
+    stored = sorted((p for p in repo_dir.rglob("*") if p.is_file() and p.name != "config"
+                     and p.suffix not in (".json", ".chunks")), key=lambda p: p.stat().st_size,
+                    reverse=True)
+    assert stored and stored[0].stat().st_size > 64 << 10, "no archive or chunk to damage"
     with open(stored[0], "r+b") as f:   # one byte in the middle of an archive or a chunk
         f.seek(stored[0].stat().st_size // 2)
         byte = f.read(1)
