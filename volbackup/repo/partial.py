@@ -132,8 +132,11 @@ class PartialUnpacker:
 
     def chunks(self) -> Iterator[bytes]:
         expected: deque[CatalogEntry] = deque()
-        self.walker.on_entry = lambda at, data_at, entry, content: _compare(
-            expected, entry, content)
+        current: list[CatalogEntry] = []
+        self.walker.on_member = lambda start, data_at, entry: current.append(
+            _check_header(expected, start, data_at, entry))
+        self.walker.on_entry = lambda at, data_at, entry, content: _check_content(
+            current.pop(), content)
 
         def pieces() -> Iterator[bytes]:
             yield from self._read_spans(merged(self._entries(), expected))
@@ -151,17 +154,25 @@ class PartialUnpacker:
             pass
 
 
-def _compare(expected: deque, entry: Entry, content: str | None) -> None:
+def _check_header(expected: deque, start: int, data_at: int, entry: Entry) -> CatalogEntry:
+    """The catalogue line this header must match: checked as the header is read, before
+    any of its data is released (a catalogue that points elsewhere gets nothing)."""
     if not expected:
         raise IntegrityError(f"partial stream holds an unexpected entry {entry.name!r}")
     want = expected.popleft()
-    got = catalog.entry_of(want.at, want.data, entry, content)
-    if (got.path, got.type, got.size, got.sha256, got.link) != (
-            want.path, want.type, want.size, want.sha256, want.link):
+    got = catalog.entry_of(want.at, want.data, entry, want.sha256)
+    if (got.path, got.type, got.size, got.link, data_at - start) != (
+            want.path, want.type, want.size, want.link, want.data - want.at):
         raise IntegrityError(
             f"catalogue entry {want.path!r} does not match the snapshot's bytes at offset "
             f"{want.at} (found {got.path!r}, {got.type}, {got.size} bytes): the catalogue "
             f"is damaged or forged")
+    return want
+
+
+def _check_content(want: CatalogEntry, content: str | None) -> None:
+    if content != want.sha256:
+        raise IntegrityError(f"the data of {want.path!r} does not match its catalogue sha256")
 
 
 def file_bytes(stream: Iterable[bytes], entry: CatalogEntry) -> Iterator[bytes]:

@@ -39,6 +39,7 @@ PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
 LIST_SUFFIX = chunked.LIST_SUFFIX
 MANIFEST_SUFFIX = ".json"
+KEEP_SELECTED = 10_000  # selected entries kept from the first pass over a catalogue
 _ID = re.compile(rf"(?P<volume>{VOLUME_NAME.pattern})@(?P<stamp>{STAMP})")
 _SUFFIXES = (ARCHIVE_SUFFIX, LIST_SUFFIX, catalogs.ARCHIVE_SUFFIX, catalogs.LIST_SUFFIX)
 _ARCHIVE_KEY = re.compile(rf"{PREFIX}(?P<volume>{VOLUME_NAME.pattern})/(?P<stamp>{STAMP})"
@@ -498,12 +499,18 @@ class Repository:
         wanted hard links are known, before any data is read."""
         matched: dict[str, int] = {}
         targets: set[str] = set()
-        for _ in catalog.selected(self.catalog(manifest), selection, frozenset(), matched,
-                                  targets):
-            pass
+        kept: list[CatalogEntry] | None = []
+        for entry in catalog.selected(self.catalog(manifest), selection, frozenset(), matched,
+                                      targets):
+            if kept is not None:
+                kept.append(entry)
+                if len(kept) > KEEP_SELECTED:
+                    kept = None  # read the catalogue again instead: memory stays flat
         unmatched = [p for p in selection.include if not matched.get(p)]
         if unmatched:
             raise NotFound(f"snapshot {manifest.snapshot} has no {unmatched[0]!r}")
+        if kept is not None and not targets:
+            return lambda: iter(kept)
         wanted = frozenset(targets)
         return lambda: catalog.selected(self.catalog(manifest), selection, wanted)
 
