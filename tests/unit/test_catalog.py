@@ -223,3 +223,26 @@ def test_a_manifest_with_a_bad_catalog_field_is_refused(repo):
     from volbackup.repo.manifest import Manifest
     with pytest.raises(RepositoryError, match="invalid catalog"):
         Manifest.from_json(json.dumps(data), "test")
+
+
+def test_verify_checks_that_the_catalogue_describes_the_data(tmp_path):
+    """A catalogue rewritten along with its manifest's digests (an archive-layout
+    repository authenticates nothing) reads back fine; verify still finds it wrong."""
+    import zstandard
+    from volbackup.ops.snapshots import verify
+    path = tmp_path / "repo"
+    path.mkdir()
+    repo = Repository.open(str(path), writable=True)
+    manifest = backup(repo, volume())
+    assert verify(repo, [manifest.snapshot]).snapshots[0].status == "ok"
+    lines = [json.loads(e.to_line()) for e in repo.catalog(manifest)]
+    lines[2]["mode"] = 0o4755       # etc/app.conf: setuid, says the catalogue
+    plain = b"".join(json.dumps(x, separators=(",", ":")).encode() + b"\n" for x in lines)
+    stored = zstandard.ZstdCompressor().compress(plain)
+    (path / repo.catalog_key(manifest.snapshot, chunked=False)).write_bytes(stored)
+    manifest.catalog.update(sha256=hashlib.sha256(stored).hexdigest(),
+                            plain_sha256=hashlib.sha256(plain).hexdigest(), bytes=len(plain))
+    repo.commit(manifest)
+    assert next(e for e in repo.catalog(manifest) if e.path == "etc/app.conf").mode == 0o4755
+    check = verify(repo, [manifest.snapshot]).snapshots[0]
+    assert check.status == "failed" and "does not describe its data" in check.message
