@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.test_prune import add
-from volbackup.errors import ConfigError, EngineError, RepositoryLocked
+from volbackup.errors import ConfigError, EngineError, RepositoryError, RepositoryLocked
 from volbackup.ops.backup import BackupResult, VolumeBackup
 from volbackup.ops.report import metrics_text
 from volbackup.repo import locking
@@ -370,6 +370,23 @@ def test_a_lock_held_for_hours_is_in_the_metrics(repo, tmp_path):
     run = (("backup_job", "db"),)
     assert got[("volbackup_repository_locks", run)] == 1   # not counting the run's own
     assert 5 * 3600 <= got[("volbackup_repository_oldest_lock_age_seconds", run)] < 5 * 3600 + 60
+
+
+def test_locks_that_cannot_be_listed_only_warn(repo, tmp_path, monkeypatch):
+    """The lock metrics are left out, the run's own result stays ok."""
+    def unreachable():
+        raise RepositoryError("cannot list locks/: connection reset")
+
+    monkeypatch.setattr(repo, "locks", unreachable)
+    metrics, warned = tmp_path / "db.prom", []
+    schedule = Schedule("db", metrics_file=str(metrics), warn=warned.append)
+    result = schedule.run(repo, fake_backup(repo))
+    assert result.volumes[0].status == "ok" and schedule.summaries[0]["status"] == "ok"
+    assert warned == ["cannot list the repository's locks for the metrics: "
+                      "cannot list locks/: connection reset"]
+    assert schedule.summaries[0]["locks"] is None
+    text = metrics.read_text()
+    assert "volbackup_run_success" in text and "volbackup_repository" not in text
 
 
 def test_an_error_from_outside_volbackup_is_a_failed_run(repo, tmp_path, hook):
