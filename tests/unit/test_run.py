@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.test_prune import add
-from volbackup.errors import ConfigError, EngineError, RepositoryLocked
+from volbackup.errors import ConfigError, EngineError, RepositoryError, RepositoryLocked
 from volbackup.ops.backup import BackupResult, VolumeBackup
 from volbackup.ops.report import metrics_text
 from volbackup.repo import locking
@@ -23,6 +23,7 @@ from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
 from volbackup.runner import config
 from volbackup.runner.run import Schedule
+from volbackup.runner.run import summary as run_summary
 
 GOOD = """\
 [defaults]
@@ -187,6 +188,66 @@ def test_failure_keeps_earlier_last_success():
     assert ("volbackup_volume_bytes", pg) not in got
 
 
+
+def test_previous_stored_size_is_carried_for_a_jump_alert():
+    """`volbackup_volume_previous_stored_bytes`: the stored size of the volume's last
+    snapshot before this run, from the previous file, kept across a failed run."""
+    pg = (("backup_job", "db"), ("volume", "pgdata"))
+    first = metrics_text(summary())
+    assert ("volbackup_volume_previous_stored_bytes", pg) not in samples(first)  # no history
+    grown = summary(volumes=[{"volume": "pgdata", "status": "ok", "bytes": 9000,
+                              "stored_bytes": 900, "seconds": 3.0}])
+    second = metrics_text(grown, first)
+    got = samples(second)
+    assert got[("volbackup_volume_stored_bytes", pg)] == 900
+    assert got[("volbackup_volume_previous_stored_bytes", pg)] == 300
+    failed = metrics_text(summary("failed", [{"volume": "pgdata", "status": "failed"}]), second)
+    got = samples(failed)
+    assert ("volbackup_volume_stored_bytes", pg) not in got
+    assert got[("volbackup_volume_previous_stored_bytes", pg)] == 900
+    after = samples(metrics_text(summary(), failed))
+    assert after[("volbackup_volume_stored_bytes", pg)] == 300
+    assert after[("volbackup_volume_previous_stored_bytes", pg)] == 900
+
+
+def test_previous_stored_size_ignores_other_jobs_and_bad_lines():
+    pg = (("backup_job", "db"), ("volume", "pgdata"))
+    earlier = ('volbackup_volume_stored_bytes{backup_job="dbx",volume="pgdata"} 5\n'
+               'volbackup_volume_stored_bytes{backup_job="db",volume="pgdata"} lots\n')
+    assert ("volbackup_volume_previous_stored_bytes", pg) not in samples(
+        metrics_text(summary(), earlier))
+
+
+def test_lock_metrics_only_when_the_locks_are_known():
+    run = (("backup_job", "db"),)
+    got = samples(metrics_text({**summary(), "locks": {"count": 2, "oldest_age_seconds": 7200.5}}))
+    assert got[("volbackup_repository_locks", run)] == 2
+    assert got[("volbackup_repository_oldest_lock_age_seconds", run)] == 7200.5
+    none = samples(metrics_text({**summary(), "locks": {"count": 0, "oldest_age_seconds": 0}}))
+    assert none[("volbackup_repository_oldest_lock_age_seconds", run)] == 0
+    unknown = metrics_text({**summary(), "locks": None})
+    assert "volbackup_repository" not in unknown
+
+
+def test_oldest_lock_age_reads_start_times_as_untrusted():
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+
+    def lock(started):
+        return locking.LockInfo("locks/x.json", "shared", "h", 1, "", started, started)
+
+    def age(*started):
+        return run_summary("db", "/r", now, 1.0, None, None, None, finished=now,
+                           locks=[lock(s) for s in started])["locks"]
+
+    assert age() == {"count": 0, "oldest_age_seconds": 0}
+    assert age("2026-12-01T09:00:00Z", "2026-12-01T11:00:00Z") == {
+        "count": 2, "oldest_age_seconds": 3 * 3600}
+    # unreadable, without a zone, in the future (at the calendar's end): no age
+    assert age("", "soon", "2026-12-01T01:00:00", "2027-01-01T00:00:00Z",
+               "9999-12-31T23:59:59-23:59")["oldest_age_seconds"] == 0
+    assert run_summary("db", "/r", now, 1.0, None, None, None, finished=now)["locks"] is None
+
+
 # -- Schedule.run --------------------------------------------------------------------------
 
 class Hook(BaseHTTPRequestHandler):
@@ -288,7 +349,44 @@ def test_locked_repository_is_reported(repo, tmp_path):
     with pytest.raises(RepositoryLocked):
         Schedule("db", lock_wait=0, metrics_file=str(metrics)).run(repo, fake_backup(repo))
     held.release()
-    assert samples(metrics.read_text())[("volbackup_run_success", (("backup_job", "db"),))] == 0
+    got = samples(metrics.read_text())
+    assert got[("volbackup_run_success", (("backup_job", "db"),))] == 0
+    assert got[("volbackup_repository_locks", (("backup_job", "db"),))] == 1   # the holder's
+
+
+def test_a_lock_held_for_hours_is_in_the_metrics(repo, tmp_path):
+    """A run that hangs elsewhere keeps refreshing its lock: the lock is live, and old."""
+    held = locking.acquire(repo.backend, locking.SHARED, 0, "backup")
+    try:
+        info = held.info
+        info.started = (datetime.now(timezone.utc) - timedelta(hours=5)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        repo.backend.write_bytes(info.key, info.to_json())
+        metrics = tmp_path / "db.prom"
+        Schedule("db", metrics_file=str(metrics)).run(repo, fake_backup(repo, locked=False))
+    finally:
+        held.release()
+    got = samples(metrics.read_text())
+    run = (("backup_job", "db"),)
+    assert got[("volbackup_repository_locks", run)] == 1   # not counting the run's own
+    assert 5 * 3600 <= got[("volbackup_repository_oldest_lock_age_seconds", run)] < 5 * 3600 + 60
+
+
+def test_locks_that_cannot_be_listed_only_warn(repo, tmp_path, monkeypatch):
+    """The lock metrics are left out, the run's own result stays ok."""
+    def unreachable():
+        raise RepositoryError("cannot list locks/: connection reset")
+
+    monkeypatch.setattr(repo, "locks", unreachable)
+    metrics, warned = tmp_path / "db.prom", []
+    schedule = Schedule("db", metrics_file=str(metrics), warn=warned.append)
+    result = schedule.run(repo, fake_backup(repo))
+    assert result.volumes[0].status == "ok" and schedule.summaries[0]["status"] == "ok"
+    assert warned == ["cannot list the repository's locks for the metrics: "
+                      "cannot list locks/: connection reset"]
+    assert schedule.summaries[0]["locks"] is None
+    text = metrics.read_text()
+    assert "volbackup_run_success" in text and "volbackup_repository" not in text
 
 
 def test_an_error_from_outside_volbackup_is_a_failed_run(repo, tmp_path, hook):

@@ -31,11 +31,17 @@ _HELP = {
         "gauge", "When the volume was last backed up successfully (Unix time)."),
     "volbackup_volume_bytes": ("gauge", "Uncompressed tar bytes of the volume's last snapshot."),
     "volbackup_volume_stored_bytes": ("gauge", "Archive bytes of the volume's last snapshot."),
+    "volbackup_volume_previous_stored_bytes": (
+        "gauge", "Archive bytes of the volume's last snapshot before this run."),
     "volbackup_volume_duration_seconds": ("gauge", "How long the volume's last backup took."),
     "volbackup_prune_removed_snapshots": ("gauge", "Snapshots the last prune removed."),
     "volbackup_prune_kept_snapshots": ("gauge", "Snapshots the last prune kept."),
+    "volbackup_repository_locks": ("gauge", "Locks in the repository when the last run ended."),
+    "volbackup_repository_oldest_lock_age_seconds": (
+        "gauge", "Age of the oldest lock in the repository when the last run ended (0: none)."),
 }
 _CARRIED = re.compile(r'^(volbackup_(?:volume_)?last_success_timestamp_seconds)\{([^}]*)\} (\S+)$')
+_STORED = re.compile(r'^volbackup_volume_(previous_)?stored_bytes\{([^}]*)\} (\S+)$')
 
 
 def _labels(**labels: str) -> str:
@@ -49,13 +55,19 @@ def metrics_text(summary: dict, previous: str = "") -> str:
     job = summary["job"]
     ended = summary["finished_unix"]
     samples: dict[str, dict[str, float]] = {name: {} for name in _HELP}
+    stored_before: dict[str, float] = {}
     for line in previous.splitlines():   # last successes of earlier runs of the same job
-        match = _CARRIED.match(line)
-        if match and (match[2] + ",").startswith(_labels(backup_job=job) + ","):
-            try:
-                samples[match[1]][match[2]] = float(match[3])
-            except ValueError:
-                continue
+        match = _CARRIED.match(line) or _STORED.match(line)
+        if not match or not (match[2] + ",").startswith(_labels(backup_job=job) + ","):
+            continue
+        try:
+            value = float(match[3])
+        except ValueError:
+            continue
+        if match.re is _CARRIED:
+            samples[match[1]][match[2]] = value
+        elif not match[1] or match[2] not in stored_before:  # the last snapshot's size wins
+            stored_before[match[2]] = value
     run = _labels(backup_job=job)
     ok = summary["status"] == "ok"
     samples["volbackup_run_success"][run] = 1 if ok else 0
@@ -69,6 +81,8 @@ def metrics_text(summary: dict, previous: str = "") -> str:
         labels = _labels(backup_job=job, volume=v["volume"])
         good = v["status"] != "failed"
         samples["volbackup_volume_success"][labels] = 1 if good else 0
+        if labels in stored_before:  # for a "stored size jumped" alert; kept across failures
+            samples["volbackup_volume_previous_stored_bytes"][labels] = stored_before[labels]
         if good:
             samples["volbackup_volume_last_success_timestamp_seconds"][labels] = ended
             samples["volbackup_volume_bytes"][labels] = v.get("bytes", 0)
@@ -77,6 +91,10 @@ def metrics_text(summary: dict, previous: str = "") -> str:
     if summary.get("prune"):
         samples["volbackup_prune_removed_snapshots"][run] = summary["prune"]["removed"]
         samples["volbackup_prune_kept_snapshots"][run] = summary["prune"]["kept"]
+    if summary.get("locks"):
+        samples["volbackup_repository_locks"][run] = summary["locks"]["count"]
+        samples["volbackup_repository_oldest_lock_age_seconds"][run] = (
+            summary["locks"]["oldest_age_seconds"])
     lines = []
     for name, (kind, text) in _HELP.items():
         if samples[name]:

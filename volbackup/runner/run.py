@@ -64,8 +64,18 @@ class Schedule:
             raise
         finally:
             self._report(summary(self.job, repo.describe(), started,
-                                 time.monotonic() - clock, result, pruned, error))
+                                 time.monotonic() - clock, result, pruned, error,
+                                 locks=self._locks_left(repo)))
         return result
+
+    def _locks_left(self, repo: Repository) -> list[locking.LockInfo] | None:
+        """The repository's locks once this run has released its own: a lock that stays
+        for hours is a hung run elsewhere, or a lock no run may break."""
+        try:
+            return repo.locks()
+        except Exception as e:  # reporting never fails a run
+            self.warn(f"cannot list the repository's locks for the metrics: {as_error(e)}")
+            return None
 
     def _prune(self, repo: Repository, result):
         made = {v.snapshot for v in result.volumes if v.snapshot and not v.failed}
@@ -122,9 +132,11 @@ def _first_error(result) -> VolbackupError | None:
 
 
 def summary(job: str, repository: str, started: datetime, seconds: float, result, pruned,
-            error: BaseException | None, finished: datetime | None = None) -> dict:
+            error: BaseException | None, finished: datetime | None = None,
+            locks: list[locking.LockInfo] | None = None) -> dict:
     """The JSON run summary, the one place it is built: what the metrics file and the
-    notification are made from, also for a job whose repository could not be opened."""
+    notification are made from, also for a job whose repository could not be opened.
+    `locks`: those left in the repository at the end (None: not known)."""
     finished = finished or datetime.now(timezone.utc)
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         code, message = 130, "interrupted"
@@ -145,7 +157,22 @@ def summary(job: str, repository: str, started: datetime, seconds: float, result
             "kept": len(pruned.snapshots) - len(pruned.removed), "removed": len(pruned.removed),
             "freed_bytes": pruned.freed_bytes, "problems": pruned.problems,
             "future_dated": pruned.future_dated},
+        "locks": None if locks is None else {
+            "count": len(locks), "oldest_age_seconds": _oldest_age(locks, finished)},
     }
+
+
+def _oldest_age(locks: list[locking.LockInfo], now: datetime) -> float:
+    """Seconds since the oldest lock started; 0 without locks. A lock is untrusted input:
+    one whose start time cannot be read does not count, one from the future counts as 0."""
+    ages = [0.0]
+    for lock in locks:
+        try:
+            begun = datetime.fromisoformat(lock.started.replace("Z", "+00:00"))
+            ages.append(max(0.0, round((now - begun).total_seconds(), 3)))
+        except (ValueError, TypeError, OverflowError):
+            continue
+    return max(ages)
 
 
 @dataclass
