@@ -92,13 +92,18 @@ def _why(said: list[str]) -> str:
     return scrub(text)[:300]
 
 
+# Query keys of apprise URLs whose values name a server or an address, not a secret.
+_PLAIN_QUERY_KEYS = {"smtp", "from", "to", "cc", "bcc", "mode", "format", "port"}
+
+
 def _redact(text: str, url: str) -> str:
     """`text` without any piece of `url` beyond its scheme and host: a plugin's message could
     quote a token bare, outside a URL that `scrub` would cut."""
     shown = safe_url(url).lower()
     rest, _, query = url.partition("://")[2].partition("?")
-    raw = re.split(r"[/:@#]", rest) + [value for _, _, value in
-                                       (pair.partition("=") for pair in query.split("&"))]
+    raw = re.split(r"[/:@#]", rest) + [value for key, _, value in
+                                       (pair.partition("=") for pair in query.split("&"))
+                                       if key.lower() not in _PLAIN_QUERY_KEYS]
     pieces = {p for r in raw for p in (r, unquote(r)) if len(p) >= 4 and p.lower() not in shown}
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, "***")
