@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
+from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.cli.options import (
     Duration,
     host_option,
@@ -37,6 +38,7 @@ def broke_lock(lock, why) -> None:
                    "(temp files, S3 multipart uploads; see `cleanup`), once this old.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @lock_wait_option
+@quiet_option
 @json_option
 def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest, leftover_age,
           dry_run, lock_wait, as_json):
@@ -57,7 +59,8 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                                by_host=not group_by_volume_only,
                                allow_remove_newest=allow_remove_newest, dry_run=dry_run,
                                leftover_age=leftover_age, lock_wait=lock_wait)
-    result = ops.prune(Repository.open(repo, writable=not dry_run), options, broke_lock)
+    result = ops.prune(Repository.open(repo, writable=not dry_run), options, broke_lock,
+                       progress=terminal_progress())
     sweep = result.chunks
     for problem in result.problems + result.warnings + (sweep.problems if sweep else []):
         render.warn(problem)

@@ -8,7 +8,7 @@ import click
 
 from volbackup.cli import render
 from volbackup.cli.options import json_option, keep_options, lock_wait_option
-from volbackup.cli.progress import terminal_progress
+from volbackup.cli.progress import info, quiet_option, terminal_progress
 from volbackup.docker.engine import Engine
 from volbackup.ops import notify
 from volbackup.runner import config
@@ -16,7 +16,7 @@ from volbackup.runner import run as ops
 
 
 def _say(message: str) -> None:
-    render.echo(f"volbackup: {message}", err=True)
+    info(message)
 
 
 def _check_notify_urls(ctx, param, values):
@@ -61,7 +61,8 @@ def scheduling_options(command):
         if not prune_after and not rules.empty:
             raise click.UsageError("--keep-* rules go with --prune")
         schedule = ops.Schedule("backup", rules if prune_after else None, False, lock_wait,
-                                metrics_file, notify_urls, notify, render.warn, _say)
+                                metrics_file, notify_urls, notify, render.warn, _say,
+                                terminal_progress())
         return command(*args, schedule=schedule, **kw)
 
     return wrapper
@@ -73,6 +74,7 @@ def scheduling_options(command):
 @click.option("--job", "job_names", multiple=True, metavar="NAME",
               help="Run only this job (repeatable). Default: every job, in file order.")
 @click.option("--check", is_flag=True, help="Only read and check the config file.")
+@quiet_option
 @json_option
 def run(config_file, job_names, check, as_json):
     """Run the backup jobs of a config file: lock, back up, prune, report.

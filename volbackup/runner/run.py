@@ -42,6 +42,7 @@ class Schedule:
     notify: str = "failure"              # or "always"
     warn: Callable[[str], None] = lambda message: None
     say: Callable[[str], None] = lambda message: None
+    progress: ProgressFactory = no_progress  # of the prune
     summaries: list[dict] = field(default_factory=list)
     prune_error: VolbackupError | None = None
 
@@ -75,7 +76,8 @@ class Schedule:
                 host=socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
                 lock_wait=self.lock_wait,
                 protected=made)  # never what this run just made, whatever the clocks say
-            pruned = prune_ops.prune(repo, options, on_break=self._broke)
+            pruned = prune_ops.prune(repo, options, on_break=self._broke,
+                                     progress=self.progress)
         except Exception as e:
             self.prune_error = as_error(e)
             self.warn(f"prune failed: {self.prune_error}")
@@ -171,7 +173,8 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
     engine = None
     for job in jobs:
         schedule = Schedule(job.name, job.keep, job.allow_remove_newest, job.lock_wait,
-                            job.metrics_file, job.notify_urls, job.notify, warn, say)
+                            job.metrics_file, job.notify_urls, job.notify, warn, say,
+                            progress)
         try:
             secrets = Secrets(job.key_file) if job.key_file else Secrets.from_env()
             repo = Repository.open(job.repository, writable=True, secrets=secrets)
