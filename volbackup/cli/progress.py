@@ -38,10 +38,10 @@ def quiet() -> bool:
     return bool(ctx and ctx.find_root().meta.get(_QUIET))
 
 
-def info(message: str) -> None:
+def info(message: str, prefix: str = "volbackup: ") -> None:
     """A progress message on stderr (`volbackup: prune: 5 kept, 1 removed`), not with -q."""
     if not quiet():
-        echo(f"volbackup: {message}", err=True)
+        echo(f"{prefix}{message}", err=True)
 
 
 def terminal_progress() -> ProgressFactory:

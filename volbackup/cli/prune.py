@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
-from volbackup.cli.progress import quiet_option, terminal_progress
+from volbackup.cli.progress import info, quiet_option, terminal_progress
 from volbackup.cli.options import (
     Duration,
     host_option,
@@ -86,9 +86,9 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                            if sweep.too_young else "")
                         + (f", {sweep.failed} failed" if sweep.failed else ""))
         verb = "would free" if dry_run else "freed"
-        render.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
-                    f"{'to remove' if dry_run else 'removed'}; {verb} "
-                    f"{render.human_bytes(result.freed_bytes)}", err=True)
+        info(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
+             f"{'to remove' if dry_run else 'removed'}; {verb} "
+             f"{render.human_bytes(result.freed_bytes)}", prefix="")
     result.raise_for_failures()
 
 
