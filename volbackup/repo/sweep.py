@@ -14,17 +14,20 @@ million chunks, ~1.2 TiB of unique data at the default chunk size).
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from contextlib import nullcontext
 from typing import Callable, Collection, ContextManager
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend
+from volbackup.repo.catalogs import LIST_SUFFIX as CATALOG_LIST_SUFFIX
 from volbackup.repo.chunked import LIST_SUFFIX, iter_list
 from volbackup.repo.chunkstore import ChunkStore, StoredChunk, chunk_key
 
 SNAPSHOTS = "snapshots/"
+_LIST_KEY = re.compile(  # chunk lists, and the catalogues' lists of their pieces
+    rf"{SNAPSHOTS}[^/]+/[^/]+({re.escape(LIST_SUFFIX)}|{re.escape(CATALOG_LIST_SUFFIX)})")
 BATCH = 1000   # chunks removed between two progress updates (one S3 DeleteObjects call)
 
 # `progress(label, total)` -> a context giving `update(n)` (volbackup.ops.outcome's protocol).
@@ -33,7 +36,6 @@ ProgressFactory = Callable[[str, "int | None"], ContextManager[Callable[[int], N
 
 def _no_progress(label: str, total: int | None) -> ContextManager[Callable[[int], None]]:
     return nullcontext(lambda n: None)
-_LIST_KEY = re.compile(rf"{SNAPSHOTS}[^/]+/[^/]+{re.escape(LIST_SUFFIX)}")
 
 
 @dataclass
