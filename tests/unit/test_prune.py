@@ -277,3 +277,33 @@ def test_cli_text_and_json_of_leftovers(capsys, repo, repo_dir):
     assert (left[old]["status"], left[old]["kind"]) == ("removed", "archive")
     assert set(left[old]) == {"key", "kind", "age_seconds", "bytes", "status", "message",
                               "reason"}
+
+
+class Recorder:
+    """A progress factory that records each bar: [label, total, bytes updated]."""
+
+    def __init__(self):
+        self.bars: list[list] = []
+
+    def __call__(self, label, total):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bar():
+            self.bars.append([label, total, 0])
+            yield lambda n: self.bars[-1].__setitem__(2, self.bars[-1][2] + n)
+        return bar()
+
+
+def test_prune_reports_the_archive_bytes_it_removes(repo):
+    daily(repo)
+    progress = Recorder()
+    result = prune(repo, PruneOptions(Rules(last=2)), now=NOW, progress=progress)
+    assert progress.bars == [["removing snapshots", 900, 900]] == [
+        ["removing snapshots", result.freed_bytes, result.freed_bytes]]
+    nothing = Recorder()
+    prune(repo, PruneOptions(Rules(last=2)), now=NOW, progress=nothing)
+    dry = Recorder()
+    daily(repo, "other")
+    prune(repo, PruneOptions(Rules(last=2), dry_run=True), now=NOW, progress=dry)
+    assert nothing.bars == [] and dry.bars == []  # no bar without anything to remove

@@ -300,7 +300,7 @@ def test_run_locks_backs_up_prunes_and_reports(repo, tmp_path, hook):
     metrics = tmp_path / "m" / "db.prom"
     metrics.parent.mkdir()
     said, warned = [], []
-    schedule = Schedule("db", Rules(last=2), metrics_file=str(metrics), notify_url=hook,
+    schedule = Schedule("db", Rules(last=2), metrics_file=str(metrics), notify_urls=[hook],
                         notify="always", warn=warned.append, say=said.append)
     result = schedule.run(repo, fake_backup(repo))
     assert result.volumes[0].status == "ok" and warned == []
@@ -317,7 +317,7 @@ def test_failed_backup_is_reported_and_not_pruned(repo, hook):
     for _ in range(3):
         fake_backup(repo, locked=False)()
     warned = []
-    schedule = Schedule("db", Rules(last=1), notify_url=hook, warn=warned.append)
+    schedule = Schedule("db", Rules(last=1), notify_urls=[hook], warn=warned.append)
     result = schedule.run(repo, fake_backup(repo, fail=True))
     with pytest.raises(EngineError):
         schedule.raise_for_failures(result)
@@ -330,16 +330,17 @@ def test_failed_backup_is_reported_and_not_pruned(repo, hook):
 def test_notification_failure_only_warns(repo, hook):
     Hook.status = 500
     warned = []
-    Schedule("db", notify_url=hook, notify="always", warn=warned.append).run(repo, fake_backup(repo))
+    Schedule("db", notify_urls=[hook], notify="always", warn=warned.append).run(
+        repo, fake_backup(repo))
     assert len(warned) == 1 and "HTTP 500" in warned[0] and "secret" not in warned[0]
     warned.clear()
-    Schedule("db", notify_url="http://127.0.0.1:9/none", notify="always",
+    Schedule("db", notify_urls=["http://127.0.0.1:9/none"], notify="always",
              warn=warned.append).run(repo, fake_backup(repo))
     assert "failed" in warned[0]
 
 
 def test_success_is_not_notified_by_default(repo, hook):
-    Schedule("db", notify_url=hook).run(repo, fake_backup(repo))
+    Schedule("db", notify_urls=[hook]).run(repo, fake_backup(repo))
     assert Hook.received == []
 
 
@@ -399,7 +400,7 @@ def test_an_error_from_outside_volbackup_is_a_failed_run(repo, tmp_path, hook):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        Schedule("db", Rules(last=1), metrics_file=str(metrics), notify_url=hook).run(
+        Schedule("db", Rules(last=1), metrics_file=str(metrics), notify_urls=[hook]).run(
             repo, disk_full)
     got = samples(metrics.read_text())
     run = (("backup_job", "db"),)
@@ -416,14 +417,15 @@ def test_an_interrupted_run_is_reported_as_interrupted(repo, hook, stop):
         raise stop()
 
     with pytest.raises(stop):
-        Schedule("db", notify_url=hook).run(repo, interrupted)
+        Schedule("db", notify_urls=[hook]).run(repo, interrupted)
     (_, body), = Hook.received
     assert (body["status"], body["exit_code"], body["message"]) == ("failed", 130, "interrupted")
 
 
 def test_a_bad_notify_url_in_the_config_is_never_echoed(tmp_path):
     for value in ('"ftp://hooks.example.com/services/SECRET"',
-                  '"hooks.example.com/services/SECRET"', '["https://h/SECRET"]'):
+                  '"hooks.example.com/services/SECRET"', '["https://h/x", "nope://SECRET"]',
+                  '["https://h/x", 42]', '[]', '"slack://"'):
         with pytest.raises(ConfigError) as caught:
             load(tmp_path, GOOD.replace('notify_url = "https://hooks.example.com/x"',
                                         f"notify_url = {value}"))
@@ -439,7 +441,7 @@ def test_a_run_never_prunes_the_snapshot_it_made(repo, hook, ahead):
     host = locking.socket.gethostname()
     other = add(repo, "pgdata", datetime.now(timezone.utc) + ahead, host=host, suffix="f00d")
     warned = []
-    schedule = Schedule("db", Rules(last=1), notify_url=hook, notify="always",
+    schedule = Schedule("db", Rules(last=1), notify_urls=[hook], notify="always",
                         warn=warned.append)
     result = schedule.run(repo, fake_backup(repo))
     made = result.volumes[0].snapshot

@@ -171,3 +171,15 @@ def test_a_stray_file_under_chunks_is_reported_and_left_alone(repo, root, three)
     assert result.chunks.problems == [
         f"chunks/ab/notes.txt in repository {repo.describe()} is not a chunk (left alone)"]
     assert chunk_files(root) == before - only_old     # the rest is still swept
+
+
+def test_the_sweep_reports_the_chunk_bytes_it_removes(repo, three, monkeypatch):
+    from tests.unit.test_prune import Recorder
+    from volbackup.repo import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "BATCH", 1)  # one update per chunk
+    progress = Recorder()
+    result = prune(repo, PruneOptions(Rules(last=1), leftover_age=0), progress=progress)
+    assert progress.bars == [["removing chunks", result.chunks.removed_bytes,
+                              result.chunks.removed_bytes]]
+    assert result.chunks.removed_bytes > 0

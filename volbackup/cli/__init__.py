@@ -23,6 +23,7 @@ from volbackup.cli import restore as restore_cmd
 from volbackup.cli import run as run_cmd
 from volbackup.cli import snapshots as snapshots_cmd
 from volbackup.cli import transfer as transfer_cmd
+from volbackup.cli.progress import quiet_option
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 from volbackup.malloc import use_one_arena
 from volbackup.signals import Terminated, handled
@@ -31,6 +32,7 @@ from volbackup.urls import scrub
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Print a traceback with errors.")
+@quiet_option
 @click.version_option(__version__, prog_name="volbackup")
 def cli(debug: bool) -> None:
     """Back up, restore, verify and migrate Docker volumes (zstd-compressed tar archives).

@@ -7,7 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import (direct_option, json_option, repo_option, s3_write_options,
                                    secrets_options)
-from volbackup.cli.progress import terminal_progress
+from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.cli.run import scheduling_options
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
 from volbackup.docker.engine import Engine
@@ -33,6 +33,7 @@ from volbackup.repo.repository import Repository
               help="zstd compression level.")
 @direct_option
 @s3_write_options
+@quiet_option
 @json_option
 @scheduling_options
 @secrets_options(reading=False)

@@ -6,7 +6,7 @@ import click
 
 from volbackup.cli import render
 from volbackup.cli.options import json_option
-from volbackup.cli.progress import terminal_progress
+from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
 from volbackup.docker.engine import Engine
 from volbackup.ops import migrate as ops
@@ -38,6 +38,7 @@ from volbackup.ops import migrate as ops
               help="Also create volumes whose driver options keep the data outside the "
                    "target engine's volume area (o=bind,device=PATH; a device; NFS/CIFS; a "
                    "volume plugin). They are printed on stderr before they are created.")
+@quiet_option
 @json_option
 def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_context,
             from_host, from_context, target_name, force, verify, wire_compression,

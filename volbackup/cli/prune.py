@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import render
+from volbackup.cli.progress import info, quiet_option, terminal_progress
 from volbackup.cli.options import (
     Duration,
     host_option,
@@ -37,6 +38,7 @@ def broke_lock(lock, why) -> None:
                    "(temp files, S3 multipart uploads; see `cleanup`), once this old.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @lock_wait_option
+@quiet_option
 @json_option
 def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest, leftover_age,
           dry_run, lock_wait, as_json):
@@ -57,7 +59,8 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                                by_host=not group_by_volume_only,
                                allow_remove_newest=allow_remove_newest, dry_run=dry_run,
                                leftover_age=leftover_age, lock_wait=lock_wait)
-    result = ops.prune(Repository.open(repo, writable=not dry_run), options, broke_lock)
+    result = ops.prune(Repository.open(repo, writable=not dry_run), options, broke_lock,
+                       progress=terminal_progress())
     sweep = result.chunks
     for problem in result.problems + result.warnings + (sweep.problems if sweep else []):
         render.warn(problem)
@@ -83,9 +86,9 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                            if sweep.too_young else "")
                         + (f", {sweep.failed} failed" if sweep.failed else ""))
         verb = "would free" if dry_run else "freed"
-        render.echo(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
-                    f"{'to remove' if dry_run else 'removed'}; {verb} "
-                    f"{render.human_bytes(result.freed_bytes)}", err=True)
+        info(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
+             f"{'to remove' if dry_run else 'removed'}; {verb} "
+             f"{render.human_bytes(result.freed_bytes)}", prefix="")
     result.raise_for_failures()
 
 

@@ -7,7 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import (direct_option, host_option, json_option, repo_option,
                                    secrets_options)
-from volbackup.cli.progress import terminal_progress
+from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.docker.engine import Engine
 from volbackup.ops import restore as ops
 from volbackup.repo.repository import Repository
@@ -38,6 +38,7 @@ from volbackup.repo.repository import Repository
                    "and options the snapshot records.")
 @host_option
 @direct_option
+@quiet_option
 @json_option
 @secrets_options(reading=True)
 def restore(snapshots, repo, target, force, safety, restore_all, trust_options, drop_options,

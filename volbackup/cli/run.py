@@ -8,21 +8,25 @@ import click
 
 from volbackup.cli import render
 from volbackup.cli.options import json_option, keep_options, lock_wait_option
-from volbackup.cli.progress import terminal_progress
+from volbackup.cli.progress import info, quiet_option, terminal_progress
 from volbackup.docker.engine import Engine
+from volbackup.ops import notify
 from volbackup.runner import config
 from volbackup.runner import run as ops
 
 
 def _say(message: str) -> None:
-    render.echo(f"volbackup: {message}", err=True)
+    info(message)
 
 
-def _check_notify_url(ctx, param, value):
-    """An http(s) URL; the message never repeats it (its path often holds a token)."""
-    if value is not None and not value.lower().startswith(("http://", "https://")):
-        raise click.BadParameter("must be an http:// or https:// URL", param=param)
-    return value
+def _check_notify_urls(ctx, param, values):
+    """https:// (a JSON POST) or a URL apprise understands; the message never repeats the URL
+    (its path or query often holds a token)."""
+    for url in values:
+        problem = notify.check_url(url)
+        if problem:
+            raise click.BadParameter(problem, param=param)
+    return list(values)
 
 
 def scheduling_options(command):
@@ -41,19 +45,24 @@ def scheduling_options(command):
     @lock_wait_option
     @click.option("--metrics-file", metavar="PATH",
                   help="Write Prometheus text-format metrics of the run to PATH (atomically).")
-    @click.option("--notify-url", metavar="URL", callback=_check_notify_url,
-                  help="POST the JSON run summary to URL (on failure, or always with "
-                       "--notify always). Messages show only its scheme and host.")
+    @click.option("--notify-url", "notify_urls", metavar="URL", multiple=True,
+                  callback=_check_notify_urls,
+                  help="Report the run (on failure, or always with --notify always) to URL: "
+                       "https://... gets the JSON summary POSTed; ntfy://, slack://, "
+                       "discord://, tgram://, mailto://, gotify://, json:// ... (any apprise "
+                       "URL) get a message. Repeatable. Messages show only its scheme and host.")
     @click.option("--notify", type=click.Choice(["failure", "always"]), default="failure",
-                  show_default=True, help="When to POST to --notify-url.")
+                  show_default=True, help="When to notify --notify-url.")
     @functools.wraps(command)
-    def wrapper(*args, prune_after, rules, lock_wait, metrics_file, notify_url, notify, **kw):
+    def wrapper(*args, prune_after, rules, lock_wait, metrics_file, notify_urls, notify,
+                **kw):
         if prune_after and rules.empty:
             raise click.UsageError("--prune needs at least one --keep-* rule")
         if not prune_after and not rules.empty:
             raise click.UsageError("--keep-* rules go with --prune")
         schedule = ops.Schedule("backup", rules if prune_after else None, False, lock_wait,
-                                metrics_file, notify_url, notify, render.warn, _say)
+                                metrics_file, notify_urls, notify, render.warn, _say,
+                                terminal_progress())
         return command(*args, schedule=schedule, **kw)
 
     return wrapper
@@ -65,6 +74,7 @@ def scheduling_options(command):
 @click.option("--job", "job_names", multiple=True, metavar="NAME",
               help="Run only this job (repeatable). Default: every job, in file order.")
 @click.option("--check", is_flag=True, help="Only read and check the config file.")
+@quiet_option
 @json_option
 def run(config_file, job_names, check, as_json):
     """Run the backup jobs of a config file: lock, back up, prune, report.

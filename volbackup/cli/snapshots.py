@@ -6,7 +6,7 @@ import click
 
 from volbackup.cli import render
 from volbackup.cli.options import host_option, json_option, repo_option, secrets_options
-from volbackup.cli.progress import terminal_progress
+from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.ops import snapshots as ops
 from volbackup.repo.repository import Repository
 
@@ -64,6 +64,7 @@ def show(snapshot, repo, as_json):
 @click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
 @click.option("--all", "verify_all", is_flag=True, help="Verify every snapshot in REPO.")
 @repo_option
+@quiet_option
 @json_option
 @secrets_options(reading=True)
 def verify(snapshots, verify_all, repo, as_json, secrets):

@@ -9,7 +9,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import (host_option, json_option, lock_wait_option, repo_option,
                                    s3_write_options, secrets_options)
-from volbackup.cli.progress import terminal_progress
+from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.ops import transfer as ops
 from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.repo.repository import Repository
@@ -24,6 +24,7 @@ from volbackup.repo.repository import Repository
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
               help="zstd compression level.")
 @host_option
+@quiet_option
 @json_option
 @secrets_options(reading=True)
 def export(snapshot, repo, output, force, level, host, as_json, secrets):
@@ -88,6 +89,7 @@ def _volume_name(ctx, param, value):
               help="zstd compression level.")
 @lock_wait_option
 @s3_write_options
+@quiet_option
 @json_option
 @secrets_options(reading=False)
 def import_(file, repo, volume, strip, labels, level, lock_wait, s3, as_json, secrets):

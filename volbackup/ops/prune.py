@@ -18,12 +18,14 @@ not counted by the rules, and reported in `future_dated` and `warnings`
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Collection
 
 from volbackup.errors import VolbackupError, as_error
 from volbackup.ops.cleanup import GONE, TOO_YOUNG, Status, remove_unfinished
+from volbackup.ops.outcome import ProgressFactory, no_progress
 from volbackup.repo import locking, retention
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository
@@ -120,17 +122,19 @@ class PruneResult:
 
 def prune(repo: Repository, options: PruneOptions,
           on_break: Callable[[locking.LockInfo, str], None] = lambda lock, why: None,
-          now: datetime | None = None) -> PruneResult:
-    """Apply `options`; `now` (default: the clock, read once the lock is held) is for tests."""
+          now: datetime | None = None, progress: ProgressFactory = no_progress) -> PruneResult:
+    """Apply `options`; `now` (default: the clock, read once the lock is held) is for tests.
+    `progress`: the bytes of the archives, then of the chunks, being removed."""
     if options.rules.empty:
         raise ValueError("prune needs at least one keep rule")
     if options.dry_run:  # reads only: no lock, works on a read-only repository
-        return _prune(repo, options, now)
+        return _prune(repo, options, now, progress)
     with repo.lock(locking.EXCLUSIVE, options.lock_wait, "prune", on_break):
-        return _prune(repo, options, now)
+        return _prune(repo, options, now, progress)
 
 
-def _prune(repo: Repository, options: PruneOptions, now: datetime | None) -> PruneResult:
+def _prune(repo: Repository, options: PruneOptions, now: datetime | None,
+           progress: ProgressFactory) -> PruneResult:
     now = now or datetime.now(timezone.utc)  # read once the lock is held
     dry_run = options.dry_run
     listing = repo.snapshots(host=options.host)
@@ -146,29 +150,42 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None) -> Pru
                                  options.allow_remove_newest,
                                  set(options.protected)) if snaps else []
     result = PruneResult(repo.describe(), dry_run, rules.describe(), [], [], problems)
-    for d in decisions:
-        m = manifests[d.snap.id]
-        if d.future:
-            result.future_dated.append(m.snapshot)
-            result.warnings.append(
-                f"snapshot {m.snapshot} is dated {utc_iso(d.snap.created)}, after this host's "
-                f"clock ({utc_iso(now)}): kept, and not counted by the keep rules (another "
-                f"host's clock ahead, or a wrong manifest?)")
-        status = Status.KEPT if d.keep else (Status.WOULD_REMOVE if dry_run else Status.REMOVED)
-        out = SnapshotDecision(m.snapshot, m.volume, m.host, m.created, d.keep, d.reasons,
-                               status, m.stored_bytes)
-        if not d.keep and not dry_run:
-            _remove(repo, m, out)
-        result.snapshots.append(out)
+    # An archive's stored bytes are its size; in a chunked repository the sweep is the
+    # long part, and a snapshot's stored bytes (shared chunks) say nothing of its removal.
+    doomed = sum(manifests[d.snap.id].stored_bytes for d in decisions if not d.keep)
+    bar = (progress("removing snapshots", doomed) if doomed and not dry_run
+           and repo.config is None else nullcontext(lambda n: None))
+    with bar as update:
+        for d in decisions:
+            _decide(repo, d, manifests[d.snap.id], result, now, dry_run, update)
     if options.host is None or wanted is not None:  # leftovers have no host: only by volume
+
         result.leftovers = _leftovers(repo, wanted, dry_run,
                                       timedelta(seconds=options.leftover_age), now)
     if repo.config is not None:
         # Last: what the removed snapshots and leftovers alone held (every volume's lists
         # count, so a prune of some volumes never takes what others use).
         result.chunks = repo.sweep_chunks(timedelta(seconds=options.leftover_age), now,
-                                          dry_run, _would_go(repo, manifests, result))
+                                          dry_run, _would_go(repo, manifests, result),
+                                          progress)
     return result
+
+
+def _decide(repo: Repository, d, m: Manifest, result: PruneResult, now: datetime,
+            dry_run: bool, update: Callable[[int], None]) -> None:
+    if d.future:
+        result.future_dated.append(m.snapshot)
+        result.warnings.append(
+            f"snapshot {m.snapshot} is dated {utc_iso(d.snap.created)}, after this host's "
+            f"clock ({utc_iso(now)}): kept, and not counted by the keep rules (another "
+            f"host's clock ahead, or a wrong manifest?)")
+    status = Status.KEPT if d.keep else (Status.WOULD_REMOVE if dry_run else Status.REMOVED)
+    out = SnapshotDecision(m.snapshot, m.volume, m.host, m.created, d.keep, d.reasons,
+                           status, m.stored_bytes)
+    if not d.keep and not dry_run:
+        _remove(repo, m, out)
+        update(m.stored_bytes)
+    result.snapshots.append(out)
 
 
 def _would_go(repo: Repository, manifests: dict[str, Manifest], result: PruneResult

@@ -420,11 +420,12 @@ class Repository:
         return out
 
     def sweep_chunks(self, min_age: timedelta, now: datetime, dry_run: bool = False,
-                     gone: Iterable[str] = ()) -> sweep.ChunkSweep:
+                     gone: Iterable[str] = (),
+                     progress: sweep.ProgressFactory = sweep._no_progress) -> sweep.ChunkSweep:
         """Remove the chunks no chunk list names (older than `min_age`); under the
         exclusive lock only (volbackup.repo.sweep). `gone`: the keys of chunk lists a dry
         run counts as removed."""
-        return sweep.sweep(self.backend, self.chunk_store, min_age, now, dry_run, gone)
+        return sweep.sweep(self.backend, self.chunk_store, min_age, now, dry_run, gone, progress)
 
     def remove_orphan(self, orphan: Orphan) -> None:
         if not _ARCHIVE_KEY.fullmatch(orphan.key):

@@ -14,9 +14,10 @@ million chunks, ~1.2 TiB of unique data at the default chunk size).
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Collection
+from typing import Callable, Collection, ContextManager
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend
@@ -27,6 +28,14 @@ from volbackup.repo.chunkstore import ChunkStore, StoredChunk, chunk_key
 SNAPSHOTS = "snapshots/"
 _LIST_KEY = re.compile(  # chunk lists, and the catalogues' lists of their pieces
     rf"{SNAPSHOTS}[^/]+/[^/]+({re.escape(LIST_SUFFIX)}|{re.escape(CATALOG_LIST_SUFFIX)})")
+BATCH = 1000   # chunks removed between two progress updates (one S3 DeleteObjects call)
+
+# `progress(label, total)` -> a context giving `update(n)` (volbackup.ops.outcome's protocol).
+ProgressFactory = Callable[[str, "int | None"], ContextManager[Callable[[int], None]]]
+
+
+def _no_progress(label: str, total: int | None) -> ContextManager[Callable[[int], None]]:
+    return nullcontext(lambda n: None)
 
 
 @dataclass
@@ -44,7 +53,8 @@ class ChunkSweep:
 
 
 def sweep(backend: Backend, store: ChunkStore, min_age: timedelta, now: datetime,
-          dry_run: bool, gone: Collection[str] = ()) -> ChunkSweep:
+          dry_run: bool, gone: Collection[str] = (),
+          progress: ProgressFactory = _no_progress) -> ChunkSweep:
     """`gone`: keys of chunk lists to count as removed, in a dry run those a real prune
     would have removed before sweeping (else a dry run would say no chunk is freed)."""
     result = ChunkSweep()
@@ -81,10 +91,15 @@ def sweep(backend: Backend, store: ChunkStore, min_age: timedelta, now: datetime
     if dry_run or not doomed:
         return result
     sizes = {chunk_key(c.id): c.size for c in doomed}
-    for key, message in backend.delete_many(list(sizes)):
-        result.failed += 1
-        result.removed -= 1
-        result.removed_bytes -= sizes[key]
-        if len(result.problems) < 10:
-            result.problems.append(f"{key}: not removed: {message}")
+    keys = list(sizes)
+    with progress("removing chunks", result.removed_bytes) as update:
+        for start in range(0, len(keys), BATCH):
+            batch = keys[start:start + BATCH]
+            for key, message in backend.delete_many(batch):
+                result.failed += 1
+                result.removed -= 1
+                result.removed_bytes -= sizes[key]
+                if len(result.problems) < 10:
+                    result.problems.append(f"{key}: not removed: {message}")
+            update(sum(sizes[key] for key in batch))
     return result

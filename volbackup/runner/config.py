@@ -13,7 +13,8 @@
     level = 3
     lock_wait = "5m"
     metrics_file = "/var/lib/node_exporter/textfile/volbackup-db.prom"
-    notify_url = "https://alerts.example.com/hook"
+    notify_url = "https://alerts.example.com/hook"   # a JSON POST; or apprise URLs, one or a
+                                # list: ["ntfy://ntfy.sh/backups", "mailto://..."]
     notify = "failure"          # or "always"
     keep = { daily = 7, weekly = 4, monthly = 12 }
 
@@ -29,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from volbackup.errors import ConfigError
+from volbackup.ops import notify
 from volbackup.ops.select import Selection
 from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.repo.retention import PERIODS, Rules
@@ -57,7 +59,7 @@ class Job:
     level: int = 3
     lock_wait: float = 60.0
     metrics_file: str | None = None
-    notify_url: str | None = None
+    notify_urls: list[str] = field(default_factory=list)
     notify: str = "failure"
     keep: Rules | None = None
     allow_remove_newest: bool = False
@@ -187,10 +189,9 @@ def _job(where: _Where, name: str, spec) -> Job:
         if wait is None:
             raise bad("lock_wait", "a duration like 60s, 5m or 1h")
         job.lock_wait = wait
-    job.metrics_file, job.notify_url = text("metrics_file"), text("notify_url")
+    job.metrics_file = text("metrics_file")
     job.key_file = text("key_file")
-    if job.notify_url and not job.notify_url.startswith(("http://", "https://")):
-        raise bad("notify_url", "an http:// or https:// URL")
+    job.notify_urls = _notify_urls(where, table, spec, bad)
     job.notify = text("notify") or "failure"
     if job.notify not in ("failure", "always"):
         raise bad("notify", '"failure" or "always"')
@@ -201,6 +202,22 @@ def _job(where: _Where, name: str, spec) -> Job:
     if "keep" in spec:
         job.keep = _keep(where, f"{table}.keep", spec["keep"])
     return job
+
+
+def _notify_urls(where: _Where, table: str, spec: dict, bad) -> list[str]:
+    """One URL or a list; each an https:// POST or a URL apprise understands. Errors never
+    repeat a URL: its path or query holds the token."""
+    value = spec.get("notify_url", [])
+    urls = [value] if isinstance(value, str) else value
+    if "notify_url" in spec and (not isinstance(urls, list) or not urls or not all(
+            isinstance(u, str) and u for u in urls)):
+        raise bad("notify_url", "a URL or a non-empty list of URLs")
+    for number, url in enumerate(urls, 1):
+        problem = notify.check_url(url)
+        if problem:
+            which = f"URL {number} of {len(urls)}" if len(urls) > 1 else "the URL"
+            raise where.error(table, "notify_url", f"{which}: {problem}")
+    return list(urls)
 
 
 def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:

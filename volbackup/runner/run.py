@@ -19,7 +19,7 @@ from volbackup import __version__
 from volbackup.errors import PartialFailure, VolbackupError, as_error
 from volbackup.ops import backup as backup_ops
 from volbackup.ops import prune as prune_ops
-from volbackup.ops import report
+from volbackup.ops import notify, report
 from volbackup.ops.outcome import ProgressFactory, no_progress
 from volbackup.repo import locking
 from volbackup.repo.repository import Repository
@@ -38,10 +38,11 @@ class Schedule:
     allow_remove_newest: bool = False
     lock_wait: float = 60.0
     metrics_file: str | None = None
-    notify_url: str | None = None
+    notify_urls: list[str] = field(default_factory=list)  # https:// POST or apprise URLs
     notify: str = "failure"              # or "always"
     warn: Callable[[str], None] = lambda message: None
     say: Callable[[str], None] = lambda message: None
+    progress: ProgressFactory = no_progress  # of the prune
     summaries: list[dict] = field(default_factory=list)
     prune_error: VolbackupError | None = None
 
@@ -85,7 +86,8 @@ class Schedule:
                 host=socket.gethostname(), allow_remove_newest=self.allow_remove_newest,
                 lock_wait=self.lock_wait,
                 protected=made)  # never what this run just made, whatever the clocks say
-            pruned = prune_ops.prune(repo, options, on_break=self._broke)
+            pruned = prune_ops.prune(repo, options, on_break=self._broke,
+                                     progress=self.progress)
         except Exception as e:
             self.prune_error = as_error(e)
             self.warn(f"prune failed: {self.prune_error}")
@@ -117,9 +119,8 @@ class Schedule:
                 report.write_metrics(self.metrics_file, data)
             except OSError as e:
                 self.warn(f"cannot write the metrics file {self.metrics_file}: {e.strerror or e}")
-        if self.notify_url and (self.notify == "always" or data["status"] != "ok"):
-            problem = report.notify(self.notify_url, data)
-            if problem:
+        if self.notify_urls and (self.notify == "always" or data["status"] != "ok"):
+            for problem in notify.notify(self.notify_urls, data):
                 self.warn(f"{problem} (the run's own result is unchanged)")
 
 
@@ -199,7 +200,8 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
     engine = None
     for job in jobs:
         schedule = Schedule(job.name, job.keep, job.allow_remove_newest, job.lock_wait,
-                            job.metrics_file, job.notify_url, job.notify, warn, say)
+                            job.metrics_file, job.notify_urls, job.notify, warn, say,
+                            progress)
         try:
             secrets = Secrets(job.key_file) if job.key_file else Secrets.from_env()
             repo = Repository.open(job.repository, writable=True, secrets=secrets)
