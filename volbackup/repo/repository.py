@@ -211,6 +211,14 @@ class Repository:
     def describe(self) -> str:
         return self.backend.describe()
 
+    def probe_write(self) -> None:
+        """Raise RepositoryError unless this process can write here (a probe, removed)."""
+        self.backend.probe_write()
+
+    def free_space(self) -> int | None:
+        """Bytes free in a directory repository; None where a store cannot say (S3)."""
+        return self.backend.free_space()
+
     # -- keys
     @staticmethod
     def manifest_key(snapshot_id: str) -> str:
