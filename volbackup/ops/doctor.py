@@ -137,13 +137,13 @@ def _repository_check(url: str, secrets: Secrets | None, checks: list[Check]
                       ) -> Repository | None:
     try:
         repo = Repository.open(url, secrets=secrets)
+        repo.require_repository()
     except VolbackupError as e:
         checks.append(Check("repository", PROBLEM, str(e),
                             "create it (a directory, or a bucket), or fix -r and the "
                             "credentials"))
         return None
     try:
-        repo.require_repository()
         repo.probe_write()
         repo.check_secrets(reading=False)
     except VolbackupError as e:
