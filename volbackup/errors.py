@@ -163,6 +163,14 @@ class KeyProblem(VolbackupError):
                "created or changed.")
 
 
+class NotReady(VolbackupError):
+    exit_code = 18
+    title = "backup would fail"
+    summary = ("`volbackup doctor` found a problem that would make a backup fail (the engine "
+               "or the repository cannot be reached, the repository is not writable, full or "
+               "not a repository, a lock no run can break); warnings alone exit 0.")
+
+
 class Interrupted(VolbackupError):
     exit_code = 130
     title = "interrupted"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from volbackup.cli import render
+from volbackup.cli import complete, render
 from volbackup.cli.options import (direct_option, json_option, repo_option, s3_write_options,
                                    secrets_options)
 from volbackup.cli.progress import quiet_option, terminal_progress
@@ -16,7 +16,7 @@ from volbackup.repo.repository import Repository
 
 
 @click.command()
-@click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
+@click.argument("volumes", nargs=-1, metavar="[VOLUME]...", shell_complete=complete.volumes)
 @click.option("-c", "--container", metavar="NAME",
               help="Back up every volume and bind mount of this container (a bind of one "
                    "file: that file; of a socket, FIFO or device: skipped, with the reason).")

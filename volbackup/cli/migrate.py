@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from volbackup.cli import render
+from volbackup.cli import complete, render
 from volbackup.cli.options import json_option
 from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
@@ -13,7 +13,7 @@ from volbackup.ops import migrate as ops
 
 
 @click.command()
-@click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
+@click.argument("volumes", nargs=-1, metavar="[VOLUME]...", shell_complete=complete.volumes)
 @click.option("-c", "--container", metavar="NAME",
               help="Migrate every volume and bind mount of this container.")
 @selection_options

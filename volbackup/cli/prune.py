@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from volbackup.cli import render
+from volbackup.cli import complete, render
 from volbackup.cli.progress import info, quiet_option, terminal_progress
 from volbackup.cli.options import (
     Duration,
@@ -26,6 +26,7 @@ def broke_lock(lock, why) -> None:
 @repo_option
 @keep_options
 @click.option("--volume", "volumes", multiple=True, metavar="VOLUME",
+              shell_complete=complete.repo_volumes,
               help="Only this volume's snapshots (repeatable). Default: every volume.")
 @host_option
 @click.option("--group-by-volume-only", is_flag=True,

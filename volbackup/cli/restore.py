@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from volbackup.cli import render
+from volbackup.cli import complete, render
 from volbackup.cli.options import (direct_option, host_option, json_option, repo_option,
                                    secrets_options)
 from volbackup.cli.progress import quiet_option, terminal_progress
@@ -14,7 +14,8 @@ from volbackup.repo.repository import Repository
 
 
 @click.command()
-@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
+@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...",
+                shell_complete=complete.snapshots)
 @repo_option
 @click.option("--as", "target", metavar="NAME", help="Restore into a volume of this name.")
 @click.option("--force", is_flag=True,

@@ -6,6 +6,7 @@ import functools
 
 import click
 
+from volbackup.cli import complete
 from volbackup.ops.select import Selection
 
 
@@ -16,7 +17,7 @@ def selection_options(command):
     @click.option("--label", "labels", multiple=True, metavar="KEY[=VALUE]",
                   help="Volumes with this label (repeatable: all must match).")
     @click.option("--project", metavar="NAME", help="The volumes of a Compose project.")
-    @click.option("--exclude", multiple=True, metavar="VOLUME",
+    @click.option("--exclude", multiple=True, metavar="VOLUME", shell_complete=complete.volumes,
                   help="Leave this volume out (repeatable).")
     @click.option("--include-anonymous", is_flag=True,
                   help="Let --all, --label and --project match anonymous volumes too.")

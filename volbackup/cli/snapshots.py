@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from volbackup.cli import render
+from volbackup.cli import complete, render
 from volbackup.cli.options import host_option, json_option, repo_option, secrets_options
 from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.ops import snapshots as ops
@@ -14,7 +14,7 @@ LIST_FIELDS = ("snapshot", "volume", "created", "host", "bytes", "stored_bytes",
 
 
 @click.command("list")
-@click.argument("volume", required=False)
+@click.argument("volume", required=False, shell_complete=complete.repo_volumes)
 @repo_option
 @host_option
 @json_option
@@ -45,7 +45,7 @@ def list_cmd(volume, repo, host, as_json):
 
 
 @click.command()
-@click.argument("snapshot")
+@click.argument("snapshot", shell_complete=complete.snapshots)
 @repo_option
 @json_option
 def show(snapshot, repo, as_json):
@@ -61,7 +61,8 @@ def show(snapshot, repo, as_json):
 
 
 @click.command()
-@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
+@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...",
+                shell_complete=complete.snapshots)
 @click.option("--all", "verify_all", is_flag=True, help="Verify every snapshot in REPO.")
 @repo_option
 @quiet_option

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from volbackup.cli import render
+from volbackup.cli import complete, render
 from volbackup.cli.options import (host_option, json_option, lock_wait_option, repo_option,
                                    s3_write_options, secrets_options)
 from volbackup.cli.progress import quiet_option, terminal_progress
@@ -16,7 +16,7 @@ from volbackup.repo.repository import Repository
 
 
 @click.command("export")
-@click.argument("snapshot")
+@click.argument("snapshot", shell_complete=complete.snapshots)
 @repo_option
 @click.option("-o", "--output", "output", required=True, metavar="FILE",
               help="Where the .tar.zst goes; - is stdout (not a terminal).")
@@ -78,6 +78,7 @@ def _volume_name(ctx, param, value):
 @click.argument("file", type=click.File("rb", lazy=False))
 @repo_option
 @click.option("--volume", required=True, metavar="NAME", callback=_volume_name,
+              shell_complete=complete.volumes,
               help="The volume the snapshot is of (restore creates it under this name).")
 @click.option("--strip-components", "strip", type=click.IntRange(0, 64), default=0,
               show_default=True, metavar="N",

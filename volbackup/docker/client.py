@@ -56,7 +56,8 @@ def engine_errors(doing: str, not_found: str | None = None) -> Iterator[None]:
         raise EngineError(f"{doing}: {short(e)}") from None
 
 
-def connect(base_url: str | None = None, context: str | None = None) -> tuple[docker.DockerClient, str]:
+def connect(base_url: str | None = None, context: str | None = None,
+            timeout: float | None = None) -> tuple[docker.DockerClient, str]:
     """A pinged client of the engine at `base_url`, or of a Docker context, or from the
     environment, and where that is (scheme and host only, for messages)."""
     tls = None
@@ -74,9 +75,10 @@ def connect(base_url: str | None = None, context: str | None = None) -> tuple[do
     try:
         if base_url:
             client = docker.DockerClient(base_url=base_url, tls=tls or False,
-                                         use_ssh_client=base_url.startswith("ssh://"))
+                                         use_ssh_client=base_url.startswith("ssh://"),
+                                         **({"timeout": timeout} if timeout else {}))
         else:
-            client = docker.from_env()
+            client = docker.from_env(**({"timeout": timeout} if timeout else {}))
         client.ping()
     except (docker.errors.DockerException, requests.RequestException) as e:
         reason = short(e)

@@ -58,6 +58,21 @@ def directory_for(engine: Engine, path: str | None) -> str | None:
     return engine.local_directory(path)
 
 
+def missing(engine: Engine, volume_area: str | None) -> list[str]:
+    """What this host lacks for the direct path ([] when it has everything): "root",
+    "GNU tar", "a local engine" (one whose directories are this host's: not remote, not
+    in another mount namespace, no user-namespace remapping). `volume_area`: a directory
+    of the engine's (its volumes directory) to prove the last one on."""
+    lacking = []
+    if os.geteuid() != 0:
+        lacking.append("root")
+    if gnu_tar() is None:
+        lacking.append("GNU tar")
+    if volume_area is None or engine.local_directory(volume_area) is None:
+        lacking.append("a local engine")
+    return lacking
+
+
 def file_directory_for(engine: Engine, path: str | None) -> str | None:
     """For a bind of one file: the directory holding `path` if GNU tar can read it there
     (`directory_for`) and `path` is a regular file, not a symlink (tar would store the

@@ -9,12 +9,13 @@ import docker
 
 from volbackup.docker import client as _client
 from volbackup.docker.containers import ContainerCalls
+from volbackup.docker.facts import FactCalls
 from volbackup.docker.helpers import HelperCalls
 from volbackup.docker.hostpaths import HostPaths
 from volbackup.docker.volumes import VolumeCalls
 
 
-class Engine(VolumeCalls, ContainerCalls, HelperCalls, HostPaths):
+class Engine(VolumeCalls, ContainerCalls, HelperCalls, HostPaths, FactCalls):
     """One engine, as `Engine.connect` reaches it. The base classes only group its calls."""
 
     def __init__(self, client: docker.DockerClient, where: str):
@@ -23,9 +24,11 @@ class Engine(VolumeCalls, ContainerCalls, HelperCalls, HostPaths):
         self.where = where
 
     @classmethod
-    def connect(cls, base_url: str | None = None, context: str | None = None) -> "Engine":
-        """The engine at `base_url`, or of a Docker context, or from the environment."""
-        return cls(*_client.connect(base_url, context))
+    def connect(cls, base_url: str | None = None, context: str | None = None,
+                timeout: float | None = None) -> "Engine":
+        """The engine at `base_url`, or of a Docker context, or from the environment;
+        `timeout` (seconds) bounds each request (default: docker-py's 60)."""
+        return cls(*_client.connect(base_url, context, timeout))
 
     @property
     def is_remote(self) -> bool:

@@ -69,6 +69,15 @@ class HelperCalls:
             self.api.import_image_from_data(empty.getvalue(), repository=repository, tag=tag,
                                             changes=[f"LABEL {IMAGE_LABEL}=helper"])
 
+    def helpers_left(self) -> list[tuple[str, bool]]:
+        """(name, stale) of every helper and claim on the engine: stale ones belong to a
+        run that is over (the next run removes them); the others to a run still going."""
+        with engine_errors("looking for leftover helpers"):
+            helpers = self.api.containers(all=True, filters={"label": HELPER_LABEL})
+        return [(helper["Names"][0].lstrip("/"),
+                 _helper_is_stale(helper.get("Labels") or {}, helper.get("Created", 0)))
+                for helper in helpers]
+
     def remove_stale_helpers(self) -> list[str]:
         """Remove helpers whose run is over: its process is gone, or it is a day old."""
         removed = []

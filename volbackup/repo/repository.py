@@ -46,6 +46,10 @@ _ARCHIVE_KEY = re.compile(rf"{PREFIX}(?P<volume>{VOLUME_NAME.pattern})/(?P<stamp
                           rf"(?P<suffix>{'|'.join(re.escape(s) for s in _SUFFIXES)})")
 
 
+_MANIFEST_KEY = re.compile(rf"{PREFIX}(?P<volume>{VOLUME_NAME.pattern})/(?P<stamp>{STAMP})"
+                          rf"{re.escape(MANIFEST_SUFFIX)}")
+
+
 def new_snapshot_id(volume: str, created: datetime) -> str:
     return f"{volume}@{created.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
 
@@ -228,6 +232,14 @@ class Repository:
     def describe(self) -> str:
         return self.backend.describe()
 
+    def probe_write(self) -> None:
+        """Raise RepositoryError unless this process can write here (a probe, removed)."""
+        self.backend.probe_write()
+
+    def free_space(self) -> int | None:
+        """Bytes free in a directory repository; None where a store cannot say (S3)."""
+        return self.backend.free_space()
+
     # -- keys
     @staticmethod
     def manifest_key(snapshot_id: str) -> str:
@@ -302,6 +314,16 @@ class Repository:
         names = {_volume_of(info.key) for info in self.backend.list(PREFIX)
                  if info.key.endswith(MANIFEST_SUFFIX) or info.error}
         return sorted(n for n in names if n)
+
+    def snapshot_ids(self) -> list[str]:
+        """The ids of the snapshots whose manifests are listed, from their keys alone (no
+        manifest is read: quick, for shell completion; `snapshots()` checks them)."""
+        ids = []
+        for info in self.backend.list(PREFIX):
+            match = _MANIFEST_KEY.fullmatch(info.key)
+            if match and not info.error:
+                ids.append(f"{match['volume']}@{match['stamp']}")
+        return ids
 
     def snapshots(self, volume: str | None = None, host: str | None = None) -> Listing:
         """Every readable snapshot (oldest first), and a message for each unreadable one.

@@ -9,6 +9,7 @@ marks a failure worth retrying by raising `TransientError`, and `retry.RetryBack
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -142,6 +143,17 @@ class Backend(ABC):
 
     def remove_temp(self, temp: TempFile) -> None:
         raise NotImplementedError
+
+    def free_space(self) -> int | None:
+        """Bytes free for writing, where the store can say (a directory); None otherwise."""
+        return None
+
+    def probe_write(self) -> None:
+        """Raise RepositoryError unless a blob can be written here: writes and removes a
+        small probe blob (a directory backend overrides it with check(writable=True))."""
+        key = f"probes/{secrets.token_hex(8)}"
+        self.write_bytes(key, b"")
+        self.delete(key)
 
     def read_bytes(self, key: str, limit: int | None = MAX_SMALL_BLOB) -> bytes:
         """A whole blob, at most `limit` bytes (None: no cap); a bigger one is a BadEntry,

@@ -357,6 +357,16 @@ class LocalBackend(Backend):
         finally:
             os.close(parent)
 
+    def free_space(self) -> int | None:
+        try:
+            fs = os.statvfs(self.root)
+        except OSError as e:
+            raise self._error(e, "measure free space") from None
+        return fs.f_bavail * fs.f_frsize
+
+    def probe_write(self) -> None:
+        self.check(writable=True)
+
     def foreign_entries(self) -> list[str]:
         """Names at the root that volbackup did not make (hidden ones and lost+found
         aside); [] when the root holds snapshots/, locks/ or config (it is a repository)."""
