@@ -8,6 +8,8 @@ from typing import Callable
 
 import click
 
+from volbackup import timefmt
+
 JSON_VERSION = 1
 
 # C0 controls (ESC, CR, BEL, newline...), DEL, C1 controls, and the bidirectional
@@ -35,13 +37,7 @@ def emit_json(command: str, **payload) -> None:
                           indent=2, sort_keys=False))
 
 
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+human_bytes = timefmt.human_bytes
 
 
 def note(message: str) -> None:

@@ -18,6 +18,7 @@ import re
 from urllib.parse import unquote
 
 from volbackup.ops import report
+from volbackup.timefmt import human_bytes
 from volbackup.urls import safe_url, scrub
 
 PLAIN = ("http://", "https://")
@@ -140,10 +141,4 @@ def message(summary: dict) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+_size = human_bytes

@@ -31,7 +31,7 @@ from volbackup.repo.config import CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
 from volbackup.stream.chunker import cut, cut_at_members
-from volbackup.stream.chunks import READ_CHUNK
+from volbackup.stream.chunks import read_chunks, split_lines
 from volbackup.stream.tarstream import Entry, TarWalker
 
 LIST_SUFFIX = ".chunks"
@@ -259,18 +259,5 @@ def iter_list(reader, digest=None) -> Iterator[tuple[str, int]]:
 
 
 def _lines(reader) -> Iterator[bytes]:
-    """Lines of a chunk list, each with its newline; a line longer than any valid one, or
-    a last line without a newline, is yielded as it is (and refused by the caller)."""
-    rest = b""
-    while piece := reader.read(READ_CHUNK):
-        rest += piece
-        lines = rest.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-        if len(rest) > MAX_LINE:
-            yield rest
-            return
-    if rest:
-        yield rest
-
+    """Lines of a chunk list (volbackup.stream.chunks.split_lines)."""
+    return split_lines(read_chunks(reader), MAX_LINE)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
+from volbackup.stream import chunks
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name
 
 CATALOG_VERSION = 1
@@ -118,22 +119,7 @@ def parse(lines: Iterable[bytes], stream_bytes: int) -> Iterator[CatalogEntry]:
 
 
 def split_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines (with their newline) from byte pieces; a line longer than MAX_LINE, or a last
-    one without a newline, is yielded as it is (and refused by parse)."""
-    rest = b""
-    for piece in pieces:
-        rest += piece
-        if b"\n" not in piece and len(rest) <= MAX_LINE:
-            continue
-        lines = rest.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-        if len(rest) > MAX_LINE:
-            yield rest
-            return
-    if rest:
-        yield rest
+    return chunks.split_lines(pieces, MAX_LINE)
 
 
 def walk(tar_pieces: Iterable[bytes]) -> Iterator[CatalogEntry]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 READ_CHUNK = 1 << 20
 
@@ -14,3 +14,23 @@ def read_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+def split_lines(pieces: Iterable[bytes], max_line: int) -> Iterator[bytes]:
+    """Lines (each with its newline) of a stream given as byte pieces; a line longer than
+    `max_line`, or a last line without a newline, is yielded as it is, for the caller to
+    refuse (chunk lists and catalogues are untrusted input: memory stays bounded)."""
+    rest = b""
+    for piece in pieces:
+        rest += piece
+        if b"\n" not in piece and len(rest) <= max_line:
+            continue
+        lines = rest.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+        if len(rest) > max_line:
+            yield rest
+            return
+    if rest:
+        yield rest
