@@ -16,6 +16,8 @@
     notify_url = "https://alerts.example.com/hook"
     notify = "failure"          # or "always"
     keep = { daily = 7, weekly = 4, monthly = 12 }
+    copy_to = "s3://offsite/prod"   # then copy the snapshots just made there
+    copy_to_key_file = "/etc/volbackup/offsite.key"  # if that repository is encrypted
 
 Errors name the file, the job, the key and, where it can be found, the line.
 """
@@ -44,7 +46,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
             "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct",
-            "parallel", "key_file"}
+            "parallel", "key_file", "copy_to", "copy_to_key_file"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -68,6 +70,8 @@ class Job:
     direct: bool | None = None   # --direct / --no-direct; None: the default
     parallel: int = 1            # as backup --jobs N
     key_file: str | None = None  # an encrypted repository's key (backup --key-file)
+    copy_to: str | None = None   # a second repository: the snapshots made are copied there
+    copy_to_key_file: str | None = None  # its key, if it is encrypted (copy --to-key-file)
 
 
 def parse_duration(value) -> float | None:
@@ -189,6 +193,10 @@ def _job(where: _Where, name: str, spec) -> Job:
         job.lock_wait = wait
     job.metrics_file, job.notify_url = text("metrics_file"), text("notify_url")
     job.key_file = text("key_file")
+    job.copy_to, job.copy_to_key_file = text("copy_to"), text("copy_to_key_file")
+    if job.copy_to_key_file and not job.copy_to:
+        raise where.error(table, "copy_to_key_file", "goes with copy_to (the repository "
+                                                     "it is the key of)")
     if job.notify_url and not job.notify_url.startswith(("http://", "https://")):
         raise bad("notify_url", "an http:// or https:// URL")
     job.notify = text("notify") or "failure"
