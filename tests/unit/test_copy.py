@@ -306,3 +306,35 @@ def test_a_copy_killed_midway_is_completed_by_the_next(tmp_path):
     assert 200 <= len(durable) < outcome.chunks
     assert outcome.chunks_sent == outcome.chunks - len(durable)  # the rest, not all again
     assert restored(target, target.load(big.snapshot)) == restored(repo, big)
+
+
+def test_encrypted_to_encrypted_with_another_key(tmp_path, source):
+    repo, made = source
+    sides = {}
+    for name in ("one", "two"):
+        identity = tmp_path / f"{name}.id"
+        subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+        recipient = subprocess.run(["age-keygen", "-y", str(identity)], check=True,
+                                   capture_output=True, text=True).stdout.strip()
+        (tmp_path / name).mkdir()
+        Repository.init(str(tmp_path / name), config=RepoConfig.new(avg_size=4096),
+                        encrypt_to=[recipient], key_file=str(tmp_path / f"{name}.key"))
+        sides[name] = Repository.open(str(tmp_path / name), writable=True, secrets=Secrets(
+            str(tmp_path / f"{name}.key"), str(identity)))
+    ops.copy(repo, sides["one"], ALL)
+    result = ops.copy(sides["one"], sides["two"], ALL)
+    assert [o.status for o in result.snapshots] == ["copied"] * 3
+    assert sum(o.chunks_sent for o in result.snapshots) > 0
+    assert chunk_files(tmp_path / "one").isdisjoint(chunk_files(tmp_path / "two"))  # own names
+    two = sides["two"]
+    for manifest in made:
+        assert restored(two, two.reveal(two.load(manifest.snapshot))) == restored(repo, manifest)
+    assert [o.status for o in ops.copy(sides["one"], two, ALL).snapshots] == ["skipped"] * 3
+    # a manifest altered in the target (fields compared all equal): its MAC gives it away
+    key = two.manifest_key(made[0].snapshot)
+    data = json.loads(two.backend.read_bytes(key))
+    data["seconds"] = data["seconds"] + 1
+    two.backend.write_bytes(key, json.dumps(data).encode())
+    again = ops.copy(sides["one"], two, ops.Choice([made[0].snapshot]))
+    assert isinstance(again.snapshots[0].error, TargetNotEmpty)
+    assert "not authentic" in again.snapshots[0].message
