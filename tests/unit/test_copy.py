@@ -338,3 +338,19 @@ def test_encrypted_to_encrypted_with_another_key(tmp_path, source):
     again = ops.copy(sides["one"], two, ops.Choice([made[0].snapshot]))
     assert isinstance(again.snapshots[0].error, TargetNotEmpty)
     assert "not authentic" in again.snapshots[0].message
+
+
+def test_an_unreadable_source_manifest_fails_alone(tmp_path, source):
+    repo, made = source
+    bad = tmp_path / "source/snapshots/broken/20261201T000000Z-beef.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    target = chunked_repo(tmp_path / "target")
+    result = ops.copy(repo, target, ALL)
+    failed = [o for o in result.snapshots if o.failed]
+    assert [o.volume for o in failed] == ["broken"] and "not valid JSON" in failed[0].message
+    assert sorted(manifests(target)) == sorted(m.snapshot for m in made)
+    with pytest.raises(PartialFailure):
+        result.raise_for_failures()
+    only = ops.copy(repo, target, ops.Choice([], volumes=["cache"]))  # not its volume
+    assert [o.status for o in only.snapshots] == ["skipped"]
