@@ -59,9 +59,11 @@ def chunk_files(repo: Path) -> set[str]:
 
 
 def listed(repo: Path, list_file: Path | None = None) -> set[str]:
-    """Chunk ids named by one chunk list, or by every chunk list in the repository."""
+    """Chunk ids named by one chunk list, or by every chunk list (catalogues' included)
+    in the repository."""
     ids = set()
-    for path in [list_file] if list_file else (repo / "snapshots").rglob("*.chunks"):
+    lists = [*(repo / "snapshots").rglob("*.chunks"), *(repo / "snapshots").rglob("*.catalog")]
+    for path in [list_file] if list_file else lists:
         with open(path, "rb") as reader:
             ids.update(chunk_id for chunk_id, _ in iter_list(reader))
     return ids
@@ -107,7 +109,9 @@ def test_round_trip_through_s3(make_volume, mountpoint, names, any_s3_bucket, an
     keys = [o["Key"] for page in s3_client.get_paginator("list_objects_v2").paginate(
         Bucket=s3_bucket) for o in page.get("Contents", [])]
     chunks = [k for k in keys if k.startswith("chunked/chunks/")]
-    assert len(chunks) == first["chunks"] and "chunked/config" in keys
+    catalogue = s3_client.get_object(Bucket=s3_bucket, Key=next(
+        k for k in keys if k.endswith(".catalog")))["Body"].read().splitlines()
+    assert len(chunks) == first["chunks"] + len(catalogue) and "chunked/config" in keys
     assert backed_up(source.name, repo)["new_chunks"] == 0
     ok("verify", "--all", "-r", repo)
     target = names("from-s3")

@@ -80,5 +80,12 @@ def chunk_list(repo: Repository, manifest: Manifest) -> list[tuple[str, int]]:
         return list(iter_list(reader))
 
 
+def catalog_list(repo: Repository, manifest: Manifest) -> list[tuple[str, int]]:
+    """The chunks holding the snapshot's catalogue."""
+    key = repo.catalog_key(manifest.snapshot, chunked=True)
+    with repo.backend.open_read(key) as reader:
+        return list(iter_list(reader))
+
+
 def chunk_files(root: Path) -> set[str]:
     return {p.name for p in (root / "chunks").rglob("*") if p.is_file()}

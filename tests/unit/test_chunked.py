@@ -64,7 +64,7 @@ def test_identical_data_of_two_volumes_is_stored_once(repo, tar, tmp_path):
     backup(repo, tar, volume="one")
     other = backup(repo, tar, volume="two")
     assert other.new_chunks == 0
-    assert len(chunk_files(tmp_path / "repo")) == other.chunks
+    assert len(chunk_files(tmp_path / "repo")) == other.chunks + other.catalog["chunks"]
 
 
 # -- damage: each is an IntegrityError naming it, and the end of the stream never released

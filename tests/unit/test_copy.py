@@ -21,6 +21,7 @@ from tests.unit.chunkrepos import (backup, chunk_files, chunk_list, chunked_repo
 from volbackup.errors import (IntegrityError, KeyProblem, NotFound, PartialFailure,
                               TargetNotEmpty)
 from volbackup.ops import copy as ops
+from volbackup.ops.snapshots import verify
 from volbackup.repo.chunkstore import chunk_key
 from volbackup.repo.config import RepoConfig
 from volbackup.repo.repository import Repository
@@ -61,12 +62,23 @@ def test_chunked_to_chunked_sends_each_chunk_once_and_keeps_every_field(tmp_path
     assert [o.status for o in result.snapshots] == ["copied"] * 3
     assert all(o.how == "chunks" for o in result.snapshots)
     first, second = by_id[made[0].snapshot], by_id[made[1].snapshot]
-    assert first.chunks_sent == first.chunks == len(chunk_list(repo, made[0]))
-    assert 0 < second.chunks_sent <= 3       # one byte changed: the chunk around it
+    assert first.chunks_sent == first.chunks == len(chunk_list(repo, made[0])) \
+        + made[0].catalog["chunks"]          # the data's and the catalogue's
+    assert first.objects_written == first.chunks + 3   # and two lists, one manifest
+    assert 0 < second.chunks_sent <= 4       # one byte changed: around it, and the catalogue
     assert chunk_files(tmp_path / "target") == chunk_files(tmp_path / "source")
     assert manifests(target) == manifests(repo)   # ids and every field, as they were
     for manifest in made:
         assert restored(target, target.load(manifest.snapshot)) == restored(repo, manifest)
+        assert manifest.catalog and list(target.catalog(manifest)) == list(repo.catalog(manifest))
+        assert (tmp_path / "target" / target.catalog_key(manifest.snapshot, True)).exists()
+    assert_verifies(target)
+
+
+def assert_verifies(repo: Repository) -> None:
+    """`verify --all`: data, chunk lists and catalogues (read back, and recomputed)."""
+    checks = verify(repo, [], True).snapshots
+    assert checks and [c.message for c in checks if c.failed] == []
 
 
 def test_a_second_copy_writes_nothing(tmp_path, source):
@@ -86,8 +98,8 @@ def test_only_what_the_target_lacks_is_sent(tmp_path, source):
     target = chunked_repo(tmp_path / "target")
     ops.copy(repo, target, ops.Choice([made[0].snapshot]))
     result = ops.copy(repo, target, ops.Choice([made[1].snapshot]))
-    assert 0 < result.snapshots[0].chunks_sent <= 3
-    assert result.snapshots[0].objects_written == result.snapshots[0].chunks_sent + 2
+    assert 0 < result.snapshots[0].chunks_sent <= 4    # around the byte, and the catalogue's
+    assert result.snapshots[0].objects_written == result.snapshots[0].chunks_sent + 3
 
 
 def test_archive_to_chunked_and_back(tmp_path, source):
@@ -108,6 +120,10 @@ def test_archive_to_chunked_and_back(tmp_path, source):
                          "driver", "seconds", "tool_version"):
                 assert getattr(copied, name) == getattr(manifest, name), name
         assert chunked.load(manifest.snapshot).tar_sha256 == manifest.tar_sha256
+        assert list(archives.catalog(archives.load(manifest.snapshot))) == \
+            list(repo.catalog(manifest))
+    assert_verifies(archives)
+    assert_verifies(chunked)
     assert [o.status for o in ops.copy(archives, chunked, ALL).snapshots] == ["skipped"] * 3
 
 

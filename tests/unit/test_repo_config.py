@@ -128,7 +128,7 @@ def test_init_over_an_archive_layout_repository_keeps_its_snapshots(tmp_path):
     snapshot = "pgdata@20261101T000000Z-0001"
     with old.snapshot_writer(snapshot) as writer:
         packed = writer.pack([tar], 3)
-    assert writer.fields(packed) == {}
+    assert list(writer.fields(packed)) == ["catalog"]   # no chunked fields
     manifest = make_manifest(snapshot, "2026-11-01T00:00:00.000Z", archive=writer.archive,
                              bytes=packed.bytes, stored_bytes=packed.stored_bytes,
                              sha256=packed.sha256, entries=packed.entries)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.conftest import run_cli
-from tests.unit.chunkrepos import (backup, chunk_files, chunk_list, chunked_repo, list_key,
+from tests.unit.chunkrepos import (backup, catalog_list, chunk_files, chunk_list, chunked_repo, list_key,
                                    restored, volume_tar)
 from volbackup.errors import VolbackupError
 from volbackup.ops.prune import PruneOptions, prune
@@ -39,7 +39,7 @@ def three(repo):
 
 
 def ids(repo, *manifests) -> set[str]:
-    return {c for m in manifests for c, _ in chunk_list(repo, m)}
+    return {c for m in manifests for c, _ in chunk_list(repo, m) + catalog_list(repo, m)}
 
 
 def keep_last(repo, **options):
@@ -148,13 +148,14 @@ def test_chunks_of_a_backup_killed_before_its_manifest_are_swept_with_its_list(
     with repo.snapshot_writer(snapshot) as writer:
         writer.pack([volume_tar(seed=9)], 3)    # the list is written, the manifest never
     young = prune(repo, PruneOptions(Rules(last=5), leftover_age=5 * 86400))
-    assert [o.status for o in young.leftovers] == ["kept"]  # a young orphan and its chunks
+    # a young orphan (chunk list and catalogue list) and its chunks
+    assert [o.status for o in young.leftovers] == ["kept", "kept"]
     assert young.chunks.removed == 0 and len(chunk_files(root)) > len(before)
     dead = chunk_files(root) - before
     dry = prune(repo, PruneOptions(Rules(last=5), leftover_age=0, dry_run=True))
     assert dry.chunks.removed == len(dead) and chunk_files(root) - before == dead
     result = prune(repo, PruneOptions(Rules(last=5), leftover_age=0))
-    assert [(o.kind, o.status) for o in result.leftovers] == [("archive", "removed")]
+    assert [(o.kind, o.status) for o in result.leftovers] == [("archive", "removed")] * 2
     assert chunk_files(root) == before
 
 

@@ -154,6 +154,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
                 reader() as stream:
             outcome.via = stream.via
             packed = writer.pack(stream.chunks, level, update)
+        fields = writer.fields(packed)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(
             snapshot=snapshot_id, volume=source.volume, driver=source.driver,
@@ -164,12 +165,11 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
             bytes=packed.bytes, stored_bytes=packed.stored_bytes, sha256=packed.sha256,
             entries=packed.entries, seconds=seconds, source_kind=source.kind,
             source_container=source.container, mount_path=source.mount_path,
-            bind_path=source.bind_path, safety_for=safety_for, **writer.fields(packed)))
+            bind_path=source.bind_path, safety_for=safety_for, **fields))
     except Exception as e:  # any error, also disk full: this volume failed, the next runs
         outcome.snapshot = None
         return outcome.failure(e)
     outcome.bytes, outcome.stored_bytes = packed.bytes, packed.stored_bytes
     outcome.sha256, outcome.entries, outcome.seconds = packed.sha256, packed.entries, seconds
-    fields = writer.fields(packed)
     outcome.chunks, outcome.new_chunks = fields.get("chunks"), fields.get("new_chunks")
     return outcome

@@ -44,10 +44,11 @@ class Choice:
 class CopyOutcome(Outcome):
     how: str | None = None         # "chunks" (the list and missing chunks) or "stream"
     bytes: int = 0                 # tar bytes of the snapshot
-    chunks: int = 0                # in its chunk list (chunked target)
+    chunks: int = 0                # in its chunk lists, data and catalogue (chunked target)
     chunks_sent: int = 0           # of them, written to the target
     bytes_sent: int = 0            # stored bytes written to the target
-    objects_written: int = 0       # chunks, list or archive, manifest
+    objects_written: int = 0       # chunks, lists or archive and catalogue, manifest
+    #                                (stream path: the catalogue's new pieces not counted)
     seconds: float = 0.0
 
 
@@ -136,7 +137,7 @@ def _copy_one(source: Repository, target: Repository, manifest: Manifest,
             target.commit(manifest)
             outcome.how, outcome.chunks = "chunks", copied.chunks
             outcome.chunks_sent, outcome.bytes_sent = copied.sent, copied.sent_bytes
-            outcome.objects_written = copied.sent + 2
+            outcome.objects_written = copied.sent + copied.lists + 1
         else:
             _stream(source, target, manifest, outcome, update)
     outcome.seconds = round(time.monotonic() - started, 3)
@@ -168,7 +169,10 @@ def _stream(source: Repository, target: Repository, manifest: Manifest,
     outcome.how, outcome.bytes_sent = "stream", packed.stored_bytes
     outcome.chunks = layout["chunks"] or 0
     outcome.chunks_sent = layout["new_chunks"] or 0
-    outcome.objects_written = (outcome.chunks_sent if chunked else 0) + 2
+    # the data's chunks (or archive), the catalogue's list (or blob), the manifest; the
+    # catalogue's new pieces are not counted on this path (its writer does not say)
+    outcome.objects_written = (outcome.chunks_sent if chunked else 1) \
+        + (1 if layout.get("catalog") else 0) + 1
 
 
 def _differs(manifest: Manifest, source: Repository, present: Manifest,

@@ -174,8 +174,10 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None) -> Pru
 def _would_go(repo: Repository, manifests: dict[str, Manifest], result: PruneResult
               ) -> list[str]:
     """The chunk lists a dry run would have removed: the sweep counts them as gone."""
-    keys = [repo.archive_key(manifests[d.snapshot]) for d in result.snapshots
-            if d.status == Status.WOULD_REMOVE and manifests[d.snapshot].chunked]
+    keys = [key for d in result.snapshots
+            if d.status == Status.WOULD_REMOVE and manifests[d.snapshot].chunked
+            for key in (repo.archive_key(manifests[d.snapshot]),
+                        repo.catalog_key(d.snapshot, chunked=True))]
     return keys + [o.key for o in result.leftovers
                    if o.status == Status.WOULD_REMOVE and o.kind == "archive"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from volbackup.errors import IntegrityError, NotFound, RepositoryError
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Listing, Repository
+from volbackup.stream import catalog
 
 
 def list_snapshots(repo: Repository, volume: str | None = None,
@@ -43,7 +45,8 @@ class VerifyResult:
 
 def verify(repo: Repository, refs: list[str], verify_all: bool = False,
            progress: ProgressFactory = no_progress) -> VerifyResult:
-    """Read every archive in full: sha256, zstd frame checksum and tar structure."""
+    """Read every archive in full: sha256, zstd frame checksum and tar structure; and its
+    catalogue, which must describe exactly what was read."""
     checks: list[SnapshotCheck] = []
     repo.check_secrets(reading=True)
     if verify_all:
@@ -73,7 +76,10 @@ def _verify_one(repo: Repository, manifest: Manifest, check: SnapshotCheck,
     started = time.monotonic()
     with progress(manifest.snapshot, manifest.bytes) as update:
         unpacker = repo.unpacker(manifest, update)
+        described = hashlib.sha256()
+        catalog.record(unpacker.walker, described.update)
         unpacker.drain()
+    _verify_catalog(repo, manifest, described.hexdigest())
     if unpacker.walker.bytes != manifest.bytes or unpacker.walker.entries != manifest.entries:
         raise IntegrityError(
             f"snapshot {manifest.snapshot} holds {unpacker.walker.bytes} tar bytes in "
@@ -82,3 +88,17 @@ def _verify_one(repo: Repository, manifest: Manifest, check: SnapshotCheck,
     check.bytes, check.stored_bytes = unpacker.walker.bytes, unpacker.stored_bytes
     check.entries = unpacker.walker.entries
     check.seconds = round(time.monotonic() - started, 3)
+
+
+def _verify_catalog(repo: Repository, manifest: Manifest, described: str) -> None:
+    """The stored catalogue reads back whole and is the one the data gives (a snapshot
+    made before catalogues existed has none to check)."""
+    if manifest.catalog is None:
+        return
+    for _ in repo.catalog(manifest):
+        pass
+    if manifest.catalog["version"] == catalog.CATALOG_VERSION and \
+            described != manifest.catalog["plain_sha256"]:
+        raise IntegrityError(f"the catalogue of snapshot {manifest.snapshot} does not "
+                             f"describe its data (ls, dump and partial restores would "
+                             f"be wrong)")

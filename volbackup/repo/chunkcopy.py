@@ -7,8 +7,8 @@ bytes) before any chunk moves, then again as the chunks the target lacks are fet
 checked against their names (ChunkStore.get_stored) and stored in the target as they are
 stored in the source (no compressing again), a few at a time. The list goes into a blob
 that appears only when its chunks are durable and the second read matched the manifest
-too; the caller writes the manifest after it. A snapshot has one such list (`.chunks`);
-a second one (a catalogue) is copied by a second call.
+too; the caller writes the manifest after it. A snapshot has two such lists: its data's
+(`.chunks`) and its catalogue's (`.catalog`, volbackup.repo.catalogs), one call each.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class ListCopy:
     bytes: int = 0          # plaintext bytes they hold
     sent: int = 0           # chunks the target lacked, and now has
     sent_bytes: int = 0     # stored bytes of those
+    lists: int = 1          # chunk lists written
+
+    def __add__(self, other: "ListCopy") -> "ListCopy":
+        return ListCopy(self.chunks + other.chunks, self.bytes + other.bytes,
+                        self.sent + other.sent, self.sent_bytes + other.sent_bytes,
+                        self.lists + other.lists)
 
 
 @dataclass(frozen=True)

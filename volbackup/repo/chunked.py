@@ -90,11 +90,14 @@ class KnownChunks:
 
 def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
          config: RepoConfig, known: KnownChunks, level: int = 3,
-         progress: Progress = no_progress, seed: int | None = None) -> ChunkedPacked:
+         progress: Progress = no_progress, seed: int | None = None,
+         on_walker: Callable[[TarWalker], None] = lambda walker: None) -> ChunkedPacked:
     """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
     IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
-    the chunker's, when not the config's (an encrypted repository's comes from its key)."""
+    the chunker's, when not the config's (an encrypted repository's comes from its key).
+    `on_walker` is shown the walker that checks the stream (the catalogue listens)."""
     walker = TarWalker()
+    on_walker(walker)
     tar_sha256 = hashlib.sha256()
     listing = HashingWriter(list_out)
     local = threading.local()
@@ -167,37 +170,47 @@ class ChunkedUnpacker:
     def root(self) -> Entry | None:
         return self.walker.first
 
+    def _entries(self, list_sha256, counted: dict) -> Iterator[tuple[str, int]]:
+        want_chunks, want_bytes = self._expected[1], self._expected[3]
+        with self._open_list() as reader:
+            for chunk_id, length in iter_list(reader, list_sha256):
+                counted["chunks"] += 1
+                counted["bytes"] += length
+                if counted["bytes"] > want_bytes or counted["chunks"] > want_chunks:
+                    raise IntegrityError("chunk list is longer than the manifest says")
+                yield chunk_id, length
+
+    def _check_counted(self, list_sha256, counted: dict) -> None:
+        want_sha, want_chunks, _, want_bytes = self._expected
+        if list_sha256.hexdigest() != want_sha:
+            raise IntegrityError(f"chunk list sha256 is {list_sha256.hexdigest()}, the "
+                                 f"manifest says {want_sha}")
+        if (counted["chunks"], counted["bytes"]) != (want_chunks, want_bytes):
+            raise IntegrityError(
+                f"chunk list holds {counted['chunks']} chunks of {counted['bytes']} bytes, "
+                f"the manifest says {want_chunks} of {want_bytes}")
+
+    def check_list(self) -> None:
+        """Read the list alone (about 75 bytes per chunk) and check it against the
+        manifest, so that a list that is not the manifest's (a line dropped, two lines
+        swapped: each chunk valid) is refused before any byte is released, not after a
+        restore wrote wrong bytes. Whoever reads it again checks it again."""
+        list_sha256, counted = hashlib.sha256(), {"chunks": 0, "bytes": 0}
+        for _ in self._entries(list_sha256, counted):
+            pass
+        self._check_counted(list_sha256, counted)
+
     def chunks(self) -> Iterator[bytes]:
+        self.check_list()
         list_sha256, tar_sha256 = hashlib.sha256(), hashlib.sha256()
         counted = {"chunks": 0, "bytes": 0}
-        want_sha, want_chunks, want_tar, want_bytes = self._expected
+        want_tar = self._expected[2]
 
         def entries() -> Iterator[tuple[str, int]]:
-            with self._open_list() as reader:
-                for chunk_id, length in iter_list(reader, list_sha256):
-                    counted["chunks"] += 1
-                    counted["bytes"] += length
-                    if counted["bytes"] > want_bytes or counted["chunks"] > want_chunks:
-                        raise IntegrityError("chunk list is longer than the manifest says")
-                    yield chunk_id, length
+            return self._entries(list_sha256, counted)
 
         def check_list() -> None:
-            if list_sha256.hexdigest() != want_sha:
-                raise IntegrityError(f"chunk list sha256 is {list_sha256.hexdigest()}, the "
-                                     f"manifest says {want_sha}")
-            if (counted["chunks"], counted["bytes"]) != (want_chunks, want_bytes):
-                raise IntegrityError(
-                    f"chunk list holds {counted['chunks']} chunks of {counted['bytes']} bytes, "
-                    f"the manifest says {want_chunks} of {want_bytes}")
-
-        # A first pass over the list alone (about 75 bytes per chunk), so that a list that
-        # is not the manifest's (a line dropped, two lines swapped: each chunk valid) is
-        # refused before any byte is released, not after a restore wrote wrong bytes. The
-        # second pass below checks the list again: it is read anew.
-        for _ in entries():
-            pass
-        check_list()
-        list_sha256, counted["chunks"], counted["bytes"] = hashlib.sha256(), 0, 0
+            self._check_counted(list_sha256, counted)
 
         def plaintext() -> Iterator[bytes]:
             with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-fetch") as pool:

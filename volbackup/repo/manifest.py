@@ -12,6 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime
 
 from volbackup.errors import RepositoryError
+from volbackup.repo.catalogs import check_field as check_catalog
 
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accepts
 FORMAT = "volbackup-snapshot"
@@ -70,6 +71,7 @@ class Manifest:
     chunks: int | None = None   # chunked: entries in the chunk list
     new_chunks: int | None = None  # chunked: how many of them this backup wrote
     tar_sha256: str | None = None  # chunked: of the whole tar stream
+    catalog: dict | None = None  # the catalogue's counts and digests (volbackup.repo.catalogs)
     encrypted: bool = False     # PRIVATE_FIELDS are blank here and in `sealed`
     sealed: str | None = None   # encrypted: base64 of an age file of PRIVATE_FIELDS (JSON)
     mac: str | None = None      # encrypted: HMAC of everything else, repository key
@@ -147,6 +149,8 @@ class Manifest:
                                   f"{self.snapshot!r} for volume {self.volume}")
         if "/" in self.archive or self.archive.startswith("."):
             raise RepositoryError(f"manifest {where} names an invalid archive {self.archive!r}")
+        if self.catalog is not None and not check_catalog(self.catalog):
+            raise RepositoryError(f"manifest {where} has an invalid catalog field")
         if self.layout not in LAYOUTS:
             raise RepositoryError(f"manifest {where} has an unknown layout {self.layout!r}")
         if self.layout == "chunked" and not (

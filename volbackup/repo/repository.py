@@ -23,14 +23,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import KeyProblem, NotFound, RepositoryError
-from volbackup.repo import chunkcopy, chunked, crypto, locking, sweep
+from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.chunkstore import ChunkStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.manifest import CHUNKED_VERSION, STAMP, VOLUME_NAME, Manifest, parse_created
 from volbackup.repo.sealing import (IDENTITY_FILE_ENV, KEY_FILE_ENV, Keyring, Secrets,
                                     new_encryption)
-from volbackup.stream import archive
+from volbackup.stream import archive, catalog
+from volbackup.stream.catalog import CatalogEntry, Selection
 from volbackup.stream.archive import Packed, Progress, no_progress
 from volbackup.stream.chunks import read_chunks
 
@@ -38,9 +39,11 @@ PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
 LIST_SUFFIX = chunked.LIST_SUFFIX
 MANIFEST_SUFFIX = ".json"
+KEEP_SELECTED = 10_000  # selected entries kept from the first pass over a catalogue
 _ID = re.compile(rf"(?P<volume>{VOLUME_NAME.pattern})@(?P<stamp>{STAMP})")
+_SUFFIXES = (ARCHIVE_SUFFIX, LIST_SUFFIX, catalogs.ARCHIVE_SUFFIX, catalogs.LIST_SUFFIX)
 _ARCHIVE_KEY = re.compile(rf"{PREFIX}(?P<volume>{VOLUME_NAME.pattern})/(?P<stamp>{STAMP})"
-                          rf"(?P<suffix>{re.escape(ARCHIVE_SUFFIX)}|{re.escape(LIST_SUFFIX)})")
+                          rf"(?P<suffix>{'|'.join(re.escape(s) for s in _SUFFIXES)})")
 
 
 def new_snapshot_id(volume: str, created: datetime) -> str:
@@ -111,28 +114,42 @@ class Listing:
 
 
 class SnapshotWriter:
-    """Writes one snapshot's data (an archive, or chunks and a chunk list); the manifest
-    that makes it a snapshot is written after, by Repository.commit."""
+    """Writes one snapshot's data (an archive, or chunks and a chunk list) and its
+    catalogue; the manifest that makes it a snapshot is written after, by
+    Repository.commit."""
 
-    def __init__(self, repo: "Repository", out, archive_name: str):
+    def __init__(self, repo: "Repository", out, archive_name: str, snapshot_id: str):
         self._repo, self._out, self.archive = repo, out, archive_name
+        self._snapshot = snapshot_id
+        self._catalog: dict | None = None
 
     def pack(self, tar_chunks: Iterable[bytes], level: int,
              progress: Progress = no_progress) -> Packed:
         repo = self._repo
+        key = repo.catalog_key(self._snapshot, chunked=repo.config is not None)
         if repo.config is None:
-            return archive.pack(tar_chunks, self._out, level, progress)
+            with repo.backend.open_write(key) as out:
+                cat = catalogs.ArchiveCatalogWriter(out, level)
+                packed = archive.pack(tar_chunks, self._out, level, progress,
+                                      lambda walker: catalog.record(walker, cat.add))
+                self._catalog = cat.finish()
+            return packed
         seed = repo.keyring.key().chunker_seed if repo.keyring else None
-        return chunked.pack(tar_chunks, self._out, repo.chunk_store, repo.config,
-                            repo.known_chunks, level, progress, seed)
+        cat = catalogs.ChunkedCatalogWriter(repo.chunk_store, repo.known_chunks, level)
+        packed = chunked.pack(tar_chunks, self._out, repo.chunk_store, repo.config,
+                              repo.known_chunks, level, progress, seed,
+                              lambda walker: catalog.record(walker, cat.add))
+        self._catalog = cat.finish(repo.backend, key)
+        return packed
 
-    @staticmethod
-    def fields(packed: Packed) -> dict:
-        """The manifest fields that depend on the layout."""
+    def fields(self, packed: Packed) -> dict:
+        """The manifest fields that depend on the layout, and the catalogue's."""
+        out = {"catalog": self._catalog}
         if not isinstance(packed, chunked.ChunkedPacked):
-            return {}
-        return {"layout": "chunked", "format_version": CHUNKED_VERSION, "chunks": packed.chunks,
-                "new_chunks": packed.new_chunks, "tar_sha256": packed.tar_sha256}
+            return out
+        return {**out, "layout": "chunked", "format_version": CHUNKED_VERSION,
+                "chunks": packed.chunks, "new_chunks": packed.new_chunks,
+                "tar_sha256": packed.tar_sha256}
 
 
 class Repository:
@@ -225,6 +242,12 @@ class Repository:
     def archive_key(self, manifest: Manifest) -> str:
         return f"{PREFIX}{manifest.volume}/{manifest.archive}"
 
+    @staticmethod
+    def catalog_key(snapshot_id: str, chunked: bool) -> str:
+        volume, stamp = split_id(snapshot_id)
+        suffix = catalogs.LIST_SUFFIX if chunked else catalogs.ARCHIVE_SUFFIX
+        return f"{PREFIX}{volume}/{stamp}{suffix}"
+
     # -- writing
     @contextmanager
     def snapshot_writer(self, snapshot_id: str) -> Iterator[SnapshotWriter]:
@@ -234,7 +257,7 @@ class Repository:
         if self.keyring is not None and not self.chunk_store.cipher.encrypted:
             self.chunk_store.cipher = self.keyring.writing_cipher()
         with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out:
-            yield SnapshotWriter(self, out, name)
+            yield SnapshotWriter(self, out, name, snapshot_id)
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest, which makes the snapshot exist (sealed, if encrypted)."""
@@ -251,16 +274,29 @@ class Repository:
 
     def receive_chunks(self, source: "Repository", manifest: Manifest,
                        progress: Progress = no_progress) -> chunkcopy.ListCopy:
-        """Copy a plain chunked snapshot's chunk list, and the chunks this repository
-        lacks, from `source` (under this repository's lock); then `commit` the manifest."""
+        """Copy a plain chunked snapshot's chunk lists (its data's, then its catalogue's),
+        and the chunks this repository lacks, from `source` (under this repository's
+        lock); then `commit` the manifest."""
         if not (self.names_chunks_as(source) and manifest.chunked):
             raise ValueError("receive_chunks needs two plain chunked repositories")
-        key = self.archive_key(manifest)  # the same name in both: <stamp>.chunks
-        return chunkcopy.copy_list(
-            chunkcopy.Side(source.backend, source.chunk_store), source.archive_key(manifest),
-            chunkcopy.Side(self.backend, self.chunk_store, self.known_chunks), key,
+        from_side = chunkcopy.Side(source.backend, source.chunk_store)
+        to_side = chunkcopy.Side(self.backend, self.chunk_store, self.known_chunks)
+        key = self.archive_key(manifest)  # the same names in both: <stamp>.chunks ...
+        copied = chunkcopy.copy_list(
+            from_side, key, to_side, key,
             chunkcopy.Expected(manifest.sha256, manifest.chunks or 0, manifest.bytes,
                                f"chunk list of snapshot {manifest.snapshot}"), progress)
+        field = manifest.catalog
+        if field is not None:
+            if "chunks" not in field:
+                raise RepositoryError(f"snapshot {manifest.snapshot} is chunked and its "
+                                      f"catalogue is not")
+            key = self.catalog_key(manifest.snapshot, chunked=True)  # ... and <stamp>.catalog
+            copied += chunkcopy.copy_list(
+                from_side, key, to_side, key,
+                chunkcopy.Expected(field["sha256"], field["chunks"], field["bytes"],
+                                   f"catalogue list of snapshot {manifest.snapshot}"))
+        return copied
 
     def same_store(self, other: "Repository", lock: locking.Lock) -> bool:
         """Is `other` this very store under another name (a symlink, another URL of the
@@ -375,8 +411,11 @@ class Repository:
         self.backend.delete(self.manifest_key(snapshot_id))
 
     def remove_archive(self, manifest: Manifest) -> None:
-        """Remove the archive of a snapshot whose manifest is gone."""
+        """Remove the archive (or chunk list) and catalogue of a snapshot whose manifest
+        is gone."""
         self.backend.delete(self.archive_key(manifest))
+        if manifest.catalog is not None:
+            self.backend.delete(self.catalog_key(manifest.snapshot, manifest.chunked))
 
     # -- locks (volbackup.repo.locking)
     @contextmanager
@@ -463,16 +502,73 @@ class Repository:
             raise RepositoryError(
                 f"{what} {key} of snapshot {manifest.snapshot} is missing") from None
 
-    def unpacker(self, manifest: Manifest, progress: Progress = no_progress
-                 ) -> archive.Unpacker | chunked.ChunkedUnpacker:
+    def unpacker(self, manifest: Manifest, progress: Progress = no_progress,
+                 selection: Selection | None = None
+                 ) -> archive.Unpacker | chunked.ChunkedUnpacker | partial.PartialUnpacker:
         """A checked reader of the snapshot's tar stream: `chunks()` yields it, holding
-        back the end until everything checked out (volbackup.stream.archive.Unpacker)."""
+        back the end until everything checked out (volbackup.stream.archive.Unpacker).
+        With a `selection`, of the entries it selects only (see `select`)."""
         manifest = self.reveal(manifest)
+        if selection is not None and not selection.everything:
+            return self.partial(manifest, self.select(manifest, selection), progress)
         if not manifest.chunked:
             return _ArchiveUnpacker(self, manifest, progress)
         return chunked.ChunkedUnpacker(
             lambda: _open_list(self, manifest), self.chunk_store, manifest.sha256,
             manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes, progress)
+
+    # -- catalogue and partial reads (volbackup.stream.catalog, volbackup.repo.partial)
+    def catalog(self, manifest: Manifest) -> Iterator[CatalogEntry]:
+        """The snapshot's catalogue entries, checked; read from the whole snapshot for
+        one written before catalogues existed. A damaged catalogue raises at the end
+        (IntegrityError), after the entries before the damage."""
+        manifest = self.reveal(manifest)
+        if manifest.catalog is None:
+            return catalog.walk(self.unpacker(manifest).chunks())
+        key = self.catalog_key(manifest.snapshot, manifest.chunked)
+        pieces = catalogs.read_pieces(self.backend, self.chunk_store, key, manifest.catalog,
+                                      f"snapshot {manifest.snapshot}")
+        return catalogs.entries(pieces, manifest.bytes)
+
+    def select(self, manifest: Manifest, selection: Selection
+               ) -> Callable[[], Iterator[CatalogEntry]]:
+        """The entries a selection takes (catalog.selected), as a function giving them
+        afresh each call. The catalogue is read through once first, so that it is checked
+        whole, every include path matched something (else NotFound) and the targets of
+        wanted hard links are known, before any data is read."""
+        matched: dict[str, int] = {}
+        targets: set[str] = set()
+        kept: list[CatalogEntry] | None = []
+        for entry in catalog.selected(self.catalog(manifest), selection, frozenset(), matched,
+                                      targets):
+            if kept is not None:
+                kept.append(entry)
+                if len(kept) > KEEP_SELECTED:
+                    kept = None  # read the catalogue again instead: memory stays flat
+        unmatched = [p for p in selection.include if not matched.get(p)]
+        if unmatched:
+            raise NotFound(f"snapshot {manifest.snapshot} has no {unmatched[0]!r}")
+        if kept is not None and not targets:
+            return lambda: iter(kept)
+        wanted = frozenset(targets)
+        return lambda: catalog.selected(self.catalog(manifest), selection, wanted)
+
+    def partial(self, manifest: Manifest, entries: Callable[[], Iterator[CatalogEntry]],
+                progress: Progress = no_progress) -> partial.PartialUnpacker:
+        """A checked tar stream of `entries` (in stream order), reading only what holds
+        them where the layout allows (volbackup.repo.partial)."""
+        manifest = self.reveal(manifest)
+        if not manifest.chunked:
+            def spans(wanted):
+                return partial.cut_spans(_ArchiveUnpacker(self, manifest, no_progress).chunks(),
+                                         wanted)
+        else:
+            whole = self.unpacker(manifest)
+
+            def spans(wanted):
+                return partial.chunked_spans(lambda: _open_list(self, manifest),
+                                             self.chunk_store, wanted, whole.check_list)
+        return partial.PartialUnpacker(entries, spans, progress)
 
 
 class _ArchiveUnpacker(archive.Unpacker):

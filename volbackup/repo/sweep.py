@@ -20,11 +20,13 @@ from typing import Collection
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend
+from volbackup.repo.catalogs import LIST_SUFFIX as CATALOG_LIST_SUFFIX
 from volbackup.repo.chunked import LIST_SUFFIX, iter_list
 from volbackup.repo.chunkstore import ChunkStore, StoredChunk, chunk_key
 
 SNAPSHOTS = "snapshots/"
-_LIST_KEY = re.compile(rf"{SNAPSHOTS}[^/]+/[^/]+{re.escape(LIST_SUFFIX)}")
+_LIST_KEY = re.compile(  # chunk lists, and the catalogues' lists of their pieces
+    rf"{SNAPSHOTS}[^/]+/[^/]+({re.escape(LIST_SUFFIX)}|{re.escape(CATALOG_LIST_SUFFIX)})")
 
 
 @dataclass

@@ -73,9 +73,12 @@ class Packed:
 
 
 def pack(tar_chunks: Iterable[bytes], out: BinaryIO, level: int = 3,
-         progress: Progress = no_progress) -> Packed:
-    """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete."""
+         progress: Progress = no_progress,
+         on_walker: Callable[[TarWalker], None] = lambda walker: None) -> Packed:
+    """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete.
+    `on_walker` is shown the walker that checks the stream (the catalogue listens)."""
     walker = TarWalker()
+    on_walker(walker)
     sink = HashingWriter(out)
     kept = 0
     compressor = zstandard.ZstdCompressor(compression_params=compression_params(level))

@@ -236,6 +236,10 @@ class TarWalker:
         # Told of each entry as its header is read: (offset of its first header block,
         # offset of its data, the entry). Content-defined chunking cuts there.
         self.on_member: Callable[[int, int, Entry], None] | None = None
+        # Told of each entry once its data has passed: (offset of its first header block,
+        # offset of its data, the entry, sha256 hex of its data or None). The catalogue.
+        self.on_entry: Callable[[int, int, Entry, str | None], None] | None = None
+        self._current_at = (0, 0)
 
     @property
     def settled(self) -> int:
@@ -336,8 +340,8 @@ class TarWalker:
             self.on_member(start, offset + BLOCK, entry if has_data else replace(entry, size=0))
         self._skip = _padded(size) if has_data else 0
         self._data_left = size if has_data else 0
-        if self.digests is not None:
-            self._current = entry
+        if self.digests is not None or self.on_entry is not None:
+            self._current, self._current_at = entry, (start, offset + BLOCK)
             self._hasher = hashlib.sha256() if has_data else None
             if not self._data_left:
                 self._record_digest()
@@ -479,12 +483,15 @@ class TarWalker:
         return buf.getvalue()
 
     def _record_digest(self) -> None:
-        if self.digests is None or self._current is None:
+        if self._current is None:
             return
         entry, self._current = self._current, None
         content = self._hasher.hexdigest() if self._hasher is not None else None
         self._hasher = None
-        self.digests[normal_name(entry.name)] = entry_digest(entry, content)
+        if self.digests is not None:
+            self.digests[normal_name(entry.name)] = entry_digest(entry, content)
+        if self.on_entry is not None:
+            self.on_entry(*self._current_at, entry, content)
 
     def _end_extended(self) -> None:
         data = bytes(self._ext[:self._ext_size])

@@ -1,0 +1,217 @@
+"""A snapshot's catalogue: one JSON line per tar entry, in stream order.
+
+Written during backup from what the tar walker sees (nothing is read twice): each
+entry's path, type, size, mode, owner, mtime, link target, the sha256 of a file's data,
+and where the entry sits in the tar stream (`at`: its first header block, `data`: its
+data). With those offsets a chunked repository reads only the chunks that hold the
+entries wanted (volbackup.repo.catalogs). docs/format.md describes a line.
+
+Read back, a catalogue is untrusted input: every line is checked (types, a safe
+relative path, offsets inside the stream) before anything uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from volbackup.errors import IntegrityError
+from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name
+
+CATALOG_VERSION = 1
+TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file",
+         tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink",
+         tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo",
+         tarfile.GNUTYPE_SPARSE: "file"}
+KINDS = frozenset(TYPES.values()) | {"other"}
+MAX_LINE = 64 << 10  # a path is at most 4 KiB on Linux; a link target too
+_FIELDS = {"path": str, "type": str, "size": int, "mode": int, "uid": int, "gid": int,
+           "mtime": (int, float), "link": str, "at": int, "data": int, "sha256": str}
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    path: str           # relative to the volume root, no `./`; the root is `.`
+    type: str           # file, dir, symlink, hardlink, char, block, fifo, other
+    size: int           # data bytes (0 but for files)
+    mode: int           # permission bits
+    uid: int
+    gid: int
+    mtime: float
+    link: str           # symlink or hard link target ("" otherwise)
+    at: int             # stream offset of the entry's first header block
+    data: int           # stream offset of its data (the end of its headers)
+    sha256: str | None  # of a file's data
+
+    @property
+    def end(self) -> int:
+        """Stream offset just past the entry's data and padding."""
+        return self.data + -(-self.size // BLOCK) * BLOCK
+
+    def to_line(self) -> bytes:
+        out = {"path": self.path, "type": self.type, "size": self.size, "mode": self.mode,
+               "uid": self.uid, "gid": self.gid, "mtime": self.mtime, "link": self.link,
+               "at": self.at, "data": self.data}
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        return (json.dumps(out, separators=(",", ":")) + "\n").encode()
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> CatalogEntry:
+    mtime = entry.mtime
+    return CatalogEntry(
+        path=normal_name(entry.name), type=TYPES.get(entry.type, "other"),
+        size=entry.size if content is not None else 0, mode=entry.mode & 0o7777,
+        uid=entry.uid, gid=entry.gid, mtime=int(mtime) if mtime == int(mtime) else mtime,
+        link=normal_name(entry.linkname) if entry.type == tarfile.LNKTYPE else entry.linkname,
+        at=at, data=data_at, sha256=content)
+
+
+def record(walker: TarWalker, sink: Callable[[bytes], None]) -> None:
+    """Have `walker` send each entry's catalogue line to `sink` as the entry passes."""
+    walker.on_entry = lambda at, data_at, entry, content: sink(
+        entry_of(at, data_at, entry, content).to_line())
+
+
+def parse_line(line: bytes, stream_bytes: int) -> CatalogEntry:
+    """One catalogue line, checked; IntegrityError if it is not one this writer makes."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise IntegrityError(f"catalogue has an invalid line {line[:80]!r}") from None
+    if not isinstance(data, dict):
+        raise IntegrityError(f"catalogue has an invalid line {line[:80]!r}")
+    data.setdefault("sha256", None)
+    for name, kind in _FIELDS.items():
+        value = data.get(name)
+        if name == "sha256" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind) or (
+                isinstance(value, int) and value < 0):
+            raise IntegrityError(f"catalogue line has an invalid {name}: {line[:80]!r}")
+    entry = CatalogEntry(**{k: data[k] for k in _FIELDS})
+    path = entry.path
+    if (not path or "\x00" in path or path.startswith("/") or path != normal_name(path)
+            or ".." in path.split("/") or entry.type not in KINDS
+            or "\x00" in entry.link or entry.data < entry.at + BLOCK
+            or entry.end > stream_bytes or (entry.size and entry.type != "file")):
+        raise IntegrityError(f"catalogue line is not a valid entry: {line[:80]!r}")
+    return entry
+
+
+def parse(lines: Iterable[bytes], stream_bytes: int) -> Iterator[CatalogEntry]:
+    """The entries of a catalogue, each checked, offsets in stream order."""
+    last_end = 0
+    for line in lines:
+        if len(line) > MAX_LINE:
+            raise IntegrityError(f"catalogue has a line of over {MAX_LINE} bytes")
+        entry = parse_line(line, stream_bytes)
+        if entry.at < last_end:
+            raise IntegrityError(f"catalogue entries overlap at {entry.path!r}")
+        last_end = entry.end
+        yield entry
+
+
+def split_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (with their newline) from byte pieces; a line longer than MAX_LINE, or a last
+    one without a newline, is yielded as it is (and refused by parse)."""
+    rest = b""
+    for piece in pieces:
+        rest += piece
+        if b"\n" not in piece and len(rest) <= MAX_LINE:
+            continue
+        lines = rest.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+        if len(rest) > MAX_LINE:
+            yield rest
+            return
+    if rest:
+        yield rest
+
+
+def walk(tar_pieces: Iterable[bytes]) -> Iterator[CatalogEntry]:
+    """The catalogue of a tar stream, made by reading it (snapshots written before
+    catalogues existed); the stream must be a checked one (an unpacker's)."""
+    walker = TarWalker(keep_first=False)
+    found: list[CatalogEntry] = []
+    walker.on_entry = lambda at, data_at, e, content: found.append(
+        entry_of(at, data_at, e, content))
+    for piece in tar_pieces:
+        walker.feed(piece)
+        yield from found
+        found.clear()
+    yield from found
+
+
+def normal_path(path: str) -> str:
+    """A path given on the command line as a catalogue path (`/etc/x`, `./etc/x/`, `etc/x`
+    are `etc/x`; the root is `.`); ValueError for one with `..` or a NUL."""
+    if "\x00" in path:
+        raise ValueError("a path cannot hold a NUL byte")
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts:
+        raise ValueError(f"path {path!r} has a '..' component: paths are inside the volume")
+    return "/".join(parts) or "."
+
+
+def _under(path: str, top: str) -> bool:
+    return top == "." or path == top or path.startswith(top + "/")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries a partial read wants: those under an `include` path (all, if none),
+    minus those under an `exclude` path. Paths as normal_path makes them."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def everything(self) -> bool:
+        return not self.include and not self.exclude
+
+    def wants(self, path: str) -> bool:
+        if self.include and not any(_under(path, top) for top in self.include):
+            return False
+        return not any(_under(path, top) for top in self.exclude)
+
+
+def selected(entries: Iterable[CatalogEntry], selection: Selection,
+             targets: frozenset[str] = frozenset(),
+             matched: dict[str, int] | None = None,
+             missing_targets: set[str] | None = None) -> Iterator[CatalogEntry]:
+    """The entries a partial stream holds, in stream order: the root, the wanted ones,
+    the directories above each (their owner and mode), and the files in `targets`
+    (hard link targets the wanted links need). Memory: the directory chain only.
+    `matched` counts the entries each include path selected; `missing_targets` collects
+    the targets of wanted hard links that are not themselves wanted."""
+    chain: list[CatalogEntry] = []  # the directories above the current entry
+    emitted_up_to = -1              # `at` of the last entry yielded
+    for entry in entries:
+        while chain and not _under(entry.path, chain[-1].path):
+            chain.pop()
+        wanted = entry.path == "." or selection.wants(entry.path) or entry.path in targets
+        if wanted:
+            if matched is not None:
+                for top in selection.include:
+                    if _under(entry.path, top):
+                        matched[top] = matched.get(top, 0) + 1
+            if (missing_targets is not None and entry.type == "hardlink"
+                    and not selection.wants(entry.link)):
+                missing_targets.add(entry.link)
+            for parent in chain:
+                if parent.at > emitted_up_to:
+                    emitted_up_to = parent.at
+                    yield parent
+            if entry.at > emitted_up_to:
+                emitted_up_to = entry.at
+                yield entry
+        if entry.type == "dir" and entry.path != ".":
+            chain.append(entry)
