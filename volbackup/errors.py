@@ -91,7 +91,9 @@ class TargetNotEmpty(VolbackupError):
     title = "target refused"
     summary = ("A restore target volume exists and is not empty (use --force to replace "
                "it), or it is in use by a container; or the file `export` would write "
-               "exists (use --force).")
+               "exists (use --force); or the repository `copy` would write into is the "
+               "source itself, holds another snapshot with the same id, or is plain while "
+               "the source is encrypted (use --allow-plain-target).")
 
 
 class PartialFailure(VolbackupError):

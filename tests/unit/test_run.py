@@ -475,3 +475,60 @@ volumes = ["pgdata"]
         "failed", result.errors[0][1].exit_code, str(tmp_path / "missing"))
     assert unopened["started"] == unopened["finished"] and unopened["seconds"] == 0.0
     assert unopened["volumes"] == [] and unopened["prune"] is None
+
+
+# -- copy_to: the snapshots a run made, copied to a second repository ----------------------
+
+
+def test_copy_to_keys(tmp_path):
+    (job,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\ncopy_to = "s3://b/x"\n'
+                            'copy_to_key_file = "/k"\n')
+    assert (job.copy_to, job.copy_to_key_file) == ("s3://b/x", "/k")
+    for text, words in (('copy_to = ""', "non-empty string"),
+                        ('copy_to_key_file = "/k"', "goes with copy_to")):
+        with pytest.raises(ConfigError, match=words):
+            load(tmp_path, f'[jobs.a]\nrepository = "/r"\nall = true\n{text}\n')
+
+
+def test_a_run_copies_what_it_made_and_only_that(tmp_path, hook):
+    from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
+
+    source, target = chunked_repo(tmp_path / "source"), chunked_repo(tmp_path / "target")
+    older = backup(source, volume_tar(3, size=50_000))
+    made = []
+
+    def do_backup():
+        made.append(backup(source, volume_tar(4, size=100_000)))
+        return BackupResult(source.describe(), [VolumeBackup("pgdata", "ok", made[0].snapshot)])
+
+    said = []
+    schedule = Schedule("db", notify_url=hook, notify="always", say=said.append,
+                        copy_to=lambda: Repository.open(str(tmp_path / "target"), writable=True))
+    schedule.raise_for_failures(schedule.run(source, do_backup))
+    assert [m.snapshot for m in target.snapshots().snapshots] == [made[0].snapshot]
+    assert older.snapshot not in {m.snapshot for m in target.snapshots().snapshots}
+    assert restored(target, target.load(made[0].snapshot)) == restored(source, made[0])
+    (_, body), = Hook.received
+    assert body["status"] == "ok" and body["copy"]["copied"] == 1 and body["copy"]["failed"] == 0
+    assert body["copy"]["target"] == str(tmp_path / "target")
+    assert any(line.startswith("copy: 1 copied") for line in said)
+
+
+def test_a_failed_copy_fails_the_run_after_the_backup(repo, tmp_path, hook):
+    """The fake backup's archive is not zstd: the copy fails, the snapshot stays made."""
+    (tmp_path / "target").mkdir()
+    warned = []
+    schedule = Schedule("db", notify_url=hook, warn=warned.append,
+                        copy_to=lambda: Repository.open(str(tmp_path / "target"), writable=True))
+    result = schedule.run(repo, fake_backup(repo))
+    with pytest.raises(Exception) as caught:
+        schedule.raise_for_failures(result)
+    assert caught.value.exit_code == 6
+    (_, body), = Hook.received
+    assert body["status"] == "failed" and body["copy"]["failed"] == 1
+    assert any("copy of pgdata@" in w for w in warned)
+    assert len(repo.snapshots().snapshots) == 1
+    assert list((tmp_path / "target").glob("snapshots/*/*.json")) == []
+    missing = Schedule("db", copy_to=lambda: Repository.open(str(tmp_path / "none")))
+    with pytest.raises(Exception, match="does not exist"):
+        missing.raise_for_failures(missing.run(repo, fake_backup(repo)))

@@ -84,6 +84,20 @@ class ChunkStore:
         """A chunk's plaintext and stored size, checked: (decrypted, if the repository is
         encrypted) one complete zstd frame, `length` bytes, and the digest its name says.
         Raises IntegrityError naming the chunk otherwise (KeyProblem: not our identity)."""
+        stored, plain = self._checked(chunk_id, length)
+        return plain, len(stored)
+
+    def get_stored(self, chunk_id: str, length: int) -> bytes:
+        """A chunk's stored bytes, checked as `get` checks them: what `copy` hands to a
+        repository whose chunks are stored the same way (volbackup.repo.chunkcopy)."""
+        return self._checked(chunk_id, length)[0]
+
+    def put_stored(self, chunk_id: str, stored: bytes) -> int:
+        """Store a chunk's stored bytes as they are (checked by `get_stored`)."""
+        self.backend.write_bytes(chunk_key(chunk_id), stored)
+        return len(stored)
+
+    def _checked(self, chunk_id: str, length: int) -> tuple[bytes, bytes]:
         key = chunk_key(chunk_id)
         try:
             stored = self.backend.read_bytes(key, limit=MAX_STORED)
@@ -105,7 +119,7 @@ class ChunkStore:
         if len(plain) != length or self.cipher.chunk_id(plain) != chunk_id:
             raise IntegrityError(f"chunk {chunk_id} does not match its name (corrupt or "
                                  f"replaced)")
-        return plain, len(stored)
+        return stored, plain
 
     def delete(self, chunk_id: str) -> None:
         self.backend.delete(chunk_key(chunk_id))

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import KeyProblem, NotFound, RepositoryError
-from volbackup.repo import catalogs, chunked, crypto, locking, partial, sweep
+from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.chunkstore import ChunkStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
@@ -276,6 +276,45 @@ class Repository:
         if self.keyring is not None:
             manifest = self.keyring.seal(manifest)
         self.backend.write_bytes(self.manifest_key(manifest.snapshot), manifest.to_json().encode())
+
+    # -- copying from another repository (volbackup.ops.copy)
+    def names_chunks_as(self, source: "Repository") -> bool:
+        """Both chunked and both plain: a chunk has the same name (the sha256 of its
+        plaintext) and the same stored form in both, so `receive_chunks` can copy them."""
+        return (self.config is not None and source.config is not None
+                and self.keyring is None and source.keyring is None)
+
+    def receive_chunks(self, source: "Repository", manifest: Manifest,
+                       progress: Progress = no_progress) -> chunkcopy.ListCopy:
+        """Copy a plain chunked snapshot's chunk lists (its data's, then its catalogue's),
+        and the chunks this repository lacks, from `source` (under this repository's
+        lock); then `commit` the manifest."""
+        if not (self.names_chunks_as(source) and manifest.chunked):
+            raise ValueError("receive_chunks needs two plain chunked repositories")
+        from_side = chunkcopy.Side(source.backend, source.chunk_store)
+        to_side = chunkcopy.Side(self.backend, self.chunk_store, self.known_chunks)
+        key = self.archive_key(manifest)  # the same names in both: <stamp>.chunks ...
+        copied = chunkcopy.copy_list(
+            from_side, key, to_side, key,
+            chunkcopy.Expected(manifest.sha256, manifest.chunks or 0, manifest.bytes,
+                               f"chunk list of snapshot {manifest.snapshot}"), progress)
+        field = manifest.catalog
+        if field is not None:
+            if "chunks" not in field:
+                raise RepositoryError(f"snapshot {manifest.snapshot} is chunked and its "
+                                      f"catalogue is not")
+            key = self.catalog_key(manifest.snapshot, chunked=True)  # ... and <stamp>.catalog
+            copied += chunkcopy.copy_list(
+                from_side, key, to_side, key,
+                chunkcopy.Expected(field["sha256"], field["chunks"], field["bytes"],
+                                   f"catalogue list of snapshot {manifest.snapshot}"))
+        return copied
+
+    def same_store(self, other: "Repository", lock: locking.Lock) -> bool:
+        """Is `other` this very store under another name (a symlink, another URL of the
+        bucket)? Asked with `lock` held here: `other` then lists it (lock names are unique
+        per run)."""
+        return any(info.key == lock.info.key for info in other.locks())
 
     def check_secrets(self, reading: bool) -> None:
         """An encrypted repository: load and check the key (and, `reading`, the identity)

@@ -17,6 +17,8 @@
                                 # list: ["ntfy://ntfy.sh/backups", "mailto://..."]
     notify = "failure"          # or "always"
     keep = { daily = 7, weekly = 4, monthly = 12 }
+    copy_to = "s3://offsite/prod"   # then copy the snapshots just made there
+    copy_to_key_file = "/etc/volbackup/offsite.key"  # if that repository is encrypted
 
 Errors name the file, the job, the key and, where it can be found, the line.
 """
@@ -46,7 +48,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
             "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct",
-            "parallel", "key_file"}
+            "parallel", "key_file", "copy_to", "copy_to_key_file"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -70,6 +72,8 @@ class Job:
     direct: bool | None = None   # --direct / --no-direct; None: the default
     parallel: int = 1            # as backup --jobs N
     key_file: str | None = None  # an encrypted repository's key (backup --key-file)
+    copy_to: str | None = None   # a second repository: the snapshots made are copied there
+    copy_to_key_file: str | None = None  # its key, if it is encrypted (copy --to-key-file)
 
 
 def parse_duration(value) -> float | None:
@@ -192,6 +196,10 @@ def _job(where: _Where, name: str, spec) -> Job:
     job.metrics_file = text("metrics_file")
     job.key_file = text("key_file")
     job.notify_urls = _notify_urls(where, table, spec, bad)
+    job.copy_to, job.copy_to_key_file = text("copy_to"), text("copy_to_key_file")
+    if job.copy_to_key_file and not job.copy_to:
+        raise where.error(table, "copy_to_key_file", "goes with copy_to (the repository "
+                                                     "it is the key of)")
     job.notify = text("notify") or "failure"
     if job.notify not in ("failure", "always"):
         raise bad("notify", '"failure" or "always"')

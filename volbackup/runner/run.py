@@ -1,10 +1,11 @@
-"""Scheduled runs: lock, back up, prune, report. Used by `volbackup run` and `backup --prune`.
+"""Scheduled runs: lock, back up, prune, copy, report. Used by `volbackup run` and `backup --prune`.
 
 `Schedule.run(repo, do_backup)` wraps one backup call: it takes the repository's shared
 lock for the backup, applies the keep rules (under the exclusive lock) when every volume
-succeeded, then writes the metrics file and sends the notification, whatever happened,
-before it returns the backup result or raises the run's error. Reporting never fails a run:
-a problem with the metrics file or the notification is passed to `warn`.
+succeeded, copies the snapshots it made to a second repository (`copy_to`), then writes
+the metrics file and sends the notification, whatever happened, before it returns the
+backup result or raises the run's error. Reporting never fails a run: a problem with the
+metrics file or the notification is passed to `warn`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable
 from volbackup import __version__
 from volbackup.errors import PartialFailure, VolbackupError, as_error
 from volbackup.ops import backup as backup_ops
+from volbackup.ops import copy as copy_ops
 from volbackup.ops import prune as prune_ops
 from volbackup.ops import notify, report
 from volbackup.ops.outcome import ProgressFactory, no_progress
@@ -45,13 +47,15 @@ class Schedule:
     progress: ProgressFactory = no_progress  # of the prune
     summaries: list[dict] = field(default_factory=list)
     prune_error: VolbackupError | None = None
+    copy_to: Callable[[], Repository] | None = None   # opens the second repository
+    copy_error: VolbackupError | None = None
 
     def run(self, repo: Repository, do_backup: Callable[[], "backup_ops.BackupResult"]):
         """Lock, back up, prune, report. Returns the backup result without raising for
         failed volumes; call `raise_for_failures(result)` after rendering it."""
         started, clock = datetime.now(timezone.utc), time.monotonic()
-        result = pruned = error = None
-        self.prune_error = None
+        result = pruned = copied = error = None
+        self.prune_error = self.copy_error = None
         try:
             with repo.lock(locking.SHARED, self.lock_wait, "backup", self._broke):
                 result = do_backup()
@@ -59,13 +63,15 @@ class Schedule:
                 pruned = self._prune(repo, result)
             elif self.rules and result.volumes:
                 self.say("prune: skipped, not every volume was backed up")
-            error = _first_error(result) or self.prune_error
+            if self.copy_to is not None:
+                copied = self._copy(repo, result)
+            error = _first_error(result) or self.prune_error or self.copy_error
         except BaseException as e:  # whatever stopped the run, it is reported as failed
             error = e
             raise
         finally:
             self._report(summary(self.job, repo.describe(), started,
-                                 time.monotonic() - clock, result, pruned, error,
+                                 time.monotonic() - clock, result, pruned, error, copied,
                                  locks=self._locks_left(repo)))
         return result
 
@@ -77,6 +83,32 @@ class Schedule:
         except Exception as e:  # reporting never fails a run
             self.warn(f"cannot list the repository's locks for the metrics: {as_error(e)}")
             return None
+
+    def _copy(self, repo: Repository, result):
+        """Copy the snapshots this run made (not older ones: the second repository may
+        keep fewer, by its own prune) to the second repository."""
+        made = [v.snapshot for v in result.volumes if v.snapshot and not v.failed]
+        if not made:
+            return None
+        try:
+            target = self.copy_to()
+            copied = copy_ops.copy(repo, target, copy_ops.Choice(made), self.lock_wait,
+                                   on_break=self._broke)
+        except Exception as e:
+            self.copy_error = as_error(e)
+            self.warn(f"copy failed: {self.copy_error}")
+            return None
+        sent = sum(o.bytes_sent for o in copied.snapshots)
+        self.say(f"copy: {sum(o.status == 'copied' for o in copied.snapshots)} copied to "
+                 f"{copied.target} ({sent} bytes stored)")
+        try:
+            copied.raise_for_failures()
+        except VolbackupError as e:
+            self.copy_error = e
+            for o in copied.snapshots:
+                if o.failed:
+                    self.warn(f"copy of {o.snapshot} failed: {o.message}")
+        return copied
 
     def _prune(self, repo: Repository, result):
         made = {v.snapshot for v in result.volumes if v.snapshot and not v.failed}
@@ -104,10 +136,12 @@ class Schedule:
         return pruned
 
     def raise_for_failures(self, result) -> None:
-        """The backup's failures first, then the prune's."""
+        """The backup's failures first, then the prune's, then the copy's."""
         result.raise_for_failures()
         if self.prune_error is not None:
             raise self.prune_error
+        if self.copy_error is not None:
+            raise self.copy_error
 
     def _broke(self, lock, why: str) -> None:
         self.warn(f"broke a stale lock ({lock.describe()}): {why}")
@@ -133,7 +167,7 @@ def _first_error(result) -> VolbackupError | None:
 
 
 def summary(job: str, repository: str, started: datetime, seconds: float, result, pruned,
-            error: BaseException | None, finished: datetime | None = None,
+            error: BaseException | None, copied=None, finished: datetime | None = None,
             locks: list[locking.LockInfo] | None = None) -> dict:
     """The JSON run summary, the one place it is built: what the metrics file and the
     notification are made from, also for a job whose repository could not be opened.
@@ -160,6 +194,12 @@ def summary(job: str, repository: str, started: datetime, seconds: float, result
             "future_dated": pruned.future_dated},
         "locks": None if locks is None else {
             "count": len(locks), "oldest_age_seconds": _oldest_age(locks, finished)},
+        "copy": None if copied is None else {
+            "target": copied.target,
+            "copied": sum(o.status == "copied" for o in copied.snapshots),
+            "skipped": sum(o.status == "skipped" for o in copied.snapshots),
+            "failed": sum(o.failed for o in copied.snapshots),
+            "bytes_sent": sum(o.bytes_sent for o in copied.snapshots)},
     }
 
 
@@ -201,9 +241,10 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
     for job in jobs:
         schedule = Schedule(job.name, job.keep, job.allow_remove_newest, job.lock_wait,
                             job.metrics_file, job.notify_urls, job.notify, warn, say,
-                            progress)
+                            progress, copy_to=_opener(job))
         try:
-            secrets = Secrets(job.key_file) if job.key_file else Secrets.from_env()
+            secrets = (Secrets(job.key_file, Secrets.from_env().identity_file) if job.key_file
+                       else Secrets.from_env())
             repo = Repository.open(job.repository, writable=True, secrets=secrets)
         except Exception as e:
             error = as_error(e)
@@ -228,7 +269,16 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
     return result
 
 
+def _opener(job: Job) -> Callable[[], Repository] | None:
+    """How a job opens its second repository, if it has one (when the copy begins)."""
+    if not job.copy_to:
+        return None
+    target = job.copy_to
+    return lambda: Repository.open(target, writable=True,
+                                   secrets=Secrets(key_file=job.copy_to_key_file))
+
+
 def _unopened(job: Job, error: VolbackupError) -> dict:
     """The summary of a job whose repository could not be opened: named by its URL."""
     now = datetime.now(timezone.utc)
-    return summary(job.name, job.repository, now, 0.0, None, None, error, finished=now)
+    return summary(job.name, job.repository, now, 0.0, None, None, error, None, finished=now)

@@ -1,0 +1,131 @@
+"""Copying a chunk list and its chunks between two chunked repositories that name chunks
+the same way (both plain: a chunk's name is the sha256 of its plaintext, whatever the
+chunker's parameters), for `volbackup copy` (volbackup.ops.copy).
+
+The source's list is read once through and checked against the manifest (sha256, count,
+bytes) before any chunk moves, then again as the chunks the target lacks are fetched,
+checked against their names (ChunkStore.get_stored) and stored in the target as they are
+stored in the source (no compressing again), a few at a time. The list goes into a blob
+that appears only when its chunks are durable and the second read matched the manifest
+too; the caller writes the manifest after it. A snapshot has two such lists: its data's
+(`.chunks`) and its catalogue's (`.catalog`, volbackup.repo.catalogs), one call each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from volbackup.errors import IntegrityError, RepositoryError
+from volbackup.repo.backends import Backend, BlobNotFound
+from volbackup.repo.chunked import WRITERS, KnownChunks, iter_list
+from volbackup.repo.chunkstore import ChunkStore
+from volbackup.stream.archive import Progress, no_progress
+
+
+@dataclass
+class ListCopy:
+    """What copying one chunk list did."""
+
+    chunks: int = 0         # entries in the list
+    bytes: int = 0          # plaintext bytes they hold
+    sent: int = 0           # chunks the target lacked, and now has
+    sent_bytes: int = 0     # stored bytes of those
+    lists: int = 1          # chunk lists written
+
+    def __add__(self, other: "ListCopy") -> "ListCopy":
+        return ListCopy(self.chunks + other.chunks, self.bytes + other.bytes,
+                        self.sent + other.sent, self.sent_bytes + other.sent_bytes,
+                        self.lists + other.lists)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One repository's end of a copy: where its blobs and chunks are."""
+
+    backend: Backend
+    store: ChunkStore
+    known: KnownChunks | None = None   # the target's: what it need not be sent
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the manifest says of a chunk list."""
+
+    sha256: str
+    chunks: int
+    bytes: int
+    what: str               # for messages: "chunk list of snapshot X"
+
+
+def copy_list(source: Side, source_key: str, target: Side, target_key: str,
+              expected: Expected, progress: Progress = no_progress) -> ListCopy:
+    """Copy the chunk list at `source_key` to `target_key`, with the chunks the target
+    lacks; raises IntegrityError (nothing of the list appears) if the list or a chunk
+    is not what the manifest says."""
+    assert target.known is not None
+    _check(source, source_key, expected, lambda chunk_id, length: None)
+    result = ListCopy()
+    pending: deque[Future] = deque()
+
+    def send(chunk_id: str, length: int) -> tuple[int, int]:
+        digest = bytes.fromhex(chunk_id)
+        if not target.known.claim(digest):
+            return 0, 0
+        stored = 0
+        try:
+            stored = target.store.put_stored(chunk_id, source.store.get_stored(chunk_id, length))
+        finally:
+            target.known.done(digest, stored > 0)
+        return 1, stored
+
+    def settle(future: Future) -> None:
+        sent, stored = future.result()
+        result.sent += sent
+        result.sent_bytes += stored
+
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="volbackup-copy") as pool, \
+            target.backend.open_write(target_key) as out:
+        try:
+            def each(chunk_id: str, length: int) -> None:
+                out.write(f"{chunk_id} {length}\n".encode())
+                pending.append(pool.submit(send, chunk_id, length))
+                while len(pending) > 2 * WRITERS or (pending and pending[0].done()):
+                    settle(pending.popleft())
+                result.chunks += 1
+                result.bytes += length
+                progress(length)
+
+            _check(source, source_key, expected, each)
+            while pending:
+                settle(pending.popleft())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return result
+
+
+def _check(source: Side, key: str, expected: Expected,
+           each: Callable[[str, int], None]) -> None:
+    """Read the list at `key`, calling `each` per entry, and raise if it is not the
+    manifest's (longer, shorter, or another sha256)."""
+    digest, chunks, total = hashlib.sha256(), 0, 0
+    try:
+        with source.backend.open_read(key) as reader:
+            for chunk_id, length in iter_list(reader, digest):
+                chunks, total = chunks + 1, total + length
+                if chunks > expected.chunks or total > expected.bytes:
+                    raise IntegrityError(f"{expected.what} is longer than the manifest says")
+                each(chunk_id, length)
+    except BlobNotFound:
+        raise RepositoryError(f"{expected.what} ({key}) is missing") from None
+    if digest.hexdigest() != expected.sha256:
+        raise IntegrityError(f"{expected.what} has sha256 {digest.hexdigest()}, the manifest "
+                             f"says {expected.sha256}")
+    if (chunks, total) != (expected.chunks, expected.bytes):
+        raise IntegrityError(f"{expected.what} holds {chunks} chunks of {total} bytes, the "
+                             f"manifest says {expected.chunks} of {expected.bytes}")
