@@ -502,7 +502,7 @@ def test_a_run_copies_what_it_made_and_only_that(tmp_path, hook):
         return BackupResult(source.describe(), [VolumeBackup("pgdata", "ok", made[0].snapshot)])
 
     said = []
-    schedule = Schedule("db", notify_url=hook, notify="always", say=said.append,
+    schedule = Schedule("db", notify_urls=[hook], notify="always", say=said.append,
                         copy_to=lambda: Repository.open(str(tmp_path / "target"), writable=True))
     schedule.raise_for_failures(schedule.run(source, do_backup))
     assert [m.snapshot for m in target.snapshots().snapshots] == [made[0].snapshot]
@@ -518,7 +518,7 @@ def test_a_failed_copy_fails_the_run_after_the_backup(repo, tmp_path, hook):
     """The fake backup's archive is not zstd: the copy fails, the snapshot stays made."""
     (tmp_path / "target").mkdir()
     warned = []
-    schedule = Schedule("db", notify_url=hook, warn=warned.append,
+    schedule = Schedule("db", notify_urls=[hook], warn=warned.append,
                         copy_to=lambda: Repository.open(str(tmp_path / "target"), writable=True))
     result = schedule.run(repo, fake_backup(repo))
     with pytest.raises(Exception) as caught:
