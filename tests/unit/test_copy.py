@@ -31,8 +31,12 @@ ALL = ops.Choice([], all=True)
 
 
 def archive_repo(path: Path) -> Repository:
+    """An archive-layout repository: one that holds snapshots (a copy refuses a target
+    that is neither initialised nor holds any), here one of a volume of its own."""
     path.mkdir(exist_ok=True)
-    return Repository.open(str(path), writable=True)
+    repo = Repository.open(str(path), writable=True)
+    backup(repo, volume_tar(seed=99, size=1000), volume="its-own")
+    return repo
 
 
 def manifests(repo: Repository) -> dict[str, dict]:
@@ -110,7 +114,7 @@ def test_archive_to_chunked_and_back(tmp_path, source):
     assert {m.layout for m in archives.snapshots().snapshots} == {"archive"}
     assert list(files_under(tmp_path / "archives")) and not (tmp_path / "archives/chunks").exists()
     chunked = chunked_repo(tmp_path / "chunked")
-    back = ops.copy(archives, chunked, ALL)
+    back = ops.copy(archives, chunked, ops.Choice([m.snapshot for m in made]))
     assert [o.status for o in back.snapshots] == ["copied"] * 3
     for manifest in made:
         for repository in (archives, chunked):
@@ -124,7 +128,8 @@ def test_archive_to_chunked_and_back(tmp_path, source):
             list(repo.catalog(manifest))
     assert_verifies(archives)
     assert_verifies(chunked)
-    assert [o.status for o in ops.copy(archives, chunked, ALL).snapshots] == ["skipped"] * 3
+    assert [o.status for o in ops.copy(archives, chunked, ops.Choice(
+        [m.snapshot for m in made])).snapshots] == ["skipped"] * 3
 
 
 def test_local_to_s3_and_back(tmp_path, source, s3_bucket):  # noqa: F811 - a fixture
@@ -203,7 +208,8 @@ def test_a_corrupt_source_chunk_fails_the_copy_and_commits_nothing(tmp_path, sou
                             made[2].snapshot: "failed"}
         failed = [o for o in result.snapshots if o.failed][0]
         assert isinstance(failed.error, IntegrityError) and chunk_id in failed.message
-        assert sorted(manifests(target)) == sorted(m.snapshot for m in made[:2])
+        assert sorted(s for s in manifests(target) if not s.startswith("its-own@")) == \
+            sorted(m.snapshot for m in made[:2])
         leftovers = [p.name for p in (Path(target.describe()) / "snapshots/cache").iterdir()]
         assert leftovers == []  # no list, no archive, no manifest: nothing half there
         with pytest.raises(PartialFailure, match="1 of 3 snapshots failed: cache"):
@@ -260,7 +266,7 @@ def test_the_same_repository_under_another_name_is_refused(tmp_path, source):
 def test_cli_copy_and_its_bad_input(tmp_path, source):
     repo, made = source
     src = str(tmp_path / "source")
-    (tmp_path / "target").mkdir()
+    chunked_repo(tmp_path / "target")
     dst = str(tmp_path / "target")
     done = run_cli("copy", "--all", "-r", src, "--to", dst, "--json")
     assert done.code == 0, done.stderr
@@ -273,14 +279,18 @@ def test_cli_copy_and_its_bad_input(tmp_path, source):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text("root\n")
     (tmp_path / "empty").mkdir()
+    inited = str(tmp_path / "inited")
+    chunked_repo(tmp_path / "inited")
     cases = [
-        (["copy", "pgdata@20200101T000000Z-abcd", "-r", src, "--to", str(tmp_path / "empty")],
+        (["copy", "pgdata@20200101T000000Z-abcd", "-r", src, "--to", inited],
          4, "no snapshot pgdata@20200101T000000Z-abcd"),
+        (["copy", "--all", "-r", src, "--to", str(tmp_path / "empty")], 5,
+         "is not a repository yet: make it with `volbackup init"),
         (["copy", "--all", "-r", src, "--to", str(tmp_path / "etc")], 5,
          "is not a volbackup repository"),
         (["copy", "--all", "-r", src, "--to", str(tmp_path / "missing")], 5, "does not exist"),
         (["copy", "--all", "-r", src, "--to", src], 8, "is the source repository"),
-        (["copy", "--all", "-r", src, "--to", str(tmp_path / "empty"), "--to-key-file",
+        (["copy", "--all", "-r", src, "--to", inited, "--to-key-file",
           str(tmp_path / "nokey")], 17, "not encrypted"),
         (["copy", "-r", src, "--to", str(tmp_path / "empty")], 2, "--all"),
         (["copy", "pgdata", "--all", "-r", src, "--to", str(tmp_path / "empty")], 2, "not both"),
@@ -292,6 +302,7 @@ def test_cli_copy_and_its_bad_input(tmp_path, source):
         errors = [line for line in run.stderr.splitlines() if "rror:" in line]
         assert len(errors) == 1 and words in errors[0]  # one line (usage: after click's)
     assert files_under(tmp_path / "empty") == set()
+    assert files_under(tmp_path / "inited") == {"config"}
     assert files_under(tmp_path / "etc") == {"passwd"}
     assert not (tmp_path / "missing").exists()
 

@@ -74,6 +74,10 @@ def copy(source: Repository, target: Repository, choice: Choice, lock_wait: floa
     source.check_secrets(reading=True)
     target.check_secrets(reading=False)
     target.require_repository()
+    if not target.initialised():
+        raise RepositoryError(
+            f"{target.describe()} is not a repository yet: make it with `volbackup init -r "
+            f"{target.describe()}` (or copy into one that holds snapshots); nothing was copied")
     if source.keyring is not None and target.keyring is None and not allow_plain_target:
         raise TargetNotEmpty(
             f"{source.describe()} is encrypted and {target.describe()} is not: its snapshots "

@@ -394,6 +394,14 @@ class Repository:
         found.sort(key=lambda m: (parse_created(m.created), m.snapshot))
         return Listing(found, problems)
 
+    def initialised(self) -> bool:
+        """A chunked repository (`init` made it), or one that holds snapshots (the archive
+        layout is made by its first backup): what a copy may write into. An empty
+        directory or bucket prefix is not one: a typo in a target must not become a
+        repository."""
+        return self.config is not None or next(
+            (True for info in self.backend.list(PREFIX) if not info.error), False)
+
     def require_repository(self) -> None:
         """Raise if the store holds other things and no repository (`list -r /etc`), so
         that "no snapshots" is never said of a wrong directory."""
