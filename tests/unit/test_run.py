@@ -81,6 +81,10 @@ BAD = [
     (("level = 5", "retries = 11"), ["job db", "'retries'", "0 to 10"]),
     (("level = 5", "direct = \"auto\""), ["job db", "'direct'", "line 7", "true or false"]),
     (("level = 5", "parallel = 0"), ["job db", "'parallel'", "1 to 32"]),
+    (("level = 5", "exclude_path = [\"a/../b\"]"), ["job db", "'exclude_path'", "line 7",
+                                                    "'..' component"]),
+    (("level = 5", "exclude_path = \"cache\""), ["job db", "'exclude_path'", "list of strings"]),
+    (("level = 5", "exclude_path = [\"\"]"), ["job db", "'exclude_path'", "list of strings"]),
     (("level = 5", "parallel = true"), ["job db", "'parallel'", "1 to 32"]),
     (("container = \"web\"", "container = \"web\"\nall = true"),
      ["job web", "either volumes"]),
@@ -94,6 +98,15 @@ def test_bad_config_names_key_job_and_line(tmp_path, change, words):
     for word in words:
         assert word in str(caught.value)
     assert caught.value.exit_code == 12
+
+
+def test_exclude_path_key(tmp_path):
+    (job,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\n'
+                            'exclude_path = ["cache", "/tmp/**", "cache"]\n')
+    assert job.exclude_paths == ["cache", "/tmp/**"]
+    assert job.selection.exclude == []  # `exclude` stays the volume selection's
+    (plain,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\n')
+    assert plain.exclude_paths == []
 
 
 def test_selection_and_quiescing_keys(tmp_path):
