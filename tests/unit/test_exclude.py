@@ -3,6 +3,7 @@ filter that drops excluded members from a stream before it is packed."""
 
 from __future__ import annotations
 
+import copy
 import io
 import tarfile
 
@@ -167,14 +168,70 @@ def test_a_link_to_a_kept_file_survives_and_an_excluded_link_goes():
     assert names_after(data, ["tmp"]) == [".", "data", "also"]
 
 
-def test_a_kept_hard_link_to_an_excluded_file_is_refused():
-    data = make_tar([(_info("./", tarfile.DIRTYPE, 0o755), b""),
-                     (_info("./cache/", tarfile.DIRTYPE, 0o755), b""),
-                     (_info("./cache/blob"), b"payload"),
-                     (_info("./kept", tarfile.LNKTYPE, linkname="./cache/blob"), b"")])
+LINKED = [(_info("./", tarfile.DIRTYPE, 0o755), b""),
+          (_info("./cache/", tarfile.DIRTYPE, 0o755), b""),
+          (_info("./cache/blob", mode=0o4750, uid=7, mtime=1_600_000_000.25,
+                 pax={"SCHILY.xattr.user.k": "v"}), b"payload" * 200),
+          (_info("./kept", tarfile.LNKTYPE, mode=0o4750, uid=7, linkname="./cache/blob"), b""),
+          (_info("./" + "k" * 150, tarfile.LNKTYPE, linkname="./cache/blob"), b""),
+          (_info("./after"), b"after")]
+
+
+def refetch_from(members, reads: list):
+    """A refetch that gives the named member of `members` as the engine would: a tar
+    holding that one file under its base name."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def refetch(path):
+        reads.append(path)
+        info, data = next((i, d) for i, d in members if normal_name(i.name) == path)
+        again = copy.copy(info)
+        again.name = path.rsplit("/", 1)[-1]
+        yield iter(chunked(make_tar([(again, data)]), 100))
+    return refetch
+
+
+def test_a_kept_hard_link_to_an_excluded_file_without_refetch_is_refused():
+    data = make_tar(LINKED)
     with pytest.raises(BadPattern, match="'kept' is a hard link to 'cache/blob'"):
         names_after(data, ["cache"])
-    assert names_after(data, ["cache", "kept"]) == ["."]
+    assert names_after(data, ["cache", "kept", "k*"]) == [".", "after"]
+
+
+@pytest.mark.parametrize("chunking", [1, 512, 700, 65536])
+def test_a_kept_hard_link_to_an_excluded_file_gets_the_data_again(tmp_path, chunking):
+    reads: list[str] = []
+    out = b"".join(filter_tar(chunked(make_tar(LINKED), chunking), Matcher(["cache"]),
+                              refetch_from(LINKED, reads)))
+    assert reads == ["cache/blob"]   # once: the second link links to the first kept name
+    walker = TarWalker()
+    walker.feed(out)
+    walker.finish()
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        members = {normal_name(m.name): m for m in tar}
+        assert list(members) == [".", "kept", "k" * 150, "after"]
+        kept = members["kept"]
+        assert kept.isreg() and tar.extractfile(kept).read() == b"payload" * 200
+        assert (kept.mode, kept.uid, kept.mtime) == (0o4750, 7, 1_600_000_000.25)
+        assert kept.pax_headers["SCHILY.xattr.user.k"] == "v"
+        assert members["k" * 150].islnk() and normal_name(members["k" * 150].linkname) == "kept"
+        tar.extractall(tmp_path, filter="fully_trusted")
+    assert (tmp_path / ("k" * 150)).stat().st_ino == (tmp_path / "kept").stat().st_ino
+    assert (tmp_path / "after").read_bytes() == b"after"
+
+
+def test_a_file_gone_when_read_again_breaks_the_stream():
+    from contextlib import contextmanager
+
+    from volbackup.errors import StreamBroken
+
+    @contextmanager
+    def gone(path):
+        yield iter([make_tar([(_info("./", tarfile.DIRTYPE, 0o755), b"")])])
+
+    with pytest.raises(StreamBroken, match="'cache/blob' changed while the volume was read"):
+        b"".join(filter_tar(chunked(make_tar(LINKED), 512), Matcher(["cache"]), gone))
 
 
 def test_a_truncated_stream_stays_truncated():

@@ -24,7 +24,7 @@ from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.repo.manifest import Manifest
-from volbackup.stream.exclude import Matcher, filter_tar, split_label
+from volbackup.stream.exclude import Matcher, Refetch, filter_tar, split_label
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.timefmt import utc_iso
 
@@ -38,6 +38,7 @@ class Stream:
 
     chunks: Iterator[bytes]
     via: str
+    refetch: Refetch | None = None  # one file of the volume again (volbackup.stream.exclude)
 
 
 Reader = Callable[[], AbstractContextManager[Stream]]  # opens a volume's tar stream
@@ -126,11 +127,12 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Ite
     directory = find(engine, source.host_path) if use_direct is not False else None
     if directory and (use_direct or not _written_to(engine, source)):
         with direct.export(directory, only=source.file_name) as chunks:
-            yield Stream(chunks, "direct")
+            yield Stream(chunks, "direct", lambda path: direct.export(directory, only=path))
         return
     with engine.helper(**source.helper) as helper, \
             helper.export(source.path.rstrip("/") + "/.") as chunks:
-        yield Stream(chunks, "engine")
+        yield Stream(chunks, "engine",
+                     lambda path: helper.export(source.path.rstrip("/") + "/" + path))
 
 
 def label_patterns(engine: Engine, source: Source) -> list[str]:
@@ -179,7 +181,8 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
                 repo.snapshot_writer(snapshot_id) as writer, \
                 reader() as stream:
             outcome.via = stream.via
-            chunks = filter_tar(stream.chunks, matcher) if matcher else stream.chunks
+            chunks = filter_tar(stream.chunks, matcher, stream.refetch) if matcher \
+                else stream.chunks
             packed = writer.pack(chunks, level, update)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 import tarfile
-from typing import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Callable, Iterable, Iterator
 
-from volbackup.errors import BadPattern
+from volbackup.errors import BadPattern, StreamBroken
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name, shown
 
 MAX_PATTERN = 4096   # a path is at most 4 KiB on Linux; a longer pattern is a mistake
@@ -148,36 +149,45 @@ def _component(part: str, bad) -> str:
     return "".join(out)
 
 
-def filter_tar(pieces: Iterable[bytes], matcher: Matcher) -> Iterator[bytes]:
+Refetch = Callable[[str], AbstractContextManager[Iterable[bytes]]]
+MAX_RELINKED = 100_000  # hard-linked files whose first name is left out, per volume
+
+
+def filter_tar(pieces: Iterable[bytes], matcher: Matcher,
+               refetch: Refetch | None = None) -> Iterator[bytes]:
     """The tar stream `pieces` without the members `matcher` excludes: their headers
     (PAX and GNU long-name ones too), data and padding are dropped as they pass.
 
+    Hard links: tar stores a file's data under the first name it meets and links later
+    names to it. When the patterns leave out that first name and keep a later one, the
+    first kept name becomes a regular file again, its data read once more from the
+    volume with `refetch(path)` (a tar stream holding that one file: GNU tar or the
+    engine, as for the whole volume), and further kept names link to it. Without
+    `refetch` such a link fails the backup (BadPattern), rather than store a link that
+    cannot be restored.
+
     Memory: the bytes of the member whose headers are being read (at most
-    tarstream.MAX_EXTENDED, its extended headers). A kept hard link whose target the
-    patterns exclude (the target is the first occurrence, which carried the data) would
-    be left with nothing to link to: the backup of that volume fails, naming both
-    (BadPattern), rather than store a link that cannot be restored. Structure errors are
-    the walker's (IntegrityError); what follows the end-of-archive marker passes as is.
+    tarstream.MAX_EXTENDED, its extended headers) and the names of those re-made files.
+    Structure errors are the walker's (IntegrityError); what follows the end-of-archive
+    marker passes as is.
     """
     if not matcher:
         yield from pieces
         return
     walker = TarWalker(keep_first=False)
-    drops: list[tuple[int, int]] = []   # [start, end) of excluded members not yet passed
+    drops: list[list] = []   # [start, end, insert] of excluded or replaced members not passed
+    relinked: dict[str, str] = {}  # left-out first name -> the kept name that holds the data
 
     def on_member(start: int, data_at: int, entry: Entry) -> None:
         if not matcher.excludes(entry.name):
             if entry.type == tarfile.LNKTYPE and matcher.excludes(entry.linkname):
-                raise BadPattern(
-                    f"{shown(normal_name(entry.name))} is a hard link to "
-                    f"{shown(normal_name(entry.linkname))}, which the exclude patterns leave "
-                    f"out: exclude both or neither (nothing was written)")
+                drops.append([start, data_at, _relink(entry, relinked, refetch)])
             return
         end = data_at + -(-entry.size // BLOCK) * BLOCK
-        if drops and drops[-1][1] == start:
-            drops[-1] = (drops[-1][0], end)
+        if drops and drops[-1][1] == start and drops[-1][2] is None:
+            drops[-1][1] = end
         else:
-            drops.append((start, end))
+            drops.append([start, end, None])
 
     walker.on_member = on_member
     held = b""       # bytes from `held_at` that are not decided yet
@@ -198,9 +208,76 @@ def filter_tar(pieces: Iterable[bytes], matcher: Matcher) -> Iterator[bytes]:
         yield held  # a truncated stream stays truncated: the packer's walker says so
 
 
+def _relink(link: Entry, relinked: dict[str, str], refetch: Refetch | None):
+    """What replaces a kept hard link whose target is left out: a link to the kept name
+    that was re-made first, or (the first such name) the file itself, read again."""
+    name, target = normal_name(link.name), normal_name(link.linkname)
+    if target in relinked:
+        info = _header(link, link.name, tarfile.LNKTYPE)
+        info.linkname = "./" + relinked[target]
+        return lambda: iter([info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")])
+    if refetch is None or len(relinked) >= MAX_RELINKED:
+        raise BadPattern(
+            f"{shown(name)} is a hard link to {shown(target)}, which the exclude patterns "
+            f"leave out: exclude both or neither (nothing was written)")
+    relinked[target] = name
+    return lambda: _file_again(link, target, refetch)
+
+
+def _file_again(link: Entry, target: str, refetch: Refetch) -> Iterator[bytes]:
+    """The member of the regular file `target` (read again) under the link's name."""
+    walker = TarWalker(keep_first=False)
+    found: list[tuple[int, Entry]] = []
+
+    def on_member(start: int, data_at: int, entry: Entry) -> None:
+        if not found and entry.type in tarfile.REGULAR_TYPES:
+            found.append((data_at, entry))
+
+    walker.on_member = on_member
+    done, started = 0, False
+    with refetch(target) as pieces:
+        for piece in pieces:
+            at = walker.bytes
+            walker.feed(piece)
+            if not found:
+                continue
+            data_at, entry = found[0]
+            if not started:
+                started = True
+                info = _header(entry, link.name, tarfile.REGTYPE)
+                yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            end = data_at + entry.size
+            a, b = max(at, data_at + done), min(at + len(piece), end)
+            if a < b:
+                yield bytes(piece[a - at:b - at])
+                done += b - a
+        walker.finish()
+    if not found:
+        raise StreamBroken(f"{shown(target)} changed while the volume was read (it is no "
+                           f"longer a regular file; needed for its hard link "
+                           f"{shown(normal_name(link.name))})")
+    yield bytes(-found[0][1].size % BLOCK)
+
+
+def _header(entry: Entry, name: str, type_: bytes) -> tarfile.TarInfo:
+    """A header for `name` with `entry`'s owner, mode, times, size and PAX records (sparse
+    maps and xattrs included), except those that name it."""
+    info = tarfile.TarInfo(name)
+    info.type = type_
+    info.mode, info.uid, info.gid, info.mtime = entry.mode & 0o7777, entry.uid, entry.gid, \
+        entry.mtime
+    info.size = entry.size if type_ in tarfile.REGULAR_TYPES else 0
+    info.pax_headers = {k: v for k, v in entry.pax.items()
+                        if k not in ("path", "linkpath", "size", "uid", "gid")}
+    if "GNU.sparse.name" in info.pax_headers:
+        info.pax_headers["GNU.sparse.name"] = name
+    return info
+
+
 def _kept(held: bytes, held_at: int, piece, piece_at: int, settled: int,
-          drops: list[tuple[int, int]]) -> Iterator[bytes]:
-    """The bytes of [held_at, settled) that no drop covers, from `held` and `piece`."""
+          drops: list[list]) -> Iterator[bytes]:
+    """The bytes of [held_at, settled) that no drop covers, from `held` and `piece`, with
+    what replaces a dropped member where it was."""
     def between(a: int, b: int) -> Iterator[bytes]:
         if a >= b:
             return
@@ -213,12 +290,15 @@ def _kept(held: bytes, held_at: int, piece, piece_at: int, settled: int,
                 yield bytes(piece[max(a, piece_at) - piece_at:b - piece_at])
 
     pos = held_at
-    for start, end in drops:
-        if end <= pos:
+    for drop in drops:
+        start, end, insert = drop
+        if end <= pos and insert is None:
             continue
         if start >= settled:
             break
         yield from (b for b in between(pos, min(start, settled)) if b)
+        if insert is not None:
+            drop[2] = None
+            yield from insert()
         pos = max(pos, end)
     yield from (b for b in between(pos, settled) if b)
-
