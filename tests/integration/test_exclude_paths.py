@@ -139,7 +139,7 @@ def test_a_run_job_takes_exclude_path(make_volume, mountpoint, cli, repo_dir, na
 
 
 def test_bad_patterns_are_refused_with_nothing_written(make_volume, mountpoint, cli, repo_dir,
-                                                       names, tmp_path):
+                                                       names, tmp_path, run_container):
     volume = make_volume("bad")
     make_tree(mountpoint(volume.name))
     before = repo_files(repo_dir)
@@ -150,7 +150,13 @@ def test_bad_patterns_are_refused_with_nothing_written(make_volume, mountpoint, 
     labelled = make_volume("badlabel", labels={"volbackup.exclude": "ok,../up"})
     result = cli("backup", labelled.name, "-r", str(repo_dir))
     assert result.code == 18, result.stderr
-    assert "'../up' has a '..' component" in one_line_error(result.stderr)
+    assert f"label volbackup.exclude of volume {labelled.name}: exclude pattern '../up' has " \
+        f"a '..' component" in one_line_error(result.stderr)
+    container = run_container("badlabel", volume.name, labels={"volbackup.exclude": "a//b"})
+    result = cli("backup", volume.name, "-r", str(repo_dir))
+    assert result.code == 18, result.stderr
+    assert f"label volbackup.exclude of container {container.name}: exclude pattern 'a//b'" \
+        in one_line_error(result.stderr)
     config = tmp_path / "bad.toml"
     config.write_text(f'[jobs.j]\nrepository = "{repo_dir}"\nvolumes = ["{volume.name}"]\n'
                       f'exclude_path = ["./cache"]\n')

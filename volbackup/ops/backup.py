@@ -18,13 +18,13 @@ from typing import Callable, Iterator
 from volbackup import __version__
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
-from volbackup.errors import BadPattern, IntegrityError, StreamBroken
+from volbackup.errors import BadPattern, IntegrityError, StreamBroken, reworded
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.repo.manifest import Manifest
-from volbackup.stream.exclude import Matcher, Refetch, filter_tar, split_label
+from volbackup.stream.exclude import Matcher, Refetch, filter_tar, parse_patterns, split_label
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.timefmt import utc_iso
 
@@ -137,10 +137,19 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Ite
 
 def label_patterns(engine: Engine, source: Source) -> list[str]:
     """The exclude patterns of the volbackup.exclude label on `source`'s volume and on the
-    containers that use it (a bind mount: its container)."""
-    values = [source.labels.get(EXCLUDE_LABEL, "")]
-    values += [c.labels.get(EXCLUDE_LABEL, "") for c in users_of(engine, source)]
-    return [p for value in values for p in split_label(value)]
+    containers that use it (a bind mount: its container). A bad one raises BadPattern,
+    saying whose label holds it."""
+    labelled = [(f"volume {source.volume}", source.labels)] if source.kind == "volume" else []
+    labelled += [(f"container {c.name}", c.labels) for c in users_of(engine, source)]
+    patterns = []
+    for whose, labels in labelled:
+        found = split_label(labels.get(EXCLUDE_LABEL, ""))
+        try:
+            parse_patterns(found)
+        except BadPattern as e:
+            raise reworded(e, f"label {EXCLUDE_LABEL} of {whose}: {e}") from None
+        patterns += found
+    return patterns
 
 
 def _written_to(engine: Engine, source: Source) -> bool:
