@@ -154,6 +154,17 @@ class InputRefused(VolbackupError):
                "No snapshot was made.")
 
 
+class BadPattern(VolbackupError):
+    exit_code = 19
+    title = "bad exclude pattern"
+    summary = ("A volbackup.exclude label holds a bad pattern (empty, a `.` or `..` "
+               "component, an empty component, a NUL, an invalid character class), or "
+               "more than 100000 hard-linked files lost their first name to the patterns: "
+               "that volume's backup failed and no snapshot of it was written. A bad "
+               "--exclude-path is a usage error (exit 2), a bad exclude_path in a `run` "
+               "config an invalid config (exit 12).")
+
+
 class KeyProblem(VolbackupError):
     exit_code = 17
     title = "key or identity missing or wrong"

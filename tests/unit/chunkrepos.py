@@ -42,7 +42,7 @@ def volume_tar(seed: int = 1, size: int = 1 << 20, edit_at: int | None = None) -
 
 
 def backup(repo: Repository, tar: bytes, volume: str = "pgdata",
-           when: datetime | None = None) -> Manifest:
+           when: datetime | None = None, **fields) -> Manifest:
     """Store `tar` as a snapshot of `volume` (pieces of 4 KiB, as a stream arrives)."""
     when = when or datetime.now(timezone.utc)
     snapshot = new_snapshot_id(volume, when)
@@ -51,7 +51,7 @@ def backup(repo: Repository, tar: bytes, volume: str = "pgdata",
     manifest = make_manifest(snapshot, utc_iso(when, "milliseconds"), archive=writer.archive,
                              bytes=packed.bytes, stored_bytes=packed.stored_bytes,
                              sha256=packed.sha256, entries=packed.entries,
-                             **writer.fields(packed))
+                             **writer.fields(packed), **fields)
     repo.commit(manifest)
     return manifest
 

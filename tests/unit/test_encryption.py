@@ -101,6 +101,20 @@ def test_round_trip_with_an_age_recipient(setup):
     assert restored(reader, reader.load(manifest.snapshot)) == tar
 
 
+def test_exclude_patterns_are_sealed_and_older_sealed_parts_still_open(setup):
+    root, key_file, identity = setup
+    tar = volume_tar()
+    with_patterns = backup(opened(root, key_file), tar, excluded=["cache", "/tmp/**"])
+    without = backup(opened(root, key_file), tar, volume="other")
+    stored = json.loads((root / "snapshots" / "pgdata" / f"{with_patterns.archive[:-7]}.json")
+                        .read_text())
+    assert stored["excluded"] is None  # the patterns name paths: private, like labels
+    reader = opened(root, key_file, identity)
+    assert reader.reveal(reader.load(with_patterns.snapshot)).excluded == ["cache", "/tmp/**"]
+    # A sealed part without `excluded` (older versions, or no patterns) is still valid.
+    assert reader.reveal(reader.load(without.snapshot)).excluded is None
+
+
 def test_round_trip_with_an_ssh_ed25519_recipient(tmp_path):
     ssh_key = tmp_path / "id_ed25519"
     root, key_file = tmp_path / "repo", tmp_path / "repo.key"

@@ -70,3 +70,13 @@ def test_safety_for_is_optional_and_must_be_a_string():
     for bad in (5, ["x"], {"a": 1}):
         with pytest.raises(RepositoryError, match="invalid safety_for"):
             Manifest.from_json(manifest_json(safety_for=bad), WHERE)
+
+
+def test_excluded_is_optional_and_checked_like_the_command_line():
+    assert Manifest.from_json(manifest_json(), WHERE).excluded is None
+    recorded = Manifest.from_json(manifest_json(excluded=["cache", "/tmp/**"]), WHERE)
+    assert recorded.excluded == ["cache", "/tmp/**"]
+    assert Manifest.from_json(recorded.to_json(), WHERE) == recorded
+    for bad in ("cache", [1], ["a/../b"], [""], ["x\x00"], ["a", "a"], {"a": 1}, [["a"]]):
+        with pytest.raises(RepositoryError, match="invalid excluded"):
+            Manifest.from_json(manifest_json(excluded=bad), WHERE)

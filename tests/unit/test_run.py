@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.unit.chunkrepos import chunked_repo
 from tests.unit.test_prune import add
 from volbackup.errors import ConfigError, EngineError, RepositoryError, RepositoryLocked
 from volbackup.ops.backup import BackupResult, VolumeBackup
@@ -82,6 +83,10 @@ BAD = [
     (("level = 5", "retries = 11"), ["job db", "'retries'", "0 to 10"]),
     (("level = 5", "direct = \"auto\""), ["job db", "'direct'", "line 7", "true or false"]),
     (("level = 5", "parallel = 0"), ["job db", "'parallel'", "1 to 32"]),
+    (("level = 5", "exclude_path = [\"a/../b\"]"), ["job db", "'exclude_path'", "line 7",
+                                                    "'..' component"]),
+    (("level = 5", "exclude_path = \"cache\""), ["job db", "'exclude_path'", "list of strings"]),
+    (("level = 5", "exclude_path = [\"\"]"), ["job db", "'exclude_path'", "list of strings"]),
     (("level = 5", "parallel = true"), ["job db", "'parallel'", "1 to 32"]),
     (("container = \"web\"", "container = \"web\"\nall = true"),
      ["job web", "either volumes"]),
@@ -95,6 +100,15 @@ def test_bad_config_names_key_job_and_line(tmp_path, change, words):
     for word in words:
         assert word in str(caught.value)
     assert caught.value.exit_code == 12
+
+
+def test_exclude_path_key(tmp_path):
+    (job,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\n'
+                            'exclude_path = ["cache", "/tmp/**", "cache"]\n')
+    assert job.exclude_paths == ["cache", "/tmp/**"]
+    assert job.selection.exclude == []  # `exclude` stays the volume selection's
+    (plain,) = load(tmp_path, '[jobs.a]\nrepository = "/r"\nall = true\n')
+    assert plain.exclude_paths == []
 
 
 def test_selection_and_quiescing_keys(tmp_path):
@@ -491,7 +505,7 @@ def test_copy_to_keys(tmp_path):
 
 
 def test_a_run_copies_what_it_made_and_only_that(tmp_path, hook):
-    from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
+    from tests.unit.chunkrepos import backup, restored, volume_tar
 
     source, target = chunked_repo(tmp_path / "source"), chunked_repo(tmp_path / "target")
     older = backup(source, volume_tar(3, size=50_000))
@@ -516,7 +530,7 @@ def test_a_run_copies_what_it_made_and_only_that(tmp_path, hook):
 
 def test_a_failed_copy_fails_the_run_after_the_backup(repo, tmp_path, hook):
     """The fake backup's archive is not zstd: the copy fails, the snapshot stays made."""
-    (tmp_path / "target").mkdir()
+    chunked_repo(tmp_path / "target")
     warned = []
     schedule = Schedule("db", notify_urls=[hook], warn=warned.append,
                         copy_to=lambda: Repository.open(str(tmp_path / "target"), writable=True))
@@ -529,6 +543,11 @@ def test_a_failed_copy_fails_the_run_after_the_backup(repo, tmp_path, hook):
     assert any("copy of pgdata@" in w for w in warned)
     assert len(repo.snapshots().snapshots) == 1
     assert list((tmp_path / "target").glob("snapshots/*/*.json")) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    uninitialised = Schedule("db", copy_to=lambda: Repository.open(str(empty), writable=True))
+    with pytest.raises(Exception, match="not a repository yet"):
+        uninitialised.raise_for_failures(uninitialised.run(repo, fake_backup(repo)))
     missing = Schedule("db", copy_to=lambda: Repository.open(str(tmp_path / "none")))
     with pytest.raises(Exception, match="does not exist"):
         missing.raise_for_failures(missing.run(repo, fake_backup(repo)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from volbackup.cli import complete, render
-from volbackup.cli.options import (direct_option, json_option, repo_option, s3_write_options,
-                                   secrets_options)
+from volbackup.cli.options import (direct_option, exclude_patterns, json_option, repo_option,
+                                   s3_write_options, secrets_options)
 from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.cli.run import scheduling_options
 from volbackup.cli.selection import check_selection, quiesce_options, selection_options
@@ -28,6 +28,11 @@ from volbackup.repo.repository import Repository
               help="Read this many volumes at once (volumes that share containers count as "
                    "one). Faster for many small volumes and through the engine; one large "
                    "volume already keeps every core busy.")
+@click.option("--exclude-path", "exclude_paths", multiple=True, metavar="GLOB",
+              callback=exclude_patterns,
+              help="Leave out paths inside each volume that match GLOB (repeatable): `cache` "
+                   "or `*.tmp` at any depth, `/var/cache` or `logs/**` from the volume root. "
+                   "Recorded in the snapshot; see the user guide.")
 @repo_option
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
               help="zstd compression level.")
@@ -37,12 +42,14 @@ from volbackup.repo.repository import Repository
 @json_option
 @scheduling_options
 @secrets_options(reading=False)
-def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, repo, level,
-           use_direct, as_json, s3, schedule, secrets):
+def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, exclude_paths,
+           repo, level, use_direct, as_json, s3, schedule, secrets):
     """Back up volumes into REPO, one snapshot per volume.
 
     Container labels: volbackup.pre / volbackup.post run a command in the container
     before / after its volumes are read; volbackup.stop=true stops it like --stop.
+    volbackup.exclude (on a volume, or on a container that uses it) adds --exclude-path
+    patterns, separated by commas or newlines.
 
     \b
     Examples:
@@ -51,6 +58,7 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
       volbackup backup --project shop --exclude shop_cache -r s3://my-backups/prod
       volbackup backup --all --stop --prune --keep-daily 7 --metrics-file /srv/volbackup.prom
       volbackup backup --all --jobs 4 -r /srv/backups
+      volbackup backup gitlab-data --exclude-path cache --exclude-path '*.tmp' -r /srv/backups
     """
     selection.names = list(volumes)
     check_selection(selection, container)
@@ -59,7 +67,7 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
     result = schedule.run(repository, lambda: ops.backup(
         engine, repository, [], container, level, terminal_progress(), selection=selection,
         quiesce=quiesce, stop_timeout=stop_timeout, retries=retries, use_direct=use_direct,
-        jobs=jobs))
+        jobs=jobs, exclude_paths=list(exclude_paths)))
     render.results("backup", as_json, result.volumes, lambda v: (
         f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)} -> "
         + (f"{render.human_bytes(v.stored_bytes)}" if v.chunks is None else

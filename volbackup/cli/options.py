@@ -6,7 +6,10 @@ import functools
 
 import click
 
+from volbackup.errors import BadPattern
 from volbackup.runner.config import parse_duration
+from volbackup.stream.exclude import parse_patterns
+
 
 class _RepoOption(click.Option):
     """-r/--repo: a missing one says that $VOLBACKUP_REPO would do too."""
@@ -132,3 +135,11 @@ def secrets_options(reading: bool):
             help="Encrypted repository: its key file (written by `init --encrypt-to`). "
                  "$VOLBACKUP_KEY_FILE.")(wrapper)
     return decorate
+
+
+def exclude_patterns(ctx, param, value):
+    """--exclude-path: every pattern checked before anything is read or written."""
+    try:
+        return parse_patterns(value)
+    except BadPattern as e:
+        raise click.BadParameter(str(e)) from None

@@ -57,6 +57,8 @@ def show(snapshot, repo, as_json):
     for key, value in manifest.to_dict().items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):  # excluded: the patterns (--json gives them exactly)
+            value = "  ".join(value) or "-"
         render.echo(f"{key + ':':<18}{'-' if value is None else value}")
 
 

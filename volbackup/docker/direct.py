@@ -126,7 +126,8 @@ _NOISE = ("Exiting with failure status", ": socket ignored", "Removing leading")
 @contextmanager
 def export(directory: str, only: str | None = None) -> Iterator[Iterator[bytes]]:
     """The tar stream of `directory` (members `./...`), read by GNU tar on this host.
-    With `only` (a bind of one file): the root `./` and `./ONLY`, nothing else."""
+    With `only` (a bind of one file, or one file read again: backup --exclude-path keeps a
+    hard link whose first name it leaves out): the root `./` and `./ONLY`, nothing else."""
     members = ["."] if only is None else ["--no-recursion", ".", f"./{only}"]
     proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *members],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

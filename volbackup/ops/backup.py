@@ -18,14 +18,18 @@ from typing import Callable, Iterator
 from volbackup import __version__
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
-from volbackup.errors import IntegrityError, StreamBroken
+from volbackup.errors import BadPattern, IntegrityError, StreamBroken, reworded
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.repo.manifest import Manifest
+from volbackup.stream.exclude import Matcher, Refetch, filter_tar, parse_patterns, split_label
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.timefmt import utc_iso
+
+
+EXCLUDE_LABEL = "volbackup.exclude"  # on a volume or a container: patterns to leave out
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Stream:
 
     chunks: Iterator[bytes]
     via: str
+    refetch: Refetch | None = None  # one file of the volume again (volbackup.stream.exclude)
 
 
 Reader = Callable[[], AbstractContextManager[Stream]]  # opens a volume's tar stream
@@ -66,7 +71,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
            progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
            quiesce: str | None = None, stop_timeout: int = 10,
            retries: int = 2, use_direct: bool | None = None, jobs: int = 1,
-           safety_for: str | None = None) -> BackupResult:
+           safety_for: str | None = None, exclude_paths: list[str] = ()) -> BackupResult:
     """Back up the named `volumes` (plus `selection`), or every mount of `container`.
 
     `quiesce` is None, "stop" or "pause": what to do to the running containers that use
@@ -76,6 +81,9 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     uses the volume at that moment; True: also while containers run; False: never.
     `jobs`: how many volumes (groups of volumes sharing containers) are read at once.
     `safety_for`: recorded in the manifests (restore's safety snapshots; volbackup.ops.restore).
+    `exclude_paths`: patterns of paths inside each volume to leave out, with those of the
+    volbackup.exclude label of the volume and of the containers that use it
+    (volbackup.stream.exclude); a volume whose labels hold a bad one fails, unread.
     """
     repo.check_secrets(reading=False)  # before a container is stopped or a volume read
     engine.prepare_helpers()
@@ -87,12 +95,21 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     outcomes += [VolumeBackup(m.volume, "skipped", message=m.reason)
                  for m in chosen if isinstance(m, Skipped)]
     sources = [p for p in chosen if isinstance(p, Source)]
+    matchers: dict[str, Matcher] = {}
+    for source in list(sources):
+        try:
+            matchers[source.volume] = Matcher(
+                list(exclude_paths) + label_patterns(engine, source))
+        except BadPattern as e:
+            outcomes.append(VolumeBackup(source.volume, "failed").failure(e))
+            sources.remove(source)
 
     progress = interruptible(progress)  # a worker of --jobs stops at its next chunk
 
     def work(source: Source) -> VolumeBackup:
         return _backup_with_retries(lambda: _open_stream(engine, source, use_direct), repo,
-                                    source, level, progress, retries, safety_for)
+                                    source, level, progress, retries, safety_for,
+                                    matchers[source.volume])
 
     outcomes += each_quietly(engine, sources, quiesce, stop_timeout, work,
                              lambda s, e: VolumeBackup(s.volume, "failed").failure(e), jobs)
@@ -110,11 +127,29 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Ite
     directory = find(engine, source.host_path) if use_direct is not False else None
     if directory and (use_direct or not _written_to(engine, source)):
         with direct.export(directory, only=source.file_name) as chunks:
-            yield Stream(chunks, "direct")
+            yield Stream(chunks, "direct", lambda path: direct.export(directory, only=path))
         return
     with engine.helper(**source.helper) as helper, \
             helper.export(source.path.rstrip("/") + "/.") as chunks:
-        yield Stream(chunks, "engine")
+        yield Stream(chunks, "engine",
+                     lambda path: helper.export(source.path.rstrip("/") + "/" + path))
+
+
+def label_patterns(engine: Engine, source: Source) -> list[str]:
+    """The exclude patterns of the volbackup.exclude label on `source`'s volume and on the
+    containers that use it (a bind mount: its container). A bad one raises BadPattern,
+    saying whose label holds it."""
+    labelled = [(f"volume {source.volume}", source.labels)] if source.kind == "volume" else []
+    labelled += [(f"container {c.name}", c.labels) for c in users_of(engine, source)]
+    patterns = []
+    for whose, labels in labelled:
+        found = split_label(labels.get(EXCLUDE_LABEL, ""))
+        try:
+            parse_patterns(found)
+        except BadPattern as e:
+            raise reworded(e, f"label {EXCLUDE_LABEL} of {whose}: {e}") from None
+        patterns += found
+    return patterns
 
 
 def _written_to(engine: Engine, source: Source) -> bool:
@@ -124,11 +159,12 @@ def _written_to(engine: Engine, source: Source) -> bool:
 
 def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level: int,
                          progress: ProgressFactory, retries: int,
-                         safety_for: str | None = None) -> VolumeBackup:
+                         safety_for: str | None = None,
+                         matcher: Matcher | None = None) -> VolumeBackup:
     """Read again when the stream broke (files changed while read), up to `retries` times."""
     broken: list[str] = []
     for attempt in range(1, retries + 2):
-        outcome = _backup_one(reader, repo, source, level, progress, safety_for)
+        outcome = _backup_one(reader, repo, source, level, progress, safety_for, matcher)
         outcome.attempts = attempt
         if not (outcome.failed and isinstance(outcome.error, (IntegrityError, StreamBroken))):
             break
@@ -141,7 +177,8 @@ def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level
 
 
 def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
-                progress: ProgressFactory, safety_for: str | None = None) -> VolumeBackup:
+                progress: ProgressFactory, safety_for: str | None = None,
+                matcher: Matcher | None = None) -> VolumeBackup:
     started = time.monotonic()
     created = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(source.volume, created)
@@ -153,7 +190,9 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
                 repo.snapshot_writer(snapshot_id) as writer, \
                 reader() as stream:
             outcome.via = stream.via
-            packed = writer.pack(stream.chunks, level, update)
+            chunks = filter_tar(stream.chunks, matcher, stream.refetch) if matcher \
+                else stream.chunks
+            packed = writer.pack(chunks, level, update)
         fields = writer.fields(packed)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(
@@ -165,7 +204,8 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
             bytes=packed.bytes, stored_bytes=packed.stored_bytes, sha256=packed.sha256,
             entries=packed.entries, seconds=seconds, source_kind=source.kind,
             source_container=source.container, mount_path=source.mount_path,
-            bind_path=source.bind_path, safety_for=safety_for, **fields))
+            bind_path=source.bind_path, safety_for=safety_for,
+            excluded=matcher.patterns if matcher else None, **fields))
     except Exception as e:  # any error, also disk full: this volume failed, the next runs
         outcome.snapshot = None
         return outcome.failure(e)

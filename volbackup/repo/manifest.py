@@ -11,8 +11,9 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime
 
-from volbackup.errors import RepositoryError
+from volbackup.errors import BadPattern, RepositoryError
 from volbackup.repo.catalogs import check_field as check_catalog
+from volbackup.stream.exclude import parse_patterns
 
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accepts
 FORMAT = "volbackup-snapshot"
@@ -24,7 +25,9 @@ ARCHIVE_VERSION = 1         # an archive-layout one (readable by older versions)
 # What an encrypted manifest keeps only in `sealed`: everything `list` and `prune` do not
 # need that says something of the data (CIFS passwords live in driver options).
 PRIVATE_FIELDS = ("labels", "driver_options", "mount_path", "bind_path", "source_container",
-                  "tar_sha256")
+                  "tar_sha256", "excluded")
+# Private fields a sealed part holds only when set (older versions know only the others).
+OPTIONAL_PRIVATE = ("excluded",)
 LAYOUTS = ("archive", "chunked")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 STAMP = r"\d{8}T\d{6}Z-[0-9a-f]{4,32}"  # of a snapshot id, VOLUME@STAMP
@@ -40,6 +43,16 @@ def parse_created(text: str) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _valid_patterns(value) -> bool:
+    """A list of exclude patterns as `backup --exclude-path` accepts them."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        return False
+    try:
+        return parse_patterns(value) == value
+    except BadPattern:
+        return False
 
 
 @dataclass
@@ -65,6 +78,7 @@ class Manifest:
     source_container: str | None = None
     mount_path: str | None = None
     bind_path: str | None = None
+    excluded: list[str] | None = None  # the exclude patterns the backup honoured, if any
     safety_for: str | None = None  # set on the snapshot restore --force takes of the volume
     #                                it replaces: the id of the snapshot it was replaced by
     layout: str = "archive"     # "archive" or "chunked" (docs/format.md)
@@ -136,6 +150,8 @@ class Manifest:
         if isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float)) \
                 or not self.seconds >= 0:
             bad.append("seconds")
+        if self.excluded is not None and not _valid_patterns(self.excluded):
+            bad.append("excluded")
         if bad:
             raise RepositoryError(f"manifest {where} has invalid {', '.join(bad)}")
         if parse_created(self.created) is None:
@@ -173,7 +189,8 @@ class Manifest:
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def private(self) -> dict:
-        return {name: getattr(self, name) for name in PRIVATE_FIELDS}
+        return {name: getattr(self, name) for name in PRIVATE_FIELDS
+                if name not in OPTIONAL_PRIVATE or getattr(self, name) is not None}
 
     @property
     def chunked(self) -> bool:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, replace
 from volbackup.errors import IntegrityError, KeyProblem, RepositoryError
 from volbackup.repo import crypto
 from volbackup.repo.config import Encryption, RepoConfig
-from volbackup.repo.manifest import FORMAT_VERSION, PRIVATE_FIELDS, Manifest
+from volbackup.repo.manifest import FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest
 
 KEY_FILE_ENV = "VOLBACKUP_KEY_FILE"
 IDENTITY_FILE_ENV = "VOLBACKUP_IDENTITY_FILE"
 _BLANK = {"labels": {}, "driver_options": {}, "mount_path": None, "bind_path": None,
-          "source_container": None, "tar_sha256": None}
+          "source_container": None, "tar_sha256": None, "excluded": None}
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,8 @@ class Keyring:
             private = json.loads(raw)
         except ValueError:
             private = None
-        if not isinstance(private, dict) or set(private) != set(PRIVATE_FIELDS):
+        if not isinstance(private, dict) or not (
+                set(PRIVATE_FIELDS) - set(OPTIONAL_PRIVATE) <= set(private) <= set(PRIVATE_FIELDS)):
             raise IntegrityError(f"snapshot {manifest.snapshot} has an invalid sealed part")
         whole = replace(manifest, **private)
         whole._check_types(f"of snapshot {manifest.snapshot}")

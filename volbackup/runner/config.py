@@ -7,6 +7,7 @@
     volumes = ["pgdata"]        # or: container = "db"
     # selection, as on the command line: all = true, labels = ["backup=nightly"],
     # project = "shop", exclude = ["shop_cache"], include_anonymous = false
+    exclude_path = ["cache", "*.tmp"]  # as --exclude-path: paths inside the volumes
     stop = true                 # or pause = true; stop_timeout = 10; retries = 2
     direct = false              # as --no-direct (true: --direct; absent: the default)
     parallel = 1                # as --jobs N: volumes read at once
@@ -31,11 +32,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from volbackup.errors import ConfigError
+from volbackup.errors import BadPattern, ConfigError
 from volbackup.ops import notify
 from volbackup.ops.select import Selection
 from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.repo.retention import PERIODS, Rules
+from volbackup.stream.exclude import parse_patterns
 from volbackup.urls import scrub
 
 if sys.version_info >= (3, 11):
@@ -48,7 +50,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
             "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct",
-            "parallel", "key_file", "copy_to", "copy_to_key_file"}
+            "parallel", "key_file", "copy_to", "copy_to_key_file", "exclude_path"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -74,6 +76,7 @@ class Job:
     key_file: str | None = None  # an encrypted repository's key (backup --key-file)
     copy_to: str | None = None   # a second repository: the snapshots made are copied there
     copy_to_key_file: str | None = None  # its key, if it is encrypted (copy --to-key-file)
+    exclude_paths: list[str] = field(default_factory=list)  # as backup --exclude-path
 
 
 def parse_duration(value) -> float | None:
@@ -230,7 +233,7 @@ def _notify_urls(where: _Where, table: str, spec: dict, bad) -> list[str]:
 
 def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
     """all, labels, project, exclude, include_anonymous, stop/pause, stop_timeout, retries,
-    direct, parallel."""
+    direct, parallel, exclude_path."""
     def flag(key: str) -> bool:
         if key in spec and not isinstance(spec[key], bool):
             raise bad(key, "true or false")
@@ -262,6 +265,10 @@ def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
     job.retries = count("retries", 0, 10, 2)
     job.direct = flag("direct") if "direct" in spec else None
     job.parallel = count("parallel", 1, 32, 1)
+    try:
+        job.exclude_paths = parse_patterns(names("exclude_path"))
+    except BadPattern as e:
+        raise where.error(table, "exclude_path", str(e)) from None
 
 
 def _keep(where: _Where, table: str, keep) -> Rules:

@@ -259,7 +259,8 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
             return backup_ops.backup(engine, repo, job.volumes, job.container, job.level,
                                      progress, selection=job.selection, quiesce=job.quiesce,
                                      stop_timeout=job.stop_timeout, retries=job.retries,
-                                     use_direct=job.direct, jobs=job.parallel)
+                                     use_direct=job.direct, jobs=job.parallel,
+                                     exclude_paths=job.exclude_paths)
 
         try:
             schedule.raise_for_failures(schedule.run(repo, do_backup))
