@@ -322,3 +322,25 @@ def test_cli_diff_text_and_json(root):
     assert summary["summary"]["modified"] == 5
     assert {"change": "modified", "path": "etc/app.conf", "type": "file", "old_size": 12,
             "new_size": 12, "what": ["content"]} in changes
+
+
+# -- an encrypted repository: the catalogue and data need the identity
+
+def test_an_encrypted_repository_is_browsed_with_its_key_and_identity(tmp_path):
+    from tests.unit.test_encryption import age_identity, encrypted_repo
+    from tests.unit.test_encryption import opened as opened_encrypted
+
+    identity, key_file, root = tmp_path / "id.txt", tmp_path / "repo.key", tmp_path / "repo"
+    encrypted_repo(root, [age_identity(identity)], key_file)
+    backup(opened_encrypted(root, key_file), volume())
+    backup(opened_encrypted(root, key_file), edited(), volume="other")
+    repo = opened_encrypted(root, key_file, identity)
+    assert dumped(repo, "pgdata", "etc/app.conf") == b"port = 5432\n"
+    assert len(list(browse.ls(repo, "pgdata").entries)) == 10
+    assert {(c.kind, c.path, c.what) for c in browse.diff(repo, "pgdata", "other").changes
+            } == EXPECTED
+    run = run_cli("ls", "pgdata", "--key-file", str(key_file), "-r", str(root))
+    assert run.code == 17 and "identity" in run.stderr and run.stdout == ""
+    run = run_cli("dump", "pgdata", "/etc/app.conf", "--identity", str(identity),
+                  "--key-file", str(key_file), "-r", str(root))
+    assert run.code == 0 and run.stdout == "port = 5432\n", run.stderr
