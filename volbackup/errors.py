@@ -90,8 +90,8 @@ class TargetNotEmpty(VolbackupError):
     exit_code = 8
     title = "target refused"
     summary = ("A restore target volume exists and is not empty (use --force to replace "
-               "it), or it is in use by a container; or the file `export` would write "
-               "exists (use --force).")
+               "it), or it is in use by a container; or the file `export` or `dump -o` "
+               "would write exists (use --force).")
 
 
 class PartialFailure(VolbackupError):
