@@ -279,6 +279,8 @@ def test_cli_ls_long_and_json(root):
 @pytest.mark.parametrize("args, code, words", [
     (["ls", "pgdata", "/etc/nope"], 4, "has no 'etc/nope'"),
     (["ls", "pgdata", "etc/../.."], 2, "'..'"),
+    (["ls", "pgdata", "/etc/nope", "--json"], 4, "has no 'etc/nope'"),
+    (["ls", "pgdata", "\x01/../x"], 2, "'..'"),
     (["ls", "nosuch"], 4, "nosuch"),
     (["dump", "pgdata", "/etc/nope"], 4, "has no 'etc/nope'"),
     (["dump", "pgdata", "../x"], 2, "'..'"),

@@ -75,10 +75,12 @@ def ls_cmd(snapshot, path, repo, long_format, host, as_json, secrets):
     """
     repository = Repository.open(repo, secrets=secrets)
     listing = ops.ls(repository, snapshot, path, host)
-    if as_json:
-        _json_line(_envelope("ls", snapshot=listing.snapshot, volume=listing.volume,
-                             path=listing.path))
+    first = True
     for entry in listing.entries:
+        if as_json and first:  # not before: an unknown PATH prints nothing on stdout
+            _json_line(_envelope("ls", snapshot=listing.snapshot, volume=listing.volume,
+                                 path=listing.path))
+        first = False
         if as_json:
             _json_line({k: v for k, v in entry.as_dict().items() if k not in ("at", "data")})
         else:
