@@ -166,32 +166,47 @@ def test_dump_to_a_file_appears_whole_or_not_at_all(root, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "repo"]
 
 
-def test_a_damaged_file_gives_an_error_and_never_its_last_piece(tmp_path):
+@pytest.fixture
+def damaged(tmp_path):
+    """An archive-layout repository whose snapshot's data/big.bin differs in its last byte
+    from what the catalogue says (a valid archive, its manifest fields rewritten to fit):
+    (repo, the entry, the original tar)."""
     root = tmp_path / "repo"
     root.mkdir()
     repo = opened(root)
     tar = volume()
     manifest = backup(repo, tar)
     (entry,) = [e for e in repo.catalog(manifest) if e.path == "data/big.bin"]
-    # swap the archive for one whose big.bin differs in its last byte: a valid archive
-    # (its manifest fields rewritten), but not what the catalogue says
-    damaged = bytearray(tar)
-    damaged[entry.data + entry.size - 1] ^= 0xFF
+    changed = bytearray(tar)
+    changed[entry.data + entry.size - 1] ^= 0xFF
     other = tmp_path / "other"
     other.mkdir()
-    forged = backup(opened(other), bytes(damaged))
+    forged = backup(opened(other), bytes(changed))
     (root / "snapshots/pgdata" / manifest.archive).write_bytes(
         (other / "snapshots/pgdata" / forged.archive).read_bytes())
-    data = json.loads((root / f"snapshots/pgdata/{manifest.snapshot.split('@')[1]}.json"
-                       ).read_text())
+    path = root / f"snapshots/pgdata/{manifest.snapshot.split('@')[1]}.json"
+    data = json.loads(path.read_text())
     data.update(sha256=forged.sha256, stored_bytes=forged.stored_bytes)
-    (root / f"snapshots/pgdata/{manifest.snapshot.split('@')[1]}.json").write_text(
-        json.dumps(data))
+    path.write_text(json.dumps(data))
+    return repo, entry, tar
+
+
+def test_a_damaged_file_gives_an_error_and_never_its_last_piece(damaged):
+    repo, entry, tar = damaged
     out = io.BytesIO()
     with pytest.raises(IntegrityError):
         browse.dump(repo, "pgdata", "data/big.bin", out)
     got = out.getvalue()
     assert len(got) < entry.size and tar[entry.data:entry.data + len(got)] == got
+
+
+def test_a_damaged_file_leaves_no_output_file(damaged, tmp_path):
+    repo, entry, tar = damaged
+    with pytest.raises(IntegrityError):
+        browse.dump(repo, "pgdata", "data/big.bin", str(tmp_path / "big.bin"))
+    with pytest.raises(IntegrityError):
+        browse.dump(repo, "pgdata", "/data", str(tmp_path / "data.tar"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "repo"]
 
 
 # -- diff
