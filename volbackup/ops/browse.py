@@ -89,12 +89,13 @@ def dump(repo: Repository, ref: str, path: str, target: str | BinaryIO,
         if entry.type == "hardlink":
             entry = _entry(repo, manifest, entry.link, f"{top!r} (a hard link to it)")
             if entry.type != "file":
-                raise VolbackupError(f"{top!r} is a hard link to {entry.path!r}, a {entry.type}")
+                raise VolbackupError(f"{top!r} is a hard link to {entry.path!r}, a "
+                                     f"{entry.type}")
         data = repo.partial(manifest, lambda: iter([entry])).chunks()
         pieces = _held_back(file_bytes(data, entry))
     elif entry.type == "symlink":
         raise VolbackupError(f"{top!r} is a symbolic link to {entry.link!r}; dump what it "
-                          f"points to by its path in the volume")
+                             f"points to by its path in the volume")
     else:
         raise VolbackupError(f"{top!r} is a {entry.type}: it has no bytes to dump")
     if isinstance(target, str):
