@@ -90,7 +90,7 @@ class TargetNotEmpty(VolbackupError):
     exit_code = 8
     title = "target refused"
     summary = ("A restore target volume exists and is not empty (use --force to replace "
-               "it), or it is in use by a container; or the file `export` would write "
+               "it), or it is in use by a container; or the file `export` or `dump -o` would write "
                "exists (use --force); or the repository `copy` would write into is the "
                "source itself, holds another snapshot with the same id, or is plain while "
                "the source is encrypted (use --allow-plain-target).")

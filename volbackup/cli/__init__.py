@@ -14,6 +14,7 @@ import click
 
 from volbackup import __version__
 from volbackup.cli import backup as backup_cmd
+from volbackup.cli import browse as browse_cmd
 from volbackup.cli import cleanup as cleanup_cmd
 from volbackup.cli import doctor as doctor_cmd
 from volbackup.cli import copy as copy_cmd
@@ -51,7 +52,7 @@ cli.add_command(migrate_cmd.migrate)
 for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
                 cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock, run_cmd.run,
                 transfer_cmd.export, transfer_cmd.import_, doctor_cmd.doctor,
-                copy_cmd.copy):
+                copy_cmd.copy, browse_cmd.ls_cmd, browse_cmd.dump, browse_cmd.diff):
     cli.add_command(command)
 
 
