@@ -6,7 +6,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
@@ -21,6 +21,9 @@ from volbackup.ops.select import plain_directory
 from volbackup.repo import locking
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, looks_like_id
+from volbackup.stream.archive import Progress
+from volbackup.stream.archive import no_progress as ignore_progress
+from volbackup.stream.catalog import CatalogEntry, Selection
 
 
 SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock
@@ -36,6 +39,7 @@ class VolumeRestore(Outcome):
     driver_options: dict | None = None   # secrets redacted
     external_storage: str | None = None  # where its data goes, if outside the volume area
     safety_snapshot: str | None = None   # what the replaced volume held, kept in the repository
+    partial: bool = False         # only what --include/--exclude selected
 
 
 @dataclass
@@ -53,7 +57,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
             use_direct: bool | None = None, trust_options: bool = False,
             drop_options: bool = False,
             announce: Callable[[str], None] = lambda message: None,
-            safety: bool = True) -> RestoreResult:
+            safety: bool = True, selection: Selection | None = None) -> RestoreResult:
     """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
 
     With `restore_all`, the newest snapshot of every volume in the repository is
@@ -83,6 +87,8 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
         try:
             manifest = repo.reveal(resolve_ref(repo, ref, host))  # labels, options: sealed?
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
+            reader = _reader(repo, manifest, selection)  # NotFound here, before any volume
+            outcome.partial = reader.entries is not None
             spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
             if drop_options:
                 spec = VolumeSpec("local", {}, manifest.labels)
@@ -91,7 +97,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
                 outcome.volume, spec, trust_options, announce,
                 way_out=", or --drop-driver-options for a plain local volume")
             _restore_one(engine, repo, manifest, spec, outcome, force, progress, use_direct,
-                         safety, announce)
+                         safety, announce, reader)
         except (TargetNotEmpty, UntrustedStorage) as e:
             if not restore_all:
                 outcome.failure(e)
@@ -106,14 +112,14 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
 def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: VolumeSpec,
                  outcome: VolumeRestore, force: bool, progress: ProgressFactory,
                  use_direct: bool | None, safety: bool,
-                 announce: Callable[[str], None]) -> None:
+                 announce: Callable[[str], None], reader: "Reader") -> None:
     started = time.monotonic()
 
     def before_replacing(existing: VolumeInfo) -> None:
         """Nothing a restore replaces may be lost: the snapshot must check out and fit, and
         the old contents are kept as a safety snapshot before the volume is removed."""
         _check_space(engine, existing, spec, manifest)
-        repo.unpacker(manifest).drain()
+        reader.unpacker().drain()
         if safety:
             outcome.safety_snapshot = _safety_snapshot(engine, repo, existing.name, manifest,
                                                        progress, use_direct)
@@ -125,8 +131,8 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
 
     def write(target: Helper | str) -> None:
         outcome.via = "direct" if isinstance(target, str) else "engine"
-        with progress(outcome.volume, manifest.bytes) as update:
-            unpacker = repo.unpacker(manifest, update)
+        with progress(outcome.volume, reader.total) as update:
+            unpacker = reader.unpacker(update)
             if isinstance(target, str):
                 direct.import_(target, unpacker.chunks())  # `./` carries the root's metadata
             else:
@@ -147,6 +153,33 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
         lost_note="the snapshot itself had checked out; --no-safety-snapshot was given",
         directly=directly, kept_in=lambda: _kept_in(outcome.safety_snapshot))
     outcome.seconds = round(time.monotonic() - started, 3)
+
+
+@dataclass
+class Reader:
+    """How a restore reads its snapshot: whole, or the entries a selection takes."""
+    repo: Repository
+    manifest: Manifest
+    entries: Callable[[], Iterator[CatalogEntry]] | None = None  # None: the whole snapshot
+
+    @property
+    def total(self) -> int | None:
+        """Tar bytes to expect, for progress: unknown for a part (counting them would
+        read a large selection's catalogue once more)."""
+        return self.manifest.bytes if self.entries is None else None
+
+    def unpacker(self, progress: Progress = ignore_progress):
+        if self.entries is None:
+            return self.repo.unpacker(self.manifest, progress)
+        return self.repo.partial(self.manifest, self.entries, progress)
+
+
+def _reader(repo: Repository, manifest: Manifest, selection: Selection | None) -> Reader:
+    """Reads the catalogue through now (Repository.select) so that an include matching
+    nothing, or a damaged catalogue, fails before a volume is made or replaced."""
+    if selection is None or selection.everything:
+        return Reader(repo, manifest)
+    return Reader(repo, manifest, repo.select(manifest, selection))
 
 
 def resolve_ref(repo: Repository, ref: str, host: str | None) -> Manifest:
