@@ -43,7 +43,8 @@ def as_error(error: BaseException) -> VolbackupError:
 class NotFound(VolbackupError):
     exit_code = 4
     title = "not found"
-    summary = "A volume, container or snapshot named on the command line does not exist."
+    summary = ("A volume, container or snapshot named on the command line does not exist; "
+               "or a path given with --include is not in the snapshot.")
 
 
 class RepositoryError(VolbackupError):
@@ -91,7 +92,8 @@ class TargetNotEmpty(VolbackupError):
     title = "target refused"
     summary = ("A restore target volume exists and is not empty (use --force to replace "
                "it), or it is in use by a container; or the file `export` would write "
-               "exists (use --force).")
+               "exists (use --force); or the directory `extract` would write into is not empty "
+               "(or not a directory).")
 
 
 class PartialFailure(VolbackupError):

@@ -15,6 +15,7 @@ import click
 from volbackup import __version__
 from volbackup.cli import backup as backup_cmd
 from volbackup.cli import cleanup as cleanup_cmd
+from volbackup.cli import extract as extract_cmd
 from volbackup.cli import init as init_cmd
 from volbackup.cli import migrate as migrate_cmd
 from volbackup.cli import prune as prune_cmd
@@ -46,7 +47,7 @@ cli.add_command(restore_cmd.restore)
 cli.add_command(migrate_cmd.migrate)
 for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
                 cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock, run_cmd.run,
-                transfer_cmd.export, transfer_cmd.import_):
+                transfer_cmd.export, transfer_cmd.import_, extract_cmd.extract):
     cli.add_command(command)
 
 

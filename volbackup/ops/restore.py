@@ -6,7 +6,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
@@ -17,13 +17,12 @@ from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, Untru
 from volbackup.ops.backup import backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.reading import Reader, reader_for
 from volbackup.ops.select import plain_directory
 from volbackup.repo import locking
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, looks_like_id
-from volbackup.stream.archive import Progress
-from volbackup.stream.archive import no_progress as ignore_progress
-from volbackup.stream.catalog import CatalogEntry, Selection
+from volbackup.stream.catalog import Selection
 
 
 SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock
@@ -87,7 +86,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
         try:
             manifest = repo.reveal(resolve_ref(repo, ref, host))  # labels, options: sealed?
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
-            reader = _reader(repo, manifest, selection)  # NotFound here, before any volume
+            reader = reader_for(repo, manifest, selection)  # NotFound here, before any volume
             outcome.partial = reader.entries is not None
             spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
             if drop_options:
@@ -112,7 +111,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
 def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: VolumeSpec,
                  outcome: VolumeRestore, force: bool, progress: ProgressFactory,
                  use_direct: bool | None, safety: bool,
-                 announce: Callable[[str], None], reader: "Reader") -> None:
+                 announce: Callable[[str], None], reader: Reader) -> None:
     started = time.monotonic()
 
     def before_replacing(existing: VolumeInfo) -> None:
@@ -153,33 +152,6 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
         lost_note="the snapshot itself had checked out; --no-safety-snapshot was given",
         directly=directly, kept_in=lambda: _kept_in(outcome.safety_snapshot))
     outcome.seconds = round(time.monotonic() - started, 3)
-
-
-@dataclass
-class Reader:
-    """How a restore reads its snapshot: whole, or the entries a selection takes."""
-    repo: Repository
-    manifest: Manifest
-    entries: Callable[[], Iterator[CatalogEntry]] | None = None  # None: the whole snapshot
-
-    @property
-    def total(self) -> int | None:
-        """Tar bytes to expect, for progress: unknown for a part (counting them would
-        read a large selection's catalogue once more)."""
-        return self.manifest.bytes if self.entries is None else None
-
-    def unpacker(self, progress: Progress = ignore_progress):
-        if self.entries is None:
-            return self.repo.unpacker(self.manifest, progress)
-        return self.repo.partial(self.manifest, self.entries, progress)
-
-
-def _reader(repo: Repository, manifest: Manifest, selection: Selection | None) -> Reader:
-    """Reads the catalogue through now (Repository.select) so that an include matching
-    nothing, or a damaged catalogue, fails before a volume is made or replaced."""
-    if selection is None or selection.everything:
-        return Reader(repo, manifest)
-    return Reader(repo, manifest, repo.select(manifest, selection))
 
 
 def resolve_ref(repo: Repository, ref: str, host: str | None) -> Manifest:
