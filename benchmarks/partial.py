@@ -68,7 +68,7 @@ def bucket(env: dict):
     """A fresh bucket on the endpoint `env` names; this process's AWS env points there."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    s3 = boto3.client("s3")
+    s3 = boto3.session.Session().client("s3")  # not the default session: its keys stick
     for _ in range(100):
         try:
             s3.list_buckets()
@@ -116,15 +116,15 @@ def measure(store: str, url: str, volume: str, client, local: str | None) -> lis
         backend.reset()
         started = time.monotonic()
         action()
-        rows.append({"store": store, "read": what, "detail": detail,
-                     "seconds": round(time.monotonic() - started, 3),
-                     "chunk_objects": backend.objects["chunks"],
-                     "objects": sum(backend.objects.values()),
-                     "bytes": sum(backend.bytes.values()),
-                     "snapshot_chunks": manifest.chunks,
-                     "catalog_chunks": (manifest.catalog or {}).get("chunks", 0),
-                     "stored_bytes": manifest.stored_bytes,
-                     "backup_seconds": round(backup_seconds, 1)})
+        row = {"store": store, "read": what, "detail": detail,
+               "seconds": round(time.monotonic() - started, 3),
+               "chunk_objects": backend.objects["chunks"],
+               "objects": sum(backend.objects.values()), "bytes": sum(backend.bytes.values()),
+               "snapshot_chunks": manifest.chunks,
+               "catalog_chunks": (manifest.catalog or {}).get("chunks", 0),
+               "stored_bytes": manifest.stored_bytes, "backup_seconds": round(backup_seconds, 1)}
+        rows.append(row)
+        show(row)
 
     def dump() -> None:
         (entry,) = [e for e in repo.select(manifest, Selection(include=(small.path,)))()
@@ -146,6 +146,11 @@ def measure(store: str, url: str, volume: str, client, local: str | None) -> lis
             except docker.errors.NotFound:
                 pass
 
+    def show(r: dict) -> None:
+        print(f"{r['store']:6} {r['read']:5} {r['chunk_objects']:>10} {r['objects']:>8} "
+              f"{r['bytes'] / (1 << 20):>9.2f} {r['seconds']:>8.2f}  of {r['snapshot_chunks']:>6}"
+              f"  {r['detail']}", flush=True)
+
     step("dump", f"{small.path} ({small.size} B)", dump)
     step("part", f"restore --include {PART}", lambda: restored(Selection(include=(PART,))))
     step("full", "restore (whole snapshot)", lambda: restored(None))
@@ -164,6 +169,8 @@ def main() -> None:
     volume = client.volumes.create(f"{PREFIX}src")
     work = tempfile.mkdtemp(prefix=PREFIX)
     rows: list[dict] = []
+    print(f"{'store':6} {'read':5} {'chunk objs':>10} {'objects':>8} {'MiB read':>9} "
+          f"{'seconds':>8}  of {'chunks':>6}", flush=True)
     try:
         uniquevolume.fill(client.api.inspect_volume(volume.name)["Mountpoint"], args.size_mib)
         if "local" in stores:
@@ -183,12 +190,6 @@ def main() -> None:
     finally:
         volume.remove(force=True)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'store':6} {'read':5} {'chunk objs':>10} {'objects':>8} {'MiB read':>9} "
-          f"{'seconds':>8}  of {'chunks':>6}")
-    for r in rows:
-        print(f"{r['store']:6} {r['read']:5} {r['chunk_objects']:>10} {r['objects']:>8} "
-              f"{r['bytes'] / (1 << 20):>9.2f} {r['seconds']:>8.2f}  of {r['snapshot_chunks']:>6}"
-              f"  {r['detail']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"size_mib": args.size_mib, "rows": rows}, f, indent=2)
