@@ -25,6 +25,16 @@ class Reader:
         read a large selection's catalogue once more)."""
         return self.manifest.bytes if self.entries is None else None
 
+    def size(self) -> tuple[int, int]:
+        """Tar bytes and entries of what is read (a part: one pass over its entries)."""
+        if self.entries is None:
+            return self.manifest.bytes, self.manifest.entries
+        tar_bytes = entries = 0
+        for entry in self.entries():
+            tar_bytes += entry.end - entry.at
+            entries += 1
+        return tar_bytes, entries
+
     def unpacker(self, progress: Progress = ignore_progress):
         if self.entries is None:
             return self.repo.unpacker(self.manifest, progress)

@@ -117,7 +117,7 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
     def before_replacing(existing: VolumeInfo) -> None:
         """Nothing a restore replaces may be lost: the snapshot must check out and fit, and
         the old contents are kept as a safety snapshot before the volume is removed."""
-        _check_space(engine, existing, spec, manifest)
+        _check_space(engine, existing, spec, manifest, reader)
         reader.unpacker().drain()
         if safety:
             outcome.safety_snapshot = _safety_snapshot(engine, repo, existing.name, manifest,
@@ -126,7 +126,7 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
             announce(f"volume {existing.name}: old contents saved as safety snapshot "
                      f"{outcome.safety_snapshot} (volbackup restore "
                      f"{outcome.safety_snapshot} brings them back)")
-            _check_space(engine, existing, spec, manifest)  # the repository may share the disk
+            _check_space(engine, existing, spec, manifest, reader)  # the repository may share the disk
 
     def write(target: Helper | str) -> None:
         outcome.via = "direct" if isinstance(target, str) else "engine"
@@ -193,7 +193,7 @@ def _kept_in(snapshot: str | None) -> str | None:
 
 
 def _check_space(engine: Engine, existing: VolumeInfo, spec: VolumeSpec,
-                 manifest: Manifest) -> None:
+                 manifest: Manifest, reader: Reader) -> None:
     """Refuse (InsufficientSpace) to replace `existing` when the snapshot cannot fit where
     the new volume's data will go: the filesystem of the engine's volume area, measured
     here when Engine.local_directory proves the directory is the engine's. Counts the
@@ -210,13 +210,19 @@ def _check_space(engine: Engine, existing: VolumeInfo, spec: VolumeSpec,
     free = fs.f_bavail * fs.f_frsize
     freed = _used_bytes(directory)
     # tar bytes, plus up to one block of rounding and metadata per entry
-    needed = manifest.bytes + manifest.entries * max(fs.f_bsize, 4096)
+    tar_bytes, entries = reader.size()
+    needed = tar_bytes + entries * max(fs.f_bsize, 4096)
     if free + freed < needed:
         raise InsufficientSpace(
-            f"volume {existing.name} was not replaced: snapshot {manifest.snapshot} needs "
+            f"volume {existing.name} was not replaced: {_part(reader)}snapshot "
+            f"{manifest.snapshot} needs "
             f"about {_mib(needed)} and the filesystem of {directory} has {_mib(free)} free "
             f"(+{_mib(freed)} the old volume would free); nothing was removed (free some "
             f"space, or restore it elsewhere with --as NAME)")
+
+
+def _part(reader: Reader) -> str:
+    return "the part restored of " if reader.entries is not None else ""
 
 
 def _used_bytes(directory: str) -> int:
