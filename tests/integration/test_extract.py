@@ -113,3 +113,18 @@ def test_crafted_snapshots_write_nothing_outside(case, layout, cli, repo_dir, ou
     assert f"tar member '{member}' " in line and "refused" in line
     assert not to.exists(), "a failed extract left its directory behind"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "repo"]
+
+
+@pytest.mark.parametrize("case", ["dotdot", "under-symlink", "hardlink-to-symlink"])
+def test_a_part_of_a_crafted_snapshot_is_refused_before_the_directory_is_made(
+        case, layout, cli, repo_dir, outside, names, tmp_path):
+    """Without a catalogue the snapshot is catalogued by reading it, checked: the bad
+    member is found before DIR exists."""
+    tar, member = crafted(str(outside))[case]
+    snapshot = put_snapshot(repo_dir, names("src"), tar, layout)
+    to = tmp_path / "to"
+    result = cli("extract", snapshot, "--to", str(to), "--include", "hello.txt", "-r",
+                 str(repo_dir))
+    assert result.code == 6, result.stderr
+    assert f"tar member '{member}' " in one_line_error(result.stderr)
+    assert not to.exists()
