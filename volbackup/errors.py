@@ -43,7 +43,8 @@ def as_error(error: BaseException) -> VolbackupError:
 class NotFound(VolbackupError):
     exit_code = 4
     title = "not found"
-    summary = "A volume, container or snapshot named on the command line does not exist."
+    summary = ("A volume, container or snapshot named on the command line does not exist; "
+               "or a path given with --include is not in the snapshot.")
 
 
 class RepositoryError(VolbackupError):
@@ -90,10 +91,11 @@ class TargetNotEmpty(VolbackupError):
     exit_code = 8
     title = "target refused"
     summary = ("A restore target volume exists and is not empty (use --force to replace "
-               "it), or it is in use by a container; or the file `export` or `dump -o` would write "
-               "exists (use --force); or the repository `copy` would write into is the "
+               "it), or it is in use by a container; or the file `export` or `dump -o` would "
+               "write exists (use --force); or the repository `copy` would write into is the "
                "source itself, holds another snapshot with the same id, or is plain while "
-               "the source is encrypted (use --allow-plain-target).")
+               "the source is encrypted (use --allow-plain-target); or the directory "
+               "`extract` would write into is not empty (or not a directory).")
 
 
 class PartialFailure(VolbackupError):

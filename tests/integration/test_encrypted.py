@@ -564,3 +564,21 @@ def test_a_run_job_with_a_key_file(keys, tmp_path, make_volume, mountpoint):
     without = write_config(tmp_path / "nokey.toml", str(keys.repo), [volume.name])
     result = cli("run", "--config", without, secrets=keys.secrets)
     assert result.code != 0 and re.search(r"key", result.stderr), result.stderr
+
+
+def test_part_of_an_encrypted_snapshot_needs_the_identity(keys, make_volume, mountpoint, names,
+                                                         tmp_path, client):
+    volume = marked_volume(make_volume, mountpoint)
+    snap = backed_up(keys, volume.name)["snapshot"]
+    target, to = names("part"), tmp_path / "out"
+    refused(17, "restore", snap, "--as", target, "--include", "note", "-r", str(keys.repo),
+            keys=keys)
+    refused(17, "extract", snap, "--to", str(to), "--include", "note", "-r", str(keys.repo),
+            keys=keys)
+    assert target not in volume_names(client) and not to.exists()
+    ok("restore", snap, "--as", target, "--include", "note", "-r", str(keys.repo),
+       *keys.reading(), keys=keys)
+    assert contents(mountpoint(target)) == {"note": b"hello\n"}
+    ok("extract", snap, "--to", str(to), "--include", "/note", "-r", str(keys.repo),
+       *keys.reading(), keys=keys)
+    assert contents(str(to)) == {"note": b"hello\n"}

@@ -18,6 +18,7 @@ from volbackup.cli import browse as browse_cmd
 from volbackup.cli import cleanup as cleanup_cmd
 from volbackup.cli import doctor as doctor_cmd
 from volbackup.cli import copy as copy_cmd
+from volbackup.cli import extract as extract_cmd
 from volbackup.cli import init as init_cmd
 from volbackup.cli import migrate as migrate_cmd
 from volbackup.cli import prune as prune_cmd
@@ -52,7 +53,8 @@ cli.add_command(migrate_cmd.migrate)
 for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
                 cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock, run_cmd.run,
                 transfer_cmd.export, transfer_cmd.import_, doctor_cmd.doctor,
-                copy_cmd.copy, browse_cmd.ls_cmd, browse_cmd.dump, browse_cmd.diff):
+                copy_cmd.copy, browse_cmd.ls_cmd, browse_cmd.dump, browse_cmd.diff,
+                extract_cmd.extract):
     cli.add_command(command)
 
 

@@ -7,6 +7,7 @@ import click
 from volbackup.cli import complete, render
 from volbackup.cli.options import (direct_option, host_option, json_option, repo_option,
                                    secrets_options)
+from volbackup.cli.paths import path_options
 from volbackup.cli.progress import quiet_option, terminal_progress
 from volbackup.docker.engine import Engine
 from volbackup.ops import restore as ops
@@ -37,13 +38,14 @@ from volbackup.repo.repository import Repository
 @click.option("--drop-driver-options", "drop_options", is_flag=True,
               help="Create plain local volumes (driver local, no options), whatever driver "
                    "and options the snapshot records.")
+@path_options
 @host_option
 @direct_option
 @quiet_option
 @json_option
 @secrets_options(reading=True)
 def restore(snapshots, repo, target, force, safety, restore_all, trust_options, drop_options,
-            host, use_direct, as_json, secrets):
+            paths, host, use_direct, as_json, secrets):
     """Restore snapshots into fresh volumes.
 
     SNAPSHOT is a snapshot id (VOLUME@STAMP, as `list` prints it) or a volume name,
@@ -53,17 +55,25 @@ def restore(snapshots, repo, target, force, safety, restore_all, trust_options, 
     --force first backs the target's old contents up into REPO as a safety snapshot,
     named in the output; `volbackup restore ID` brings them back.
 
+    --include/--exclude restore part of a snapshot (PATH inside the volume): the
+    entries under each --include, less those under an --exclude, with the directories
+    above them (their owner and mode). In a chunked repository only the chunks holding
+    them are read. The target must still be a fresh (or --force replaced) volume.
+
     \b
     Examples:
       volbackup restore pgdata -r /srv/backups
       volbackup restore pgdata@20261129T031500Z-1a2b --as pgdata-copy -r /srv/backups
       volbackup restore --all -r /srv/backups
       volbackup restore pgdata --host db1 -r s3://my-backups/prod
+      volbackup restore pgdata --include /conf --exclude conf/cache --as pgconf -r /srv/backups
     """
     if bool(snapshots) == restore_all:
         raise click.UsageError("name one or more SNAPSHOTs, or --all (not both)")
     if target and (restore_all or len(snapshots) > 1):
         raise click.UsageError("--as takes exactly one SNAPSHOT")
+    if paths is not None and restore_all:
+        raise click.UsageError("--include/--exclude name paths of given SNAPSHOTs, not --all")
     repository = Repository.open(repo, secrets=secrets)
     engine = Engine.connect()
     if trust_options and drop_options:
@@ -72,9 +82,9 @@ def restore(snapshots, repo, target, force, safety, restore_all, trust_options, 
     result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
                          terminal_progress(), host=host, use_direct=use_direct,
                          trust_options=trust_options, drop_options=drop_options,
-                         announce=render.note, safety=safety)
+                         announce=render.note, safety=safety, selection=paths)
     render.results("restore", as_json, result.volumes, lambda v: (
-        f"{v.volume}: restored from {v.snapshot}{_replaced(v)}, "
+        f"{v.volume}: restored {_part(v)}from {v.snapshot}{_replaced(v)}, "
         f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s"), repository=result.repository)
     render.failures(result.volumes)
     result.raise_for_failures()
@@ -86,3 +96,7 @@ def _replaced(v) -> str:
     if v.safety_snapshot:
         return f" (replaced; old contents in safety snapshot {v.safety_snapshot})"
     return " (replaced)"
+
+
+def _part(v) -> str:
+    return "part " if v.partial else ""

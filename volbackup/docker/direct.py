@@ -174,9 +174,26 @@ def _widen(pipe) -> None:
         pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
 
 
-def import_(directory: str, chunks: Iterable[bytes]) -> None:
+# `volbackup extract` onto a host directory: the directory itself keeps its own owner and
+# mode; root keeps the snapshot's owners and extended attributes, anyone else gets files
+# of their own with the umask applied, as plain `tar -x` gives them.
+_EXTRACT_HERE_ROOT = [*_EXTRACT, "--no-overwrite-dir"]
+_EXTRACT_HERE_USER = ["--extract", "--file=-", "--no-same-owner", "--no-same-permissions",
+                      "--no-overwrite-dir"]
+
+
+def extract_here(directory: str, chunks: Iterable[bytes]) -> None:
+    """Extract a checked tar stream into `directory`, a directory on this host (not a
+    volume): GNU tar, as root with the snapshot's owners, otherwise as the user's files."""
+    if gnu_tar() is None:
+        raise VolbackupError("extract needs GNU tar on this host (busybox tar lacks the "
+                             "options used); install it, or restore into a volume")
+    import_(directory, chunks, _EXTRACT_HERE_ROOT if os.geteuid() == 0 else _EXTRACT_HERE_USER)
+
+
+def import_(directory: str, chunks: Iterable[bytes], options: list[str] = _EXTRACT) -> None:
     """Extract a tar stream into `directory` with GNU tar on this host."""
-    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_EXTRACT],
+    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *options],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     _widen(proc.stdin)

@@ -17,10 +17,12 @@ from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, Untru
 from volbackup.ops.backup import backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
+from volbackup.ops.reading import Reader, reader_for
 from volbackup.ops.select import plain_directory
 from volbackup.repo import locking
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, looks_like_id
+from volbackup.stream.catalog import Selection
 
 
 SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock
@@ -36,6 +38,7 @@ class VolumeRestore(Outcome):
     driver_options: dict | None = None   # secrets redacted
     external_storage: str | None = None  # where its data goes, if outside the volume area
     safety_snapshot: str | None = None   # what the replaced volume held, kept in the repository
+    partial: bool = False         # only what --include/--exclude selected
 
 
 @dataclass
@@ -53,7 +56,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
             use_direct: bool | None = None, trust_options: bool = False,
             drop_options: bool = False,
             announce: Callable[[str], None] = lambda message: None,
-            safety: bool = True) -> RestoreResult:
+            safety: bool = True, selection: Selection | None = None) -> RestoreResult:
     """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
 
     With `restore_all`, the newest snapshot of every volume in the repository is
@@ -83,6 +86,8 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
         try:
             manifest = repo.reveal(resolve_ref(repo, ref, host))  # labels, options: sealed?
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
+            reader = reader_for(repo, manifest, selection)  # NotFound here, before any volume
+            outcome.partial = reader.entries is not None
             spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
             if drop_options:
                 spec = VolumeSpec("local", {}, manifest.labels)
@@ -91,7 +96,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
                 outcome.volume, spec, trust_options, announce,
                 way_out=", or --drop-driver-options for a plain local volume")
             _restore_one(engine, repo, manifest, spec, outcome, force, progress, use_direct,
-                         safety, announce)
+                         safety, announce, reader)
         except (TargetNotEmpty, UntrustedStorage) as e:
             if not restore_all:
                 outcome.failure(e)
@@ -106,14 +111,14 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
 def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: VolumeSpec,
                  outcome: VolumeRestore, force: bool, progress: ProgressFactory,
                  use_direct: bool | None, safety: bool,
-                 announce: Callable[[str], None]) -> None:
+                 announce: Callable[[str], None], reader: Reader) -> None:
     started = time.monotonic()
 
     def before_replacing(existing: VolumeInfo) -> None:
         """Nothing a restore replaces may be lost: the snapshot must check out and fit, and
         the old contents are kept as a safety snapshot before the volume is removed."""
-        _check_space(engine, existing, spec, manifest)
-        repo.unpacker(manifest).drain()
+        _check_space(engine, existing, spec, manifest, reader)
+        reader.unpacker().drain()
         if safety:
             outcome.safety_snapshot = _safety_snapshot(engine, repo, existing.name, manifest,
                                                        progress, use_direct)
@@ -121,12 +126,12 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
             announce(f"volume {existing.name}: old contents saved as safety snapshot "
                      f"{outcome.safety_snapshot} (volbackup restore "
                      f"{outcome.safety_snapshot} brings them back)")
-            _check_space(engine, existing, spec, manifest)  # the repository may share the disk
+            _check_space(engine, existing, spec, manifest, reader)  # the repository may share the disk
 
     def write(target: Helper | str) -> None:
         outcome.via = "direct" if isinstance(target, str) else "engine"
-        with progress(outcome.volume, manifest.bytes) as update:
-            unpacker = repo.unpacker(manifest, update)
+        with progress(outcome.volume, reader.total) as update:
+            unpacker = reader.unpacker(update)
             if isinstance(target, str):
                 direct.import_(target, unpacker.chunks())  # `./` carries the root's metadata
             else:
@@ -188,7 +193,7 @@ def _kept_in(snapshot: str | None) -> str | None:
 
 
 def _check_space(engine: Engine, existing: VolumeInfo, spec: VolumeSpec,
-                 manifest: Manifest) -> None:
+                 manifest: Manifest, reader: Reader) -> None:
     """Refuse (InsufficientSpace) to replace `existing` when the snapshot cannot fit where
     the new volume's data will go: the filesystem of the engine's volume area, measured
     here when Engine.local_directory proves the directory is the engine's. Counts the
@@ -205,13 +210,19 @@ def _check_space(engine: Engine, existing: VolumeInfo, spec: VolumeSpec,
     free = fs.f_bavail * fs.f_frsize
     freed = _used_bytes(directory)
     # tar bytes, plus up to one block of rounding and metadata per entry
-    needed = manifest.bytes + manifest.entries * max(fs.f_bsize, 4096)
+    tar_bytes, entries = reader.size()
+    needed = tar_bytes + entries * max(fs.f_bsize, 4096)
     if free + freed < needed:
         raise InsufficientSpace(
-            f"volume {existing.name} was not replaced: snapshot {manifest.snapshot} needs "
+            f"volume {existing.name} was not replaced: {_part(reader)}snapshot "
+            f"{manifest.snapshot} needs "
             f"about {_mib(needed)} and the filesystem of {directory} has {_mib(free)} free "
             f"(+{_mib(freed)} the old volume would free); nothing was removed (free some "
             f"space, or restore it elsewhere with --as NAME)")
+
+
+def _part(reader: Reader) -> str:
+    return "the part restored of " if reader.entries is not None else ""
 
 
 def _used_bytes(directory: str) -> int:
