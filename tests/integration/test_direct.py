@@ -228,5 +228,5 @@ def test_a_direct_fill_that_breaks_leaves_no_volume(make_volume, mountpoint, cli
     assert result.code == 1
     assert "No space left on device" in one_line_error(result.stderr)
     assert [v for v in client.volumes.list() if v.name == target] == []
-    assert len(repo_files(repo_dir)) == 2   # the snapshot itself is untouched
+    assert len(repo_files(repo_dir)) == 3   # the snapshot (archive, catalogue, manifest) untouched
     assert cli("verify", "--all", "-r", str(repo_dir)).code == 0

@@ -47,7 +47,7 @@ def test_a_missing_volume_under_jobs_fails_alone(make_volume, mountpoint, cli, r
         (good[0], "ok"), (missing, "failed"), (good[1], "ok")]
     assert cli("verify", "--all", "-r", str(repo_dir)).code == 0
     left = repo_files(repo_dir)
-    assert len(left) == 4 and not any("/." in f or f.startswith(".") for f in left), left
+    assert len(left) == 6 and not any("/." in f or f.startswith(".") for f in left), left
 
 
 def test_volumes_sharing_a_container_are_read_together_once_stopped(

@@ -28,7 +28,7 @@ def test_corpus_round_trip_through_s3(make_volume, mountpoint, names, s3_bucket,
     assert backup.code == 0, backup.stderr
     (vol,) = json.loads(backup.stdout)["volumes"]
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert sorted(k.rsplit(".", 2)[-1] for k in keys) == ["json", "zst"]
+    assert sorted(k.split(".", 1)[-1] for k in keys) == ["catalog.zst", "json", "tar.zst"]
     assert all(k.startswith(f"team/prod/snapshots/{source.name}/") for k in keys)
 
     listed = cli("list", "-r", repo, "--json")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator
@@ -119,32 +119,40 @@ class Listing:
 
 class SnapshotWriter:
     """Writes one snapshot's data (an archive, or chunks and a chunk list) and its
-    catalogue; the manifest that makes it a snapshot is written after, by
-    Repository.commit."""
+    catalogue; both appear only when the snapshot_writer block ends cleanly (a reader
+    that reports an error on closing leaves neither). The manifest that makes it a
+    snapshot is written after, by Repository.commit."""
 
-    def __init__(self, repo: "Repository", out, archive_name: str, snapshot_id: str):
+    def __init__(self, repo: "Repository", out, archive_name: str, snapshot_id: str,
+                 later: ExitStack):
         self._repo, self._out, self.archive = repo, out, archive_name
-        self._snapshot = snapshot_id
+        self._snapshot, self._later = snapshot_id, later
         self._catalog: dict | None = None
+        self._finish: Callable[[], dict] | None = None
 
     def pack(self, tar_chunks: Iterable[bytes], level: int,
              progress: Progress = no_progress) -> Packed:
         repo = self._repo
         key = repo.catalog_key(self._snapshot, chunked=repo.config is not None)
         if repo.config is None:
-            with repo.backend.open_write(key) as out:
-                cat = catalogs.ArchiveCatalogWriter(out, level)
-                packed = archive.pack(tar_chunks, self._out, level, progress,
-                                      lambda walker: catalog.record(walker, cat.add))
-                self._catalog = cat.finish()
+            cat = catalogs.ArchiveCatalogWriter(
+                self._later.enter_context(repo.backend.open_write(key)), level)
+            packed = archive.pack(tar_chunks, self._out, level, progress,
+                                  lambda walker: catalog.record(walker, cat.add))
+            self._finish = cat.finish
             return packed
         seed = repo.keyring.key().chunker_seed if repo.keyring else None
         cat = catalogs.ChunkedCatalogWriter(repo.chunk_store, repo.known_chunks, level)
         packed = chunked.pack(tar_chunks, self._out, repo.chunk_store, repo.config,
                               repo.known_chunks, level, progress, seed,
                               lambda walker: catalog.record(walker, cat.add))
-        self._catalog = cat.finish(repo.backend, key)
+        self._finish = lambda: cat.finish(repo.backend, key)
         return packed
+
+    def finish(self) -> None:
+        """The block ended cleanly: complete the catalogue (its blob appears next)."""
+        if self._finish is not None:
+            self._catalog = self._finish()
 
     def fields(self, packed: Packed) -> dict:
         """The manifest fields that depend on the layout, and the catalogue's."""
@@ -268,8 +276,10 @@ class Repository:
         name = self.archive_name(snapshot_id, chunked=self.config is not None)
         if self.keyring is not None and not self.chunk_store.cipher.encrypted:
             self.chunk_store.cipher = self.keyring.writing_cipher()
-        with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out:
-            yield SnapshotWriter(self, out, name, snapshot_id)
+        with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out, ExitStack() as later:
+            writer = SnapshotWriter(self, out, name, snapshot_id, later)
+            yield writer
+            writer.finish()
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest, which makes the snapshot exist (sealed, if encrypted)."""
