@@ -16,15 +16,11 @@ from typing import BinaryIO, Iterable, Iterator
 
 from volbackup.errors import NotFound, TargetNotEmpty, VolbackupError
 from volbackup.ops.restore import resolve_ref
-from volbackup.ops.transfer import _file_in_place
+from volbackup.ops.transfer import FileInPlace
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.partial import file_bytes
 from volbackup.repo.repository import Repository
-from volbackup.stream.catalog import CatalogEntry, Selection, normal_path
-
-
-def _under(path: str, top: str) -> bool:
-    return top == "." or path == top or path.startswith(top + "/")
+from volbackup.stream.catalog import CatalogEntry, Selection, normal_path, under
 
 
 # -- ls
@@ -51,7 +47,7 @@ def ls(repo: Repository, ref: str, path: str = ".", host: str | None = None) -> 
 def _listed(repo: Repository, manifest: Manifest, top: str) -> Iterator[CatalogEntry]:
     found = False
     for entry in repo.catalog(manifest):
-        if _under(entry.path, top):
+        if under(entry.path, top):
             found = True
             yield entry
     if not found:
@@ -99,7 +95,7 @@ def dump(repo: Repository, ref: str, path: str, target: str | BinaryIO,
     else:
         raise VolbackupError(f"{top!r} is a {entry.type}: it has no bytes to dump")
     if isinstance(target, str):
-        with _file_in_place(target, force) as out:
+        with FileInPlace(target, force) as out:
             written = _write(pieces, out)
         return DumpResult(manifest.snapshot, top, entry.type, written, target)
     try:

@@ -84,7 +84,7 @@ def export_snapshot(repo: Repository, ref: str, target: str | BinaryIO, force: b
                 raise VolbackupError("the reader of the archive went away before its end "
                                      "(broken pipe)") from None
             return _exported(manifest, None, packed)
-        with _file_in_place(target, force) as out:
+        with FileInPlace(target, force) as out:
             packed = archive.pack(unpacker.chunks(), out, level)
     return _exported(manifest, target, packed)
 
@@ -94,7 +94,7 @@ def _exported(manifest: Manifest, file: str | None, packed: archive.Packed) -> E
                         packed.sha256, packed.entries)
 
 
-class _file_in_place:
+class FileInPlace:
     """A temp file next to `path` (0600: an archive is as secret as its volume), renamed
     to `path` when the block ends cleanly and removed on any error or interrupt. Without
     `replace`, a file that appeared at `path` meanwhile is not overwritten either."""

@@ -147,7 +147,8 @@ def normal_path(path: str) -> str:
     return "/".join(parts) or "."
 
 
-def _under(path: str, top: str) -> bool:
+def under(path: str, top: str) -> bool:
+    """Whether `path` is `top` or lies below it (the root `.` holds everything)."""
     return top == "." or path == top or path.startswith(top + "/")
 
 
@@ -164,9 +165,9 @@ class Selection:
         return not self.include and not self.exclude
 
     def wants(self, path: str) -> bool:
-        if self.include and not any(_under(path, top) for top in self.include):
+        if self.include and not any(under(path, top) for top in self.include):
             return False
-        return not any(_under(path, top) for top in self.exclude)
+        return not any(under(path, top) for top in self.exclude)
 
 
 def selected(entries: Iterable[CatalogEntry], selection: Selection,
@@ -181,13 +182,13 @@ def selected(entries: Iterable[CatalogEntry], selection: Selection,
     chain: list[CatalogEntry] = []  # the directories above the current entry
     emitted_up_to = -1              # `at` of the last entry yielded
     for entry in entries:
-        while chain and not _under(entry.path, chain[-1].path):
+        while chain and not under(entry.path, chain[-1].path):
             chain.pop()
         wanted = entry.path == "." or selection.wants(entry.path) or entry.path in targets
         if wanted:
             if matched is not None:
                 for top in selection.include:
-                    if _under(entry.path, top):
+                    if under(entry.path, top):
                         matched[top] = matched.get(top, 0) + 1
             if (missing_targets is not None and entry.type == "hardlink"
                     and not selection.wants(entry.link)):
