@@ -140,6 +140,14 @@ class RetryBackend(Backend):
     def foreign_entries(self) -> list[str]:
         return self.retry.call(self.inner.foreign_entries)
 
+    def free_space(self) -> int | None:
+        return self.retry.call(self.inner.free_space)
+
+    def probe_write(self) -> None:
+        """The inner probe once more (a directory's own check, or a blob written and
+        removed: each try uses a new probe name)."""
+        self.retry.call(self.inner.probe_write)
+
     def leftovers(self) -> list[Leftover]:
         return self.retry.call(self.inner.leftovers)
 
