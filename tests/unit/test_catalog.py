@@ -246,3 +246,23 @@ def test_verify_checks_that_the_catalogue_describes_the_data(tmp_path):
     assert next(e for e in repo.catalog(manifest) if e.path == "etc/app.conf").mode == 0o4755
     check = verify(repo, [manifest.snapshot]).snapshots[0]
     assert check.status == "failed" and "does not describe its data" in check.message
+
+
+def test_a_reader_that_stops_early_ends_ls_quietly(tmp_path):
+    """`volbackup ls SNAP | head -1`: exit 141 (as `ls` of coreutils), nothing on stderr."""
+    import subprocess
+    import sys
+    path = tmp_path / "repo"
+    chunked_repo(path)
+    files = [_member("./"[:2], type_=tarfile.DIRTYPE)] + [
+        _member(f"./file-{n:05d}.txt", b"x") for n in range(4000)]   # > a pipe's 64 KiB
+    tar = make_tar(files)
+    manifest = backup(Repository.open(str(path), writable=True),
+                      tar[:end_of_members(tar) + END_MARKER])
+    run = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m volbackup ls "
+                       f"{manifest.snapshot} -r {path} | head -1; "
+                       f"echo \"codes ${{PIPESTATUS[*]}}\" >&2"],
+        capture_output=True, text=True, timeout=120)
+    assert run.stdout == "/\n"
+    assert run.stderr == "codes 141 0\n", run.stderr

@@ -11,6 +11,7 @@ import sys
 import traceback
 
 import click
+from click.utils import PacifyFlushWrapper
 
 from volbackup import __version__
 from volbackup.cli import backup as backup_cmd
@@ -58,6 +59,9 @@ for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify
     cli.add_command(command)
 
 
+PIPE_CLOSED_EXIT_CODE = 141
+
+
 def _error(message: str) -> None:
     render.echo(f"volbackup: error: {message}", err=True)  # control characters escaped
 
@@ -88,6 +92,12 @@ def _main(argv: list[str], debug: bool) -> int:
             traceback.print_exc()
         _error(str(e))
         return e.exit_code
+    except SystemExit:
+        # click met EPIPE, the reader having gone away (`volbackup ls ... | head`), and
+        # quietened stdout: end as the shell's own commands do (SIGPIPE: 128 + 13)
+        if isinstance(sys.stdout, PacifyFlushWrapper):
+            return PIPE_CLOSED_EXIT_CODE
+        raise
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             traceback.print_exc()
