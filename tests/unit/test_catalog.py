@@ -266,3 +266,11 @@ def test_a_reader_that_stops_early_ends_ls_quietly(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert run.stdout == "/\n"
     assert run.stderr == "codes 141 0\n", run.stderr
+
+
+def test_an_entry_no_volume_can_hold_fails_the_backup(repo):
+    """A crafted tar (an import) with a 2 MiB name: refused, not a catalogue no one reads."""
+    tar = make_tar([_member("./", type_=tarfile.DIRTYPE), _member("./" + "n" * (2 << 20), b"x")])
+    with pytest.raises(IntegrityError, match="no volume holds one"):
+        backup(repo, tar[:end_of_members(tar) + END_MARKER])
+    assert repo.snapshots().snapshots == []

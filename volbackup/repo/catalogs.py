@@ -29,7 +29,7 @@ from volbackup.stream.chunks import READ_CHUNK
 
 LIST_SUFFIX = ".catalog"            # chunked: the list of the catalogue's pieces
 ARCHIVE_SUFFIX = ".catalog.zst"     # archive layout: the catalogue, compressed
-PIECE = 256 << 10                   # a piece ends at the first line end past this
+PIECE = 1 << 20                     # a piece ends at the first line end past this
 _FIELD = {"version": int, "entries": int, "bytes": int, "sha256": str, "plain_sha256": str}
 
 

@@ -27,7 +27,7 @@ TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "f
          tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo",
          tarfile.GNUTYPE_SPARSE: "file"}
 KINDS = frozenset(TYPES.values()) | {"other"}
-MAX_LINE = 64 << 10  # a path is at most 4 KiB on Linux; a link target too
+MAX_LINE = 1 << 20  # a path is at most 4 KiB on Linux, a link target too; longer: crafted
 _FIELDS = {"path": str, "type": str, "size": int, "mode": int, "uid": int, "gid": int,
            "mtime": (int, float), "link": str, "at": int, "data": int, "sha256": str}
 
@@ -74,9 +74,16 @@ def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> Catalo
 
 
 def record(walker: TarWalker, sink: Callable[[bytes], None]) -> None:
-    """Have `walker` send each entry's catalogue line to `sink` as the entry passes."""
-    walker.on_entry = lambda at, data_at, entry, content: sink(
-        entry_of(at, data_at, entry, content).to_line())
+    """Have `walker` send each entry's catalogue line to `sink` as the entry passes; an
+    entry no volume can hold (a name or link of over MAX_LINE) fails the stream."""
+    def on_entry(at: int, data_at: int, entry: Entry, content: str | None) -> None:
+        line = entry_of(at, data_at, entry, content).to_line()
+        if len(line) > MAX_LINE:
+            raise IntegrityError(f"tar entry {entry.name[:80]!r}... has a name or link target "
+                                 f"of over {MAX_LINE >> 20} MiB: no volume holds one")
+        sink(line)
+
+    walker.on_entry = on_entry
 
 
 def parse_line(line: bytes, stream_bytes: int) -> CatalogEntry:
