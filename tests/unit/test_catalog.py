@@ -274,3 +274,21 @@ def test_an_entry_no_volume_can_hold_fails_the_backup(repo):
     with pytest.raises(IntegrityError, match="no volume holds one"):
         backup(repo, tar[:end_of_members(tar) + END_MARKER])
     assert repo.snapshots().snapshots == []
+
+
+def test_a_reader_that_stops_early_ends_dump_quietly(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "repo"
+    chunked_repo(path)
+    tar = make_tar([_member("./", type_=tarfile.DIRTYPE),
+                    _member("./big.bin", random.Random(3).randbytes(2 << 20))])
+    manifest = backup(Repository.open(str(path), writable=True),
+                      tar[:end_of_members(tar) + END_MARKER])
+    run = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m volbackup dump "
+                       f"{manifest.snapshot} /big.bin -r {path} | head -c 10 | wc -c; "
+                       f"echo \"codes ${{PIPESTATUS[*]}}\" >&2"],
+        capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "10"
+    assert run.stderr == "codes 141 0 0\n", run.stderr
