@@ -196,7 +196,9 @@ def test_stock_age_and_zstd_give_a_chunks_plaintext(setup):
     manifest = backup(opened(root, key_file), tar)
     name_key = repository_key(key_file)._derive("chunk names")
     offset = 0
-    for chunk_id, length in chunk_list(opened(root, key_file), manifest)[:5]:
+    chunks = chunk_list(opened(root, key_file), manifest)[:5]
+    assert chunks, "the snapshot lists no chunks"
+    for chunk_id, length in chunks:
         age = subprocess.run(["age", "-d", "-i", str(identity), str(root / chunk_key(chunk_id))],
                              capture_output=True, check=True)
         plain = subprocess.run(["zstd", "-d", "-c"], input=age.stdout, capture_output=True,

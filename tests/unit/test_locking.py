@@ -81,11 +81,21 @@ def test_waits_for_a_lock_to_be_released(backend):
 
 
 def test_gives_up_after_the_wait(backend):
+    """An injected clock: the wait is exactly what was asked for, whatever the machine's load."""
     plant(backend, pid=locking.os.getpid())
-    started = time.monotonic()
-    with pytest.raises(RepositoryLocked, match="gave up after 1s"):
-        locking.acquire(backend, locking.SHARED, 1)
-    assert 0.9 <= time.monotonic() - started < 3
+    clock = [100.0]
+    slept = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    with pytest.raises(RepositoryLocked, match="gave up after 30s"):
+        locking.acquire(backend, locking.SHARED, 30, sleep=sleep, monotonic=lambda: clock[0])
+    assert len(slept) > 3  # it tried again, backing off, before giving up
+    assert sum(slept) == pytest.approx(30)  # the last sleep is cut to the deadline
+    assert all(0 < s <= 5 * 1.5 for s in slept)  # backoff capped
+    assert lock_keys(backend) == ["locks/planted.json"]  # none of its attempts left behind
 
 
 def test_lock_of_a_dead_pid_on_this_host_is_broken(backend):

@@ -188,11 +188,13 @@ class Lock:
 
 def acquire(backend: Backend, kind: str, wait: float, command: str = "",
             on_break: Callable[[LockInfo, str], None] = lambda lock, why: None,
-            sleep: Callable[[float], None] = time.sleep) -> Lock:
-    """Take a lock of `kind` (SHARED or EXCLUSIVE), waiting up to `wait` seconds."""
+            sleep: Callable[[float], None] = time.sleep,
+            monotonic: Callable[[], float] = time.monotonic) -> Lock:
+    """Take a lock of `kind` (SHARED or EXCLUSIVE), waiting up to `wait` seconds (measured by
+    `monotonic`, which tests replace together with `sleep`)."""
     if kind not in (SHARED, EXCLUSIVE):
         raise ValueError(kind)
-    deadline = time.monotonic() + wait
+    deadline = monotonic() + wait
     delay = 0.2
     while True:
         now = _now()
@@ -217,7 +219,7 @@ def acquire(backend: Backend, kind: str, wait: float, command: str = "",
             lock._thread.start()
             return lock
         backend.delete(info.key)
-        left = deadline - time.monotonic()
+        left = deadline - monotonic()
         if left <= 0:
             raise RepositoryLocked(
                 f"repository {backend.describe()} is locked: {blocking[0].describe()}"
