@@ -62,6 +62,13 @@ class Flaky(Backend):
         self._call("foreign_entries")
         return ["x"]
 
+    def create_missing(self):
+        self._call("create_missing")
+        return True
+
+    def remove_if_empty(self):
+        self._call("remove_if_empty")
+
     def leftovers(self):
         self._call("leftovers")
         return [LEFTOVER]
@@ -96,6 +103,8 @@ VERBS = {
     "list": (lambda b: list(b.list()), [BlobInfo("a", 1)]),
     "delete": (lambda b: b.delete("k"), None),
     "foreign_entries": (lambda b: b.foreign_entries(), ["x"]),
+    "create_missing": (lambda b: b.create_missing(), True),
+    "remove_if_empty": (lambda b: b.remove_if_empty(), None),
     "leftovers": (lambda b: b.leftovers(), [LEFTOVER]),
     "remove_leftover": (lambda b: b.remove_leftover(LEFTOVER), None),
     "temp_files": (lambda b: b.temp_files(), [TEMP]),

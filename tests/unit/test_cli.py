@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
+from pyrage import x25519
+
+from tests.conftest import umask
 
 from volbackup import __version__
 from volbackup.cli import cli as root
@@ -60,7 +64,49 @@ def test_missing_repository_is_one_line_with_code_5(capsys, tmp_path):
     assert code == 5
     assert err.strip().splitlines() == [
         f"volbackup: error: repository {tmp_path / 'missing'} does not exist "
-        "(create the directory first)"]
+        "(`volbackup init` makes one; other commands need an existing directory)"]
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("command", [["list"], ["backup", "vol"], ["prune", "--keep-last", "1"],
+                                     ["verify", "vol"], ["restore", "vol"], ["unlock"]])
+def test_only_init_makes_a_missing_directory(capsys, tmp_path, command):
+    """A typo in -r must not become a repository: every command but init refuses."""
+    code, _, err = run(capsys, *command, "-r", str(tmp_path / "typo"))
+    assert code == 5, err
+    assert "does not exist" in err and not (tmp_path / "typo").exists()
+
+
+def test_init_makes_a_missing_directory_0700_and_says_so(capsys, tmp_path):
+    target = tmp_path / "new-repo"
+    with umask(0o022):
+        code, out, err = run(capsys, "init", "-r", str(target))
+    assert code == 0, err
+    assert out.splitlines()[0] == f"created directory {target} (mode 0700)"
+    assert "created chunked repository" in out.splitlines()[1]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert (target / "config").is_file()
+    code, out, _ = run(capsys, "init", "-r", str(tmp_path / "json-repo"), "--json")
+    assert code == 0 and json.loads(out)["created_directory"] is True
+    (tmp_path / "existing").mkdir(mode=0o750)
+    code, out, _ = run(capsys, "init", "-r", str(tmp_path / "existing"), "--json")
+    assert code == 0 and json.loads(out)["created_directory"] is False
+    assert stat.S_IMODE((tmp_path / "existing").stat().st_mode) == 0o750  # not its to change
+
+
+def test_init_makes_no_parents(capsys, tmp_path):
+    code, _, err = run(capsys, "init", "-r", str(tmp_path / "no" / "such" / "repo"))
+    assert code == 5 and "does not exist" in err
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_failed_init_removes_the_directory_it_made(capsys, tmp_path):
+    """An encrypted init without --key-file fails after the directory was made: it goes."""
+    target = tmp_path / "enc"
+    recipient = str(x25519.Identity.generate().to_public())
+    code, _, err = run(capsys, "init", "-r", str(target), "--encrypt-to", recipient)
+    assert code == 17 and "--key-file" in err, err
+    assert not target.exists()
 
 
 def test_version(capsys):

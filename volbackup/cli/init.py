@@ -38,6 +38,9 @@ _SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
 def init(repo, chunk_size, chunker, recipients, recipients_file, key_file, s3, as_json):
     """Create a chunked repository in REPO (an empty directory, or s3://BUCKET[/PREFIX]).
 
+    A directory that does not exist is created (mode 0700) if its parent exists; every
+    other command refuses a directory that does not exist.
+
     Snapshots in a chunked repository share their data: what is already stored, from
     any volume or host, is not stored again. A repository without `init` keeps one
     .tar.zst archive per snapshot. `init` on a repository that has a config refuses.
@@ -59,6 +62,8 @@ def init(repo, chunk_size, chunker, recipients, recipients_file, key_file, s3, a
         render.emit_json("init", **vars(result))
         return
     size = render.human_bytes(result.chunker['avg_size'] + result.chunker['min_size'])
+    if result.created_directory:
+        render.echo(f"created directory {result.repository} (mode 0700)")
     render.echo(f"created {'encrypted ' if result.recipients else ''}chunked repository "
                 f"{result.repository} (id {result.id}, chunks of about {size})")
     if result.recipients:

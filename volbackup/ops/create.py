@@ -17,6 +17,7 @@ class InitResult:
     existing_snapshots: int   # archive-layout snapshots it already held (kept as they are)
     recipients: list[str]     # encrypted: who can read it
     key_file: str | None      # encrypted: where its key was written
+    created_directory: bool   # the directory did not exist: init made it (0700)
 
 
 def create_repository(url: str, options: dict | None = None,
@@ -30,4 +31,4 @@ def create_repository(url: str, options: dict | None = None,
     return InitResult(repo.describe(), repo.config.id, repo.layout,
                       vars(repo.config.chunker).copy(), held,
                       list(encryption.recipients) if encryption else [],
-                      key_file if encryption else None)
+                      key_file if encryption else None, repo.made_store)

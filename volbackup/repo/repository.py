@@ -169,6 +169,7 @@ class Repository:
                  secrets: Secrets | None = None):
         self.backend = backend
         self.config = config        # None: the archive layout
+        self.made_store = False     # init made the directory (it did not exist)
         self.secrets = secrets or Secrets.from_env()
         self.chunk_store = ChunkStore(backend)
         self.known_chunks = chunked.KnownChunks(self.chunk_store)
@@ -202,8 +203,23 @@ class Repository:
              encrypt_to: list[str] | None = None, key_file: str | None = None) -> "Repository":
         """Make a chunked repository at `url` (an empty directory or bucket prefix, or one
         with archive-layout snapshots); refuse one that already has a config. With
-        `encrypt_to` (recipients), an encrypted one, whose new key goes to `key_file`."""
+        `encrypt_to` (recipients), an encrypted one, whose new key goes to `key_file`.
+        A directory that does not exist is made (its parent must exist), as restic and borg
+        do, and removed again if init fails; `made_store` on the result says it was made."""
         backend = open_backend(url, options)
+        made = backend.create_missing()
+        try:
+            repo = cls._init(backend, config, encrypt_to, key_file)
+        except BaseException:
+            if made:
+                backend.remove_if_empty()
+            raise
+        repo.made_store = made
+        return repo
+
+    @classmethod
+    def _init(cls, backend: Backend, config: RepoConfig | None, encrypt_to: list[str] | None,
+              key_file: str | None) -> "Repository":
         backend.check(writable=True)
         if read_config(backend) is not None:
             raise RepositoryError(f"{backend.describe()} is already a chunked repository "

@@ -148,6 +148,15 @@ class Backend(ABC):
         """Bytes free for writing, where the store can say (a directory); None otherwise."""
         return None
 
+    def create_missing(self) -> bool:
+        """Make the store's own place if it does not exist yet: True if it was made. For
+        `init` alone (every other command refuses a missing store, so that a typo never
+        becomes a repository); a store with nothing to make (a bucket prefix) says False."""
+        return False
+
+    def remove_if_empty(self) -> None:
+        """Undo create_missing() after a failed init: remove the place if it holds nothing."""
+
     def probe_write(self) -> None:
         """Raise RepositoryError unless a blob can be written here: writes and removes a
         small probe blob (a directory backend overrides it with check(writable=True))."""

@@ -158,12 +158,31 @@ class LocalBackend(Backend):
             os.close(parent)
             raise self._error(e, f"read {key}") from None
 
+    def create_missing(self) -> bool:
+        """The directory itself (DIR_MODE, whatever the umask), where its parent exists;
+        never its parents: a missing parent is more likely a typo than a plan."""
+        try:
+            os.mkdir(self.root, DIR_MODE)
+        except (FileExistsError, FileNotFoundError):
+            return False  # there already, or no parent: check() says which
+        except OSError as e:
+            raise self._error(e, "create the directory") from None
+        os.chmod(self.root, DIR_MODE)
+        return True
+
+    def remove_if_empty(self) -> None:
+        try:
+            os.rmdir(self.root)
+        except OSError:
+            pass  # not empty (or gone): then it is not only what create_missing made
+
     def check(self, writable: bool) -> None:
         try:
             st = os.stat(self.root)
         except (FileNotFoundError, NotADirectoryError):
             raise RepositoryError(
-                f"repository {self.root} does not exist (create the directory first)") from None
+                f"repository {self.root} does not exist (`volbackup init` makes one; other "
+                f"commands need an existing directory)") from None
         except OSError as e:
             raise self._error(e, "open the directory") from None
         if not stat.S_ISDIR(st.st_mode):

@@ -143,6 +143,12 @@ class RetryBackend(Backend):
     def free_space(self) -> int | None:
         return self.retry.call(self.inner.free_space)
 
+    def create_missing(self) -> bool:
+        return self.retry.call(self.inner.create_missing)
+
+    def remove_if_empty(self) -> None:
+        self.retry.call(self.inner.remove_if_empty)
+
     def probe_write(self) -> None:
         """The inner probe once more (a directory's own check, or a blob written and
         removed: each try uses a new probe name)."""
