@@ -7,15 +7,65 @@ Without an engine the integration tests are skipped, unless VOLBACKUP_REQUIRE_EN
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
 REQUIRE_ENGINE = os.environ.get("VOLBACKUP_REQUIRE_ENGINE") == "1"
+# A parallel run's directory, shared by its workers (services started once for all of them)
+SHARED_DIR_ENV = "VOLBACKUP_TEST_SHARED_DIR"
+_SHARED_DIR = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """The controller of a parallel run (pytest-xdist) makes the workers' shared directory
+    before it starts them; they inherit its path in the environment."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", 0):
+        return
+    shared = tempfile.mkdtemp(prefix="vbtest-shared-")
+    os.environ[SHARED_DIR_ENV] = shared
+    config.stash[_SHARED_DIR] = shared
+
+
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's `--dist loadgroup`: the integration tests of a module that use a
+    module- or class-scoped fixture of ours (a volume filled once, a second engine) go to
+    one worker, so that it is made once rather than once per worker; each parameter of such
+    a fixture makes a group of its own. Every other test goes to whichever worker is free
+    (the unit tests' shared fixtures cost too little to tie their tests to one worker)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if (info is None or item.get_closest_marker("xdist_group")
+                or not item.nodeid.startswith("tests/integration/")):
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        shared = [name for name in info.names_closure
+                  if (defs := info.name2fixturedefs.get(name))
+                  and defs[-1].scope in ("module", "class")]
+        if shared:
+            param_ids = sorted(f"{name}={params[name]!r}" for name in shared if name in params)
+            item.add_marker(pytest.mark.xdist_group(
+                ":".join([item.module.__name__, *param_ids])))
+
+
+def pytest_unconfigure(config):
+    """After every worker ended: stop what they started once for all, remove the directory."""
+    shared = config.stash.get(_SHARED_DIR, None)
+    if shared is None:
+        return
+    from tests.rgw_s3 import stop_shared
+
+    try:
+        stop_shared(shared)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        os.environ.pop(SHARED_DIR_ENV, None)
 
 
 @dataclass

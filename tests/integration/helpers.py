@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 from pathlib import Path
 
 from volbackup.docker.helpers import PID_LABEL
@@ -120,8 +121,9 @@ def tar_children(pid: int) -> list[int]:
     return found
 
 
-def wait_for_read(client, proc: subprocess.Popen, via: str, timeout: float = 30) -> None:
-    """Wait until `proc` streams a volume: `via` "engine" (a helper) or "direct" (tar)."""
+def wait_for_read(client, proc: subprocess.Popen, via: str, timeout: float = 120) -> None:
+    """Wait until `proc` streams a volume: `via` "engine" (a helper) or "direct" (tar).
+    `timeout` is a hang guard only (generous: a loaded host starts helpers slowly)."""
     going = (lambda: tar_children(proc.pid)) if via == "direct" else \
         (lambda: helpers_of(client, proc.pid))
     deadline = time.monotonic() + timeout
@@ -132,6 +134,19 @@ def wait_for_read(client, proc: subprocess.Popen, via: str, timeout: float = 30)
             return
         time.sleep(0.02)
     raise AssertionError(f"no {via} read appeared while the run was going")
+
+
+def wait_until(done: Callable[[], object], proc: subprocess.Popen, what: str,
+               timeout: float = 120) -> None:
+    """Poll until `done()` is true while `proc` runs (an event to wait for, not a time);
+    `timeout` is a hang guard only."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return
+        assert proc.poll() is None, f"the run ended before {what}"
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: not seen within {timeout:g}s")
 
 
 def events(client, since: float, container_ids: set[str]) -> list[tuple[float, str, str]]:

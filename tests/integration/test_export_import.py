@@ -79,10 +79,10 @@ def test_export_to_stdout_and_tar_zstd(make_volume, mountpoint, repo_dir, tmp_pa
     volume = make_volume("stdout")
     Path(mountpoint(volume.name), "a.txt").write_text("to stdout\n")
     env = {**os.environ}
-    subprocess.run(["python", "-m", "volbackup", "backup", volume.name, "-r", str(repo_dir)],
+    subprocess.run([sys.executable, "-m", "volbackup", "backup", volume.name, "-r", str(repo_dir)],
                    check=True, capture_output=True, env=env)
     with open(tmp_path / "s.tar.zst", "wb") as f:
-        proc = subprocess.run(["python", "-m", "volbackup", "export", volume.name, "-r",
+        proc = subprocess.run([sys.executable, "-m", "volbackup", "export", volume.name, "-r",
                                str(repo_dir), "-o", "-"], stdout=f, stderr=subprocess.PIPE,
                               text=True, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -200,7 +200,7 @@ def test_import_without_a_root_entry_gets_one(names, mountpoint, repo_dir, tmp_p
     subprocess.run(["tar", "-C", str(source), "-cf", str(archive), "a", "d"], check=True)
     volume = names("noroot")
     with open(archive, "rb") as stdin:   # `-` reads stdin
-        proc = subprocess.run(["python", "-m", "volbackup", "import", "-", "-r", str(repo_dir),
+        proc = subprocess.run([sys.executable, "-m", "volbackup", "import", "-", "-r", str(repo_dir),
                                "--volume", volume], stdin=stdin, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "root ./ added" in proc.stdout

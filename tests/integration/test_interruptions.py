@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.helpers import (PATHS, fill, gone, helpers_of, one_line_error,
                                        random_file, repo_files, start, tar_children,
-                                       wait_for_read)
+                                       wait_for_read, wait_until)
 from tests.integration.slow_engine import SlowEngine
 from volbackup.docker.helpers import PIDNS_LABEL
 from volbackup.repo import locking
@@ -68,10 +68,15 @@ def test_cleanup_removes_the_temp_file_of_a_killed_backup(big_volume, repo_dir, 
     enough; younger, its writer dead but quiet for under 10 minutes, it is kept."""
     proc = start("backup", big_volume, "-r", str(repo_dir), PATHS["engine"])
     wait_for_read(client, proc, "engine")
+
+    def temp_files() -> list[str]:
+        return [f for f in repo_files(repo_dir) if ".tmp-" in f]
+
+    wait_until(lambda: len(temp_files()) == 2, proc, "the archive's and the catalogue's temp files")
     proc.kill()
     proc.wait(timeout=30)
     try:
-        temps = [f for f in repo_files(repo_dir) if ".tmp-" in f]  # archive, catalogue
+        temps = temp_files()  # archive, catalogue
         assert len(temps) == 2 and all(f".tmp-{proc.pid}-" in t for t in temps), temps
         kept = cli("cleanup", "-r", str(repo_dir), "--json")
         assert kept.code == 0, kept.stderr

@@ -12,7 +12,7 @@ import pytest
 from tests.integration.conftest import TEST_LABEL
 from tests.integration.helpers import (PATHS, contents, events, fill, gone, helpers_of,
                                        one_line_error, random_file, repo_files, start,
-                                       tar_children)
+                                       tar_children, wait_until)
 from tests.integration.images import ensure_busybox
 
 
@@ -91,9 +91,7 @@ def test_ctrl_c_during_parallel_reads_cleans_up_every_one(make_volume, mountpoin
     proc = start("backup", *volumes, "--jobs", "2", "-r", str(repo_dir), PATHS[via])
     reads = (lambda: tar_children(proc.pid)) if via == "direct" else \
         (lambda: helpers_of(client, proc.pid))
-    deadline = time.monotonic() + 30
-    while len(reads()) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    wait_until(lambda: len(reads()) >= 2, proc, "two reads going at once")
     assert len(reads()) == 2 and proc.poll() is None, "two reads should be going at once"
     tars = tar_children(proc.pid)
     proc.send_signal(sig)
