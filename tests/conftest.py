@@ -18,16 +18,16 @@ from dataclasses import dataclass
 import pytest
 
 REQUIRE_ENGINE = os.environ.get("VOLBACKUP_REQUIRE_ENGINE") == "1"
-# A parallel run's directory, shared by its workers (services started once for all of them)
-SHARED_DIR_ENV = "VOLBACKUP_TEST_SHARED_DIR"
 _SHARED_DIR = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
     """The controller of a parallel run (pytest-xdist) makes the workers' shared directory
-    before it starts them; they inherit its path in the environment."""
+    before it starts them; they inherit its path in the environment (tests/shared_services)."""
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", 0):
         return
+    from tests.shared_services import SHARED_DIR_ENV
+
     shared = tempfile.mkdtemp(prefix="vbtest-shared-")
     os.environ[SHARED_DIR_ENV] = shared
     config.stash[_SHARED_DIR] = shared
@@ -59,10 +59,10 @@ def pytest_unconfigure(config):
     shared = config.stash.get(_SHARED_DIR, None)
     if shared is None:
         return
-    from tests.rgw_s3 import stop_shared
+    from tests.shared_services import SHARED_DIR_ENV, stop_shared_services
 
     try:
-        stop_shared(shared)
+        stop_shared_services(shared)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
         os.environ.pop(SHARED_DIR_ENV, None)

@@ -5,8 +5,8 @@ Where RGW comes from, in this order:
   RGW, e.g. the one .ci/run starts with tests/ceph_rgw.sh;
 - else, where `radosgw` is installed, the session starts its own with tests/ceph_rgw.sh in
   a temporary directory (on a free port) and stops it at the end; in a parallel run
-  (pytest-xdist) the first worker that needs it starts one for all workers, under a lock
-  in the run's shared directory (tests/conftest.py), and the controller stops it at the end;
+  (pytest-xdist) the first worker that needs it starts one for all workers
+  (tests/shared_services.py), and the controller stops it at the end;
 - else the RGW tests are skipped, unless VOLBACKUP_REQUIRE_ENGINE=1 or CI is set: there a
   missing RGW fails them (CI must never skip a real store).
 
@@ -17,8 +17,6 @@ The fixtures are imported by tests/backends/conftest.py and tests/integration/co
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -28,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_ENGINE, SHARED_DIR_ENV
+from tests.conftest import REQUIRE_ENGINE
 from tests.moto_s3 import BUCKET_PREFIX
+from tests.shared_services import shared_dir, shared_service
 
 SCRIPT = Path(__file__).with_name("ceph_rgw.sh")
 DEFAULT_KEYS = ("vbtest-rgw-access", "vbtest-rgw-secret-key")  # tests/ceph_rgw.sh's
@@ -56,24 +55,10 @@ def _stop_own(directory: str) -> None:
     subprocess.run(["bash", str(SCRIPT), "stop", directory], check=True, timeout=120)
 
 
-def _shared_by_workers(shared_dir: str) -> dict:
-    """One RGW for every worker of a parallel run: the first caller starts it and writes
-    where it is; the others read that. Stopped by stop_shared(), not by a worker."""
-    with open(Path(shared_dir, "rgw.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        record = Path(shared_dir, "rgw.json")
-        if record.exists():
-            return json.loads(record.read_text())
-        started = _start_own()
-        record.write_text(json.dumps(started))
-        return started
-
-
-def stop_shared(shared_dir: str) -> None:
-    """At the end of a parallel run (the controller): stop the RGW a worker started."""
-    record = Path(shared_dir, "rgw.json")
-    if record.exists():
-        _stop_own(json.loads(record.read_text())["dir"])
+def _start_for_workers() -> dict:
+    """An RGW for every worker of a parallel run; the controller stops it (rgw_dir)."""
+    started = _start_own()
+    return {"endpoint": started["endpoint"], "keys": started["keys"], "rgw_dir": started["dir"]}
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +70,9 @@ def rgw_endpoint():
             keys = (os.environ.get("VOLBACKUP_RGW_ACCESS_KEY", DEFAULT_KEYS[0]),
                     os.environ.get("VOLBACKUP_RGW_SECRET_KEY", DEFAULT_KEYS[1]))
             _shared.update(endpoint=endpoint, keys=keys, dir=None)
-        elif shutil.which("radosgw") and os.environ.get(SHARED_DIR_ENV):
-            _shared.update(_shared_by_workers(os.environ[SHARED_DIR_ENV]), dir=None)
+        elif shutil.which("radosgw") and shared_dir():
+            record = shared_service("rgw", _start_for_workers)
+            _shared.update(endpoint=record["endpoint"], keys=record["keys"], dir=None)
         elif shutil.which("radosgw"):
             _shared.update(_start_own())
         else:
