@@ -375,7 +375,8 @@ def test_no_command_prints_a_secret(keys, tmp_path, make_volume, mountpoint, nam
                      ("verify", "--all", *both),
                      ("export", vol["snapshot"], "-o", str(out), *both),
                      ("restore", vol["snapshot"], "--as", names("shown"), *both),
-                     ("prune", "--keep-last", "5", "--dry-run"), ("cleanup", "--dry-run")):
+                     ("prune", "--keep-last", "5", "--dry-run", *keys.key()),
+                     ("cleanup", "--dry-run")):
             ok(*args, "-r", repo, *json_flag, keys=keys)
     # an identity whose secret is damaged: its text must not be echoed either
     damaged = tmp_path / "damaged.txt"
@@ -534,7 +535,8 @@ def test_init_refuses_a_repository_with_snapshots(tmp_path, make_volume, mountpo
 # -- what needs no secret
 
 
-def test_list_prune_and_cleanup_need_no_secret(keys, make_volume, mountpoint):
+def test_list_and_cleanup_need_no_secret_and_prune_needs_the_key(keys, make_volume, mountpoint):
+    """prune decides only on snapshots whose MAC it checked: without the key, exit 17."""
     volume = make_volume("pruned")
     fill(mountpoint(volume.name), {"random.bin": os.urandom(2 << 20)})
     first = backed_up(keys, volume.name)
@@ -544,7 +546,8 @@ def test_list_prune_and_cleanup_need_no_secret(keys, make_volume, mountpoint):
     repo = str(keys.repo)
     listed = json.loads(ok("list", "-r", repo, "--json", keys=keys).stdout)["snapshots"]
     assert {s["snapshot"] for s in listed} == {first["snapshot"], second["snapshot"]}
-    ok("prune", "-r", repo, "--keep-last", "1", "--leftover-age", "0s", keys=keys)
+    refused(17, "prune", "-r", repo, "--keep-last", "1", keys=keys, words=("--key-file",))
+    ok("prune", "-r", repo, "--keep-last", "1", "--leftover-age", "0s", *keys.key(), keys=keys)
     ok("cleanup", "-r", repo, "--older-than", "0s", keys=keys)
     listed = json.loads(ok("list", "-r", repo, "--json", keys=keys).stdout)["snapshots"]
     assert [s["snapshot"] for s in listed] == [second["snapshot"]]

@@ -85,8 +85,9 @@ def copy(source: Repository, target: Repository, choice: Choice, lock_wait: floa
             f"(`volbackup init --encrypt-to`), or give --allow-plain-target")
     with source.lock(locking.SHARED, lock_wait, "copy", on_break) as source_lock:
         chosen, problems = _chosen(source, choice)
-        outcomes = [CopyOutcome(p.volume, "failed").failure(RepositoryError(p.message))
-                    for p in problems]
+        outcomes = [CopyOutcome(p.volume, "failed", p.snapshot).failure(
+            IntegrityError(p.message) if p.snapshot else RepositoryError(p.message))
+            for p in problems]
         with target.lock(locking.SHARED, lock_wait, "copy", on_break):
             if source.same_store(target, source_lock):
                 raise TargetNotEmpty(f"{target.describe()} is the source repository "
@@ -111,7 +112,8 @@ def _chosen(source: Repository, choice: Choice) -> tuple[list[Manifest], list]:
     listing = source.snapshots(host=choice.host)
     wanted = set(choice.volumes or ())
     chosen = [m for m in listing.snapshots if not wanted or m.volume in wanted]
-    problems = [p for p in listing.problems if not wanted or p.volume in wanted]
+    problems = [p for p in listing.problems + listing.unauthentic
+                if not wanted or p.volume in wanted]
     if not chosen and not problems:
         source.require_repository()
         what = (f" of volume {', '.join(sorted(wanted))}" if wanted else "") + \

@@ -57,6 +57,8 @@ def verify(repo: Repository, refs: list[str], verify_all: bool = False,
             raise NotFound(f"no snapshots in repository {repo.describe()}")
         checks.extend(SnapshotCheck(p.volume, "failed").failure(RepositoryError(p.message))
                       for p in listing.problems)
+        checks.extend(SnapshotCheck(p.volume, "failed", p.snapshot).failure(
+            IntegrityError(p.message)) for p in listing.unauthentic)
     else:
         targets = list(refs)
     for target in targets:

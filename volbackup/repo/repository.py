@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator
 
-from volbackup.errors import KeyProblem, NotFound, RepositoryError
+from volbackup.errors import IntegrityError, KeyProblem, NotFound, RepositoryError
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.chunkstore import ChunkStore
@@ -72,10 +72,12 @@ def looks_like_id(ref: str) -> bool:
 
 @dataclass
 class Problem:
-    """A manifest that could not be read."""
+    """A manifest that could not be read, or (`snapshot` set) one that is not authentic."""
 
     volume: str
     message: str
+    snapshot: str | None = None
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.message
@@ -115,6 +117,9 @@ class UnfinishedWrite:
 class Listing:
     snapshots: list[Manifest]
     problems: list[Problem]
+    # Encrypted repository, key given: the manifests whose MAC failed (not in `snapshots`).
+    unauthentic: list[Problem] = field(default_factory=list)
+    authenticated: bool = False  # every manifest in `snapshots` had its MAC checked
 
 
 class SnapshotWriter:
@@ -177,16 +182,17 @@ class Repository:
 
     @classmethod
     def open(cls, url: str, writable: bool = False, options: dict | None = None,
-             secrets: Secrets | None = None) -> "Repository":
+             secrets: Secrets | None = None, refuse_plain: bool = True) -> "Repository":
         """Open and check the repository at `url`; `options` are for writing (S3 only);
         `secrets` say where an encrypted repository's keys are (default: the env); given
-        (commands that use them: backup, restore, verify, export, import, run), a plain
-        repository is refused, not used in the clear."""
+        (commands that use them: backup, restore, verify, export, import, prune, run), a
+        plain repository is refused, not used in the clear (`refuse_plain` False: `list`,
+        which only shows what it finds)."""
         backend = open_backend(url, options)
         backend.check(writable=writable)
         repo = cls(backend, read_config(backend), secrets)
         given = secrets and (secrets.key_file or secrets.identity_file)
-        if given and repo.keyring is None:
+        if given and repo.keyring is None and refuse_plain:
             # Whoever holds a secret expects encryption: a config removed or replaced by a
             # plain one would otherwise have backups stored in the clear, and restores take
             # plain snapshots anyone could write (docs/security.md).
@@ -378,6 +384,9 @@ class Repository:
         """Every readable snapshot (oldest first), and a message for each unreadable one.
 
         With `host`, only the snapshots made on that host (unreadable ones are still reported).
+        An encrypted repository whose key was given: only the snapshots whose MAC checks
+        out; the others (a writer without the key planted or altered them) are reported in
+        `unauthentic`, whatever their host, so that nothing decides on them.
         """
         prefix = f"{PREFIX}{volume}/" if volume else PREFIX
         found, problems = [], []
@@ -399,10 +408,25 @@ class Repository:
                 continue  # removed while listing
             except (RepositoryError, NotFound) as e:
                 problems.append(Problem(_volume_of(info.key), str(e)))
+        check = self.keyring is not None and self.keyring.can_authenticate
+        found, unauthentic = self._authentic(found) if check else (found, [])
         if host is not None:
             found = [m for m in found if m.host == host]
         found.sort(key=lambda m: (parse_created(m.created), m.snapshot))
-        return Listing(found, problems)
+        return Listing(found, problems, unauthentic, check)
+
+    def _authentic(self, manifests: list[Manifest]) -> tuple[list[Manifest], list[Problem]]:
+        """The manifests a key holder wrote, and a Problem for each of the others."""
+        assert self.keyring is not None
+        kept, refused = [], []
+        for manifest in manifests:
+            try:
+                self.keyring.authenticate(manifest)
+            except IntegrityError as e:
+                refused.append(Problem(manifest.volume, str(e), manifest.snapshot, manifest))
+                continue
+            kept.append(manifest)
+        return kept, refused
 
     def initialised(self) -> bool:
         """A chunked repository (`init` made it), or one that holds snapshots (the archive
@@ -427,6 +451,15 @@ class Repository:
         if listing.problems:
             # Never silently fall back to an older snapshot in a restore.
             raise RepositoryError(f"{listing.problems[-1]}; name a snapshot id explicitly")
+        newest = listing.snapshots[-1] if listing.snapshots else None
+        forged = [p for p in listing.unauthentic if p.manifest and (newest is None or (
+            parse_created(p.manifest.created), p.snapshot) > (parse_created(newest.created),
+                                                              newest.snapshot))]
+        if forged:
+            # Not a snapshot, but said: a restore of "the newest" is not quietly an older one.
+            after = f", the newest authentic one is {newest.snapshot}" if newest else ""
+            raise IntegrityError(f"{forged[-1]} (dated after every authentic snapshot of "
+                                 f"volume {volume}{after}): name a snapshot id explicitly")
         if not listing.snapshots:
             self.require_repository()  # "no snapshots of X" is never said of a wrong -r
             of_host = f" from host {host}" if host is not None else ""
