@@ -400,3 +400,19 @@ def test_cli_prune_and_list_report_the_unauthentic_manifests(planted, capsys):
         genuine[0]: "removed", genuine[1]: "removed", genuine[2]: "kept"}
     assert "not authentic, left alone and not counted" in err.strip().splitlines()[-1]
     assert _ids(root) == {genuine[2], *forged}
+
+
+def test_the_newest_snapshot_is_not_quietly_an_older_one_than_a_planted_manifest(planted):
+    """`restore VOLUME` with the key: a planted manifest newer than every authentic one is
+    said (exit 6, both named), not skipped in silence nor taken."""
+    from tests.unit.test_encryption import opened
+
+    root, key_file, genuine, forged = planted
+    repo = opened(root, key_file=key_file)
+    with pytest.raises(IntegrityError, match=f"{forged[0]} is not authentic.*newest authentic "
+                                             f"one is {genuine[-1]}"):
+        repo.resolve("pgdata")
+    assert repo.resolve(genuine[-1]).snapshot == genuine[-1]
+    for path in root.glob("snapshots/pgdata/*-f*.json"):
+        path.unlink()  # the operator removed them
+    assert repo.resolve("pgdata").snapshot == genuine[-1]
