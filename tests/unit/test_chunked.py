@@ -328,3 +328,31 @@ def test_two_packs_of_one_stream_write_each_chunk_once(tmp_path, tar):
     assert len(store.puts) == len(set(store.puts)) == results[0].chunks
     assert results[0].new_chunks + results[1].new_chunks == results[0].chunks
     assert (tmp_path / "list0").read_bytes() == (tmp_path / "list1").read_bytes()
+
+
+def test_a_chunk_planted_before_a_backup_is_found_by_verify_naming_each_snapshot(
+        tmp_path, capsys):
+    """A plain backup trusts the chunk names it lists (docs/security.md): one planted (or
+    damaged) under a chunk's name is shared by the next backup, which succeeds; `verify
+    --all` must then fail every snapshot that uses it, and name each by its id (it named
+    the volume only, the same for all)."""
+    from volbackup.cli import main
+
+    repo = chunked_repo(tmp_path / "repo")
+    first = backup(repo, volume_tar(7))
+    chunk_id, length = chunk_list(repo, first)[4]
+    (tmp_path / "repo" / chunk_key(chunk_id)).write_bytes(
+        zstandard.ZstdCompressor().compress(b"y" * length))  # a writer's, under that name
+    repo.known_chunks.forget()  # a new run, a new listing
+    second = backup(repo, volume_tar(7))
+    other = backup(repo, volume_tar(8, size=100_000), volume="cache")
+    assert (chunk_id, length) in chunk_list(repo, second)
+    code = main(["verify", "--all", "-r", str(tmp_path / "repo")])
+    out, err = capsys.readouterr()
+    assert code == 3
+    for bad in (first, second):
+        assert f"volbackup: {bad.snapshot}: failed: chunk {chunk_id} does not match its name" \
+            in err
+    assert f"{other.snapshot}: ok" in out
+    assert err.strip().splitlines()[-1].endswith(
+        f"2 of 3 snapshots failed: {first.snapshot}, {second.snapshot}")

@@ -92,5 +92,5 @@ def verify(snapshots, verify_all, repo, as_json, secrets):
             if not c.failed:
                 render.echo(f"{c.snapshot}: ok ({render.human_bytes(c.bytes)}, "
                             f"{c.entries} entries)")
-    render.failures(result.snapshots)
+    render.failures(result.snapshots, ops.snapshot_name)
     result.raise_for_failures()

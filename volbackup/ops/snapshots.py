@@ -40,7 +40,13 @@ class VerifyResult:
     snapshots: list[SnapshotCheck]
 
     def raise_for_failures(self) -> None:
-        raise_for_failures(self.snapshots, "snapshots")
+        # By snapshot: a damaged chunk shared by several fails each, and names them all.
+        raise_for_failures(self.snapshots, "snapshots", snapshot_name)
+
+
+def snapshot_name(check: "SnapshotCheck") -> str:
+    """A verified snapshot as failures name it: its id (its volume if it has none)."""
+    return check.snapshot or check.volume
 
 
 def verify(repo: Repository, refs: list[str], verify_all: bool = False,

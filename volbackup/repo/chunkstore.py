@@ -92,6 +92,16 @@ class ChunkStore:
         repository whose chunks are stored the same way (volbackup.repo.chunkcopy)."""
         return self._checked(chunk_id, length)[0]
 
+    def holds(self, chunk_id: str, length: int) -> bool:
+        """Is the stored chunk under this name what the name says (read back and checked
+        as `get` checks it)? False for one missing, damaged or planted. What `copy`
+        checks of a chunk its target has already, before a snapshot relies on it."""
+        try:
+            self._checked(chunk_id, length)
+        except IntegrityError:
+            return False
+        return True
+
     def put_stored(self, chunk_id: str, stored: bytes) -> int:
         """Store a chunk's stored bytes as they are (checked by `get_stored`)."""
         self.backend.write_bytes(chunk_key(chunk_id), stored)

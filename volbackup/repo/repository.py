@@ -136,7 +136,10 @@ class SnapshotWriter:
         self._finish: Callable[[], dict] | None = None
 
     def pack(self, tar_chunks: Iterable[bytes], level: int,
-             progress: Progress = no_progress) -> Packed:
+             progress: Progress = no_progress, check_existing: bool = False) -> Packed:
+        """`check_existing` (copy): the chunks this repository holds already are read back
+        and checked, and written again if wrong; only in a plain repository (an encrypted
+        one's chunks open only with an identity, which a writer to it does not hold)."""
         repo = self._repo
         key = repo.catalog_key(self._snapshot, chunked=repo.config is not None)
         if repo.config is None:
@@ -150,7 +153,8 @@ class SnapshotWriter:
         cat = catalogs.ChunkedCatalogWriter(repo.chunk_store, repo.known_chunks, level)
         packed = chunked.pack(tar_chunks, self._out, repo.chunk_store, repo.config,
                               repo.known_chunks, level, progress, seed,
-                              lambda walker: catalog.record(walker, cat.add))
+                              lambda walker: catalog.record(walker, cat.add),
+                              check_existing and repo.keyring is None)
         self._finish = lambda: cat.finish(repo.backend, key)
         return packed
 
