@@ -416,3 +416,20 @@ def test_the_newest_snapshot_is_not_quietly_an_older_one_than_a_planted_manifest
     for path in root.glob("snapshots/pgdata/*-f*.json"):
         path.unlink()  # the operator removed them
     assert repo.resolve("pgdata").snapshot == genuine[-1]
+
+
+def test_an_archive_pruned_between_listing_and_reading_is_said_so(repo):
+    """Archive layout: the snapshot listed (restore resolves it), then a prune holding its
+    lock removes it, then the read opens the archive: not "archive ... is missing" (5)."""
+    from volbackup.errors import RemovedWhileRead
+
+    ids = daily(repo, days=2, end=datetime.now(timezone.utc))
+    manifest = repo.resolve(ids[0])
+    with repo.lock(locking.EXCLUSIVE, 0, "prune"):
+        repo.remove_manifest(manifest.snapshot)
+        repo.remove_archive(manifest)
+        with pytest.raises(RemovedWhileRead, match=f"snapshot {ids[0]} was removed .* by a "
+                                                   f"prune that is running .*archive .* is "
+                                                   f"missing") as raised:
+            repo.unpacker(manifest).drain()
+    assert raised.value.exit_code == 20

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup.errors import IntegrityError, RepositoryError
+from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.chunked import WRITERS, KnownChunks, iter_list
 from volbackup.repo.chunkstore import ChunkStore
@@ -132,7 +132,7 @@ def _check(source: Side, key: str, expected: Expected,
                     raise IntegrityError(f"{expected.what} is longer than the manifest says")
                 each(chunk_id, length)
     except BlobNotFound:
-        raise RepositoryError(f"{expected.what} ({key}) is missing") from None
+        raise BlobMissing(f"{expected.what} ({key}) is missing") from None
     if digest.hexdigest() != expected.sha256:
         raise IntegrityError(f"{expected.what} has sha256 {digest.hexdigest()}, the manifest "
                              f"says {expected.sha256}")

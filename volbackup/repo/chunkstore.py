@@ -15,7 +15,7 @@ from typing import Iterator
 
 import zstandard
 
-from volbackup.errors import IntegrityError
+from volbackup.errors import ChunkMissing, IntegrityError
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.repo.config import MAX_CHUNK
 from volbackup.repo.crypto import PlainChunks, SealedChunks
@@ -112,7 +112,7 @@ class ChunkStore:
         try:
             stored = self.backend.read_bytes(key, limit=MAX_STORED)
         except BlobNotFound:
-            raise IntegrityError(f"chunk {chunk_id} is missing") from None
+            raise ChunkMissing(f"chunk {chunk_id} is missing") from None
         except BadEntry as e:
             raise IntegrityError(f"chunk {chunk_id} is not a chunk: {e}") from None
         frame = self.cipher.open(stored, chunk_id)

@@ -20,9 +20,10 @@ import secrets
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
-from volbackup.errors import IntegrityError, KeyProblem, NotFound, RepositoryError
+from volbackup.errors import (BlobMissing, ChunkMissing, IntegrityError, KeyProblem, NotFound,
+                              RemovedWhileRead, RepositoryError, VolbackupError)
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.chunkstore import ChunkStore
@@ -35,6 +36,7 @@ from volbackup.stream.catalog import CatalogEntry, Selection
 from volbackup.stream.archive import Packed, Progress, no_progress
 from volbackup.stream.chunks import read_chunks
 
+T = TypeVar("T")
 PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
 LIST_SUFFIX = chunked.LIST_SUFFIX
@@ -311,6 +313,13 @@ class Repository:
         lock); then `commit` the manifest."""
         if not (self.names_chunks_as(source) and manifest.chunked):
             raise ValueError("receive_chunks needs two plain chunked repositories")
+        try:
+            return self._receive_chunks(source, manifest, progress)
+        except (ChunkMissing, BlobMissing) as e:
+            raise source.missing(manifest, e) from None
+
+    def _receive_chunks(self, source: "Repository", manifest: Manifest,
+                        progress: Progress) -> chunkcopy.ListCopy:
         from_side = chunkcopy.Side(source.backend, source.chunk_store)
         to_side = chunkcopy.Side(self.backend, self.chunk_store, self.known_chunks)
         key = self.archive_key(manifest)  # the same names in both: <stamp>.chunks ...
@@ -577,8 +586,40 @@ class Repository:
             with self.backend.open_read(key) as reader:
                 yield read_chunks(reader)
         except BlobNotFound:
-            raise RepositoryError(
+            raise BlobMissing(
                 f"{what} {key} of snapshot {manifest.snapshot} is missing") from None
+
+    def watched(self, manifest: Manifest, pieces: Iterator[T]) -> Iterator[T]:
+        """`pieces` read from `manifest`'s snapshot; a chunk, list or archive found missing
+        is reported as `missing` says (a prune may have removed the snapshot meanwhile:
+        restores take no lock)."""
+        try:
+            yield from pieces
+        except (ChunkMissing, BlobMissing) as e:
+            raise self.missing(manifest, e) from None
+
+    def missing(self, manifest: Manifest, error: VolbackupError) -> VolbackupError:
+        """What to say of a piece of `manifest`'s snapshot found missing while it was read:
+        RemovedWhileRead when its manifest is gone now (a prune removes the manifest
+        before the data, so a piece a prune took has no manifest left), naming the prune's
+        lock if it is still held; `error` itself (damage) while the manifest is there."""
+        try:
+            self.load(manifest.snapshot)
+            return error
+        except NotFound:
+            pass
+        except VolbackupError:
+            return error  # there, but unreadable: said by the error itself
+        try:
+            pruning = [lock for lock in self.locks() if lock.kind == locking.EXCLUSIVE]
+        except VolbackupError:
+            pruning = []
+        by = (f"by a prune that is running ({pruning[0].describe()})" if pruning
+              else "by a prune that has finished since (or by hand)")
+        return RemovedWhileRead(
+            f"snapshot {manifest.snapshot} was removed from repository {self.describe()} "
+            f"while it was read, {by}: {error}; the repository is not damaged, read "
+            f"another snapshot")
 
     def unpacker(self, manifest: Manifest, progress: Progress = no_progress,
                  selection: Selection | None = None
@@ -591,9 +632,7 @@ class Repository:
             return self.partial(manifest, self.select(manifest, selection), progress)
         if not manifest.chunked:
             return _ArchiveUnpacker(self, manifest, progress)
-        return chunked.ChunkedUnpacker(
-            lambda: _open_list(self, manifest), self.chunk_store, manifest.sha256,
-            manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes, progress)
+        return _ChunkedUnpacker(self, manifest, progress)
 
     # -- catalogue and partial reads (volbackup.stream.catalog, volbackup.repo.partial)
     def catalog(self, manifest: Manifest) -> Iterator[CatalogEntry]:
@@ -606,7 +645,7 @@ class Repository:
         key = self.catalog_key(manifest.snapshot, manifest.chunked)
         pieces = catalogs.read_pieces(self.backend, self.chunk_store, key, manifest.catalog,
                                       f"snapshot {manifest.snapshot}")
-        return catalogs.entries(pieces, manifest.bytes)
+        return self.watched(manifest, catalogs.entries(pieces, manifest.bytes))
 
     def select(self, manifest: Manifest, selection: Selection
                ) -> Callable[[], Iterator[CatalogEntry]]:
@@ -644,8 +683,9 @@ class Repository:
             whole = self.unpacker(manifest)
 
             def spans(wanted):
-                return partial.chunked_spans(lambda: _open_list(self, manifest),
-                                             self.chunk_store, wanted, whole.check_list)
+                return self.watched(manifest, partial.chunked_spans(
+                    lambda: _open_list(self, manifest), self.chunk_store, wanted,
+                    whole.check_list))
         return partial.PartialUnpacker(entries, spans, progress)
 
 
@@ -657,9 +697,26 @@ class _ArchiveUnpacker(archive.Unpacker):
         self._repo, self._manifest = repo, manifest
 
     def chunks(self) -> Iterator[bytes]:
+        return self._repo.watched(self._manifest, self._read())
+
+    def _read(self) -> Iterator[bytes]:
         with self._repo.open_archive(self._manifest) as stored:
             self._stored = stored
             yield from super().chunks()
+
+
+class _ChunkedUnpacker(chunked.ChunkedUnpacker):
+    """A ChunkedUnpacker of a snapshot of `repo`, which says when the snapshot was removed
+    while it was read (Repository.missing)."""
+
+    def __init__(self, repo: Repository, manifest: Manifest, progress: Progress):
+        super().__init__(lambda: _open_list(repo, manifest), repo.chunk_store, manifest.sha256,
+                         manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes,
+                         progress)
+        self._repo, self._manifest = repo, manifest
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._repo.watched(self._manifest, super().chunks())
 
 
 @contextmanager
@@ -669,7 +726,7 @@ def _open_list(repo: Repository, manifest: Manifest) -> Iterator[object]:
         with repo.backend.open_read(key) as reader:
             yield reader
     except BlobNotFound:
-        raise RepositoryError(
+        raise BlobMissing(
             f"chunk list {key} of snapshot {manifest.snapshot} is missing") from None
 
 
