@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import secrets
 import shutil
 import sys
 import tarfile
@@ -26,8 +25,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
-import boto3
-
+import partial
 from volbackup.ops import copy as copy_ops
 from volbackup.repo.backends.counting import CountingBackend
 from volbackup.repo.chunkstore import ChunkStore
@@ -56,23 +54,13 @@ def snapshot(repo: Repository, tar: bytes, when: datetime) -> Manifest:
     return manifest
 
 
-@contextmanager
 def rgw_target():
-    env = {"AWS_ENDPOINT_URL": os.environ["VOLBACKUP_RGW_ENDPOINT"],
-           "AWS_ACCESS_KEY_ID": os.environ.get("VOLBACKUP_RGW_ACCESS_KEY", ""),
-           "AWS_SECRET_ACCESS_KEY": os.environ.get("VOLBACKUP_RGW_SECRET_KEY", ""),
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(env)
-    s3 = boto3.session.Session().client("s3")
-    name = f"vbbench-{secrets.token_hex(3)}"
-    s3.create_bucket(Bucket=name)
-    try:
-        yield f"s3://{name}/bench"
-    finally:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                s3.delete_object(Bucket=name, Key=obj["Key"])
-        s3.delete_bucket(Bucket=name)
+    """A fresh bucket on RGW (partial.bucket makes and empties it)."""
+    return partial.bucket({
+        "AWS_ENDPOINT_URL": os.environ["VOLBACKUP_RGW_ENDPOINT"],
+        "AWS_ACCESS_KEY_ID": os.environ.get("VOLBACKUP_RGW_ACCESS_KEY", ""),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("VOLBACKUP_RGW_SECRET_KEY", ""),
+        "AWS_DEFAULT_REGION": "us-east-1"})
 
 
 @contextmanager
