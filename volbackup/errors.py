@@ -77,6 +77,25 @@ class IntegrityError(VolbackupError):
                "`..`, a path through a symlink). Nothing was restored from it.")
 
 
+class ChunkMissing(IntegrityError):
+    """A chunk a chunk list names is not in the repository: damage (exit 6), unless the
+    snapshot was removed while it was read (Repository says so: RemovedWhileRead)."""
+
+
+class BlobMissing(RepositoryError):
+    """A snapshot's archive, chunk list or catalogue is not in the repository (exit 5),
+    unless the snapshot was removed while it was read (RemovedWhileRead)."""
+
+
+class RemovedWhileRead(VolbackupError):
+    exit_code = 20
+    title = "removed while read"
+    summary = ("A snapshot was removed from the repository while it was being read (by a "
+               "prune: the restore, verify, export, ls, dump or extract found a chunk, "
+               "chunk list or archive gone, and the snapshot's manifest gone too). Not "
+               "damage: nothing of it was restored; read another snapshot.")
+
+
 class EngineError(VolbackupError):
     exit_code = 7
     title = "engine error"

@@ -375,7 +375,8 @@ def test_no_command_prints_a_secret(keys, tmp_path, make_volume, mountpoint, nam
                      ("verify", "--all", *both),
                      ("export", vol["snapshot"], "-o", str(out), *both),
                      ("restore", vol["snapshot"], "--as", names("shown"), *both),
-                     ("prune", "--keep-last", "5", "--dry-run"), ("cleanup", "--dry-run")):
+                     ("prune", "--keep-last", "5", "--dry-run", *keys.key()),
+                     ("cleanup", "--dry-run")):
             ok(*args, "-r", repo, *json_flag, keys=keys)
     # an identity whose secret is damaged: its text must not be echoed either
     damaged = tmp_path / "damaged.txt"
@@ -534,7 +535,8 @@ def test_init_refuses_a_repository_with_snapshots(tmp_path, make_volume, mountpo
 # -- what needs no secret
 
 
-def test_list_prune_and_cleanup_need_no_secret(keys, make_volume, mountpoint):
+def test_list_and_cleanup_need_no_secret_and_prune_needs_the_key(keys, make_volume, mountpoint):
+    """prune decides only on snapshots whose MAC it checked: without the key, exit 17."""
     volume = make_volume("pruned")
     fill(mountpoint(volume.name), {"random.bin": os.urandom(2 << 20)})
     first = backed_up(keys, volume.name)
@@ -544,7 +546,8 @@ def test_list_prune_and_cleanup_need_no_secret(keys, make_volume, mountpoint):
     repo = str(keys.repo)
     listed = json.loads(ok("list", "-r", repo, "--json", keys=keys).stdout)["snapshots"]
     assert {s["snapshot"] for s in listed} == {first["snapshot"], second["snapshot"]}
-    ok("prune", "-r", repo, "--keep-last", "1", "--leftover-age", "0s", keys=keys)
+    refused(17, "prune", "-r", repo, "--keep-last", "1", keys=keys, words=("--key-file",))
+    ok("prune", "-r", repo, "--keep-last", "1", "--leftover-age", "0s", *keys.key(), keys=keys)
     ok("cleanup", "-r", repo, "--older-than", "0s", keys=keys)
     listed = json.loads(ok("list", "-r", repo, "--json", keys=keys).stdout)["snapshots"]
     assert [s["snapshot"] for s in listed] == [second["snapshot"]]
@@ -584,3 +587,33 @@ def test_part_of_an_encrypted_snapshot_needs_the_identity(keys, make_volume, mou
     ok("extract", snap, "--to", str(to), "--include", "/note", "-r", str(keys.repo),
        *keys.reading(), keys=keys)
     assert contents(str(to)) == {"note": b"hello\n"}
+
+
+def test_a_run_prunes_only_authentic_snapshots(keys, tmp_path, make_volume, mountpoint):
+    """`run` with keep rules: a manifest planted by a writer without the key (a copy of a
+    genuine one under a newer id) took a `last` place, and the run's prune removed a
+    genuine snapshot; now it is reported, left alone and not counted, and the run fails."""
+    from datetime import datetime, timedelta, timezone
+
+    volume = marked_volume(make_volume, mountpoint)
+    first = backed_up(keys, volume.name)["snapshot"]
+    folder = keys.repo / "snapshots" / volume.name
+    data = json.loads((folder / f"{first.split('@')[1]}.json").read_text())
+    when = datetime.now(timezone.utc) - timedelta(seconds=30)
+    stamp = when.strftime("%Y%m%dT%H%M%SZ") + "-f0f0"
+    data.update(snapshot=f"{volume.name}@{stamp}",
+                created=when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    (folder / f"{stamp}.json").write_text(json.dumps(data))
+    config = write_config(tmp_path / "jobs.toml", str(keys.repo), [volume.name],
+                          key_file=str(keys.key_file), keep="{ last = 2 }")
+    ran = cli("run", "--config", config, "--json", secrets=keys.secrets)
+    assert ran.code == 6, ran.stderr
+    (job,) = json.loads(ran.stdout)["jobs"]
+    made = job["volumes"][0]["snapshot"]
+    assert [u["snapshot"] for u in job["prune"]["unauthentic"]] == [f"{volume.name}@{stamp}"]
+    assert job["prune"]["removed"] == 0 and "not authentic" in ran.stderr
+    left = {f"{volume.name}@{p.stem}" for p in folder.glob("*.json")}
+    assert left == {first, made, f"{volume.name}@{stamp}"}
+    listed = json.loads(ok("list", "-r", str(keys.repo), "--json", *keys.key(),
+                           keys=keys).stdout)
+    assert [s["snapshot"] for s in listed["snapshots"]] == [first, made]

@@ -238,3 +238,45 @@ def test_three_ctrl_c_during_the_put_back_start_every_container_and_run_post_hoo
     assert "interrupted" in one_line_error(stderr)
     assert helpers_of(client, proc.pid) == []
     _all_put_back(client, dbs)
+
+
+# -- a restore racing a prune (restores take no lock)
+
+
+@pytest.mark.parametrize("use_direct", [True, False], ids=["direct", "engine"])
+def test_a_restore_racing_a_prune_says_so(big_volume, repo_dir, cli, client, names, engine,
+                                          mountpoint, use_direct):
+    """A real prune (`prune --keep-last 1`, its own lock) runs while the restore reads the
+    older snapshot, started from the restore's progress callback at its first piece: the
+    restore fails with its own message and exit 20, not "chunk ... is missing" (exit 6),
+    and leaves no volume."""
+    from contextlib import contextmanager
+
+    from volbackup.ops.prune import PruneOptions, prune
+    from volbackup.ops.restore import restore
+    from volbackup.repo.repository import Repository
+    from volbackup.repo.retention import Rules
+
+    assert cli("init", "-r", str(repo_dir)).code == 0
+    old = json.loads(cli("backup", big_volume, "-r", str(repo_dir), "--json").stdout)
+    random_file(mountpoint(big_volume))  # other data, other chunks
+    assert cli("backup", big_volume, "-r", str(repo_dir)).code == 0
+    snapshot = old["volumes"][0]["snapshot"]
+    repo = Repository.open(str(repo_dir), writable=True)
+    pruned = []
+
+    @contextmanager
+    def progress(label, total):
+        def update(n):
+            if not pruned:
+                pruned.append(prune(repo, PruneOptions(Rules(last=1), leftover_age=0)))
+        yield update
+
+    target = names("raced")
+    (outcome,) = restore(engine, repo, [snapshot], target, progress=progress,
+                         use_direct=use_direct).volumes
+    assert [d.snapshot for d in pruned[0].removed] == [snapshot]
+    assert outcome.failed and outcome.error.exit_code == 20, outcome.message
+    assert f"snapshot {snapshot} was removed from repository" in outcome.message
+    assert "by a prune that has finished since" in outcome.message
+    assert target not in {v.name for v in client.volumes.list()}

@@ -328,3 +328,119 @@ def test_two_packs_of_one_stream_write_each_chunk_once(tmp_path, tar):
     assert len(store.puts) == len(set(store.puts)) == results[0].chunks
     assert results[0].new_chunks + results[1].new_chunks == results[0].chunks
     assert (tmp_path / "list0").read_bytes() == (tmp_path / "list1").read_bytes()
+
+
+def test_a_chunk_planted_before_a_backup_is_found_by_verify_naming_each_snapshot(
+        tmp_path, capsys):
+    """A plain backup trusts the chunk names it lists (docs/security.md): one planted (or
+    damaged) under a chunk's name is shared by the next backup, which succeeds; `verify
+    --all` must then fail every snapshot that uses it, and name each by its id (it named
+    the volume only, the same for all)."""
+    from volbackup.cli import main
+
+    repo = chunked_repo(tmp_path / "repo")
+    first = backup(repo, volume_tar(7))
+    chunk_id, length = chunk_list(repo, first)[4]
+    (tmp_path / "repo" / chunk_key(chunk_id)).write_bytes(
+        zstandard.ZstdCompressor().compress(b"y" * length))  # a writer's, under that name
+    repo.known_chunks.forget()  # a new run, a new listing
+    second = backup(repo, volume_tar(7))
+    other = backup(repo, volume_tar(8, size=100_000), volume="cache")
+    assert (chunk_id, length) in chunk_list(repo, second)
+    code = main(["verify", "--all", "-r", str(tmp_path / "repo")])
+    out, err = capsys.readouterr()
+    assert code == 3
+    for bad in (first, second):
+        assert f"volbackup: {bad.snapshot}: failed: chunk {chunk_id} does not match its name" \
+            in err
+    assert f"{other.snapshot}: ok" in out
+    assert err.strip().splitlines()[-1].endswith(
+        f"2 of 3 snapshots failed: {first.snapshot}, {second.snapshot}")
+
+
+# -- a read that races a prune (restores take no lock)
+
+
+def _prune_by_hand(repo, manifest, hold_lock: bool):
+    """What a prune does to `manifest`'s snapshot, in its order (manifest, then chunk list
+    and catalogue, then the chunks no list names), under its exclusive lock; the lock is
+    left held when `hold_lock` (the prune still running when the reader looks)."""
+    from datetime import datetime, timedelta, timezone
+
+    from volbackup.repo import locking
+
+    lock = locking.acquire(repo.backend, locking.EXCLUSIVE, 0, "prune")
+    repo.remove_manifest(manifest.snapshot)
+    repo.remove_archive(manifest)
+    swept = repo.sweep_chunks(timedelta(0), datetime.now(timezone.utc) + timedelta(hours=1))
+    assert swept.removed > 0
+    if not hold_lock:
+        lock.release()
+    return lock
+
+
+@pytest.mark.parametrize("hold_lock", [True, False], ids=["prune-running", "prune-done"])
+def test_a_snapshot_pruned_while_it_is_read_is_said_so_not_damage(tmp_path, hold_lock):
+    """A restore racing a prune failed with "chunk ... is missing", exit 6: read as
+    damage. Deterministic: the prune runs between two pieces of the read."""
+    from volbackup.errors import RemovedWhileRead
+
+    repo = chunked_repo(tmp_path / "repo")
+    old = backup(repo, volume_tar(3))
+    backup(repo, volume_tar(4))      # the other snapshot keeps the repository in use
+    manifest = repo.resolve(old.snapshot)   # listed, as restore does, then read
+    pieces = repo.unpacker(manifest).chunks()
+    next(pieces)
+    lock = _prune_by_hand(repo, manifest, hold_lock)
+    try:
+        with pytest.raises(RemovedWhileRead) as raised:
+            for _ in pieces:
+                pass
+    finally:
+        if hold_lock:
+            lock.release()
+    message = str(raised.value)
+    assert raised.value.exit_code == 20
+    assert f"snapshot {old.snapshot} was removed" in message and "while it was read" in message
+    assert "is missing" in message  # what was found gone
+    if hold_lock:
+        assert "by a prune that is running (exclusive lock of pid" in message
+        assert "(prune)" in message
+    else:
+        assert "by a prune that has finished since" in message
+
+
+def test_a_missing_chunk_of_a_snapshot_still_there_is_damage(tmp_path):
+    """The manifest is still there: no prune took it (prune removes manifests first)."""
+    repo = chunked_repo(tmp_path / "repo")
+    manifest = backup(repo, volume_tar(3))
+    chunk_id, _ = chunk_list(repo, manifest)[20]
+    (tmp_path / "repo" / chunk_key(chunk_id)).unlink()
+    from volbackup.repo import locking
+    with locking.locked(repo.backend, locking.EXCLUSIVE, 0, "prune"):  # even during a prune
+        with pytest.raises(IntegrityError, match=f"chunk {chunk_id} is missing") as raised:
+            restored(repo, manifest)
+    assert raised.value.exit_code == 6
+
+
+def test_verify_of_a_snapshot_pruned_while_it_is_read_exits_20(tmp_path):
+    """Through ops.verify, the prune run from the progress callback (mid-read)."""
+    from contextlib import contextmanager
+
+    from volbackup.ops.snapshots import verify
+
+    repo = chunked_repo(tmp_path / "repo")
+    old = backup(repo, volume_tar(3))
+    backup(repo, volume_tar(4))
+    done = []
+
+    @contextmanager
+    def progress(label, total):
+        def update(n):
+            if not done:
+                done.append(_prune_by_hand(repo, repo.load(old.snapshot), hold_lock=False))
+        yield update
+
+    (check,) = verify(repo, [old.snapshot], progress=progress).snapshots
+    assert done and check.failed and check.error.exit_code == 20, check.message
+    assert "was removed from repository" in check.message

@@ -56,7 +56,7 @@ def test_repo_from_environment(capsys, monkeypatch, tmp_path):
     code, out, err = run(capsys, "list", "--json")
     assert code == 0, err
     assert json.loads(out) == {"volbackup_json": 1, "command": "list", "snapshots": [],
-                                "problems": []}
+                                "problems": [], "authenticated": False, "unauthentic": []}
 
 
 def test_missing_repository_is_one_line_with_code_5(capsys, tmp_path):

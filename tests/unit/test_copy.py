@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from tests.conftest import run_cli
 from tests.moto_s3 import s3_bucket, s3_client, s3_endpoint  # noqa: F401 - fixtures
@@ -381,3 +382,56 @@ def test_an_unreadable_source_manifest_fails_alone(tmp_path, source):
         result.raise_for_failures()
     only = ops.copy(repo, target, ops.Choice([], volumes=["cache"]))  # not its volume
     assert [o.status for o in only.snapshots] == ["skipped"]
+
+
+def _plant_under(root: Path, chunk_id: str, length: int, how: str) -> None:
+    """What a writer to the target (or damage) leaves under a chunk's name: another
+    chunk's frame of the same length (`planted`), or the right frame with a byte flipped."""
+    path = root / chunk_key(chunk_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "planted":
+        path.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(b"x" * length))
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["planted", "damaged"])
+def test_chunks_the_target_holds_with_other_bytes_are_replaced(tmp_path, source, how):
+    """copy said `copied` for a snapshot whose chunks the target held under their names
+    with other bytes, and the copy could not be restored; copying again changed nothing."""
+    repo, made = source
+    target = chunked_repo(tmp_path / "target")
+    ids = chunk_list(repo, made[0])
+    if how == "damaged":  # stored there right (by a backup, say), and damaged since
+        for chunk_id, _ in ids[3:5]:
+            path = tmp_path / "target" / chunk_key(chunk_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes((tmp_path / "source" / chunk_key(chunk_id)).read_bytes())
+    for chunk_id, length in ids[3:5]:
+        _plant_under(tmp_path / "target", chunk_id, length, how)
+    result = ops.copy(repo, target, ops.Choice([made[0].snapshot, made[1].snapshot]))
+    first, second = result.snapshots
+    assert [first.status, second.status] == ["copied", "copied"]
+    for manifest in made[:2]:
+        assert restored(target, target.load(manifest.snapshot)) == restored(repo, manifest)
+    assert_verifies(target)
+    assert first.chunks_replaced == 2 and second.chunks_replaced == 0  # checked once
+
+
+def test_a_stream_copy_into_a_plain_chunked_target_replaces_wrong_chunks(tmp_path, source):
+    """The stream path (archive layout -> chunked) dedups against the target too."""
+    repo, made = source
+    archives = archive_repo(tmp_path / "archives")
+    ops.copy(repo, archives, ops.Choice([made[0].snapshot]))
+    target = chunked_repo(tmp_path / "target")
+    target.config = replace(target.config, chunker=repo.config.chunker)  # the same cuts
+    target.backend.write_bytes("config", target.config.to_json())
+    for chunk_id, length in chunk_list(repo, made[0])[3:5]:
+        _plant_under(tmp_path / "target", chunk_id, length, "planted")
+    (outcome,) = ops.copy(archives, target, ops.Choice([made[0].snapshot])).snapshots
+    assert outcome.status == "copied" and outcome.how == "stream", outcome.message
+    assert restored(target, target.load(made[0].snapshot)) == restored(repo, made[0])
+    assert_verifies(target)
+    assert outcome.chunks_replaced == 2

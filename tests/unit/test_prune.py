@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.manifests import make_manifest
 from volbackup.cli import main
-from volbackup.errors import RepositoryLocked, VolbackupError
+from volbackup.errors import IntegrityError, RepositoryLocked, VolbackupError
 from volbackup.ops.prune import PruneOptions, prune
 from volbackup.repo import locking
 from volbackup.repo.repository import Repository
@@ -307,3 +307,129 @@ def test_prune_reports_the_archive_bytes_it_removes(repo):
     daily(repo, "other")
     prune(repo, PruneOptions(Rules(last=2), dry_run=True), now=NOW, progress=dry)
     assert nothing.bars == [] and dry.bars == []  # no bar without anything to remove
+
+
+# -- an encrypted repository: only snapshots whose MAC checks out count
+
+
+def _plant(root, genuine_id: str, when: datetime, suffix: str, plain: bool = False) -> str:
+    """What a writer without the key can do: a manifest under a new id dated `when`, made
+    from a genuine one (MAC no longer matching) or a plain one; no data of its own."""
+    volume = genuine_id.split("@")[0]
+    snapshot = f"{volume}@{when.strftime('%Y%m%dT%H%M%SZ')}-{suffix}"
+    created = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = genuine_id.split("@")[1]
+    data = json.loads((root / "snapshots" / volume / f"{stamp}.json").read_text())
+    if plain:
+        data = make_manifest(snapshot, created, volume=volume, host=data["host"]).to_dict()
+    data.update(snapshot=snapshot, created=created)
+    (root / "snapshots" / volume / f"{snapshot.split('@')[1]}.json").write_text(json.dumps(data))
+    return snapshot
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """An encrypted repository with three genuine daily snapshots and two planted ones
+    dated after them: (root, key file, genuine ids oldest first, planted ids)."""
+    from tests.unit.chunkrepos import backup, volume_tar
+    from tests.unit.test_encryption import age_identity, encrypted_repo
+
+    key_file, root = tmp_path / "repo.key", tmp_path / "repo"
+    repo = encrypted_repo(root, [age_identity(tmp_path / "id.txt")], key_file)
+    genuine = [backup(repo, volume_tar(seed=i, size=20_000),
+                      when=datetime.now(timezone.utc) - timedelta(days=3 - i)).snapshot
+               for i in range(3)]
+    soon = datetime.now(timezone.utc) - timedelta(minutes=1)
+    forged = [_plant(root, genuine[0], soon, "f0f0"),
+              _plant(root, genuine[0], soon - timedelta(minutes=1), "f1f1", plain=True)]
+    return root, key_file, genuine, forged
+
+
+def _ids(root) -> set[str]:
+    return {f"{p.parent.name}@{p.stem}" for p in root.glob("snapshots/*/*.json")}
+
+
+def test_prune_of_an_encrypted_repository_counts_only_authentic_snapshots(planted):
+    """Planted manifests dated after the genuine ones took `--keep-last 2`, and prune
+    removed every genuine snapshot."""
+    from tests.unit.test_encryption import opened
+
+    root, key_file, genuine, forged = planted
+    result = prune(opened(root, key_file=key_file),
+                   PruneOptions(Rules(last=2), leftover_age=0))
+    assert {d.snapshot for d in result.snapshots} == set(genuine)
+    assert [d.snapshot for d in result.removed] == [genuine[0]]
+    assert _ids(root) == set(genuine[1:]) | set(forged)  # planted ones left alone
+    assert sorted(u["snapshot"] for u in result.unauthentic) == sorted(forged)
+    assert all(u["volume"] == "pgdata" for u in result.unauthentic)
+    assert any("not authentic" in u["message"] for u in result.unauthentic)
+    assert any("not encrypted" in u["message"] for u in result.unauthentic)
+    assert len([w for w in result.warnings if "left alone" in w]) == 2
+    with pytest.raises(IntegrityError, match="2 manifest.s. not authentic"):
+        result.raise_for_failures()
+
+
+def test_prune_of_an_encrypted_repository_without_its_key_is_refused(planted, capsys):
+    root, key_file, genuine, forged = planted
+    before = _ids(root)
+    for extra in ((), ("--dry-run",)):
+        code, out, err = run(capsys, "prune", "-r", str(root), "--keep-last", "1", *extra)
+        assert code == 17 and "--key-file" in err and "MAC" in err, err
+        assert len(err.strip().splitlines()) == 1 and not out
+    assert _ids(root) == before and not list(root.glob("locks/*"))
+
+
+def test_cli_prune_and_list_report_the_unauthentic_manifests(planted, capsys):
+    root, key_file, genuine, forged = planted
+    code, out, err = run(capsys, "list", "-r", str(root), "--json", "--key-file", str(key_file))
+    listed = json.loads(out)
+    assert code == 0 and listed["authenticated"] is True
+    assert [s["snapshot"] for s in listed["snapshots"]] == genuine
+    assert sorted(u["snapshot"] for u in listed["unauthentic"]) == sorted(forged)
+    assert err.count("not authentic") + err.count("not encrypted") == 2
+    code, out, _ = run(capsys, "list", "-r", str(root), "--json")  # no key: all, unchecked
+    assert code == 0 and json.loads(out)["authenticated"] is False
+    assert len(json.loads(out)["snapshots"]) == 5
+
+    code, out, err = run(capsys, "prune", "-r", str(root), "--keep-last", "1", "--json",
+                         "--key-file", str(key_file))
+    data = json.loads(out)
+    assert code == 6, err
+    assert sorted(u["snapshot"] for u in data["unauthentic"]) == sorted(forged)
+    assert {s["snapshot"]: s["status"] for s in data["snapshots"]} == {
+        genuine[0]: "removed", genuine[1]: "removed", genuine[2]: "kept"}
+    assert "not authentic, left alone and not counted" in err.strip().splitlines()[-1]
+    assert _ids(root) == {genuine[2], *forged}
+
+
+def test_the_newest_snapshot_is_not_quietly_an_older_one_than_a_planted_manifest(planted):
+    """`restore VOLUME` with the key: a planted manifest newer than every authentic one is
+    said (exit 6, both named), not skipped in silence nor taken."""
+    from tests.unit.test_encryption import opened
+
+    root, key_file, genuine, forged = planted
+    repo = opened(root, key_file=key_file)
+    with pytest.raises(IntegrityError, match=f"{forged[0]} is not authentic.*newest authentic "
+                                             f"one is {genuine[-1]}"):
+        repo.resolve("pgdata")
+    assert repo.resolve(genuine[-1]).snapshot == genuine[-1]
+    for path in root.glob("snapshots/pgdata/*-f*.json"):
+        path.unlink()  # the operator removed them
+    assert repo.resolve("pgdata").snapshot == genuine[-1]
+
+
+def test_an_archive_pruned_between_listing_and_reading_is_said_so(repo):
+    """Archive layout: the snapshot listed (restore resolves it), then a prune holding its
+    lock removes it, then the read opens the archive: not "archive ... is missing" (5)."""
+    from volbackup.errors import RemovedWhileRead
+
+    ids = daily(repo, days=2, end=datetime.now(timezone.utc))
+    manifest = repo.resolve(ids[0])
+    with repo.lock(locking.EXCLUSIVE, 0, "prune"):
+        repo.remove_manifest(manifest.snapshot)
+        repo.remove_archive(manifest)
+        with pytest.raises(RemovedWhileRead, match=f"snapshot {ids[0]} was removed .* by a "
+                                                   f"prune that is running .*archive .* is "
+                                                   f"missing") as raised:
+            repo.unpacker(manifest).drain()
+    assert raised.value.exit_code == 20

@@ -13,6 +13,7 @@ from volbackup.cli.options import (
     keep_options,
     lock_wait_option,
     repo_option,
+    secrets_options,
 )
 from volbackup.ops import prune as ops
 from volbackup.repo.repository import Repository
@@ -41,12 +42,15 @@ def broke_lock(lock, why) -> None:
 @lock_wait_option
 @quiet_option
 @json_option
+@secrets_options(reading=False)
 def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest, leftover_age,
-          dry_run, lock_wait, as_json):
+          dry_run, lock_wait, as_json, secrets):
     """Remove the snapshots that no --keep-* rule keeps, per volume and host.
 
     A snapshot dated in the future (clock skew) is kept, with a warning, and not counted
-    by the rules.
+    by the rules. An encrypted repository needs its --key-file: only snapshots whose MAC
+    checks out are counted; a manifest that fails is reported, left alone, and makes
+    prune exit 6.
 
     \b
     Examples:
@@ -60,7 +64,8 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                                by_host=not group_by_volume_only,
                                allow_remove_newest=allow_remove_newest, dry_run=dry_run,
                                leftover_age=leftover_age, lock_wait=lock_wait)
-    result = ops.prune(Repository.open(repo, writable=not dry_run), options, broke_lock,
+    result = ops.prune(Repository.open(repo, writable=not dry_run, secrets=secrets), options,
+                       broke_lock,
                        progress=terminal_progress())
     sweep = result.chunks
     for problem in result.problems + result.warnings + (sweep.problems if sweep else []):
@@ -70,6 +75,7 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                          rules=result.rules, snapshots=[d.as_dict() for d in result.snapshots],
                          leftovers=[o.as_dict() for o in result.leftovers],
                          problems=result.problems, future_dated=result.future_dated,
+                         unauthentic=result.unauthentic,
                          chunks=sweep.as_dict() if sweep else None)
     else:
         for d in result.snapshots:

@@ -65,12 +65,12 @@ def results(command: str, as_json: bool, outcomes, done: Callable,
             echo(done(o))
 
 
-def failures(outcomes) -> None:
+def failures(outcomes, name: Callable = lambda o: o.volume) -> None:
     """With several volumes, name each failure on stderr before the summary error line."""
     if len(outcomes) > 1:
         for o in outcomes:
             if o.failed:
-                echo(f"volbackup: {o.volume}: failed: {o.message}", err=True)
+                echo(f"volbackup: {name(o)}: failed: {o.message}", err=True)
 
 
 def hook_failures(outcomes) -> None:

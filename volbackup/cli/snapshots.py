@@ -18,17 +18,25 @@ LIST_FIELDS = ("snapshot", "volume", "created", "host", "bytes", "stored_bytes",
 @repo_option
 @host_option
 @json_option
-def list_cmd(volume, repo, host, as_json):
-    """List snapshots, oldest first (of one VOLUME, or of all; of one --host, or of all)."""
-    repository = Repository.open(repo)
+@secrets_options(reading=False)
+def list_cmd(volume, repo, host, as_json, secrets):
+    """List snapshots, oldest first (of one VOLUME, or of all; of one --host, or of all).
+
+    An encrypted repository with --key-file: only the snapshots whose MAC checks out;
+    the other manifests are reported (decide on this listing only with the key).
+    """
+    repository = Repository.open(repo, secrets=secrets, refuse_plain=False)
     listing = ops.list_snapshots(repository, volume, host)
-    for problem in listing.problems:
+    for problem in listing.problems + listing.unauthentic:
         render.warn(problem)
     if as_json:
         rows = [{k: m.to_dict()[k] for k in LIST_FIELDS} for m in listing.snapshots]
         render.emit_json("list", snapshots=rows,
                          problems=[{"volume": p.volume, "message": p.message}
-                                   for p in listing.problems])
+                                   for p in listing.problems],
+                         authenticated=listing.authenticated,
+                         unauthentic=[{"volume": p.volume, "snapshot": p.snapshot,
+                                       "message": p.message} for p in listing.unauthentic])
         return
     if not listing.snapshots:
         render.echo(("no snapshots" if volume or host is not None or listing.problems
@@ -84,5 +92,5 @@ def verify(snapshots, verify_all, repo, as_json, secrets):
             if not c.failed:
                 render.echo(f"{c.snapshot}: ok ({render.human_bytes(c.bytes)}, "
                             f"{c.entries} entries)")
-    render.failures(result.snapshots)
+    render.failures(result.snapshots, ops.snapshot_name)
     result.raise_for_failures()

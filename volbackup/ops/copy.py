@@ -8,6 +8,12 @@ Two ways, chosen per pair of repositories:
   stream is packed into the target as a backup would be (deduplicated against it), and
   the tar bytes, entries and tar sha256 must come out as the source's manifest says.
 
+Either way, a chunk a plain chunked target holds already is read back and checked before the
+snapshot relies on it, and replaced if it is not what its name says (damaged, or planted):
+a snapshot reported copied restores from the target. An encrypted target's chunks open only
+with an identity, which copy does not take for the target: they are trusted by name
+(docs/security.md).
+
 The manifest is written last, so a copy that fails or is killed leaves no snapshot (only
 chunks, which the next copy reuses, or prune sweeps). A snapshot whose id the target holds
 already is checked to be the same one and skipped: a copy run again copies nothing; a
@@ -46,6 +52,7 @@ class CopyOutcome(Outcome):
     bytes: int = 0                 # tar bytes of the snapshot
     chunks: int = 0                # in its chunk lists, data and catalogue (chunked target)
     chunks_sent: int = 0           # of them, written to the target
+    chunks_replaced: int = 0       # of those, held by the target with wrong bytes
     bytes_sent: int = 0            # stored bytes written to the target
     objects_written: int = 0       # chunks, lists or archive and catalogue, manifest
     #                                (stream path: the catalogue's new pieces not counted)
@@ -85,8 +92,9 @@ def copy(source: Repository, target: Repository, choice: Choice, lock_wait: floa
             f"(`volbackup init --encrypt-to`), or give --allow-plain-target")
     with source.lock(locking.SHARED, lock_wait, "copy", on_break) as source_lock:
         chosen, problems = _chosen(source, choice)
-        outcomes = [CopyOutcome(p.volume, "failed").failure(RepositoryError(p.message))
-                    for p in problems]
+        outcomes = [CopyOutcome(p.volume, "failed", p.snapshot).failure(
+            IntegrityError(p.message) if p.snapshot else RepositoryError(p.message))
+            for p in problems]
         with target.lock(locking.SHARED, lock_wait, "copy", on_break):
             if source.same_store(target, source_lock):
                 raise TargetNotEmpty(f"{target.describe()} is the source repository "
@@ -111,7 +119,8 @@ def _chosen(source: Repository, choice: Choice) -> tuple[list[Manifest], list]:
     listing = source.snapshots(host=choice.host)
     wanted = set(choice.volumes or ())
     chosen = [m for m in listing.snapshots if not wanted or m.volume in wanted]
-    problems = [p for p in listing.problems if not wanted or p.volume in wanted]
+    problems = [p for p in listing.problems + listing.unauthentic
+                if not wanted or p.volume in wanted]
     if not chosen and not problems:
         source.require_repository()
         what = (f" of volume {', '.join(sorted(wanted))}" if wanted else "") + \
@@ -141,6 +150,7 @@ def _copy_one(source: Repository, target: Repository, manifest: Manifest,
             target.commit(manifest)
             outcome.how, outcome.chunks = "chunks", copied.chunks
             outcome.chunks_sent, outcome.bytes_sent = copied.sent, copied.sent_bytes
+            outcome.chunks_replaced = copied.replaced
             outcome.objects_written = copied.sent + copied.lists + 1
         else:
             _stream(source, target, manifest, outcome, update)
@@ -153,7 +163,7 @@ def _stream(source: Repository, target: Repository, manifest: Manifest,
     whole = source.reveal(manifest)
     unpacker = source.unpacker(whole, update)
     with target.snapshot_writer(whole.snapshot) as writer:
-        packed = writer.pack(unpacker.chunks(), whole.level)
+        packed = writer.pack(unpacker.chunks(), whole.level, check_existing=True)
         # Checked before the block ends: a mismatch leaves no list or archive behind.
         made = (packed.bytes, packed.entries)
         if made != (whole.bytes, whole.entries):
@@ -173,6 +183,7 @@ def _stream(source: Repository, target: Repository, manifest: Manifest,
     outcome.how, outcome.bytes_sent = "stream", packed.stored_bytes
     outcome.chunks = layout["chunks"] or 0
     outcome.chunks_sent = layout["new_chunks"] or 0
+    outcome.chunks_replaced = getattr(packed, "replaced_chunks", 0)
     # the data's chunks (or archive), the catalogue's list (or blob), the manifest; the
     # catalogue's new pieces are not counted on this path (its writer does not say)
     outcome.objects_written = (outcome.chunks_sent if chunked else 1) \

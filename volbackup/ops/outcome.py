@@ -45,14 +45,16 @@ class Outcome:
         return data
 
 
-def raise_for_failures(outcomes: list[Outcome], what: str) -> None:
-    """One failure alone raises itself; a mix raises PartialFailure; all failed, exit 1."""
+def raise_for_failures(outcomes: list[Outcome], what: str,
+                       name: Callable[[Outcome], str] | None = None) -> None:
+    """One failure alone raises itself; a mix raises PartialFailure; all failed, exit 1.
+    The failed are named by volume, or by `name` (which names them in every case)."""
     failed = [o for o in outcomes if o.failed]
     if not failed:
         return
     if len(outcomes) == 1:
         raise failed[0].error
+    names = ", ".join((name or (lambda o: o.volume))(o) for o in failed)
     if len(failed) < len(outcomes):
-        raise PartialFailure(f"{len(failed)} of {len(outcomes)} {what} failed: "
-                             + ", ".join(o.volume for o in failed))
-    raise VolbackupError(f"all {len(outcomes)} {what} failed")
+        raise PartialFailure(f"{len(failed)} of {len(outcomes)} {what} failed: {names}")
+    raise VolbackupError(f"all {len(outcomes)} {what} failed" + (f": {names}" if name else ""))

@@ -10,6 +10,11 @@ repository) by the rule of `cleanup`, which owns them (volbackup.ops.cleanup), w
 names any more, and are older than `leftover_age`, are swept (volbackup.repo.sweep).
 A volume with an unreadable manifest is left alone and reported.
 
+An encrypted repository is pruned only with its key (else KeyProblem, exit 17, before
+anything is read): the rules count only the snapshots whose MAC checks out. A manifest that
+fails (planted or altered by a writer without the key) is neither counted nor removed: it
+is reported in `unauthentic` and `warnings`, and the prune then fails with exit 6.
+
 `protected` snapshot ids (those the calling run just made: `backup --prune`, `run`) are
 never removed. A snapshot dated in the future (clock skew, or a crafted manifest) is kept,
 not counted by the rules, and reported in `future_dated` and `warnings`
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Collection
 
-from volbackup.errors import VolbackupError, as_error
+from volbackup.errors import IntegrityError, KeyProblem, VolbackupError, as_error, reworded
 from volbackup.ops.cleanup import GONE, TOO_YOUNG, Status, remove_unfinished
 from volbackup.ops.outcome import ProgressFactory, no_progress
 from volbackup.repo import locking, retention
@@ -95,6 +100,8 @@ class PruneResult:
     leftovers: list[LeftoverRemoval] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # volumes left alone, and why
     future_dated: list[str] = field(default_factory=list)  # snapshot ids (kept, not counted)
+    # encrypted repository: manifests whose MAC failed (left alone, not counted)
+    unauthentic: list[dict] = field(default_factory=list)  # {volume, snapshot, message}
     warnings: list[str] = field(default_factory=list)   # for stderr; not failures
     chunks: ChunkSweep | None = None                    # a chunked repository's sweep
 
@@ -118,6 +125,10 @@ class PruneResult:
             failed += self.chunks.problems
         if failed:
             raise VolbackupError(f"prune: {len(failed)} problem(s), the first: {failed[0]}")
+        if self.unauthentic:
+            raise IntegrityError(
+                f"prune: {len(self.unauthentic)} manifest(s) not authentic, left alone and "
+                f"not counted: {self.unauthentic[0]['message']}")
 
 
 def prune(repo: Repository, options: PruneOptions,
@@ -127,6 +138,11 @@ def prune(repo: Repository, options: PruneOptions,
     `progress`: the bytes of the archives, then of the chunks, being removed."""
     if options.rules.empty:
         raise ValueError("prune needs at least one keep rule")
+    try:
+        repo.check_secrets(reading=False)
+    except KeyProblem as e:
+        raise reworded(e, f"{e} (prune decides only on snapshots whose MAC it has "
+                          f"checked)") from None
     if options.dry_run:  # reads only: no lock, works on a read-only repository
         return _prune(repo, options, now, progress)
     with repo.lock(locking.EXCLUSIVE, options.lock_wait, "prune", on_break):
@@ -150,6 +166,12 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None,
                                  options.allow_remove_newest,
                                  set(options.protected)) if snaps else []
     result = PruneResult(repo.describe(), dry_run, rules.describe(), [], [], problems)
+    for p in listing.unauthentic:
+        if wanted is None or p.volume in wanted:
+            result.unauthentic.append({"volume": p.volume, "snapshot": p.snapshot,
+                                       "message": p.message})
+            result.warnings.append(f"{p.message}: left alone, and not counted by the keep "
+                                   f"rules")
     # An archive's stored bytes are its size; in a chunked repository the sweep is the
     # long part, and a snapshot's stored bytes (shared chunks) say nothing of its removal.
     doomed = sum(manifests[d.snap.id].stored_bytes for d in decisions if not d.keep)

@@ -40,7 +40,13 @@ class VerifyResult:
     snapshots: list[SnapshotCheck]
 
     def raise_for_failures(self) -> None:
-        raise_for_failures(self.snapshots, "snapshots")
+        # By snapshot: a damaged chunk shared by several fails each, and names them all.
+        raise_for_failures(self.snapshots, "snapshots", snapshot_name)
+
+
+def snapshot_name(check: "SnapshotCheck") -> str:
+    """A verified snapshot as failures name it: its id (its volume if it has none)."""
+    return check.snapshot or check.volume
 
 
 def verify(repo: Repository, refs: list[str], verify_all: bool = False,
@@ -57,6 +63,8 @@ def verify(repo: Repository, refs: list[str], verify_all: bool = False,
             raise NotFound(f"no snapshots in repository {repo.describe()}")
         checks.extend(SnapshotCheck(p.volume, "failed").failure(RepositoryError(p.message))
                       for p in listing.problems)
+        checks.extend(SnapshotCheck(p.volume, "failed", p.snapshot).failure(
+            IntegrityError(p.message)) for p in listing.unauthentic)
     else:
         targets = list(refs)
     for target in targets:

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import zstandard
 
-from volbackup.errors import IntegrityError, RepositoryError
+from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.chunked import KnownChunks, iter_list
 from volbackup.repo.chunkstore import ChunkStore
@@ -136,7 +136,7 @@ def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
             with backend.open_read(key) as reader:
                 yield from _archive_pieces(reader, field, plain)
     except BlobNotFound:
-        raise RepositoryError(f"catalogue {key} of {what} is missing") from None
+        raise BlobMissing(f"catalogue {key} of {what} is missing") from None
     if plain.hexdigest() != field["plain_sha256"]:
         raise IntegrityError(f"catalogue {key} does not match the manifest")
 

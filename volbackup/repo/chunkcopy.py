@@ -5,7 +5,10 @@ chunker's parameters), for `volbackup copy` (volbackup.ops.copy).
 The source's list is read once through and checked against the manifest (sha256, count,
 bytes) before any chunk moves, then again as the chunks the target lacks are fetched,
 checked against their names (ChunkStore.get_stored) and stored in the target as they are
-stored in the source (no compressing again), a few at a time. The list goes into a blob
+stored in the source (no compressing again), a few at a time. A chunk the target holds
+already is read back and checked once (ChunkStore.holds): one that is not what its name
+says (damaged, or planted by a writer to the target) is replaced by the source's, so that a
+snapshot the copy commits restores from the target. The list goes into a blob
 that appears only when its chunks are durable and the second read matched the manifest
 too; the caller writes the manifest after it. A snapshot has two such lists: its data's
 (`.chunks`) and its catalogue's (`.catalog`, volbackup.repo.catalogs), one call each.
@@ -19,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup.errors import IntegrityError, RepositoryError
+from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.chunked import WRITERS, KnownChunks, iter_list
 from volbackup.repo.chunkstore import ChunkStore
@@ -35,11 +38,12 @@ class ListCopy:
     sent: int = 0           # chunks the target lacked, and now has
     sent_bytes: int = 0     # stored bytes of those
     lists: int = 1          # chunk lists written
+    replaced: int = 0       # of `sent`: held by the target with wrong bytes, replaced
 
     def __add__(self, other: "ListCopy") -> "ListCopy":
         return ListCopy(self.chunks + other.chunks, self.bytes + other.bytes,
                         self.sent + other.sent, self.sent_bytes + other.sent_bytes,
-                        self.lists + other.lists)
+                        self.lists + other.lists, self.replaced + other.replaced)
 
 
 @dataclass(frozen=True)
@@ -71,21 +75,27 @@ def copy_list(source: Side, source_key: str, target: Side, target_key: str,
     result = ListCopy()
     pending: deque[Future] = deque()
 
-    def send(chunk_id: str, length: int) -> tuple[int, int]:
+    def send(chunk_id: str, length: int) -> tuple[int, int, int]:
         digest = bytes.fromhex(chunk_id)
-        if not target.known.claim(digest):
-            return 0, 0
+        known = target.known
+        if not known.claim(digest):
+            if known.sound(digest, lambda: target.store.holds(chunk_id, length)):
+                return 0, 0, 0
+            stored = target.store.put_stored(chunk_id, source.store.get_stored(chunk_id, length))
+            known.vouch(digest)
+            return 1, stored, 1
         stored = 0
         try:
             stored = target.store.put_stored(chunk_id, source.store.get_stored(chunk_id, length))
         finally:
-            target.known.done(digest, stored > 0)
-        return 1, stored
+            known.done(digest, stored > 0)
+        return 1, stored, 0
 
     def settle(future: Future) -> None:
-        sent, stored = future.result()
+        sent, stored, replaced = future.result()
         result.sent += sent
         result.sent_bytes += stored
+        result.replaced += replaced
 
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="volbackup-copy") as pool, \
             target.backend.open_write(target_key) as out:
@@ -122,7 +132,7 @@ def _check(source: Side, key: str, expected: Expected,
                     raise IntegrityError(f"{expected.what} is longer than the manifest says")
                 each(chunk_id, length)
     except BlobNotFound:
-        raise RepositoryError(f"{expected.what} ({key}) is missing") from None
+        raise BlobMissing(f"{expected.what} ({key}) is missing") from None
     if digest.hexdigest() != expected.sha256:
         raise IntegrityError(f"{expected.what} has sha256 {digest.hexdigest()}, the manifest "
                              f"says {expected.sha256}")

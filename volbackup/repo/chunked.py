@@ -46,6 +46,7 @@ class ChunkedPacked(Packed):
     chunks: int = 0
     new_chunks: int = 0
     tar_sha256: str = ""
+    replaced_chunks: int = 0    # with `check_existing`: stored ones that failed, written again
 
 
 class KnownChunks:
@@ -58,6 +59,7 @@ class KnownChunks:
         self._store = store
         self._ids: set[bytes] | None = None
         self._writing: dict[bytes, threading.Event] = {}
+        self._sound: set[bytes] = set()  # written, or read back and checked, under this lock
         self._lock = threading.Lock()
 
     def claim(self, digest: bytes) -> bool:
@@ -80,22 +82,45 @@ class KnownChunks:
             writing = self._writing.pop(digest)
             if stored and self._ids is not None:
                 self._ids.add(digest)
+                self._sound.add(digest)
         writing.set()
+
+    def sound(self, digest: bytes, check: Callable[[], bool]) -> bool:
+        """For a chunk `claim` said is stored: True when it was written or checked under
+        this lock already, or `check()` (a read-back) finds it sound; False: the caller
+        writes it again, then calls `vouch`."""
+        with self._lock:
+            if digest in self._sound:
+                return True
+        if not check():
+            return False
+        self.vouch(digest)
+        return True
+
+    def vouch(self, digest: bytes) -> None:
+        """This chunk was written again (its stored bytes were wrong): sound from now on."""
+        with self._lock:
+            self._sound.add(digest)
 
     def forget(self) -> None:
         """Drop what was listed (a new lock begins, or one ended)."""
         with self._lock:
             self._ids = None
+            self._sound = set()
 
 
 def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
          config: RepoConfig, known: KnownChunks, level: int = 3,
          progress: Progress = no_progress, seed: int | None = None,
-         on_walker: Callable[[TarWalker], None] = lambda walker: None) -> ChunkedPacked:
+         on_walker: Callable[[TarWalker], None] = lambda walker: None,
+         check_existing: bool = False) -> ChunkedPacked:
     """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
     IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
     the chunker's, when not the config's (an encrypted repository's comes from its key).
-    `on_walker` is shown the walker that checks the stream (the catalogue listens)."""
+    `on_walker` is shown the walker that checks the stream (the catalogue listens).
+    `check_existing` (copy into a plain repository): a chunk the store holds already is
+    read back and checked once, and written again if it is not what its name says; a
+    backup trusts the names it lists (docs/security.md says what that lets a writer do)."""
     walker = TarWalker()
     on_walker(walker)
     tar_sha256 = hashlib.sha256()
@@ -103,24 +128,33 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
     local = threading.local()
     result = ChunkedPacked(0, 0, "", 0, None)
 
-    def store_one(data: bytes) -> tuple[str, int, int]:
-        digest = bytes.fromhex(store.chunk_id(data))
-        if not known.claim(digest):
-            return digest.hex(), len(data), 0
+    def compressor() -> zstandard.ZstdCompressor:
         if not hasattr(local, "compressor"):
             local.compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        return local.compressor
+
+    def store_one(data: bytes) -> tuple[str, int, int, bool]:
+        digest = bytes.fromhex(store.chunk_id(data))
+        if not known.claim(digest):
+            if not check_existing or known.sound(
+                    digest, lambda: store.holds(digest.hex(), len(data))):
+                return digest.hex(), len(data), 0, False
+            stored = store.put(digest.hex(), data, compressor())  # the stored one was wrong
+            known.vouch(digest)
+            return digest.hex(), len(data), stored, True
         stored = 0
         try:
-            stored = store.put(digest.hex(), data, local.compressor)
+            stored = store.put(digest.hex(), data, compressor())
         finally:
             known.done(digest, stored > 0)
-        return digest.hex(), len(data), stored
+        return digest.hex(), len(data), stored, False
 
     def record(future: Future) -> None:
-        chunk_id, length, stored = future.result()
+        chunk_id, length, stored, replaced = future.result()
         listing.write(f"{chunk_id} {length}\n".encode())
         result.chunks += 1
         result.new_chunks += 1 if stored else 0
+        result.replaced_chunks += 1 if replaced else 0
         result.stored_bytes += stored
 
     c = config.chunker

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import zstandard
 
-from volbackup.errors import IntegrityError
+from volbackup.errors import ChunkMissing, IntegrityError
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.repo.config import MAX_CHUNK
 from volbackup.repo.crypto import PlainChunks, SealedChunks
@@ -92,6 +92,16 @@ class ChunkStore:
         repository whose chunks are stored the same way (volbackup.repo.chunkcopy)."""
         return self._checked(chunk_id, length)[0]
 
+    def holds(self, chunk_id: str, length: int) -> bool:
+        """Is the stored chunk under this name what the name says (read back and checked
+        as `get` checks it)? False for one missing, damaged or planted. What `copy`
+        checks of a chunk its target has already, before a snapshot relies on it."""
+        try:
+            self._checked(chunk_id, length)
+        except IntegrityError:
+            return False
+        return True
+
     def put_stored(self, chunk_id: str, stored: bytes) -> int:
         """Store a chunk's stored bytes as they are (checked by `get_stored`)."""
         self.backend.write_bytes(chunk_key(chunk_id), stored)
@@ -102,7 +112,7 @@ class ChunkStore:
         try:
             stored = self.backend.read_bytes(key, limit=MAX_STORED)
         except BlobNotFound:
-            raise IntegrityError(f"chunk {chunk_id} is missing") from None
+            raise ChunkMissing(f"chunk {chunk_id} is missing") from None
         except BadEntry as e:
             raise IntegrityError(f"chunk {chunk_id} is not a chunk: {e}") from None
         frame = self.cipher.open(stored, chunk_id)

@@ -20,9 +20,10 @@ import secrets
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
-from volbackup.errors import KeyProblem, NotFound, RepositoryError
+from volbackup.errors import (BlobMissing, ChunkMissing, IntegrityError, KeyProblem, NotFound,
+                              RemovedWhileRead, RepositoryError, VolbackupError)
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.chunkstore import ChunkStore
@@ -35,6 +36,7 @@ from volbackup.stream.catalog import CatalogEntry, Selection
 from volbackup.stream.archive import Packed, Progress, no_progress
 from volbackup.stream.chunks import read_chunks
 
+T = TypeVar("T")
 PREFIX = "snapshots/"
 ARCHIVE_SUFFIX = ".tar.zst"
 LIST_SUFFIX = chunked.LIST_SUFFIX
@@ -72,10 +74,12 @@ def looks_like_id(ref: str) -> bool:
 
 @dataclass
 class Problem:
-    """A manifest that could not be read."""
+    """A manifest that could not be read, or (`snapshot` set) one that is not authentic."""
 
     volume: str
     message: str
+    snapshot: str | None = None
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.message
@@ -115,6 +119,9 @@ class UnfinishedWrite:
 class Listing:
     snapshots: list[Manifest]
     problems: list[Problem]
+    # Encrypted repository, key given: the manifests whose MAC failed (not in `snapshots`).
+    unauthentic: list[Problem] = field(default_factory=list)
+    authenticated: bool = False  # every manifest in `snapshots` had its MAC checked
 
 
 class SnapshotWriter:
@@ -131,7 +138,10 @@ class SnapshotWriter:
         self._finish: Callable[[], dict] | None = None
 
     def pack(self, tar_chunks: Iterable[bytes], level: int,
-             progress: Progress = no_progress) -> Packed:
+             progress: Progress = no_progress, check_existing: bool = False) -> Packed:
+        """`check_existing` (copy): the chunks this repository holds already are read back
+        and checked, and written again if wrong; only in a plain repository (an encrypted
+        one's chunks open only with an identity, which a writer to it does not hold)."""
         repo = self._repo
         key = repo.catalog_key(self._snapshot, chunked=repo.config is not None)
         if repo.config is None:
@@ -145,7 +155,8 @@ class SnapshotWriter:
         cat = catalogs.ChunkedCatalogWriter(repo.chunk_store, repo.known_chunks, level)
         packed = chunked.pack(tar_chunks, self._out, repo.chunk_store, repo.config,
                               repo.known_chunks, level, progress, seed,
-                              lambda walker: catalog.record(walker, cat.add))
+                              lambda walker: catalog.record(walker, cat.add),
+                              check_existing and repo.keyring is None)
         self._finish = lambda: cat.finish(repo.backend, key)
         return packed
 
@@ -178,16 +189,17 @@ class Repository:
 
     @classmethod
     def open(cls, url: str, writable: bool = False, options: dict | None = None,
-             secrets: Secrets | None = None) -> "Repository":
+             secrets: Secrets | None = None, refuse_plain: bool = True) -> "Repository":
         """Open and check the repository at `url`; `options` are for writing (S3 only);
         `secrets` say where an encrypted repository's keys are (default: the env); given
-        (commands that use them: backup, restore, verify, export, import, run), a plain
-        repository is refused, not used in the clear."""
+        (commands that use them: backup, restore, verify, export, import, prune, run), a
+        plain repository is refused, not used in the clear (`refuse_plain` False: `list`,
+        which only shows what it finds)."""
         backend = open_backend(url, options)
         backend.check(writable=writable)
         repo = cls(backend, read_config(backend), secrets)
         given = secrets and (secrets.key_file or secrets.identity_file)
-        if given and repo.keyring is None:
+        if given and repo.keyring is None and refuse_plain:
             # Whoever holds a secret expects encryption: a config removed or replaced by a
             # plain one would otherwise have backups stored in the clear, and restores take
             # plain snapshots anyone could write (docs/security.md).
@@ -317,6 +329,13 @@ class Repository:
         lock); then `commit` the manifest."""
         if not (self.names_chunks_as(source) and manifest.chunked):
             raise ValueError("receive_chunks needs two plain chunked repositories")
+        try:
+            return self._receive_chunks(source, manifest, progress)
+        except (ChunkMissing, BlobMissing) as e:
+            raise source.missing(manifest, e) from None
+
+    def _receive_chunks(self, source: "Repository", manifest: Manifest,
+                        progress: Progress) -> chunkcopy.ListCopy:
         from_side = chunkcopy.Side(source.backend, source.chunk_store)
         to_side = chunkcopy.Side(self.backend, self.chunk_store, self.known_chunks)
         key = self.archive_key(manifest)  # the same names in both: <stamp>.chunks ...
@@ -394,6 +413,9 @@ class Repository:
         """Every readable snapshot (oldest first), and a message for each unreadable one.
 
         With `host`, only the snapshots made on that host (unreadable ones are still reported).
+        An encrypted repository whose key was given: only the snapshots whose MAC checks
+        out; the others (a writer without the key planted or altered them) are reported in
+        `unauthentic`, whatever their host, so that nothing decides on them.
         """
         prefix = f"{PREFIX}{volume}/" if volume else PREFIX
         found, problems = [], []
@@ -415,10 +437,25 @@ class Repository:
                 continue  # removed while listing
             except (RepositoryError, NotFound) as e:
                 problems.append(Problem(_volume_of(info.key), str(e)))
+        check = self.keyring is not None and self.keyring.can_authenticate
+        found, unauthentic = self._authentic(found) if check else (found, [])
         if host is not None:
             found = [m for m in found if m.host == host]
         found.sort(key=lambda m: (parse_created(m.created), m.snapshot))
-        return Listing(found, problems)
+        return Listing(found, problems, unauthentic, check)
+
+    def _authentic(self, manifests: list[Manifest]) -> tuple[list[Manifest], list[Problem]]:
+        """The manifests a key holder wrote, and a Problem for each of the others."""
+        assert self.keyring is not None
+        kept, refused = [], []
+        for manifest in manifests:
+            try:
+                self.keyring.authenticate(manifest)
+            except IntegrityError as e:
+                refused.append(Problem(manifest.volume, str(e), manifest.snapshot, manifest))
+                continue
+            kept.append(manifest)
+        return kept, refused
 
     def initialised(self) -> bool:
         """A chunked repository (`init` made it), or one that holds snapshots (the archive
@@ -443,6 +480,15 @@ class Repository:
         if listing.problems:
             # Never silently fall back to an older snapshot in a restore.
             raise RepositoryError(f"{listing.problems[-1]}; name a snapshot id explicitly")
+        newest = listing.snapshots[-1] if listing.snapshots else None
+        forged = [p for p in listing.unauthentic if p.manifest and (newest is None or (
+            parse_created(p.manifest.created), p.snapshot) > (parse_created(newest.created),
+                                                              newest.snapshot))]
+        if forged:
+            # Not a snapshot, but said: a restore of "the newest" is not quietly an older one.
+            after = f", the newest authentic one is {newest.snapshot}" if newest else ""
+            raise IntegrityError(f"{forged[-1]} (dated after every authentic snapshot of "
+                                 f"volume {volume}{after}): name a snapshot id explicitly")
         if not listing.snapshots:
             self.require_repository()  # "no snapshots of X" is never said of a wrong -r
             of_host = f" from host {host}" if host is not None else ""
@@ -556,8 +602,40 @@ class Repository:
             with self.backend.open_read(key) as reader:
                 yield read_chunks(reader)
         except BlobNotFound:
-            raise RepositoryError(
+            raise BlobMissing(
                 f"{what} {key} of snapshot {manifest.snapshot} is missing") from None
+
+    def watched(self, manifest: Manifest, pieces: Iterator[T]) -> Iterator[T]:
+        """`pieces` read from `manifest`'s snapshot; a chunk, list or archive found missing
+        is reported as `missing` says (a prune may have removed the snapshot meanwhile:
+        restores take no lock)."""
+        try:
+            yield from pieces
+        except (ChunkMissing, BlobMissing) as e:
+            raise self.missing(manifest, e) from None
+
+    def missing(self, manifest: Manifest, error: VolbackupError) -> VolbackupError:
+        """What to say of a piece of `manifest`'s snapshot found missing while it was read:
+        RemovedWhileRead when its manifest is gone now (a prune removes the manifest
+        before the data, so a piece a prune took has no manifest left), naming the prune's
+        lock if it is still held; `error` itself (damage) while the manifest is there."""
+        try:
+            self.load(manifest.snapshot)
+            return error
+        except NotFound:
+            pass
+        except VolbackupError:
+            return error  # there, but unreadable: said by the error itself
+        try:
+            pruning = [lock for lock in self.locks() if lock.kind == locking.EXCLUSIVE]
+        except VolbackupError:
+            pruning = []
+        by = (f"by a prune that is running ({pruning[0].describe()})" if pruning
+              else "by a prune that has finished since (or by hand)")
+        return RemovedWhileRead(
+            f"snapshot {manifest.snapshot} was removed from repository {self.describe()} "
+            f"while it was read, {by}: {error}; the repository is not damaged, read "
+            f"another snapshot")
 
     def unpacker(self, manifest: Manifest, progress: Progress = no_progress,
                  selection: Selection | None = None
@@ -570,9 +648,7 @@ class Repository:
             return self.partial(manifest, self.select(manifest, selection), progress)
         if not manifest.chunked:
             return _ArchiveUnpacker(self, manifest, progress)
-        return chunked.ChunkedUnpacker(
-            lambda: _open_list(self, manifest), self.chunk_store, manifest.sha256,
-            manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes, progress)
+        return _ChunkedUnpacker(self, manifest, progress)
 
     # -- catalogue and partial reads (volbackup.stream.catalog, volbackup.repo.partial)
     def catalog(self, manifest: Manifest) -> Iterator[CatalogEntry]:
@@ -585,7 +661,7 @@ class Repository:
         key = self.catalog_key(manifest.snapshot, manifest.chunked)
         pieces = catalogs.read_pieces(self.backend, self.chunk_store, key, manifest.catalog,
                                       f"snapshot {manifest.snapshot}")
-        return catalogs.entries(pieces, manifest.bytes)
+        return self.watched(manifest, catalogs.entries(pieces, manifest.bytes))
 
     def select(self, manifest: Manifest, selection: Selection
                ) -> Callable[[], Iterator[CatalogEntry]]:
@@ -623,8 +699,9 @@ class Repository:
             whole = self.unpacker(manifest)
 
             def spans(wanted):
-                return partial.chunked_spans(lambda: _open_list(self, manifest),
-                                             self.chunk_store, wanted, whole.check_list)
+                return self.watched(manifest, partial.chunked_spans(
+                    lambda: _open_list(self, manifest), self.chunk_store, wanted,
+                    whole.check_list))
         return partial.PartialUnpacker(entries, spans, progress)
 
 
@@ -636,9 +713,26 @@ class _ArchiveUnpacker(archive.Unpacker):
         self._repo, self._manifest = repo, manifest
 
     def chunks(self) -> Iterator[bytes]:
+        return self._repo.watched(self._manifest, self._read())
+
+    def _read(self) -> Iterator[bytes]:
         with self._repo.open_archive(self._manifest) as stored:
             self._stored = stored
             yield from super().chunks()
+
+
+class _ChunkedUnpacker(chunked.ChunkedUnpacker):
+    """A ChunkedUnpacker of a snapshot of `repo`, which says when the snapshot was removed
+    while it was read (Repository.missing)."""
+
+    def __init__(self, repo: Repository, manifest: Manifest, progress: Progress):
+        super().__init__(lambda: _open_list(repo, manifest), repo.chunk_store, manifest.sha256,
+                         manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes,
+                         progress)
+        self._repo, self._manifest = repo, manifest
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._repo.watched(self._manifest, super().chunks())
 
 
 @contextmanager
@@ -648,7 +742,7 @@ def _open_list(repo: Repository, manifest: Manifest) -> Iterator[object]:
         with repo.backend.open_read(key) as reader:
             yield reader
     except BlobNotFound:
-        raise RepositoryError(
+        raise BlobMissing(
             f"chunk list {key} of snapshot {manifest.snapshot} is missing") from None
 
 

@@ -8,7 +8,10 @@ Which key a command needs (docs/security.md):
   it). The config holds the key sealed to the recipients too, but a writer to the bucket
   can seal a key of their own to the same public recipients, so that copy is used only
   with `--trust-repository-key` (the key file lost).
-- list, prune, unlock, cleanup: nothing; they read only what is public.
+- prune: the repository key, to decide only on snapshots a key holder wrote (their MACs);
+  without it, prune of an encrypted repository is refused (exit 17).
+- list: nothing; given the key, it lists only authentic snapshots and reports the others.
+- unlock, cleanup: nothing; they read only what is public.
 """
 
 from __future__ import annotations
@@ -144,6 +147,20 @@ class Keyring:
         identities = self.identities()
         return crypto.SealedChunks(self.key(for_reading=True), self.recipients(), identities)
 
+    @property
+    def can_authenticate(self) -> bool:
+        """A key was given (or loaded): listings check every manifest's MAC."""
+        return self._key is not None or bool(self.secrets.key_file or self.secrets.identity_file)
+
+    def authenticate(self, manifest: Manifest) -> None:
+        """Raise IntegrityError unless a holder of the repository key wrote `manifest` (its
+        MAC checks out): what prune and list decide on. Needs the key, not an identity."""
+        if not manifest.encrypted:
+            raise IntegrityError(f"snapshot {manifest.snapshot} is not encrypted, in an "
+                                 f"encrypted repository (written by someone without its key?)")
+        self.key(for_reading=True).verify(manifest.signed_bytes(), manifest.mac,
+                                          f"snapshot {manifest.snapshot}")
+
     def seal(self, manifest: Manifest) -> Manifest:
         """The manifest as stored: private fields sealed, everything MACed."""
         private = json.dumps(manifest.private(), sort_keys=True).encode()
@@ -158,11 +175,9 @@ class Keyring:
         if getattr(manifest, "_revealed_by", None) is self:
             return manifest
         if not manifest.encrypted:
-            raise IntegrityError(f"snapshot {manifest.snapshot} is not encrypted, in an "
-                                 f"encrypted repository (written by someone without its key?)")
+            self.authenticate(manifest)  # raises: the message says why
         identities = self.identities()
-        self.key(for_reading=True).verify(manifest.signed_bytes(), manifest.mac,
-                                          f"snapshot {manifest.snapshot}")
+        self.authenticate(manifest)
         try:
             sealed = base64.b64decode(manifest.sealed or "", validate=True)
         except (binascii.Error, ValueError):

@@ -191,7 +191,7 @@ def summary(job: str, repository: str, started: datetime, seconds: float, result
         "prune": None if pruned is None else {
             "kept": len(pruned.snapshots) - len(pruned.removed), "removed": len(pruned.removed),
             "freed_bytes": pruned.freed_bytes, "problems": pruned.problems,
-            "future_dated": pruned.future_dated},
+            "future_dated": pruned.future_dated, "unauthentic": pruned.unauthentic},
         "locks": None if locks is None else {
             "count": len(locks), "oldest_age_seconds": _oldest_age(locks, finished)},
         "copy": None if copied is None else {
