@@ -413,8 +413,9 @@ def test_the_newest_snapshot_is_not_quietly_an_older_one_than_a_planted_manifest
                                              f"one is {genuine[-1]}"):
         repo.resolve("pgdata")
     assert repo.resolve(genuine[-1]).snapshot == genuine[-1]
-    for path in root.glob("snapshots/pgdata/*-f*.json"):
-        path.unlink()  # the operator removed them
+    for snapshot in forged:  # the operator removed them (by id: a genuine id may end in f...)
+        volume, stamp = snapshot.split("@")
+        (root / "snapshots" / volume / f"{stamp}.json").unlink()
     assert repo.resolve("pgdata").snapshot == genuine[-1]
 
 
