@@ -142,8 +142,8 @@ class Manifest:
         strs = ("snapshot", "volume", "driver", "created", "host", "tool_version", "archive",
                 "sha256", "compression", "source_kind")
         optional = ("source_container", "mount_path", "bind_path", "safety_for", "tar_sha256")
-        bad = [n for n in ints if isinstance(getattr(self, n), bool)
-               or not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
+        bad = [n for n in ints + ("chunks", "new_chunks")
+               if (n in ints or getattr(self, n) is not None) and not _count(getattr(self, n))]
         bad += [n for n in strs if not isinstance(getattr(self, n), str)]
         bad += [n for n in optional if getattr(self, n) is not None
                 and not isinstance(getattr(self, n), str)]

@@ -78,9 +78,10 @@ def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> Catalo
     """The catalogue entry of a tar entry; IntegrityError for values no file system holds
     (a crafted archive: a NaN or far out time, a negative or huge owner)."""
     mtime = entry.mtime
-    if not _in_range(mtime):
-        raise IntegrityError(f"tar entry {shown(entry.name)} has mtime {mtime!r}, outside the "
-                             f"range a file system holds; refused (crafted or damaged)")
+    bad = unheld(mtime, entry.uid, entry.gid)
+    if bad:
+        raise IntegrityError(f"tar entry {shown(entry.name)} has {bad}, which no file system "
+                             f"holds; refused (crafted or damaged)")
     made = CatalogEntry(
         path=normal_name(entry.name), type=TYPES.get(entry.type, "other"),
         size=entry.size if content is not None else 0, mode=entry.mode & MAX_MODE,
@@ -93,6 +94,17 @@ def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> Catalo
                              f"{getattr(made, bad)!r}, which no file system holds; refused "
                              f"(crafted or damaged)")
     return made
+
+
+def unheld(mtime: float, uid: int, gid: int) -> str | None:
+    """What of a tar member's time and owner no file system holds (`mtime nan`), or None:
+    what a backup or import refuses before a catalogue line is made of it."""
+    if not _in_range(mtime):
+        return f"mtime {mtime!r}"
+    for name, value in (("uid", uid), ("gid", gid)):
+        if not 0 <= value <= MAX_INT:
+            return f"{name} {str(value)[:40]}"
+    return None
 
 
 def _in_range(mtime: float) -> bool:
