@@ -190,6 +190,24 @@ def test_an_imported_year_11470_and_a_41_bit_uid_are_shown(layout, cli, repo_dir
     assert "ok" in ok(cli, "verify", snapshots[0], "-r", repo)
 
 
+@pytest.mark.parametrize("value", ["nan", "1e400", "-1e300"])
+def test_an_import_with_a_time_no_file_system_holds_is_refused(value, cli, repo_dir, tmp_path):
+    """tarfile reads a PAX `mtime=nan` as it is, and could not write it again."""
+    root = tarfile.TarInfo("./")
+    root.type = tarfile.DIRTYPE
+    info = tarfile.TarInfo("./f")
+    info.size, info.pax_headers = 1, {"mtime": value}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(root)
+        tar.addfile(info, io.BytesIO(b"x"))
+    (tmp_path / "bad.tar").write_bytes(buf.getvalue())
+    result = cli("import", str(tmp_path / "bad.tar"), "--volume", "bad", "-r", str(repo_dir))
+    assert result.code == 16, result.stderr
+    assert "tar member './f' has mtime " in one_line_error(result.stderr)
+    assert not list(repo_dir.glob("snapshots/*/*"))
+
+
 def _catalogue(repo: Path, snapshot: str) -> tuple[Path, Path]:
     volume, stamp = snapshot.split("@")
     folder = repo / "snapshots" / volume
