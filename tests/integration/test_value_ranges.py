@@ -124,6 +124,9 @@ def test_every_value_a_volume_holds_round_trips(layout, via, cli, repo_dir, make
     assert {link["path"], link["link"]} == names_of_inode
 
     assert "ok" in ok(cli, "verify", snapshot, "-r", repo)
+    dumped = subprocess.run([sys.executable, "-m", "volbackup", "dump", snapshot,
+                             f"/{DEEP}/{LONG}", "-r", repo], capture_output=True, timeout=120)
+    assert (dumped.returncode, dumped.stdout) == (0, b"at the bottom of a long path\n")
     same = ok(cli, "diff", snapshot, snapshot, "-r", repo, "--json").splitlines()
     assert json.loads(same[-1])["summary"]["modified"] == 0 and len(same) == 2
 
