@@ -3,6 +3,7 @@ and of sizes in messages."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 
@@ -19,3 +20,18 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def utc_text(seconds: float) -> str:
+    """A time in seconds since 1970 as `YYYY-MM-DD HH:MM:SS` (UTC, proleptic Gregorian),
+    for any time a file system holds: datetime stops at the year 9999, a file's mtime
+    does not (Howard Hinnant's civil_from_days, in exact integers)."""
+    days, secs = divmod(math.floor(seconds), 86400)
+    era, doe = divmod(days + 719468, 146097)   # 400-year eras from 0000-03-01
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day, month = doy - (153 * mp + 2) // 5 + 1, mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    hours, rest = divmod(secs, 3600)
+    return f"{year:04d}-{month:02d}-{day:02d} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}"

@@ -361,3 +361,28 @@ def test_an_encrypted_repository_is_browsed_with_its_key_and_identity(tmp_path):
     run = run_cli("dump", "pgdata", "/etc/app.conf", "--identity", str(identity),
                   "--key-file", str(key_file), "-r", str(root))
     assert run.code == 0 and run.stdout == "port = 5432\n", run.stderr
+
+
+def test_long_listing_shows_any_time_a_file_system_holds():
+    """datetime stops at 9999; `ls -l` does not (negative times, the year 11470)."""
+    from volbackup.cli.browse import long_line
+    from volbackup.stream.catalog import CatalogEntry
+
+    def shown(mtime, uid=0):
+        return long_line(CatalogEntry("f", "file", 1, 0o7777, uid, 1 << 40, mtime, "", 0, 512,
+                                      "ab" * 32))
+    assert "1969-12-31 23:59:59 /f" in shown(-1)
+    assert "1901-12-13 20:45:52 /f" in shown(-(1 << 31))
+    assert "11470-01-17 02:46:40 /f" in shown(299_792_458_000)
+    assert "292277026596-12-04 15:30:07 /f" in shown((1 << 63) - 1)
+    assert shown(0, uid=4_294_967_294).startswith(f"-rwsrwsrwt 4294967294/{1 << 40} ")
+
+
+def test_diff_compares_ids_past_32_bits():
+    from volbackup.ops.browse import _compact, compare
+    from volbackup.stream.catalog import CatalogEntry
+
+    def entry(uid):
+        return CatalogEntry("f", "file", 1, 0o644, uid, 0, 0, "", 0, 512, "ab" * 32)
+    change = compare("f", _compact(entry(1 << 40)), _compact(entry((1 << 63) - 1)))
+    assert change.what == ("owner",)

@@ -292,3 +292,79 @@ def test_a_reader_that_stops_early_ends_dump_quietly(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert run.stdout.strip() == "10"
     assert run.stderr == "codes 141 0 0\n", run.stderr
+
+
+# -- value ranges (issue 23): what a volume holds reads back; what none holds is refused
+
+LINE = {"path": "x", "type": "file", "size": 0, "mode": 0o644, "uid": 0, "gid": 0,
+        "mtime": 0, "link": "", "at": 0, "data": 512}
+
+
+def _line(**changes) -> bytes:
+    return (json.dumps({**LINE, **changes}) + "\n").encode()
+
+
+@pytest.mark.parametrize("changes", [
+    {"mtime": -1}, {"mtime": -(1 << 63)}, {"mtime": (1 << 63) - 1}, {"mtime": -1.5},
+    {"mtime": 299_792_458_000}, {"uid": 4_294_967_294, "gid": 1 << 40},
+    {"uid": (1 << 63) - 1}, {"mode": 0o7777}, {"link": "t/" * 2000},
+    {"path": "caf\udce9"}, {"sha256": "ab" * 32}],
+    ids=["minus-one", "oldest", "newest", "fraction", "year-11470", "ids", "max-uid",
+         "all-mode-bits", "long-link", "undecodable-byte", "sha256"])
+def test_catalogue_lines_with_every_value_a_tar_holds_are_read(changes):
+    from volbackup.stream.catalog import parse_line
+    entry = parse_line(_line(**changes), 1 << 20)
+    assert {k: getattr(entry, k) for k in changes} == changes
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"mtime": float("nan")}, "mtime"), ({"mtime": float("inf")}, "mtime"),
+    ({"mtime": 1 << 63}, "mtime"), ({"mtime": -1e300}, "mtime"), ({"uid": 1 << 63}, "uid"),
+    ({"gid": -1}, "gid"), ({"mode": 70000}, "mode"), ({"mode": -1}, "mode"),
+    ({"sha256": "zz" * 32}, "sha256"), ({"sha256": "AB" * 32}, "sha256"),
+    ({"sha256": "ab"}, "sha256"), ({"path": "\ud800"}, "path"), ({"link": "a\x00b"}, "link"),
+    ({"at": 1 << 64}, "at")])
+def test_catalogue_values_no_volume_holds_are_damage(changes, field):
+    from volbackup.stream.catalog import parse_line
+    with pytest.raises(IntegrityError, match=f"invalid {field}"):
+        parse_line(_line(**changes), 1 << 20)
+
+
+@pytest.mark.parametrize("pax, words", [({"mtime": "nan"}, "mtime nan"),
+                                        ({"mtime": "1e400"}, "mtime inf"),
+                                        ({"uid": "-5"}, "uid -5"),
+                                        ({"gid": str(1 << 64)}, f"gid {1 << 64}")])
+def test_a_backup_refuses_a_tar_entry_no_volume_holds(repo, pax, words):
+    """What a writer never makes readable, it never writes: the stream fails instead."""
+    info, data = _member("./f", b"x")
+    info.pax_headers = pax
+    tar = make_tar([_member("./", type_=tarfile.DIRTYPE), (info, data)])
+    with pytest.raises(IntegrityError, match=f"has {words}, which no file system holds"):
+        backup(repo, tar[:end_of_members(tar) + END_MARKER])
+    assert repo.snapshots().snapshots == []
+
+
+def test_an_archive_catalogue_is_decompressed_no_further_than_the_manifest_says(tmp_path):
+    """A `.catalog.zst` that expands to 256 MiB (a zstd bomb under the genuine manifest) is
+    refused after a piece; what is allocated meanwhile stays within a few MiB."""
+    import tracemalloc
+
+    import zstandard
+
+    repo = Repository.open(str(tmp_path), writable=True)
+    manifest = backup(repo, volume())
+    key = repo.catalog_key(manifest.snapshot, chunked=False)
+    zeros = bytes(1 << 20)
+    bomb = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(bomb, closefd=False) as out:
+        for _ in range(256):
+            out.write(zeros)
+    repo.backend.write_bytes(key, bomb.getvalue())
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match="longer than the manifest says"):
+            list(repo.catalog(manifest))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak

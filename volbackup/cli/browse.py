@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import stat
 import sys
-from datetime import datetime, timezone
 
 import click
 
@@ -14,6 +13,7 @@ from volbackup.cli.options import host_option, json_option, repo_option, secrets
 from volbackup.ops import browse as ops
 from volbackup.repo.repository import Repository
 from volbackup.stream.catalog import CatalogEntry, normal_path
+from volbackup.timefmt import utc_text
 
 _TYPE_CHAR = {"file": "-", "dir": "d", "symlink": "l", "hardlink": "h", "char": "c",
               "block": "b", "fifo": "p", "other": "?"}
@@ -44,7 +44,7 @@ def _envelope(command: str, **fields) -> dict:
 
 def long_line(e: CatalogEntry) -> str:
     mode = stat.filemode(e.mode)[1:]
-    mtime = datetime.fromtimestamp(e.mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    mtime = utc_text(e.mtime)
     link = f" -> {e.link}" if e.link else ""
     return (f"{_TYPE_CHAR.get(e.type, '?')}{mode} {e.uid:>5}/{e.gid:<5} {e.size:>12} "
             f"{mtime} {shown(e.path)}{link}")

@@ -41,6 +41,9 @@ CLAIM_PREFIX = "volbackup-claim-"      # + the target volume's name (Engine.clai
 STALE_AFTER_SECONDS = 24 * 3600
 DATA_PATH = "/data"
 EXPORT_CHUNK = 1 << 20
+# The mtimes the engine's extractor sets (moby pkg/archive boundTime): from 1970-01-01 to
+# 2262-04-11 (nanoseconds in an int64); it dates anything outside them 1970-01-01.
+EXTRACTOR_TIMES = (0, ((1 << 63) - 1) / 1e9)
 
 
 class HelperCalls:

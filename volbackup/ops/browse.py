@@ -197,11 +197,11 @@ class Diff:
 
 
 _TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo", "other")
-_PACKED = struct.Struct("<BHIIQ32s")   # type, mode, uid, gid, size, sha256
+_PACKED = struct.Struct("<BHQQQ32s")   # type, mode, uid, gid, size, sha256 (catalog's ranges)
 
 
 def _compact(entry: CatalogEntry) -> bytes:
-    """What diff compares of an entry, in about 60 bytes (the link target appended)."""
+    """What diff compares of an entry, in about 70 bytes (the link target appended)."""
     digest = bytes.fromhex(entry.sha256) if entry.sha256 else b""
     return _PACKED.pack(_TYPES.index(entry.type), entry.mode, entry.uid, entry.gid,
                         entry.size, digest) + entry.link.encode("utf-8", "surrogateescape")

@@ -10,7 +10,7 @@ from typing import Callable
 
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
-from volbackup.docker.helpers import DATA_PATH, Helper
+from volbackup.docker.helpers import DATA_PATH, EXTRACTOR_TIMES, Helper
 from volbackup.docker.volumes import VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError, reworded)
@@ -23,6 +23,8 @@ from volbackup.repo import locking
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, looks_like_id
 from volbackup.stream.catalog import Selection
+from volbackup.stream.tarstream import TarWalker, shown
+from volbackup.timefmt import utc_text
 
 
 SAFETY_LOCK_WAIT = 60.0  # seconds a safety snapshot waits for a prune's exclusive lock
@@ -139,6 +141,7 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
                 again = unpacker.walker.metadata_tar(DATA_PATH.strip("/"))  # root, hard links
                 if again is not None:
                     target.import_("/", again)
+                _warn_of_lost_times(unpacker.walker, outcome.volume, announce)
         outcome.bytes = unpacker.walker.bytes
 
     def directly(volume: VolumeInfo) -> str | None:
@@ -152,6 +155,20 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
         lost_note="the snapshot itself had checked out; --no-safety-snapshot was given",
         directly=directly, kept_in=lambda: _kept_in(outcome.safety_snapshot))
     outcome.seconds = round(time.monotonic() - started, 3)
+
+
+def _warn_of_lost_times(walker: TarWalker, volume: str,
+                        announce: Callable[[str], None]) -> None:
+    """Say so when the engine's extractor dated entries 1970-01-01 (times before 1970 or
+    after 2262 are outside what it sets); GNU tar (--direct) keeps them."""
+    low, high = EXTRACTOR_TIMES
+    outside = [(t, name) for t, name in (walker.oldest, walker.newest)
+               if name and not low <= t <= high]
+    if outside:
+        t, name = outside[0]
+        announce(f"volume {volume}: the engine dated entries 1970-01-01 whose mtime it "
+                 f"cannot set (before 1970 or after 2262-04-11, such as {shown(name)} of "
+                 f"{utc_text(t)}); restore with --direct to keep them")
 
 
 def resolve_ref(repo: Repository, ref: str, host: str | None) -> Manifest:

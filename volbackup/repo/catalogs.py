@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import zstandard
 
 from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
-from volbackup.repo.chunked import KnownChunks, iter_list
+from volbackup.repo.chunked import READERS, KnownChunks, fetch_ahead, listed
 from volbackup.repo.chunkstore import ChunkStore
 from volbackup.stream import catalog
 from volbackup.stream.catalog import CatalogEntry
-from volbackup.stream.chunks import READ_CHUNK
+from volbackup.stream.archive import OUTPUT_CHUNK
+from volbackup.stream.chunks import READ_CHUNK, HashingReader
 
 LIST_SUFFIX = ".catalog"            # chunked: the list of the catalogue's pieces
 ARCHIVE_SUFFIX = ".catalog.zst"     # archive layout: the catalogue, compressed
@@ -115,11 +115,13 @@ def check_field(value: object) -> bool:
     for name, kind in _FIELD.items():
         item = value.get(name)
         if isinstance(item, bool) or not isinstance(item, kind) or (
-                isinstance(item, int) and item < 0):
+                isinstance(item, int) and not 0 <= item <= catalog.MAX_INT):
             return False
+    if not all(catalog.HEX64.fullmatch(value[name]) for name in ("sha256", "plain_sha256")):
+        return False
     chunks = value.get("chunks")
     return chunks is None or (isinstance(chunks, int) and not isinstance(chunks, bool)
-                              and chunks >= 0)
+                              and chunks <= value["bytes"])  # no piece is empty
 
 
 def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
@@ -143,34 +145,37 @@ def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
 
 def _chunked_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
                     plain) -> Iterator[bytes]:
-    limit = field["chunks"] * 76 + 1
-    listing = backend.read_bytes(key, limit=limit)
-    if hashlib.sha256(listing).hexdigest() != field["sha256"]:
-        raise IntegrityError(f"catalogue list {key} does not match the manifest")
-    pieces = list(iter_list(io.BytesIO(listing)))
-    if len(pieces) != field["chunks"] or sum(n for _, n in pieces) != field["bytes"]:
-        raise IntegrityError(f"catalogue list {key} does not match the manifest's counts")
-    with ThreadPoolExecutor(4, thread_name_prefix="volbackup-catalog") as pool:
-        for data, _ in pool.map(lambda item: store.get(*item), pieces):
-            plain.update(data)
-            yield data
+    """The pieces, the list read as a stream (checked through once before any piece is
+    fetched) and the pieces fetched a few ahead: memory stays flat whatever the counts."""
+    expected = (field["sha256"], field["chunks"], field["bytes"], f"catalogue list {key}")
+    for _ in listed(lambda: backend.open_read(key), *expected):
+        pass
+    for data, _ in fetch_ahead(store, listed(lambda: backend.open_read(key), *expected),
+                               READERS):
+        plain.update(data)
+        yield data
 
 
 def _archive_pieces(reader, field: dict, plain) -> Iterator[bytes]:
-    stored, total = hashlib.sha256(), 0
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
-    while piece := reader.read(READ_CHUNK):
-        stored.update(piece)
-        try:
-            data = decompressor.decompress(piece)
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"catalogue is corrupt: zstd says {e}") from None
-        total += len(data)
-        if total > field["bytes"]:
-            raise IntegrityError("catalogue is longer than the manifest says")
-        plain.update(data)
-        yield data
-    if stored.hexdigest() != field["sha256"] or total != field["bytes"]:
+    """The plain catalogue of a `.catalog.zst`, decompressed OUTPUT_CHUNK at a time and
+    never past what the manifest says it holds: a small blob that expands to gigabytes
+    (a zstd bomb) is refused once it passes that, with memory flat."""
+    source = HashingReader(reader)
+    total = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(
+                source, read_size=READ_CHUNK, read_across_frames=False,
+                closefd=False) as decompressed:
+            while data := decompressed.read(min(OUTPUT_CHUNK, field["bytes"] - total + 1)):
+                total += len(data)
+                if total > field["bytes"]:
+                    raise IntegrityError("catalogue is longer than the manifest says")
+                plain.update(data)
+                yield data
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"catalogue is corrupt: zstd says {e}") from None
+    source.drain()
+    if source.sha256.hexdigest() != field["sha256"] or total != field["bytes"]:
         raise IntegrityError("catalogue does not match the manifest")
 
 

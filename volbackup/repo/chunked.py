@@ -204,64 +204,30 @@ class ChunkedUnpacker:
     def root(self) -> Entry | None:
         return self.walker.first
 
-    def _entries(self, list_sha256, counted: dict) -> Iterator[tuple[str, int]]:
-        want_chunks, want_bytes = self._expected[1], self._expected[3]
-        with self._open_list() as reader:
-            for chunk_id, length in iter_list(reader, list_sha256):
-                counted["chunks"] += 1
-                counted["bytes"] += length
-                if counted["bytes"] > want_bytes or counted["chunks"] > want_chunks:
-                    raise IntegrityError("chunk list is longer than the manifest says")
-                yield chunk_id, length
-
-    def _check_counted(self, list_sha256, counted: dict) -> None:
+    def _listed(self) -> Iterator[tuple[str, int]]:
         want_sha, want_chunks, _, want_bytes = self._expected
-        if list_sha256.hexdigest() != want_sha:
-            raise IntegrityError(f"chunk list sha256 is {list_sha256.hexdigest()}, the "
-                                 f"manifest says {want_sha}")
-        if (counted["chunks"], counted["bytes"]) != (want_chunks, want_bytes):
-            raise IntegrityError(
-                f"chunk list holds {counted['chunks']} chunks of {counted['bytes']} bytes, "
-                f"the manifest says {want_chunks} of {want_bytes}")
+        return listed(self._open_list, want_sha, want_chunks, want_bytes)
 
     def check_list(self) -> None:
         """Read the list alone (about 75 bytes per chunk) and check it against the
         manifest, so that a list that is not the manifest's (a line dropped, two lines
         swapped: each chunk valid) is refused before any byte is released, not after a
         restore wrote wrong bytes. Whoever reads it again checks it again."""
-        list_sha256, counted = hashlib.sha256(), {"chunks": 0, "bytes": 0}
-        for _ in self._entries(list_sha256, counted):
+        for _ in self._listed():
             pass
-        self._check_counted(list_sha256, counted)
 
     def chunks(self) -> Iterator[bytes]:
         self.check_list()
-        list_sha256, tar_sha256 = hashlib.sha256(), hashlib.sha256()
-        counted = {"chunks": 0, "bytes": 0}
+        tar_sha256 = hashlib.sha256()
         want_tar = self._expected[2]
 
-        def entries() -> Iterator[tuple[str, int]]:
-            return self._entries(list_sha256, counted)
-
-        def check_list() -> None:
-            self._check_counted(list_sha256, counted)
-
         def plaintext() -> Iterator[bytes]:
-            with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-fetch") as pool:
-                ahead: deque[Future] = deque()
-                try:
-                    for chunk_id, length in entries():
-                        ahead.append(pool.submit(self._store.get, chunk_id, length))
-                        if len(ahead) >= READERS:
-                            yield self._take(ahead.popleft(), tar_sha256)
-                    while ahead:
-                        yield self._take(ahead.popleft(), tar_sha256)
-                finally:
-                    for future in ahead:
-                        future.cancel()
+            for plain, stored in fetch_ahead(self._store, self._listed()):
+                tar_sha256.update(plain)
+                self.stored_bytes += stored
+                yield plain
 
         def check() -> None:
-            check_list()
             if tar_sha256.hexdigest() != want_tar:
                 raise IntegrityError(f"tar stream sha256 is {tar_sha256.hexdigest()}, the "
                                      f"manifest says {want_tar}")
@@ -269,15 +235,50 @@ class ChunkedUnpacker:
 
         yield from release_checked(plaintext(), self.walker, check, self._progress)
 
-    def _take(self, future: Future, tar_sha256) -> bytes:
-        plain, stored = future.result()
-        tar_sha256.update(plain)
-        self.stored_bytes += stored
-        return plain
-
     def drain(self) -> None:
         for _ in self.chunks():
             pass
+
+
+def listed(open_list: Callable[[], object], want_sha256: str, want_chunks: int,
+           want_bytes: int, what: str = "chunk list") -> Iterator[tuple[str, int]]:
+    """The entries of a chunk list, streamed (memory: one line), checked against what the
+    manifest says of it: more chunks or bytes than it says fail at once (a manifest's
+    counts bound the reading, whatever the list's size), another sha256 or fewer at the
+    end."""
+    digest, chunks, total = hashlib.sha256(), 0, 0
+    with open_list() as reader:
+        for chunk_id, length in iter_list(reader, digest):
+            chunks += 1
+            total += length
+            if total > want_bytes or chunks > want_chunks:
+                raise IntegrityError(f"{what} is longer than the manifest says")
+            yield chunk_id, length
+    if digest.hexdigest() != want_sha256:
+        raise IntegrityError(f"{what} sha256 is {digest.hexdigest()}, the manifest says "
+                             f"{want_sha256}")
+    if (chunks, total) != (want_chunks, want_bytes):
+        raise IntegrityError(f"{what} holds {chunks} chunks of {total} bytes, the manifest "
+                             f"says {want_chunks} of {want_bytes}")
+
+
+def fetch_ahead(store: ChunkStore, entries: Iterable[tuple[str, int]],
+                readers: int = READERS) -> Iterator[tuple[bytes, int]]:
+    """(plaintext, stored size) of each chunk of `entries`, in order, each checked, fetched
+    `readers` ahead by worker threads (restores from S3 are not latency-bound); memory:
+    `readers` chunks, whatever the number of entries."""
+    with ThreadPoolExecutor(readers, thread_name_prefix="volbackup-fetch") as pool:
+        ahead: deque[Future] = deque()
+        try:
+            for chunk_id, length in entries:
+                ahead.append(pool.submit(store.get, chunk_id, length))
+                if len(ahead) >= readers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def iter_list(reader, digest=None) -> Iterator[tuple[str, int]]:

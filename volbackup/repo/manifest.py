@@ -13,6 +13,7 @@ from datetime import datetime
 
 from volbackup.errors import BadPattern, RepositoryError
 from volbackup.repo.catalogs import check_field as check_catalog
+from volbackup.stream.catalog import HEX64, MAX_INT
 from volbackup.stream.exclude import parse_patterns
 
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accepts
@@ -29,7 +30,7 @@ PRIVATE_FIELDS = ("labels", "driver_options", "mount_path", "bind_path", "source
 # Private fields a sealed part holds only when set (older versions know only the others).
 OPTIONAL_PRIVATE = ("excluded",)
 LAYOUTS = ("archive", "chunked")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+LEVELS = range(0, 23)       # zstd's levels a backup writes (0: zstd's default); copy reuses it
 STAMP = r"\d{8}T\d{6}Z-[0-9a-f]{4,32}"  # of a snapshot id, VOLUME@STAMP
 _CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|\+00:00)")
 
@@ -43,6 +44,11 @@ def parse_created(text: str) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _count(value) -> bool:
+    """A count or size as a writer gives one: an int from 0 to 2**63 - 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT
 
 
 def _valid_patterns(value) -> bool:
@@ -136,14 +142,13 @@ class Manifest:
         strs = ("snapshot", "volume", "driver", "created", "host", "tool_version", "archive",
                 "sha256", "compression", "source_kind")
         optional = ("source_container", "mount_path", "bind_path", "safety_for", "tar_sha256")
-        bad = [n for n in ints if isinstance(getattr(self, n), bool)
-               or not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
+        bad = [n for n in ints + ("chunks", "new_chunks")
+               if (n in ints or getattr(self, n) is not None) and not _count(getattr(self, n))]
         bad += [n for n in strs if not isinstance(getattr(self, n), str)]
         bad += [n for n in optional if getattr(self, n) is not None
                 and not isinstance(getattr(self, n), str)]
-        bad += [n for n in ("chunks", "new_chunks") if getattr(self, n) is not None
-                and (isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), int)
-                     or getattr(self, n) < 0)]
+        if "level" not in bad and self.level not in LEVELS:
+            bad.append("level")
         bad += [n for n in ("labels", "driver_options") if not isinstance(getattr(self, n), dict)
                 or not all(isinstance(k, str) and isinstance(v, str)
                            for k, v in getattr(self, n).items())]
@@ -172,8 +177,8 @@ class Manifest:
         if self.layout == "chunked" and not (
                 self.format_version >= 2 and self.chunks is not None
                 and (self.encrypted is True or (isinstance(self.tar_sha256, str)
-                                                and _HEX64.fullmatch(self.tar_sha256)))
-                and _HEX64.fullmatch(self.sha256)):
+                                                and HEX64.fullmatch(self.tar_sha256)))
+                and HEX64.fullmatch(self.sha256)):
             raise RepositoryError(f"manifest {where} is an incomplete chunked manifest")
 
         if not isinstance(self.encrypted, bool) or self.encrypted != (self.mac is not None) \

@@ -709,7 +709,7 @@ class _ArchiveUnpacker(archive.Unpacker):
     """An Unpacker that opens the archive itself when read."""
 
     def __init__(self, repo: Repository, manifest: Manifest, progress: Progress):
-        super().__init__((), manifest.sha256, manifest.stored_bytes, progress)
+        super().__init__((), manifest.sha256, manifest.stored_bytes, progress, manifest.bytes)
         self._repo, self._manifest = repo, manifest
 
     def chunks(self) -> Iterator[bytes]:

@@ -146,8 +146,13 @@ class Unpacker:
     """
 
     def __init__(self, stored: Iterable[bytes], expected_sha256: str | None = None,
-                 expected_stored_bytes: int | None = None, progress: Progress = no_progress):
+                 expected_stored_bytes: int | None = None, progress: Progress = no_progress,
+                 expected_bytes: int | None = None):
+        """`expected_bytes`: the tar length the manifest says; decompressing stops with
+        IntegrityError a little past it (room for old archives' record padding), so a
+        small archive that expands to terabytes is refused, not read to its end."""
         self._stored = stored
+        self._most = None if expected_bytes is None else expected_bytes + MAX_TAIL
         self._expected_sha256 = expected_sha256
         self._expected_stored_bytes = expected_stored_bytes
         self._progress = progress
@@ -165,8 +170,14 @@ class Unpacker:
         def decompressed() -> Iterator[bytes]:
             reader = zstandard.ZstdDecompressor().stream_reader(
                 source, read_size=READ_CHUNK, read_across_frames=False)
+            total = 0
             try:
                 while out := reader.read(OUTPUT_CHUNK):  # bounded: a tiny input may expand
+                    total += len(out)
+                    if self._most is not None and total > self._most:
+                        raise IntegrityError(f"archive holds more than the "
+                                             f"{self._most - MAX_TAIL} tar bytes the "
+                                             f"manifest says")
                     yield out
                 source.drain()
             except zstandard.ZstdError as e:

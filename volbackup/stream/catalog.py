@@ -13,13 +13,15 @@ relative path, offsets inside the stream) before anything uses it.
 from __future__ import annotations
 
 import json
+import math
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
 from volbackup.stream import chunks
-from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name
+from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name, shown
 
 CATALOG_VERSION = 1
 TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file",
@@ -28,6 +30,15 @@ TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "f
          tarfile.GNUTYPE_SPARSE: "file"}
 KINDS = frozenset(TYPES.values()) | {"other"}
 MAX_LINE = 1 << 20  # a path is at most 4 KiB on Linux, a link target too; longer: crafted
+# The values a line may hold: what a file system can (Linux keeps a signed 64-bit time in
+# seconds, which GNU tar and PAX headers carry; uids and gids are 32-bit there, tar headers
+# hold up to 64 bits, shown as they are). Outside these, a tar entry is refused when a
+# backup or import reads it, and a catalogue line as damaged: nothing is ever written that
+# no reader accepts, and nothing accepted breaks a reader (`ls -l`, `diff`).
+MAX_INT = (1 << 63) - 1             # ids, sizes and stream offsets
+MTIME_RANGE = (-(1 << 63), (1 << 63) - 1)
+MAX_MODE = 0o7777                   # permission bits, setuid, setgid and sticky
+HEX64 = re.compile(r"[0-9a-f]{64}")
 _FIELDS = {"path": str, "type": str, "size": int, "mode": int, "uid": int, "gid": int,
            "mtime": (int, float), "link": str, "at": int, "data": int, "sha256": str}
 
@@ -64,13 +75,67 @@ class CatalogEntry:
 
 
 def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> CatalogEntry:
+    """The catalogue entry of a tar entry; IntegrityError for values no file system holds
+    (a crafted archive: a NaN or far out time, a negative or huge owner)."""
     mtime = entry.mtime
-    return CatalogEntry(
+    bad = unheld(mtime, entry.uid, entry.gid)
+    if bad:
+        raise IntegrityError(f"tar entry {shown(entry.name)} has {bad}, which no file system "
+                             f"holds; refused (crafted or damaged)")
+    made = CatalogEntry(
         path=normal_name(entry.name), type=TYPES.get(entry.type, "other"),
-        size=entry.size if content is not None else 0, mode=entry.mode & 0o7777,
+        size=entry.size if content is not None else 0, mode=entry.mode & MAX_MODE,
         uid=entry.uid, gid=entry.gid, mtime=int(mtime) if mtime == int(mtime) else mtime,
         link=normal_name(entry.linkname) if entry.type == tarfile.LNKTYPE else entry.linkname,
         at=at, data=data_at, sha256=content)
+    bad = invalid_field(made)
+    if bad:
+        raise IntegrityError(f"tar entry {shown(entry.name)} has {bad} "
+                             f"{getattr(made, bad)!r}, which no file system holds; refused "
+                             f"(crafted or damaged)")
+    return made
+
+
+def unheld(mtime: float, uid: int, gid: int) -> str | None:
+    """What of a tar member's time and owner no file system holds (`mtime nan`), or None:
+    what a backup or import refuses before a catalogue line is made of it."""
+    if not _in_range(mtime):
+        return f"mtime {mtime!r}"
+    for name, value in (("uid", uid), ("gid", gid)):
+        if not 0 <= value <= MAX_INT:
+            return f"{name} {str(value)[:40]}"
+    return None
+
+
+def _in_range(mtime: float) -> bool:
+    return math.isfinite(mtime) and MTIME_RANGE[0] <= mtime <= MTIME_RANGE[1]
+
+
+def _text_ok(text: str) -> bool:
+    """Whether a name is one a tar header gives (undecodable bytes as surrogateescape)."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def invalid_field(entry: CatalogEntry) -> str | None:
+    """The first field of `entry` outside what a volume can hold, or None. The writer and
+    the reader apply the same check: a genuine snapshot always reads back."""
+    for name in ("uid", "gid", "size", "at", "data"):
+        if not 0 <= getattr(entry, name) <= MAX_INT:
+            return name
+    if not 0 <= entry.mode <= MAX_MODE:
+        return "mode"
+    if not _in_range(entry.mtime):
+        return "mtime"
+    if entry.sha256 is not None and not HEX64.fullmatch(entry.sha256):
+        return "sha256"
+    for name in ("path", "link"):
+        if not _text_ok(getattr(entry, name)):
+            return name
+    return None
 
 
 def record(walker: TarWalker, sink: Callable[[bytes], None]) -> None:
@@ -99,14 +164,16 @@ def parse_line(line: bytes, stream_bytes: int) -> CatalogEntry:
         value = data.get(name)
         if name == "sha256" and value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, kind) or (
-                isinstance(value, int) and value < 0):
+        if isinstance(value, bool) or not isinstance(value, kind):
             raise IntegrityError(f"catalogue line has an invalid {name}: {line[:80]!r}")
     entry = CatalogEntry(**{k: data[k] for k in _FIELDS})
+    bad = invalid_field(entry)
+    if bad:
+        raise IntegrityError(f"catalogue line has an invalid {bad}: {line[:80]!r}")
     path = entry.path
-    if (not path or "\x00" in path or path.startswith("/") or path != normal_name(path)
+    if (not path or path.startswith("/") or path != normal_name(path)
             or ".." in path.split("/") or entry.type not in KINDS
-            or "\x00" in entry.link or entry.data < entry.at + BLOCK
+            or entry.data < entry.at + BLOCK
             or entry.end > stream_bytes or (entry.size and entry.type != "file")):
         raise IntegrityError(f"catalogue line is not a valid entry: {line[:80]!r}")
     return entry

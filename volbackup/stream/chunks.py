@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import BinaryIO, Iterable, Iterator
 
 READ_CHUNK = 1 << 20
@@ -14,6 +15,24 @@ def read_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+class HashingReader:
+    """A reader that hashes (sha256) every byte read through it; `drain()` reads the rest,
+    so that bytes a decompressor left after its frame are hashed too."""
+
+    def __init__(self, reader: BinaryIO):
+        self._reader = reader
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        self.sha256.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(READ_CHUNK):
+            pass
 
 
 def split_lines(pieces: Iterable[bytes], max_line: int) -> Iterator[bytes]:

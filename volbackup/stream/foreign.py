@@ -27,6 +27,7 @@ from typing import BinaryIO, Callable, Iterator
 import zstandard
 
 from volbackup.errors import InputRefused, IntegrityError
+from volbackup.stream import catalog
 from volbackup.stream.archive import MAX_TAIL, OUTPUT_CHUNK
 from volbackup.stream.chunks import READ_CHUNK
 from volbackup.stream.tarstream import BLOCK, TarWalker, shown
@@ -272,6 +273,10 @@ def _members(source: _TarSource, strip: int, seen: Normalised,
                     f"tar member {shown(member.name)} is a hard link to "
                     f"{shown(member.linkname)}, which --strip-components {strip} removes")
             member.linkname = "./" + target
+        unheld = catalog.unheld(member.mtime, member.uid, member.gid)
+        if unheld:  # tarfile would fail to write it again (a NaN), or no reader would take it
+            raise InputRefused(f"tar member {shown(member.name)} has {unheld}, which no file "
+                               f"system holds (the input is crafted or damaged)")
         member.name = "./" + name if name else "./"
         member.pax_headers = {k: v for k, v in member.pax_headers.items()
                               if k not in _STALE_PAX and not k.startswith(_SPARSE_PAX)}

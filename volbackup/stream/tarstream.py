@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
 import tarfile
 from dataclasses import dataclass, field, replace
@@ -240,6 +241,11 @@ class TarWalker:
         # offset of its data, the entry, sha256 hex of its data or None). The catalogue.
         self.on_entry: Callable[[int, int, Entry, str | None], None] | None = None
         self._current_at = (0, 0)
+        # The oldest and newest mtimes of entries other than symlinks, with an entry of
+        # each (its name): what a restore through
+        # an extractor that cannot set every time must warn of (volbackup.ops.restore).
+        self.oldest: tuple[float, str] = (math.inf, "")
+        self.newest: tuple[float, str] = (-math.inf, "")
 
     @property
     def settled(self) -> int:
@@ -325,6 +331,11 @@ class TarWalker:
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
                       mtime=mtime, size=size, linkname=link, pax=pax,
                       device=info.device)
+        if info.type != tarfile.SYMTYPE:  # an extractor sets a symlink's time another way
+            if mtime < self.oldest[0]:
+                self.oldest = (mtime, name)
+            if mtime > self.newest[0]:
+                self.newest = (mtime, name)
         self.entries += 1
         if self.first is None and self._keep_first:
             self.first = entry

@@ -170,11 +170,11 @@ class Backend(ABC):
         with self.open_read(key) as reader:
             if limit is None:
                 return reader.read()
-            data = b""
-            while len(data) <= limit:
-                piece = reader.read(limit + 1 - len(data))
+            data = bytearray()
+            while len(data) <= limit:  # in pieces: a read of `limit` bytes allocates them
+                piece = reader.read(min(limit + 1 - len(data), 1 << 20))
                 if not piece:
-                    return data
+                    return bytes(data)
                 data += piece
         raise BadEntry(f"{key} in repository {self.describe()} is larger than {limit:,} "
                        f"bytes, too large for a manifest or lock")
