@@ -217,7 +217,7 @@ def filter_tar(pieces: Iterable[bytes], matcher: Matcher,
     if not matcher:
         yield from pieces
         return
-    walker = TarWalker(keep_first=False)
+    walker = TarWalker(keep_first=False, unique=False)  # the packer's walker checks
     drops: list[list] = []   # [start, end, insert] of excluded or replaced members not passed
     relinked: dict[str, str] = {}  # left-out first name -> the kept name that holds the data
 
@@ -269,7 +269,7 @@ def _relink(link: Entry, relinked: dict[str, str], refetch: Refetch | None):
 
 def _file_again(link: Entry, target: str, refetch: Refetch) -> Iterator[bytes]:
     """The member of the regular file `target` (read again) under the link's name."""
-    walker = TarWalker(keep_first=False)
+    walker = TarWalker(keep_first=False, unique=False)  # one file
     found: list[tuple[int, Entry]] = []
 
     def on_member(start: int, data_at: int, entry: Entry) -> None:

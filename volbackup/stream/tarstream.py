@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from volbackup.errors import IntegrityError, VolbackupError
+from volbackup.stream.names import NameSet
 
 BLOCK = 512
 _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
@@ -205,9 +206,12 @@ def parse_pax(data: bytes) -> dict[str, str]:
 class TarWalker:
     """Feed it the bytes of a tar stream in any chunking; `finish()` raises if incomplete."""
 
-    def __init__(self, keep_first: bool = True, digest: bool = False):
-        """`digest=True` also records, per entry, what `entry_digest` describes."""
+    def __init__(self, keep_first: bool = True, digest: bool = False, unique: bool = True):
+        """`digest=True` also records, per entry, what `entry_digest` describes.
+        `unique=False` skips the check that no name comes twice, for a stream that
+        another walker checks (it costs a NameSet of every name)."""
         self.digests: dict[str, tuple] | None = {} if digest else None
+        self._names: NameSet | None = NameSet() if unique else None
         self._data_left = 0         # member data bytes (without padding) still to come
         self._hasher = None         # sha256 of the current member's data, when digesting
         self._current: Entry | None = None
@@ -227,7 +231,7 @@ class TarWalker:
         self._zero_blocks = 0
         self.ended = False
         self.end_marker_at: int | None = None  # stream offset where the end marker starts
-        self._symlinks: set[str] = set()  # normalised names of the symlink members so far
+        self._symlinks = NameSet()  # normalised names of the symlink members so far
         self._dirs: list[tuple[str, Entry]] = []  # the directory entries above this point
         self.relinks: list[tuple[Entry, Entry | None]] = []  # see metadata_tar
         self._capabilities: dict[str, str] = {}  # file name -> its security.capability
@@ -322,6 +326,10 @@ class TarWalker:
             self._check_safe(name, info.type, link)
             name = pax[_SPARSE_NAME]
         self._check_safe(name, info.type, link)
+        if self._names is not None and not self._names.add(_key(name)):
+            raise IntegrityError(
+                f"tar member {shown(name)} has the name of an earlier member; refused (a "
+                f"volume cannot hold it twice: the archive is crafted or damaged)")
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
                       mtime=mtime, size=size, linkname=link, pax=pax,
                       device=info.device)
@@ -357,7 +365,8 @@ class TarWalker:
         as it was (`-> /etc/passwd` and `-> ../x` are normal), only never followed.
 
         Memory: the normalised names of the symlink members seen (hard links to them
-        count as symlinks too), about 90 bytes plus the name per symlink; nothing else.
+        count as symlinks too), in a NameSet (bounded: spilled to disk beyond
+        names.MEMORY_NAMES); nothing else.
         """
         problem = _unsafe(name) if name[:1] == "/" or ".." in name else None
         if problem:
