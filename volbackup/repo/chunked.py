@@ -96,7 +96,9 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
     IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
     the chunker's, when not the config's (an encrypted repository's comes from its key).
     `on_walker` is shown the walker that checks the stream (the catalogue listens)."""
-    walker = TarWalker()
+    # Names are not checked for repeats here: what is packed is a volume's stream, or a
+    # stream whose names were checked (an unpacker's, import's), each name once.
+    walker = TarWalker(unique=False)
     on_walker(walker)
     tar_sha256 = hashlib.sha256()
     listing = HashingWriter(list_out)

@@ -232,6 +232,7 @@ class TarWalker:
         self.ended = False
         self.end_marker_at: int | None = None  # stream offset where the end marker starts
         self._symlinks = NameSet()  # normalised names of the symlink members so far
+        self._any_symlink = False   # (a NameSet's len() is a Python call: this is not)
         self._dirs: list[tuple[str, Entry]] = []  # the directory entries above this point
         self.relinks: list[tuple[Entry, Entry | None]] = []  # see metadata_tar
         self._capabilities: dict[str, str] = {}  # file name -> its security.capability
@@ -372,9 +373,9 @@ class TarWalker:
         if problem:
             raise IntegrityError(f"tar member {shown(name)} {problem}; refused (a volume "
                                  f"cannot hold it: the archive is crafted or damaged)")
-        key = _key(name) if self._symlinks or type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE) \
+        key = _key(name) if self._any_symlink or type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE) \
             else None
-        if self._symlinks and key:
+        if self._any_symlink and key:
             under = self._under_symlink(key)
             if under is not None:
                 raise IntegrityError(
@@ -383,7 +384,7 @@ class TarWalker:
         if type_ == tarfile.LNKTYPE:
             problem = _unsafe(link)
             target = _key(link)
-            under = self._under_symlink(target) if self._symlinks and not problem else None
+            under = self._under_symlink(target) if self._any_symlink and not problem else None
             if under is not None:
                 problem = f"lies under the symlink member {shown(under)}"
             if problem:
@@ -391,10 +392,11 @@ class TarWalker:
                     f"tar member {shown(name)} is a hard link to {shown(link)}, which "
                     f"{problem}; refused (a volume cannot hold it: the archive is crafted "
                     f"or damaged)")
-            if target in self._symlinks:
+            if self._any_symlink and target in self._symlinks:
                 self._symlinks.add(key)  # a hard link to a symlink is that symlink again
         elif type_ == tarfile.SYMTYPE:
             self._symlinks.add(key)
+            self._any_symlink = True
 
     def _under_symlink(self, key: str) -> str | None:
         """The earlier symlink member that is a proper ancestor of `key`, if any."""
@@ -470,7 +472,7 @@ class TarWalker:
         for link, parent in self.relinks:
             key, target = _key(link.name), _key(link.linkname)
             for name in (key, target):
-                under = self._under_symlink(name) if self._symlinks else None
+                under = self._under_symlink(name) if self._any_symlink else None
                 if name in self._symlinks or under is not None:
                     raise IntegrityError(
                         f"tar member {shown(link.name)} is a hard link whose name or target "
