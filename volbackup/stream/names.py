@@ -6,7 +6,7 @@ prepare names that collide): up to `memory` of them in a Python set (about 90 by
 each), beyond that in a SQLite table in a private temporary file, which SQLite deletes
 when the set is closed (or the process ends), read through a page cache of at most
 CACHE_KIB. A Bloom filter of BLOOM_BITS (1 MiB) over the spilled digests spares most
-lookups on disk (with a million names on disk, about 1 in 30 new names is looked up).
+lookups on disk (with a million names on disk, about 1 in 40 new names is looked up).
 Exact up to a digest collision (2^-128 per pair of names).
 """
 
