@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import zstandard
@@ -122,6 +123,9 @@ def check_field(value: object) -> bool:
                               and chunks >= 0)
 
 
+AHEAD = 4  # catalogue pieces (1 MiB each) fetched ahead of the reader
+
+
 def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
                 what: str) -> Iterator[bytes]:
     """The catalogue's bytes, checked against the manifest's `catalog` field."""
@@ -150,10 +154,27 @@ def _chunked_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
     pieces = list(iter_list(io.BytesIO(listing)))
     if len(pieces) != field["chunks"] or sum(n for _, n in pieces) != field["bytes"]:
         raise IntegrityError(f"catalogue list {key} does not match the manifest's counts")
-    with ThreadPoolExecutor(4, thread_name_prefix="volbackup-catalog") as pool:
-        for data, _ in pool.map(lambda item: store.get(*item), pieces):
+    # At most AHEAD pieces fetched and not yet read: pool.map would fetch them all at once,
+    # and a reader slower than the fetchers (verify parses every line) would hold the
+    # whole catalogue, about 150 bytes per member (issue 23).
+    with ThreadPoolExecutor(AHEAD, thread_name_prefix="volbackup-catalog") as pool:
+        ahead: deque[Future] = deque()
+
+        def take() -> bytes:
+            data, _ = ahead.popleft().result()
             plain.update(data)
-            yield data
+            return data
+
+        try:
+            for item in pieces:
+                ahead.append(pool.submit(store.get, *item))
+                if len(ahead) >= AHEAD:
+                    yield take()
+            while ahead:
+                yield take()
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def _archive_pieces(reader, field: dict, plain) -> Iterator[bytes]:
