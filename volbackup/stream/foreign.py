@@ -16,7 +16,7 @@ members that would land outside the volume, exactly as for a stored archive. A n
 comes twice (after --strip-components) is refused too: restore would refuse it.
 
 Memory is flat in the number of members: tarfile's list of the members read is emptied
-as it goes (it keeps every TarInfo, about 500 bytes each, for random access we never
+as it goes (it keeps every TarInfo, about 480 bytes each, for random access we never
 use), and the names seen are a NameSet (bounded, spilled to disk).
 """
 
