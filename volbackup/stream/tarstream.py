@@ -4,7 +4,8 @@ It never buffers member data: it reads each header, skips the member's data by i
 size, and insists on the end-of-archive marker. That is what tells a complete tar
 from one the engine cut short (the engine may end its HTTP stream cleanly even
 when the tar inside it is broken). It refuses members that would land outside the
-directory they are extracted into (docs/format.md), before their bytes are passed on.
+directory they are extracted into (docs/format.md), and a name that comes twice, before
+their bytes are passed on.
 It also keeps the first member, which in our archives is the volume root `./`, and what
 the engine's extractor must be given again afterwards (`TarWalker.metadata_tar`).
 """
