@@ -161,6 +161,15 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def remove_volumes(client: docker.DockerClient, *names: str) -> None:
+    """Remove the benchmark's volumes that exist (after a failure, some may not)."""
+    for name in names:
+        try:
+            client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
 def shell(script: str, what: str) -> float:
     return timed(["bash", "-o", "pipefail", "-c", script], what)[0]
 

@@ -20,7 +20,7 @@ import secrets
 import tempfile
 
 import docker
-from benchrun import StepFailed, timed, volbackup_cmd
+from benchrun import StepFailed, remove_volumes, timed, volbackup_cmd
 
 FILE_MIB = 64
 
@@ -67,11 +67,7 @@ def round_trip(mib: int, client, repo: str) -> dict:
         return {"mib": mib, "backup_rss_mib": round(b_rss, 1), "restore_rss_mib": round(r_rss, 1),
                 "backup_mib_s": round(mib / b_sec, 1), "restore_mib_s": round(mib / r_sec, 1)}
     finally:
-        for vol in (name, name + "-r"):
-            try:
-                client.volumes.get(vol).remove(force=True)
-            except docker.errors.NotFound:
-                pass
+        remove_volumes(client, name, name + "-r")
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
-"""Crafted archives: members that would land outside the volume are refused (exit 6) by
-`verify` and by `restore` on both paths, before any of it is left in a volume.
+"""Crafted archives: members that would land outside the volume, and names that come twice
+(issue 23: a symlink then a file of the same name restored differently by the two paths),
+are refused (exit 6) by `verify` and by `restore` on both paths, before any of it is left
+in a volume.
 
 Each archive is put into a repository with a valid manifest and sha256, as another tenant
 of a bucket could write it: only the tar inside is bad. Nothing may appear in a directory
@@ -28,9 +30,10 @@ from volbackup.timefmt import utc_iso
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 # The cases run through the CLI on both paths (the unit tests cover every case).
 CASES = ["dotdot", "absolute", "pax-path", "sparse-name", "under-symlink", "dir-after-symlink",
-         "hardlink-absolute", "hardlink-under-symlink", "hardlink-to-symlink"]
+         "hardlink-absolute", "hardlink-under-symlink", "hardlink-to-symlink",
+         "repeated-name", "repeated-dir", "repeated-root"]
 # The tar checks are one for both layouts: a chunked repository runs a few through restore.
-CHUNKED_CASES = ["dotdot", "under-symlink", "hardlink-to-symlink"]
+CHUNKED_CASES = ["dotdot", "under-symlink", "hardlink-to-symlink", "repeated-name"]
 LAYOUTS = ["archive", "chunked"]
 
 

@@ -237,6 +237,12 @@ def _junk(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]:
                             capture_output=True, check=True).stdout
     case("dotdot", dotdot, [], "'..'")
     case("strip-everything", good.read_bytes(), ["--strip-components", "3"], "leaves nothing")
+    appended = tmp_path / "appended.tar"   # `tar -r` of a changed file: its name twice
+    subprocess.run(["tar", "-C", str(src), "-cf", str(appended), "./f"], check=True)
+    (src / "f").write_bytes(b"changed\n")
+    subprocess.run(["tar", "-C", str(src), "-rf", str(appended), "./f"], check=True)
+    case("repeated-name", appended.read_bytes(), [],
+         "tar member './f' has the name of an earlier member")
     two = tmp_path / "two" / "backup"
     for volume in ("app_data", "db_data"):
         (two / volume).mkdir(parents=True)

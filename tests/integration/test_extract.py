@@ -115,7 +115,8 @@ def test_crafted_snapshots_write_nothing_outside(case, layout, cli, repo_dir, ou
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "repo"]
 
 
-@pytest.mark.parametrize("case", ["dotdot", "under-symlink", "hardlink-to-symlink"])
+@pytest.mark.parametrize("case", ["dotdot", "under-symlink", "hardlink-to-symlink",
+                                  "repeated-name"])
 def test_a_part_of_a_crafted_snapshot_is_refused_before_the_directory_is_made(
         case, layout, cli, repo_dir, outside, names, tmp_path):
     """Without a catalogue the snapshot is catalogued by reading it, checked: the bad

@@ -114,7 +114,12 @@ def crafted(outside: str = "/tmp/vbtest-outside",
         "deep-under-symlink": ([link, (_info("./link/sub/", tarfile.DIRTYPE, 0o755), b""),
                                 (_info("./link/sub/pwned"), b"x")], "./link/sub"),
         "dir-after-symlink": ([link, (_info("./link/", tarfile.DIRTYPE, 0o755), b""),
-                               (_info("./link/pwned"), b"x")], "./link/pwned"),
+                               (_info("./link/pwned"), b"x")], "./link"),  # a repeated name
+        # one name twice: the direct path kept the symlink, the engine the file (issue 23)
+        "repeated-name": ([link, (_info("./link"), b"x")], "./link"),
+        "repeated-dir": ([(_info("./d/", tarfile.DIRTYPE, 0o755), b""), hello,
+                          (_info("d", tarfile.DIRTYPE, 0o700), b"")], "d"),
+        "repeated-root": ([hello, (_info(".", tarfile.DIRTYPE, 0o700), b"")], "."),
         "hardlink-absolute": ([(_info("./h", tarfile.LNKTYPE, linkname="/etc/passwd"), b"")],
                               "./h"),
         "hardlink-dotdot": ([(_info("./h", tarfile.LNKTYPE, linkname="./../x"), b"")], "./h"),

@@ -368,3 +368,27 @@ def test_an_archive_catalogue_is_decompressed_no_further_than_the_manifest_says(
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, peak
+
+
+def test_a_chunked_catalogue_is_fetched_at_most_a_few_pieces_ahead(tmp_path, monkeypatch):
+    """Issue 23: the pieces were all fetched at once (pool.map), so a reader slower than
+    the fetchers (verify parses every line) held the whole catalogue in memory."""
+    import threading
+    from volbackup.repo import catalogs
+    monkeypatch.setattr(catalogs, "PIECE", 512)          # many pieces from a small volume
+    repo = chunked_repo(tmp_path / "repo")
+    manifest = backup(repo, make_tar([_member(f"./f{i:04d}") for i in range(200)]))
+    assert manifest.catalog["chunks"] > 20
+    fetched, idle = [], threading.Event()
+    get = repo.chunk_store.get
+
+    def counting_get(*args, **kwargs):
+        fetched.append(args[0])
+        return get(*args, **kwargs)
+
+    monkeypatch.setattr(repo.chunk_store, "get", counting_get)
+    entries = repo.catalog(manifest)
+    next(entries)
+    idle.wait(1.0)  # let the fetchers run as far as they may (a hang guard, not a bound)
+    assert len(fetched) <= 5, len(fetched)  # catalogs.AHEAD (4) and no more
+    assert 1 + len(list(entries)) == 200 and len(fetched) == manifest.catalog["chunks"]

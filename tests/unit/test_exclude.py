@@ -4,11 +4,14 @@ filter that drops excluded members from a stream before it is packed."""
 from __future__ import annotations
 
 import copy
+import random
+import re
 import io
 import tarfile
 
 import pytest
 
+from tests.conftest import deadline
 from tests.unit.tars import chunked, corpus_members, make_tar, _info
 from volbackup.errors import BadPattern, IntegrityError
 from volbackup.stream.exclude import Matcher, filter_tar, parse_patterns, split_label
@@ -269,3 +272,87 @@ def test_sparse_files_are_dropped_whole(tmp_path):
                           check=True).stdout
     assert sorted(names_after(data, ["sparse"])) == [".", "after"]
     assert sorted(names_after(data, ["after"])) == [".", "sparse"]
+
+
+# Matching cost: the patterns of issue 23 that backtracked for minutes with a regex
+# made of nested `[^/]*` and `(?:[^/]+/)*`. The deadline is a hang guard only.
+SLOW_BEFORE = [
+    ("*.*.*.*.*.*.*.*.tmp", "a." * 101 + "x", False),        # 203 characters
+    ("*.*.*.*.*.*.*.*.tmp", "a." * 101 + "tmp", True),
+    ("**/**/**/**/**/**/**/**/x", "/".join(["d"] * 60) + "/y", False),
+    ("**/**/**/**/**/**/**/**/x", "/".join(["d"] * 60) + "/x", True),
+    ("a/**/b/**/c/**/d/**/e/**/f", "a/" + "b/c/d/e/" * 15 + "g", False),
+    ("a/**/b/**/c/**/d/**/e/**/f", "a/" + "b/c/d/e/" * 15 + "f", True),
+    ("*a*a*a*a*a*a*a*a*b", "a" * 300, False),
+    ("*a?*a?*a?*a?*[!a]", "a" * 300, False),
+]
+
+
+@pytest.mark.parametrize("pattern,path,excluded", SLOW_BEFORE)
+def test_patterns_that_backtracked_finish(pattern, path, excluded):
+    matcher = Matcher([pattern])
+    with deadline(10):
+        for _ in range(20):
+            assert matcher.excludes(path) is excluded
+            assert matcher.excludes(path + "/under/it") is excluded
+
+
+def _reference(pattern: str) -> str:
+    """The regex of the matcher before issue 23 (the semantics to keep), for fullmatch
+    on the path and each directory above it."""
+    body = pattern.strip("/")
+    parts = body.split("/")
+    anchored = pattern.startswith("/") or len(parts) > 1
+    out, sep = ("" if anchored else "(?:.*/)?"), ""
+    for i, part in enumerate(parts):
+        if part == "**":
+            out += sep + ("[^/]+(?:/[^/]+)*" if i == len(parts) - 1 else "(?:[^/]+/)*")
+            sep = ""
+        else:
+            glob = re.sub(r"\*+", "*", part)
+            piece = ""
+            for c in re.findall(r"\[!?[^\]]*\]|.", glob):
+                if c == "*":
+                    piece += "[^/]*"
+                elif c == "?":
+                    piece += "[^/]"
+                elif c.startswith("[") and len(c) > 1:
+                    piece += ("[^/" + c[2:-1] + "]") if c[1] == "!" else "(?!/)" + c
+                else:
+                    piece += re.escape(c)
+            out += sep + piece
+            sep = "/"
+    return out
+
+
+def _reference_excludes(pattern: str, path: str) -> bool:
+    regex = re.compile(_reference(pattern), re.DOTALL)
+    path = normal_name(path)
+    if path == ".":
+        return False
+    ends = [i for i, c in enumerate(path) if c == "/"] + [len(path)]
+    return any(regex.fullmatch(path, 0, end) for end in ends)
+
+
+def test_same_decisions_as_the_matcher_before_issue_23():
+    """Random patterns and paths over a small alphabet (so that the old regex, which is
+    exponential, stays quick on them): the new matcher decides as the old one."""
+    rng = random.Random(23)
+    globs = ["a", "b", "*", "?", "a*", "*b", "*a*", "[ab]", "[!a]", "a?b", "**", "*.*", "."]
+    names = ["a", "b", "ab", "ba", "aab", "a.b", "b.a.b", "..a", "x"]
+    checked = 0
+    for _ in range(3000):
+        parts = [rng.choice(globs) for _ in range(rng.randint(1, 4))]
+        if any(p == "." for p in parts):
+            continue
+        pattern = ("/" if rng.random() < 0.2 else "") + "/".join(parts)
+        matcher = Matcher([pattern])
+        for _ in range(6):
+            path = "/".join(rng.choice(names) for _ in range(rng.randint(1, 6)))
+            assert matcher.excludes(path) is _reference_excludes(pattern, path), \
+                (pattern, path)
+            checked += 1
+    assert checked > 10000
+    for pattern, path, excluded in TABLE:  # the reference is the old matcher
+        if "[" not in pattern:  # (it knows the classes of the alphabet above only)
+            assert _reference_excludes(pattern, path) is excluded, (pattern, path)

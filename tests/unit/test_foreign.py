@@ -9,6 +9,7 @@ import lzma
 import os
 import subprocess
 import tarfile
+import tracemalloc
 
 import pytest
 import zstandard
@@ -228,3 +229,55 @@ def _dir(name: str) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE
     return info, b""
+
+
+def test_a_name_twice_is_refused():
+    """A symlink, then a file of the same name: restore would refuse the snapshot."""
+    source = [_dir("./"), _member("./s", tarfile.SYMTYPE, "/etc"), _member("./s"),
+              _member("./t")]
+    with pytest.raises(InputRefused, match=r"tar member '\./s' has the name of an earlier"):
+        run(make_tar(source))
+    source = [_dir("./"), _dir("./d/"), _member("./d/x"), _dir("d")]   # `d/` and `d`: one name
+    with pytest.raises(InputRefused, match="tar member 'd' has the name of an earlier") as e:
+        run(make_tar(source))
+    assert e.value.exit_code == 16
+
+
+def test_strip_components_making_two_names_one_is_refused():
+    source = [_dir("top/"), _dir("top/a/"), _member("top/a/x"), _member("top/b/a/x")]
+    with pytest.raises(InputRefused, match=r"'top/b/x' has the name of an earlier member "
+                                           r"\(after --strip-components 2: 'x'\)"):
+        run(make_tar(source[:3] + [_member("top/b/x")]), strip=2)
+    members, _, _, _ = run(make_tar(source), strip=1)   # a/x and b/a/x: two names
+    assert [m.name for m in members] == [".", "./a", "./a/x", "./b/a/x"]
+
+
+def _peak_import(data: bytes) -> int:
+    """tracemalloc's peak while `data` is normalised (the output thrown away)."""
+    reader = io.BytesIO(data)
+    tracemalloc.start()
+    try:
+        for _ in normalised(reader):
+            pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_import_memory_does_not_grow_with_the_members(monkeypatch):
+    """Issue 23: tarfile kept every member read (about 500 bytes each). With the name
+    check's memory bound made small, 10x the members may cost no more than a little."""
+    from volbackup.stream import names
+    monkeypatch.setattr(names, "MEMORY_NAMES", 256)
+
+    big = tarfile.TarInfo("./big")  # so that both fill the read buffers
+    big.size = 3 << 20
+
+    def tiny_files(count: int) -> bytes:
+        return make_tar([_dir("./"), (big, bytes(big.size))]
+                        + [_member(f"./d{i % 10}/f{i}") for i in range(count)],
+                        tarfile.GNU_FORMAT)
+
+    small, large = tiny_files(500), tiny_files(5_000)
+    grown = _peak_import(large) - _peak_import(small)
+    assert grown < 256 << 10, f"{grown} bytes more for 4,500 more members"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import tracemalloc
 
 import pytest
 
@@ -28,8 +29,8 @@ TAR = make_tar(corpus_members())
 SMALL_TAR = make_tar(corpus_members(big=False))
 
 
-def walk(data: bytes, how: int | str = 512, finish: bool = True) -> TarWalker:
-    walker = TarWalker()
+def walk(data: bytes, how: int | str = 512, finish: bool = True, **options) -> TarWalker:
+    walker = TarWalker(**options)
     for piece in chunked(data, how):
         walker.feed(piece)
     if finish:
@@ -466,7 +467,9 @@ def test_a_hard_link_made_a_symlink_later_is_refused():
     """A name is in a real archive once; re-making a link that was replaced by a symlink
     would write through it."""
     members = SETUID_LINKS + [(_member("./bin", tarfile.SYMTYPE, linkname="/etc"), b"")]
-    walker = walk(make_tar(members))
+    with pytest.raises(IntegrityError, match="'./bin' has the name of an earlier member"):
+        walk(make_tar(members))
+    walker = walk(make_tar(members), unique=False)  # and when names are not checked:
     with pytest.raises(IntegrityError, match="became a symlink later"):
         walker.metadata_tar("data")
 
@@ -528,3 +531,54 @@ def test_extended_headers_below_the_bound_are_fine():
     info = tarfile.TarInfo("./f")
     info.pax_headers = {"SCHILY.xattr.user.big": "x" * 65536}
     assert walk(make_tar([(info, b"")])).first.pax["SCHILY.xattr.user.big"] == "x" * 65536
+
+
+# -- a name that comes twice (issue 23): a volume holds each once, and the two paths of
+# restore would not agree on which one wins
+
+
+def test_a_hard_link_after_its_file_and_the_root_once_are_fine():
+    members = [(_member("./", tarfile.DIRTYPE), b""), (_member("./f"), b"x"),
+               (_member("./g", tarfile.LNKTYPE, linkname="./f"), b""),
+               (_member("./d/", tarfile.DIRTYPE), b""), (_member("./d/f"), b"y")]
+    assert walk(make_tar(members)).entries == 5
+
+
+def test_a_repeated_name_is_found_past_the_memory_bound(monkeypatch):
+    from volbackup.stream import names
+    monkeypatch.setattr(names, "MEMORY_NAMES", 64)
+    files = [(_member("./", tarfile.DIRTYPE), b"")] + [
+        (_member(f"./d{i % 7}/f{i}"), b"") for i in range(600)]
+    walker = walk(make_tar(files))
+    assert walker._names.spilled > 500
+    with pytest.raises(IntegrityError, match=r"tar member 'd3/f10/' has the name of an earlier"):
+        walk(make_tar(files + [(_member("d3/f10/"), b"")]))  # `./d3/f10` again
+
+
+def test_walker_memory_does_not_grow_with_members_or_symlinks(monkeypatch):
+    """Issue 23: state per member only where bounded. 10x the files and symlinks may cost
+    no more than a little (the name sets are bounded to 256 names here)."""
+    from volbackup.stream import names
+    monkeypatch.setattr(names, "MEMORY_NAMES", 256)
+
+    def tar(count: int) -> bytes:
+        return make_tar([(_member("./", tarfile.DIRTYPE), b"")] + [
+            (_member(f"./d{i % 10}/entry-{i:06d}", *(
+                (tarfile.SYMTYPE, 0o777, "../target") if i % 2 else ())), b"")
+            for i in range(count)], tarfile.GNU_FORMAT)
+
+    def peak(data: bytes) -> int:
+        pieces = chunked(data, 65536)
+        tracemalloc.start()
+        try:
+            walker = TarWalker()
+            for piece in pieces:
+                walker.feed(piece)
+            walker.finish()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = tar(1_000), tar(10_000)
+    grown = peak(large) - peak(small)
+    assert grown < 64 << 10, f"{grown} bytes more for 9,000 more members"

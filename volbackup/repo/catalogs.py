@@ -20,7 +20,7 @@ import zstandard
 
 from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
-from volbackup.repo.chunked import READERS, KnownChunks, fetch_ahead, listed
+from volbackup.repo.chunked import KnownChunks, fetch_ahead, listed
 from volbackup.repo.chunkstore import ChunkStore
 from volbackup.stream import catalog
 from volbackup.stream.catalog import CatalogEntry
@@ -124,6 +124,9 @@ def check_field(value: object) -> bool:
                               and chunks <= value["bytes"])  # no piece is empty
 
 
+AHEAD = 4  # catalogue pieces (1 MiB each) fetched ahead of the reader
+
+
 def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
                 what: str) -> Iterator[bytes]:
     """The catalogue's bytes, checked against the manifest's `catalog` field."""
@@ -151,7 +154,7 @@ def _chunked_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
     for _ in listed(lambda: backend.open_read(key), *expected):
         pass
     for data, _ in fetch_ahead(store, listed(lambda: backend.open_read(key), *expected),
-                               READERS):
+                               AHEAD):
         plain.update(data)
         yield data
 

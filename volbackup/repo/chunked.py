@@ -121,7 +121,9 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
     `check_existing` (copy into a plain repository): a chunk the store holds already is
     read back and checked once, and written again if it is not what its name says; a
     backup trusts the names it lists (docs/security.md says what that lets a writer do)."""
-    walker = TarWalker()
+    # Names are not checked for repeats here: what is packed is a volume's stream, or a
+    # stream whose names were checked (an unpacker's, import's), each name once.
+    walker = TarWalker(unique=False)
     on_walker(walker)
     tar_sha256 = hashlib.sha256()
     listing = HashingWriter(list_out)

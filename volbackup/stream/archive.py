@@ -77,7 +77,9 @@ def pack(tar_chunks: Iterable[bytes], out: BinaryIO, level: int = 3,
          on_walker: Callable[[TarWalker], None] = lambda walker: None) -> Packed:
     """Compress a tar stream into `out`; raise IntegrityError if the tar is incomplete.
     `on_walker` is shown the walker that checks the stream (the catalogue listens)."""
-    walker = TarWalker()
+    # Names are not checked for repeats here: what is packed is a volume's stream, or a
+    # stream whose names were checked (an unpacker's, import's), each name once.
+    walker = TarWalker(unique=False)
     on_walker(walker)
     sink = HashingWriter(out)
     kept = 0

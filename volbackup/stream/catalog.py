@@ -199,7 +199,7 @@ def split_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
 def walk(tar_pieces: Iterable[bytes]) -> Iterator[CatalogEntry]:
     """The catalogue of a tar stream, made by reading it (snapshots written before
     catalogues existed); the stream must be a checked one (an unpacker's)."""
-    walker = TarWalker(keep_first=False)
+    walker = TarWalker(keep_first=False, unique=False)  # checked: see above
     found: list[CatalogEntry] = []
     walker.on_entry = lambda at, data_at, e, content: found.append(
         entry_of(at, data_at, e, content))

@@ -43,11 +43,18 @@ def split_label(value: str) -> list[str]:
 
 
 class Matcher:
-    """Decides whether a member of a volume's tar stream is left out."""
+    """Decides whether a member of a volume's tar stream is left out.
+
+    All patterns are one regular expression, matched once from the start of a path: it
+    succeeds when a pattern matches the path up to a `/` or its end (the path, or a
+    directory above it). The expression never backtracks over more than one choice
+    (see `_compile`), so matching costs at most about (path length) x (pattern length)
+    steps, whatever the pattern: none has to be refused for being slow.
+    """
 
     def __init__(self, patterns: Iterable[str]):
         self.patterns = parse_patterns(patterns)
-        regexes = [_compile(p) for p in self.patterns]
+        regexes = [_compile(p, f"p{i}_") for i, p in enumerate(self.patterns)]
         self._regex = re.compile("|".join(f"(?:{r})" for r in regexes), re.DOTALL) \
             if regexes else None
 
@@ -62,17 +69,37 @@ class Matcher:
         path = normal_name(name)
         if path == ".":
             return False
-        match = self._regex.fullmatch
-        slash = path.find("/")
-        while slash >= 0:
-            if match(path, 0, slash):
-                return True
-            slash = path.find("/", slash + 1)
-        return match(path) is not None
+        return self._regex.match(path) is not None
 
 
-def _compile(pattern: str) -> str:
-    """The regular expression (for re.fullmatch on a relative path) of one pattern."""
+_END = "(?![^/])"          # at the end of a component: a `/` or the end of the path
+_COMPONENTS = "(?:[^/]+/)*?"  # a `**`: any number of components, fewest first
+
+
+class _Atomic:
+    """`(?>x)` for Python 3.10 too: a lookahead is never backtracked into, and the
+    backreference then consumes what it matched. Names are unique per expression."""
+
+    def __init__(self, tag: str):
+        self.tag, self.count = tag, 0
+
+    def __call__(self, body: str) -> str:
+        self.count += 1
+        name = f"{self.tag}{self.count}"
+        return f"(?=(?P<{name}>{body}))(?P={name})"
+
+
+def _compile(pattern: str, tag: str = "p_") -> str:
+    """The regular expression of one pattern, for `re.match` on a relative path: it
+    matches a prefix of the path that ends at a `/` or the end when the pattern
+    matches that prefix (docs/user-guide.md, "Leaving paths out").
+
+    Linear by construction: a component glob is matched atomically (it can match a
+    whole component in one way only; its stars in the classic greedy way, each middle
+    piece at its leftmost place); a `**` is tried with the fewest components first,
+    atomically with the components after it (their leftmost place is always the best,
+    as for a star within a component). Consecutive `**` are one. So nothing is retried
+    but the component where the next piece starts."""
     def bad(why: str) -> BadPattern:
         return BadPattern(f"exclude pattern {shown(pattern)} {why}")
 
@@ -91,16 +118,12 @@ def _compile(pattern: str) -> str:
             raise bad(f"has a '{part}' component (patterns are relative to the volume root)")
         if not part:
             raise bad("has an empty component ('//')")
-    anchored = pattern.startswith("/") or len(parts) > 1
-    out = "" if anchored else "(?:.*/)?"
-    sep = ""
-    for i, part in enumerate(parts):
-        if part == "**":
-            out += sep + ("[^/]+(?:/[^/]+)*" if i == len(parts) - 1 else "(?:[^/]+/)*")
-            sep = ""
-        else:
-            out += sep + _component(part, bad)
-            sep = "/"
+    atomic = _Atomic(tag)
+    if not (pattern.startswith("/") or len(parts) > 1):  # one component, at any depth
+        glob = "[^/]+" + _END if parts[0] == "**" else _component(parts[0], bad, atomic)
+        out = "(?:[^/]*/)*?" + glob
+    else:
+        out = _anchored(parts, bad, atomic)
     try:
         re.compile(out)
     except re.error as e:
@@ -108,18 +131,35 @@ def _compile(pattern: str) -> str:
     return out
 
 
-def _component(part: str, bad) -> str:
-    """One path component's glob as a regex that never matches `/`."""
-    out, i, n = [], 0, len(part)
+def _anchored(parts: list[str], bad, atomic: _Atomic) -> str:
+    """An anchored pattern's components: runs of globs between `**` components."""
+    runs: list[list[str]] = [[]]
+    for part in parts:
+        if part != "**":
+            runs[-1].append(_component(part, bad, atomic))
+        elif runs[-1] or len(runs) == 1:
+            runs.append([])  # `**/**` is `**`
+    out = ["/".join(runs[0])] if runs[0] else []
+    for run in runs[1:]:  # each after a `**`; an empty one is a final `**`
+        out.append(atomic(_COMPONENTS + "/".join(run)) if run else "[^/]+" + _END)
+    return "/".join(out)
+
+
+def _component(part: str, bad, atomic: _Atomic) -> str:
+    """One path component's glob as a regex that matches a whole component (never a
+    `/`) in at most one way: pieces between stars are placed leftmost, the last one
+    at the end."""
+    pieces: list[str] = [""]   # the fixed-length pieces, split at stars
+    i, n = 0, len(part)
     while i < n:
         c = part[i]
         i += 1
         if c == "*":
             while i < n and part[i] == "*":  # `a**b` is `a*b`: only a whole `**` is special
                 i += 1
-            out.append("[^/]*")
+            pieces.append("")
         elif c == "?":
-            out.append("[^/]")
+            pieces[-1] += "[^/]"
         elif c == "[":
             j = i
             if j < n and part[j] in "!^":
@@ -128,7 +168,7 @@ def _component(part: str, bad) -> str:
                 j += 1
             j = part.find("]", j)
             if j < 0:
-                out.append(re.escape(c))  # no closing `]`: a plain `[`
+                pieces[-1] += re.escape(c)  # no closing `]`: a plain `[`
                 continue
             content, i = part[i:j], j + 1
             negate = content[:1] in ("!", "^")
@@ -143,10 +183,13 @@ def _component(part: str, bad) -> str:
                 re.compile(f"[{body}]")
             except re.error:
                 raise bad(f"has an invalid character class [{content}]") from None
-            out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
+            pieces[-1] += f"[^/{body}]" if negate else f"(?!/)[{body}]"
         else:
-            out.append(re.escape(c))
-    return "".join(out)
+            pieces[-1] += re.escape(c)
+    if len(pieces) == 1:
+        return pieces[0] + _END
+    middle = "".join(atomic("[^/]*?" + piece) for piece in pieces[1:-1])
+    return atomic(pieces[0] + middle + "[^/]*" + pieces[-1] + _END)
 
 
 Refetch = Callable[[str], AbstractContextManager[Iterable[bytes]]]
@@ -174,7 +217,7 @@ def filter_tar(pieces: Iterable[bytes], matcher: Matcher,
     if not matcher:
         yield from pieces
         return
-    walker = TarWalker(keep_first=False)
+    walker = TarWalker(keep_first=False, unique=False)  # the packer's walker checks
     drops: list[list] = []   # [start, end, insert] of excluded or replaced members not passed
     relinked: dict[str, str] = {}  # left-out first name -> the kept name that holds the data
 
@@ -226,7 +269,7 @@ def _relink(link: Entry, relinked: dict[str, str], refetch: Refetch | None):
 
 def _file_again(link: Entry, target: str, refetch: Refetch) -> Iterator[bytes]:
     """The member of the regular file `target` (read again) under the link's name."""
-    walker = TarWalker(keep_first=False)
+    walker = TarWalker(keep_first=False, unique=False)  # one file
     found: list[tuple[int, Entry]] = []
 
     def on_member(start: int, data_at: int, entry: Entry) -> None:

@@ -12,7 +12,12 @@ stream mode; each member is written again as a PAX header (so xattrs, long names
 sub-second times survive) followed by its data, copied in pieces. The input's own bytes
 pass a TarWalker too: it insists on the end-of-archive marker (tarfile stops at the first
 zero block and would take a tar cut at a member boundary for a whole one) and refuses
-members that would land outside the volume, exactly as for a stored archive.
+members that would land outside the volume, exactly as for a stored archive. A name that
+comes twice (after --strip-components) is refused too: restore would refuse it.
+
+Memory is flat in the number of members: tarfile's list of the members read is emptied
+as it goes (it keeps every TarInfo, about 480 bytes each, for random access we never
+use), and the names seen are a NameSet (bounded, spilled to disk).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from volbackup.errors import InputRefused, IntegrityError
 from volbackup.stream import catalog
 from volbackup.stream.archive import MAX_TAIL, OUTPUT_CHUNK
 from volbackup.stream.chunks import READ_CHUNK
+from volbackup.stream.names import NameSet
 from volbackup.stream.tarstream import BLOCK, TarWalker, shown
 from volbackup.stream.zstdframe import FrameWalker
 
@@ -183,7 +189,7 @@ class _TarSource:
 
     def __init__(self, pieces: Iterator[bytes]):
         self._pieces, self._pending = pieces, b""
-        self.walker = TarWalker(keep_first=False)
+        self.walker = TarWalker(keep_first=False, unique=False)  # _members checks names
 
     def read(self, size: int = -1) -> bytes:
         if not self._pending:
@@ -250,7 +256,9 @@ def _members(source: _TarSource, strip: int, seen: Normalised,
     tar = tarfile.open(fileobj=source, mode="r|", errors="surrogateescape")
     root_done = False
     root_from: str | None = None  # the input's name of the member that became the root
+    names = NameSet()
     while (member := tar.next()) is not None:
+        tar.members.clear()  # tarfile keeps them all otherwise (memory per member)
         seen.members += 1
         name = _stripped(member.name, strip)
         if name is None or (name == "" and not member.isdir()):
@@ -266,6 +274,8 @@ def _members(source: _TarSource, strip: int, seen: Normalised,
                 seen.root_added = True
                 seen.kept += 1
                 yield _header(_root(now()))
+        if name and not names.add(name):
+            _repeated(member.name, name, strip)
         if member.islnk():
             target = _stripped(member.linkname, strip)
             if not target:
@@ -291,6 +301,15 @@ def _members(source: _TarSource, strip: int, seen: Normalised,
                 if seen.members else "it holds no members")
         raise InputRefused(f"the input has nothing to import: {what}")
     yield bytes(2 * BLOCK)
+
+
+def _repeated(name: str, stripped: str, strip: int) -> None:
+    """Refuse a member whose name an earlier member had (a snapshot holds each once)."""
+    how = f" (after --strip-components {strip}: {shown(stripped)})" if strip else ""
+    raise InputRefused(
+        f"tar member {shown(name)} has the name of an earlier member{how}; refused (a "
+        f"volume cannot hold it twice: the input is crafted or damaged, or holds several "
+        f"trees)")
 
 
 def _second_root(name: str, root_from: str | None, strip: int) -> None:

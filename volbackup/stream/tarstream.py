@@ -4,7 +4,8 @@ It never buffers member data: it reads each header, skips the member's data by i
 size, and insists on the end-of-archive marker. That is what tells a complete tar
 from one the engine cut short (the engine may end its HTTP stream cleanly even
 when the tar inside it is broken). It refuses members that would land outside the
-directory they are extracted into (docs/format.md), before their bytes are passed on.
+directory they are extracted into (docs/format.md), and a name that comes twice, before
+their bytes are passed on.
 It also keeps the first member, which in our archives is the volume root `./`, and what
 the engine's extractor must be given again afterwards (`TarWalker.metadata_tar`).
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from volbackup.errors import IntegrityError, VolbackupError
+from volbackup.stream.names import NameSet
 
 BLOCK = 512
 _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
@@ -206,9 +208,12 @@ def parse_pax(data: bytes) -> dict[str, str]:
 class TarWalker:
     """Feed it the bytes of a tar stream in any chunking; `finish()` raises if incomplete."""
 
-    def __init__(self, keep_first: bool = True, digest: bool = False):
-        """`digest=True` also records, per entry, what `entry_digest` describes."""
+    def __init__(self, keep_first: bool = True, digest: bool = False, unique: bool = True):
+        """`digest=True` also records, per entry, what `entry_digest` describes.
+        `unique=False` skips the check that no name comes twice, for a stream that
+        another walker checks (it costs a NameSet of every name)."""
         self.digests: dict[str, tuple] | None = {} if digest else None
+        self._names: NameSet | None = NameSet() if unique else None
         self._data_left = 0         # member data bytes (without padding) still to come
         self._hasher = None         # sha256 of the current member's data, when digesting
         self._current: Entry | None = None
@@ -228,7 +233,8 @@ class TarWalker:
         self._zero_blocks = 0
         self.ended = False
         self.end_marker_at: int | None = None  # stream offset where the end marker starts
-        self._symlinks: set[str] = set()  # normalised names of the symlink members so far
+        self._symlinks = NameSet()  # normalised names of the symlink members so far
+        self._any_symlink = False   # (a NameSet's len() is a Python call: this is not)
         self._dirs: list[tuple[str, Entry]] = []  # the directory entries above this point
         self.relinks: list[tuple[Entry, Entry | None]] = []  # see metadata_tar
         self._capabilities: dict[str, str] = {}  # file name -> its security.capability
@@ -328,6 +334,10 @@ class TarWalker:
             self._check_safe(name, info.type, link)
             name = pax[_SPARSE_NAME]
         self._check_safe(name, info.type, link)
+        if self._names is not None and not self._names.add(_key(name)):
+            raise IntegrityError(
+                f"tar member {shown(name)} has the name of an earlier member; refused (a "
+                f"volume cannot hold it twice: the archive is crafted or damaged)")
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
                       mtime=mtime, size=size, linkname=link, pax=pax,
                       device=info.device)
@@ -368,15 +378,16 @@ class TarWalker:
         as it was (`-> /etc/passwd` and `-> ../x` are normal), only never followed.
 
         Memory: the normalised names of the symlink members seen (hard links to them
-        count as symlinks too), about 90 bytes plus the name per symlink; nothing else.
+        count as symlinks too), in a NameSet (bounded: spilled to disk beyond
+        names.MEMORY_NAMES); nothing else.
         """
         problem = _unsafe(name) if name[:1] == "/" or ".." in name else None
         if problem:
             raise IntegrityError(f"tar member {shown(name)} {problem}; refused (a volume "
                                  f"cannot hold it: the archive is crafted or damaged)")
-        key = _key(name) if self._symlinks or type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE) \
+        key = _key(name) if self._any_symlink or type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE) \
             else None
-        if self._symlinks and key:
+        if self._any_symlink and key:
             under = self._under_symlink(key)
             if under is not None:
                 raise IntegrityError(
@@ -385,7 +396,7 @@ class TarWalker:
         if type_ == tarfile.LNKTYPE:
             problem = _unsafe(link)
             target = _key(link)
-            under = self._under_symlink(target) if self._symlinks and not problem else None
+            under = self._under_symlink(target) if self._any_symlink and not problem else None
             if under is not None:
                 problem = f"lies under the symlink member {shown(under)}"
             if problem:
@@ -393,10 +404,11 @@ class TarWalker:
                     f"tar member {shown(name)} is a hard link to {shown(link)}, which "
                     f"{problem}; refused (a volume cannot hold it: the archive is crafted "
                     f"or damaged)")
-            if target in self._symlinks:
+            if self._any_symlink and target in self._symlinks:
                 self._symlinks.add(key)  # a hard link to a symlink is that symlink again
         elif type_ == tarfile.SYMTYPE:
             self._symlinks.add(key)
+            self._any_symlink = True
 
     def _under_symlink(self, key: str) -> str | None:
         """The earlier symlink member that is a proper ancestor of `key`, if any."""
@@ -472,7 +484,7 @@ class TarWalker:
         for link, parent in self.relinks:
             key, target = _key(link.name), _key(link.linkname)
             for name in (key, target):
-                under = self._under_symlink(name) if self._symlinks else None
+                under = self._under_symlink(name) if self._any_symlink else None
                 if name in self._symlinks or under is not None:
                     raise IntegrityError(
                         f"tar member {shown(link.name)} is a hard link whose name or target "
