@@ -1,9 +1,11 @@
 """S3 on moto's server on 127.0.0.1 (real HTTP), one bucket per test; needs no Docker engine.
 
 The fixtures are imported by tests/backends/conftest.py and tests/integration/conftest.py.
-Both share one server per test process (the env variables point at one endpoint only); in a
-parallel run, one server for all workers (tests/shared_services.py): moto in a process of its
-own, started by the first worker that needs it, stopped by the controller at the end.
+Both share one server per test process (the env variables point at one endpoint only). In a
+parallel run each worker has its own too, unlike RGW (tests/shared_services.py): tests change
+moto's global state (its IAM users and whether it checks credentials, test_s3_cli), which
+one server shared by the workers would leak into the other workers' tests; and moto in one
+process would serve every worker's requests on one core.
 """
 
 from __future__ import annotations
@@ -11,12 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import subprocess
-import sys
 
 import pytest
-
-from tests.shared_services import shared_dir, shared_service
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "vbtest-access-key", "AWS_SECRET_ACCESS_KEY": "vbtest-secret-key",
           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "3"}
@@ -24,44 +22,18 @@ BUCKET_PREFIX = f"vbtest-{secrets.token_hex(3)}-"
 
 _shared: dict = {"users": 0}
 
-# moto's server in a process of its own, for every worker of a parallel run: its port on
-# the first line of stdout, then it serves until it is sent SIGTERM.
-_SERVE = """
-import logging, signal, sys
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-signal.sigwait([signal.SIGTERM, signal.SIGINT])
-server.stop()
-"""
-
-
-def _start_for_workers() -> dict:
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    port = proc.stdout.readline().strip()
-    if not port.isdigit():
-        proc.kill()
-        pytest.fail("moto's server did not start for the workers")
-    return {"endpoint": f"http://127.0.0.1:{port}", "pid": proc.pid}
-
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """Start moto's ThreadedMotoServer; point this process and its children at it."""
     if not _shared["users"]:
-        if shared_dir():
-            server, endpoint = None, shared_service("moto", _start_for_workers)["endpoint"]
-        else:
-            from moto.server import ThreadedMotoServer
+        from moto.server import ThreadedMotoServer
 
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            server.start()
-            host, port = server.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
         saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
         os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
         os.environ.pop("AWS_PROFILE", None)
@@ -77,8 +49,7 @@ def s3_endpoint():
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-            if _shared["server"] is not None:  # a parallel run's is stopped by the controller
-                _shared["server"].stop()
+            _shared["server"].stop()
 
 
 @pytest.fixture

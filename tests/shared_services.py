@@ -27,8 +27,8 @@ def shared_dir() -> str | None:
 
 def shared_service(name: str, start: Callable[[], dict]) -> dict:
     """The record of the run's server `name`, starting it with `start()` if no worker has.
-    `start` returns what the workers need (JSON) and how to stop it: "pid" (a process to
-    end) and/or "rgw_dir" (a tests/ceph_rgw.sh directory)."""
+    `start` returns what the workers need (JSON) and how to stop it: "rgw_dir" (a
+    tests/ceph_rgw.sh directory) and/or "pid" (a process to end)."""
     directory = Path(shared_dir())
     with open(directory / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

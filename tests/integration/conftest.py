@@ -8,6 +8,7 @@ removed after each test, also when it fails, so the suite can run twice in a row
 from __future__ import annotations
 
 import os
+import re
 import secrets
 
 import docker
@@ -156,10 +157,26 @@ def run_container(client, names):
     return run
 
 
-def _left_behind(name: str, labels: dict) -> bool:
-    """A helper of this test process, or of a process that has ended (not of a live run).
+_SESSION_PREFIX = re.compile(r"vbtest-[0-9a-f]{6}-")
+
+
+def _of_another_session(container: dict) -> bool:
+    """A helper that serves only volumes (or names only targets) of another test session:
+    another worker of a parallel run, or another run of the suite on this engine. Its tests
+    may leave it on purpose (a run killed with SIGKILL) and judge it themselves."""
+    names = [container["Names"][0]] + [m.get("Name") or "" for m in container.get("Mounts") or []]
+    sessions = {p for name in names for p in _SESSION_PREFIX.findall(name)}
+    return bool(sessions) and PREFIX not in sessions
+
+
+def _left_behind(container: dict) -> bool:
+    """A helper of this test process, or of a process that has ended (not of a live run),
+    unless it belongs to another test session.
     A claim a test made for a target of another test session is that session's to judge."""
+    name, labels = container["Names"][0], container["Labels"]
     if TEST_LABEL in labels and PREFIX not in name:
+        return False
+    if _of_another_session(container):
         return False
     try:
         pid = int(labels.get(PID_LABEL, ""))
@@ -178,7 +195,7 @@ def no_helpers_left(client):
     """Every test must end with no helper container left behind."""
     yield
     left = [c for c in client.api.containers(all=True, filters={"label": HELPER_LABEL})
-            if _left_behind(c["Names"][0], c["Labels"])]
+            if _left_behind(c)]
     for container in left:
         try:
             client.api.remove_container(container["Id"], force=True)
