@@ -33,6 +33,7 @@ def pytest_configure(config):
     config.stash[_SHARED_DIR] = shared
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """For pytest-xdist's `--dist loadgroup`: the integration tests of a module that use a
     module- or class-scoped fixture of ours (a volume filled once, a second engine) go to
