@@ -42,7 +42,9 @@ def test_a_newer_format_version_asks_for_an_upgrade():
         RepoConfig.from_json(config_json(format_version=3), "config")
 
 
-@pytest.mark.parametrize("raw, words", [
+# Random seeds and ids inside: explicit ids keep the test names the same in every process
+# (pytest-xdist's workers must collect the same names).
+JUNK = [
     (b"{not json", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
     (b"[" * 100_000, "not valid JSON"),
@@ -67,7 +69,10 @@ def test_a_newer_format_version_asks_for_an_upgrade():
     (config_json(compression="lz4"), "compression 'lz4'"),
     (config_json(id=5), "invalid id"),
     (config_json(id="../x"), "invalid id"),
-])
+]
+
+
+@pytest.mark.parametrize("raw, words", JUNK, ids=[f"{i}-{words}" for i, (_, words) in enumerate(JUNK)])
 def test_junk_configs_are_refused(raw, words):
     with pytest.raises(RepositoryError) as caught:
         RepoConfig.from_json(raw, "config of repository X")
