@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ def shared_dir() -> str | None:
 def shared_service(name: str, start: Callable[[], dict]) -> dict:
     """The record of the run's server `name`, starting it with `start()` if no worker has.
     `start` returns what the workers need (JSON) and how to stop it: "rgw_dir" (a
-    tests/ceph_rgw.sh directory) and/or "pid" (a process to end)."""
+    tests/ceph_rgw.sh directory)."""
     directory = Path(shared_dir())
     with open(directory / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -49,8 +48,3 @@ def stop_shared_services(directory: str) -> None:
 
             subprocess.run(["bash", str(SCRIPT), "stop", started["rgw_dir"]], timeout=120,
                            check=False)
-        if started.get("pid"):
-            try:
-                os.kill(started["pid"], signal.SIGTERM)
-            except ProcessLookupError:
-                pass
