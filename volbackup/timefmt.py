@@ -4,12 +4,25 @@ and of sizes in messages."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def utc_iso(t: datetime, timespec: str = "seconds") -> str:
     """A UTC time as ISO 8601 with `Z`, the form of every time volbackup writes."""
     return t.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def parse_duration(value) -> float | None:
+    """`90`, `"90s"`, `"5m"`, `"1.5h"`, `"2d"` -> seconds (a job's lock_wait, --lock-wait);
+    None for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    return float(match[1]) * _UNITS[match[2]] if match else None
 
 
 def human_bytes(n: int) -> str:

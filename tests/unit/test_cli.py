@@ -11,7 +11,7 @@ from pyrage import x25519
 from tests.conftest import umask
 
 from volbackup import __version__
-from volbackup.cli import cli as root
+from volbackup.cli import COMMAND_MODULES, all_commands
 from volbackup.cli import main
 
 
@@ -114,12 +114,14 @@ def test_version(capsys):
     assert code == 0 and __version__ in out
 
 
-@pytest.mark.parametrize("name", sorted(root.commands))
+@pytest.mark.parametrize("name", sorted(COMMAND_MODULES))
 def test_every_command_has_help_with_text(capsys, name):
     code, out, _ = run(capsys, name, "--help")
     assert code == 0
-    assert root.commands[name].help and len(root.commands[name].help) > 20
-    if any(getattr(p, "name", "") == "repo" for p in root.commands[name].params):
+    command = all_commands()[name]
+    assert command.name == name, f"{name!r} is {command.name!r} in its module"
+    assert command.help and len(command.help) > 20
+    if any(getattr(p, "name", "") == "repo" for p in command.params):
         assert "--repo" in out
 
 

@@ -6,6 +6,7 @@ exceptions: this module maps every VolbackupError to its one-line message and ex
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -14,20 +15,7 @@ import click
 from click.utils import PacifyFlushWrapper
 
 from volbackup import __version__
-from volbackup.cli import backup as backup_cmd
-from volbackup.cli import browse as browse_cmd
-from volbackup.cli import cleanup as cleanup_cmd
-from volbackup.cli import doctor as doctor_cmd
-from volbackup.cli import copy as copy_cmd
-from volbackup.cli import extract as extract_cmd
-from volbackup.cli import init as init_cmd
-from volbackup.cli import migrate as migrate_cmd
-from volbackup.cli import prune as prune_cmd
 from volbackup.cli import render
-from volbackup.cli import restore as restore_cmd
-from volbackup.cli import run as run_cmd
-from volbackup.cli import snapshots as snapshots_cmd
-from volbackup.cli import transfer as transfer_cmd
 from volbackup.cli.progress import quiet_option
 from volbackup.errors import USAGE_EXIT_CODE, Interrupted, VolbackupError
 from volbackup.malloc import use_one_arena
@@ -35,7 +23,39 @@ from volbackup.signals import Terminated, handled
 from volbackup.urls import scrub
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each command's module, imported only when that command runs (or help lists them all): a
+# `volbackup list` need not load the engine's client, nor `--version` anything.
+COMMAND_MODULES = {
+    "init": "init:init", "backup": "backup:backup", "restore": "restore:restore",
+    "migrate": "migrate:migrate", "list": "snapshots:list_cmd", "show": "snapshots:show",
+    "verify": "snapshots:verify", "cleanup": "cleanup:cleanup", "prune": "prune:prune",
+    "unlock": "prune:unlock", "run": "run:run", "export": "transfer:export",
+    "import": "transfer:import_", "doctor": "doctor:doctor", "copy": "copy:copy",
+    "ls": "browse:ls_cmd", "dump": "browse:dump", "diff": "browse:diff",
+    "extract": "extract:extract",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported by name when asked for (COMMAND_MODULES)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx, cmd_name: str) -> click.Command | None:
+        where = COMMAND_MODULES.get(cmd_name)
+        if where is None:
+            return None
+        module_name, attribute = where.split(":")
+        return getattr(importlib.import_module(f"volbackup.cli.{module_name}"), attribute)
+
+
+def all_commands() -> dict[str, click.Command]:
+    """Every command by name, each module imported (for docs checks and help)."""
+    return {name: cli.get_command(None, name) for name in cli.list_commands(None)}
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Print a traceback with errors.")
 @quiet_option
 @click.version_option(__version__, prog_name="volbackup")
@@ -45,18 +65,6 @@ def cli(debug: bool) -> None:
     Exit codes: 0 ok, 1 failure, 2 usage, 3 some volumes failed; docs/exit-codes.md
     lists them all.
     """
-
-
-cli.add_command(init_cmd.init)
-cli.add_command(backup_cmd.backup)
-cli.add_command(restore_cmd.restore)
-cli.add_command(migrate_cmd.migrate)
-for command in (snapshots_cmd.list_cmd, snapshots_cmd.show, snapshots_cmd.verify,
-                cleanup_cmd.cleanup, prune_cmd.prune, prune_cmd.unlock, run_cmd.run,
-                transfer_cmd.export, transfer_cmd.import_, doctor_cmd.doctor,
-                copy_cmd.copy, browse_cmd.ls_cmd, browse_cmd.dump, browse_cmd.diff,
-                extract_cmd.extract):
-    cli.add_command(command)
 
 
 PIPE_CLOSED_EXIT_CODE = 141

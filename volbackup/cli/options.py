@@ -7,7 +7,7 @@ import functools
 import click
 
 from volbackup.errors import BadPattern
-from volbackup.runner.config import parse_duration
+from volbackup.timefmt import parse_duration
 from volbackup.stream.exclude import parse_patterns
 
 

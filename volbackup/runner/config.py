@@ -38,6 +38,7 @@ from volbackup.ops.select import Selection
 from volbackup.repo.manifest import VOLUME_NAME
 from volbackup.repo.retention import PERIODS, Rules
 from volbackup.stream.exclude import parse_patterns
+from volbackup.timefmt import parse_duration
 from volbackup.urls import scrub
 
 if sys.version_info >= (3, 11):
@@ -45,8 +46,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
             "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct",
@@ -77,13 +76,6 @@ class Job:
     copy_to: str | None = None   # a second repository: the snapshots made are copied there
     copy_to_key_file: str | None = None  # its key, if it is encrypted (copy --to-key-file)
     exclude_paths: list[str] = field(default_factory=list)  # as backup --exclude-path
-
-
-def parse_duration(value) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-    return float(match[1]) * _UNITS[match[2]] if match else None
 
 
 class _Where:
