@@ -331,10 +331,11 @@ class TarWalker:
         if size < 0:
             raise IntegrityError(f"negative size for tar entry {name!r}")
         if _SPARSE_NAME in pax:  # GNU tar, Go and Python's tarfile extract it under this name
-            self._check_safe(name, info.type, link)
+            self._check_safe(name, _key(name), info.type, link)
             name = pax[_SPARSE_NAME]
-        self._check_safe(name, info.type, link)
-        if self._names is not None and not self._names.add(_key(name)):
+        key = _key(name)
+        self._check_safe(name, key, info.type, link)
+        if self._names is not None and not self._names.add(key):
             raise IntegrityError(
                 f"tar member {shown(name)} has the name of an earlier member; refused (a "
                 f"volume cannot hold it twice: the archive is crafted or damaged)")
@@ -367,8 +368,9 @@ class TarWalker:
             if not self._data_left:
                 self._record_digest()
 
-    def _check_safe(self, name: str, type_: bytes, link: str) -> None:
-        """Refuse a member that would be written outside the directory it is extracted into.
+    def _check_safe(self, name: str, key: str, type_: bytes, link: str) -> None:
+        """Refuse a member that would be written outside the directory it is extracted into
+        (`key`: its name normalised by `_key`, which the caller needs too).
 
         A real volume cannot produce one: its names are relative, without `..`, and its
         directories are directories. So a member that is absolute, has a `..` component,
@@ -385,8 +387,6 @@ class TarWalker:
         if problem:
             raise IntegrityError(f"tar member {shown(name)} {problem}; refused (a volume "
                                  f"cannot hold it: the archive is crafted or damaged)")
-        key = _key(name) if self._any_symlink or type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE) \
-            else None
         if self._any_symlink and key:
             under = self._under_symlink(key)
             if under is not None:
