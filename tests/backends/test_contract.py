@@ -15,10 +15,12 @@ import pytest
 
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends import (
+    MAX_RANGE,
     MAX_SMALL_BLOB,
     BadEntry,
     BlobNotFound,
     LocalBackend,
+    RangeBeyondEnd,
     RetryBackend,
     open_backend,
 )
@@ -173,7 +175,8 @@ class TestContract:
         with pytest.raises(ValueError):
             with backend.open_write(key) as writer:
                 writer.write(b"escaped")
-        for call in (backend.open_read, backend.stat, backend.delete):
+        for call in (backend.open_read, backend.stat, backend.delete,
+                     lambda k: backend.read_range(k, 0, 1)):
             with pytest.raises(ValueError):
                 result = call(key)
                 if hasattr(result, "__enter__"):
@@ -209,3 +212,64 @@ class TestContract:
         except ValueError:
             return   # refusing such keys would be fine too
         assert key in keys(backend)
+
+    # -- read_range: one blob out of a pack, never fewer bytes than asked for
+
+    @pytest.mark.parametrize("offset, length", [
+        (0, 10_000), (0, 1), (9_999, 1), (1234, 5000), (9_998, 2), (4096, 4096)])
+    def test_read_range_returns_exactly_the_range(self, backend, offset, length):
+        data = random.Random(7).randbytes(10_000)
+        backend.write_bytes("packs/ab/pack", data)
+        got = backend.read_range("packs/ab/pack", offset, length)
+        assert type(got) is bytes and got == data[offset:offset + length]
+
+    def test_a_large_range_across_an_upload_part_boundary(self, backend):
+        """5 MiB from 4 MiB into a 9 MiB blob written in pieces (on S3: multipart, its
+        first part 8 MiB, so the range spans two parts)."""
+        data = random.Random(8).randbytes(9 * 1024 * 1024 + 17)
+        with backend.open_write("packs/cd/big") as writer:
+            for pos in range(0, len(data), 1 << 20):
+                writer.write(data[pos:pos + (1 << 20)])
+        offset, length = 4 * 1024 * 1024 - 5, 5 * 1024 * 1024   # ends past 8 MiB
+        got = backend.read_range("packs/cd/big", offset, length)
+        assert len(got) == length and got == data[offset:offset + length]
+        tail = backend.read_range("packs/cd/big", len(data) - 17, 17)
+        assert tail == data[-17:]
+
+    @pytest.mark.parametrize("offset, length", [(90, 11), (0, 101), (99, 2), (0, MAX_RANGE)])
+    def test_a_range_crossing_the_end_is_an_error_not_fewer_bytes(self, backend, offset, length):
+        backend.write_bytes("packs/ab/short", b"x" * 100)
+        with pytest.raises(RangeBeyondEnd) as caught:
+            backend.read_range("packs/ab/short", offset, length)
+        message = str(caught.value)
+        assert "packs/ab/short" in message and f"bytes {offset:,}-{offset + length - 1:,}" in message
+        assert "holds only 100 bytes" in message and "\n" not in message
+        assert isinstance(caught.value, RepositoryError) and caught.value.exit_code == 5
+
+    @pytest.mark.parametrize("size, offset", [(100, 100), (100, 101), (100, 10 ** 12), (0, 0)])
+    def test_a_range_starting_past_the_end_is_an_error(self, backend, size, offset):
+        backend.write_bytes("packs/ab/p", b"y" * size)
+        with pytest.raises(RangeBeyondEnd, match=f"packs/ab/p .*bytes {offset:,}-{offset + 9:,} "
+                                                 r"\(10 bytes\) are past its end"):
+            backend.read_range("packs/ab/p", offset, 10)
+
+    @pytest.mark.parametrize("key", ["missing", "packs/none/x", "a/b"])
+    def test_read_range_of_a_missing_blob(self, backend, key):
+        backend.write_bytes("a", b"1")  # "a/b": a key below a blob
+        with pytest.raises(BlobNotFound, match="missing|not a directory"):
+            backend.read_range(key, 0, 1)
+
+    @pytest.mark.parametrize("offset, length", [
+        (-1, 1), (0, 0), (5, 0), (0, -1), (0, MAX_RANGE + 1), (0.0, 1), (0, 1.0), (True, 1)])
+    def test_read_range_refuses_a_range_no_caller_may_ask_for(self, backend, offset, length):
+        """Programming errors, checked before the store is asked: ValueError even for a
+        missing blob, and never a RepositoryError (which would blame the repository)."""
+        backend.write_bytes("packs/ab/p", b"z" * 100)
+        for key in ("packs/ab/p", "missing"):
+            with pytest.raises(ValueError):
+                backend.read_range(key, offset, length)
+
+
+def test_the_range_bound_holds_the_largest_stored_chunk():
+    from volbackup.repo.chunkstore import MAX_STORED
+    assert MAX_STORED <= MAX_RANGE <= 64 << 20

@@ -17,7 +17,7 @@ import pytest
 from tests.backends.test_contract import Boom, keys
 from tests.conftest import deadline, umask
 from volbackup.errors import RepositoryError
-from volbackup.repo.backends import BadEntry, LocalBackend, open_backend
+from volbackup.repo.backends import BadEntry, BlobNotFound, LocalBackend, open_backend
 
 
 class TestLocal:
@@ -212,6 +212,25 @@ class TestLocalUntrusted:
             errors = {i.key: i.error for i in backend.list()}
         assert "FIFO" in errors["snapshots/v/fifo.json"]
         assert "character device" in errors["snapshots/v/null.json"]
+
+    def test_a_ranged_read_never_follows_a_symlink_or_opens_a_fifo_or_device(self, backend, tmp_path):
+        (backend.root / "packs" / "ab").mkdir(parents=True)
+        outside = tmp_path / "secret"
+        outside.write_bytes(b"precious" * 100)
+        os.symlink(outside, backend.root / "packs/ab/link")
+        os.symlink("/dev/zero", backend.root / "packs/ab/zero")
+        os.mkfifo(backend.root / "packs/ab/fifo")
+        os.mknod(backend.root / "packs/ab/null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        with deadline(5):
+            for name, kind in [("link", "a symlink"), ("zero", "a symlink"), ("fifo", "a FIFO"),
+                               ("null", "a character device")]:
+                with pytest.raises(BadEntry, match=f"packs/ab/{name} .* is {kind}"):
+                    backend.read_range(f"packs/ab/{name}", 0, 8)
+
+    def test_a_ranged_read_of_a_directory_is_a_missing_blob(self, backend):
+        (backend.root / "packs" / "ab" / "p").mkdir(parents=True)
+        with pytest.raises(BlobNotFound):
+            backend.read_range("packs/ab/p", 0, 1)
 
     def test_symlinked_directory_is_reported_never_followed(self, backend, tmp_path):
         outside = tmp_path / "outside"

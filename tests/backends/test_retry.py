@@ -9,7 +9,14 @@ from contextlib import contextmanager
 import pytest
 
 from volbackup.errors import RepositoryDenied, RepositoryError, RepositoryUnreachable
-from volbackup.repo.backends import Backend, BlobInfo, BlobNotFound, RetryBackend, TransientError
+from volbackup.repo.backends import (
+    Backend,
+    BlobInfo,
+    BlobNotFound,
+    RangeBeyondEnd,
+    RetryBackend,
+    TransientError,
+)
 from volbackup.repo.backends.base import Leftover, TempFile
 from volbackup.repo.backends.retry import MAX_BACKOFF, Retry, jittered
 
@@ -50,6 +57,10 @@ class Flaky(Backend):
     def stat(self, key):
         self._call("stat")
         return BlobInfo(key, 4)
+
+    def read_range(self, key, offset, length):
+        self._call("read_range")
+        return b"data"[offset:offset + length]
 
     def list(self, prefix=""):
         self._call("list")
@@ -110,6 +121,7 @@ VERBS = {
     "temp_files": (lambda b: b.temp_files(), [TEMP]),
     "remove_temp": (lambda b: b.remove_temp(TEMP), None),
     "read_bytes": (lambda b: b.read_bytes("k"), b"data"),
+    "read_range": (lambda b: b.read_range("k", 1, 2), b"at"),
     "write_bytes": (lambda b: b.write_bytes("k", b"data"), None),
     "open_read": (_open_and_read, b"data"),
 }
@@ -146,6 +158,7 @@ def test_always_failing_is_unreachable_after_the_attempts(verb):
 
 @pytest.mark.parametrize("error", [RepositoryDenied("access denied to fake://x"),
                                    BlobNotFound("k is missing"), RepositoryError("broken"),
+                                   RangeBeyondEnd("k holds only 3 bytes"),
                                    RepositoryUnreachable("gave up already"), ValueError("bad key")])
 @pytest.mark.parametrize("verb", VERBS)
 def test_other_errors_are_not_retried(verb, error):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.backends.test_contract import Boom, keys
 from volbackup.errors import RepositoryError
-from volbackup.repo.backends import open_backend
+from volbackup.repo.backends import RangeBeyondEnd, open_backend
 from volbackup.repo.backends.s3 import BASE_PART, part_size
 
 
@@ -137,12 +137,13 @@ SLOW_DOWN = (503, {"Content-Type": "application/xml"},
 def flaky_endpoint(monkeypatch):
     """A real HTTP endpoint on 127.0.0.1; `answer(method, path)` gives each response.
 
-    Yields a dict: `answer` (replace it), `requests` (method and path of each request).
+    Yields a dict: `answer` (replace it), `requests` (method and path of each request),
+    `headers` (the headers of each request).
     """
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    state: dict = {"requests": [], "answer": lambda method, path: SLOW_DOWN}
+    state: dict = {"requests": [], "headers": [], "answer": lambda method, path: SLOW_DOWN}
 
     class Handler(BaseHTTPRequestHandler):
         def _any(self):
@@ -154,6 +155,7 @@ def flaky_endpoint(monkeypatch):
             elif length:
                 self.rfile.read(length)
             state["requests"].append((self.command, self.path))
+            state["headers"].append(dict(self.headers))
             status, headers, body = state["answer"](self.command, self.path)
             self.send_response(status)
             for name, value in {"Content-Length": str(len(body)), **headers}.items():
@@ -204,6 +206,7 @@ def test_open_backend_wraps_s3_with_aws_max_attempts(flaky_endpoint):
 @pytest.mark.parametrize("verb, doing", [
     (lambda b: b.stat("k"), "reading k"),
     (lambda b: b.read_bytes("k"), "reading k"),
+    (lambda b: b.read_range("k", 0, 10), "reading bytes 0-9 of k"),
     (lambda b: list(b.list("snapshots/")), "listing"),
     (lambda b: b.check(writable=True), "checking the bucket"),
     (lambda b: b.delete("k"), "deleting k"),
@@ -296,3 +299,71 @@ def test_an_upload_aborted_while_leftovers_are_listed_is_no_error(any_s3_bucket,
     assert backend._with_size(unsized) == unsized   # the step of leftovers() after the listing
     assert backend.leftovers() == []
     backend.remove_leftover(left)  # gone already: not an error
+
+
+# -- read_range against stores that answer something else than the range asked for -------
+
+def test_a_ranged_read_sends_one_range_request_and_is_retried_whole(flaky_endpoint):
+    def answer(method, path):
+        if len(flaky_endpoint["requests"]) < 2:
+            return SLOW_DOWN
+        return 206, {"Content-Range": "bytes 10-19/1000", "ETag": '"abc"'}, b"0123456789"
+
+    flaky_endpoint["answer"] = answer
+    slept: list = []
+    assert flaky_backend(slept).read_range("packs/p", 10, 10) == b"0123456789"
+    assert [m for m, _ in flaky_endpoint["requests"]] == ["GET"] * 2 and slept == [1.0]
+    assert {h.get("Range") for h in flaky_endpoint["headers"]} == {"bytes=10-19"}
+
+
+@pytest.mark.parametrize("status, headers, body", [
+    (200, {}, b"x" * 1000),                                  # Range ignored: the whole object
+    (206, {"Content-Range": "bytes 0-9/1000"}, b"x" * 10),   # another range
+    (206, {"Content-Range": "bytes 10-29/1000"}, b"x" * 20),  # more than asked for
+    (206, {"Content-Range": "bytes 10-14/1000"}, b"x" * 5),  # fewer, though the object is longer
+    (206, {"Content-Range": "bytes 10-19/1000"}, b"x" * 5),  # a body shorter than its range says
+    (206, {}, b"x" * 10),                                    # no Content-Range at all
+], ids=["whole", "other", "more", "fewer", "body-short", "no-content-range"])
+def test_an_answer_for_another_range_is_refused_not_returned(flaky_endpoint, status, headers, body):
+    flaky_endpoint["answer"] = lambda method, path: (status, {"ETag": '"abc"', **headers}, body)
+    with pytest.raises(RepositoryError) as caught:
+        flaky_backend([]).read_range("packs/p", 10, 10)
+    message = str(caught.value)
+    assert type(caught.value) is RepositoryError and caught.value.exit_code == 5   # not retried
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+ answered a read of bytes 10-19 of packs/p in "
+                        r"s3://bucket/repo with .* bytes\): a store that does not honour Range", message)
+    assert len(flaky_endpoint["requests"]) == 1
+
+
+def test_a_body_cut_off_is_retried_then_unreachable(flaky_endpoint):
+    """The store promises 10 bytes and closes after 5: a broken body, tried again whole."""
+    flaky_endpoint["answer"] = lambda method, path: (
+        206, {"Content-Range": "bytes 10-19/1000", "Content-Length": "10"}, b"x" * 5)
+    slept: list = []
+    with pytest.raises(RepositoryError) as caught:
+        flaky_backend(slept).read_range("packs/p", 10, 10)
+    assert type(caught.value).__name__ == "RepositoryUnreachable", caught.value
+    assert "broke while reading bytes 10-19 of packs/p" in str(caught.value)
+    assert len(flaky_endpoint["requests"]) == 3 and slept == [1.0, 2.0]
+
+
+def test_416_says_how_long_the_object_is_and_is_not_retried(flaky_endpoint):
+    flaky_endpoint["answer"] = lambda method, path: (
+        416, {"Content-Range": "bytes */100", "Content-Type": "application/xml"},
+        b"<Error><Code>InvalidRange</Code><Message>The requested range is not satisfiable"
+        b"</Message></Error>")
+    slept: list = []
+    with pytest.raises(RangeBeyondEnd, match=r"^packs/p in repository s3://bucket/repo holds only "
+                                             r"100 bytes: bytes 200-209 \(10 bytes\) are past its end$"):
+        flaky_backend(slept).read_range("packs/p", 200, 10)
+    assert len(flaky_endpoint["requests"]) == 1 and slept == []
+
+
+@pytest.mark.parametrize("size", [0, 15])
+def test_a_whole_object_too_short_for_the_range_is_beyond_its_end(flaky_endpoint, size):
+    """A store that answers a range of a short object with 200 and the whole of it."""
+    flaky_endpoint["answer"] = lambda method, path: (200, {"ETag": '"abc"'}, b"x" * size)
+    with pytest.raises(RangeBeyondEnd, match=f"packs/p in repository s3://bucket/repo holds only "
+                                             f"{size} bytes: bytes 10-19"):
+        flaky_backend([]).read_range("packs/p", 10, 10)
+    assert len(flaky_endpoint["requests"]) == 1

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends.base import (
+    MAX_RANGE,
     MAX_SMALL_BLOB,
     Backend,
     BadEntry,
     BlobInfo,
     BlobNotFound,
     Leftover,
+    RangeBeyondEnd,
     TempFile,
     TransientError,
 )
@@ -17,6 +19,7 @@ from volbackup.repo.backends.local import LocalBackend
 from volbackup.repo.backends.retry import RetryBackend
 
 __all__ = [
+    "MAX_RANGE",
     "MAX_SMALL_BLOB",
     "Backend",
     "BadEntry",
@@ -24,6 +27,7 @@ __all__ = [
     "BlobNotFound",
     "Leftover",
     "LocalBackend",
+    "RangeBeyondEnd",
     "RetryBackend",
     "TempFile",
     "TransientError",

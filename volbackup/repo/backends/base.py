@@ -5,6 +5,7 @@ A blob opened for writing becomes visible (to `list`, `stat`, `open_read`) only 
 `with` block ends without an exception; an interrupted write leaves nothing visible.
 Retry, dry-run or logging belong in wrappers around a backend, not inside one: a backend
 marks a failure worth retrying by raising `TransientError`, and `retry.RetryBackend` retries.
+`read_range` reads a piece of a blob without the rest (one blob of a pack).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from volbackup.errors import RepositoryError, RepositoryUnreachable
 # manifest is a few KiB: labels and driver options).
 MAX_SMALL_BLOB = 1 << 20
 
+# The most one `read_range` returns. A range is one blob of a pack, or a pack's header: a
+# chunk is at most 16 MiB (config.MAX_CHUNK) and stored a little larger when it does not
+# compress or is sealed (chunkstore.MAX_STORED, about 17.2 MiB; a test keeps it below this).
+# A bound, so that a call holds at most this much, whatever an index entry says.
+MAX_RANGE = 32 << 20
+
 
 class BlobNotFound(RepositoryError):
     """The key does not exist in the backend."""
@@ -30,6 +37,11 @@ class BlobNotFound(RepositoryError):
 class BadEntry(RepositoryError):
     """The key exists but is nothing volbackup reads: a symlink, FIFO or device in a
     directory repository, or a blob larger than the reader's cap."""
+
+
+class RangeBeyondEnd(RepositoryError):
+    """The blob ends before the range asked for (an index entry pointing past a pack's end,
+    or a pack cut short): never answered with fewer bytes than asked for."""
 
 
 class TransientError(RepositoryUnreachable):
@@ -83,6 +95,26 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_range(offset: int, length: int) -> None:
+    """ValueError for a range no caller may ask for: a negative offset, an empty range, or
+    more than MAX_RANGE bytes. Those are bugs, not repository data: a caller checks an index
+    entry (length >= 1, at most its own bound) before it asks, and reports a bad one itself.
+    Length 0 is refused too, rather than answered with b"": no stored blob is empty, S3 has
+    no empty Range, and an empty answer is what a short read must never look like."""
+    if type(offset) is not int or type(length) is not int:
+        raise ValueError(f"a range needs whole numbers, not offset {offset!r}, length {length!r}")
+    if offset < 0 or not 1 <= length <= MAX_RANGE:
+        raise ValueError(f"invalid range: offset {offset}, length {length} (offset >= 0, "
+                         f"1 <= length <= {MAX_RANGE:,})")
+
+
+def beyond_end(key: str, where: str, offset: int, length: int, size: int | None) -> RangeBeyondEnd:
+    """The one-line error for a range past the blob's end; `size` if the store said it."""
+    holds = f"holds only {size:,} bytes" if size is not None else f"ends before byte {offset:,}"
+    return RangeBeyondEnd(f"{key} in repository {where} {holds}: bytes {offset:,}-"
+                          f"{offset + length - 1:,} ({length:,} bytes) are past its end")
+
+
 class Backend(ABC):
     @abstractmethod
     def describe(self) -> str:
@@ -99,6 +131,12 @@ class Backend(ABC):
     @abstractmethod
     def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
         """A reader of the blob's bytes; raises BlobNotFound."""
+
+    @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes of the blob from `offset`, read without the rest (one blob
+        out of a pack). Raises BlobNotFound; RangeBeyondEnd if the blob ends before
+        offset + length (never fewer bytes); ValueError for a range `check_range` refuses."""
 
     @abstractmethod
     def stat(self, key: str) -> BlobInfo:

@@ -1,8 +1,10 @@
-"""A wrapper that counts what is read from a backend: objects opened and bytes read.
+"""A wrapper that counts what is read from a backend: requests, objects read whole, bytes.
 
 For measurements and tests of partial reads (docs/performance.md, "Partial reads"): how
 many chunk objects a `dump` or a partial restore fetches is the point of a catalogue, and
-it does not depend on how fast the machine is. Every other verb passes through.
+it does not depend on how fast the machine is. With packs a blob is a ranged read of a
+pack, so requests (what S3 bills and waits for) and objects read whole are counted apart.
+Every other verb passes through.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import BinaryIO, Iterator
 
 
 class CountingBackend:
-    """Wraps `inner`; `objects` and `bytes` count reads by the key's first component
-    (`chunks`, `snapshots`, `config` ...); `reset()` starts again."""
+    """Wraps `inner`; counts reads by the key's first component (`chunks`, `snapshots`,
+    `config` ...): `requests` every read (open_read, read_bytes, read_range), `objects` the
+    objects read whole (open_read, read_bytes), `bytes` the bytes of all of them.
+    `reset()` starts again."""
 
     def __init__(self, inner):
         self.inner = inner
+        self.requests: Counter[str] = Counter()
         self.objects: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
 
@@ -25,18 +30,27 @@ class CountingBackend:
         return getattr(self.inner, name)
 
     def reset(self) -> None:
+        self.requests.clear()
         self.objects.clear()
         self.bytes.clear()
 
     def read_bytes(self, key: str, *args, **kwargs) -> bytes:
         data = self.inner.read_bytes(key, *args, **kwargs)
+        self.requests[_kind(key)] += 1
         self.objects[_kind(key)] += 1
+        self.bytes[_kind(key)] += len(data)
+        return data
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        data = self.inner.read_range(key, offset, length)
+        self.requests[_kind(key)] += 1
         self.bytes[_kind(key)] += len(data)
         return data
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[BinaryIO]:
         with self.inner.open_read(key) as reader:
+            self.requests[_kind(key)] += 1
             self.objects[_kind(key)] += 1
             yield _CountingReader(reader, self.bytes, _kind(key))
 

@@ -26,7 +26,15 @@ from typing import BinaryIO, Iterator
 
 from volbackup.errors import RepositoryError
 from volbackup.processes import place
-from volbackup.repo.backends.base import Backend, BadEntry, BlobInfo, BlobNotFound, TempFile
+from volbackup.repo.backends.base import (
+    Backend,
+    BadEntry,
+    BlobInfo,
+    BlobNotFound,
+    TempFile,
+    beyond_end,
+    check_range,
+)
 
 TEMP_MARKER = ".tmp-"
 WRITEBACK_EVERY = 8 << 20
@@ -269,6 +277,29 @@ class LocalBackend(Backend):
         handle = os.fdopen(self._open_regular(key), "rb")
         with handle:
             yield _DropBehind(handle, self, key)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """pread at the offset (the file as `open_read` opens it: never through a symlink,
+        FIFO or device), in a loop until `length` bytes are in: nothing before the range is
+        read. The size is checked first, so a range past the end allocates nothing."""
+        check_range(offset, length)
+        fd = self._open_regular(key)
+        try:
+            size = os.fstat(fd).st_size
+            if offset + length > size:
+                raise beyond_end(key, str(self.root), offset, length, size)
+            pieces, pos, end = [], offset, offset + length
+            while pos < end:
+                piece = os.pread(fd, end - pos, pos)
+                if not piece:  # cut short since the fstat (repositories replace, never truncate)
+                    raise beyond_end(key, str(self.root), offset, length, pos)
+                pieces.append(piece)
+                pos += len(piece)
+        except OSError as e:
+            raise self._error(e, f"read {key}") from None
+        finally:
+            os.close(fd)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def stat(self, key: str) -> BlobInfo:
         parent, st = self._lstat(self._parts(key))

@@ -7,8 +7,8 @@ RepositoryUnreachable (exit 10) with the backend's message. Anything else (denie
 a bad key, a full disk) passes through at once.
 
 What is retried whole: check, opening a read (up to the first byte), stat, list (resumed
-after the last key it yielded, as keys come in order), delete, read_bytes, write_bytes and
-the leftover and temp-file verbs. What is not: a stream once it has been handed out. The
+after the last key it yielded, as keys come in order), delete, read_bytes, read_range,
+write_bytes and the leftover and temp-file verbs. What is not: a stream once it has been handed out. The
 wrapper cannot replay bytes the caller has already read or written, so `open_write` and a
 reader's `read` pass through; a backend that can retry inside a stream does so itself with
 the same `Retry` policy (S3 retries each part, and resumes a broken download at its offset
@@ -168,6 +168,10 @@ class RetryBackend(Backend):
 
     def read_bytes(self, key: str, limit: int | None = MAX_SMALL_BLOB) -> bytes:
         return self.retry.call(self.inner.read_bytes, key, limit)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes, not a stream: a range cut off mid-body is read again whole."""
+        return self.retry.call(self.inner.read_range, key, offset, length)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """The whole small blob again; the inner writer makes a failed try leave nothing."""

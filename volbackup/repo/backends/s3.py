@@ -21,6 +21,7 @@ its offset.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import timezone
@@ -31,7 +32,16 @@ import botocore.exceptions as bce
 from botocore.config import Config
 
 from volbackup.errors import RepositoryDenied, RepositoryError
-from volbackup.repo.backends.base import Backend, BlobInfo, BlobNotFound, Leftover, TransientError, check_key
+from volbackup.repo.backends.base import (
+    Backend,
+    BlobInfo,
+    BlobNotFound,
+    Leftover,
+    TransientError,
+    beyond_end,
+    check_key,
+    check_range,
+)
 from volbackup.repo.backends.retry import Retry, settled
 from volbackup.urls import safe_url, scrub
 
@@ -55,6 +65,9 @@ _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _STREAM_ERRORS = (bce.ResponseStreamingError, bce.ReadTimeoutError, bce.IncompleteReadError,
                   bce.ConnectionClosedError)
+# Content-Range of a 206 answer ("bytes 0-99/1234"), and of a 416 one ("bytes */1234")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+_UNSATISFIED = re.compile(r"bytes \*/(\d+)")
 
 
 def part_size(number: int) -> int:
@@ -211,6 +224,57 @@ class S3Backend(Backend):
         finally:
             reader.close()
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """One GetObject with `Range: bytes=offset-last`. S3 answers what exists of a range
+        (206 with fewer bytes) and 416 for one that starts past the end: both are a
+        RangeBeyondEnd. An answer for any other range than the one asked for (a store that
+        ignores Range sends the whole object with 200) is refused before its body is read,
+        so memory stays within the range. A broken body is a TransientError: the whole
+        verb can be tried again, unlike a stream handed out by open_read."""
+        check_range(offset, length)
+        last = offset + length - 1
+        doing = f"reading bytes {offset}-{last} of {key}"
+        with self._calls(doing, key):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                                  Range=f"bytes={offset}-{last}")
+            except bce.ClientError as e:
+                meta = e.response.get("ResponseMetadata", {})
+                if meta.get("HTTPStatusCode") == 416 or \
+                        e.response.get("Error", {}).get("Code") == "InvalidRange":
+                    size = _UNSATISFIED.fullmatch(meta.get("HTTPHeaders", {}).get("content-range", ""))
+                    raise beyond_end(key, self.describe(), offset, length,
+                                     int(size[1]) if size else None) from None
+                raise
+        body = response["Body"]
+        try:
+            got = _CONTENT_RANGE.fullmatch(response.get("ContentRange") or "")
+            sent = response.get("ContentLength")
+            whole = response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200
+            if got is None and whole and sent is not None and sent < offset + length:
+                # 200, the whole object (some stores answer so for a range of an empty
+                # one): too short for the range anyway
+                raise beyond_end(key, self.describe(), offset, length, sent)
+            first, end, size = (int(n) for n in got.groups()) if got else (-1, -1, -1)
+            if first != offset or end > last or sent != end - first + 1 \
+                    or (end < last and end + 1 != size):
+                raise RepositoryError(
+                    f"{self.endpoint} answered a read of bytes {offset}-{last} of {key} in "
+                    f"{self.describe()} with {(response.get('ContentRange') or 'the whole object')[:80]} "
+                    f"({sent} bytes): a store that does not honour Range")
+            if end < last:
+                raise beyond_end(key, self.describe(), offset, length, size)
+            data = _read_exactly(body, length)
+        except _STREAM_ERRORS as e:
+            raise TransientError(f"the connection to {self.endpoint} broke while {doing} from "
+                                 f"{self.describe()} ({type(e).__name__}, gave up after retries)") from None
+        finally:
+            body.close()
+        if len(data) != length:  # the body ended early without botocore noticing
+            raise TransientError(f"{self.endpoint} sent {len(data)} of {length} bytes while {doing} "
+                                 f"from {self.describe()} (gave up after retries)")
+        return data
+
     def stat(self, key: str) -> BlobInfo:
         with self._calls(f"reading {key}", key):
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
@@ -279,6 +343,18 @@ class S3Backend(Backend):
         except RepositoryError as e:
             if "NoSuchUpload" not in str(e):
                 raise
+
+
+def _read_exactly(body, length: int) -> bytes:
+    """Up to `length` bytes of a response body, fewer only if it ends first."""
+    pieces, got = [], 0
+    while got < length:
+        piece = body.read(length - got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 class _MultipartWriter:
