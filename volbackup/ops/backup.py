@@ -203,7 +203,6 @@ def _backup_with_retries(reader: Reader, repo: Repository, source: Source,
 
 def _backup_one(reader: Reader, repo: Repository, source: Source, options: BackupOptions,
                 progress: ProgressFactory, matcher: Matcher | None = None) -> VolumeBackup:
-    level = options.level
     started = time.monotonic()
     created = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(source.volume, created)
@@ -217,7 +216,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
             outcome.via = stream.via
             chunks = filter_tar(stream.chunks, matcher, stream.refetch) if matcher \
                 else stream.chunks
-            packed = writer.pack(chunks, level, update)
+            packed = writer.pack(chunks, options.level, update)
         fields = writer.fields(packed)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(
@@ -225,7 +224,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
             driver_options=source.driver_options, labels=source.labels,
             created=utc_iso(created, "milliseconds"),
             host=socket.gethostname(), tool_version=__version__,
-            archive=writer.archive, compression="zstd", level=level,
+            archive=writer.archive, compression="zstd", level=options.level,
             bytes=packed.bytes, stored_bytes=packed.stored_bytes, sha256=packed.sha256,
             entries=packed.entries, seconds=seconds, source_kind=source.kind,
             source_container=source.container, mount_path=source.mount_path,

@@ -69,7 +69,8 @@ class RestoreOptions:
     trust_options: bool = False
     """Create volumes whose driver options (from the repository, which is not trusted) keep
     data outside the engine's volume area: a host path, a device, network storage, a
-    plugin. Without it they are refused; with it they are `announce`d before creation."""
+    plugin. Without it they are refused (skipped with `restore_all`); with it they are
+    `announce`d before they are created."""
     drop_options: bool = False
     """Create plain local volumes, whatever driver and options the snapshot records."""
     paths: Selection | None = None
