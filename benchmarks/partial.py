@@ -37,7 +37,7 @@ import docker
 import benchrun
 import uniquevolume
 from volbackup.docker.engine import Engine
-from volbackup.ops.restore import restore
+from volbackup.ops.restore import RestoreOptions, restore
 from volbackup.repo.backends import open_backend
 from volbackup.repo.backends.counting import CountingBackend
 from volbackup.repo.partial import file_bytes
@@ -137,7 +137,7 @@ def measure(store: str, url: str, volume: str, client, local: str | None) -> lis
         target = f"{PREFIX}{secrets.token_hex(3)}"
         try:
             (done,) = restore(engine, repo, [manifest.snapshot], target,
-                              selection=selection).volumes
+                              options=RestoreOptions(paths=selection)).volumes
             if done.failed:
                 raise benchrun.StepFailed(done.message)
         finally:

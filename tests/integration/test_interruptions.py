@@ -253,7 +253,7 @@ def test_a_restore_racing_a_prune_says_so(big_volume, repo_dir, cli, client, nam
     from contextlib import contextmanager
 
     from volbackup.ops.prune import PruneOptions, prune
-    from volbackup.ops.restore import restore
+    from volbackup.ops.restore import RestoreOptions, restore
     from volbackup.repo.repository import Repository
     from volbackup.repo.retention import Rules
 
@@ -274,7 +274,7 @@ def test_a_restore_racing_a_prune_says_so(big_volume, repo_dir, cli, client, nam
 
     target = names("raced")
     (outcome,) = restore(engine, repo, [snapshot], target, progress=progress,
-                         use_direct=use_direct).volumes
+                         options=RestoreOptions(use_direct=use_direct)).volumes
     assert [d.snapshot for d in pruned[0].removed] == [snapshot]
     assert outcome.failed and outcome.error.exit_code == 20, outcome.message
     assert f"snapshot {snapshot} was removed from repository" in outcome.message

@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.helpers import contents, fill
 from volbackup.docker.engine import Engine
-from volbackup.ops.restore import restore
+from volbackup.ops.restore import RestoreOptions, restore
 from volbackup.repo.backends import open_backend
 from volbackup.repo.backends.counting import CountingBackend
 from volbackup.repo.partial import file_bytes
@@ -60,7 +60,7 @@ def test_a_single_file_reads_a_handful_of_chunks(url, cli, make_volume, mountpoi
     backend.reset()
     target = names("part")
     (done,) = restore(Engine.connect(), repo, [manifest.snapshot], target,
-                      selection=Selection(include=("conf/app.ini",))).volumes
+                      options=RestoreOptions(paths=Selection(include=("conf/app.ini",)))).volumes
     assert not done.failed, done.message
     assert contents(mountpoint(target)) == {"conf/app.ini": b"[app]\nport = 5432\n"}
     assert backend.objects["chunks"] <= catalog_chunks + HANDFUL, dict(backend.objects)

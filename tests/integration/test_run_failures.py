@@ -194,7 +194,8 @@ def test_an_error_from_outside_volbackup_fails_one_volume_and_the_loop_goes_on(
         assert "No space left on device" in outcomes[0].message
         assert outcomes[1].status == good_status, outcomes[1].message
 
-    backed = backup_ops.backup(engine, repo, [a, b], progress=failing_for(a), jobs=jobs)
+    backed = backup_ops.backup(engine, repo, [a, b], progress=failing_for(a),
+                               options=backup_ops.BackupOptions(jobs=jobs))
     check(backed.volumes, "ok")
     with pytest.raises(PartialFailure):
         backed.raise_for_failures()

@@ -64,10 +64,12 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
     check_selection(selection, container)
     repository = Repository.open(repo, writable=True, options=s3, secrets=secrets)
     engine = Engine.connect()
+    options = ops.BackupOptions(level=level, quiesce=quiesce, stop_timeout=stop_timeout,
+                                retries=retries, use_direct=use_direct, jobs=jobs,
+                                exclude_paths=exclude_paths)
     result = schedule.run(repository, lambda: ops.backup(
-        engine, repository, [], container, level, terminal_progress(), selection=selection,
-        quiesce=quiesce, stop_timeout=stop_timeout, retries=retries, use_direct=use_direct,
-        jobs=jobs, exclude_paths=list(exclude_paths)))
+        engine, repository, container=container, selection=selection, options=options,
+        progress=terminal_progress()))
     render.results("backup", as_json, result.volumes, lambda v: (
         f"{v.volume}: snapshot {v.snapshot}, {render.human_bytes(v.bytes)} -> "
         + (f"{render.human_bytes(v.stored_bytes)}" if v.chunks is None else

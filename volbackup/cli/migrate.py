@@ -61,10 +61,11 @@ def migrate(volumes, container, selection, quiesce, stop_timeout, to_host, to_co
         raise click.UsageError("--as takes exactly one VOLUME")
     source = Engine.connect(from_host, from_context)
     target = Engine.connect(to_host, to_context)
-    result = ops.migrate(source, target, [], container, target_name, force, verify,
-                         wire_compression, terminal_progress(), selection=selection,
-                         quiesce=quiesce, stop_timeout=stop_timeout,
-                         trust_options=trust_options, announce=render.note)
+    options = ops.MigrateOptions(force=force, verify=verify, wire=wire_compression,
+                                 quiesce=quiesce, stop_timeout=stop_timeout,
+                                 trust_options=trust_options)
+    result = ops.migrate(source, target, [], container, target_name, selection=selection,
+                         options=options, progress=terminal_progress(), announce=render.note)
     render.results("migrate", as_json, result.volumes, lambda v: (
         f"{v.source_volume} -> {v.volume}: migrated{' (replaced)' if v.replaced else ''}"
         f"{', verified' if v.verified else ''}, {render.human_bytes(v.bytes)} in "

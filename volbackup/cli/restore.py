@@ -79,10 +79,12 @@ def restore(snapshots, repo, target, force, safety, restore_all, trust_options, 
     if trust_options and drop_options:
         raise click.UsageError("--trust-driver-options and --drop-driver-options exclude "
                                "each other")
-    result = ops.restore(engine, repository, list(snapshots), target, force, restore_all,
-                         terminal_progress(), host=host, use_direct=use_direct,
-                         trust_options=trust_options, drop_options=drop_options,
-                         announce=render.note, safety=safety, selection=paths)
+    options = ops.RestoreOptions(force=force, safety=safety, use_direct=use_direct,
+                                 trust_options=trust_options, drop_options=drop_options,
+                                 paths=paths)
+    result = ops.restore(engine, repository, list(snapshots), target, restore_all=restore_all,
+                         host=host, options=options, progress=terminal_progress(),
+                         announce=render.note)
     render.results("restore", as_json, result.volumes, lambda v: (
         f"{v.volume}: restored {_part(v)}from {v.snapshot}{_replaced(v)}, "
         f"{render.human_bytes(v.bytes)} in {v.seconds:.1f}s"), repository=result.repository)

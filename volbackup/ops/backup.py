@@ -19,11 +19,12 @@ from volbackup import __version__
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
 from volbackup.errors import BadPattern, IntegrityError, StreamBroken, reworded
+from volbackup.ops.options import check_quiesce, check_use_direct, check_whole
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
-from volbackup.repo.manifest import Manifest
+from volbackup.repo.manifest import LEVELS, Manifest
 from volbackup.stream.exclude import Matcher, Refetch, filter_tar, parse_patterns, split_label
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.timefmt import utc_iso
@@ -66,25 +67,49 @@ class BackupResult:
         raise_for_failures(self.volumes, "volumes")
 
 
-def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
-           container: str | None = None, level: int = 3,
-           progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
-           quiesce: str | None = None, stop_timeout: int = 10,
-           retries: int = 2, use_direct: bool | None = None, jobs: int = 1,
-           safety_for: str | None = None, exclude_paths: list[str] = ()) -> BackupResult:
-    """Back up the named `volumes` (plus `selection`), or every mount of `container`.
+@dataclass(frozen=True)
+class BackupOptions:
+    """How `backup` reads and stores the volumes: what its caller chooses (`backup --help`
+    and the keys of a `volbackup run` job offer the same). Checked when made (ValueError)."""
 
-    `quiesce` is None, "stop" or "pause": what to do to the running containers that use
-    a volume while it is read (the label volbackup.stop=true asks for "stop" too).
-    `use_direct`: how plain local volumes and binds are read (volbackup.docker.direct). None
-    (the default): with GNU tar on this host where it can, when no running container
-    uses the volume at that moment; True: also while containers run; False: never.
-    `jobs`: how many volumes (groups of volumes sharing containers) are read at once.
-    `safety_for`: recorded in the manifests (restore's safety snapshots; volbackup.ops.restore).
-    `exclude_paths`: patterns of paths inside each volume to leave out, with those of the
+    level: int = 3
+    """zstd compression level: 1 (fastest) to 22 (smallest); 0 is zstd's default (3)."""
+    quiesce: str | None = None
+    """None, "stop" or "pause": what to do to the running containers that use a volume
+    while it is read (the label volbackup.stop=true asks for "stop" too)."""
+    stop_timeout: int = 10
+    """Seconds a stopped container gets before the engine kills it."""
+    retries: int = 2
+    """How many times a volume is read again when its stream breaks (files changed)."""
+    use_direct: bool | None = None
+    """How plain local volumes and binds are read (volbackup.docker.direct). None: with GNU
+    tar on this host where it can, when no running container uses the volume at that
+    moment; True: also while containers run; False: never."""
+    jobs: int = 1
+    """How many volumes (groups of volumes sharing containers) are read at once."""
+    exclude_paths: tuple[str, ...] = ()
+    """Patterns of paths inside each volume to leave out, with those of the
     volbackup.exclude label of the volume and of the containers that use it
-    (volbackup.stream.exclude); a volume whose labels hold a bad one fails, unread.
-    """
+    (volbackup.stream.exclude); a volume whose labels hold a bad one fails, unread."""
+    safety_for: str | None = None
+    """Recorded in the manifests: the snapshot whose restore replaces these volumes
+    (restore's safety snapshots; volbackup.ops.restore)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "exclude_paths", tuple(self.exclude_paths))
+        check_whole("level", self.level, LEVELS.start, LEVELS.stop - 1)
+        check_quiesce(self.quiesce, self.stop_timeout)
+        check_whole("retries", self.retries, 0)
+        check_whole("jobs", self.jobs, 1)
+        check_use_direct(self.use_direct)
+
+
+def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
+           container: str | None = None, *, selection: Selection | None = None,
+           options: BackupOptions = BackupOptions(),
+           progress: ProgressFactory = no_progress) -> BackupResult:
+    """Back up the named `volumes` (plus those `selection` finds), or every mount of
+    `container`, as `options` say."""
     repo.check_secrets(reading=False)  # before a container is stopped or a volume read
     engine.prepare_helpers()
     selection = selection or Selection()
@@ -99,7 +124,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     for source in list(sources):
         try:
             matchers[source.volume] = Matcher(
-                list(exclude_paths) + label_patterns(engine, source))
+                list(options.exclude_paths) + label_patterns(engine, source))
         except BadPattern as e:
             outcomes.append(VolumeBackup(source.volume, "failed").failure(e))
             sources.remove(source)
@@ -107,12 +132,13 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     progress = interruptible(progress)  # a worker of --jobs stops at its next chunk
 
     def work(source: Source) -> VolumeBackup:
-        return _backup_with_retries(lambda: _open_stream(engine, source, use_direct), repo,
-                                    source, level, progress, retries, safety_for,
-                                    matchers[source.volume])
+        return _backup_with_retries(
+            lambda: _open_stream(engine, source, options.use_direct), repo, source, options,
+            progress, matchers[source.volume])
 
-    outcomes += each_quietly(engine, sources, quiesce, stop_timeout, work,
-                             lambda s, e: VolumeBackup(s.volume, "failed").failure(e), jobs)
+    outcomes += each_quietly(engine, sources, options.quiesce, options.stop_timeout, work,
+                             lambda s, e: VolumeBackup(s.volume, "failed").failure(e),
+                             options.jobs)
     order = {name: i for i, name in enumerate(p.volume for p in chosen)}
     outcomes.sort(key=lambda o: order.get(o.volume, 0))
     return BackupResult(repo.describe(), outcomes)
@@ -157,14 +183,13 @@ def _written_to(engine: Engine, source: Source) -> bool:
     return any(c.state in ("running", "restarting") for c in users_of(engine, source))
 
 
-def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level: int,
-                         progress: ProgressFactory, retries: int,
-                         safety_for: str | None = None,
+def _backup_with_retries(reader: Reader, repo: Repository, source: Source,
+                         options: BackupOptions, progress: ProgressFactory,
                          matcher: Matcher | None = None) -> VolumeBackup:
     """Read again when the stream broke (files changed while read), up to `retries` times."""
     broken: list[str] = []
-    for attempt in range(1, retries + 2):
-        outcome = _backup_one(reader, repo, source, level, progress, safety_for, matcher)
+    for attempt in range(1, options.retries + 2):
+        outcome = _backup_one(reader, repo, source, options, progress, matcher)
         outcome.attempts = attempt
         if not (outcome.failed and isinstance(outcome.error, (IntegrityError, StreamBroken))):
             break
@@ -176,9 +201,8 @@ def _backup_with_retries(reader: Reader, repo: Repository, source: Source, level
     return outcome
 
 
-def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
-                progress: ProgressFactory, safety_for: str | None = None,
-                matcher: Matcher | None = None) -> VolumeBackup:
+def _backup_one(reader: Reader, repo: Repository, source: Source, options: BackupOptions,
+                progress: ProgressFactory, matcher: Matcher | None = None) -> VolumeBackup:
     started = time.monotonic()
     created = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(source.volume, created)
@@ -192,7 +216,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
             outcome.via = stream.via
             chunks = filter_tar(stream.chunks, matcher, stream.refetch) if matcher \
                 else stream.chunks
-            packed = writer.pack(chunks, level, update)
+            packed = writer.pack(chunks, options.level, update)
         fields = writer.fields(packed)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(
@@ -200,11 +224,11 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, level: int,
             driver_options=source.driver_options, labels=source.labels,
             created=utc_iso(created, "milliseconds"),
             host=socket.gethostname(), tool_version=__version__,
-            archive=writer.archive, compression="zstd", level=level,
+            archive=writer.archive, compression="zstd", level=options.level,
             bytes=packed.bytes, stored_bytes=packed.stored_bytes, sha256=packed.sha256,
             entries=packed.entries, seconds=seconds, source_kind=source.kind,
             source_container=source.container, mount_path=source.mount_path,
-            bind_path=source.bind_path, safety_for=safety_for,
+            bind_path=source.bind_path, safety_for=options.safety_for,
             excluded=matcher.patterns if matcher else None, **fields))
     except Exception as e:  # any error, also disk full: this volume failed, the next runs
         outcome.snapshot = None

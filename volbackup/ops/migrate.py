@@ -15,6 +15,7 @@ from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import DATA_PATH, Helper
 from volbackup.errors import IntegrityError, UntrustedStorage, VolbackupError
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume
+from volbackup.ops.options import check_quiesce
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
@@ -43,27 +44,50 @@ class MigrateResult:
         raise_for_failures(self.volumes, "volumes")
 
 
-def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
-            container: str | None = None, target_name: str | None = None,
-            force: bool = False, verify: bool = False, wire: str = "auto",
-            progress: ProgressFactory = no_progress, *, selection: Selection | None = None,
-            quiesce: str | None = None, stop_timeout: int = 10, trust_options: bool = False,
-            announce: Callable[[str], None] = lambda message: None) -> MigrateResult:
-    """Copy each volume (or a container's volumes) to `target`, as fresh volumes there.
+@dataclass(frozen=True)
+class MigrateOptions:
+    """How `migrate` reads and fills the volumes: what its caller chooses (`migrate --help`
+    offers the same). Checked when made (ValueError)."""
 
-    `quiesce` ("stop" or "pause") and the volbackup.* hooks apply on the source side,
-    exactly as for backup. As for restore, a volume whose driver options keep its data
-    outside the target engine's volume area (a host path, a device, NFS, a plugin) is
-    refused unless `trust_options`: a path on the source host names another directory
-    on the target host, and the source engine may not be the user's own.
-    """
+    force: bool = False
+    """Replace a target volume that exists and is not empty (removed, then made again)."""
+    verify: bool = False
+    """Read each new volume back and compare every entry's digest with what was sent."""
+    wire: str = "auto"
+    """gzip the stream on the wire: "auto" (only to or from an engine reached over the
+    network, where it pays), "gzip" (always) or "none"."""
+    quiesce: str | None = None
+    """None, "stop" or "pause": what to do to the running containers that use a volume on
+    the source while it is read (and the volbackup.* hooks), exactly as for backup."""
+    stop_timeout: int = 10
+    """Seconds a stopped container gets before the engine kills it."""
+    trust_options: bool = False
+    """Create volumes whose driver options keep data outside the target engine's volume
+    area (a host path, a device, NFS, a plugin): a path on the source host names another
+    directory on the target host, and the source engine may not be the user's own.
+    Without it they are refused; with it they are `announce`d before creation."""
+
+    def __post_init__(self):
+        if self.wire not in WIRE_CHOICES:
+            raise ValueError(f"wire must be one of {', '.join(WIRE_CHOICES)}, not {self.wire!r}")
+        check_quiesce(self.quiesce, self.stop_timeout)
+
+
+def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
+            container: str | None = None, target_name: str | None = None, *,
+            selection: Selection | None = None, options: MigrateOptions = MigrateOptions(),
+            progress: ProgressFactory = no_progress,
+            announce: Callable[[str], None] = lambda message: None) -> MigrateResult:
+    """Copy each volume (plus those `selection` finds), or a container's volumes, to
+    `target` as fresh volumes there (named `target_name`, if given), as `options` say.
+    `announce` tells the user of volumes created on trusted driver options."""
     for engine in (source, target):
         engine.prepare_helpers()
     selection = selection or Selection()
     selection = replace(selection, names=list(volumes or []) + selection.names)
     chosen = plan(source, container, selection, doing="migrate")
-    gzip_from = wire == "gzip" or (wire == "auto" and source.is_remote)
-    gzip_to = wire == "gzip" or (wire == "auto" and target.is_remote)
+    gzip_from = options.wire == "gzip" or (options.wire == "auto" and source.is_remote)
+    gzip_to = options.wire == "gzip" or (options.wire == "auto" and target.is_remote)
     outcomes = [VolumeMigration(target_name or m.volume, "failed", source_volume=m.volume)
                 .failure(m.error) for m in chosen if isinstance(m, Missing)]
     outcomes += [VolumeMigration(target_name or m.volume, "skipped", source_volume=m.volume,
@@ -72,8 +96,7 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     def work(item: Source) -> VolumeMigration:
         outcome = VolumeMigration(target_name or item.volume, "migrated", source_volume=item.volume)
         try:
-            _migrate_one(source, target, item, outcome, force, verify, gzip_from, gzip_to,
-                         progress)
+            _migrate_one(source, target, item, outcome, options, gzip_from, gzip_to, progress)
         except Exception as e:  # any error (Unexpected if not ours): the next one still runs
             outcome.failure(e)
         return outcome
@@ -86,22 +109,23 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     for item in (p for p in chosen if isinstance(p, Source)):
         try:  # before any container is stopped or anything is created
             check_storage(target_name or item.volume,
-                          VolumeSpec(item.driver, item.driver_options, {}), trust_options,
-                          announce)
+                          VolumeSpec(item.driver, item.driver_options, {}),
+                          options.trust_options, announce)
             sources.append(item)
         except UntrustedStorage as e:
             outcomes.append(failed(item, e))
-    outcomes += each_quietly(source, sources, quiesce, stop_timeout, work, failed)
+    outcomes += each_quietly(source, sources, options.quiesce, options.stop_timeout, work,
+                             failed)
     order = {name: i for i, name in enumerate(p.volume for p in chosen)}
     outcomes.sort(key=lambda o: order.get(o.source_volume, 0))
     return MigrateResult(source.where, target.where, outcomes)
 
 
 def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMigration,
-                 force: bool, verify: bool, gzip_from: bool, gzip_to: bool,
+                 options: MigrateOptions, gzip_from: bool, gzip_to: bool,
                  progress: ProgressFactory) -> None:
     started = time.monotonic()
-    sent = TarWalker(digest=verify)
+    sent = TarWalker(digest=options.verify)
 
     def write(helper: Helper) -> None:
         with progress(outcome.volume, None) as update, \
@@ -119,13 +143,13 @@ def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMi
         again = sent.metadata_tar(DATA_PATH.strip("/"))  # the root, setuid hard links
         if again is not None:
             helper.import_("/", again)
-        if verify:
+        if options.verify:
             _verify(helper, sent, outcome.volume, gzip_to)
             outcome.verified = True
 
     spec = VolumeSpec(item.driver, item.driver_options, item.labels)
     outcome.replaced = fill_fresh_volume(
-        target, outcome.volume, spec, force, write,
+        target, outcome.volume, spec, options.force, write,
         lost_note="the source volume still holds the data; run the migration again")
     outcome.bytes, outcome.entries = sent.bytes, sent.entries
     outcome.seconds = round(time.monotonic() - started, 3)

@@ -14,8 +14,9 @@ from volbackup.docker.helpers import DATA_PATH, EXTRACTOR_TIMES, Helper
 from volbackup.docker.volumes import VolumeInfo
 from volbackup.errors import (InsufficientSpace, NotFound, TargetNotEmpty, UntrustedStorage,
                               VolbackupError, reworded)
-from volbackup.ops.backup import backup
+from volbackup.ops.backup import BackupOptions, backup
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume, redact_options
+from volbackup.ops.options import check_use_direct
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.reading import Reader, reader_for
 from volbackup.ops.select import plain_directory
@@ -52,27 +53,49 @@ class RestoreResult:
         raise_for_failures(self.volumes, "restores")
 
 
-def restore(engine: Engine, repo: Repository, refs: list[str], target: str | None = None,
-            force: bool = False, restore_all: bool = False,
-            progress: ProgressFactory = no_progress, host: str | None = None,
-            use_direct: bool | None = None, trust_options: bool = False,
-            drop_options: bool = False,
-            announce: Callable[[str], None] = lambda message: None,
-            safety: bool = True, selection: Selection | None = None) -> RestoreResult:
-    """Restore each snapshot ref (an id, or a volume name for its newest snapshot).
+@dataclass(frozen=True)
+class RestoreOptions:
+    """How `restore` fills the volumes: what its caller chooses (`restore --help` offers
+    the same). Checked when made (ValueError)."""
+
+    force: bool = False
+    """Replace a target volume that exists and is not empty (removed, then made again)."""
+    safety: bool = True
+    """Before `force` replaces a volume, back its contents up into the repository as a
+    *safety snapshot*; if that fails, the volume is not touched. False: replace without."""
+    use_direct: bool | None = None
+    """A fresh volume that is a plain directory here is filled by GNU tar on this host
+    (volbackup.docker.direct) unless this is False; any other through a helper."""
+    trust_options: bool = False
+    """Create volumes whose driver options (from the repository, which is not trusted) keep
+    data outside the engine's volume area: a host path, a device, network storage, a
+    plugin. Without it they are refused (skipped with `restore_all`); with it they are
+    `announce`d before they are created."""
+    drop_options: bool = False
+    """Create plain local volumes, whatever driver and options the snapshot records."""
+    paths: Selection | None = None
+    """Only these paths of each snapshot (restore --include/--exclude); None: all of it."""
+
+    def __post_init__(self):
+        check_use_direct(self.use_direct)
+        if self.trust_options and self.drop_options:
+            raise ValueError("trust_options and drop_options exclude each other")
+
+
+def restore(engine: Engine, repo: Repository, refs: list[str], target: str | None = None, *,
+            restore_all: bool = False, host: str | None = None,
+            options: RestoreOptions = RestoreOptions(),
+            progress: ProgressFactory = no_progress,
+            announce: Callable[[str], None] = lambda message: None) -> RestoreResult:
+    """Restore each snapshot ref (an id, or a volume name for its newest snapshot) into a
+    fresh volume (named `target`, if given), as `options` say.
 
     With `restore_all`, the newest snapshot of every volume in the repository is
     restored, and targets that are not empty (or are in use) are skipped, not failed.
-    With `host`, only snapshots made on that host are considered. A fresh volume that is
-    a plain directory here is filled by GNU tar on this host unless `use_direct` is False
-    (volbackup.docker.direct); any other through a helper.
-    Driver options that keep data outside the engine's volume area (a host path, a
-    device, network storage, a plugin) come from the repository, which is not trusted:
-    such a volume is refused (skipped with `restore_all`) unless `trust_options`, and
-    then `announce`d before it is created. `drop_options` creates plain local volumes.
-    A non-empty volume that `force` replaces is first checked for room (where the engine's
-    volume area is visible here) and, unless `safety` is False, saved as a *safety
-    snapshot* in `repo`; if either fails, it is not touched.
+    With `host`, only snapshots made on that host are considered. `announce` tells the
+    user, as it happens, of volumes created on trusted driver options and of safety
+    snapshots. A non-empty volume that `force` replaces is first checked for room (where
+    the engine's volume area is visible here).
     """
     repo.check_secrets(reading=True)  # one error, before any volume is made or replaced
     if restore_all:
@@ -88,17 +111,17 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
         try:
             manifest = repo.reveal(resolve_ref(repo, ref, host))  # labels, options: sealed?
             outcome.volume, outcome.snapshot = target or manifest.volume, manifest.snapshot
-            reader = reader_for(repo, manifest, selection)  # NotFound here, before any volume
+            reader = reader_for(repo, manifest, options.paths)  # NotFound here, before any volume
             outcome.partial = reader.entries is not None
             spec = VolumeSpec(manifest.driver, manifest.driver_options, manifest.labels)
-            if drop_options:
+            if options.drop_options:
                 spec = VolumeSpec("local", {}, manifest.labels)
             outcome.driver, outcome.driver_options = spec.driver, redact_options(spec.options)
             outcome.external_storage = check_storage(
-                outcome.volume, spec, trust_options, announce,
+                outcome.volume, spec, options.trust_options, announce,
                 way_out=", or --drop-driver-options for a plain local volume")
-            _restore_one(engine, repo, manifest, spec, outcome, force, progress, use_direct,
-                         safety, announce, reader)
+            _restore_one(engine, repo, manifest, spec, outcome, options, progress, announce,
+                         reader)
         except (TargetNotEmpty, UntrustedStorage) as e:
             if not restore_all:
                 outcome.failure(e)
@@ -111,8 +134,7 @@ def restore(engine: Engine, repo: Repository, refs: list[str], target: str | Non
 
 
 def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: VolumeSpec,
-                 outcome: VolumeRestore, force: bool, progress: ProgressFactory,
-                 use_direct: bool | None, safety: bool,
+                 outcome: VolumeRestore, options: RestoreOptions, progress: ProgressFactory,
                  announce: Callable[[str], None], reader: Reader) -> None:
     started = time.monotonic()
 
@@ -121,9 +143,9 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
         the old contents are kept as a safety snapshot before the volume is removed."""
         _check_space(engine, existing, spec, manifest, reader)
         reader.unpacker().drain()
-        if safety:
+        if options.safety:
             outcome.safety_snapshot = _safety_snapshot(engine, repo, existing.name, manifest,
-                                                       progress, use_direct)
+                                                       progress, options.use_direct)
             # said now, not only in the result: a run killed from here on prints no result
             announce(f"volume {existing.name}: old contents saved as safety snapshot "
                      f"{outcome.safety_snapshot} (volbackup restore "
@@ -146,12 +168,12 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
 
     def directly(volume: VolumeInfo) -> str | None:
         """A fresh plain volume's directory, if GNU tar on this host can fill it."""
-        if use_direct is False:
+        if options.use_direct is False:
             return None
         return direct.directory_for(engine, plain_directory(volume))
 
     outcome.replaced = fill_fresh_volume(
-        engine, outcome.volume, spec, force, write, before_replacing=before_replacing,
+        engine, outcome.volume, spec, options.force, write, before_replacing=before_replacing,
         lost_note="the snapshot itself had checked out; --no-safety-snapshot was given",
         directly=directly, kept_in=lambda: _kept_in(outcome.safety_snapshot))
     outcome.seconds = round(time.monotonic() - started, 3)
@@ -190,9 +212,9 @@ def _safety_snapshot(engine: Engine, repo: Repository, volume: str, replacing: M
         # A backup like any other: under the shared lock, so a prune cannot take its
         # archive for a leftover of a killed run while it is written.
         with repo.lock(locking.SHARED, SAFETY_LOCK_WAIT, "restore --force"):
-            (saved,) = backup(engine, repo, [volume], progress=progress, retries=1,
-                              use_direct=None if use_direct is not False else False,
-                              safety_for=replacing.snapshot).volumes
+            (saved,) = backup(engine, repo, [volume], progress=progress, options=BackupOptions(
+                retries=1, use_direct=None if use_direct is not False else False,
+                safety_for=replacing.snapshot)).volumes
         if saved.failed:
             raise saved.error
     except VolbackupError as e:

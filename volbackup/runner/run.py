@@ -256,11 +256,13 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
         def do_backup():
             nonlocal engine
             engine = engine or engine_factory()
-            return backup_ops.backup(engine, repo, job.volumes, job.container, job.level,
-                                     progress, selection=job.selection, quiesce=job.quiesce,
-                                     stop_timeout=job.stop_timeout, retries=job.retries,
-                                     use_direct=job.direct, jobs=job.parallel,
-                                     exclude_paths=job.exclude_paths)
+            options = backup_ops.BackupOptions(
+                level=job.level, quiesce=job.quiesce, stop_timeout=job.stop_timeout,
+                retries=job.retries, use_direct=job.direct, jobs=job.parallel,
+                exclude_paths=job.exclude_paths)
+            return backup_ops.backup(engine, repo, job.volumes, job.container,
+                                     selection=job.selection, options=options,
+                                     progress=progress)
 
         try:
             schedule.raise_for_failures(schedule.run(repo, do_backup))
