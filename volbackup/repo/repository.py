@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -26,8 +27,10 @@ from volbackup.errors import (BlobMissing, ChunkMissing, IntegrityError, KeyProb
                               RemovedWhileRead, RepositoryError, VolbackupError)
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
-from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.chunkstore import ChunkObjects
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
+from volbackup.repo.crypto import PlainChunks
 from volbackup.repo.manifest import CHUNKED_VERSION, STAMP, VOLUME_NAME, Manifest, parse_created
 from volbackup.repo.sealing import (IDENTITY_FILE_ENV, KEY_FILE_ENV, Keyring, Secrets,
                                     new_encryption)
@@ -152,11 +155,11 @@ class SnapshotWriter:
             self._finish = cat.finish
             return packed
         seed = repo.keyring.key().chunker_seed if repo.keyring else None
-        cat = catalogs.ChunkedCatalogWriter(repo.chunk_store, repo.known_chunks, level)
-        packed = chunked.pack(tar_chunks, self._out, repo.chunk_store, repo.config,
-                              repo.known_chunks, level, progress, seed,
-                              lambda walker: catalog.record(walker, cat.add),
-                              check_existing and repo.keyring is None)
+        store = repo.blobs
+        cat = catalogs.ChunkedCatalogWriter(store, level)
+        packed = chunked.pack(tar_chunks, self._out, store, repo.config, level, progress,
+                              seed, lambda walker: catalog.record(walker, cat.add),
+                              check_existing and not store.encrypted)
         self._finish = lambda: cat.finish(repo.backend, key)
         return packed
 
@@ -182,10 +185,21 @@ class Repository:
         self.config = config        # None: the archive layout
         self.made_store = False     # init made the directory (it did not exist)
         self.secrets = secrets or Secrets.from_env()
-        self.chunk_store = ChunkStore(backend)
-        self.known_chunks = chunked.KnownChunks(self.chunk_store)
         self.keyring = (Keyring(config, self.secrets, backend.describe())
                         if config is not None and config.encrypted else None)
+        self._blobs: LooseChunkStore | None = None
+        self._blobs_made = threading.Lock()
+
+    @property
+    def blobs(self) -> LooseChunkStore:
+        """The blob store of a chunked repository, built when first needed with its cipher
+        fixed: the key, which an encrypted one's cipher needs, is loaded only by commands
+        that read or write chunks (list and unlock hold none)."""
+        with self._blobs_made:
+            if self._blobs is None:
+                cipher = self.keyring.cipher() if self.keyring is not None else PlainChunks()
+                self._blobs = LooseChunkStore(ChunkObjects(self.backend, cipher))
+            return self._blobs
 
     @classmethod
     def open(cls, url: str, writable: bool = False, options: dict | None = None,
@@ -256,10 +270,8 @@ class Repository:
             if encrypt_to is not None and key_file:
                 os.unlink(key_file)  # a key of no repository
             raise
-        repo.config = config
-        if config.encrypted:
-            repo.keyring = Keyring(config, Secrets(key_file=key_file), backend.describe())
-        return repo
+        # The repository as it now is: its blob store is made from this config, once.
+        return cls(backend, config, Secrets(key_file=key_file) if config.encrypted else None)
 
     @property
     def layout(self) -> str:
@@ -302,8 +314,6 @@ class Repository:
         """Where a new snapshot's data goes; it appears when the block ends cleanly."""
         volume, _ = split_id(snapshot_id)
         name = self.archive_name(snapshot_id, chunked=self.config is not None)
-        if self.keyring is not None and not self.chunk_store.cipher.encrypted:
-            self.chunk_store.cipher = self.keyring.writing_cipher()
         with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out, ExitStack() as later:
             writer = SnapshotWriter(self, out, name, snapshot_id, later)
             yield writer
@@ -336,8 +346,8 @@ class Repository:
 
     def _receive_chunks(self, source: "Repository", manifest: Manifest,
                         progress: Progress) -> chunkcopy.ListCopy:
-        from_side = chunkcopy.Side(source.backend, source.chunk_store)
-        to_side = chunkcopy.Side(self.backend, self.chunk_store, self.known_chunks)
+        from_side = chunkcopy.Side(source.backend, source.blobs)
+        to_side = chunkcopy.Side(self.backend, self.blobs)
         key = self.archive_key(manifest)  # the same names in both: <stamp>.chunks ...
         copied = chunkcopy.copy_list(
             from_side, key, to_side, key,
@@ -372,9 +382,7 @@ class Repository:
         needs the identity and checks the manifest's MAC; otherwise it is `manifest`."""
         if self.keyring is None:
             return manifest
-        whole = self.keyring.reveal(manifest)
-        self.chunk_store.cipher = self.keyring.reading_cipher()
-        return whole
+        return self.keyring.reveal(manifest)
 
     # -- reading
     def load(self, snapshot_id: str) -> Manifest:
@@ -528,11 +536,16 @@ class Repository:
         to `wait` seconds; `on_break` hears of each stale lock broken on the way. What is
         known of the stored chunks is listed afresh under each lock."""
         with locking.locked(self.backend, kind, wait, command, on_break) as held:
-            self.known_chunks.forget()
+            self._forget_blobs()
             try:
                 yield held
             finally:
-                self.known_chunks.forget()
+                self._forget_blobs()
+
+    def _forget_blobs(self) -> None:
+        with self._blobs_made:
+            if self._blobs is not None:
+                self._blobs.forget()
 
     def locks(self) -> list[locking.LockInfo]:
         return locking.list_locks(self.backend)
@@ -566,7 +579,7 @@ class Repository:
         """Remove the chunks no chunk list names (older than `min_age`); under the
         exclusive lock only (volbackup.repo.sweep). `gone`: the keys of chunk lists a dry
         run counts as removed."""
-        return sweep.sweep(self.backend, self.chunk_store, min_age, now, dry_run, gone, progress)
+        return sweep.sweep(self.backend, self.blobs, min_age, now, dry_run, gone, progress)
 
     def remove_orphan(self, orphan: Orphan) -> None:
         if not _ARCHIVE_KEY.fullmatch(orphan.key):
@@ -659,7 +672,7 @@ class Repository:
         if manifest.catalog is None:
             return catalog.walk(self.unpacker(manifest).chunks())
         key = self.catalog_key(manifest.snapshot, manifest.chunked)
-        pieces = catalogs.read_pieces(self.backend, self.chunk_store, key, manifest.catalog,
+        pieces = catalogs.read_pieces(self.backend, self.blobs, key, manifest.catalog,
                                       f"snapshot {manifest.snapshot}")
         return self.watched(manifest, catalogs.entries(pieces, manifest.bytes))
 
@@ -700,7 +713,7 @@ class Repository:
 
             def spans(wanted):
                 return self.watched(manifest, partial.chunked_spans(
-                    lambda: _open_list(self, manifest), self.chunk_store, wanted,
+                    lambda: _open_list(self, manifest), self.blobs, wanted,
                     whole.check_list))
         return partial.PartialUnpacker(entries, spans, progress)
 
@@ -726,7 +739,7 @@ class _ChunkedUnpacker(chunked.ChunkedUnpacker):
     while it was read (Repository.missing)."""
 
     def __init__(self, repo: Repository, manifest: Manifest, progress: Progress):
-        super().__init__(lambda: _open_list(repo, manifest), repo.chunk_store, manifest.sha256,
+        super().__init__(lambda: _open_list(repo, manifest), repo.blobs, manifest.sha256,
                          manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes,
                          progress)
         self._repo, self._manifest = repo, manifest

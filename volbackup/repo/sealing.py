@@ -140,12 +140,13 @@ class Keyring:
         assert self.config.encryption is not None
         return [crypto.parse_recipient(text) for text in self.config.encryption.recipients]
 
-    def writing_cipher(self) -> crypto.SealedChunks:
-        return crypto.SealedChunks(self.key(), self.recipients())
+    def cipher(self) -> crypto.SealedChunks:
+        """How this repository's chunks are named and sealed (needs the key), and opened
+        (the identities, asked for when the first chunk is read: a backup host has none)."""
+        return crypto.SealedChunks(self.key(), self.recipients(), self._given_identities)
 
-    def reading_cipher(self) -> crypto.SealedChunks:
-        identities = self.identities()
-        return crypto.SealedChunks(self.key(for_reading=True), self.recipients(), identities)
+    def _given_identities(self) -> list:
+        return self.identities() if self.secrets.identity_file else []
 
     @property
     def can_authenticate(self) -> bool:
