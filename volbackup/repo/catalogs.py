@@ -116,6 +116,13 @@ def check_field(value: object) -> bool:
                               and chunks <= value["bytes"])  # no piece is empty
 
 
+def in_pieces(field: dict) -> bool:
+    """Is this catalogue (a manifest's `catalog` field) stored in pieces in the blob store,
+    named in a list (a chunked snapshot's), rather than as one blob? Its own form says:
+    it counts its pieces."""
+    return "chunks" in field
+
+
 AHEAD = 4  # catalogue pieces (1 MiB each) fetched ahead of the reader
 
 
@@ -127,7 +134,7 @@ def read_pieces(backend: Backend, store: BlobStore, key: str, field: dict,
         raise RepositoryError(f"{what} has catalogue version {field.get('version')!r}; this "
                               f"volbackup reads {catalog.CATALOG_VERSION} (upgrade volbackup)")
     try:
-        if "chunks" in field:
+        if in_pieces(field):
             yield from _chunked_pieces(backend, store, key, field, plain)
         else:
             with backend.open_read(key) as reader:

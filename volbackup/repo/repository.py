@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -28,10 +27,9 @@ from volbackup.errors import (BlobMissing, ChunkMissing, IntegrityError, KeyProb
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, open_backend
 from volbackup.repo.blobstore import LooseChunkStore
-from volbackup.repo.chunkstore import ChunkObjects
+from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
-from volbackup.repo.crypto import PlainChunks
-from volbackup.repo.manifest import CHUNKED_VERSION, STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.repo.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
 from volbackup.repo.sealing import (IDENTITY_FILE_ENV, KEY_FILE_ENV, Keyring, Secrets,
                                     new_encryption)
 from volbackup.stream import archive, catalog
@@ -41,7 +39,6 @@ from volbackup.stream.chunks import read_chunks
 
 T = TypeVar("T")
 PREFIX = "snapshots/"
-ARCHIVE_SUFFIX = ".tar.zst"
 LIST_SUFFIX = chunked.LIST_SUFFIX
 MANIFEST_SUFFIX = ".json"
 KEEP_SELECTED = 10_000  # selected entries kept from the first pass over a catalogue
@@ -143,24 +140,11 @@ class SnapshotWriter:
     def pack(self, tar_chunks: Iterable[bytes], level: int,
              progress: Progress = no_progress, check_existing: bool = False) -> Packed:
         """`check_existing` (copy): the chunks this repository holds already are read back
-        and checked, and written again if wrong; only in a plain repository (an encrypted
-        one's chunks open only with an identity, which a writer to it does not hold)."""
+        and checked, and written again if wrong (volbackup.repo.layout.ChunkedLayout)."""
         repo = self._repo
-        key = repo.catalog_key(self._snapshot, chunked=repo.config is not None)
-        if repo.config is None:
-            cat = catalogs.ArchiveCatalogWriter(
-                self._later.enter_context(repo.backend.open_write(key)), level)
-            packed = archive.pack(tar_chunks, self._out, level, progress,
-                                  lambda walker: catalog.record(walker, cat.add))
-            self._finish = cat.finish
-            return packed
-        seed = repo.keyring.key().chunker_seed if repo.keyring else None
-        store = repo.blobs
-        cat = catalogs.ChunkedCatalogWriter(store, level)
-        packed = chunked.pack(tar_chunks, self._out, store, repo.config, level, progress,
-                              seed, lambda walker: catalog.record(walker, cat.add),
-                              check_existing and not store.encrypted)
-        self._finish = lambda: cat.finish(repo.backend, key)
+        key = repo.catalog_key(self._snapshot, chunked=repo.layout.chunked)
+        packed, self._finish = repo.layout.pack(tar_chunks, self._out, level, progress,
+                                                check_existing, key, self._later)
         return packed
 
     def finish(self) -> None:
@@ -170,12 +154,7 @@ class SnapshotWriter:
 
     def fields(self, packed: Packed) -> dict:
         """The manifest fields that depend on the layout, and the catalogue's."""
-        out = {"catalog": self._catalog}
-        if not isinstance(packed, chunked.ChunkedPacked):
-            return out
-        return {**out, "layout": "chunked", "format_version": CHUNKED_VERSION,
-                "chunks": packed.chunks, "new_chunks": packed.new_chunks,
-                "tar_sha256": packed.tar_sha256}
+        return {"catalog": self._catalog, **self._repo.layout.fields(packed)}
 
 
 class Repository:
@@ -187,19 +166,12 @@ class Repository:
         self.secrets = secrets or Secrets.from_env()
         self.keyring = (Keyring(config, self.secrets, backend.describe())
                         if config is not None and config.encrypted else None)
-        self._blobs: LooseChunkStore | None = None
-        self._blobs_made = threading.Lock()
+        self.layout = layout_for(backend, config, self.keyring)  # chosen once
 
     @property
     def blobs(self) -> LooseChunkStore:
-        """The blob store of a chunked repository, built when first needed with its cipher
-        fixed: the key, which an encrypted one's cipher needs, is loaded only by commands
-        that read or write chunks (list and unlock hold none)."""
-        with self._blobs_made:
-            if self._blobs is None:
-                cipher = self.keyring.cipher() if self.keyring is not None else PlainChunks()
-                self._blobs = LooseChunkStore(ChunkObjects(self.backend, cipher))
-            return self._blobs
+        """The blob store (volbackup.repo.blobstore), built once when first needed."""
+        return self.layout.blobs
 
     @classmethod
     def open(cls, url: str, writable: bool = False, options: dict | None = None,
@@ -273,10 +245,6 @@ class Repository:
         # The repository as it now is: its blob store is made from this config, once.
         return cls(backend, config, Secrets(key_file=key_file) if config.encrypted else None)
 
-    @property
-    def layout(self) -> str:
-        return "archive" if self.config is None else "chunked"
-
     def describe(self) -> str:
         return self.backend.describe()
 
@@ -313,7 +281,7 @@ class Repository:
     def snapshot_writer(self, snapshot_id: str) -> Iterator[SnapshotWriter]:
         """Where a new snapshot's data goes; it appears when the block ends cleanly."""
         volume, _ = split_id(snapshot_id)
-        name = self.archive_name(snapshot_id, chunked=self.config is not None)
+        name = self.archive_name(snapshot_id, chunked=self.layout.chunked)
         with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out, ExitStack() as later:
             writer = SnapshotWriter(self, out, name, snapshot_id, later)
             yield writer
@@ -329,8 +297,7 @@ class Repository:
     def names_chunks_as(self, source: "Repository") -> bool:
         """Both chunked and both plain: a chunk has the same name (the sha256 of its
         plaintext) and the same stored form in both, so `receive_chunks` can copy them."""
-        return (self.config is not None and source.config is not None
-                and self.keyring is None and source.keyring is None)
+        return self.layout.stores_chunks_like(source.layout)
 
     def receive_chunks(self, source: "Repository", manifest: Manifest,
                        progress: Progress = no_progress) -> chunkcopy.ListCopy:
@@ -355,7 +322,7 @@ class Repository:
                                f"chunk list of snapshot {manifest.snapshot}"), progress)
         field = manifest.catalog
         if field is not None:
-            if "chunks" not in field:
+            if not catalogs.in_pieces(field):
                 raise RepositoryError(f"snapshot {manifest.snapshot} is chunked and its "
                                       f"catalogue is not")
             key = self.catalog_key(manifest.snapshot, chunked=True)  # ... and <stamp>.catalog
@@ -470,7 +437,7 @@ class Repository:
         layout is made by its first backup): what a copy may write into. An empty
         directory or bucket prefix is not one: a typo in a target must not become a
         repository."""
-        return self.config is not None or next(
+        return self.layout.chunked or next(
             (True for info in self.backend.list(PREFIX) if not info.error), False)
 
     def require_repository(self) -> None:
@@ -536,16 +503,11 @@ class Repository:
         to `wait` seconds; `on_break` hears of each stale lock broken on the way. What is
         known of the stored chunks is listed afresh under each lock."""
         with locking.locked(self.backend, kind, wait, command, on_break) as held:
-            self._forget_blobs()
+            self.layout.forget_blobs()
             try:
                 yield held
             finally:
-                self._forget_blobs()
-
-    def _forget_blobs(self) -> None:
-        with self._blobs_made:
-            if self._blobs is not None:
-                self._blobs.forget()
+                self.layout.forget_blobs()
 
     def locks(self) -> list[locking.LockInfo]:
         return locking.list_locks(self.backend)
