@@ -10,8 +10,9 @@ decides what it lacks (BlobStore.save_stored). A chunk the target holds already 
 back and checked once: one that is not what its name says (damaged, or planted by a writer
 to the target) is replaced by the source's, so that a snapshot the copy commits restores
 from the target. The list goes into a blob that appears only when its chunks are durable
-and the second read matched the manifest too; the caller writes the manifest after it. A snapshot has two such lists: its data's
-(`.chunks`) and its catalogue's (`.catalog`, volbackup.repo.catalogs), one call each.
+and the second read matched the manifest too; the caller writes the manifest after it. A
+snapshot has two such lists: its data's (`.chunks`) and its catalogue's (`.catalog`,
+volbackup.repo.catalogs), one call each.
 """
 
 from __future__ import annotations

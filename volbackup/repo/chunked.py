@@ -2,9 +2,9 @@
 
 Writing: the tar stream (checked as for an archive) is cut by content-defined chunking;
 each chunk is handed to the blob store by a few worker threads while the stream goes on
-(the store names it, and compresses and stores it if it lacks it). The chunk list, one line per chunk
-(`<sha256 hex> <length>`), is written as the chunks complete, in stream order, into a blob
-that appears only when every chunk is durable. The manifest is written after it.
+(the store names it, and compresses and stores it if it lacks it). The chunk list, one
+line per chunk (`<sha256 hex> <length>`), is written as the chunks complete, in stream
+order, into a blob that appears only when every chunk is durable. The manifest is written after it.
 
 Reading: the list is read as a stream, once through to check it against the manifest
 before any chunk is fetched, then again as the chunks are fetched ahead by worker threads

@@ -29,7 +29,8 @@ from volbackup.repo.backends import Backend, BlobNotFound, Leftover, TempFile, o
 from volbackup.repo.blobstore import LooseChunkStore
 from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
-from volbackup.repo.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
+from volbackup.repo.manifest import (STAMP, VOLUME_NAME, Manifest, RevealedManifest,
+                                     parse_created)
 from volbackup.repo.sealing import (IDENTITY_FILE_ENV, KEY_FILE_ENV, Keyring, Secrets,
                                     new_encryption)
 from volbackup.stream import archive, catalog
@@ -344,11 +345,13 @@ class Repository:
         if self.keyring is not None:
             self.keyring.check(reading)
 
-    def reveal(self, manifest: Manifest) -> Manifest:
+    def reveal(self, manifest: Manifest) -> RevealedManifest:
         """The whole manifest, private fields included: in an encrypted repository this
-        needs the identity and checks the manifest's MAC; otherwise it is `manifest`."""
+        needs the identity and checks the manifest's MAC (once: the result is of its own
+        type, which the readers of snapshot data take); otherwise it is `manifest`."""
         if self.keyring is None:
-            return manifest
+            return manifest if isinstance(manifest, RevealedManifest) \
+                else RevealedManifest.of(manifest)
         return self.keyring.reveal(manifest)
 
     # -- reading
@@ -683,7 +686,7 @@ class Repository:
 class _ArchiveUnpacker(archive.Unpacker):
     """An Unpacker that opens the archive itself when read."""
 
-    def __init__(self, repo: Repository, manifest: Manifest, progress: Progress):
+    def __init__(self, repo: Repository, manifest: RevealedManifest, progress: Progress):
         super().__init__((), manifest.sha256, manifest.stored_bytes, progress, manifest.bytes)
         self._repo, self._manifest = repo, manifest
 
@@ -700,7 +703,7 @@ class _ChunkedUnpacker(chunked.ChunkedUnpacker):
     """A ChunkedUnpacker of a snapshot of `repo`, which says when the snapshot was removed
     while it was read (Repository.missing)."""
 
-    def __init__(self, repo: Repository, manifest: Manifest, progress: Progress):
+    def __init__(self, repo: Repository, manifest: RevealedManifest, progress: Progress):
         super().__init__(lambda: _open_list(repo, manifest), repo.blobs, manifest.sha256,
                          manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes,
                          progress)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from volbackup.errors import IntegrityError, KeyProblem, RepositoryError
 from volbackup.repo import crypto
 from volbackup.repo.config import Encryption, RepoConfig
-from volbackup.repo.manifest import FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest
+from volbackup.repo.manifest import (FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest,
+                                     RevealedManifest)
 
 KEY_FILE_ENV = "VOLBACKUP_KEY_FILE"
 IDENTITY_FILE_ENV = "VOLBACKUP_IDENTITY_FILE"
@@ -170,10 +171,11 @@ class Keyring:
                          format_version=FORMAT_VERSION)
         return replace(public, mac=self.key().mac(public.signed_bytes()))
 
-    def reveal(self, manifest: Manifest) -> Manifest:
-        """The whole manifest, once its MAC and sealed part check out (a manifest this
-        keyring revealed already is returned as it is)."""
-        if getattr(manifest, "_revealed_by", None) is self:
+    def reveal(self, manifest: Manifest) -> RevealedManifest:
+        """The whole manifest, once its MAC and sealed part check out (one revealed already
+        is returned as it is: its private fields are no longer what the MAC covers; one a
+        plain repository revealed is refused below, as any plain manifest is)."""
+        if isinstance(manifest, RevealedManifest) and manifest.encrypted:
             return manifest
         if not manifest.encrypted:
             self.authenticate(manifest)  # raises: the message says why
@@ -192,7 +194,6 @@ class Keyring:
         if not isinstance(private, dict) or not (
                 set(PRIVATE_FIELDS) - set(OPTIONAL_PRIVATE) <= set(private) <= set(PRIVATE_FIELDS)):
             raise IntegrityError(f"snapshot {manifest.snapshot} has an invalid sealed part")
-        whole = replace(manifest, **private)
+        whole = RevealedManifest.of(replace(manifest, **private))
         whole._check_types(f"of snapshot {manifest.snapshot}")
-        object.__setattr__(whole, "_revealed_by", self)  # not a field: never serialised
         return whole
