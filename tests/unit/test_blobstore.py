@@ -190,6 +190,8 @@ def test_a_replaced_revealed_manifest_is_still_revealed(tmp_path):
     assert isinstance(changed, RevealedManifest)
     assert repo.reveal(changed) is changed
     assert restored(repo, changed) == volume_tar(4, size=50_000)
+    sealed = repo.keyring.seal(changed)        # what a commit writes: no longer revealed
+    assert type(sealed) is Manifest and sealed.labels == {} and sealed.mac
 
 
 def test_a_whole_manifest_not_revealed_here_is_authenticated(tmp_path):

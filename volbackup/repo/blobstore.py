@@ -162,7 +162,10 @@ class LooseChunkStore(BlobStore):
         self._local = threading.local()   # a zstd compressor per thread and level
 
     def _compressor(self, level: int) -> zstandard.ZstdCompressor:
-        made = self._local.__dict__.setdefault("compressors", {})
+        """This thread's compressor at `level` (a ZstdCompressor is not shared by threads)."""
+        if not hasattr(self._local, "compressors"):
+            self._local.compressors = {}
+        made = self._local.compressors
         if level not in made:
             made[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
         return made[level]

@@ -202,6 +202,11 @@ class Manifest:
         return self.layout == "chunked"
 
 
+def fields_of(manifest: Manifest) -> dict:
+    """A manifest's fields, whatever its type: what another type of it is made from."""
+    return {f.name: getattr(manifest, f.name) for f in fields(Manifest)}
+
+
 @dataclass(eq=False)
 class RevealedManifest(Manifest):
     """A manifest made whole by its repository (Repository.reveal): in an encrypted one,
@@ -214,7 +219,7 @@ class RevealedManifest(Manifest):
 
     @classmethod
     def of(cls, manifest: Manifest) -> "RevealedManifest":
-        return cls(**{f.name: getattr(manifest, f.name) for f in fields(Manifest)})
+        return cls(**fields_of(manifest))
 
     def __eq__(self, other: object) -> bool:
         """Equal to any manifest with the same fields (revealing adds none)."""

@@ -26,7 +26,7 @@ from volbackup.errors import IntegrityError, KeyProblem, RepositoryError
 from volbackup.repo import crypto
 from volbackup.repo.config import Encryption, RepoConfig
 from volbackup.repo.manifest import (FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest,
-                                     RevealedManifest)
+                                     RevealedManifest, fields_of)
 
 KEY_FILE_ENV = "VOLBACKUP_KEY_FILE"
 IDENTITY_FILE_ENV = "VOLBACKUP_IDENTITY_FILE"
@@ -167,7 +167,7 @@ class Keyring:
         """The manifest as stored: private fields sealed, everything MACed."""
         private = json.dumps(manifest.private(), sort_keys=True).encode()
         sealed = base64.b64encode(crypto.encrypt(private, self.recipients())).decode()
-        public = replace(manifest, **_BLANK, encrypted=True, sealed=sealed, mac=None,
+        public = replace(Manifest(**fields_of(manifest)), **_BLANK, encrypted=True, sealed=sealed, mac=None,
                          format_version=FORMAT_VERSION)
         return replace(public, mac=self.key().mac(public.signed_bytes()))
 
