@@ -69,7 +69,8 @@ class SnapshotWriter:
         """`check_existing` (copy): the chunks this repository holds already are read back
         and checked, and written again if wrong (volbackup.repo.layout.ChunkedLayout)."""
         repo = self._repo
-        key = repo.catalog_key(self._snapshot, chunked=repo.layout.chunked)
+        volume, stamp = split_id(self._snapshot)
+        key = f"{PREFIX}{volume}/{stamp}{repo.layout.catalog_suffix}"
         packed, self._finish = repo.layout.pack(tar_chunks, self._out, level, progress,
                                                 check_existing, key, self._later)
         return packed
@@ -200,8 +201,8 @@ class Repository:
     @contextmanager
     def snapshot_writer(self, snapshot_id: str) -> Iterator[SnapshotWriter]:
         """Where a new snapshot's data goes; it appears when the block ends cleanly."""
-        volume, _ = split_id(snapshot_id)
-        name = self.archive_name(snapshot_id, chunked=self.layout.chunked)
+        volume, stamp = split_id(snapshot_id)
+        name = stamp + self.layout.data_suffix
         with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out, ExitStack() as later:
             writer = SnapshotWriter(self, out, name, snapshot_id, later)
             yield writer
