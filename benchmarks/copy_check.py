@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 import partial
 from volbackup.ops import copy as copy_ops
 from volbackup.repo.backends.counting import CountingBackend
-from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.chunkstore import ChunkObjects
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.timefmt import utc_iso
@@ -77,15 +77,15 @@ def measure(source: Repository, a: Manifest, b: Manifest, url: str, check: bool)
     copy_ops.copy(source, target, copy_ops.Choice([a.snapshot]))
     counting = CountingBackend(target.backend)
     target = Repository(counting, target.config)
-    holds = ChunkStore.holds
+    holds = ChunkObjects.holds
     if not check:
-        ChunkStore.holds = lambda self, chunk_id, length: True  # what copy did before
+        ChunkObjects.holds = lambda self, chunk_id, length: True  # what copy did before
     try:
         started = time.monotonic()
         (outcome,) = copy_ops.copy(source, target, copy_ops.Choice([b.snapshot])).snapshots
         seconds = time.monotonic() - started
     finally:
-        ChunkStore.holds = holds
+        ChunkObjects.holds = holds
     assert outcome.status == "copied", outcome.message
     return {"check": check, "seconds": round(seconds, 2), "chunks": outcome.chunks,
             "sent": outcome.chunks_sent, "objects_read": dict(counting.objects),

@@ -63,11 +63,11 @@ def put_chunked_snapshot(repo: Path, volume: str, tar: bytes) -> str:
     c = repository.config.chunker
     snapshot = new_snapshot_id(volume, CREATED)
     listing, stored_bytes = b"", 0
-    compressor = zstandard.ZstdCompressor(write_checksum=True)
     for data in cut([tar], c.avg_size, c.min_size, c.max_size, c.normalized_chunking, c.seed):
-        chunk_id = hashlib.sha256(data).hexdigest()
-        stored_bytes += repository.chunk_store.put(chunk_id, data, compressor)
-        listing += f"{chunk_id} {len(data)}\n".encode()
+        saved = repository.blobs.save(data, 3)
+        assert saved.id == hashlib.sha256(data).hexdigest()
+        stored_bytes += saved.stored
+        listing += f"{saved.id} {len(data)}\n".encode()
     manifest = make_manifest(
         snapshot=snapshot, created=utc_iso(CREATED, "milliseconds"), driver="local",
         driver_options={}, labels={}, bytes=len(tar), stored_bytes=stored_bytes,

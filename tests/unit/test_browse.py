@@ -142,8 +142,7 @@ def test_dump_in_a_chunked_repository_reads_only_the_files_chunks(tmp_path):
     root = tmp_path / "repo"
     chunked_repo(root)
     backup(Repository.open(str(root), writable=True), volume())
-    repo = Repository(Counting(str(root)))
-    repo.config = Repository.open(str(root)).config
+    repo = Repository(Counting(str(root)), Repository.open(str(root)).config)
     assert dumped(repo, "pgdata", "etc/app.conf") == b"port = 5432\n"
     chunks = [k for k in repo.backend.reads if k.startswith("chunks/")]
     whole = len(list((root / "chunks").rglob("*")))

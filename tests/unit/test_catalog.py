@@ -380,13 +380,13 @@ def test_a_chunked_catalogue_is_fetched_at_most_a_few_pieces_ahead(tmp_path, mon
     manifest = backup(repo, make_tar([_member(f"./f{i:04d}") for i in range(200)]))
     assert manifest.catalog["chunks"] > 20
     fetched, idle = [], threading.Event()
-    get = repo.chunk_store.get
+    load = repo.blobs.load
 
-    def counting_get(*args, **kwargs):
+    def counting_load(*args, **kwargs):
         fetched.append(args[0])
-        return get(*args, **kwargs)
+        return load(*args, **kwargs)
 
-    monkeypatch.setattr(repo.chunk_store, "get", counting_get)
+    monkeypatch.setattr(repo.blobs, "load", counting_load)
     entries = repo.catalog(manifest)
     next(entries)
     idle.wait(1.0)  # let the fetchers run as far as they may (a hang guard, not a bound)

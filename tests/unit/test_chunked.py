@@ -16,7 +16,9 @@ from tests.unit.chunkrepos import (AVG, backup, chunk_files, chunk_list, chunked
                                    list_key, read_until_error, restored, volume_tar)
 from tests.unit.tars import end_of_members
 from volbackup.errors import IntegrityError
-from volbackup.repo.chunked import KnownChunks, pack
+from volbackup.repo.blobstore import KnownChunks, LooseChunkStore
+from volbackup.repo.chunked import pack
+from volbackup.repo.crypto import PlainChunks
 from volbackup.repo.chunkstore import chunk_key
 from volbackup.repo.config import RepoConfig
 
@@ -242,7 +244,7 @@ def test_drain_raises_on_damage(repo, tar, tmp_path):
 
 
 class BlockingStore:
-    """A ChunkStore (our interface) whose put() waits for `release`; counts the puts."""
+    """ChunkObjects (our interface) whose put() waits for `release`; counts the puts."""
 
     def __init__(self, fail_first: bool = False):
         self.release = threading.Event()
@@ -251,6 +253,8 @@ class BlockingStore:
         self.puts: list[str] = []
         self.fail_first = fail_first
         self._lock = threading.Lock()
+
+    cipher = PlainChunks()
 
     def ids(self) -> set[bytes]:
         return set()
@@ -309,13 +313,13 @@ def test_two_threads_claiming_one_chunk(fail_first):
 
 def test_two_packs_of_one_stream_write_each_chunk_once(tmp_path, tar):
     store = BlockingStore()
-    known = KnownChunks(store)
+    blobs = LooseChunkStore(store)
     config = RepoConfig.new(avg_size=AVG)
     lists = [open(tmp_path / f"list{i}", "wb") for i in range(2)]
     results = [None, None]
 
     def run(i):
-        results[i] = pack([tar], lists[i], store, config, known)
+        results[i] = pack([tar], lists[i], blobs, config)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
@@ -343,7 +347,7 @@ def test_a_chunk_planted_before_a_backup_is_found_by_verify_naming_each_snapshot
     chunk_id, length = chunk_list(repo, first)[4]
     (tmp_path / "repo" / chunk_key(chunk_id)).write_bytes(
         zstandard.ZstdCompressor().compress(b"y" * length))  # a writer's, under that name
-    repo.known_chunks.forget()  # a new run, a new listing
+    repo.blobs.forget()  # a new run, a new listing
     second = backup(repo, volume_tar(7))
     other = backup(repo, volume_tar(8, size=100_000), volume="cache")
     assert (chunk_id, length) in chunk_list(repo, second)

@@ -106,7 +106,7 @@ def test_init_writes_a_config_that_open_reads(tmp_path):
     made = Repository.init(str(tmp_path))
     assert list(files(tmp_path)) == ["config"]
     opened = Repository.open(str(tmp_path))
-    assert opened.layout == "chunked" and opened.config == made.config
+    assert opened.layout.name == "chunked" and opened.config == made.config
 
 
 def test_init_on_a_repository_with_a_config_refuses_and_changes_nothing(tmp_path):
@@ -141,7 +141,7 @@ def test_init_over_an_archive_layout_repository_keeps_its_snapshots(tmp_path):
 
     Repository.init(str(tmp_path))
     repo = Repository.open(str(tmp_path))
-    assert repo.layout == "chunked"
+    assert repo.layout.name == "chunked"
     assert not repo.resolve(snapshot).chunked
     assert restored(repo, repo.resolve(snapshot)) == tar       # still readable
     new = backup(repo, tar)                                     # new ones are chunked

@@ -47,7 +47,7 @@ def test_import_then_export_gives_the_members_back(repo, tmp_path):
     manifest = repo.load(result.snapshot)
     assert (manifest.source_kind, manifest.driver, manifest.driver_options, manifest.labels) \
         == ("import", "local", {}, {"k": "v"})
-    assert manifest.layout == repo.layout and result.format == "gzip"
+    assert manifest.layout == repo.layout.name and result.format == "gzip"
     assert result.bytes == manifest.bytes and result.entries == len(corpus_members())
 
     out = tmp_path / "out.tar.zst"

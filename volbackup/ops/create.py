@@ -28,7 +28,7 @@ def create_repository(url: str, options: dict | None = None,
     assert repo.config is not None
     held = len(repo.snapshots().snapshots)
     encryption = repo.config.encryption
-    return InitResult(repo.describe(), repo.config.id, repo.layout,
+    return InitResult(repo.describe(), repo.config.id, repo.layout.name,
                       vars(repo.config.chunker).copy(), held,
                       list(encryption.recipients) if encryption else [],
                       key_file if encryption else None, repo.made_store)

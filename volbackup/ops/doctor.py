@@ -150,7 +150,7 @@ def _repository_check(url: str, secrets: Secrets | None, checks: list[Check]
         checks.append(Check("repository", PROBLEM, str(e),
                             "fix its permissions, free space or key, or give another -r"))
         return repo
-    if repo.config is None:
+    if not repo.layout.chunked:
         what = "archive layout (no config; `volbackup init` makes a chunked one)"
         details = {"layout": "archive", "format_version": None, "encrypted": False}
     else:

@@ -176,7 +176,7 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None,
     # long part, and a snapshot's stored bytes (shared chunks) say nothing of its removal.
     doomed = sum(manifests[d.snap.id].stored_bytes for d in decisions if not d.keep)
     bar = (progress("removing snapshots", doomed) if doomed and not dry_run
-           and repo.config is None else nullcontext(lambda n: None))
+           and not repo.layout.chunked else nullcontext(lambda n: None))
     with bar as update:
         for d in decisions:
             _decide(repo, d, manifests[d.snap.id], result, now, dry_run, update)
@@ -184,7 +184,7 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None,
 
         result.leftovers = _leftovers(repo, wanted, dry_run,
                                       timedelta(seconds=options.leftover_age), now)
-    if repo.config is not None:
+    if repo.layout.chunked:
         # Last: what the removed snapshots and leftovers alone held (every volume's lists
         # count, so a prune of some volumes never takes what others use).
         result.chunks = repo.sweep_chunks(timedelta(seconds=options.leftover_age), now,

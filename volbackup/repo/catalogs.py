@@ -20,8 +20,8 @@ import zstandard
 
 from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
-from volbackup.repo.chunked import KnownChunks, fetch_ahead, listed
-from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.blobstore import BlobStore
+from volbackup.repo.chunked import fetch_ahead, listed
 from volbackup.stream import catalog
 from volbackup.stream.catalog import CatalogEntry
 from volbackup.stream.archive import OUTPUT_CHUNK
@@ -34,11 +34,10 @@ _FIELD = {"version": int, "entries": int, "bytes": int, "sha256": str, "plain_sh
 
 
 class ChunkedCatalogWriter:
-    """Collects catalogue lines, storing each full piece as a chunk as it fills."""
+    """Collects catalogue lines, storing each full piece as a blob as it fills."""
 
-    def __init__(self, store: ChunkStore, known: KnownChunks, level: int):
-        self._store, self._known = store, known
-        self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    def __init__(self, store: BlobStore, level: int):
+        self._store, self._level = store, level
         self._buf = bytearray()
         self._list = io.BytesIO()
         self._plain = hashlib.sha256()
@@ -54,19 +53,12 @@ class ChunkedCatalogWriter:
         if not self._buf:
             return
         data, self._buf = bytes(self._buf), bytearray()
-        chunk_id = self._store.chunk_id(data)
-        digest = bytes.fromhex(chunk_id)
-        if self._known.claim(digest):
-            stored = 0
-            try:
-                stored = self._store.put(chunk_id, data, self._compressor)
-            finally:
-                self._known.done(digest, stored > 0)
-            self.stored_bytes += stored
+        saved = self._store.save(data, self._level)
+        self.stored_bytes += saved.stored
         self._plain.update(data)
         self.bytes += len(data)
         self.chunks += 1
-        self._list.write(f"{chunk_id} {len(data)}\n".encode())
+        self._list.write(f"{saved.id} {len(data)}\n".encode())
 
     def finish(self, backend: Backend, key: str) -> dict:
         """Store the last piece and the list; the manifest's `catalog` field."""
@@ -124,10 +116,17 @@ def check_field(value: object) -> bool:
                               and chunks <= value["bytes"])  # no piece is empty
 
 
+def in_pieces(field: dict) -> bool:
+    """Is this catalogue (a manifest's `catalog` field) stored in pieces in the blob store,
+    named in a list (a chunked snapshot's), rather than as one blob? Its own form says:
+    it counts its pieces."""
+    return "chunks" in field
+
+
 AHEAD = 4  # catalogue pieces (1 MiB each) fetched ahead of the reader
 
 
-def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
+def read_pieces(backend: Backend, store: BlobStore, key: str, field: dict,
                 what: str) -> Iterator[bytes]:
     """The catalogue's bytes, checked against the manifest's `catalog` field."""
     plain = hashlib.sha256()
@@ -135,7 +134,7 @@ def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
         raise RepositoryError(f"{what} has catalogue version {field.get('version')!r}; this "
                               f"volbackup reads {catalog.CATALOG_VERSION} (upgrade volbackup)")
     try:
-        if "chunks" in field:
+        if in_pieces(field):
             yield from _chunked_pieces(backend, store, key, field, plain)
         else:
             with backend.open_read(key) as reader:
@@ -146,7 +145,7 @@ def read_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
         raise IntegrityError(f"catalogue {key} does not match the manifest")
 
 
-def _chunked_pieces(backend: Backend, store: ChunkStore, key: str, field: dict,
+def _chunked_pieces(backend: Backend, store: BlobStore, key: str, field: dict,
                     plain) -> Iterator[bytes]:
     """The pieces, the list read as a stream (checked through once before any piece is
     fetched) and the pieces fetched a few ahead: memory stays flat whatever the counts."""

@@ -4,14 +4,15 @@ chunker's parameters), for `volbackup copy` (volbackup.ops.copy).
 
 The source's list is read once through and checked against the manifest (sha256, count,
 bytes) before any chunk moves, then again as the chunks the target lacks are fetched,
-checked against their names (ChunkStore.get_stored) and stored in the target as they are
-stored in the source (no compressing again), a few at a time. A chunk the target holds
-already is read back and checked once (ChunkStore.holds): one that is not what its name
-says (damaged, or planted by a writer to the target) is replaced by the source's, so that a
-snapshot the copy commits restores from the target. The list goes into a blob
-that appears only when its chunks are durable and the second read matched the manifest
-too; the caller writes the manifest after it. A snapshot has two such lists: its data's
-(`.chunks`) and its catalogue's (`.catalog`, volbackup.repo.catalogs), one call each.
+checked against their names (BlobStore.load_stored) and stored in the target as they are
+stored in the source (no compressing again), a few at a time, by the target's store, which
+decides what it lacks (BlobStore.save_stored). A chunk the target holds already is read
+back and checked once: one that is not what its name says (damaged, or planted by a writer
+to the target) is replaced by the source's, so that a snapshot the copy commits restores
+from the target. The list goes into a blob that appears only when its chunks are durable
+and the second read matched the manifest too; the caller writes the manifest after it. A
+snapshot has two such lists: its data's (`.chunks`) and its catalogue's (`.catalog`,
+volbackup.repo.catalogs), one call each.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Callable
 
 from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
-from volbackup.repo.chunked import WRITERS, KnownChunks, iter_list
-from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.blobstore import BlobStore
+from volbackup.repo.chunked import WRITERS, iter_list
 from volbackup.stream.archive import Progress, no_progress
 
 
@@ -48,11 +49,10 @@ class ListCopy:
 
 @dataclass(frozen=True)
 class Side:
-    """One repository's end of a copy: where its blobs and chunks are."""
+    """One repository's end of a copy: where its lists (blobs) and chunks are."""
 
     backend: Backend
-    store: ChunkStore
-    known: KnownChunks | None = None   # the target's: what it need not be sent
+    store: BlobStore
 
 
 @dataclass(frozen=True)
@@ -70,26 +70,16 @@ def copy_list(source: Side, source_key: str, target: Side, target_key: str,
     """Copy the chunk list at `source_key` to `target_key`, with the chunks the target
     lacks; raises IntegrityError (nothing of the list appears) if the list or a chunk
     is not what the manifest says."""
-    assert target.known is not None
+    if not target.store.stores_like(source.store):
+        raise ValueError("copy_list needs two stores that store chunks alike")
     _check(source, source_key, expected, lambda chunk_id, length: None)
     result = ListCopy()
     pending: deque[Future] = deque()
 
     def send(chunk_id: str, length: int) -> tuple[int, int, int]:
-        digest = bytes.fromhex(chunk_id)
-        known = target.known
-        if not known.claim(digest):
-            if known.sound(digest, lambda: target.store.holds(chunk_id, length)):
-                return 0, 0, 0
-            stored = target.store.put_stored(chunk_id, source.store.get_stored(chunk_id, length))
-            known.vouch(digest)
-            return 1, stored, 1
-        stored = 0
-        try:
-            stored = target.store.put_stored(chunk_id, source.store.get_stored(chunk_id, length))
-        finally:
-            known.done(digest, stored > 0)
-        return 1, stored, 0
+        saved = target.store.save_stored(
+            chunk_id, length, lambda: source.store.load_stored(chunk_id, length))
+        return (1, saved.stored, 1 if saved.replaced else 0) if saved.written else (0, 0, 0)
 
     def settle(future: Future) -> None:
         sent, stored, replaced = future.result()

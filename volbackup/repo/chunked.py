@@ -1,10 +1,10 @@
 """Snapshots of a chunked repository: a tar stream cut into chunks, and its chunk list.
 
 Writing: the tar stream (checked as for an archive) is cut by content-defined chunking;
-each chunk is hashed, and the ones the repository lacks are compressed and stored by a
-few worker threads while the stream goes on. The chunk list, one line per chunk
-(`<sha256 hex> <length>`), is written as the chunks complete, in stream order, into a blob
-that appears only when every chunk is durable. The manifest is written after it.
+each chunk is handed to the blob store by a few worker threads while the stream goes on
+(the store names it, and compresses and stores it if it lacks it). The chunk list, one
+line per chunk (`<sha256 hex> <length>`), is written as the chunks complete, in stream
+order, into a blob that appears only when every chunk is durable. The manifest is written after it.
 
 Reading: the list is read as a stream, once through to check it against the manifest
 before any chunk is fetched, then again as the chunks are fetched ahead by worker threads
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-import zstandard
-
 from volbackup.errors import IntegrityError
-from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.blobstore import BlobStore, Saved
 from volbackup.repo.config import CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
@@ -49,68 +46,8 @@ class ChunkedPacked(Packed):
     replaced_chunks: int = 0    # with `check_existing`: stored ones that failed, written again
 
 
-class KnownChunks:
-    """The chunks a backup need not write: those listed under the current lock, plus those
-    written since. Never a cache kept across locks: a prune may have swept in between.
-    Shared by the jobs of one run: a chunk another job is writing is waited for, so that no
-    chunk list names a chunk before it is durable."""
-
-    def __init__(self, store: ChunkStore):
-        self._store = store
-        self._ids: set[bytes] | None = None
-        self._writing: dict[bytes, threading.Event] = {}
-        self._sound: set[bytes] = set()  # written, or read back and checked, under this lock
-        self._lock = threading.Lock()
-
-    def claim(self, digest: bytes) -> bool:
-        """True: the caller must write this chunk, then call done(). False: it is stored
-        (perhaps after waiting for the caller that was writing it)."""
-        while True:
-            with self._lock:
-                if self._ids is None:
-                    self._ids = self._store.ids()
-                if digest in self._ids:
-                    return False
-                writing = self._writing.get(digest)
-                if writing is None:
-                    self._writing[digest] = threading.Event()
-                    return True
-            writing.wait()  # then stored, or that writer failed and this one claims it
-
-    def done(self, digest: bytes, stored: bool) -> None:
-        with self._lock:
-            writing = self._writing.pop(digest)
-            if stored and self._ids is not None:
-                self._ids.add(digest)
-                self._sound.add(digest)
-        writing.set()
-
-    def sound(self, digest: bytes, check: Callable[[], bool]) -> bool:
-        """For a chunk `claim` said is stored: True when it was written or checked under
-        this lock already, or `check()` (a read-back) finds it sound; False: the caller
-        writes it again, then calls `vouch`."""
-        with self._lock:
-            if digest in self._sound:
-                return True
-        if not check():
-            return False
-        self.vouch(digest)
-        return True
-
-    def vouch(self, digest: bytes) -> None:
-        """This chunk was written again (its stored bytes were wrong): sound from now on."""
-        with self._lock:
-            self._sound.add(digest)
-
-    def forget(self) -> None:
-        """Drop what was listed (a new lock begins, or one ended)."""
-        with self._lock:
-            self._ids = None
-            self._sound = set()
-
-
-def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
-         config: RepoConfig, known: KnownChunks, level: int = 3,
+def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
+         config: RepoConfig, level: int = 3,
          progress: Progress = no_progress, seed: int | None = None,
          on_walker: Callable[[TarWalker], None] = lambda walker: None,
          check_existing: bool = False) -> ChunkedPacked:
@@ -120,44 +57,26 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: ChunkStore,
     `on_walker` is shown the walker that checks the stream (the catalogue listens).
     `check_existing` (copy into a plain repository): a chunk the store holds already is
     read back and checked once, and written again if it is not what its name says; a
-    backup trusts the names it lists (docs/security.md says what that lets a writer do)."""
+    backup trusts the names it lists (docs/security.md says what that lets a writer do).
+    Which chunks are stored already is the store's business (BlobStore.save)."""
     # Names are not checked for repeats here: what is packed is a volume's stream, or a
     # stream whose names were checked (an unpacker's, import's), each name once.
     walker = TarWalker(unique=False)
     on_walker(walker)
     tar_sha256 = hashlib.sha256()
     listing = HashingWriter(list_out)
-    local = threading.local()
     result = ChunkedPacked(0, 0, "", 0, None)
 
-    def compressor() -> zstandard.ZstdCompressor:
-        if not hasattr(local, "compressor"):
-            local.compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        return local.compressor
-
-    def store_one(data: bytes) -> tuple[str, int, int, bool]:
-        digest = bytes.fromhex(store.chunk_id(data))
-        if not known.claim(digest):
-            if not check_existing or known.sound(
-                    digest, lambda: store.holds(digest.hex(), len(data))):
-                return digest.hex(), len(data), 0, False
-            stored = store.put(digest.hex(), data, compressor())  # the stored one was wrong
-            known.vouch(digest)
-            return digest.hex(), len(data), stored, True
-        stored = 0
-        try:
-            stored = store.put(digest.hex(), data, compressor())
-        finally:
-            known.done(digest, stored > 0)
-        return digest.hex(), len(data), stored, False
+    def store_one(data: bytes) -> Saved:
+        return store.save(data, level, check_existing)
 
     def record(future: Future) -> None:
-        chunk_id, length, stored, replaced = future.result()
-        listing.write(f"{chunk_id} {length}\n".encode())
+        saved = future.result()
+        listing.write(f"{saved.id} {saved.length}\n".encode())
         result.chunks += 1
-        result.new_chunks += 1 if stored else 0
-        result.replaced_chunks += 1 if replaced else 0
-        result.stored_bytes += stored
+        result.new_chunks += 1 if saved.written else 0
+        result.replaced_chunks += 1 if saved.replaced else 0
+        result.stored_bytes += saved.stored
 
     c = config.chunker
     pending: deque[Future] = deque()
@@ -192,7 +111,7 @@ class ChunkedUnpacker:
     """As volbackup.stream.archive.Unpacker, for a chunked snapshot: `chunks()` yields the
     checked tar stream; `walker`, `root` and `stored_bytes` as there."""
 
-    def __init__(self, open_list: Callable[[], object], store: ChunkStore, expected_sha256: str,
+    def __init__(self, open_list: Callable[[], object], store: BlobStore, expected_sha256: str,
                  expected_chunks: int, expected_tar_sha256: str, expected_bytes: int,
                  progress: Progress = no_progress):
         self._open_list = open_list
@@ -264,7 +183,7 @@ def listed(open_list: Callable[[], object], want_sha256: str, want_chunks: int,
                              f"says {want_chunks} of {want_bytes}")
 
 
-def fetch_ahead(store: ChunkStore, entries: Iterable[tuple[str, int]],
+def fetch_ahead(store: BlobStore, entries: Iterable[tuple[str, int]],
                 readers: int = READERS) -> Iterator[tuple[bytes, int]]:
     """(plaintext, stored size) of each chunk of `entries`, in order, each checked, fetched
     `readers` ahead by worker threads (restores from S3 are not latency-bound); memory:
@@ -273,7 +192,7 @@ def fetch_ahead(store: ChunkStore, entries: Iterable[tuple[str, int]],
         ahead: deque[Future] = deque()
         try:
             for chunk_id, length in entries:
-                ahead.append(pool.submit(store.get, chunk_id, length))
+                ahead.append(pool.submit(store.load, chunk_id, length))
                 if len(ahead) >= readers:
                     yield ahead.popleft().result()
             while ahead:

@@ -1,8 +1,10 @@
-"""The chunk store of a chunked repository: `chunks/<2 hex>/<sha256 hex>`, one zstd frame each.
+"""The chunk objects of a chunked repository: `chunks/<2 hex>/<id hex>`, one zstd frame each.
 
-A chunk is named by the sha256 of its plaintext, so it is written once however many
-snapshots, volumes or hosts hold it, and every read checks the bytes against the name.
-Chunks are only ever added, except by prune's sweep under the exclusive lock.
+A chunk is named by the sha256 of its plaintext (an HMAC in an encrypted repository), so
+it is written once however many snapshots, volumes or hosts hold it, and every read checks
+the bytes against the name. Chunks are only ever added, except by prune's sweep under the
+exclusive lock. This module reads and writes single objects; whether one needs writing is
+decided above it, by the blob store (volbackup.repo.blobstore.LooseChunkStore).
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ class StoredChunk:
     modified: datetime | None   # UTC, when the backend says
 
 
-class ChunkStore:
-    def __init__(self, backend: Backend):
+class ChunkObjects:
+    """One object per chunk, sealed and named by `cipher`, which is fixed here: a store
+    never changes how it names or seals what it holds."""
+
+    def __init__(self, backend: Backend, cipher: PlainChunks | SealedChunks | None = None):
         self.backend = backend
-        self.cipher: PlainChunks | SealedChunks = PlainChunks()  # set by Repository
+        self.cipher = cipher or PlainChunks()
 
     def chunk_id(self, plaintext: bytes) -> str:
         """The name of a chunk: sha256, or an HMAC in an encrypted repository."""

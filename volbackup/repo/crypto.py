@@ -21,7 +21,7 @@ import hmac as stdlib_hmac
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pyrage
 from cryptography.hazmat.primitives import hashes
@@ -218,12 +218,14 @@ class PlainChunks:
 
 class SealedChunks:
     """Chunks of an encrypted repository: named by HMAC with the repository key, stored as
-    an age file (to every recipient) holding their zstd frame."""
+    an age file (to every recipient) holding their zstd frame. `identities` gives those
+    that open them, asked when the first chunk is read (a backup host holds none)."""
 
     encrypted = True
 
-    def __init__(self, key: RepositoryKey, recipients: Sequence, identities: Sequence = ()):
-        self._key, self._recipients, self._identities = key, list(recipients), list(identities)
+    def __init__(self, key: RepositoryKey, recipients: Sequence,
+                 identities: Callable[[], Sequence] = lambda: ()):
+        self._key, self._recipients, self._identities = key, list(recipients), identities
         self._name_key = key._derive("chunk names")
 
     def chunk_id(self, plaintext: bytes) -> str:
@@ -233,11 +235,12 @@ class SealedChunks:
         return encrypt(frame, self._recipients)
 
     def open(self, stored: bytes, chunk_id: str) -> bytes:
-        if not self._identities:
+        identities = self._identities()
+        if not identities:
             raise KeyProblem("reading an encrypted repository needs an identity (--identity "
                              "FILE or $VOLBACKUP_IDENTITY_FILE)")
         try:
-            return decrypt(stored, self._identities, f"chunk {chunk_id}")
+            return decrypt(stored, identities, f"chunk {chunk_id}")
         except KeyProblem:
             # The identity opened the snapshot's sealed part before a chunk is read, so it
             # is a recipient: a chunk it cannot open was replaced, not read with a wrong key.

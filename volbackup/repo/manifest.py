@@ -201,3 +201,29 @@ class Manifest:
     def chunked(self) -> bool:
         return self.layout == "chunked"
 
+
+def fields_of(manifest: Manifest) -> dict:
+    """A manifest's fields, whatever its type: what another type of it is made from."""
+    return {f.name: getattr(manifest, f.name) for f in fields(Manifest)}
+
+
+@dataclass(eq=False)
+class RevealedManifest(Manifest):
+    """A manifest made whole by its repository (Repository.reveal): in an encrypted one,
+    its MAC checked with the repository key and its sealed part opened and checked with an
+    identity; in a plain one, the manifest as read. Code that reads a snapshot's data asks
+    for this type. Being a type, not a mark on an object, it survives a
+    `dataclasses.replace` (our own change of a manifest we hold as revealed), which a
+    second reveal would have taken for a forgery: its private fields are not what the MAC
+    covers. A manifest read from the store is never one until revealed."""
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "RevealedManifest":
+        return cls(**fields_of(manifest))
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any manifest with the same fields (revealing adds none)."""
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(Manifest))
+

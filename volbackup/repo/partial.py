@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
 from volbackup.repo.chunked import READERS, iter_list
-from volbackup.repo.chunkstore import ChunkStore
+from volbackup.repo.blobstore import BlobStore
 from volbackup.stream import catalog
 from volbackup.stream.archive import END_MARKER, Progress, no_progress, release_checked
 from volbackup.stream.catalog import CatalogEntry
@@ -68,7 +68,7 @@ def cut_spans(stream: Iterable[bytes], spans: Spans) -> Iterator[bytes]:
         raise IntegrityError(f"tar stream ended at {at}, before offset {span[0]}")
 
 
-def chunked_spans(open_list: Callable[[], object], store: ChunkStore, spans: Spans,
+def chunked_spans(open_list: Callable[[], object], store: BlobStore, spans: Spans,
                   check_list: Callable[[], None]) -> Iterator[bytes]:
     """The bytes of `spans` from a chunked snapshot, fetching only the chunks that hold
     them (READERS ahead). `check_list()` has checked the whole list against the manifest;
@@ -100,7 +100,7 @@ def chunked_spans(open_list: Callable[[], object], store: ChunkStore, spans: Spa
                         else:
                             break
                     if parts:
-                        ahead.append((pool.submit(store.get, chunk_id, length), offset, parts))
+                        ahead.append((pool.submit(store.load, chunk_id, length), offset, parts))
                         while len(ahead) > READERS:
                             yield from take()
                     offset = end

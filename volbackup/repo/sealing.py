@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from volbackup.errors import IntegrityError, KeyProblem, RepositoryError
 from volbackup.repo import crypto
 from volbackup.repo.config import Encryption, RepoConfig
-from volbackup.repo.manifest import FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest
+from volbackup.repo.manifest import (FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest,
+                                     RevealedManifest, fields_of)
 
 KEY_FILE_ENV = "VOLBACKUP_KEY_FILE"
 IDENTITY_FILE_ENV = "VOLBACKUP_IDENTITY_FILE"
@@ -140,12 +141,13 @@ class Keyring:
         assert self.config.encryption is not None
         return [crypto.parse_recipient(text) for text in self.config.encryption.recipients]
 
-    def writing_cipher(self) -> crypto.SealedChunks:
-        return crypto.SealedChunks(self.key(), self.recipients())
+    def cipher(self) -> crypto.SealedChunks:
+        """How this repository's chunks are named and sealed (needs the key), and opened
+        (the identities, asked for when the first chunk is read: a backup host has none)."""
+        return crypto.SealedChunks(self.key(), self.recipients(), self._given_identities)
 
-    def reading_cipher(self) -> crypto.SealedChunks:
-        identities = self.identities()
-        return crypto.SealedChunks(self.key(for_reading=True), self.recipients(), identities)
+    def _given_identities(self) -> list:
+        return self.identities() if self.secrets.identity_file else []
 
     @property
     def can_authenticate(self) -> bool:
@@ -165,14 +167,15 @@ class Keyring:
         """The manifest as stored: private fields sealed, everything MACed."""
         private = json.dumps(manifest.private(), sort_keys=True).encode()
         sealed = base64.b64encode(crypto.encrypt(private, self.recipients())).decode()
-        public = replace(manifest, **_BLANK, encrypted=True, sealed=sealed, mac=None,
+        public = replace(Manifest(**fields_of(manifest)), **_BLANK, encrypted=True, sealed=sealed, mac=None,
                          format_version=FORMAT_VERSION)
         return replace(public, mac=self.key().mac(public.signed_bytes()))
 
-    def reveal(self, manifest: Manifest) -> Manifest:
-        """The whole manifest, once its MAC and sealed part check out (a manifest this
-        keyring revealed already is returned as it is)."""
-        if getattr(manifest, "_revealed_by", None) is self:
+    def reveal(self, manifest: Manifest) -> RevealedManifest:
+        """The whole manifest, once its MAC and sealed part check out (one revealed already
+        is returned as it is: its private fields are no longer what the MAC covers; one a
+        plain repository revealed is refused below, as any plain manifest is)."""
+        if isinstance(manifest, RevealedManifest) and manifest.encrypted:
             return manifest
         if not manifest.encrypted:
             self.authenticate(manifest)  # raises: the message says why
@@ -191,7 +194,6 @@ class Keyring:
         if not isinstance(private, dict) or not (
                 set(PRIVATE_FIELDS) - set(OPTIONAL_PRIVATE) <= set(private) <= set(PRIVATE_FIELDS)):
             raise IntegrityError(f"snapshot {manifest.snapshot} has an invalid sealed part")
-        whole = replace(manifest, **private)
+        whole = RevealedManifest.of(replace(manifest, **private))
         whole._check_types(f"of snapshot {manifest.snapshot}")
-        object.__setattr__(whole, "_revealed_by", self)  # not a field: never serialised
         return whole

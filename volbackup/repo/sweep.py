@@ -23,7 +23,8 @@ from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend
 from volbackup.repo.catalogs import LIST_SUFFIX as CATALOG_LIST_SUFFIX
 from volbackup.repo.chunked import LIST_SUFFIX, iter_list
-from volbackup.repo.chunkstore import ChunkStore, StoredChunk, chunk_key
+from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.chunkstore import StoredChunk, chunk_key
 
 SNAPSHOTS = "snapshots/"
 _LIST_KEY = re.compile(  # chunk lists, and the catalogues' lists of their pieces
@@ -52,7 +53,7 @@ class ChunkSweep:
         return dict(self.__dict__)
 
 
-def sweep(backend: Backend, store: ChunkStore, min_age: timedelta, now: datetime,
+def sweep(backend: Backend, store: LooseChunkStore, min_age: timedelta, now: datetime,
           dry_run: bool, gone: Collection[str] = (),
           progress: ProgressFactory = _no_progress) -> ChunkSweep:
     """`gone`: keys of chunk lists to count as removed, in a dry run those a real prune

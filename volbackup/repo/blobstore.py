@@ -1,0 +1,228 @@
+"""The blob store: where a chunked repository keeps the pieces of its snapshots.
+
+A blob is a piece of plaintext (a chunk of a tar stream, a piece of a catalogue) stored
+compressed, sealed when the repository is encrypted, and named by a keyed hash of its
+plaintext. The store owns three decisions that callers used to make themselves:
+
+- whether a blob is stored already (deduplication): `save(data)` asks what the store
+  holds and only then writes, as restic's `Repository.SaveBlob` asks its index and kopia's
+  `WriteContent` does; callers never claim, put and mark done;
+- how blobs are named and sealed (its cipher): fixed when the store is built, never
+  swapped (volbackup.repo.crypto.PlainChunks or SealedChunks);
+- how one blob is formatted (zstd level, checksum), in one place.
+
+`LooseChunkStore` is today's layout, one object per chunk under `chunks/`
+(volbackup.repo.chunkstore). A store that puts many blobs into one pack object is meant
+to be a second implementation of `BlobStore`, so that snapshots, copy and verify need not
+change for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import zstandard
+
+from volbackup.repo.chunkstore import ChunkObjects, StoredChunk
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What `save` did with one blob."""
+
+    id: str
+    length: int             # plaintext bytes
+    stored: int = 0         # stored bytes written now (0: it was stored already)
+    replaced: bool = False  # a stored one was not what its name says, and was written again
+
+    @property
+    def written(self) -> bool:
+        return self.stored > 0
+
+
+class BlobStore(ABC):
+    """Content-addressed blobs, deduplicated, named and sealed by a cipher fixed at build.
+
+    What the store knows is stored is learnt afresh under each repository lock (`forget`
+    is called when one begins and ends): a prune may have removed blobs in between."""
+
+    encrypted: bool
+
+    @abstractmethod
+    def blob_id(self, data: bytes) -> str:
+        """The name of a blob of this plaintext: sha256, or a keyed HMAC when encrypted."""
+
+    @abstractmethod
+    def save(self, data: bytes, level: int, verify_existing: bool = False) -> Saved:
+        """Store `data` unless it is stored already; durable when this returns. With
+        `verify_existing`, a blob held already is read back and checked once under this
+        lock, and written again if it is not what its name says (copy into a plain store)."""
+
+    @abstractmethod
+    def load(self, blob_id: str, length: int) -> tuple[bytes, int]:
+        """A blob's plaintext, checked against its name and `length`, and its stored size;
+        IntegrityError (ChunkMissing when it is not there) otherwise."""
+
+    @abstractmethod
+    def has(self, blob_id: str, length: int) -> bool:
+        """Is the blob stored and sound (read back and checked as `load` checks it)?"""
+
+    @abstractmethod
+    def load_stored(self, blob_id: str, length: int) -> bytes:
+        """A blob's stored form, checked as `load` checks it: what `save_stored` of a store
+        that `stores_like` this one takes."""
+
+    @abstractmethod
+    def save_stored(self, blob_id: str, length: int, fetch: Callable[[], bytes]) -> Saved:
+        """Store a blob in its stored form, `fetch()` (called only when it is needed),
+        unless a sound one is held already (checked as `has` checks, once per lock)."""
+
+    @abstractmethod
+    def stores_like(self, other: "BlobStore") -> bool:
+        """Do both name and store blobs the same way, so that `load_stored` of one is what
+        `save_stored` of the other takes?"""
+
+    @abstractmethod
+    def forget(self) -> None:
+        """Drop what is known of the stored blobs (a lock begins or ends)."""
+
+
+class KnownChunks:
+    """The chunks a backup need not write: those listed under the current lock, plus those
+    written since. Never a cache kept across locks: a prune may have swept in between.
+    Shared by the jobs of one run: a chunk another job is writing is waited for, so that no
+    chunk list names a chunk before it is durable."""
+
+    def __init__(self, objects: ChunkObjects):
+        self._objects = objects
+        self._ids: set[bytes] | None = None
+        self._writing: dict[bytes, threading.Event] = {}
+        self._sound: set[bytes] = set()  # written, or read back and checked, under this lock
+        self._lock = threading.Lock()
+
+    def claim(self, digest: bytes) -> bool:
+        """True: the caller must write this chunk, then call done(). False: it is stored
+        (perhaps after waiting for the caller that was writing it)."""
+        while True:
+            with self._lock:
+                if self._ids is None:
+                    self._ids = self._objects.ids()
+                if digest in self._ids:
+                    return False
+                writing = self._writing.get(digest)
+                if writing is None:
+                    self._writing[digest] = threading.Event()
+                    return True
+            writing.wait()  # then stored, or that writer failed and this one claims it
+
+    def done(self, digest: bytes, stored: bool) -> None:
+        with self._lock:
+            writing = self._writing.pop(digest)
+            if stored and self._ids is not None:
+                self._ids.add(digest)
+                self._sound.add(digest)
+        writing.set()
+
+    def sound(self, digest: bytes, check: Callable[[], bool]) -> bool:
+        """For a chunk `claim` said is stored: True when it was written or checked under
+        this lock already, or `check()` (a read-back) finds it sound; False: the caller
+        writes it again, then calls `vouch`."""
+        with self._lock:
+            if digest in self._sound:
+                return True
+        if not check():
+            return False
+        self.vouch(digest)
+        return True
+
+    def vouch(self, digest: bytes) -> None:
+        """This chunk was written again (its stored bytes were wrong): sound from now on."""
+        with self._lock:
+            self._sound.add(digest)
+
+    def forget(self) -> None:
+        """Drop what was listed (a new lock begins, or one ended)."""
+        with self._lock:
+            self._ids = None
+            self._sound = set()
+
+
+class LooseChunkStore(BlobStore):
+    """One object per blob under `chunks/` (the chunked layout's store since `init` made
+    it). "Is it stored?" is answered from a listing of `chunks/` made once per lock
+    (KnownChunks), plus what was written since."""
+
+    def __init__(self, objects: ChunkObjects):
+        self.objects = objects
+        self.encrypted = objects.cipher.encrypted
+        self._known = KnownChunks(objects)
+        self._local = threading.local()   # a zstd compressor per thread and level
+
+    def _compressor(self, level: int) -> zstandard.ZstdCompressor:
+        """This thread's compressor at `level` (a ZstdCompressor is not shared by threads)."""
+        if not hasattr(self._local, "compressors"):
+            self._local.compressors = {}
+        made = self._local.compressors
+        if level not in made:
+            made[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        return made[level]
+
+    def blob_id(self, data: bytes) -> str:
+        return self.objects.chunk_id(data)
+
+    def save(self, data: bytes, level: int, verify_existing: bool = False) -> Saved:
+        blob_id = self.blob_id(data)
+        digest = bytes.fromhex(blob_id)
+        if not self._known.claim(digest):
+            if not verify_existing or self._known.sound(
+                    digest, lambda: self.objects.holds(blob_id, len(data))):
+                return Saved(blob_id, len(data))
+            stored = self.objects.put(blob_id, data, self._compressor(level))  # it was wrong
+            self._known.vouch(digest)
+            return Saved(blob_id, len(data), stored, replaced=True)
+        stored = 0
+        try:
+            stored = self.objects.put(blob_id, data, self._compressor(level))
+        finally:
+            self._known.done(digest, stored > 0)
+        return Saved(blob_id, len(data), stored)
+
+    def load(self, blob_id: str, length: int) -> tuple[bytes, int]:
+        return self.objects.get(blob_id, length)
+
+    def has(self, blob_id: str, length: int) -> bool:
+        return self.objects.holds(blob_id, length)
+
+    def load_stored(self, blob_id: str, length: int) -> bytes:
+        return self.objects.get_stored(blob_id, length)
+
+    def save_stored(self, blob_id: str, length: int, fetch: Callable[[], bytes]) -> Saved:
+        digest = bytes.fromhex(blob_id)
+        if not self._known.claim(digest):
+            if self._known.sound(digest, lambda: self.objects.holds(blob_id, length)):
+                return Saved(blob_id, length)
+            stored = self.objects.put_stored(blob_id, fetch())
+            self._known.vouch(digest)
+            return Saved(blob_id, length, stored, replaced=True)
+        stored = 0
+        try:
+            stored = self.objects.put_stored(blob_id, fetch())
+        finally:
+            self._known.done(digest, stored > 0)
+        return Saved(blob_id, length, stored)
+
+    def stores_like(self, other: BlobStore) -> bool:
+        # Plain on both sides: a name is the sha256 of the plaintext and the stored form a
+        # bare zstd frame. Two encrypted stores have other keys (and recipients).
+        return isinstance(other, LooseChunkStore) and not self.encrypted \
+            and not other.encrypted
+
+    def forget(self) -> None:
+        self._known.forget()
+
+    def listing(self) -> Iterator[StoredChunk | str]:
+        """Every chunk stored, and a message for each entry that is no chunk (prune)."""
+        return self.objects.listing()

@@ -1,0 +1,145 @@
+"""How a repository stores the snapshots it writes: chosen once, from its config.
+
+- `ArchiveLayout`: no config (the first repositories, made by their first backup): a
+  snapshot's data is one archive `<stamp>.tar.zst`, its catalogue `<stamp>.catalog.zst`.
+- `ChunkedLayout`: a config made by `init`: the data is cut into chunks kept by a blob
+  store (volbackup.repo.blobstore), named in a chunk list `<stamp>.chunks`; the catalogue is
+  stored in pieces the same way, listed in `<stamp>.catalog`.
+
+The layout decides how a new snapshot is written. Reading goes by each snapshot's own
+manifest (`layout` field): a chunked repository made by `init` over an archive-layout one
+holds both kinds. Code asks the layout what to do instead of testing `config is None`.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import ExitStack
+from typing import BinaryIO, Callable, Iterable
+
+from volbackup.repo import catalogs
+from volbackup.repo import chunked as chunks
+from volbackup.repo.backends import Backend
+from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.chunkstore import ChunkObjects
+from volbackup.repo.config import RepoConfig
+from volbackup.repo.crypto import PlainChunks
+from volbackup.repo.manifest import CHUNKED_VERSION
+from volbackup.repo.sealing import Keyring
+from volbackup.stream import archive, catalog
+from volbackup.stream.archive import Packed, Progress
+
+ARCHIVE_SUFFIX = ".tar.zst"
+
+# (packed, finish): `finish()` completes the catalogue once the data is written, and
+# returns the manifest's `catalog` field.
+Written = tuple[Packed, Callable[[], dict]]
+
+
+class Layout:
+    """What both layouts share: a blob store, built once when first needed, with the
+    cipher the repository's keys give (an encrypted one needs the key to build it)."""
+
+    name: str
+    chunked: bool
+    data_suffix: str        # of a snapshot's data blob next to its manifest
+    catalog_suffix: str     # of its catalogue's blob (or list of pieces)
+
+    def __init__(self, backend: Backend, keyring: Keyring | None = None):
+        self._backend, self._keyring = backend, keyring
+        self._blobs: LooseChunkStore | None = None
+        self._blobs_made = threading.Lock()
+
+    @property
+    def encrypted(self) -> bool:
+        return self._keyring is not None
+
+    @property
+    def blobs(self) -> LooseChunkStore:
+        """The blob store, its cipher fixed when it is built: the key is loaded only by
+        commands that read or write chunks (list and unlock hold none)."""
+        with self._blobs_made:
+            if self._blobs is None:
+                cipher = self._keyring.cipher() if self._keyring is not None else PlainChunks()
+                self._blobs = LooseChunkStore(ChunkObjects(self._backend, cipher))
+            return self._blobs
+
+    def forget_blobs(self) -> None:
+        """What the blob store knows is stored is dropped (a lock begins or ends)."""
+        with self._blobs_made:
+            if self._blobs is not None:
+                self._blobs.forget()
+
+    def stores_chunks_like(self, other: "Layout") -> bool:
+        """Both chunked and both plain: a chunk has the same name (the sha256 of its
+        plaintext) and the same stored form in both, so a copy moves them as stored."""
+        return self.chunked and other.chunked and not self.encrypted and not other.encrypted
+
+    def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO, level: int, progress: Progress,
+             check_existing: bool, catalog_key: str, later: ExitStack) -> Written:
+        raise NotImplementedError
+
+    def fields(self, packed: Packed) -> dict:
+        """The manifest fields this layout sets (besides the catalogue's)."""
+        raise NotImplementedError
+
+
+class ArchiveLayout(Layout):
+    """One archive per snapshot. Its blob store (plain) only ever reads: a chunked snapshot
+    found in a repository without a config (its config removed) is read as a plain one."""
+
+    name = "archive"
+    chunked = False
+    data_suffix = ARCHIVE_SUFFIX
+    catalog_suffix = catalogs.ARCHIVE_SUFFIX
+
+    def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO, level: int, progress: Progress,
+             check_existing: bool, catalog_key: str, later: ExitStack) -> Written:
+        cat = catalogs.ArchiveCatalogWriter(
+            later.enter_context(self._backend.open_write(catalog_key)), level)
+        packed = archive.pack(tar_chunks, out, level, progress,
+                              lambda walker: catalog.record(walker, cat.add))
+        return packed, cat.finish
+
+    def fields(self, packed: Packed) -> dict:
+        return {}
+
+
+class ChunkedLayout(Layout):
+    """Chunks in the blob store, a chunk list per snapshot; the config says how to cut."""
+
+    name = "chunked"
+    chunked = True
+    data_suffix = chunks.LIST_SUFFIX
+    catalog_suffix = catalogs.LIST_SUFFIX
+
+    def __init__(self, backend: Backend, config: RepoConfig, keyring: Keyring | None):
+        super().__init__(backend, keyring)
+        self.config = config
+
+    def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO, level: int, progress: Progress,
+             check_existing: bool, catalog_key: str, later: ExitStack) -> Written:
+        """`check_existing` (copy): the chunks the store holds already are read back and
+        checked, and written again if wrong; only in a plain repository (an encrypted
+        one's chunks open only with an identity, which a writer to it does not hold)."""
+        seed = self._keyring.key().chunker_seed if self._keyring is not None else None
+        store = self.blobs
+        cat = catalogs.ChunkedCatalogWriter(store, level)
+        packed = chunks.pack(tar_chunks, out, store, self.config, level, progress, seed,
+                              lambda walker: catalog.record(walker, cat.add),
+                              check_existing and not store.encrypted)
+        return packed, lambda: cat.finish(self._backend, catalog_key)
+
+    def fields(self, packed: Packed) -> dict:
+        assert isinstance(packed, chunks.ChunkedPacked)
+        return {"layout": "chunked", "format_version": CHUNKED_VERSION,
+                "chunks": packed.chunks, "new_chunks": packed.new_chunks,
+                "tar_sha256": packed.tar_sha256}
+
+
+def layout_for(backend: Backend, config: RepoConfig | None,
+               keyring: Keyring | None) -> Layout:
+    """The layout a repository's config asks for (none: the archive layout)."""
+    if config is None:
+        return ArchiveLayout(backend)
+    return ChunkedLayout(backend, config, keyring)
