@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from volbackup.cli import cli as root
+from volbackup.cli import all_commands
 from volbackup.ops.backup import BackupOptions
 from volbackup.ops.migrate import WIRE_CHOICES, MigrateOptions
 from volbackup.ops.restore import RestoreOptions
@@ -35,7 +35,7 @@ def test_migrate_defaults():
 
 def _cli_defaults(command: str) -> dict:
     """What click hands the command when no option is given."""
-    return root.commands[command].make_context(command, [], resilient_parsing=True).params
+    return all_commands()[command].make_context(command, [], resilient_parsing=True).params
 
 
 @pytest.mark.parametrize("command, options, names", [
