@@ -347,8 +347,8 @@ def report(result: dict) -> str:
         lines.append(f"  {name}: {said}")
     lines.append(f"  volbackup: {result['volbackup_version']}")
     head = (f"{'':20}{'first':>7}{'MiB/s':>7}{'CPU':>7}{'RSS':>6}{'stored':>8}{'objs':>6}"
-            f"{'unchgd':>8}{'+KiB':>8}{'change':>8}{'+MiB':>7}{'+%':>7}{'restore':>8}{'RSS':>6}  same")
-    units = (f"{'':20}{'s':>7}{'':>7}{'s':>7}{'MiB':>6}{'MiB':>8}{'':>6}{'s':>8}{'':>8}{'s':>8}"
+            f"{'unchgd':>8}{'+KiB':>10}{'change':>8}{'+MiB':>7}{'+%':>7}{'restore':>8}{'RSS':>6}  same")
+    units = (f"{'':20}{'s':>7}{'':>7}{'s':>7}{'MiB':>6}{'MiB':>8}{'':>6}{'s':>8}{'':>10}{'s':>8}"
              f"{'':>7}{'full':>7}{'s':>8}{'MiB':>6}")
     lines += ["", head, units]
     for name, c in result["contenders"].items():
@@ -356,7 +356,7 @@ def report(result: dict) -> str:
         lines.append(
             f"{name:20}{m['first_seconds']:>7.2f}{m['first_mib_s']:>7.0f}{m['first_cpu_seconds']:>7.2f}"
             f"{m['first_rss_mib']:>6.0f}{m['repo_bytes'] / MIB:>8.1f}{m['objects']:>6.0f}"
-            f"{m['unchanged_seconds']:>8.2f}{m['unchanged_new_bytes'] / 1024:>8.1f}"
+            f"{m['unchanged_seconds']:>8.2f}{m['unchanged_new_bytes'] / 1024:>10.1f}"
             f"{m['changed_seconds']:>8.2f}{m['changed_new_bytes'] / MIB:>7.2f}"
             f"{m['changed_new_pct']:>7.2f}{m['restore_seconds']:>8.2f}{m['restore_rss_mib']:>6.0f}"
             f"  {'yes' if m['restore_identical'] else 'NO'}")

@@ -22,8 +22,6 @@ FIGURES = ("first_seconds", "first_cpu_seconds", "first_rss_mib", "repo_bytes", 
            "unchanged_seconds", "unchanged_new_bytes", "unchanged_new_pct", "changed_new_bytes",
            "changed_new_pct", "restore_seconds", "restore_rss_mib", "restore_identical")
 
-pytestmark = pytest.mark.xdist_group("peers_benchmark")   # one worker: the run is shared
-
 
 @pytest.fixture(scope="module")
 def quick_run(client, tmp_path_factory):
@@ -63,6 +61,8 @@ def test_volbackup_rows(quick_run):
     assert chunked["changed_new_pct"] < 50 and encrypted["changed_new_pct"] < 50
     for name in VOLBACKUP_ROWS:
         assert name in stdout
+        run = result["contenders"][name]["runs"][0]
+        assert {run[step]["via"] for step in ("first", "unchanged", "changed", "restore")} == {"direct"}
     assert result["volbackup_version"].startswith("volbackup")
 
 
