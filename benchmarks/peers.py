@@ -212,6 +212,10 @@ def borg_encryption() -> str:
         return "repokey" if "sha_ni" in f.read().split() else "repokey-blake2"
 
 
+NAMES = ("volbackup-archive", "volbackup-chunked", "volbackup-encrypted", "restic", "borg-none",
+         "borg-encrypted")
+
+
 def contenders(peers: dict, only: set[str] | None) -> list:
     out = [Volbackup("volbackup-archive", "archive", False),
            Volbackup("volbackup-chunked", "chunked", False),
@@ -379,7 +383,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="runs, each on a fresh copy (default 3)")
     p.add_argument("--restic", metavar="PATH", help="restic binary (default: restic on PATH)")
     p.add_argument("--borg", metavar="PATH", help="borg binary (default: borg on PATH)")
-    p.add_argument("--only", metavar="NAMES", help="comma-separated contenders to run")
+    p.add_argument("--only", metavar="NAMES",
+                   help=f"comma-separated contenders to run, of {','.join(NAMES)} (default: all present)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--quick", action="store_true",
                    help="does it run? 16 MiB, one run, the contenders at once (timings meaningless)")
@@ -397,6 +402,11 @@ def main() -> int:
     if peers["borg"]["present"]:
         peers["borg"]["encryption"] = borg_encryption()
     only = set(args.only.split(",")) if args.only else None
+    if only and only - set(NAMES):
+        p.error(f"--only: unknown {','.join(sorted(only - set(NAMES)))} (of {','.join(NAMES)})")
+    chosen = contenders(peers, only)
+    if not chosen:
+        p.error("--only: none of those contenders is present")
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -411,7 +421,6 @@ def main() -> int:
                       BORG_BASE_DIR=os.path.join(bench.work, "borg-base"),
                       BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
                       BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
-    chosen = contenders(peers, only)
     result: dict = {"prefix": bench.prefix, "config": vars(args), "cpus": os.cpu_count(),
                     "load_before": os.getloadavg(),
                     "cpu_busy_before": round(busy_fraction(0.5 if args.quick else 2), 3),

@@ -85,3 +85,16 @@ def test_nothing_left(quick_run, client):
     assert prefix.startswith("vbbench-")
     assert not [v.name for v in client.volumes.list() if v.name.startswith(prefix)]
     assert not list(Path("/var/tmp").glob(f"{prefix}*"))
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--restic", "/nonexistent/restic"], "--restic: /nonexistent/restic is not executable"),
+    (["--only", "volbackup-chunked,kopia"], "--only: unknown kopia"),
+    (["--runs", "0"], "--runs and --size must be >= 1"),
+])
+def test_bad_options_refused(args, said):
+    """Refused with argparse's exit code 2 and a message naming the option, before any volume."""
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2 and said in done.stderr, done.stderr
+    assert "vbbench-" not in done.stderr   # no run started
