@@ -306,6 +306,7 @@ def summarise(runs: list[dict], mib: float) -> dict:
             "changed_new_pct": med("changed", "new_pct"),
             "restore_seconds": med("restore", "seconds"),
             "restore_mib_s": round(mib / med("restore", "seconds"), 1),
+            "restore_cpu_seconds": med("restore", "cpu_seconds"),
             "restore_rss_mib": max(r["restore"]["tree_rss_mib"] for r in runs),
             "restore_identical": all(r["restore"]["identical"] for r in runs)}
 
@@ -351,9 +352,9 @@ def report(result: dict) -> str:
         lines.append(f"  {name}: {said}")
     lines.append(f"  volbackup: {result['volbackup_version']}")
     head = (f"{'':20}{'first':>7}{'MiB/s':>7}{'CPU':>7}{'RSS':>6}{'stored':>8}{'objs':>6}"
-            f"{'unchgd':>8}{'+KiB':>10}{'change':>8}{'+MiB':>7}{'+%':>7}{'restore':>8}{'RSS':>6}  same")
+            f"{'unchgd':>8}{'+KiB':>10}{'change':>8}{'+MiB':>7}{'+%':>7}{'restore':>8}{'CPU':>6}{'RSS':>6}  same")
     units = (f"{'':20}{'s':>7}{'':>7}{'s':>7}{'MiB':>6}{'MiB':>8}{'':>6}{'s':>8}{'':>10}{'s':>8}"
-             f"{'':>7}{'full':>7}{'s':>8}{'MiB':>6}")
+             f"{'':>7}{'full':>7}{'s':>8}{'s':>6}{'MiB':>6}")
     lines += ["", head, units]
     for name, c in result["contenders"].items():
         m = c["median"]
@@ -362,7 +363,8 @@ def report(result: dict) -> str:
             f"{m['first_rss_mib']:>6.0f}{m['repo_bytes'] / MIB:>8.1f}{m['objects']:>6.0f}"
             f"{m['unchanged_seconds']:>8.2f}{m['unchanged_new_bytes'] / 1024:>10.1f}"
             f"{m['changed_seconds']:>8.2f}{m['changed_new_bytes'] / MIB:>7.2f}"
-            f"{m['changed_new_pct']:>7.2f}{m['restore_seconds']:>8.2f}{m['restore_rss_mib']:>6.0f}"
+            f"{m['changed_new_pct']:>7.2f}{m['restore_seconds']:>8.2f}{m['restore_cpu_seconds']:>6.2f}"
+            f"{m['restore_rss_mib']:>6.0f}"
             f"  {'yes' if m['restore_identical'] else 'NO'}")
     for name, a in result["against_peers"].items():
         lines.append(f"{name} against the best peer: first backup {a['first_speed_vs_best']:.2f}x "

@@ -20,7 +20,8 @@ VOLBACKUP_ROWS = ("volbackup-archive", "volbackup-chunked", "volbackup-encrypted
 PEER_ROWS = {"restic": ("restic",), "borg": ("borg-none", "borg-encrypted")}
 FIGURES = ("first_seconds", "first_cpu_seconds", "first_rss_mib", "repo_bytes", "objects",
            "unchanged_seconds", "unchanged_new_bytes", "unchanged_new_pct", "changed_new_bytes",
-           "changed_new_pct", "restore_seconds", "restore_rss_mib", "restore_identical")
+           "changed_new_pct", "restore_seconds", "restore_cpu_seconds", "restore_rss_mib",
+           "restore_identical")
 
 
 @pytest.fixture(scope="module")
