@@ -104,9 +104,10 @@ def find_peer(name: str, given: str | None) -> dict:
         return {"present": False, "reason": f"not on PATH (give --{name} PATH)"}
     if not os.access(path, os.X_OK):
         return {"present": False, "reason": f"{path} is not executable"}
-    found = version([path, "version"] if name == "restic" else [path, "--version"])
+    asked = [path, "version" if name == "restic" else "--version"]
+    found = version(asked)
     if not found:
-        return {"present": False, "reason": f"{path} {'version' if name == 'restic' else '--version'} failed"}
+        return {"present": False, "reason": f"{' '.join(asked)} failed"}
     return {"present": True, "path": path, "version": found}
 
 
