@@ -58,17 +58,23 @@ def _compile_volbackup() -> None:
 
 
 class _PeakRss(threading.Thread):
-    """Follows a process's own peak RSS (VmHWM in /proc/PID/status) until it ends.
+    """Follows a process's own peak RSS (VmHWM in /proc/PID/status) until it ends, and
+    samples the summed VmRSS of it and its descendants (GNU tar under volbackup's direct
+    path) every TREE_EVERY-th look: the peak of the process tree.
 
     Not ru_maxrss from wait4: a child forked from this harness starts with the harness's
     resident pages, and the kernel keeps that high-water mark across exec, so every
     figure would be at least the harness's own size (about 50-70 MiB)."""
 
+    TREE_EVERY = 4   # the tree walk reads a file per thread and per child: every 20 ms
+
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.path, self.peak_kib, self._done = f"/proc/{pid}/status", 0, threading.Event()
+        self.pid, self.path, self._done = pid, f"/proc/{pid}/status", threading.Event()
+        self.peak_kib = self.tree_peak_kib = 0
 
     def run(self) -> None:
+        looks = 0
         while not self._done.is_set():
             try:
                 with open(self.path) as f:
@@ -77,6 +83,9 @@ class _PeakRss(threading.Thread):
                             self.peak_kib = max(self.peak_kib, int(line.split()[1]))
             except OSError:
                 return
+            if looks % self.TREE_EVERY == 0:
+                self.tree_peak_kib = max(self.tree_peak_kib, _tree_rss_kib(self.pid))
+            looks += 1
             self._done.wait(0.005)
 
     def stop(self) -> float:
@@ -84,12 +93,33 @@ class _PeakRss(threading.Thread):
         self.join()
         return self.peak_kib / 1024
 
+    def tree_mib(self) -> float:
+        """The tree's sampled peak, never below the process's own exact one."""
+        return max(self.peak_kib, self.tree_peak_kib) / 1024
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """VmRSS of `pid` and every descendant now, summed (0 for any that ended meanwhile)."""
+    total, pending = 0, [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    pending.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
 
 def timed(cmd: list[str], what: str, output: list | None = None,
           rss: bool = False, usage: dict | None = None) -> tuple[float, float | None]:
     """Run `cmd`; return (wall seconds, peak RSS in MiB of that process if `rss`).
     With `output`, its stdout is appended to that list; with `usage`, CPU seconds, page
-    faults and context switches of it and its children (from wait4) go into that dict.
+    faults and context switches of it and its children (from wait4) go into that dict,
+    and with `rss` too the peak RSS of its process tree (`tree_rss_mib`, sampled).
 
     Dirty pages are written back first (untimed), so no step pays for an earlier one's."""
     os.sync()
@@ -109,6 +139,8 @@ def timed(cmd: list[str], what: str, output: list | None = None,
             peak_mib = peak.stop() if peak else None
         seconds = time.monotonic() - started
         if usage is not None:
+            if peak:
+                usage["tree_rss_mib"] = round(peak.tree_mib(), 1)
             usage.update(cpu_user=round(used.ru_utime, 3), cpu_sys=round(used.ru_stime, 3),
                          minor_faults=used.ru_minflt, voluntary_switches=used.ru_nvcsw,
                          involuntary_switches=used.ru_nivcsw)

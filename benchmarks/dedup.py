@@ -31,6 +31,7 @@ Everything made is named vbbench-<random>- and removed at the end, also on error
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import secrets
@@ -58,11 +59,10 @@ class Dedup:
     def __init__(self, client: docker.DockerClient, prefix: str):
         self.client, self.prefix = client, prefix
         self.work = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
-        self.count = 0
+        self.numbers = itertools.count(1)   # next() is atomic: peers.py names from threads
 
     def name(self, stem: str) -> str:
-        self.count += 1
-        return f"{self.prefix}{stem}-{self.count}"
+        return f"{self.prefix}{stem}-{next(self.numbers)}"
 
     def volume(self, stem: str) -> tuple[str, str]:
         name = self.name(stem)
@@ -75,25 +75,30 @@ class Dedup:
         subprocess.run(["cp", "-a", f"{mountpoint}/.", target], check=True)
         return name, target
 
-    def repo(self, chunk_size: str | None) -> str:
-        """A fresh repository directory: chunked (`volbackup init`) unless chunk_size is None."""
+    def repo(self, chunk_size: str | None, *init_args: str) -> str:
+        """A fresh repository directory: chunked (`volbackup init`, with `init_args`) unless
+        chunk_size is None."""
         path = tempfile.mkdtemp(prefix="repo-", dir=self.work)
         if chunk_size:
-            timed([*volbackup_cmd(), "init", "-r", path, "--chunk-size", chunk_size, *INIT_ARGS],
-                  "volbackup init")
+            timed([*volbackup_cmd(), "init", "-r", path, "--chunk-size", chunk_size, *INIT_ARGS,
+                   *init_args], "volbackup init")
         return path
 
-    def backup(self, volume: str, repo: str) -> dict:
+    def backup(self, volume: str, repo: str, *extra: str) -> dict:
         before = dir_bytes(repo)
-        seconds, rss, result = volbackup_timed(["backup", volume, "-r", repo], "volbackup backup")
+        seconds, rss, result = volbackup_timed(["backup", volume, "-r", repo, *extra],
+                                               "volbackup backup")
         return {"seconds": round(seconds, 3), "rss_mib": round(rss, 1), "via": result["via"],
                 "bytes": result["bytes"], "stored_bytes": result["stored_bytes"],
-                "new_bytes": dir_bytes(repo) - before}
+                "new_bytes": dir_bytes(repo) - before, **_usage(result)}
 
-    def restore(self, volume: str, repo: str) -> dict:
+    def restore(self, volume: str, repo: str, *extra: str) -> dict:
+        """Restore `volume`'s latest snapshot into a new volume (its name: `volume` below)."""
+        target = self.name("restored")
         seconds, rss, result = volbackup_timed(
-            ["restore", volume, "--as", self.name("restored"), "-r", repo], "volbackup restore")
-        return {"seconds": round(seconds, 3), "rss_mib": round(rss, 1), "via": result["via"]}
+            ["restore", volume, "--as", target, "-r", repo, *extra], "volbackup restore")
+        return {"seconds": round(seconds, 3), "rss_mib": round(rss, 1), "via": result["via"],
+                "volume": target, **_usage(result)}
 
     def cleanup(self) -> list[str]:
         problems = []
@@ -105,6 +110,13 @@ class Dedup:
                     problems.append(f"volume {volume.name}: {e}")
         shutil.rmtree(self.work, ignore_errors=True)
         return problems
+
+
+def _usage(result: dict) -> dict:
+    """CPU seconds (user + sys, GNU tar's included) and the process tree's peak RSS."""
+    usage = result["usage"]
+    return {"cpu_seconds": round(usage["cpu_user"] + usage["cpu_sys"], 3),
+            "tree_rss_mib": usage["tree_rss_mib"]}
 
 
 def chunk_objects(repo: str) -> int:
