@@ -4,6 +4,7 @@ Repository as the ops do."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 import tarfile
@@ -22,9 +23,14 @@ from volbackup.timefmt import utc_iso
 AVG = 4096
 
 
-def chunked_repo(path: Path) -> Repository:
+def chunked_repo(path: Path, seed: int | None = None) -> Repository:
+    """A chunked repository; `seed` fixes where the chunker cuts (random otherwise, as
+    `init` makes it), for a test whose count of chunks must be one answer."""
     path.mkdir(exist_ok=True)
-    return Repository.init(str(path), config=RepoConfig.new(avg_size=AVG))
+    config = RepoConfig.new(avg_size=AVG)
+    if seed is not None:
+        config = dataclasses.replace(config, chunker=dataclasses.replace(config.chunker, seed=seed))
+    return Repository.init(str(path), config=config)
 
 
 def volume_tar(seed: int = 1, size: int = 1 << 20, edit_at: int | None = None) -> bytes:

@@ -119,7 +119,10 @@ def test_an_include_that_matches_nothing_is_not_found(repo):
 
 def test_chunked_partial_read_fetches_only_the_chunks_that_hold_the_entry(tmp_path):
     path = tmp_path / "repo"
-    chunked_repo(path)
+    # Which chunks hold the root, etc/ and etc/app.conf depends on where the chunker cuts:
+    # a fixed seed makes the count one answer (a rare random seed gave 4 data chunks, the
+    # bound is 3: CI failed twice in a dozen runs).
+    chunked_repo(path, seed=1)
     manifest = backup(Repository.open(str(path), writable=True), volume())
     counting = Counting(path)
     repo = Repository(counting, Repository.open(str(path)).config)
