@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
+from volbackup.errors import BlobMissing, IntegrityError
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.chunked import WRITERS, iter_list
