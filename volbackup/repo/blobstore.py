@@ -29,6 +29,13 @@ import zstandard
 from volbackup.repo.chunkstore import ChunkObjects, StoredChunk
 
 
+# What a blob holds. A loose store keeps every kind alike; a packed one seals data and
+# catalogue pieces but not tree pieces (prune walks trees without an identity), and never
+# puts trees into the packs that hold data (docs/design.md, "Packed layout").
+DATA, CATALOG, TREE = "data", "catalog", "tree"
+KINDS = (DATA, CATALOG, TREE)
+
+
 @dataclass(frozen=True)
 class Saved:
     """What `save` did with one blob."""
@@ -56,8 +63,10 @@ class BlobStore(ABC):
         """The name of a blob of this plaintext: sha256, or a keyed HMAC when encrypted."""
 
     @abstractmethod
-    def save(self, data: bytes, level: int, verify_existing: bool = False) -> Saved:
-        """Store `data` unless it is stored already; durable when this returns. With
+    def save(self, data: bytes, level: int, verify_existing: bool = False,
+             kind: str = DATA) -> Saved:
+        """Store `data` (a blob of `kind`) unless it is stored already; durable when this
+        returns. With
         `verify_existing`, a blob held already is read back and checked once under this
         lock, and written again if it is not what its name says (copy into a plain store)."""
 
@@ -173,7 +182,8 @@ class LooseChunkStore(BlobStore):
     def blob_id(self, data: bytes) -> str:
         return self.objects.chunk_id(data)
 
-    def save(self, data: bytes, level: int, verify_existing: bool = False) -> Saved:
+    def save(self, data: bytes, level: int, verify_existing: bool = False,
+             kind: str = DATA) -> Saved:
         blob_id = self.blob_id(data)
         digest = bytes.fromhex(blob_id)
         if not self._known.claim(digest):

@@ -20,7 +20,7 @@ import zstandard
 
 from volbackup.errors import BlobMissing, IntegrityError, RepositoryError
 from volbackup.repo.backends import Backend, BlobNotFound
-from volbackup.repo.blobstore import BlobStore
+from volbackup.repo.blobstore import CATALOG, BlobStore
 from volbackup.repo.chunked import fetch_ahead, listed
 from volbackup.stream import catalog
 from volbackup.stream.catalog import CatalogEntry
@@ -53,7 +53,7 @@ class ChunkedCatalogWriter:
         if not self._buf:
             return
         data, self._buf = bytes(self._buf), bytearray()
-        saved = self._store.save(data, self._level)
+        saved = self._store.save(data, self._level, kind=CATALOG)
         self.stored_bytes += saved.stored
         self._plain.update(data)
         self.bytes += len(data)
