@@ -27,7 +27,7 @@ from volbackup.errors import (BlobMissing, ChunkMissing, KeyProblem, RepositoryE
                               VolbackupError)
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, open_backend
-from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
 from volbackup.repo.leftovers import Leftovers, Orphan, UnfinishedWrite
@@ -101,7 +101,7 @@ class Repository:
         self.reader = SnapshotReader(self)
 
     @property
-    def blobs(self) -> LooseChunkStore:
+    def blobs(self) -> BlobStore:
         """The blob store (volbackup.repo.blobstore), built once when first needed."""
         return self.layout.blobs
 
@@ -209,7 +209,9 @@ class Repository:
             writer.finish()
 
     def commit(self, manifest: Manifest) -> None:
-        """Write the manifest, which makes the snapshot exist (sealed, if encrypted)."""
+        """Write the manifest, which makes the snapshot exist (sealed, if encrypted): after
+        every blob it needs is durable and indexed."""
+        self.layout.flush_blobs()
         self.manifests.commit(manifest)
 
     # -- copying from another repository (volbackup.ops.copy)
