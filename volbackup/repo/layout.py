@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import threading
 from contextlib import ExitStack
+from datetime import datetime, timedelta
 from typing import BinaryIO, Callable, Iterable
 
-from volbackup.repo import catalogs
+from volbackup.repo import catalogs, packsweep, sweep
 from volbackup.repo import chunked as chunks
 from volbackup.repo.backends import Backend
 from volbackup.repo.blobstore import BlobStore, LooseChunkStore
@@ -143,6 +144,13 @@ class ChunkedLayout(Layout):
                               check_existing and not store.encrypted)
         return packed, lambda: cat.finish(self._backend, catalog_key)
 
+    def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
+              progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
+        """Remove what no chunk list names (prune's last step, under the exclusive lock)."""
+        store = self.blobs
+        assert isinstance(store, LooseChunkStore)
+        return sweep.sweep(self._backend, store, min_age, now, dry_run, gone, progress)
+
     def fields(self, packed: Packed) -> dict:
         assert isinstance(packed, chunks.ChunkedPacked)
         return {"layout": "chunked", "format_version": CHUNKED_VERSION,
@@ -157,6 +165,12 @@ class PackedLayout(ChunkedLayout):
 
     def _make_store(self, cipher: PlainChunks | SealedChunks) -> BlobStore:
         return PackedBlobStore(self._backend, cipher, self.config.pack_size or DEFAULT_PACK)
+
+    def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
+              progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
+        store = self.blobs
+        assert isinstance(store, PackedBlobStore)
+        return packsweep.sweep(self._backend, store, min_age, now, dry_run, gone, progress)
 
 
 def layout_for(backend: Backend, config: RepoConfig | None,

@@ -50,6 +50,7 @@ class IndexLoad:
     """What loading the index found besides the blobs: objects it could not use."""
 
     objects: int = 0
+    keys: list[str] = field(default_factory=list)      # of the objects loaded
     problems: list[str] = field(default_factory=list)
 
 
@@ -204,11 +205,17 @@ class PackedBlobStore(BlobStore):
         if self._failed is not None:
             raise self._failed
 
-    def flush(self) -> None:
+    def save_record(self, raw: bytes, kind: str, stored: bytes, plain: int,
+                    sealed_key: bytes | None) -> int:
+        """Put a record into a new pack as it is stored (sealed under `sealed_key`, which
+        goes into the new pack's slots): prune's repacking, which holds no identity."""
+        return self._append(raw, kind, b"", plain, (stored, sealed_key))
+
+    def flush(self) -> list[tuple[str, int]]:
         """Make every blob saved so far durable and indexed: close the open packs, wait
         for their uploads, then write an index object for the packs written since the
         last flush (several for a very long run). What a snapshot's lists and manifest
-        are written after."""
+        are written after. The index objects written, and how many packs each names."""
         with self._pack_lock:
             for pack_kind in list(self._open):
                 self._close(pack_kind)
@@ -218,9 +225,12 @@ class PackedBlobStore(BlobStore):
         with self._lock:
             self._raise_failed()
             written, self._written = self._written, []
+        made = []
         for part in _index_parts(written):
             name, data = packindex.encode(part, self.cipher.mac)
             self.backend.write_bytes(packindex.index_key(name), data)
+            made.append((packindex.index_key(name), len(part)))
+        return made
 
     def forget(self) -> None:
         """A lock begins or ends: the index is loaded afresh next time. Packs still open
@@ -416,6 +426,7 @@ def load_index(backend: Backend, cipher: PlainChunks | SealedChunks
             if len(raw) > packindex.MAX_BYTES:
                 raise IntegrityError(f"{where} is larger than an index object can be")
             objects.append(packindex.decode(raw, cipher.mac, where))
+            loaded.keys.append(info.key)
         except BlobNotFound:
             continue        # removed by a prune since the listing
         except (IntegrityError, BadEntry) as e:

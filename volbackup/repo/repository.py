@@ -356,7 +356,7 @@ class Repository:
         """Remove the chunks no chunk list names (older than `min_age`); under the
         exclusive lock only (volbackup.repo.sweep). `gone`: the keys of chunk lists a dry
         run counts as removed."""
-        return sweep.sweep(self.backend, self.blobs, min_age, now, dry_run, gone, progress)
+        return self.layout.sweep(min_age, now, dry_run, gone, progress)
 
     # -- reading (volbackup.repo.reading)
     def open_archive(self, manifest: Manifest):
