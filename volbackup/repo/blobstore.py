@@ -105,11 +105,11 @@ class BlobStore(ABC):
     def forget(self) -> None:
         """Drop what is known of the stored blobs (a lock begins or ends)."""
 
-    def flush(self) -> list[tuple[str, int]]:
+    def flush(self) -> list[tuple[str, list[str]]]:
         """Make every blob saved so far durable (and findable): what a list that names
         them, or a manifest, is written after. A store that writes each blob in `save`
         has nothing to do; a packed one writes its open packs and their index (it says
-        which index objects, and how many packs each names)."""
+        which index objects, and the packs each names)."""
         return []
 
 

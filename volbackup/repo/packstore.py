@@ -211,11 +211,11 @@ class PackedBlobStore(BlobStore):
         goes into the new pack's slots): prune's repacking, which holds no identity."""
         return self._append(raw, kind, b"", plain, (stored, sealed_key))
 
-    def flush(self) -> list[tuple[str, int]]:
+    def flush(self) -> list[tuple[str, list[str]]]:
         """Make every blob saved so far durable and indexed: close the open packs, wait
         for their uploads, then write an index object for the packs written since the
         last flush (several for a very long run). What a snapshot's lists and manifest
-        are written after. The index objects written, and how many packs each names."""
+        are written after. The index objects written, and the packs each names."""
         with self._pack_lock:
             for pack_kind in list(self._open):
                 self._close(pack_kind)
@@ -229,7 +229,7 @@ class PackedBlobStore(BlobStore):
         for part in _index_parts(written):
             name, data = packindex.encode(part, self.cipher.mac)
             self.backend.write_bytes(packindex.index_key(name), data)
-            made.append((packindex.index_key(name), len(part)))
+            made.append((packindex.index_key(name), [info.hex for info, _ in part]))
         return made
 
     def forget(self) -> None:

@@ -117,10 +117,13 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
             _repack(backend, store, pack)
             update(pack.used)
     written = store.flush()       # the new packs, then their index object
-    result.packs_written = sum(count for _, count in written)
+    made = {pack_id for _, pack_ids in written for pack_id in pack_ids}
+    result.packs_written = len(made)
     result.index_written = len(written)
     kept = [p for p in by_pack.values() if p not in doomed and p not in repack]
-    old_index = set(store.loaded.keys)
+    # An index object this prune writes can be byte for byte one it loaded (a killed
+    # prune's): written again, it is not removed.
+    old_index = set(store.loaded.keys) - {key for key, _ in written}
     for part in _parts(kept):
         name, data = packindex.encode(part, store.cipher.mac)
         backend.write_bytes(packindex.index_key(name), data)
@@ -129,7 +132,9 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
     keys = sorted(old_index)
     result.index_removed = len(keys) - _delete(backend, keys, result, progress, "index")
     store.forget()
-    keys = [packs.pack_key(p.info.hex) for p in doomed + repack] \
+    # A repacked pack can come out byte for byte as one this prune dooms (the same records
+    # moved again: a kill left both, and both were indexed): it is kept, under its name.
+    keys = [packs.pack_key(p.info.hex) for p in doomed + repack if p.info.hex not in made] \
         + [packs.pack_key(pack_id) for pack_id, _ in unindexed]
     failed = _delete(backend, keys, result, progress, "removing packs")
     result.failed += failed
@@ -141,10 +146,14 @@ def _group(index, listed: dict, result: PackSweep) -> dict[bytes, _Pack]:
     and left out (the next backup stores those blobs again)."""
     by_pack: dict[bytes, _Pack] = {}
     missing: set[str] = set()
+    seen: set[tuple[bytes, int]] = set()    # a pack named by two index objects counts once
     for blob_id, loc in index.entries():
         if loc.pack.hex not in listed:
             missing.add(loc.pack.hex)
             continue
+        if (loc.pack.id, loc.offset) in seen:
+            continue
+        seen.add((loc.pack.id, loc.offset))
         pack = by_pack.get(loc.pack.id)
         if pack is None:
             pack = by_pack[loc.pack.id] = _Pack(loc.pack, [], modified=listed[loc.pack.hex][1])
