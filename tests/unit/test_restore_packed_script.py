@@ -59,11 +59,10 @@ def stored_tar(tree: Path) -> bytes:
     return tar[:end_of_members(tar) + END_MARKER]
 
 
-def volume_tar_bytes(seed: int, data: bytes | None = None) -> bytes:
-    """A tar of a root and one file (`data`, or 1 MiB of seeded random bytes), as stored."""
+def file_tar(data: bytes) -> bytes:
+    """A tar of a root and one file holding `data`, as a snapshot stores it."""
     root = tarfile.TarInfo("./")
     root.type, root.mode = tarfile.DIRTYPE, 0o755
-    data = random.Random(seed).randbytes(1 << 20) if data is None else data
     tar = make_tar([(root, b""), (tarfile.TarInfo("./data.bin"), data)])
     return tar[:end_of_members(tar) + END_MARKER]
 
@@ -142,7 +141,7 @@ def test_the_documented_script_restores_an_encrypted_packed_snapshot(tmp_path, t
 @needs_age
 def test_the_script_refuses_a_missing_or_wrong_key_and_a_forged_manifest(tmp_path):
     root, key_file, identity = encrypted_packed(tmp_path)
-    manifest = backup(opened(root, key_file), volume_tar_bytes(1), volume="vol")
+    manifest = backup(opened(root, key_file), file_tar(random.Random(1).randbytes(1 << 20)), volume="vol")
     target = new_target(tmp_path)
     bare = tmp_path / "bare.txt"      # the identity alone, without the key file
     bare.write_text("".join(line + "\n" for line in identity.read_text().splitlines()
@@ -307,8 +306,8 @@ def test_records_prune_moved_under_several_data_keys_restore(tmp_path):
     # mostly unused once the older snapshot goes, and is repacked
     new = b"".join(old[i * mib:i * mib + 400_000] + fill[i * mib + 400_000:(i + 1) * mib]
                    for i in range(3))
-    backup(opened(root, key_file), volume_tar_bytes(0, old), when=AGO)
-    manifest = backup(opened(root, key_file), volume_tar_bytes(0, new),
+    backup(opened(root, key_file), file_tar(old), when=AGO)
+    manifest = backup(opened(root, key_file), file_tar(new),
                       when=AGO + timedelta(days=1))
     swept = keep_last(opened(root, key_file)).chunks
     assert swept.problems == [] and swept.packs_repacked >= 2
@@ -320,4 +319,4 @@ def test_records_prune_moved_under_several_data_keys_restore(tmp_path):
     assert max(int.from_bytes(head[1:3], "little") for head in slots) >= 3
     streamed = run_script(tmp_path, root, manifest, "-", identity)
     assert streamed.returncode == 0, streamed.stderr.decode()
-    assert streamed.stdout == volume_tar_bytes(0, new)
+    assert streamed.stdout == file_tar(new)
