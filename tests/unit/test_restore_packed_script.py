@@ -141,7 +141,8 @@ def test_the_documented_script_restores_an_encrypted_packed_snapshot(tmp_path, t
 @needs_age
 def test_the_script_refuses_a_missing_or_wrong_key_and_a_forged_manifest(tmp_path):
     root, key_file, identity = encrypted_packed(tmp_path)
-    manifest = backup(opened(root, key_file), file_tar(random.Random(1).randbytes(1 << 20)), volume="vol")
+    manifest = backup(opened(root, key_file), file_tar(random.Random(1).randbytes(1 << 20)),
+                      volume="vol")
     target = new_target(tmp_path)
     bare = tmp_path / "bare.txt"      # the identity alone, without the key file
     bare.write_text("".join(line + "\n" for line in identity.read_text().splitlines()
