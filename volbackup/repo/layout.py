@@ -46,6 +46,7 @@ class Layout:
 
     name: str
     chunked: bool
+    packed = False          # blobs in packs, found through an index
     data_suffix: str        # of a snapshot's data blob next to its manifest
     catalog_suffix: str     # of its catalogue's blob (or list of pieces)
 
@@ -162,6 +163,7 @@ class PackedLayout(ChunkedLayout):
     """Chunked snapshots whose blobs are kept in packs, found through an index."""
 
     name = "packed"
+    packed = True
 
     def _make_store(self, cipher: PlainChunks | SealedChunks) -> BlobStore:
         return PackedBlobStore(self._backend, cipher, self.config.pack_size or DEFAULT_PACK)
