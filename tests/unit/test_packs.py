@@ -183,7 +183,8 @@ def test_an_index_object_round_trips_sorted_by_id():
     name, data = _index()
     assert name == hashlib.sha256(data).hexdigest()
     obj = packindex.decode(data, PLAIN.mac, "index")
-    assert obj.ids == b"a" * 32 + b"b" * 32 and list(obj.locs) == [0, 10, 5, 7, 0, 0, 10, 20]
+    assert obj.ids == b"a" * 32 + b"b" * 32
+    assert [list(c) for c in obj.columns] == [[0, 0], [10, 0], [5, 10], [7, 20]]
     assert obj.packs == [PackInfo(b"p" * 32, 1000, DATA_PACK)]
 
 
@@ -417,3 +418,51 @@ def test_packs_close_at_their_size_and_an_encrypted_pack_seals_one_key(tmp_path)
         assert len(trailer_of(path.read_bytes(), cipher.mac).slots) == 1
     store.forget()
     assert [store.load(s.id, s.length)[0] for s in saved] == blobs
+
+
+# -- verify --packs
+
+def test_verify_packs_passes_a_sound_repository_and_names_each_kind_of_damage(repo, tmp_path):
+    from tests.conftest import run_cli
+    from volbackup.repo.packcheck import check_packs
+
+    root = tmp_path / "repo"
+    backup(repo, volume_tar(size=3 << 20))
+    clean = check_packs(repo.blobs)
+    assert clean.problems == [] and clean.packs == len(pack_files(root)) >= 3
+    assert clean.blobs > 500 and clean.unindexed == clean.duplicated == 0
+    ok = run_cli("verify", "--packs", "-r", str(root))
+    assert ok.code == 0 and f"packs: {clean.packs} checked" in ok.stdout
+
+    # a pack no index names (a killed backup's): noted, not a problem
+    builder = PackBuilder(DATA_PACK, PLAIN.mac)
+    builder.add(os.urandom(32), DATA, b"orphan", 6, NO_SLOT)
+    orphan_id, data = builder.finish()
+    repo.backend.write_bytes(packs.pack_key(orphan_id), data)
+    # an index object placing a blob in a pack that does not hold it
+    first = next(p for p in pack_files(root) if p.name != orphan_id)
+    name, raw = packindex.encode([(PackInfo(bytes.fromhex(first.name), first.stat().st_size,
+                                            DATA_PACK), [(b"\x01" * 32, 0, 5, 5)])], PLAIN.mac)
+    repo.backend.write_bytes(packindex.index_key(name), raw)
+    # a damaged pack, and a missing one
+    damaged, missing = [p for p in pack_files(root) if p.name not in (orphan_id, first.name)][:2]
+    body = bytearray(damaged.read_bytes())
+    body[0] ^= 1
+    damaged.write_bytes(bytes(body))
+    missing.unlink()
+    found = check_packs(repo.blobs)
+    assert found.unindexed == 1 and len(found.problems) == 3, found.problems
+    assert any(first.name in p and "does not hold 1 of the blobs" in p for p in found.problems)
+    assert any(damaged.name in p and "does not match its name" in p for p in found.problems)
+    assert any(missing.name in p and "is missing" in p for p in found.problems)
+    bad = run_cli("verify", "--packs", "-r", str(root))
+    assert bad.code == 6 and "3 problems" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_verify_packs_is_refused_for_a_repository_that_is_not_packed(tmp_path):
+    from tests.conftest import run_cli
+
+    chunked_repo(tmp_path / "chunked")
+    refused = run_cli("verify", "--packs", "-r", str(tmp_path / "chunked"))
+    assert refused.code == 5 and "is not packed" in refused.stderr
+    assert run_cli("verify", "-r", str(tmp_path / "chunked")).code == 2

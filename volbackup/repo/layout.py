@@ -46,6 +46,7 @@ class Layout:
 
     name: str
     chunked: bool
+    packed = False          # blobs in packs, found through an index
     data_suffix: str        # of a snapshot's data blob next to its manifest
     catalog_suffix: str     # of its catalogue's blob (or list of pieces)
 
@@ -124,6 +125,7 @@ class ChunkedLayout(Layout):
 
     name = "chunked"
     chunked = True
+    whole_digest = True     # a sha256 of the whole tar stream in the manifest (tar_sha256)
     data_suffix = chunks.LIST_SUFFIX
     catalog_suffix = catalogs.LIST_SUFFIX
 
@@ -141,7 +143,7 @@ class ChunkedLayout(Layout):
         cat = catalogs.ChunkedCatalogWriter(store, level)
         packed = chunks.pack(tar_chunks, out, store, self.config, level, progress, seed,
                               lambda walker: catalog.record(walker, cat.add),
-                              check_existing and not store.encrypted)
+                              check_existing and not store.encrypted, self.whole_digest)
         return packed, lambda: cat.finish(self._backend, catalog_key)
 
     def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
@@ -162,6 +164,8 @@ class PackedLayout(ChunkedLayout):
     """Chunked snapshots whose blobs are kept in packs, found through an index."""
 
     name = "packed"
+    packed = True
+    whole_digest = False    # the chunk ids and the list's sha256 cover every byte
 
     def _make_store(self, cipher: PlainChunks | SealedChunks) -> BlobStore:
         return PackedBlobStore(self._backend, cipher, self.config.pack_size or DEFAULT_PACK)

@@ -32,7 +32,10 @@ from volbackup.repo import packindex, packs
 from volbackup.repo.packindex import BlobIndex, Entry, Location, PackInfo
 from volbackup.repo.packs import DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder, Trailer
 
-UPLOADS = 2                 # packs written at once (and at most this many waiting)
+# Packs being written while the next one fills: one, so that a backup holds two packs
+# (32 MiB at the default size) besides what the chunked path holds (peak RSS < 150 MB,
+# docs/performance.md); a backup is bound by hashing and compressing, not by uploads.
+UPLOADS = 1
 TRAILERS_KEPT = 64          # trailers of encrypted packs kept for their sealed keys
 KEYS_KEPT = 256             # data keys opened
 
@@ -186,7 +189,7 @@ class PackedBlobStore(BlobStore):
             self._raise_failed()
         self._uploading.append(self._pool.submit(self._upload, info, data, pack.entries))
 
-    def _upload(self, info: PackInfo, data: bytes, entries: list[Entry]) -> None:
+    def _upload(self, info: PackInfo, data: bytearray, entries: list[Entry]) -> None:
         try:
             self.backend.write_bytes(packs.pack_key(info.hex), data)
         except BaseException as e:
