@@ -15,6 +15,7 @@ UPLOADS packs being written.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,9 @@ from volbackup.repo.packs import DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder, Tra
 # (32 MiB at the default size) besides what the chunked path holds (peak RSS < 150 MB,
 # docs/performance.md); a backup is bound by hashing and compressing, not by uploads.
 UPLOADS = 1
+# What has_room is asked for a pack's own data key before it is made: an age file of a
+# 32-byte key to a few recipients takes far less than this.
+_NEW_KEY = bytes(4096)
 TRAILERS_KEPT = 64          # trailers of encrypted packs kept for their sealed keys
 KEYS_KEPT = 256             # data keys opened
 
@@ -46,6 +50,12 @@ class _OpenPack:
     entries: list[Entry] = field(default_factory=list)
     data_key: bytes | None = None
     slot: int = NO_SLOT
+
+
+@dataclass(frozen=True)
+class ListingProblem:
+    message: str
+    unreadable: bool        # it may hide packs (prune then removes nothing)
 
 
 @dataclass
@@ -145,10 +155,12 @@ class PackedBlobStore(BlobStore):
         `sealed` (copy of a stored record): (stored bytes, its sealed data key or None)
         kept as they are."""
         pack_kind = TREE_PACK if kind == TREE else DATA_PACK
+        seals = sealed is None and self.encrypted and pack_kind == DATA_PACK
         with self._pack_lock:
             pack = self._open.get(pack_kind)
-            if pack is not None and not pack.builder.has_room(None if sealed is None
-                                                              else sealed[1]):
+            if pack is not None and not pack.builder.has_room(
+                    sealed[1] if sealed is not None else
+                    _NEW_KEY if seals and pack.data_key is None else None):
                 self._close(pack_kind)
                 pack = None
             if pack is None:
@@ -156,7 +168,10 @@ class PackedBlobStore(BlobStore):
             if sealed is not None:
                 stored = sealed[0]
                 slot = NO_SLOT if sealed[1] is None else pack.builder.slot(sealed[1])
-            elif pack.data_key is not None:
+            elif seals:
+                if pack.data_key is None:   # made when a record needs it (not when repacking)
+                    pack.data_key, sealed_key = self.cipher.new_data_key()
+                    pack.slot = pack.builder.slot(sealed_key)
                 stored, slot = self.cipher.seal_record(pack.data_key, raw, frame), pack.slot
             else:
                 stored, slot = frame, NO_SLOT
@@ -167,11 +182,7 @@ class PackedBlobStore(BlobStore):
         return len(stored)
 
     def _new_pack(self, pack_kind: int) -> _OpenPack:
-        pack = _OpenPack(PackBuilder(pack_kind, self.cipher.mac))
-        if self.encrypted and pack_kind == DATA_PACK:
-            pack.data_key, sealed_key = self.cipher.new_data_key()
-            pack.slot = pack.builder.slot(sealed_key)
-        return pack
+        return _OpenPack(PackBuilder(pack_kind, self.cipher.mac))
 
     def _close(self, pack_kind: int) -> None:
         """Hand the open pack of this kind to an uploader (under the pack lock); wait while
@@ -381,16 +392,19 @@ class PackedBlobStore(BlobStore):
         return key
 
     # -- what prune and verify look at
-    def pack_listing(self) -> Iterator[tuple[str, int, object] | str]:
-        """(pack id, size, modified) of every pack stored, and a message for each entry
-        under packs/ that is not one."""
+    def pack_listing(self) -> Iterator[tuple[str, int, object] | ListingProblem]:
+        """(pack id, size, modified) of every pack stored, and a problem for each entry
+        under packs/ that is not one: `unreadable` when it may hide packs (a directory
+        that cannot be listed, a symlink), else a foreign file, left alone."""
         for info in self.backend.list(packs.PREFIX):
             pack_id = packs.pack_id_of(info.key)
-            if info.error or pack_id is None:
-                yield info.error or f"{info.key} in repository {self.backend.describe()} " \
-                                    f"is not a pack (left alone)"
-                continue
-            yield pack_id, info.size, info.modified
+            if info.error:
+                yield ListingProblem(info.error, unreadable=True)
+            elif pack_id is None:
+                yield ListingProblem(f"{info.key} in repository {self.backend.describe()} "
+                                     f"is not a pack (left alone)", unreadable=False)
+            else:
+                yield pack_id, info.size, info.modified
 
     def trailer(self, pack_id: str, size: int) -> Trailer:
         return packs.read_trailer(self.backend, pack_id, size, self.cipher.mac)
@@ -428,6 +442,8 @@ def load_index(backend: Backend, cipher: PlainChunks | SealedChunks
             raw = backend.read_bytes(info.key, limit=packindex.MAX_BYTES)
             if len(raw) > packindex.MAX_BYTES:
                 raise IntegrityError(f"{where} is larger than an index object can be")
+            if hashlib.sha256(raw).hexdigest() != name:
+                raise IntegrityError(f"{where} does not match its name (damaged)")
             objects.append(packindex.decode(raw, cipher.mac, where))
             loaded.keys.append(info.key)
         except BlobNotFound:
