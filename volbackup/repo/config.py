@@ -20,6 +20,10 @@ FORMAT_VERSION = 2          # what this volbackup reads; an encrypted config is 
 PLAIN_VERSION = 1           # ... and a plain one as 1 (readable by the first chunked versions)
 CHUNKER = "fastcdc-2020-members"   # FastCDC, plus cuts at tar members (stream/chunker.py)
 CHUNKER_PLAIN = "fastcdc-2020"     # FastCDC alone (the first chunked repositories)
+# FastCDC inside members, a cut at every member but tiny ones, which are grouped: the
+# packed layout's blobs (stream/chunker.py, cut_each_member). Not yet what init makes.
+CHUNKER_EACH = "fastcdc-2020-each-member"
+CHUNKERS = (CHUNKER, CHUNKER_PLAIN, CHUNKER_EACH)
 SCHEME = "age+hmac-sha256"
 
 # Kept at 1M after `benchmarks/dedup.py --sections sizes` (docs/performance.md, "Chunk
@@ -134,7 +138,7 @@ class RepoConfig:
             raise RepositoryError(f"{where} has an invalid mac")
         chunk_hash = "hmac-sha256" if self.encrypted else "sha256"
         if (self.layout, self.chunk_hash, self.compression) != ("chunked", chunk_hash, "zstd") \
-                or c.algorithm not in (CHUNKER, CHUNKER_PLAIN):
+                or c.algorithm not in CHUNKERS:
             raise RepositoryError(
                 f"{where} asks for layout {self.layout!r}, hash {self.chunk_hash!r}, "
                 f"compression {self.compression!r}, chunker {c.algorithm!r}; this volbackup "
