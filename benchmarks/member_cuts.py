@@ -7,9 +7,12 @@ and a copy of it changed as dedup.py's `dedup` section changes it (uniquevolume.
 makes a GNU tar of each (`tar --sort=name`, into the temporary directory), and cuts both
 with pyfastcdc at volbackup's parameters two ways:
   stream   FastCDC over the whole tar stream (volbackup today);
-  members  every tar member (header + data) starts a new chunk; FastCDC inside each.
+  members  every tar member (header + data) starts a new chunk; FastCDC inside each;
+  each     volbackup's cut_each_member (the packed layout's blobs): a cut where every
+           member of 4 KiB or more starts and ends, FastCDC inside, smaller members
+           grouped (a keyed name hash 0 mod 8, or 64 KiB).
 It prints, for each, the bytes (uncompressed) of the changed tar in chunks the base tar
-lacks, as a share of the tar, and the chunk count per GiB.
+lacks, as a share of the tar, the chunk count per GiB, and (each) the seconds the cut took.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 
 from pyfastcdc.cy import FastCDC
 
 import uniquevolume
+from volbackup.stream.archive import kept_tar
+from volbackup.stream.chunker import cut_each_member, seed_name_key
+from volbackup.stream.tarstream import TarWalker
 
 SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
 
@@ -47,6 +54,21 @@ def chunks(path: str, avg: int, aligned: bool) -> dict[bytes, int]:
             for c in cdc.cut_buf(segment):
                 data = bytes(c.data)
                 out[hashlib.sha256(data).digest()] = len(data)
+    return out
+
+
+def each_chunks(path: str, avg: int) -> dict[bytes, int]:
+    """As chunks(), cut by volbackup's cut_each_member (seed 0; its sizes as chunks())."""
+    def pieces():
+        with open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                yield piece
+
+    walker = TarWalker(unique=False)
+    out: dict[bytes, int] = {}
+    for data in cut_each_member(kept_tar(pieces(), walker), walker, avg, avg // 4, avg * 4,
+                                1, 0, seed_name_key(0)):
+        out[hashlib.sha256(data).digest()] = len(data)
     return out
 
 
@@ -73,12 +95,18 @@ def main() -> int:
         total = os.path.getsize(tars["changed"])
         print(f"{args.size_mib} MiB volume, change {change['changed_pct']} %, chunk size "
               f"{args.chunk_size}")
-        for mode in ("stream", "members"):
-            old = chunks(tars["base"], avg, mode == "members")
-            new = chunks(tars["changed"], avg, mode == "members")
+        for mode in ("stream", "members", "each"):
+            began = time.perf_counter()
+            if mode == "each":
+                old, new = each_chunks(tars["base"], avg), each_chunks(tars["changed"], avg)
+            else:
+                old = chunks(tars["base"], avg, mode == "members")
+                new = chunks(tars["changed"], avg, mode == "members")
+            took = (time.perf_counter() - began) / 2
             fresh = sum(n for h, n in new.items() if h not in old)
             print(f"  {mode:8} new {fresh / (1 << 20):8.1f} MiB = {100 * fresh / total:6.2f} % of "
-                  f"the tar; {len(new) * (1 << 30) / total:8.0f} chunks per GiB")
+                  f"the tar; {len(new) * (1 << 30) / total:8.0f} chunks per GiB; "
+                  f"{took:5.2f} s a tar")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
