@@ -67,7 +67,7 @@ def each_chunks(path: str, avg: int) -> dict[bytes, int]:
     walker = TarWalker(unique=False)
     out: dict[bytes, int] = {}
     for data in cut_each_member(kept_tar(pieces(), walker), walker, avg, avg // 4, avg * 4,
-                                1, 0, seed_name_key(0)):
+                                1, 0, name_key=seed_name_key(0)):
         out[hashlib.sha256(data).digest()] = len(data)
     return out
 

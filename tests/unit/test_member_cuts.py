@@ -41,7 +41,7 @@ def _blobs(tar: bytes, piece=4096, key=KEY, avg=AVG, min_=MIN, max_=MAX,
            seed=7) -> list[bytes]:
     walker = TarWalker(unique=False)
     return list(cut_each_member(kept_tar(chunked(tar, piece), walker), walker, avg, min_,
-                                max_, 1, seed, key))
+                                max_, 1, seed, name_key=key))
 
 
 def _ends(blobs: list[bytes]) -> list[int]:
@@ -151,7 +151,7 @@ def test_the_blobs_are_the_stream_whatever_the_pieces(how):
     assert b"".join(blobs) == tar
     walker = TarWalker(unique=False)
     again = list(cut_each_member(kept_tar(chunked(tar, how, seed=3), walker), walker,
-                                 AVG, MIN, MAX, 1, 7, KEY))
+                                 AVG, MIN, MAX, 1, 7, name_key=KEY))
     assert again == blobs
 
 
@@ -213,7 +213,7 @@ def test_an_incomplete_tar_raises_after_the_walker_sees_its_end():
     walker = TarWalker(unique=False)
     with pytest.raises(IntegrityError):
         list(cut_each_member(kept_tar(chunked(tar[:50_000], 4096), walker), walker,
-                             AVG, MIN, MAX, 1, 7, KEY))
+                             AVG, MIN, MAX, 1, 7, name_key=KEY))
 
 
 def test_a_huge_member_is_never_held_in_memory():
@@ -235,7 +235,7 @@ def test_a_huge_member_is_never_held_in_memory():
     tracemalloc.start()
     try:
         for blob in cut_each_member(kept_tar(stream(), walker), walker, avg, min_, max_,
-                                    1, 7, KEY):
+                                    1, 7, name_key=KEY):
             count, total = count + 1, total + len(blob)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

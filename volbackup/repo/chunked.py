@@ -89,7 +89,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
                 chunker_seed = c.seed if seed is None else seed
                 cuts = cut_each_member(kept_tar(tar_chunks, walker), walker, c.avg_size,
                                        c.min_size, c.max_size, c.normalized_chunking,
-                                       chunker_seed, seed_name_key(chunker_seed))
+                                       chunker_seed, name_key=seed_name_key(chunker_seed))
             else:
                 cuts = cut_at_members(kept_tar(tar_chunks, walker), walker, c.avg_size,
                                       c.min_size, c.max_size, c.normalized_chunking,

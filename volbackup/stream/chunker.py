@@ -149,8 +149,8 @@ def member_name_hash(name: str, key: bytes) -> int:
 
 
 def cut_each_member(pieces: Iterable[bytes], walker, avg_size: int, min_size: int,
-                    max_size: int, normalized_chunking: int = 1, seed: int = 0,
-                    name_key: bytes = b"") -> Iterator[bytes]:
+                    max_size: int, normalized_chunking: int = 1, seed: int = 0, *,
+                    name_key: bytes) -> Iterator[bytes]:
     """The tar stream `pieces`, which `walker` (a TarWalker) checks as they arrive
     (volbackup.stream.archive.kept_tar feeds it, so every header in a piece has been told
     before the piece comes here), cut at every member as above.
