@@ -14,7 +14,7 @@ import pytest
 from tests.unit.chunkrepos import backup, chunk_list, restored
 from tests.unit.tars import CHUNKINGS, chunked, end_of_members, make_tar, members_of
 from volbackup.errors import IntegrityError
-from volbackup.repo.config import CHUNKER_EACH, RepoConfig
+from volbackup.repo.config import CHUNKER_EACH, MIN_PACK, PACKED, RepoConfig
 from volbackup.repo.repository import Repository
 from volbackup.stream.archive import END_MARKER, kept_tar
 from volbackup.stream.chunker import (EACH_GROUP_MAX, EACH_GROUP_MOD, SMALL, cut_each_member,
@@ -257,3 +257,17 @@ def test_a_repository_with_the_each_member_chunker_stores_and_restores(tmp_path)
     listed = [length for _, length in chunk_list(repo, manifest)]
     assert listed == [len(b) for b in _blobs(tar, key=seed_name_key(seed), avg=4096,
                                              min_=1024, max_=16384, seed=seed)]
+
+
+def test_a_packed_repository_with_the_each_member_chunker_stores_and_restores(tmp_path):
+    config = RepoConfig.new(avg_size=4096, algorithm=CHUNKER_EACH, layout=PACKED,
+                            pack_size=MIN_PACK)
+    repo = Repository.init(str(tmp_path / "repo"), config=config)
+    tar = _corpus(random.Random(7), count=60)
+    manifest = backup(repo, tar)
+    reopened = Repository.open(str(tmp_path / "repo"))
+    assert restored(reopened, reopened.reveal(manifest)) == tar
+    seed = config.chunker.seed
+    assert [n for _, n in chunk_list(reopened, manifest)] == [
+        len(b) for b in _blobs(tar, key=seed_name_key(seed), avg=4096, min_=1024, max_=16384,
+                               seed=seed)]

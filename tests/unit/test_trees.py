@@ -5,7 +5,6 @@ crafted tree (trees are read from the repository: untrusted)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import subprocess
 import sys
@@ -393,3 +392,21 @@ def test_a_list_that_would_need_a_taller_tree_is_refused_by_the_writer(monkeypat
     writer.add(_id(rnd, cut=True).hex(), 5)
     with pytest.raises(trees.TreeTooTall, match="taller than 1"):
         writer.add(_id(rnd, cut=True).hex(), 5)  # a second leaf piece: a level above
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_tree_in_a_packed_store_goes_into_tree_packs(tmp_path, encrypted):
+    from tests.unit.test_packs import sealed_cipher, trailer_of
+    from volbackup.repo.backends import LocalBackend
+    from volbackup.repo.crypto import PlainChunks
+    from volbackup.repo.packs import TREE_PACK
+    from volbackup.repo.packstore import PackedBlobStore
+    cipher = sealed_cipher() if encrypted else PlainChunks()
+    store = PackedBlobStore(LocalBackend(str(tmp_path)), cipher, 1 << 20)
+    leaves = _leaves(5000, seed=8)
+    root = _write(store, leaves)
+    store.flush()
+    store.forget()
+    assert list(walk(store, root)) == leaves
+    kinds = {trailer_of(p.read_bytes(), cipher.mac).kind for p in (tmp_path / "packs").rglob("*/*")}
+    assert kinds == {TREE_PACK}
