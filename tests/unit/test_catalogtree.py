@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import random
+import subprocess
 import tarfile
 
 import pytest
@@ -276,3 +277,29 @@ def test_pieces_end_at_4_mib_whatever_the_hashes(monkeypatch):
     field = walker_field.finish(100 * 1024)
     assert all(len(store.blobs[i]) < 2000 + 200 for i in store.blobs if store.kinds[i] == CATALOG)
     assert len(_read(store, field)) == 100
+
+
+@pytest.mark.parametrize("fmt", ["posix", "gnu"])
+def test_gnu_tar_sparse_members_read_back_as_version_1_gives_them(tmp_path, fmt):
+    """GNU tar's sparse members (both formats): the walker's size is the bytes the member
+    takes in the stream, so no line needs a span."""
+    volume = tmp_path / "v"
+    volume.mkdir()
+    with open(volume / "sparse", "wb") as f:
+        f.truncate(10 << 20)
+        f.seek(5_000_000)
+        f.write(b"hello")
+    (volume / "after").write_bytes(b"after\n")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "-cf", str(archive), "-C",
+                    str(volume), "."], check=True)
+    walker = TarWalker(unique=False)
+    store = FakeStore()
+    writer = CatalogTreeWriter(store, 3, KEY)
+    writer.record(walker)
+    tar = b"".join(kept_tar(chunked(archive.read_bytes(), 4096), walker))
+    field = writer.finish(walker.end_marker_at)
+    got = list(entries(store, field, len(tar), KEY, "x"))
+    assert got == _version1(tar)
+    assert {e.path for e in got} == {".", "sparse", "after"}
+    assert not any(b'"span"' in piece for piece in store.blobs.values())
