@@ -1,6 +1,7 @@
 """What a changed volume would store if chunks were also cut at every tar member's start.
 
     python benchmarks/member_cuts.py --size-mib 1024 [--chunk-size 1M]
+    python benchmarks/member_cuts.py --size-mib 32 --large-share 0 --small-max 4096  # tiny files
 
 A simulation, not volbackup: builds the uniquevolume.py volume in a temporary directory
 and a copy of it changed as dedup.py's `dedup` section changes it (uniquevolume.change),
@@ -77,12 +78,17 @@ def main() -> int:
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--chunk-size", default="1M", choices=list(SIZES))
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--large-share", type=float, default=0.75,
+                   help="share of the volume in its 4 large files (uniquevolume.fill)")
+    p.add_argument("--small-max", type=int, default=uniquevolume.SMALL_MAX,
+                   help="largest small file, bytes (small files are log-uniform from 512 B)")
     args = p.parse_args()
+    uniquevolume.SMALL_MAX = args.small_max
     work = tempfile.mkdtemp(prefix="vbbench-cuts-", dir="/var/tmp")
     try:
         base, changed = os.path.join(work, "base"), os.path.join(work, "changed")
         os.makedirs(base)
-        uniquevolume.fill(base, args.size_mib, args.seed)
+        stats = uniquevolume.fill(base, args.size_mib, args.seed, large_share=args.large_share)
         subprocess.run(["cp", "-a", base, changed], check=True)
         change = uniquevolume.change(changed, args.seed + 1000)
         tars = {}
@@ -93,7 +99,8 @@ def main() -> int:
         shutil.rmtree(changed)
         avg = SIZES[args.chunk_size]
         total = os.path.getsize(tars["changed"])
-        print(f"{args.size_mib} MiB volume, change {change['changed_pct']} %, chunk size "
+        print(f"{args.size_mib} MiB volume ({stats['small_files']} small files up to "
+              f"{args.small_max} B), change {change['changed_pct']} %, chunk size "
               f"{args.chunk_size}")
         for mode in ("stream", "members", "each"):
             began = time.perf_counter()
