@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from typing import Iterator
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.blobstore import CATALOG, BlobStore
+from volbackup.repo.chunked import fetch_ahead
 from volbackup.repo.trees import TreeRoot, TreeWriter, walk
 from volbackup.stream import catalog
 from volbackup.stream.catalog import KINDS, MAX_INT, MAX_LINE, CatalogEntry, invalid_field
@@ -30,6 +32,7 @@ VERSION = 2
 CUT_MOD = 256                # a piece ends after a line whose keyed hash is 0 mod this
 PIECE_BYTES = 4 << 20        # ... or after the line that takes it to this many bytes
 MAX_PIECE = PIECE_BYTES - 1 + MAX_LINE
+AHEAD = 4                    # pieces fetched ahead of the reader (S3 round trips)
 _FIELDS = {"path": str, "type": str, "size": int, "mode": int, "uid": int, "gid": int,
            "mtime": (int, float), "link": str, "hdr": int, "span": int, "sha256": str}
 _OPTIONAL = ("span", "sha256")
@@ -177,11 +180,18 @@ def entries(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
     """The entries of a version 2 catalogue, in stream order, every piece and line
     checked: the tree (volbackup.repo.trees.walk), each piece against its id, whole lines
     cut where the rule cuts and nowhere else, each line as version 1's are, the count.
-    Memory: one piece and the tree's path to it."""
+    Memory: AHEAD pieces and the tree's path to them."""
     root = check_field(field, where)
     at = count = pieces = 0
-    for piece_id, length in walk(store, root, max_length=MAX_PIECE):
-        data, _ = store.load(piece_id, length)
+    ids: deque[str] = deque()  # of the pieces being fetched, in order
+
+    def listed() -> Iterator[tuple[str, int]]:
+        for piece_id, length in walk(store, root, max_length=MAX_PIECE):
+            ids.append(piece_id)
+            yield piece_id, length
+
+    for data, _ in fetch_ahead(store, listed(), AHEAD):
+        piece_id = ids.popleft()
         pieces += 1
         last_piece = pieces == root.blobs
         if not data.endswith(b"\n"):
