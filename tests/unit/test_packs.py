@@ -183,7 +183,8 @@ def test_an_index_object_round_trips_sorted_by_id():
     name, data = _index()
     assert name == hashlib.sha256(data).hexdigest()
     obj = packindex.decode(data, PLAIN.mac, "index")
-    assert obj.ids == b"a" * 32 + b"b" * 32 and list(obj.locs) == [0, 10, 5, 7, 0, 0, 10, 20]
+    assert obj.ids == b"a" * 32 + b"b" * 32
+    assert [list(c) for c in obj.columns] == [[0, 0], [10, 0], [5, 10], [7, 20]]
     assert obj.packs == [PackInfo(b"p" * 32, 1000, DATA_PACK)]
 
 

@@ -15,22 +15,23 @@ not parsing an entry at a time (docs/design.md, "Index objects"). An index objec
 untrusted input: its MAC is checked first in an encrypted repository, then every count,
 ordinal and range against the packs it names.
 
-In memory (`BlobIndex`): every loaded object merged into one sorted id column and one
-location column (48 bytes per blob, plus a 256 KiB bucket table), looked up by
+In memory (`BlobIndex`): every loaded object merged into one sorted id column and four
+location columns (48 bytes per blob, plus a 256 KiB bucket table), looked up by
 `bytes.find` inside the id's bucket; blobs added by this run sit in a dict beside it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import hmac
+import operator
 import re
 import struct
 import sys
 from array import array
-from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass
+from itertools import accumulate, islice
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
@@ -86,7 +87,7 @@ class Location:
 class IndexObject:
     packs: list[PackInfo]
     ids: bytes          # ascending, ID bytes each
-    locs: array         # "I": ordinal, offset, stored, plain per blob
+    columns: tuple[array, array, array, array]   # "I": pack ordinal, offset, stored, plain
 
     @property
     def blobs(self) -> int:
@@ -154,23 +155,30 @@ def decode(raw: bytes, mac: Callable[[bytes, bytes], bytes], where: str) -> Inde
     locs = array("I", raw[at + blob_count * ID:])
     if sys.byteorder != "little":
         locs.byteswap()
-    _check_entries(ids, locs, packs, where)
-    return IndexObject(packs, ids, locs)
+    columns = (locs[0::4], locs[1::4], locs[2::4], locs[3::4])
+    del locs
+    _check_entries(ids, columns, packs, where)
+    return IndexObject(packs, ids, columns)
 
 
-def _check_entries(ids: bytes, locs: array, packs: list[PackInfo], where: str) -> None:
-    """Ids ascending; every location inside its pack and within the bounds of a blob."""
-    previous = b""
-    for i in range(len(ids) // ID):
-        blob_id = ids[i * ID:(i + 1) * ID]
-        if blob_id < previous:
-            raise IntegrityError(f"{where}: its ids are not in order")
-        previous = blob_id
-    lengths = [p.length - TAIL_BYTES for p in packs]
-    for ordinal, offset, stored, plain in zip(locs[0::4], locs[1::4], locs[2::4], locs[3::4]):
-        if ordinal >= len(packs) or not 0 < stored <= MAX_STORED \
-                or not 0 < plain <= MAX_CHUNK or offset + stored > lengths[ordinal]:
-            raise IntegrityError(f"{where} has a location outside its pack or out of bounds")
+def _check_entries(ids: bytes, columns: tuple[array, ...], packs: list[PackInfo],
+                   where: str) -> None:
+    """Ids in order (by the first two bytes, which lookups rely on: the whole order is
+    not checked, an id out of place within its bucket is only found later); every location
+    inside its pack and within the bounds of a blob. Column-wise, in C loops: a million
+    entries in a fraction of a second."""
+    if not ids:
+        return
+    keys = _prefixes(ids)
+    if not all(map(operator.le, keys, islice(keys, 1, None))):
+        raise IntegrityError(f"{where}: its ids are not in order")
+    ordinals, offsets, stored, plain = columns
+    limits = [p.length - TAIL_BYTES for p in packs]
+    if max(ordinals) >= len(packs) or min(stored) == 0 or max(stored) > MAX_STORED \
+            or min(plain) == 0 or max(plain) > MAX_CHUNK \
+            or not all(map(operator.le, map(operator.add, offsets, stored),
+                           map(limits.__getitem__, ordinals))):
+        raise IntegrityError(f"{where} has a location outside its pack or out of bounds")
 
 
 class BlobIndex:
@@ -182,8 +190,8 @@ class BlobIndex:
         self._ordinal: dict[bytes, int] = {}
         self.conflicts: list[str] = []     # packs two objects disagree about
         objects = list(objects)
-        remaps = [array("I", (self._add_pack(p) for p in obj.packs)) for obj in objects]
-        self.ids, self.locs = _merge(objects, remaps)
+        remaps = [[self._add_pack(p) for p in obj.packs] for obj in objects]
+        self.ids, self.columns = _merge(objects, remaps)
         self._starts = _buckets(self.ids)
         self._added: dict[bytes, list[tuple[int, int, int, int]]] = {}
 
@@ -213,10 +221,13 @@ class BlobIndex:
         """Where the blob is stored: the copies this run wrote first, then the loaded ones."""
         found = [self._location(*loc) for loc in self._added.get(blob_id, ())]
         i = self._find(blob_id)
-        while i >= 0 and i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:
-            found.append(self._location(*self.locs[4 * i:4 * i + 4]))
+        while 0 <= i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:
+            found.append(self._row(i))
             i += 1
         return found
+
+    def _row(self, i: int) -> Location:
+        return self._location(*(column[i] for column in self.columns))
 
     def _location(self, ordinal: int, offset: int, stored: int, plain: int) -> Location:
         return Location(self.packs[ordinal], offset, stored, plain)
@@ -236,37 +247,54 @@ class BlobIndex:
     def entries(self) -> Iterator[tuple[bytes, Location]]:
         """Every (blob id, location), loaded ones in id order, then this run's."""
         for i in range(len(self.ids) // ID):
-            yield self.ids[i * ID:(i + 1) * ID], self._location(*self.locs[4 * i:4 * i + 4])
+            yield self.ids[i * ID:(i + 1) * ID], self._row(i)
         for blob_id, locs in self._added.items():
             for loc in locs:
                 yield blob_id, self._location(*loc)
 
 
-def _merge(objects: list[IndexObject], remaps: list[array]) -> tuple[bytes, array]:
-    """One sorted id column and its locations (pack ordinals remapped) from many objects;
-    memory: the result plus one entry per object in flight."""
-    if len(objects) == 1 and list(remaps[0]) == list(range(len(remaps[0]))):
-        return objects[0].ids, objects[0].locs
+def _merge(objects: list[IndexObject], remaps: list[list[int]]
+           ) -> tuple[bytes, tuple[array, array, array, array]]:
+    """One sorted id column and its location columns (pack ordinals remapped) from many
+    objects. Sorting a permutation keyed by the ids keeps every loop in C; transient
+    memory about 100 bytes a blob (a list of the ids and the permutation)."""
+    if not objects:
+        return b"", (array("I"), array("I"), array("I"), array("I"))
 
-    def rows(k: int, obj: IndexObject) -> Iterator[tuple[bytes, int, int]]:
-        for i in range(obj.blobs):
-            yield obj.ids[i * ID:(i + 1) * ID], k, i
+    def remapped(obj: IndexObject, remap: list[int]) -> array:
+        if remap == list(range(len(remap))):
+            return obj.columns[0]
+        return array("I", map(remap.__getitem__, obj.columns[0]))
 
-    ids, locs = bytearray(), array("I")
-    for blob_id, k, i in heapq.merge(*(rows(k, obj) for k, obj in enumerate(objects))):
-        ids += blob_id
-        src = objects[k].locs
-        locs.append(remaps[k][src[4 * i]])
-        locs.extend(src[4 * i + 1:4 * i + 4])
-    return bytes(ids), locs
+    if len(objects) == 1:
+        obj = objects[0]
+        return obj.ids, (remapped(obj, remaps[0]), *obj.columns[1:])
+    ids = [obj.ids[i:i + ID] for obj in objects for i in range(0, len(obj.ids), ID)]
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    merged = b"".join(map(ids.__getitem__, order))
+    del ids
+    columns = []
+    for c in range(4):
+        whole = array("I")
+        for obj, remap in zip(objects, remaps):
+            whole.extend(remapped(obj, remap) if c == 0 else obj.columns[c])
+        columns.append(array("I", map(whole.__getitem__, order)))
+    return merged, (columns[0], columns[1], columns[2], columns[3])
 
 
-def _buckets(ids: bytes) -> array:
-    """Where each bucket of ids (their first two bytes) starts: 65,537 positions."""
+def _prefixes(ids: bytes) -> array:
+    """The first two bytes of each id, as unsigned 16-bit numbers."""
     n = len(ids) // ID
     prefix = bytearray(2 * n)
     prefix[0::2], prefix[1::2] = ids[0::ID], ids[1::ID]
     keys = array("H", bytes(prefix))
     if sys.byteorder == "little":
         keys.byteswap()
-    return array("I", (bisect_left(keys, b) for b in range(_BUCKETS + 1)))
+    return keys
+
+
+def _buckets(ids: bytes) -> array:
+    """Where each bucket of ids (their first two bytes) starts: 65,537 positions, the
+    running sum of each bucket's count (the ids are in order)."""
+    counts = Counter(_prefixes(ids))
+    return array("I", accumulate((counts.get(b, 0) for b in range(_BUCKETS)), initial=0))
