@@ -24,10 +24,10 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
 from volbackup.repo.blobstore import BlobStore, Saved
-from volbackup.repo.config import CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
+from volbackup.repo.config import CHUNKER_EACH, CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
-from volbackup.stream.chunker import cut, cut_at_members
+from volbackup.stream.chunker import cut, cut_at_members, cut_each_member, seed_name_key
 from volbackup.stream.chunks import read_chunks, split_lines
 from volbackup.stream.tarstream import Entry, TarWalker
 
@@ -88,6 +88,11 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
             if c.algorithm == CHUNKER_PLAIN:
                 cuts = cut(kept_tar(tar_chunks, walker), c.avg_size, c.min_size, c.max_size,
                            c.normalized_chunking, c.seed if seed is None else seed)
+            elif c.algorithm == CHUNKER_EACH:
+                chunker_seed = c.seed if seed is None else seed
+                cuts = cut_each_member(kept_tar(tar_chunks, walker), walker, c.avg_size,
+                                       c.min_size, c.max_size, c.normalized_chunking,
+                                       chunker_seed, name_key=seed_name_key(chunker_seed))
             else:
                 cuts = cut_at_members(kept_tar(tar_chunks, walker), walker, c.avg_size,
                                       c.min_size, c.max_size, c.normalized_chunking,

@@ -22,6 +22,10 @@ PLAIN_VERSION = 1           # and a plain chunked one as 1 (readable by the firs
 CHUNKED, PACKED = "chunked", "packed"   # blobs one object each, or in packs with an index
 CHUNKER = "fastcdc-2020-members"   # FastCDC, plus cuts at tar members (stream/chunker.py)
 CHUNKER_PLAIN = "fastcdc-2020"     # FastCDC alone (the first chunked repositories)
+# FastCDC inside members, a cut at every member but tiny ones, which are grouped: the
+# packed layout's blobs (stream/chunker.py, cut_each_member). Not yet what init makes.
+CHUNKER_EACH = "fastcdc-2020-each-member"
+CHUNKERS = (CHUNKER, CHUNKER_PLAIN, CHUNKER_EACH)
 SCHEME = "age+hmac-sha256"                      # chunked: an age file per chunk
 PACKED_SCHEME = "age+aes-256-gcm+hmac-sha256"   # packed: an age-sealed key per pack
 DEFAULT_PACK = 16 << 20
@@ -163,7 +167,7 @@ class RepoConfig:
             raise RepositoryError(f"{where} has an invalid mac")
         chunk_hash = "hmac-sha256" if self.encrypted else "sha256"
         if self.layout not in (CHUNKED, PACKED) or (self.chunk_hash, self.compression) != (
-                chunk_hash, "zstd") or c.algorithm not in (CHUNKER, CHUNKER_PLAIN):
+                chunk_hash, "zstd") or c.algorithm not in CHUNKERS:
             raise RepositoryError(
                 f"{where} asks for layout {self.layout!r}, hash {self.chunk_hash!r}, "
                 f"compression {self.compression!r}, chunker {c.algorithm!r}; this volbackup "
