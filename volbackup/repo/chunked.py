@@ -50,7 +50,8 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
          config: RepoConfig, level: int = 3,
          progress: Progress = no_progress, seed: int | None = None,
          on_walker: Callable[[TarWalker], None] = lambda walker: None,
-         check_existing: bool = False, whole_digest: bool = True) -> ChunkedPacked:
+         check_existing: bool = False, whole_digest: bool = True,
+         name_key: bytes | None = None) -> ChunkedPacked:
     """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
     IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
     the chunker's, when not the config's (an encrypted repository's comes from its key).
@@ -59,6 +60,8 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
     read back and checked once, and written again if it is not what its name says; a
     backup trusts the names it lists (docs/security.md says what that lets a writer do).
     Which chunks are stored already is the store's business (BlobStore.save).
+    `name_key` keys the member-name hash of the each-member chunker (an encrypted
+    repository's comes from its key; by default the seed's bytes).
     `whole_digest` False: no sha256 of the whole stream (`tar_sha256` None): each chunk's
     id and the list's sha256 already cover every byte, so that the stream is hashed once
     (the packed layout; the chunked one keeps the field its readers know)."""
@@ -92,7 +95,8 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
                 chunker_seed = c.seed if seed is None else seed
                 cuts = cut_each_member(kept_tar(tar_chunks, walker), walker, c.avg_size,
                                        c.min_size, c.max_size, c.normalized_chunking,
-                                       chunker_seed, name_key=seed_name_key(chunker_seed))
+                                       chunker_seed, name_key=name_key
+                                       or seed_name_key(chunker_seed))
             else:
                 cuts = cut_at_members(kept_tar(tar_chunks, walker), walker, c.avg_size,
                                       c.min_size, c.max_size, c.normalized_chunking,

@@ -23,7 +23,8 @@ CHUNKED, PACKED = "chunked", "packed"   # blobs one object each, or in packs wit
 CHUNKER = "fastcdc-2020-members"   # FastCDC, plus cuts at tar members (stream/chunker.py)
 CHUNKER_PLAIN = "fastcdc-2020"     # FastCDC alone (the first chunked repositories)
 # FastCDC inside members, a cut at every member but tiny ones, which are grouped: the
-# packed layout's blobs (stream/chunker.py, cut_each_member). Not yet what init makes.
+# packed layout's blobs (stream/chunker.py, cut_each_member), what `init --layout packed`
+# makes.
 CHUNKER_EACH = "fastcdc-2020-each-member"
 CHUNKERS = (CHUNKER, CHUNKER_PLAIN, CHUNKER_EACH)
 SCHEME = "age+hmac-sha256"                      # chunked: an age file per chunk
@@ -99,8 +100,13 @@ class RepoConfig:
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def new(cls, avg_size: int = DEFAULT_AVG, algorithm: str = CHUNKER,
+    def new(cls, avg_size: int = DEFAULT_AVG, algorithm: str | None = None,
             layout: str = CHUNKED, pack_size: int = DEFAULT_PACK) -> "RepoConfig":
+        """A new repository's config. The chunker by default: a cut at every member in a
+        packed repository (its packs make ~10,000 blobs a GiB cheap), members of 512 KiB
+        or more and groups of smaller ones in a chunked one (one object per chunk)."""
+        if algorithm is None:
+            algorithm = CHUNKER_EACH if layout == PACKED else CHUNKER
         chunker = Chunker(algorithm=algorithm, min_size=max(MIN_CHUNK, avg_size // 4),
                           avg_size=avg_size, max_size=avg_size * 4, seed=secrets.randbits(31))
         config = cls(id=secrets.token_hex(16), chunker=chunker)
