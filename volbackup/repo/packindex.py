@@ -194,6 +194,9 @@ class BlobIndex:
         self.ids, self.columns = _merge(objects, remaps)
         self._starts = _buckets(self.ids)
         self._added: dict[bytes, list[tuple[int, int, int, int]]] = {}
+        # Packs a prune plan dooms (volbackup.repo.pruneplan): a writer does not count on
+        # their blobs (`has`), a reader tries them last (`locations`).
+        self.doomed: frozenset[bytes] = frozenset()
 
     def _add_pack(self, info: PackInfo) -> int:
         ordinal = self._ordinal.get(info.id)
@@ -215,10 +218,20 @@ class BlobIndex:
             self._added.setdefault(blob_id, []).append((ordinal, offset, stored, plain))
 
     def has(self, blob_id: bytes) -> bool:
-        return blob_id in self._added or self._find(blob_id) >= 0
+        """Whether a writer may name the blob: a copy outside the doomed packs."""
+        if not self.doomed:
+            return blob_id in self._added or self._find(blob_id) >= 0
+        return any(loc.pack.id not in self.doomed for loc in self.all_locations(blob_id))
 
     def locations(self, blob_id: bytes) -> list[Location]:
-        """Where the blob is stored: the copies this run wrote first, then the loaded ones."""
+        """Where the blob is stored: the copies this run wrote first, then the loaded
+        ones; copies in doomed packs last."""
+        found = self.all_locations(blob_id)
+        if self.doomed:
+            found.sort(key=lambda loc: loc.pack.id in self.doomed)
+        return found
+
+    def all_locations(self, blob_id: bytes) -> list[Location]:
         found = [self._location(*loc) for loc in self._added.get(blob_id, ())]
         i = self._find(blob_id)
         while 0 <= i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:

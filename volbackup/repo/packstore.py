@@ -25,11 +25,12 @@ from typing import Callable, Iterable, Iterator
 import zstandard
 
 from volbackup.errors import ChunkMissing, IntegrityError
+from volbackup.pauses import pause
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound, RangeBeyondEnd
 from volbackup.repo.blobstore import DATA, TREE, BlobStore, Prepared, Saved
 from volbackup.repo.chunkstore import open_frame
 from volbackup.repo.crypto import PlainChunks, SealedChunks
-from volbackup.repo import packindex, packs
+from volbackup.repo import packindex, packs, pruneplan
 from volbackup.repo.packindex import BlobIndex, Entry, Location, PackInfo
 from volbackup.repo.packs import DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder, Trailer
 
@@ -66,12 +67,15 @@ class IndexLoad:
     objects: int = 0
     keys: list[str] = field(default_factory=list)      # of the objects loaded
     problems: list[str] = field(default_factory=list)
+    packs_of: dict[str, list[bytes]] = field(default_factory=dict)  # key -> pack ids named
+    plans: pruneplan.Plans = field(default_factory=pruneplan.Plans)  # read after the lock
 
 
 class PackedBlobStore(BlobStore):
     def __init__(self, backend: Backend, cipher: PlainChunks | SealedChunks, pack_size: int,
-                 uploads: int = UPLOADS):
+                 uploads: int = UPLOADS, before_index: Callable[[], None] = lambda: None):
         self.backend = backend
+        self._before_index = before_index       # raises if this run may not index now
         self.cipher = cipher
         self.encrypted = cipher.encrypted
         self.pack_size = pack_size
@@ -114,6 +118,7 @@ class PackedBlobStore(BlobStore):
     def _loaded(self) -> BlobIndex:
         if self._index is None:
             self._index, self.loaded = load_index(self.backend, self.cipher)
+            pause("index-loaded")
         return self._index
 
     # -- writing
@@ -274,6 +279,8 @@ class PackedBlobStore(BlobStore):
             self._raise_failed()
             written, self._written = self._written, []
         made = []
+        if written:
+            self._before_index()
         for part in _index_parts(written):
             name, data = packindex.encode(part, self.cipher.mac)
             self.backend.write_bytes(packindex.index_key(name), data)
@@ -553,8 +560,11 @@ def load_index(backend: Backend, cipher: PlainChunks | SealedChunks
                ) -> tuple[BlobIndex, IndexLoad]:
     """Every index object of the repository, merged. One that cannot be read or fails
     its checks is left out and named in the result's problems: a backup then stores its
-    blobs again, and verify reports it (docs/design.md)."""
+    blobs again, and verify reports it (docs/design.md). The prune plans are read first
+    (the caller's lock is written: volbackup.repo.pruneplan): their doomed packs are
+    marked in the index, so that a writer does not count on them."""
     loaded, objects = IndexLoad(), []
+    loaded.plans = pruneplan.read_plans(backend, cipher.mac)
     for info in backend.list(packindex.PREFIX):
         name = packindex.index_name_of(info.key)
         if info.error or name is None:
@@ -570,12 +580,14 @@ def load_index(backend: Backend, cipher: PlainChunks | SealedChunks
                 raise IntegrityError(f"{where} does not match its name (damaged)")
             objects.append(packindex.decode(raw, cipher.mac, where))
             loaded.keys.append(info.key)
+            loaded.packs_of[info.key] = [p.id for p in objects[-1].packs]
         except BlobNotFound:
             continue        # removed by a prune since the listing
         except (IntegrityError, BadEntry) as e:
             loaded.problems.append(str(e))
     loaded.objects = len(objects)
     index = BlobIndex(objects)
+    index.doomed = loaded.plans.doomed()
     loaded.problems.extend(index.conflicts)
     return index, loaded
 

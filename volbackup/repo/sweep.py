@@ -53,12 +53,14 @@ class ChunkSweep:
         return dict(self.__dict__)
 
 
-def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep
+def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep,
+                   read: set[str] | None = None, skip: Collection[str] = ()
                    ) -> set[bytes] | None:
     """The ids every chunk list and catalogue list under snapshots/ names (but those in
-    `gone`); None, with the reason in `result.problems`, if any cannot be read: then
-    nothing may be swept."""
-    gone = set(gone)
+    `gone`, and those in `skip`, already read); None, with the reason in
+    `result.problems`, if any cannot be read: then nothing may be swept. `read` is given
+    the keys of the lists read."""
+    gone = set(gone) | set(skip)
     referenced: set[bytes] = set()
     for info in backend.list(SNAPSHOTS):
         if info.error:
@@ -70,6 +72,8 @@ def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep
             with backend.open_read(info.key) as reader:
                 for chunk_id, _ in iter_list(reader):
                     referenced.add(bytes.fromhex(chunk_id))
+            if read is not None:
+                read.add(info.key)
         except (IntegrityError, RepositoryError) as e:
             result.problems.append(f"no chunk swept: chunk list {info.key}: {e}")
             return None
