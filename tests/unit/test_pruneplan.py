@@ -1,0 +1,362 @@
+"""Prune of a packed repository while backups run (volbackup.repo.pruneplan, packsweep):
+the prune lock, plans and their MACs, the wait for the locks that existed (a fake clock),
+backups ignoring doomed packs, the rescue of packs a new snapshot needs, a killed prune's
+plan carried out by the next, and a backup whose lock was broken."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
+from tests.unit.test_locking import dead_pid, plant
+from volbackup.errors import LockLost, RepositoryLocked
+from volbackup.ops.prune import PruneOptions, prune
+from volbackup.repo import locking, packsweep, pruneplan
+from volbackup.repo import repository as repository_module
+from volbackup.repo.backends import LocalBackend
+from volbackup.repo.config import PACKED
+from volbackup.repo.repository import Repository
+from volbackup.repo.retention import Rules
+
+AGO = datetime.now(timezone.utc) - timedelta(days=3)
+OLD, NEW = volume_tar(seed=1, size=1 << 20), volume_tar(seed=2, size=1 << 20)
+
+
+class Clock:
+    """monotonic and sleep for the code that waits: time passes only when it sleeps;
+    `on_sleep(n)` runs at the n-th sleep (what other runs do meanwhile)."""
+
+    def __init__(self, on_sleep=lambda n: None):
+        self.now, self.sleeps, self.on_sleep = 0.0, [], on_sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self.on_sleep(len(self.sleeps))
+
+
+def never_sleeps() -> Clock:
+    def fail(n):
+        raise AssertionError("prune waited")
+    return Clock(fail)
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "repo"
+
+
+@pytest.fixture
+def two(root):
+    """pgdata: an old snapshot (OLD) and a newer one (NEW): keep-last 1 dooms OLD's packs."""
+    repo = chunked_repo(root, seed=1, layout=PACKED)
+    old = backup(repo, OLD, when=AGO)
+    new = backup(repo, NEW, when=AGO + timedelta(days=1))
+    return old, new
+
+
+def pruned(root, clock: Clock, wait: float = 60, **options):
+    return prune(Repository.open(str(root)),
+                 PruneOptions(Rules(last=1), leftover_age=0, wait_for_backups=wait, **options),
+                 sleep=clock.sleep, monotonic=clock.monotonic)
+
+
+def writer(root, stack: ExitStack) -> Repository:
+    """Another host's backup: its shared lock taken, its index loaded (now)."""
+    repo = Repository.open(str(root))
+    stack.enter_context(repo.lock(locking.SHARED, 0, "backup"))
+    repo.blobs.index()
+    return repo
+
+
+def pack_files(root) -> set[str]:
+    return {p.name for p in (root / "packs").rglob("*/*")}
+
+
+def plan_files(root) -> list[str]:
+    return sorted(p.name for p in (root / "prune").iterdir()) if (root / "prune").exists() \
+        else []
+
+
+def reads_back(root, manifest, tar) -> bool:
+    repo = Repository.open(str(root))
+    return restored(repo, repo.reveal(repo.load(manifest.snapshot))) == tar
+
+
+def stop_at(monkeypatch, step: str) -> None:
+    """A kill of prune at `step` (KeyboardInterrupt: the lock is released, the rest left)."""
+    def pause(name):
+        if name == step:
+            raise KeyboardInterrupt(step)
+    monkeypatch.setattr(packsweep, "pause", pause)
+
+
+# -- the prune lock
+
+
+def test_a_prune_lock_excludes_prunes_and_exclusive_locks_but_not_backups(tmp_path):
+    backend = LocalBackend(tmp_path)
+    held = locking.acquire(backend, locking.PRUNE, 0)
+    locking.acquire(backend, locking.SHARED, 0).release()       # a backup runs beside it
+    for kind in (locking.PRUNE, locking.EXCLUSIVE):
+        with pytest.raises(RepositoryLocked):
+            locking.acquire(backend, kind, 0)
+    held.release()
+    shared = locking.acquire(backend, locking.SHARED, 0)
+    locking.acquire(backend, locking.PRUNE, 0).release()
+    shared.release()
+
+
+def test_a_prune_of_a_packed_repository_runs_beside_a_backup_and_a_chunked_one_does_not(
+        root, tmp_path, two):
+    with ExitStack() as stack:
+        writer(root, stack)
+        with pytest.raises(RepositoryLocked):
+            chunked = chunked_repo(tmp_path / "chunked", seed=1)
+            with chunked.lock(locking.SHARED, 0, "backup"):
+                prune(chunked, PruneOptions(Rules(last=1), lock_wait=0))
+        result = pruned(root, Clock(lambda n: stack.close()))
+    assert result.chunks.plan and result.chunks.problems == [] and result.removed
+
+
+# -- plans
+
+
+def keyed(key: bytes):
+    return lambda label, data: hmac.new(key, label + data, hashlib.sha256).digest()
+
+
+def test_a_plan_round_trips_and_one_forged_or_altered_is_ignored_and_named(tmp_path):
+    backend = LocalBackend(tmp_path)
+    mac = keyed(b"k" * 32)
+    plan = pruneplan.Plan(pruneplan.new_name(datetime.now(timezone.utc)), "locks/x.json",
+                          "2026-12-07T00:00:00Z", ["ab" * 32], ["index/" + "cd" * 32])
+    pruneplan.write_plan(backend, plan, mac)
+    (found,) = pruneplan.read_plans(backend, mac).plans
+    assert (found.doomed, found.superseded, found.rescued) == (plan.doomed, plan.superseded,
+                                                               None)
+    assert pruneplan.read_plans(backend, mac).doomed() == {bytes.fromhex("ab" * 32)}
+    pruneplan.write_checked(backend, plan, ["ab" * 32], [], mac)
+    checked = pruneplan.read_plans(backend, mac)
+    assert checked.plans[0].rescued == ["ab" * 32] and checked.doomed() == frozenset()
+    # a writer without the key: nothing it writes dooms a pack
+    forged = pruneplan.read_plans(backend, keyed(b"o" * 32))
+    assert forged.plans == [] and "not authentic" in forged.problems[0]
+    raw = backend.read_bytes(plan.key)
+    backend.write_bytes(plan.key, raw.replace(b"ab" * 32, b"ef" * 32))
+    altered = pruneplan.read_plans(backend, mac)
+    assert altered.plans == [] and altered.doomed() == frozenset()
+    backend.write_bytes(plan.key, b"no mac here")
+    backend.write_bytes("prune/junk", b"")
+    bad = pruneplan.read_plans(backend, mac)
+    assert bad.plans == [] and len(bad.problems) == 2
+
+
+def test_a_plan_with_names_that_are_not_pack_ids_is_refused(tmp_path):
+    backend = LocalBackend(tmp_path)
+    mac = keyed(b"")
+    plan = pruneplan.Plan(pruneplan.new_name(datetime.now(timezone.utc)), "locks/x.json",
+                          "t", ["../../config"], [])
+    pruneplan.write_plan(backend, plan, mac)
+    found = pruneplan.read_plans(backend, mac)
+    assert found.plans == [] and "doomed" in found.problems[0]
+
+
+# -- waiting for the locks that existed (a fake clock)
+
+
+def test_the_wait_ends_when_the_locks_that_existed_are_released(tmp_path):
+    backend = LocalBackend(tmp_path)
+    mine = locking.acquire(backend, locking.PRUNE, 0)
+    running = locking.acquire(backend, locking.SHARED, 0)
+    later = []
+
+    def meanwhile(n):
+        if n == 3:      # a new backup starts (it has read the plan), the old one ends
+            later.append(locking.acquire(backend, locking.SHARED, 0))
+            running.release()
+
+    clock = Clock(meanwhile)
+    held = pruneplan.wait_for_locks(backend, mine.info.key,
+                                    pruneplan.Waiting(60, clock.sleep, clock.monotonic))
+    assert held == [] and len(clock.sleeps) == 3       # not waiting for the new one
+    assert clock.sleeps == [0.5, 1.0, 2.0]
+    later[0].release()
+    mine.release()
+
+
+def test_the_wait_gives_up_after_its_time_and_names_the_locks_still_held(tmp_path):
+    backend = LocalBackend(tmp_path)
+    running = locking.acquire(backend, locking.SHARED, 0, "backup")
+    clock = Clock()
+    held = pruneplan.wait_for_locks(backend, "", pruneplan.Waiting(30, clock.sleep,
+                                                                   clock.monotonic))
+    assert [h.key for h in held] == [running.info.key] and clock.now == 30
+    assert max(clock.sleeps) == 5.0
+    running.release()
+
+
+def test_a_stale_lock_is_broken_not_waited_for(tmp_path):
+    backend = LocalBackend(tmp_path)
+    stale = plant(backend, "shared", pid=dead_pid())
+    broken = []
+    held = pruneplan.wait_for_locks(backend, "", pruneplan.Waiting(
+        60, never_sleeps().sleep, lambda: 0.0, lambda lock, why: broken.append(lock.key)))
+    assert held == [] and broken == [stale.key] and backend.list("locks/").__next__ \
+        and list(backend.list("locks/")) == []
+
+
+# -- the protocol
+
+
+def test_a_backup_that_counted_on_a_doomed_pack_has_it_rescued(root, two):
+    old, new = two
+    doomed = pack_files(root)
+    with ExitStack() as stack:
+        late = writer(root, stack)      # loaded the index before the plan
+        made = []
+
+        def meanwhile(n):   # while prune waits: the backup stores OLD again, and ends
+            if n == 1:
+                made.append(backup(late, OLD, volume="other"))
+                stack.close()
+
+        result = pruned(root, Clock(meanwhile))
+    (snapshot,) = made
+    sweep = result.chunks
+    assert snapshot.new_chunks == 0            # every blob found in packs prune had doomed
+    assert sweep.problems == [] and sweep.rescued >= 1
+    assert reads_back(root, snapshot, OLD) and reads_back(root, new, NEW)
+    assert plan_files(root) == []
+    assert pack_files(root) >= doomed         # OLD is used again: every pack rescued
+
+
+def test_a_backup_that_starts_after_the_plan_stores_the_doomed_blobs_again(root, two):
+    """The wait times out (a backup still runs): the plan stays, exit 0; a backup that
+    starts then ignores the doomed packs; the next prune carries the plan out."""
+    old, new = two
+    with ExitStack() as stack:
+        writer(root, stack)              # a backup that runs past the wait
+        result = pruned(root, Clock(), wait=30)
+        sweep = result.chunks
+        result.raise_for_failures()      # not a failure
+        assert sweep.waiting_for and any("next prune" in w for w in result.warnings)
+        assert len(plan_files(root)) == 1 and sweep.packs_removed + sweep.packs_repacked >= 1
+        with ExitStack() as later:
+            after = backup(writer(root, later), OLD, volume="late")
+        assert after.new_chunks > 0.9 * after.chunks    # none taken from a doomed pack
+    again = pruned(root, never_sleeps())
+    assert again.chunks.adopted == 1 and again.chunks.problems == []
+    assert plan_files(root) == [] and again.chunks.packs_removed >= 1
+    assert reads_back(root, after, OLD) and reads_back(root, new, NEW)
+    assert pruned(root, never_sleeps()).chunks.packs_removed == 0
+
+
+def test_a_prune_killed_after_its_plan_is_finished_by_the_next_with_a_rescue(
+        root, two, monkeypatch):
+    old, new = two
+    stop_at(monkeypatch, "prune-planned")
+    with ExitStack() as stack:
+        late = writer(root, stack)
+        with pytest.raises(KeyboardInterrupt):
+            pruned(root, Clock())
+        assert len(plan_files(root)) == 1
+        snapshot = backup(late, OLD, volume="other")     # counted on doomed packs
+    monkeypatch.undo()
+    result = pruned(root, never_sleeps())
+    assert result.chunks.adopted == 1 and result.chunks.rescued >= 1
+    assert result.chunks.problems == [] and plan_files(root) == []
+    assert reads_back(root, snapshot, OLD) and reads_back(root, new, NEW)
+
+
+def test_a_prune_killed_after_its_check_deletes_without_waiting_again(root, two, monkeypatch):
+    old, new = two
+    before = pack_files(root)
+    stop_at(monkeypatch, "prune-checked")
+    with pytest.raises(KeyboardInterrupt):
+        pruned(root, Clock())
+    assert {p.split(".")[1] for p in plan_files(root)} == {"checked", "json"}
+    assert pack_files(root) >= before           # nothing deleted yet
+    monkeypatch.undo()
+    with ExitStack() as stack:
+        writer(root, stack)                     # a backup runs: the plan is checked already
+        result = pruned(root, never_sleeps())
+    assert result.chunks.adopted == 1 and result.chunks.packs_removed >= 1
+    assert plan_files(root) == [] and not pack_files(root) >= before
+    assert reads_back(root, new, NEW)
+
+
+def test_a_prune_killed_while_deleting_is_finished_by_the_next(root, two, monkeypatch):
+    old, new = two
+    stop_at(monkeypatch, "prune-deleting")      # the old index objects gone, packs not
+    with pytest.raises(KeyboardInterrupt):
+        pruned(root, Clock())
+    assert reads_back(root, new, NEW)
+    monkeypatch.undo()
+    result = pruned(root, never_sleeps())
+    assert result.chunks.adopted == 1 and result.chunks.packs_removed >= 1
+    assert plan_files(root) == [] and reads_back(root, new, NEW)
+    assert pruned(root, never_sleeps()).chunks.packs_removed == 0
+
+
+def test_a_reader_tries_a_copy_outside_a_doomed_pack_first(root, two):
+    old, new = two
+    repo = Repository.open(str(root))
+    blob = bytes.fromhex(repo.blobs.index().entries().__next__()[0].hex())
+    where = repo.blobs.index().all_locations(blob)[0].pack
+    pruneplan.write_plan(repo.backend, pruneplan.Plan(
+        pruneplan.new_name(datetime.now(timezone.utc)), "", "t", [where.hex], []),
+        repo.blobs.cipher.mac)
+    repo.blobs.forget()
+    index = repo.blobs.index()
+    assert not index.has(blob) and index.locations(blob)[0].pack == where   # only copy
+    assert reads_back(root, new, NEW) and reads_back(root, old, OLD)        # readers go on
+
+
+# -- a backup whose lock was broken
+
+
+def test_a_backup_whose_lock_was_broken_removes_its_manifest_and_fails(root, two,
+                                                                      monkeypatch):
+    def broken(step):
+        if step == "before-manifest":
+            for held in (root / "locks").iterdir():
+                held.unlink()           # broken as stale by a prune, the backup unaware
+    monkeypatch.setattr(repository_module, "pause", broken)
+    with ExitStack() as stack:
+        repo = writer(root, stack)
+        with pytest.raises(LockLost):
+            backup(repo, OLD, volume="other")
+    assert not (root / "snapshots" / "other").exists() or not list(
+        (root / "snapshots" / "other").glob("*.json"))
+
+
+def test_a_backup_whose_lock_is_gone_writes_no_index_object(root, two):
+    index_before = set((root / "index").iterdir())
+    with ExitStack() as stack:
+        repo = writer(root, stack)
+        for held in (root / "locks").iterdir():
+            held.unlink()
+        with pytest.raises(LockLost):
+            backup(repo, volume_tar(seed=9, size=1 << 18), volume="other")
+    assert set((root / "index").iterdir()) == index_before
+
+
+def test_a_lock_broken_as_stale_is_not_written_back_by_its_refresher(tmp_path, monkeypatch):
+    monkeypatch.setattr(locking, "REFRESH_EVERY", timedelta(milliseconds=10))
+    backend = LocalBackend(tmp_path)
+    held = locking.acquire(backend, locking.SHARED, 0)
+    backend.delete(held.info.key)
+    held._thread.join(timeout=30)
+    assert not held._thread.is_alive() and held.lost
+    assert list(backend.list("locks/")) == []
+    with pytest.raises(LockLost):
+        held.confirm()
