@@ -249,7 +249,10 @@ def test_a_backup_that_starts_after_the_plan_stores_the_doomed_blobs_again(root,
         sweep = result.chunks
         result.raise_for_failures()      # not a failure
         assert sweep.waiting_for and any("next prune" in w for w in result.warnings)
-        assert len(plan_files(root)) == 1 and sweep.packs_removed + sweep.packs_repacked >= 1
+        assert len(plan_files(root)) == 1 and sweep.packs_repacked + len(
+            pruneplan.read_plans(LocalBackend(root), lambda label, data: b"").plans[0].doomed
+        ) >= 1
+        assert sweep.packs_removed == sweep.removed_bytes == result.freed_bytes == 0
         with ExitStack() as later:
             after = backup(writer(root, later), OLD, volume="late")
         assert after.new_chunks > 0.9 * after.chunks    # none taken from a doomed pack

@@ -77,10 +77,9 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
     if not dry_run:
         # Step 1: plans of killed prunes first. The prune lock is held, so their prunes
         # are gone (or their locks were broken as stale on the way in).
-        store.forget()
-        store.index()
-        result.notes += [f"prune plan ignored: {p}" for p in store.loaded.plans.problems]
-        for plan in store.loaded.plans.plans:
+        found = pruneplan.read_plans(backend, store.cipher.mac)
+        result.notes += [f"prune plan ignored: {p}" for p in found.problems]
+        for plan in found.plans:
             result.adopted += 1
             if not _carry_out(backend, store, plan, None, lock, waiting, result, progress):
                 return result
@@ -170,6 +169,9 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
         result.plan = plan.name
         pause("prune-planned")
         if not _carry_out(backend, store, plan, lists, lock, waiting, result, progress):
+            # Nothing of this plan was deleted yet (the repacked copies are written).
+            result.packs_removed -= len(doomed)
+            result.removed = result.removed_bytes = result.unindexed_removed = 0
             return result
     # Step 8: packs no index object names (leftovers of killed runs), once old, and
     # older than every run that holds a lock now (a running backup indexes its packs
