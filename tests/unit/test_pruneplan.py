@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 
@@ -22,6 +23,7 @@ from volbackup.repo.backends import LocalBackend
 from volbackup.repo.config import PACKED
 from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
+from volbackup.timefmt import utc_iso
 
 AGO = datetime.now(timezone.utc) - timedelta(days=3)
 OLD, NEW = volume_tar(seed=1, size=1 << 20), volume_tar(seed=2, size=1 << 20)
@@ -63,9 +65,10 @@ def two(root):
     return old, new
 
 
-def pruned(root, clock: Clock, wait: float = 60, **options):
+def pruned(root, clock: Clock, wait: float = 60, leftover_age: float = 0, **options):
     return prune(Repository.open(str(root)),
-                 PruneOptions(Rules(last=1), leftover_age=0, wait_for_backups=wait, **options),
+                 PruneOptions(Rules(last=1), leftover_age=leftover_age, wait_for_backups=wait,
+                              **options),
                  sleep=clock.sleep, monotonic=clock.monotonic)
 
 
@@ -210,8 +213,7 @@ def test_a_stale_lock_is_broken_not_waited_for(tmp_path):
     broken = []
     held = pruneplan.wait_for_locks(backend, "", pruneplan.Waiting(
         60, never_sleeps().sleep, lambda: 0.0, lambda lock, why: broken.append(lock.key)))
-    assert held == [] and broken == [stale.key] and backend.list("locks/").__next__ \
-        and list(backend.list("locks/")) == []
+    assert held == [] and broken == [stale.key] and list(backend.list("locks/")) == []
 
 
 # -- the protocol
@@ -313,7 +315,7 @@ def test_a_prune_killed_while_deleting_is_finished_by_the_next(root, two, monkey
 def test_a_reader_tries_a_copy_outside_a_doomed_pack_first(root, two):
     old, new = two
     repo = Repository.open(str(root))
-    blob = bytes.fromhex(repo.blobs.index().entries().__next__()[0].hex())
+    blob = next(repo.blobs.index().entries())[0]
     where = repo.blobs.index().all_locations(blob)[0].pack
     pruneplan.write_plan(repo.backend, pruneplan.Plan(
         pruneplan.new_name(datetime.now(timezone.utc)), "", "t", [where.hex], []),
@@ -363,3 +365,55 @@ def test_a_lock_broken_as_stale_is_not_written_back_by_its_refresher(tmp_path, m
     assert list(backend.list("locks/")) == []
     with pytest.raises(LockLost):
         held.confirm()
+
+
+def test_a_prune_whose_lock_was_broken_deletes_nothing(root, two, monkeypatch):
+    before = pack_files(root)
+
+    def broken(step):
+        if step == "prune-checked":
+            for held in (root / "locks").iterdir():
+                held.unlink()           # broken as stale while this prune was suspended
+    monkeypatch.setattr(packsweep, "pause", broken)
+    with pytest.raises(LockLost):
+        pruned(root, Clock())
+    assert pack_files(root) >= before and len(plan_files(root)) == 2   # plan and marker
+    monkeypatch.undo()
+    assert pruned(root, never_sleeps()).chunks.adopted == 1 and plan_files(root) == []
+
+
+# -- leftovers while backups run
+
+
+def test_what_a_running_backup_left_so_far_is_not_a_leftover(root, two):
+    """A list without a manifest and a pack no index names, both older than
+    --leftover-age but younger than a backup that still runs: kept until it ends."""
+    backend = LocalBackend(root)
+    started = datetime.now(timezone.utc) - timedelta(days=2)
+    running = locking.LockInfo(
+        "locks/running.json", locking.SHARED, locking.socket.gethostname(), locking.os.getpid(),
+        locking._pid_namespace(), utc_iso(started), utc_iso(datetime.now(timezone.utc)), "backup")
+    backend.write_bytes(running.key, running.to_json())
+    repo = Repository.open(str(root))
+    repo.blobs.save(b"x" * 5000, 3)
+    repo.blobs.flush_packs()            # its pack, not indexed yet (no flush)
+    (pack,) = pack_files(root) - indexed(root)
+    day_ago = (started + timedelta(days=1)).timestamp()
+    for path in (root / "packs").rglob(pack):
+        os.utime(path, (day_ago, day_ago))
+    lists = root / "snapshots" / "pgdata"
+    orphan = lists / f"{(started + timedelta(days=1)).strftime('%Y%m%dT%H%M%SZ')}-dead.chunks"
+    orphan.write_text("")
+    result = pruned(root, Clock(), wait=0, leftover_age=3600)
+    assert orphan.exists() and pack in pack_files(root)
+    assert {o.key: o.reason for o in result.leftovers}[
+        f"snapshots/pgdata/{orphan.name}"] == "too young"
+    backend.delete(running.key)         # the backup is over
+    again = pruned(root, never_sleeps(), leftover_age=3600)
+    assert not orphan.exists() and pack not in pack_files(root)
+    assert again.chunks.unindexed_removed == 1
+
+
+def indexed(root) -> set[str]:
+    repo = Repository.open(str(root))
+    return {info.hex for info in repo.blobs.index().packs}

@@ -258,6 +258,11 @@ class PackedBlobStore(BlobStore):
         if self._failed is not None:
             raise self._failed
 
+    def confirm_lock(self) -> None:
+        """Raise LockLost if this process's lock was broken (before it indexes packs, and
+        before prune deletes)."""
+        self._before_index()
+
     def save_record(self, raw: bytes, kind: str, stored: bytes, plain: int,
                     sealed_key: bytes | None) -> int:
         """Put a record into a new pack as it is stored (sealed under `sealed_key`, which
@@ -280,7 +285,7 @@ class PackedBlobStore(BlobStore):
             written, self._written = self._written, []
         made = []
         if written:
-            self._before_index()
+            self.confirm_lock()
         for part in _index_parts(written):
             name, data = packindex.encode(part, self.cipher.mac)
             self.backend.write_bytes(packindex.index_key(name), data)

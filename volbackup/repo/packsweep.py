@@ -210,7 +210,9 @@ def _carry_out(backend: Backend, store: PackedBlobStore, plan: pruneplan.Plan,
         if not _check(backend, store, plan, checked, result):
             return False
         pause("prune-checked")
-    # Step 7: out of the index first, then the packs (restic's order).
+    # Step 7: out of the index first, then the packs (restic's order). Not if this
+    # prune's lock was broken meanwhile: another prune may have taken the plan over.
+    store.confirm_lock()
     keys = sorted(set(plan.superseded) - set(plan.kept_index or ()))
     result.index_removed += len(keys) - _delete(backend, keys, result, progress, "index")
     pause("prune-deleting")
