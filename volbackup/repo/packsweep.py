@@ -1,18 +1,26 @@
-"""Prune's last step in a packed repository: drop the blobs no list names, pack by pack.
+"""Prune's last step in a packed repository: drop the blobs no list names, pack by pack,
+while other hosts back up (docs/design.md, "Prune with concurrent backups").
 
-Run under the exclusive lock, after the snapshots to remove are gone (as the chunked
-sweep, volbackup.repo.sweep, whose rules it keeps: every list under snapshots/ counts; if
-any list, index object or pack listing cannot be read, nothing is removed; nothing younger
-than `min_age` is removed or repacked, against a writer whose lock was broken as stale).
+Run under the prune lock, which backups' shared locks do not conflict with, after the
+snapshots to remove are gone. The rules of the chunked sweep (volbackup.repo.sweep) hold:
+every list under snapshots/ counts; if any list or index object cannot be read, nothing
+is removed; nothing younger than `min_age` is removed or repacked.
 
-A pack whose blobs are all unused is removed; one whose unused share is at least
-`repack_unused` has its used records copied, byte for byte (sealed ones with their sealed
-keys: no identity is needed), into new packs, and is removed. Then, in this order (a pack
-leaves the index before it is deleted, restic's rule): the new packs and their index
-object, one compacted index object for every pack kept, the old index objects removed,
-then the doomed packs. A kill at any point leaves every used blob indexed; what it leaves
-besides (duplicates, unindexed packs) the next prune removes. Packs nothing indexes
-(leftovers of killed backups) are removed once older than `min_age`.
+1. Plans a killed prune left are carried out first (`_carry_out`).
+2-3. A pack whose blobs are all unused is doomed; one whose unused share is at least
+   `repack_unused` has its used records copied, byte for byte (sealed ones with their
+   sealed keys: no identity is needed), into new packs, and is doomed. The new packs, their
+   index object and one compacted index object for every pack kept are written.
+4. The plan (volbackup.repo.pruneplan) names the doomed packs and the index objects they
+   supersede: from then on backups ignore those packs.
+5. Wait for the locks that exist now (the runs that may have counted on a doomed blob).
+6. Read the lists written since step 2: a doomed pack one of them needs is rescued; every
+   pack that stays gets an index object if only superseded ones named it; the marker.
+7. Delete the superseded index objects, then the doomed packs (a pack leaves the index
+   before it is deleted, restic's rule), then the plan.
+8. Delete packs no index object names (leftovers of killed runs) once older than
+   `min_age` and than every run that holds a lock.
+A kill at any point leaves every used blob indexed, and a plan the next prune finishes.
 
 Memory: the referenced ids (~100 bytes each) and the loaded index (48 bytes a blob), plus
 the entries of the kept packs while the compacted index is written.
