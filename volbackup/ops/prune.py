@@ -10,6 +10,11 @@ repository) by the rule of `cleanup`, which owns them (volbackup.ops.cleanup), w
 names any more, and are older than `leftover_age`, are swept (volbackup.repo.sweep).
 A volume with an unreadable manifest is left alone and reported.
 
+A packed repository is pruned under the prune lock instead, which lets backups run: its
+sweep plans, waits for the backups that could have seen the old index (up to
+`wait_for_backups`) and checks again before it deletes (volbackup.repo.packsweep); a
+leftover must also be older than every run that holds a lock.
+
 An encrypted repository is pruned only with its key (else KeyProblem, exit 17, before
 anything is read): the rules count only the snapshots whose MAC checks out. A manifest that
 fails (planted or altered by a writer without the key) is neither counted nor removed: it
