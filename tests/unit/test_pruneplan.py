@@ -417,3 +417,18 @@ def test_what_a_running_backup_left_so_far_is_not_a_leftover(root, two):
 def indexed(root) -> set[str]:
     repo = Repository.open(str(root))
     return {info.hex for info in repo.blobs.index().packs}
+
+
+def test_a_blob_with_a_copy_outside_the_doomed_packs_counts_as_stored():
+    from volbackup.repo.packindex import BlobIndex, PackInfo, decode, encode
+    plain = lambda label, data: b""     # noqa: E731
+    doomed, kept = PackInfo(b"d" * 32, 1 << 20, 0), PackInfo(b"k" * 32, 1 << 20, 0)
+    both, alone = b"b" * 32, b"a" * 32
+    _, raw = encode([(doomed, [(both, 0, 100, 200), (alone, 100, 100, 200)]),
+                     (kept, [(both, 0, 100, 200)])], plain)
+    index = BlobIndex([decode(raw, plain, "test")])
+    index.doomed = frozenset({doomed.id})
+    assert index.has(both) and not index.has(alone) and not index.has(b"n" * 32)
+    assert [loc.pack for loc in index.locations(both)] == [kept, doomed]
+    index.add(PackInfo(b"n" * 32, 1 << 20, 0), [(alone, 0, 100, 200)])
+    assert index.has(alone)             # stored again by this run

@@ -194,9 +194,8 @@ class BlobIndex:
         self.ids, self.columns = _merge(objects, remaps)
         self._starts = _buckets(self.ids)
         self._added: dict[bytes, list[tuple[int, int, int, int]]] = {}
-        # Packs a prune plan dooms (volbackup.repo.pruneplan): a writer does not count on
-        # their blobs (`has`), a reader tries them last (`locations`).
-        self.doomed: frozenset[bytes] = frozenset()
+        self._doomed: frozenset[bytes] = frozenset()
+        self._doomed_ordinals: frozenset[int] = frozenset()
 
     def _add_pack(self, info: PackInfo) -> int:
         ordinal = self._ordinal.get(info.id)
@@ -217,11 +216,29 @@ class BlobIndex:
         for blob_id, offset, stored, plain in entries:
             self._added.setdefault(blob_id, []).append((ordinal, offset, stored, plain))
 
+    @property
+    def doomed(self) -> frozenset[bytes]:
+        """Packs a prune plan dooms (volbackup.repo.pruneplan): a writer does not count on
+        their blobs (`has`), a reader tries them last (`locations`)."""
+        return self._doomed
+
+    @doomed.setter
+    def doomed(self, packs: frozenset[bytes]) -> None:
+        self._doomed = frozenset(packs)
+        self._doomed_ordinals = frozenset(self._ordinal[p] for p in packs if p in self._ordinal)
+
     def has(self, blob_id: bytes) -> bool:
         """Whether a writer may name the blob: a copy outside the doomed packs."""
-        if not self.doomed:
-            return blob_id in self._added or self._find(blob_id) >= 0
-        return any(loc.pack.id not in self.doomed for loc in self.all_locations(blob_id))
+        if blob_id in self._added:
+            return True             # this run's packs are never doomed
+        i = self._find(blob_id)
+        if i < 0 or not self._doomed_ordinals:
+            return i >= 0
+        while i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:
+            if self.columns[0][i] not in self._doomed_ordinals:
+                return True
+            i += 1
+        return False
 
     def locations(self, blob_id: bytes) -> list[Location]:
         """Where the blob is stored: the copies this run wrote first, then the loaded
