@@ -432,3 +432,41 @@ def test_a_blob_with_a_copy_outside_the_doomed_packs_counts_as_stored():
     assert [loc.pack for loc in index.locations(both)] == [kept, doomed]
     index.add(PackInfo(b"n" * 32, 1 << 20, 0), [(alone, 0, 100, 200)])
     assert index.has(alone)             # stored again by this run
+
+
+def test_a_checked_save_does_not_count_on_a_sound_copy_in_a_doomed_pack(root):
+    """save(verify_existing): the copy a writer may count on is damaged, the only sound
+    one is in a doomed pack: the blob is stored again (the doomed pack may go before
+    this run's snapshot is written)."""
+    repo = chunked_repo(root, seed=1, layout=PACKED)
+    data = os.urandom(5000)
+
+    def saved(*besides: bytes):
+        """`besides` first: another pack than the first run's (a pack's name is its bytes)."""
+        with repo.lock(locking.SHARED, 0, "backup"):
+            for other in besides:
+                repo.blobs.save(other, 3)
+            done = repo.blobs.save(data, 3, verify_existing=True)
+            repo.blobs.flush()
+            return done
+
+    first = saved()
+    (damaged,) = _locations(root, first.id)
+    path = root / "packs" / damaged.pack.hex[:2] / damaged.pack.hex
+    body = bytearray(path.read_bytes())
+    body[damaged.offset + 10] ^= 0xFF
+    path.write_bytes(bytes(body))
+    again = saved(b"a" * 100)
+    assert again.replaced                       # a second copy, sound, in a pack of its own
+    (sound,) = [loc for loc in _locations(root, first.id) if loc.pack != damaged.pack]
+    pruneplan.write_plan(repo.backend, pruneplan.Plan(
+        pruneplan.new_name(datetime.now(timezone.utc)), "", "t", [sound.pack.hex], []),
+        repo.blobs.cipher.mac)
+    third = saved(b"b" * 100)
+    assert third.written and third.replaced     # not the doomed copy: stored a third time
+    assert len(_locations(root, first.id)) == 3
+
+
+def _locations(root, blob_id: str):
+    repo = Repository.open(str(root))
+    return repo.blobs.index().all_locations(bytes.fromhex(blob_id))

@@ -180,11 +180,15 @@ class PackedBlobStore(BlobStore):
         return Saved(prepared.id, prepared.length, stored)
 
     def _is_sound(self, raw: bytes, blob_id: str, length: int) -> bool:
-        """A blob the index has: written or checked under this lock, or read back now."""
+        """A blob the index has: written or checked under this lock, or read back now
+        from a copy a writer may count on (a copy in a pack a prune plan dooms does not
+        count, however sound: the pack may be deleted before this run's snapshot)."""
         with self._lock:
             if raw in self._sound:
                 return True
-        if not self.has(blob_id, length):
+        try:
+            self._read(blob_id, length, countable=True)
+        except IntegrityError:
             return False
         with self._lock:
             self._sound.add(raw)
@@ -375,11 +379,17 @@ class PackedBlobStore(BlobStore):
         with self._lock:
             self._raise_failed()
 
-    def _read(self, blob_id: str, length: int) -> tuple[bytes, bytes]:
+    def _read(self, blob_id: str, length: int, countable: bool = False
+              ) -> tuple[bytes, bytes]:
         """(stored bytes, plaintext) of a blob, from the first of its copies that checks
-        out; ChunkMissing when the index has none, IntegrityError when none is sound."""
+        out (`countable`: of those outside doomed packs only); ChunkMissing when the index
+        has none, IntegrityError when none is sound."""
         raw = bytes.fromhex(blob_id)
         locations = self._locations(raw)
+        if countable:
+            with self._lock:
+                doomed = self._loaded().doomed
+            locations = [loc for loc in locations if loc.pack.id not in doomed]
         if not locations:
             raise ChunkMissing(f"chunk {blob_id} is missing (no index entry)")
         error: IntegrityError | None = None
