@@ -470,3 +470,24 @@ def test_a_checked_save_does_not_count_on_a_sound_copy_in_a_doomed_pack(root):
 def _locations(root, blob_id: str):
     repo = Repository.open(str(root))
     return repo.blobs.index().all_locations(bytes.fromhex(blob_id))
+
+
+def test_a_snapshot_read_while_a_running_prune_removes_it_names_that_prune(root, two):
+    """A restore (which takes no lock) of a snapshot a prune removes meanwhile: the
+    prune that is running is named by its prune lock, as an exclusive one is."""
+    from volbackup.errors import RemovedWhileRead
+
+    old, new = two
+    repo = Repository.open(str(root))
+    manifest = repo.resolve(old.snapshot)   # listed, as restore does, then read
+    lock = locking.acquire(repo.backend, locking.PRUNE, 0, "prune")
+    try:
+        repo.remove_manifest(old.snapshot)
+        for pack in (root / "packs").rglob("*/*"):
+            pack.unlink()                   # what the prune deletes, by hand
+        with pytest.raises(RemovedWhileRead) as raised:
+            for _ in repo.unpacker(manifest).chunks():
+                pass
+    finally:
+        lock.release()
+    assert "by a prune that is running (prune lock of pid" in str(raised.value)
