@@ -161,11 +161,8 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
     # An index object this prune writes can be byte for byte one it loaded (a killed
     # prune's): written again, it is not removed.
     old_index = set(store.loaded.keys) - {key for key, _ in written}
-    for part in _parts(kept):
-        name, data = packindex.encode(part, store.cipher.mac)
-        backend.write_bytes(packindex.index_key(name), data)
-        old_index.discard(packindex.index_key(name))   # the same entries: the same name
-        result.index_written += 1
+    for key in _write_index(backend, store, kept, result):
+        old_index.discard(key)          # the same entries: the same name
     # Step 4: the plan. A repacked pack can come out byte for byte as one this prune
     # dooms (the same records moved again: a kill left both, and both were indexed): it
     # is kept, under its name.
@@ -268,17 +265,12 @@ def _check(backend: Backend, store: PackedBlobStore, plan: pruneplan.Plan,
         offsets.add((loc.pack.id, loc.offset))
         orphaned.setdefault(loc.pack.id, _Pack(loc.pack, [])).entries.append(
             (blob_id, loc.offset, loc.stored, loc.plain))
-    kept_index = []
     for pack_id in list(orphaned):
         try:
             backend.stat(packs.pack_key(pack_id.hex()))
         except BlobNotFound:
             del orphaned[pack_id]   # missing: left out, as step 2 leaves it out
-    for part in _parts(list(orphaned.values())):
-        name, data = packindex.encode(part, store.cipher.mac)
-        backend.write_bytes(packindex.index_key(name), data)
-        kept_index.append(packindex.index_key(name))
-        result.index_written += 1
+    kept_index = _write_index(backend, store, list(orphaned.values()), result)
     result.rescued += len(rescued)
     pruneplan.write_checked(backend, plan, sorted(rescued), kept_index, store.cipher.mac)
     return True
@@ -369,6 +361,18 @@ def _repack(backend: Backend, store: PackedBlobStore, pack: _Pack) -> None:
     if moving:
         raise IntegrityError(f"{where}: its trailer lacks {len(moving)} blobs the index "
                              f"places in it: not repacked; run verify")
+
+
+def _write_index(backend: Backend, store: PackedBlobStore, kept: list[_Pack],
+                 result: PackSweep) -> list[str]:
+    """Index objects for the packs `kept` (as many as WRITE_BLOBS needs); their keys."""
+    keys = []
+    for part in _parts(kept):
+        name, data = packindex.encode(part, store.cipher.mac)
+        keys.append(packindex.index_key(name))
+        backend.write_bytes(keys[-1], data)
+        result.index_written += 1
+    return keys
 
 
 def _parts(kept: list[_Pack]):
