@@ -491,3 +491,25 @@ def test_a_snapshot_read_while_a_running_prune_removes_it_names_that_prune(root,
     finally:
         lock.release()
     assert "by a prune that is running (prune lock of pid" in str(raised.value)
+
+
+def test_a_reader_whose_index_predates_a_repack_loads_it_again(root):
+    """A restore holds no lock: a prune may repack the packs it is about to read. A pack
+    found gone makes the store load the index again (once per pack) before it reports a
+    blob missing; a pack that stays missing is still reported."""
+    from volbackup.errors import ChunkMissing
+
+    repo = chunked_repo(root, seed=1, layout=PACKED)
+    shared = volume_tar(seed=3, size=1 << 20)
+    backup(repo, volume_tar(seed=4, size=1 << 19), when=AGO)
+    new = backup(repo, shared, when=AGO + timedelta(days=1))
+    reader = Repository.open(str(root))
+    manifest = reader.reveal(reader.load(new.snapshot))
+    before = {loc.pack.hex for _, loc in reader.blobs.index().entries()}   # loaded now
+    result = pruned(root, never_sleeps())
+    assert result.chunks.packs_repacked >= 1 and not before <= pack_files(root)
+    assert restored(reader, manifest) == shared
+    for pack in (root / "packs").rglob("*/*"):
+        pack.unlink()
+    with pytest.raises(ChunkMissing, match="its pack .* is gone"):
+        restored(reader, manifest)

@@ -216,6 +216,15 @@ class BlobIndex:
         for blob_id, offset, stored, plain in entries:
             self._added.setdefault(blob_id, []).append((ordinal, offset, stored, plain))
 
+    def add_from(self, other: "BlobIndex") -> None:
+        """The packs `other`'s run wrote (its `add`s): an index loaded again keeps them."""
+        by_pack: dict[int, list[Entry]] = {}
+        for blob_id, locations in other._added.items():
+            for ordinal, offset, stored, plain in locations:
+                by_pack.setdefault(ordinal, []).append((blob_id, offset, stored, plain))
+        for ordinal, entries in by_pack.items():
+            self.add(other.packs[ordinal], entries)
+
     @property
     def doomed(self) -> frozenset[bytes]:
         """Packs a prune plan dooms (volbackup.repo.pruneplan): a writer does not count on

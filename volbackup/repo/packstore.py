@@ -93,6 +93,7 @@ class PackedBlobStore(BlobStore):
         self._written: list[tuple[PackInfo, list[Entry]]] = []   # durable, not yet indexed
         self._failed: BaseException | None = None
         self._sound: set[bytes] = set()         # checked (or written) under this lock
+        self._reloaded_for: set[bytes] = set()  # packs found gone (the index reloaded)
         self._local = threading.local()
         self._trailers: OrderedDict[bytes, dict[int, packs.Record]] = OrderedDict()
         self._trailer_slots: dict[bytes, tuple[bytes, ...]] = {}
@@ -314,6 +315,7 @@ class PackedBlobStore(BlobStore):
             self._pending.clear()
             self._written = []
             self._sound = set()
+            self._reloaded_for = set()
             self._failed = None
 
     def close(self) -> None:
@@ -385,21 +387,41 @@ class PackedBlobStore(BlobStore):
         out (`countable`: of those outside doomed packs only); ChunkMissing when the index
         has none, IntegrityError when none is sound."""
         raw = bytes.fromhex(blob_id)
-        locations = self._locations(raw)
-        if countable:
-            with self._lock:
-                doomed = self._loaded().doomed
-            locations = [loc for loc in locations if loc.pack.id not in doomed]
-        if not locations:
-            raise ChunkMissing(f"chunk {blob_id} is missing (no index entry)")
-        error: IntegrityError | None = None
-        for location in locations:
-            try:
-                return self._read_at(raw, blob_id, length, location)
-            except IntegrityError as e:
-                error = error or e
-        assert error is not None
-        raise error
+        while True:
+            locations = self._locations(raw)
+            if countable:
+                with self._lock:
+                    doomed = self._loaded().doomed
+                locations = [loc for loc in locations if loc.pack.id not in doomed]
+            if not locations:
+                raise ChunkMissing(f"chunk {blob_id} is missing (no index entry)")
+            error: IntegrityError | None = None
+            gone: set[bytes] = set()
+            for location in locations:
+                try:
+                    return self._read_at(raw, blob_id, length, location)
+                except ChunkMissing as e:       # its pack is gone
+                    gone.add(location.pack.id)
+                    error = error or e
+                except IntegrityError as e:
+                    error = error or e
+            assert error is not None
+            if not self._reload_for(gone):
+                raise error
+
+    def _reload_for(self, gone: set[bytes]) -> bool:
+        """A pack the index names is gone: a prune may have moved its blobs since the
+        index was loaded (a reader holds no lock). Load the index again, keeping this
+        run's own packs, once per pack found gone; False if each was reloaded for
+        already (then the pack is missing: damage, or a snapshot removed meanwhile)."""
+        with self._lock:
+            if gone <= self._reloaded_for:
+                return False
+            self._reloaded_for |= gone
+            old = self._loaded()
+            self._index, self.loaded = load_index(self.backend, self.cipher)
+            self._index.add_from(old)
+        return True
 
     def load_many(self, entries: Iterable[tuple[str, int]], readers: int
                   ) -> Iterator[tuple[bytes, int]]:
