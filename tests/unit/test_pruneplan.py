@@ -513,3 +513,59 @@ def test_a_reader_whose_index_predates_a_repack_loads_it_again(root):
         pack.unlink()
     with pytest.raises(ChunkMissing, match="its pack .* is gone"):
         restored(reader, manifest)
+
+
+def test_a_backup_after_the_plan_never_remakes_a_doomed_pack_under_its_name(
+        root, monkeypatch):
+    """A backup that starts after the plan stores the doomed blobs again; in a plain
+    repository the same blobs in the same order made the same pack bytes, so the same
+    pack name, which the prune then deleted under the backup. Each pack has a nonce now."""
+    import tarfile
+
+    from tests.unit.tars import end_of_members, make_tar
+    from volbackup.stream.archive import END_MARKER
+
+    repo = chunked_repo(root, seed=1, layout=PACKED)
+    backup(repo, OLD, when=AGO)
+    top = tarfile.TarInfo("./")
+    top.type, top.mode = tarfile.DIRTYPE, 0o700
+    unlike = make_tar([(top, b""), (tarfile.TarInfo("./other"), os.urandom(300 << 10))])
+    backup(repo, unlike[:end_of_members(unlike) + END_MARKER], when=AGO + timedelta(days=1))
+    stop_at(monkeypatch, "prune-checked")       # plan and marker written, nothing deleted
+    with pytest.raises(KeyboardInterrupt):
+        pruned(root, Clock())
+    doomed = set(pruneplan.read_plans(LocalBackend(root), lambda label, data: b"")
+                 .plans[0].doomed)
+    monkeypatch.undo()
+    before = set((root / "index").iterdir())
+    with ExitStack() as stack:
+        again = backup(writer(root, stack), OLD, volume="again")
+    (made,) = set((root / "index").iterdir()) - before      # the backup's index object
+    store = Repository.open(str(root)).blobs
+    store.index()
+    written = {p.hex() for p in store.loaded.packs_of[f"index/{made.name}"]}
+    assert again.new_chunks >= again.chunks - 1 and len(doomed) >= 2   # but the end marker
+    assert not doomed & written                 # none has a doomed pack's name
+    result = pruned(root, never_sleeps())
+    assert result.chunks.adopted == 1 and result.chunks.packs_removed >= 2
+    assert reads_back(root, again, OLD)
+
+
+def test_packs_of_the_same_records_have_other_names():
+    from volbackup.repo import packs
+    from volbackup.repo.crypto import PlainChunks
+
+    def made() -> tuple[str, bytes]:
+        builder = packs.PackBuilder(packs.DATA_PACK, PlainChunks().mac)
+        builder.add(b"i" * 32, "data", b"stored", 10, packs.NO_SLOT)
+        builder.add_nonce()
+        return builder.finish()
+
+    (one, body), (two, _) = made(), made()
+    assert one != two
+    size = len(body)
+    tail = body[-packs.TAIL_BYTES:]
+    length, flags = packs.parse_tail(tail, size, "pack")
+    trailer = packs.parse_trailer(body[size - packs.TAIL_BYTES - length:size - packs.TAIL_BYTES],
+                                  size, flags, PlainChunks().mac, "pack")
+    assert len(trailer.slots) == 1 and trailer.records[0].slot == packs.NO_SLOT  # readable

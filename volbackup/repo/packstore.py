@@ -237,6 +237,8 @@ class PackedBlobStore(BlobStore):
         pack = self._open.pop(pack_kind, None)
         if pack is None or not pack.entries:
             return
+        if pack.data_key is None:       # no fresh sealed key makes its bytes new: a nonce
+            pack.builder.add_nonce()
         pack_id, size, body = pack.builder.finish_body()
         info = PackInfo(bytes.fromhex(pack_id), size, pack_kind)
         if self._pool is None:

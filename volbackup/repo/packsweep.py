@@ -163,9 +163,9 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
     old_index = set(store.loaded.keys) - {key for key, _ in written}
     for key in _write_index(backend, store, kept, result):
         old_index.discard(key)          # the same entries: the same name
-    # Step 4: the plan. A repacked pack can come out byte for byte as one this prune
-    # dooms (the same records moved again: a kill left both, and both were indexed): it
-    # is kept, under its name.
+    # Step 4: the plan. A pack this prune made is never doomed by it: with a nonce or a
+    # fresh key it cannot come out byte for byte as a doomed one, and packs written before
+    # nonces could (the same records moved again, a kill having left both indexed).
     plan = pruneplan.Plan(pruneplan.new_name(now), lock, utc_iso(now),
                           sorted(p.info.hex for p in doomed + repack if p.info.hex not in made),
                           sorted(old_index))
