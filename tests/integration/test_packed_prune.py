@@ -158,3 +158,26 @@ def test_a_backup_killed_before_its_manifest_while_prune_waits_for_it(scene, tmp
     assert again["chunks"]["packs_removed"] + again["chunks"]["packs_repacked"] >= 1
     assert verified(repo)["packs"]["unindexed"] == 0
     shutil.rmtree(tmp_path / "repo")
+
+
+def test_a_backup_after_the_plan_and_a_prune_killed_while_deleting(scene, tmp_path, client):
+    """Prune checks its plan (no backup ran, nothing to wait for) and stops; a backup of
+    the same files then runs to its end beside it: it read the plan, so it stores the
+    doomed blobs again rather than count on them. Prune is killed while deleting (the
+    superseded index objects gone, the doomed packs not yet); the next prune deletes
+    them, and the backup's snapshot still reads back."""
+    repo, first, twin = scene
+    pruning = Paused(tmp_path, "prune", "prune-checked,prune-deleting", *prune_args(repo))
+    pruning.reached("prune-checked")
+    backup = Paused(tmp_path, "backup", "", "backup", twin, "-r", str(repo), "--json")
+    (made,) = backup.finished()["volumes"]
+    assert made["new_chunks"] >= made["chunks"] - 3     # none taken from a doomed pack
+    pruning.go_on()
+    pruning.reached("prune-deleting")
+    pruning.kill(client)
+    assert len(plans(repo)) == 2                        # the plan and its checked marker
+    verified(repo)
+    again = json.loads(ok(*prune_args(repo)).stdout)["chunks"]
+    assert again["adopted"] == 1 and again["packs_removed"] >= 1 and again["problems"] == []
+    assert plans(repo) == []
+    assert made["snapshot"] in {s["snapshot"] for s in verified(repo)["snapshots"]}
