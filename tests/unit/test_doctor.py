@@ -24,7 +24,7 @@ class FakeEngine:
         self.rootless, self.userns = rootless, userns
 
     def facts(self):
-        return EngineFacts("99.0", "1.99", self.rootless, self.userns, "/fake/docker")
+        return EngineFacts("Docker", "99.0", "1.99", self.rootless, self.userns, "/fake/docker")
 
     def volume_sizes(self):
         return self.sizes

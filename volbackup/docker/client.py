@@ -7,6 +7,7 @@ paramiko whichever module of the package asks for it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -36,11 +37,17 @@ STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSErro
 
 
 def short(err: Exception) -> str:
-    """The engine's own explanation, on one line, with URLs cut to scheme and host."""
+    """The engine's own explanation, on one line, with URLs cut to scheme and host (and
+    without the Go struct Podman's copier dumps into its archive errors)."""
     text = getattr(err, "explanation", None) or str(err)
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    return scrub(" ".join(str(text).split()))
+    text = _COPIER_REQUEST.sub("", " ".join(str(text).split()))
+    return scrub(text)
+
+
+# "error during bulk transfer for copier.request{Request:"PUT", ... }: copier: put: ..."
+_COPIER_REQUEST = re.compile(r" for copier\.request\{.*\}(?=: copier:)")
 
 
 @contextmanager

@@ -124,12 +124,18 @@ _NOISE = ("Exiting with failure status", ": socket ignored", "Removing leading")
 
 
 @contextmanager
-def export(directory: str, only: str | None = None) -> Iterator[Iterator[bytes]]:
+def export(directory: str, only: str | None = None,
+           sort: bool = False) -> Iterator[Iterator[bytes]]:
     """The tar stream of `directory` (members `./...`), read by GNU tar on this host.
     With `only` (a bind of one file, or one file read again: backup --exclude-path keeps a
-    hard link whose first name it leaves out): the root `./` and `./ONLY`, nothing else."""
+    hard link whose first name it leaves out): the root `./` and `./ONLY`, nothing else.
+    `sort`: names in each directory in byte order, as the engine's archive endpoint
+    sends them, so that the same names of a hard-linked inode are the file and the links
+    in both streams (migrate compares them: TarWalker digests)."""
     members = ["."] if only is None else ["--no-recursion", ".", f"./{only}"]
-    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *members],
+    order = ["--sort=name"] if sort else []
+    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *order,
+                             *members],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _widen(proc.stdout)
     errors = _Stderr(proc.stderr)
