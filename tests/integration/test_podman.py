@@ -17,6 +17,7 @@ import secrets
 import socket
 import tarfile
 import threading
+import time
 
 import docker
 import pytest
@@ -355,3 +356,58 @@ def test_direct_path_is_proved_for_podman_and_refused_through_a_forwarder(podman
         assert direct.directory_for(engine, path) is None
     finally:
         forwarder.close()
+
+
+# -- containers and claims, found by name
+
+
+def test_container_backup_finds_it_by_name_and_reads_volume_and_bind(podman, pm, cli,
+                                                                     on_podman, repo_dir,
+                                                                     tmp_path):
+    """Podman's name filter does not match `^/NAME$` (its names have no leading slash,
+    though it lists them with one): containers are looked up with `^/?NAME$`."""
+    client = podman["client"]
+    volume = pm("ctr-data")
+    client.api.create_volume(volume)
+    fill(mountpoint(client, volume), {"table": b"rows\n"})
+    bound = tmp_path / "conf"
+    bound.mkdir()
+    (bound / "app.ini").write_bytes(b"[app]\n")
+    created = client.api.create_container(
+        ensure_busybox(client), ["true"], name=pm("ctr"), labels={TEST_LABEL: "1"},
+        host_config=client.api.create_host_config(
+            network_mode="none", binds={volume: {"bind": "/data", "mode": "rw"},
+                                        str(bound): {"bind": "/conf", "mode": "ro"}}))
+    name = client.api.inspect_container(created["Id"])["Name"].lstrip("/")
+    result = cli("backup", "--container", name, "-r", str(repo_dir), "--json", env=on_podman)
+    assert result.code == 0, result.stderr
+    out = {v["volume"]: v for v in json.loads(result.stdout)["volumes"]}
+    assert set(out) == {volume, f"{name}-conf"}
+    assert all(v["status"] == "ok" and v["via"] == "direct" for v in out.values())
+    target = pm("ctr-conf-back")
+    assert cli("restore", out[f"{name}-conf"]["snapshot"], "--as", target, "-r",
+               str(repo_dir), env=on_podman).code == 0
+    assert contents(mountpoint(client, target)) == {"app.ini": b"[app]\n"}
+
+
+def test_a_claim_held_on_podman_names_its_holder(podman, pm, cli, on_podman, repo_dir):
+    """The loser of a claim is told who holds it: found by name on Podman too."""
+    from volbackup.docker.helpers import CLAIM_PREFIX, CREATED_LABEL, HOST_LABEL, PID_LABEL
+
+    client = podman["client"]
+    volume = pm("claimed")
+    client.api.create_volume(volume)
+    fill(mountpoint(client, volume), {"a": b"a\n"})
+    assert cli("backup", volume, "-r", str(repo_dir), env=on_podman).code == 0
+    target = pm("claimed-target")
+    Engine.connect(podman["url"]).ensure_helper_image()
+    client.api.create_container(HELPER_IMAGE, ["volbackup-claim"], name=CLAIM_PREFIX + target,
+                                labels={HELPER_LABEL: "claim", PID_LABEL: "4242",
+                                        HOST_LABEL: "elsewhere",
+                                        CREATED_LABEL: str(int(time.time()))})
+    try:
+        result = cli("restore", volume, "--as", target, "-r", str(repo_dir), env=on_podman)
+        assert result.code == 14, result.stderr
+        assert "pid 4242 on host elsewhere" in result.stderr
+    finally:
+        client.api.remove_container(CLAIM_PREFIX + target, force=True)

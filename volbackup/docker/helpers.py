@@ -177,7 +177,7 @@ class HelperCalls:
                             labels=labels, network_disabled=True,
                             host_config=self.api.create_host_config(network_mode="none"))
                     except docker.errors.APIError as e:
-                        if e.status_code != 409:
+                        if not _name_taken(e):
                             raise
             if created is None:
                 raise TargetBusy(self._claimed_by(name, volume))
@@ -192,7 +192,7 @@ class HelperCalls:
         for _ in range(20):
             with engine_errors(f"inspecting the claim on volume {volume}"):
                 found = self.api.containers(all=True,
-                                            filters={"name": f"^/{re.escape(name)}$"})
+                                            filters={"name": f"^/?{re.escape(name)}$"})
             if found:
                 break
             time.sleep(0.1)
@@ -210,6 +210,12 @@ class HelperCalls:
         return (f"volume {volume} is being restored or migrated into by {holder}; nothing "
                 f"was changed. Try again when it is done (if that run is dead, `docker rm "
                 f"{name}` frees the name)")
+
+
+def _name_taken(error: docker.errors.APIError) -> bool:
+    """A create refused because the name is taken: dockerd says 409 Conflict, Podman 500
+    with "that name is already in use" (libpod's ErrCtrExists)."""
+    return error.status_code == 409 or "name is already in use" in short(error)
 
 
 def _run_labels(kind: str) -> dict:
