@@ -373,8 +373,9 @@ def test_container_backup_finds_it_by_name_and_reads_volume_and_bind(podman, pm,
     bound = tmp_path / "conf"
     bound.mkdir()
     (bound / "app.ini").write_bytes(b"[app]\n")
+    Engine.connect(podman["url"]).ensure_helper_image()  # created, never started
     created = client.api.create_container(
-        ensure_busybox(client), ["true"], name=pm("ctr"), labels={TEST_LABEL: "1"},
+        HELPER_IMAGE, ["true"], name=pm("ctr"), labels={TEST_LABEL: "1"},
         host_config=client.api.create_host_config(
             network_mode="none", binds={volume: {"bind": "/data", "mode": "rw"},
                                         str(bound): {"bind": "/conf", "mode": "ro"}}))
@@ -411,3 +412,35 @@ def test_a_claim_held_on_podman_names_its_holder(podman, pm, cli, on_podman, rep
         assert "pid 4242 on host elsewhere" in result.stderr
     finally:
         client.api.remove_container(CLAIM_PREFIX + target, force=True)
+
+
+# -- driver options
+
+
+def test_driver_options_and_labels_arrive_on_podman(client, names, podman, pm, cli):
+    """Podman keeps a local volume's type/device/o options as dockerd does; but it takes
+    `size=` inside `o` for a project quota of its own, which it refuses on a file system
+    without one (even for tmpfs, where dockerd passes it to the mount): such a volume
+    fails alone, with Podman's reason, and nothing is made on Podman."""
+    options = {"type": "tmpfs", "device": "tmpfs", "o": "nodev,mode=0750"}
+    kept, sized = names("tmpfs"), names("tmpfs-sized")
+    client.api.create_volume(kept, driver_opts=options, labels={"com.example": "opts"})
+    client.api.create_volume(sized, driver_opts={**options, "o": "size=8m"})
+    result = cli("migrate", kept, sized, "--to-host", podman["url"], "--json")
+    assert result.code == 3, result.stderr
+    outcome = {v["volume"]: v for v in json.loads(result.stdout)["volumes"]}
+    assert outcome[kept]["status"] == "migrated"
+    pm_client = podman["client"]
+    try:
+        attrs = pm_client.api.inspect_volume(kept)
+        assert attrs["Options"] == options and attrs["Labels"] == {"com.example": "opts"}
+        assert outcome[sized]["status"] == "failed"
+        assert "size" in outcome[sized]["message"] and "\n" not in outcome[sized]["message"]
+        with pytest.raises(docker.errors.NotFound):
+            pm_client.api.inspect_volume(sized)
+    finally:
+        for volume in (kept, sized):
+            try:
+                pm_client.api.remove_volume(volume, force=True)
+            except docker.errors.APIError:
+                pass

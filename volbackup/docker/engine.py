@@ -42,7 +42,7 @@ class Engine(VolumeCalls, ContainerCalls, HelperCalls, HostPaths, FactCalls):
     def product(self) -> str:
         """"Docker" or "Podman" (facts.engine_product), asked once."""
         with engine_errors("asking the engine for its version"):
-            return engine_product(self.api.version())
+            return engine_product(self.api.version(api_version=False))
 
     @property
     def is_podman(self) -> bool:

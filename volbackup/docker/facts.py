@@ -38,7 +38,7 @@ class FactCalls:
 
     def facts(self) -> EngineFacts:
         with engine_errors("asking the engine for its version and options"):
-            info, version = self.api.info(), self.api.version()
+            info, version = self.api.info(), self.api.version(api_version=False)
         options = [str(o) for o in info.get("SecurityOptions") or []]
         return EngineFacts(engine_product(version), str(version.get("Version") or "?"),
                            str(version.get("ApiVersion") or "?"),
