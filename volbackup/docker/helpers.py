@@ -260,7 +260,8 @@ class Helper:
                 f"reading {path}: Podman's archive endpoint gives every file the helper's "
                 f"owner (root) and leaves out the volume root, so volbackup does not read "
                 f"volumes through it; run volbackup as root on the Podman host (the direct "
-                f"path reads the volume with GNU tar)")
+                f"path reads the volume with GNU tar), or for rootless Podman as its user "
+                f"inside `podman unshare`")
         api = self.engine.api
         with engine_errors(f"reading {path}"):
             response = api._get(api._url("/containers/{0}/archive", self.id),

@@ -119,8 +119,8 @@ def _engine_checks(connect: Callable[[], Engine], checks: list[Check]
         checks.append(Check("direct path", PROBLEM, "not available (lacks "
                             + ", ".join(lacking) + "), and Podman's archive endpoint gives "
                             "every file the helper's owner: volumes cannot be backed up",
-                            "run volbackup as root on the Podman host, with GNU tar (a "
-                            "rootful Podman service)",
+                            "run volbackup as root on the Podman host, with GNU tar "
+                            "(rootless Podman: as its user, inside `podman unshare`)",
                             details={"available": False, "missing": lacking}))
     elif lacking:
         checks.append(Check("direct path", OK, "not available (lacks " + ", ".join(lacking)
