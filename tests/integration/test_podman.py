@@ -32,6 +32,7 @@ from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import HELPER_IMAGE, HELPER_LABEL, IMAGE_LABEL
 
 LABELS = {"com.example.app": "podman", "io.volbackup.test": "1"}
+DOCKER_URL = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +286,7 @@ def test_docker_to_podman_and_back_verified(client, make_volume, make_container,
     assert differences(expected, tree(attrs["Mountpoint"])) == []
     back = f"{source.name}-back"
     result = cli("migrate", there, "--as", back, "--from-host", podman["url"], "--to-host",
-                 os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"), "--verify",
-                 "--json")
+                 DOCKER_URL, "--verify", "--json")
     try:
         assert result.code == 0, result.stderr
         assert json.loads(result.stdout)["volumes"][0]["verified"] is True
@@ -444,3 +444,37 @@ def test_driver_options_and_labels_arrive_on_podman(client, names, podman, pm, c
                 pm_client.api.remove_volume(volume, force=True)
             except docker.errors.APIError:
                 pass
+
+
+@pytest.fixture
+def forwarded_podman(podman):
+    """The Podman service's socket through a forwarder: an engine this host cannot prove
+    local, as a remote one."""
+    path = os.path.join(podman["root"], f"fwd-{secrets.token_hex(2)}.sock")
+    forwarder = _Forwarder(path, podman["url"].removeprefix("unix://"))
+    yield f"unix://{path}"
+    forwarder.close()
+
+
+def test_migrate_refuses_at_once_what_it_could_not_read_with_owners(
+        client, make_volume, mountpoint, podman, forwarded_podman, pm, cli):
+    """From a Podman source, and to a Podman target with --verify, volbackup reads with
+    GNU tar on the Podman host: where it cannot, it says so before making anything."""
+    source = make_volume("nowhere")
+    fill(mountpoint(source.name), {"a": b"a\n"})
+    target = pm("never-made")
+    result = cli("migrate", source.name, "--as", target, "--to-host", forwarded_podman,
+                 "--verify")
+    assert result.code == 7, result.stderr
+    assert "target engine" in result.stderr and "nothing was changed" in result.stderr
+    with pytest.raises(docker.errors.NotFound):
+        podman["client"].api.inspect_volume(target)
+    there = pm("there")
+    podman["client"].api.create_volume(there)
+    back = f"{source.name}-back"
+    result = cli("migrate", there, "--as", back, "--from-host", forwarded_podman,
+                 "--to-host", DOCKER_URL)
+    assert result.code == 7, result.stderr
+    assert "source engine" in result.stderr and "lacks a local engine" in result.stderr
+    with pytest.raises(docker.errors.NotFound):
+        client.api.inspect_volume(back)

@@ -73,6 +73,25 @@ def missing(engine: Engine, volume_area: str | None) -> list[str]:
     return lacking
 
 
+def volume_area(data_root: str) -> str | None:
+    """The engine's volumes directory, DATA_ROOT/volumes, or the data root itself while
+    that does not exist yet (Podman makes it with its first volume): either proves the
+    direct path (missing) the same way."""
+    if not data_root:
+        return None
+    volumes = os.path.join(data_root, "volumes")
+    return volumes if os.path.isdir(volumes) else data_root
+
+
+def owners_unreadable(engine: Engine) -> list[str]:
+    """What this host lacks to read `engine`'s volumes with their owners ([] when
+    nothing): dockerd's archive endpoint keeps them; Podman's does not, so its volumes
+    are read by GNU tar here, which needs what `missing` says."""
+    if engine.archive_keeps_owners:
+        return []
+    return missing(engine, volume_area(engine.facts().data_root))
+
+
 def file_directory_for(engine: Engine, path: str | None) -> str | None:
     """For a bind of one file: the directory holding `path` if GNU tar can read it there
     (`directory_for`) and `path` is a regular file, not a symlink (tar would store the

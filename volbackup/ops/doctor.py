@@ -139,12 +139,7 @@ def _engine_checks(connect: Callable[[], Engine], checks: list[Check]
 
 
 def _volume_area(data_root: str) -> str | None:
-    """DATA_ROOT/volumes, or the data root itself while that does not exist yet (Podman
-    makes it with its first volume): either proves the direct path the same way."""
-    if not data_root:
-        return None
-    volumes = os.path.join(data_root, "volumes")
-    return volumes if os.path.isdir(volumes) else data_root
+    return direct.volume_area(data_root)
 
 
 def _repository_check(url: str, secrets: Secrets | None, checks: list[Check]

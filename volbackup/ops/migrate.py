@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import DATA_PATH, Helper
-from volbackup.errors import IntegrityError, UntrustedStorage, VolbackupError
+from volbackup.errors import IntegrityError, OwnersLost, UntrustedStorage, VolbackupError
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume
 from volbackup.ops.options import check_quiesce
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
@@ -83,6 +83,7 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     """Copy each volume (plus those `selection` finds), or a container's volumes, to
     `target` as fresh volumes there (named `target_name`, if given), as `options` say.
     `announce` tells the user of volumes created on trusted driver options."""
+    _check_owners_readable(source, target, options.verify)
     for engine in (source, target):
         engine.prepare_helpers()
     selection = selection or Selection()
@@ -155,6 +156,23 @@ def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMi
         lost_note="the source volume still holds the data; run the migration again")
     outcome.bytes, outcome.entries = sent.bytes, sent.entries
     outcome.seconds = round(time.monotonic() - started, 3)
+
+
+def _check_owners_readable(source: Engine, target: Engine, verify: bool) -> None:
+    """Before anything is made: a Podman source is read, and a Podman target read back
+    (--verify), by GNU tar on this host (_read_source); refuse at once where that cannot
+    be, rather than fail each volume (or, for --verify, after writing it)."""
+    for engine, role in ((source, "source"), (target, "target")):
+        if role == "target" and not verify:
+            continue
+        lacking = direct.owners_unreadable(engine)
+        if lacking:
+            why = " (--verify reads the new volumes back)" if role == "target" else ""
+            raise OwnersLost(
+                f"the {role} engine at {engine.where} is Podman, whose archive endpoint gives "
+                f"every file the helper's owner{why}; its volumes are read with GNU tar on "
+                f"its host, and this one lacks {', '.join(lacking)}: run volbackup there, "
+                f"as root (rootless Podman: inside `podman unshare`); nothing was changed")
 
 
 @contextmanager
