@@ -496,6 +496,11 @@ def test_migrate_refuses_at_once_what_it_could_not_read_with_owners(
     assert "target engine" in result.stderr and "nothing was changed" in result.stderr
     with pytest.raises(docker.errors.NotFound):
         podman["client"].api.inspect_volume(target)
+    # without --verify, a Podman it cannot prove local is a target like any other engine
+    result = cli("migrate", source.name, "--as", target, "--to-host", forwarded_podman)
+    assert result.code == 0, result.stderr
+    assert contents(mountpoint(source.name)) == {"a": b"a\n"}
+    assert contents(podman["client"].api.inspect_volume(target)["Mountpoint"]) == {"a": b"a\n"}
     there = pm("there")
     podman["client"].api.create_volume(there)
     back = f"{source.name}-back"
