@@ -93,7 +93,7 @@ def mountpoint(client, volume: str) -> str:
 def test_facts_say_podman_from_its_version_components(podman):
     facts = Engine.connect(podman["url"]).facts()
     assert facts.product == "Podman"
-    assert facts.version.split(".")[0] >= "4" and facts.rootless is False
+    assert int(facts.version.split(".")[0]) >= 4 and facts.rootless is False
     docker_facts = Engine.connect().facts()
     assert docker_facts.product == "Docker"
 
