@@ -102,7 +102,7 @@ def test_doctor_says_it_talks_to_podman(podman, cli, on_podman):
     result = cli("doctor", "--json", env=on_podman)
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     engine = checks["engine"]
-    assert engine["status"] == "ok" and engine["reason"].startswith("Podman 4.")
+    assert engine["status"] == "ok" and engine["reason"].startswith("Podman ")
     assert "rootful" in engine["reason"]
     assert engine["details"]["product"] == "Podman"
     assert checks["direct path"]["details"]["available"] is True
