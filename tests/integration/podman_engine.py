@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -87,10 +88,45 @@ def podman_engine():
         if proc is not None:
             _stop(proc)
         log.close()
-        # Containers left by a failed test, then the storage's own mounts.
+        # Containers left by a failed test, the conmon of each exec session (hooks: it
+        # lingers 300 s for its exit code), then the storage's own mounts.
         subprocess.run([*command, "rm", "-af"], capture_output=True, env=env, timeout=60)
-        subprocess.run(["umount", "-R", f"{root}/root"], capture_output=True)
+        _stop_processes_of(root)
+        _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _unmount_under(root: str) -> None:
+    """Unmount what is mounted under `root`, deepest first (the overlay driver mounts its
+    own directory over itself; `podman container cleanup` may have mounted it again)."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in f]
+    for point in sorted((p for p in points if p.startswith(f"{root}/")), key=len,
+                        reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def _stop_processes_of(root: str, patience: float = 15) -> None:
+    """SIGTERM the processes this service started and left (their command lines name its
+    own directory, which no other process's does), until none is left: a conmon ending
+    runs `podman container cleanup`, which mounts the storage again."""
+    mark = f"{root}/".encode()
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if mark in f.read():
+                        found = True
+                        os.kill(int(entry), signal.SIGTERM)
+            except (OSError, ProcessLookupError):
+                pass
+        if not found:
+            return
+        time.sleep(0.2)
 
 
 def _stop(proc: subprocess.Popen) -> None:
