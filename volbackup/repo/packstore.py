@@ -279,7 +279,7 @@ class PackedBlobStore(BlobStore):
             self._raise_failed()
             written, self._written = self._written, []
         made = []
-        for part in _index_parts(written):
+        for part in index_parts(written):
             name, data = packindex.encode(part, self.cipher.mac)
             self.backend.write_bytes(packindex.index_key(name), data)
             made.append((packindex.index_key(name), [info.hex for info, _ in part]))
@@ -539,9 +539,9 @@ def _released(results: list) -> Iterator[tuple[bytes, int]]:
         yield result
 
 
-def _index_parts(written: list[tuple[PackInfo, list[Entry]]]
-                 ) -> Iterator[list[tuple[PackInfo, list[Entry]]]]:
-    """The packs of one flush in groups of at most WRITE_BLOBS blobs: one index object each."""
+def index_parts(written: Iterable[tuple[PackInfo, list[Entry]]]
+                ) -> Iterator[list[tuple[PackInfo, list[Entry]]]]:
+    """Packs in groups of at most WRITE_BLOBS blobs: one index object each."""
     part: list[tuple[PackInfo, list[Entry]]] = []
     blobs = 0
     for pack, entries in written:
