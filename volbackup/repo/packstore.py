@@ -24,7 +24,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-
 from volbackup.errors import ChunkMissing, IntegrityError
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound, RangeBeyondEnd
 from volbackup.repo.blobstore import (DATA, TREE, BlobStore, Prepared, Saved,
