@@ -569,3 +569,26 @@ def test_packs_of_the_same_records_have_other_names():
     trailer = packs.parse_trailer(body[size - packs.TAIL_BYTES - length:size - packs.TAIL_BYTES],
                                   size, flags, PlainChunks().mac, "pack")
     assert len(trailer.slots) == 1 and trailer.records[0].slot == packs.NO_SLOT  # readable
+
+
+def test_repair_index_after_a_killed_prune_drops_its_plan(root, two, monkeypatch):
+    """A plan names index objects and packs of the index repair-index replaces: its new
+    index objects name the doomed packs too, and a prune that carried the plan out
+    would leave them naming deleted packs. So repair-index drops the plans (under its
+    exclusive lock no backup counts on them); the next prune judges those packs again."""
+    from volbackup.ops.repair import RepairIndexOptions, repair_index
+
+    old, new = two
+    stop_at(monkeypatch, "prune-planned")
+    with pytest.raises(KeyboardInterrupt):
+        pruned(root, Clock())
+    monkeypatch.undo()
+    assert len(plan_files(root)) == 1
+    repaired = repair_index(Repository.open(str(root)), RepairIndexOptions())
+    assert repaired.plans_dropped == 1 and plan_files(root) == []
+    result = pruned(root, never_sleeps())
+    assert result.chunks.problems == [] and result.chunks.adopted == 0
+    assert result.chunks.packs_removed >= 1
+    assert reads_back(root, new, NEW)
+    again = pruned(root, never_sleeps())
+    assert again.chunks.problems == [] and again.chunks.packs_removed == 0
