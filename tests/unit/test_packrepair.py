@@ -105,8 +105,11 @@ def test_a_damaged_index_object_is_replaced_by_its_packs_trailers(root, two):
 
 def test_packs_that_are_gone_leave_the_index_so_the_next_backup_stores_them_again(root, repo,
                                                                                    two):
-    lost = pack_files(root)[0]
-    lost.unlink()
+    from tests.unit.chunkrepos import chunk_list
+    middle, _ = chunk_list(repo, two[0])[len(chunk_list(repo, two[0])) // 2]
+    (where,) = repo.blobs.index().all_locations(bytes.fromhex(middle))
+    lost = root / "packs" / where.pack.hex[:2] / where.pack.hex   # one of seed 1's (pack
+    lost.unlink()                                   # names are random: a nonce each)
     result = repaired(root)
     assert result.lost_packs == 1 and result.lost_blobs > 0 and result.problems == []
     reopened = Repository.open(str(root))

@@ -189,6 +189,7 @@ class BlobIndex:
         self.packs: list[PackInfo] = []
         self._ordinal: dict[bytes, int] = {}
         self.conflicts: list[str] = []     # packs two objects disagree about
+        self.disputed: set[bytes] = set()  # their ids
         objects = list(objects)
         remaps = [[self._add_pack(p) for p in obj.packs] for obj in objects]
         self.ids, self.columns = _merge(objects, remaps)
@@ -203,6 +204,7 @@ class BlobIndex:
             ordinal = self._ordinal[info.id] = len(self.packs)
             self.packs.append(info)
         elif self.packs[ordinal] != info:
+            self.disputed.add(info.id)
             self.conflicts.append(f"index objects disagree about pack {info.hex}: length "
                                   f"{self.packs[ordinal].length} or {info.length}")
         return ordinal
