@@ -592,3 +592,15 @@ def test_repair_index_after_a_killed_prune_drops_its_plan(root, two, monkeypatch
     assert reads_back(root, new, NEW)
     again = pruned(root, never_sleeps())
     assert again.chunks.problems == [] and again.chunks.packs_removed == 0
+
+
+def test_repair_index_says_it_dropped_a_plan(root, two, monkeypatch):
+    from tests.conftest import run_cli
+
+    stop_at(monkeypatch, "prune-planned")
+    with pytest.raises(KeyboardInterrupt):
+        pruned(root, Clock())
+    monkeypatch.undo()
+    result = run_cli("repair-index", "-r", str(root))
+    assert result.code == 0, result.stderr
+    assert "1 plan(s) of killed prunes dropped" in result.stdout and plan_files(root) == []

@@ -178,6 +178,9 @@ def repair_index(repo, read_all_packs, dry_run, lock_wait, as_json, secrets):
                     f"({result.from_index:,} packs as indexed, {result.from_trailers:,} read "
                     f"from their trailers); {result.index_written} index objects written, "
                     f"{result.index_removed} removed")
+        if result.plans_dropped:
+            render.echo(f"{result.plans_dropped} plan(s) of killed prunes dropped: the next "
+                        f"prune judges their packs again")
         if result.lost_packs:
             render.warn(f"{result.lost_packs} packs the old index named are gone "
                         f"({result.lost_blobs:,} blobs): the snapshots that used them are "
