@@ -37,8 +37,8 @@ from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.pauses import pause
 from volbackup.repo import packindex, packs, pruneplan
 from volbackup.repo.backends import Backend, BlobNotFound
-from volbackup.repo.packindex import Entry, PackInfo
-from volbackup.repo.packstore import ListingProblem, PackedBlobStore
+from volbackup.repo.packindex import PackInfo
+from volbackup.repo.packstore import ListingProblem, PackedBlobStore, index_parts
 from volbackup.repo.sweep import BATCH, ChunkSweep, ProgressFactory, _no_progress, referenced_ids
 from volbackup.timefmt import utc_iso
 
@@ -367,25 +367,12 @@ def _write_index(backend: Backend, store: PackedBlobStore, kept: list[_Pack],
                  result: PackSweep) -> list[str]:
     """Index objects for the packs `kept` (as many as WRITE_BLOBS needs); their keys."""
     keys = []
-    for part in _parts(kept):
+    for part in index_parts((pack.info, pack.entries) for pack in kept):
         name, data = packindex.encode(part, store.cipher.mac)
         keys.append(packindex.index_key(name))
         backend.write_bytes(keys[-1], data)
         result.index_written += 1
     return keys
-
-
-def _parts(kept: list[_Pack]):
-    part, blobs = [], 0
-    for pack in kept:
-        entries: list[Entry] = pack.entries
-        if part and blobs + len(entries) > packindex.WRITE_BLOBS:
-            yield part
-            part, blobs = [], 0
-        part.append((pack.info, entries))
-        blobs += len(entries)
-    if part:
-        yield part
 
 
 def _delete(backend: Backend, keys: list[str], result: PackSweep,
