@@ -604,3 +604,29 @@ def test_repair_index_says_it_dropped_a_plan(root, two, monkeypatch):
     result = run_cli("repair-index", "-r", str(root))
     assert result.code == 0, result.stderr
     assert "1 plan(s) of killed prunes dropped" in result.stdout and plan_files(root) == []
+
+
+def test_a_copy_into_the_repository_after_the_plan_sends_the_doomed_chunks_again(
+        root, two, tmp_path, monkeypatch):
+    """copy's path (save_stored): a chunk the target holds only in doomed packs counts as
+    missing, so it is sent; the snapshot copied back reads after the plan is carried out."""
+    from volbackup.ops import copy as copy_ops
+
+    old, new = two
+    side = chunked_repo(tmp_path / "side", seed=1)
+    away = copy_ops.copy(Repository.open(str(root)), side, copy_ops.Choice([old.snapshot]))
+    assert [o.how for o in away.snapshots] == ["chunks"]
+    stop_at(monkeypatch, "prune-checked")       # OLD removed, its packs doomed
+    with pytest.raises(KeyboardInterrupt):
+        pruned(root, Clock())
+    monkeypatch.undo()
+    (back,) = copy_ops.copy(side, Repository.open(str(root)),
+                            copy_ops.Choice([old.snapshot])).snapshots
+    assert back.status == "copied" and back.chunks_sent >= old.chunks - 5
+    assert back.chunks_replaced == 0             # missing, not held with wrong bytes
+    clock = never_sleeps()
+    result = prune(Repository.open(str(root)),
+                   PruneOptions(Rules(last=2), leftover_age=0, wait_for_backups=60),
+                   sleep=clock.sleep, monotonic=clock.monotonic)
+    assert result.chunks.adopted == 1 and result.chunks.packs_removed >= 1
+    assert reads_back(root, old, OLD) and reads_back(root, new, NEW)
