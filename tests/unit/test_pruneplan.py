@@ -630,3 +630,21 @@ def test_a_copy_into_the_repository_after_the_plan_sends_the_doomed_chunks_again
                    sleep=clock.sleep, monotonic=clock.monotonic)
     assert result.chunks.adopted == 1 and result.chunks.packs_removed >= 1
     assert reads_back(root, old, OLD) and reads_back(root, new, NEW)
+
+
+def test_a_reload_keeps_the_packs_this_run_wrote_and_not_yet_indexed(root, two):
+    from volbackup.errors import ChunkMissing
+
+    old, new = two
+    repo = Repository.open(str(root))
+    with repo.lock(locking.SHARED, 0, "backup"):
+        store = repo.blobs
+        blob, loc = next(store.index().entries())
+        mine = store.save(b"written by this run, not indexed yet" * 100, 3)
+        store.flush_packs()                     # its pack is written; no index object yet
+        (root / "packs" / loc.pack.hex[:2] / loc.pack.hex).unlink()
+        with pytest.raises(ChunkMissing):
+            store.load(blob.hex(), loc.plain)   # gone: the index is loaded again, once
+        assert store.index().has(bytes.fromhex(mine.id))
+        assert store.load(mine.id, mine.length)[0].startswith(b"written by this run")
+        store.forget()

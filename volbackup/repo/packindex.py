@@ -218,14 +218,13 @@ class BlobIndex:
         for blob_id, offset, stored, plain in entries:
             self._added.setdefault(blob_id, []).append((ordinal, offset, stored, plain))
 
-    def add_from(self, other: "BlobIndex") -> None:
-        """The packs `other`'s run wrote (its `add`s): an index loaded again keeps them."""
+    def added(self) -> list[tuple[PackInfo, list[Entry]]]:
+        """The packs this run wrote (`add`): what an index loaded again is given back."""
         by_pack: dict[int, list[Entry]] = {}
-        for blob_id, locations in other._added.items():
+        for blob_id, locations in self._added.items():
             for ordinal, offset, stored, plain in locations:
                 by_pack.setdefault(ordinal, []).append((blob_id, offset, stored, plain))
-        for ordinal, entries in by_pack.items():
-            self.add(other.packs[ordinal], entries)
+        return [(self.packs[ordinal], entries) for ordinal, entries in by_pack.items()]
 
     @property
     def doomed(self) -> frozenset[bytes]:

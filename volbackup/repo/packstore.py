@@ -411,9 +411,11 @@ class PackedBlobStore(BlobStore):
             if gone <= self._reloaded_for:
                 return False
             self._reloaded_for |= gone
-            old = self._loaded()
+            mine = self._loaded().added()
+            self._index = None          # not two indexes in memory
             self._index, self.loaded = load_index(self.backend, self.cipher)
-            self._index.add_from(old)
+            for pack, entries in mine:
+                self._index.add(pack, entries)
         return True
 
     def load_many(self, entries: Iterable[tuple[str, int]], readers: int
