@@ -142,8 +142,19 @@ def test_a_partial_read_fetches_only_the_pieces_it_needs(repo):
         assert all(got.extractfile(n).read() == whole.extractfile(n).read()
                    for n in names[2:])
     one = next(e for e in repo.catalog(manifest) if e.path == "d07/f000107")
+    store = repo.blobs
+    loads: list[str] = []
+    real_load = store.load
+
+    def counting_load(blob_id, length):
+        loads.append(blob_id)
+        return real_load(blob_id, length)
+
+    store.load = counting_load      # an instance attribute: this store only
     data = b"".join(repo.partial(manifest, lambda: iter([one])).chunks())
     assert data.startswith(tar[one.at:one.end])
+    # the root piece, the pieces down to the file's leaf, the blob(s) holding it
+    assert manifest.data["blobs"] > 50 and len(loads) <= manifest.data["height"] + 2
 
 
 def test_prune_keeps_every_piece_a_kept_snapshot_needs(repo, root):
