@@ -176,6 +176,25 @@ def test_a_changed_large_file_changes_only_its_own_blobs():
     assert len(fresh) <= 2  # the blob holding the byte (and perhaps the next, FastCDC)
 
 
+def test_a_file_touched_rewrites_its_headers_and_not_its_data():
+    """A file changed in place gets a new mtime: the headers of a member with 64 KiB of
+    data or more are a blob of their own, so the new mtime costs ~512 bytes, not the
+    first FastCDC chunk of the data (here all of it: 300 KB under a 1 MiB minimum)."""
+    data = random.Random(3).randbytes(300_000)
+    old = _tar([_file("./a", b"1"), _file("./big", data), _file("./b", b"2")])
+    touched = _file("./big", data)
+    touched[0].mtime += 60
+    new = _tar([_file("./a", b"1"), touched, _file("./b", b"2")])
+    start, _ = _spans(new)["./big"]
+    fresh = _new(_blobs(old, min_=1 << 20, avg=2 << 20, max_=4 << 20),
+                 _blobs(new, min_=1 << 20, avg=2 << 20, max_=4 << 20))
+    assert fresh == [(start, start + 512)]
+    small = _file("./small", data[:60_000])         # under 64 KiB: headers and data together
+    spans = _spans(_tar([small]))["./small"]
+    assert _ends(_blobs(_tar([small]), min_=1 << 20, avg=2 << 20, max_=4 << 20)).count(
+        spans[0] + 512) == 0
+
+
 def test_a_changed_tiny_file_changes_only_its_group():
     old = _corpus(random.Random(2))
     name = next(m.name for m in members_of(old) if 100 < m.size < 3000)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
-from volbackup.repo.blobstore import BlobStore, Saved
+from volbackup.repo.blobstore import BlobStore, Prepared
 from volbackup.repo.trees import TreeRoot, TreeWriter, walk
 from volbackup.repo.config import CHUNKER_EACH, CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
@@ -78,13 +78,13 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
     listing = HashingWriter(list_out) if tree is None else None
     result = ChunkedPacked(0, 0, "", 0, None)
 
-    def store_one(data: bytes) -> Saved:
-        return store.save(data, level, check_existing)
+    def store_one(data: bytes) -> Prepared:
+        return store.prepare(data, level, check_existing)
 
     def record(future: Future) -> None:
-        saved = future.result()
+        saved = store.commit(future.result())   # in stream order: packs keep it
         if tree is not None:
-            tree.add(saved.id, saved.length)
+            tree.add(saved.id, saved.length)    # a tree piece goes into a tree pack
         else:
             listing.write(f"{saved.id} {saved.length}\n".encode())
         result.chunks += 1
@@ -235,19 +235,9 @@ def fetch_ahead(store: BlobStore, entries: Iterable[tuple[str, int]],
                 readers: int = READERS) -> Iterator[tuple[bytes, int]]:
     """(plaintext, stored size) of each chunk of `entries`, in order, each checked, fetched
     `readers` ahead by worker threads (restores from S3 are not latency-bound); memory:
-    `readers` chunks, whatever the number of entries."""
-    with ThreadPoolExecutor(readers, thread_name_prefix="volbackup-fetch") as pool:
-        ahead: deque[Future] = deque()
-        try:
-            for chunk_id, length in entries:
-                ahead.append(pool.submit(store.load, chunk_id, length))
-                if len(ahead) >= readers:
-                    yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
-        finally:
-            for future in ahead:
-                future.cancel()
+    `readers` chunks, whatever the number of entries. How is the store's business
+    (BlobStore.load_many: a packed store reads neighbours in one request)."""
+    return store.load_many(entries, readers)
 
 
 def iter_list(reader, digest=None) -> Iterator[tuple[str, int]]:

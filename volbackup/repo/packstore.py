@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import zstandard
 
 from volbackup.errors import ChunkMissing, IntegrityError
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound, RangeBeyondEnd
-from volbackup.repo.blobstore import DATA, TREE, BlobStore, Saved
+from volbackup.repo.blobstore import DATA, TREE, BlobStore, Prepared, Saved
 from volbackup.repo.chunkstore import open_frame
 from volbackup.repo.crypto import PlainChunks, SealedChunks
 from volbackup.repo import packindex, packs
@@ -42,6 +42,7 @@ UPLOADS = 1
 _NEW_KEY = bytes(4096)
 TRAILERS_KEPT = 64          # trailers of encrypted packs kept for their sealed keys
 KEYS_KEPT = 256             # data keys opened
+GROUP_BYTES = 2 << 20       # neighbouring blobs read in one request, up to this (restore)
 
 
 @dataclass
@@ -137,6 +138,39 @@ class PackedBlobStore(BlobStore):
                 self._pending.discard(raw)
             raise
         return Saved(blob_id, len(data), stored)
+
+    def prepare(self, data: bytes, level: int, verify_existing: bool = False,
+                kind: str = DATA) -> Prepared:
+        """Name the blob and, unless the index or this run holds it, compress it; nothing
+        is claimed, so a blob twice in flight is compressed twice and packed once."""
+        if verify_existing:
+            return Prepared(self.save(data, level, verify_existing, kind))
+        blob_id = self.blob_id(data)
+        raw = bytes.fromhex(blob_id)
+        with self._lock:
+            self._raise_failed()
+            held = raw in self._pending or self._loaded().has(raw)
+        if held:
+            return Prepared(Saved(blob_id, len(data)))
+        return Prepared(None, blob_id, self._compressor(level).compress(data), len(data), kind)
+
+    def commit(self, prepared: Prepared) -> Saved:
+        """Pack a prepared blob (in the caller's order) unless it was packed meanwhile."""
+        if prepared.saved is not None:
+            return prepared.saved
+        raw = bytes.fromhex(prepared.id)
+        with self._lock:
+            self._raise_failed()
+            if raw in self._pending or self._loaded().has(raw):
+                return Saved(prepared.id, prepared.length)
+            self._pending.add(raw)
+        try:
+            stored = self._append(raw, prepared.kind, prepared.frame, prepared.length)
+        except BaseException:
+            with self._lock:
+                self._pending.discard(raw)
+            raise
+        return Saved(prepared.id, prepared.length, stored)
 
     def _is_sound(self, raw: bytes, blob_id: str, length: int) -> bool:
         """A blob the index has: written or checked under this lock, or read back now."""
@@ -340,12 +374,86 @@ class PackedBlobStore(BlobStore):
         assert error is not None
         raise error
 
+    def load_many(self, entries: Iterable[tuple[str, int]], readers: int
+                  ) -> Iterator[tuple[bytes, int]]:
+        """As BlobStore.load_many, with neighbours read together: blobs a snapshot names
+        one after the other lie one after the other in a pack (they were packed in stream
+        order), so a run of them, up to GROUP_BYTES, is one ranged read (one request on
+        S3 instead of ~60 for a 2 MiB run of 32 KiB blobs). A blob of a run that does not
+        check out is read again by itself, from any other copy (`load`)."""
+        with ThreadPoolExecutor(max(1, readers // 2), thread_name_prefix="volbackup-fetch") \
+                as pool:
+            ahead: deque[Future] = deque()
+            try:
+                for group in self._groups(entries):
+                    ahead.append(pool.submit(self._load_group, group))
+                    if len(ahead) >= max(1, readers // 2):
+                        yield from _released(ahead.popleft().result())
+                while ahead:
+                    yield from _released(ahead.popleft().result())
+            finally:
+                for future in ahead:
+                    future.cancel()
+
+    def _groups(self, entries: Iterable[tuple[str, int]]
+                ) -> Iterator[list[tuple[str, int, Location | None]]]:
+        """Runs of entries whose first copies are neighbours in one pack."""
+        group: list[tuple[str, int, Location | None]] = []
+        end = size = 0
+        for blob_id, length in entries:
+            found = self._locations(bytes.fromhex(blob_id))
+            loc = found[0] if found else None
+            if group and loc is not None and group[-1][2] is not None \
+                    and loc.pack == group[-1][2].pack and loc.offset == end \
+                    and size + loc.stored <= GROUP_BYTES:
+                group.append((blob_id, length, loc))
+                end, size = end + loc.stored, size + loc.stored
+                continue
+            if group:
+                yield group
+            group = [(blob_id, length, loc)]
+            end, size = (loc.offset + loc.stored, loc.stored) if loc else (0, 0)
+        if group:
+            yield group
+
+    def _load_group(self, group: list[tuple[str, int, Location | None]]
+                    ) -> list[tuple[bytes, int] | IntegrityError]:
+        """The group's blobs in order; the first that fails (read alone too) ends the
+        list as its error, so that every blob before it is still released."""
+        if len(group) == 1:
+            blob_id, length, _ = group[0]
+            try:
+                return [self.load(blob_id, length)]
+            except IntegrityError as e:
+                return [e]
+        first = group[0][2]
+        assert first is not None
+        total = sum(loc.stored for _, _, loc in group if loc is not None)
+        try:
+            data = self.backend.read_range(packs.pack_key(first.pack.hex), first.offset, total)
+        except (BlobNotFound, RangeBeyondEnd, BadEntry):
+            data = b""      # each is read alone: its own error, or another copy
+        out = []
+        for blob_id, length, loc in group:
+            assert loc is not None
+            at = loc.offset - first.offset
+            try:
+                if len(data) != total:
+                    raise IntegrityError("short group read")
+                plain = self._open_record(bytes.fromhex(blob_id), blob_id, length, loc,
+                                          data[at:at + loc.stored])
+                out.append((plain, loc.stored))
+            except IntegrityError:
+                try:
+                    out.append(self.load(blob_id, length))
+                except IntegrityError as e:
+                    out.append(e)
+                    break
+        return out
+
     def _read_at(self, raw: bytes, blob_id: str, length: int,
                  location: Location) -> tuple[bytes, bytes]:
         pack = location.pack
-        if location.plain != length:
-            raise IntegrityError(f"chunk {blob_id} holds {location.plain} bytes (index), the "
-                                 f"chunk list says {length}")
         try:
             stored = self.backend.read_range(packs.pack_key(pack.hex), location.offset,
                                              location.stored)
@@ -355,11 +463,20 @@ class PackedBlobStore(BlobStore):
         except (RangeBeyondEnd, BadEntry) as e:
             raise IntegrityError(f"chunk {blob_id}: pack {pack.hex} is not what the index "
                                  f"says ({e})") from None
+        return stored, self._open_record(raw, blob_id, length, location, stored)
+
+    def _open_record(self, raw: bytes, blob_id: str, length: int, location: Location,
+                     stored: bytes) -> bytes:
+        """A record's plaintext, checked (tag, frame, length, id)."""
+        pack = location.pack
+        if location.plain != length:
+            raise IntegrityError(f"chunk {blob_id} holds {location.plain} bytes (index), the "
+                                 f"chunk list says {length}")
         frame = stored
         if self.encrypted and pack.kind == DATA_PACK:
             key = self._data_key(pack, location, raw)
             frame = self.cipher.open_record(key, raw, stored)
-        return stored, open_frame(frame, blob_id, length, self.cipher.chunk_id)
+        return open_frame(frame, blob_id, length, self.cipher.chunk_id)
 
     def _data_key(self, pack: PackInfo, location: Location, raw: bytes) -> bytes:
         """The data key of the record at `location`: its slot in the pack's trailer (read
@@ -408,6 +525,13 @@ class PackedBlobStore(BlobStore):
 
     def trailer(self, pack_id: str, size: int) -> Trailer:
         return packs.read_trailer(self.backend, pack_id, size, self.cipher.mac)
+
+
+def _released(results: list) -> Iterator[tuple[bytes, int]]:
+    for result in results:
+        if isinstance(result, IntegrityError):
+            raise result
+        yield result
 
 
 def _index_parts(written: list[tuple[PackInfo, list[Entry]]]

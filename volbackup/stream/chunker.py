@@ -128,8 +128,12 @@ def _cut_before(chunker, buf: bytearray, limit: int) -> list[tuple[int, int]]:
 # a group ending before a member that is not small, before a small member whose keyed name
 # hash is 0 mod EACH_GROUP_MOD, or where the next member would take it past
 # EACH_GROUP_MAX. Nothing depends on offsets but that last rule, so an inserted, removed or
-# changed member disturbs its own blobs (and its group) only.
+# changed member disturbs its own blobs (and its group) only. The headers of a member with
+# at least HEADERS_APART bytes of data are a blob of their own: a file changed in place
+# gets a new mtime (and perhaps size), which then rewrites ~1 KiB, not the first ~1.25 MiB
+# of its data besides the change (restic and borg keep metadata apart from content too).
 SMALL = 4 << 10
+HEADERS_APART = 64 << 10
 EACH_GROUP_MAX = 64 << 10
 EACH_GROUP_MOD = 8
 
@@ -172,6 +176,8 @@ def cut_each_member(pieces: Iterable[bytes], walker, avg_size: int, min_size: in
         if end - start >= SMALL:
             if start > group[0]:
                 segments.append((start, False))
+            if entry.size >= HEADERS_APART:
+                segments.append((data_at, False))
             segments.append((end, True))
             group[0] = end
         elif start > group[0] and (end - group[0] > EACH_GROUP_MAX or member_name_hash(
