@@ -1,26 +1,28 @@
 """The packed blob store: blobs in pack objects of ~16 MiB, found through an index.
 
 restic's `internal/repository` is the model: `save` asks the index (and the packs this run
-is filling), and only then compresses and packs the blob; full packs are written by two
-uploader threads while the stream goes on; `flush` writes what is still open and then an
+is filling), and only then compresses and packs the blob; full packs are written by an
+uploader thread while the stream goes on; `flush` writes what is still open and then an
 index object for this run's packs, so that a blob is named by an index object only once
 its pack is durable, and a manifest (written after `flush`) only once both are
 (docs/design.md, "Write ordering"). Nothing lists `packs/` but prune: "is this blob
 stored?" is the index, loaded once per repository lock (a prune may have repacked in
 between) and never trusted over the packs: every read checks the blob against its name.
 
-Memory: the loaded index (48 bytes per blob), one pack filling per kind, and at most
-UPLOADS packs being written.
+Memory: the loaded index (about 51 bytes per blob); a pack filling (one per kind) and the
+UPLOADS packs being written are spill files in the temporary directory ($TMPDIR), as in
+restic, so they cost disk (up to 16 MiB each at the default size) and no memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import zstandard
 
@@ -33,10 +35,10 @@ from volbackup.repo import packindex, packs
 from volbackup.repo.packindex import BlobIndex, Entry, Location, PackInfo
 from volbackup.repo.packs import DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder, Trailer
 
-# Packs being written while the next one fills: one, so that a backup holds two packs
-# (32 MiB at the default size) besides what the chunked path holds (peak RSS < 150 MB,
-# docs/performance.md); a backup is bound by hashing and compressing, not by uploads.
+# Packs being written while the next one fills: one; a backup is bound by hashing and
+# compressing, not by uploads (docs/performance.md).
 UPLOADS = 1
+UPLOAD_PIECE = 1 << 20      # read from a spill file and written at a time
 # What has_room is asked for a pack's own data key before it is made: an age file of a
 # 32-byte key to a few recipients takes far less than this.
 _NEW_KEY = bytes(4096)
@@ -216,7 +218,8 @@ class PackedBlobStore(BlobStore):
         return len(stored)
 
     def _new_pack(self, pack_kind: int) -> _OpenPack:
-        return _OpenPack(PackBuilder(pack_kind, self.cipher.mac))
+        spill = tempfile.TemporaryFile(prefix="volbackup-pack-")  # unlinked: a kill leaves none
+        return _OpenPack(PackBuilder(pack_kind, self.cipher.mac, spill))
 
     def _close(self, pack_kind: int) -> None:
         """Hand the open pack of this kind to an uploader (under the pack lock); wait while
@@ -224,19 +227,21 @@ class PackedBlobStore(BlobStore):
         pack = self._open.pop(pack_kind, None)
         if pack is None or not pack.entries:
             return
-        pack_id, data = pack.builder.finish()
-        info = PackInfo(bytes.fromhex(pack_id), len(data), pack_kind)
+        pack_id, size, body = pack.builder.finish_body()
+        info = PackInfo(bytes.fromhex(pack_id), size, pack_kind)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._uploads_max,
                                             thread_name_prefix="volbackup-pack")
         while len(self._uploading) >= self._uploads_max:
             self._uploading.pop(0).exception()
             self._raise_failed()
-        self._uploading.append(self._pool.submit(self._upload, info, data, pack.entries))
+        self._uploading.append(self._pool.submit(self._upload, info, body, pack.entries))
 
-    def _upload(self, info: PackInfo, data: bytearray, entries: list[Entry]) -> None:
+    def _upload(self, info: PackInfo, body: BinaryIO, entries: list[Entry]) -> None:
         try:
-            self.backend.write_bytes(packs.pack_key(info.hex), data)
+            with body, self.backend.open_write(packs.pack_key(info.hex)) as out:
+                while piece := body.read(UPLOAD_PIECE):
+                    out.write(piece)
         except BaseException as e:
             with self._lock:
                 self._failed = self._failed or e
