@@ -35,6 +35,7 @@ from volbackup.repo.packstore import PackedBlobStore
 from volbackup.repo.sealing import Keyring
 from volbackup.stream import archive, catalog
 from volbackup.stream.archive import Packed, Progress
+from volbackup.stream.tarstream import TarWalker
 
 ARCHIVE_SUFFIX = ".tar.zst"
 TREE_SUFFIX = ".tree"       # a tree snapshot's `archive`: a name only, no object has it
@@ -148,15 +149,23 @@ class ChunkedLayout(Layout):
         """`check_existing` (copy): the chunks the store holds already are read back and
         checked, and written again if wrong; only in a plain repository (an encrypted
         one's chunks open only with an identity, which a writer to it does not hold)."""
-        key = self._keyring.key() if self._keyring is not None else None
-        seed = key.chunker_seed if key is not None else None
-        store = self.blobs
-        cat = catalogs.ChunkedCatalogWriter(store, level)
-        packed = chunks.pack(tar_chunks, out, store, self.config, level, progress, seed,
-                              lambda walker: catalog.record(walker, cat.add),
-                              check_existing and not store.encrypted, self.whole_digest,
-                              key.member_name_key if key is not None else None)
+        cat = catalogs.ChunkedCatalogWriter(self.blobs, level)
+        packed = self._pack_chunks(tar_chunks, out, level, progress, check_existing,
+                                   lambda walker: catalog.record(walker, cat.add))
         return packed, lambda: cat.finish(self._backend, catalog_key)
+
+    def _pack_chunks(self, tar_chunks: Iterable[bytes], out: BinaryIO | None, level: int,
+                     progress: Progress, check_existing: bool,
+                     on_walker: Callable[[TarWalker], None],
+                     tree: trees.TreeWriter | None = None) -> chunks.ChunkedPacked:
+        """chunks.pack with this repository's store, cuts and keys (the chunker's seed and
+        the member-name key come from an encrypted repository's key)."""
+        key = self._keyring.key() if self._keyring is not None else None
+        store = self.blobs
+        return chunks.pack(tar_chunks, out, store, self.config, level, progress,
+                           key.chunker_seed if key is not None else None, on_walker,
+                           check_existing and not store.encrypted, self.whole_digest,
+                           key.member_name_key if key is not None else None, tree)
 
     def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
               progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
@@ -187,21 +196,15 @@ class PackedLayout(ChunkedLayout):
         """The data's blobs named in a data tree, the catalogue (version 2) in pieces under
         a catalogue tree: tree pieces are blobs of kind TREE, so an unchanged re-backup
         stores nothing new but its manifest. `out` and `catalog_key` are not used."""
-        key = self._keyring.key() if self._keyring is not None else None
-        seed = key.chunker_seed if key is not None else None
-        store = self.blobs
-        cat = catalogtree.CatalogTreeWriter(store, level, self.catalog_cut_key())
-        walkers: list = []
+        cat = catalogtree.CatalogTreeWriter(self.blobs, level, self.catalog_cut_key())
+        walkers: list[TarWalker] = []
 
-        def on_walker(walker) -> None:
+        def on_walker(walker: TarWalker) -> None:
             walkers.append(walker)
             cat.record(walker)
 
-        packed = chunks.pack(tar_chunks, None, store, self.config, level, progress, seed,
-                             on_walker, check_existing and not store.encrypted,
-                             self.whole_digest,
-                             key.member_name_key if key is not None else None,
-                             tree=trees.TreeWriter(store, level))
+        packed = self._pack_chunks(tar_chunks, None, level, progress, check_existing,
+                                   on_walker, trees.TreeWriter(self.blobs, level))
         walker = walkers[0]
         members_end = walker.end_marker_at if walker.end_marker_at is not None \
             else walker.bytes

@@ -87,9 +87,10 @@ def chunked_spans(open_list: Callable[[], object], store: BlobStore, spans: Span
 
 
 def tree_spans(store: BlobStore, root: TreeRoot, spans: Spans) -> Iterator[bytes]:
-    """The bytes of `spans` from a tree snapshot: only the tree pieces over the spans'
-    offsets are loaded (each checked against its id, walk_range), and only the blobs that
-    hold them are fetched."""
+    """The bytes of `spans` from a tree snapshot: the tree pieces before the first span
+    are skipped, those from it on are loaded (each checked against its id, walk_range;
+    leaf pieces are small beside the blobs they name), and only the blobs that hold the
+    spans are fetched."""
     def leaves(start: int) -> Iterator[tuple[str, int, int]]:
         return walk_range(store, root, start, root.bytes)
 

@@ -151,7 +151,7 @@ class SnapshotReader:
                 return partial.cut_spans(_ArchiveUnpacker(self, manifest, no_progress).chunks(),
                                          wanted)
         elif manifest.tree:
-            root = TreeRoot.from_fields(manifest.data, f"snapshot {manifest.snapshot}")
+            root = _data_root(manifest)
 
             def spans(wanted):
                 return self.watched(manifest, partial.tree_spans(self.blobs, root, wanted))
@@ -181,31 +181,34 @@ class _ArchiveUnpacker(archive.Unpacker):
             yield from super().chunks()
 
 
-class _ChunkedUnpacker(chunked.ChunkedUnpacker):
-    """A ChunkedUnpacker of a snapshot, which says when the snapshot was removed
-    while it was read (SnapshotReader.missing)."""
+class _Watched:
+    """An unpacker of a snapshot that says when the snapshot was removed while it was
+    read (SnapshotReader.missing)."""
 
+    _reader: SnapshotReader
+    _manifest: RevealedManifest
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._reader.watched(self._manifest, super().chunks())  # type: ignore[misc]
+
+
+class _ChunkedUnpacker(_Watched, chunked.ChunkedUnpacker):
     def __init__(self, reader: SnapshotReader, manifest: RevealedManifest, progress: Progress):
         super().__init__(lambda: _open_list(reader, manifest), reader.blobs, manifest.sha256,
                          manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes,
                          progress)
         self._reader, self._manifest = reader, manifest
 
-    def chunks(self) -> Iterator[bytes]:
-        return self._reader.watched(self._manifest, super().chunks())
 
-
-class _TreeUnpacker(chunked.TreeUnpacker):
-    """A TreeUnpacker of a snapshot, which says when the snapshot was removed while it
-    was read (SnapshotReader.missing)."""
-
+class _TreeUnpacker(_Watched, chunked.TreeUnpacker):
     def __init__(self, reader: SnapshotReader, manifest: RevealedManifest, progress: Progress):
-        root = TreeRoot.from_fields(manifest.data, f"snapshot {manifest.snapshot}")
-        super().__init__(reader.blobs, root, manifest.bytes, progress)
+        super().__init__(reader.blobs, _data_root(manifest), manifest.bytes, progress)
         self._reader, self._manifest = reader, manifest
 
-    def chunks(self) -> Iterator[bytes]:
-        return self._reader.watched(self._manifest, super().chunks())
+
+def _data_root(manifest: Manifest) -> TreeRoot:
+    """The root of a tree snapshot's data tree (checked in bounds)."""
+    return TreeRoot.from_fields(manifest.data, f"snapshot {manifest.snapshot}")
 
 
 @contextmanager

@@ -225,9 +225,9 @@ class Repository:
 
     def receive_chunks(self, source: "Repository", manifest: Manifest,
                        progress: Progress = no_progress) -> chunkcopy.ListCopy:
-        """Copy a plain chunked snapshot's chunk lists (not a tree snapshot's) (its data's, then its catalogue's),
+        """Copy a plain chunked snapshot's chunk lists (its data's, then its catalogue's),
         and the chunks this repository lacks, from `source` (under this repository's
-        lock); then `commit` the manifest."""
+        lock); then `commit` the manifest. Not a tree snapshot's: copy streams those."""
         if not (self.names_chunks_as(source) and manifest.chunked and not manifest.tree):
             raise ValueError("receive_chunks needs two plain chunked repositories")
         try:
