@@ -130,7 +130,7 @@ def main() -> int:
     os.environ.update(RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
                       BORG_BASE_DIR=os.path.join(bench.work, "borg-base"),
                       BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
-    result: dict = {"config": vars(args), "peers": peers,
+    result: dict = {"prefix": bench.prefix, "config": vars(args), "peers": peers,
                     "volbackup_version": version([*volbackup_cmd(), "--version"])}
     try:
         volume, mountpoint = bench.volume("vol")
