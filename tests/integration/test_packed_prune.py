@@ -127,10 +127,12 @@ def test_a_prune_killed_after_its_plan_while_a_backup_counts_on_its_doomed_packs
 
 
 def test_a_backup_killed_before_its_manifest_while_prune_waits_for_it(scene, tmp_path, client):
-    """The backup loads the index, prune plans and waits for its lock; the backup writes
-    its packs, index object and lists, and is killed before its manifest. Prune breaks
-    the dead run's lock, keeps the packs its lists name, and finishes; the next prune
-    removes the leftover lists and then the packs nothing needs."""
+    """The backup loads the index, prune plans and waits for its lock; the backup finds
+    every blob (its trees' too) in the packs prune dooms, and is killed before its
+    manifest. Prune
+    breaks the dead run's lock and finishes: nothing names what the backup wrote (a tree
+    snapshot is its manifest), so nothing is rescued, and the doomed packs it counted on
+    go; the next prune finds nothing to do and the repository verifies."""
     repo, first, twin = scene
     backup = Paused(tmp_path, "backup", "index-loaded,before-manifest", "backup", twin,
                     "-r", str(repo))
@@ -149,13 +151,12 @@ def test_a_backup_killed_before_its_manifest_while_prune_waits_for_it(scene, tmp
     assert pruning.returncode == 0, err
     assert "broke a stale lock" in err
     swept = json.loads(out)["chunks"]
-    assert swept["rescued"] >= 1 and swept["problems"] == [] and plans(repo) == []
+    assert swept["rescued"] == 0 and swept["problems"] == [] and plans(repo) == []
     assert not list((repo / "snapshots").glob(f"{twin}/*.json"))   # killed: no snapshot
     verified(repo)
-    again = json.loads(ok(*prune_args(repo)).stdout)
-    assert any(o["status"] == "removed" and o["key"].startswith(f"snapshots/{twin}/")
-               for o in again["leftovers"])      # the killed backup's lists
-    assert again["chunks"]["packs_removed"] + again["chunks"]["packs_repacked"] >= 1
+    assert swept["packs_removed"] >= 1
+    again = json.loads(ok(*prune_args(repo)).stdout)["chunks"]
+    assert again["problems"] == [] and again["plan"] is None
     assert verified(repo)["packs"]["unindexed"] == 0
     shutil.rmtree(tmp_path / "repo")
 

@@ -92,7 +92,8 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
             if not _carry_out(backend, store, plan, None, lock, waiting, result, progress):
                 return result
     lists: set[str] = set()
-    referenced = referenced_ids(backend, gone, result, lists)
+    store.forget()      # the index as it is now: plans carried out, backups' new packs
+    referenced = referenced_ids(backend, gone, result, trees_in=store, read=lists)
     if referenced is None:
         return result
     store.forget()                       # the index as it is now
@@ -239,8 +240,9 @@ def _check(backend: Backend, store: PackedBlobStore, plan: pruneplan.Plan,
     seen = set(checked or ())
     lists: set[str] = set()
     found = PackSweep()
-    referenced = referenced_ids(backend, (), found, lists, skip=seen)
-    store.forget()
+    store.forget()      # the index the new snapshots' trees are read through
+    referenced = referenced_ids(backend, (), found, trees_in=store, read=lists, skip=seen)
+    store.forget()      # loaded after every manifest and list was read: it has their blobs
     index = store.index()
     if referenced is None or store.loaded.problems:
         result.problems += found.problems + [
