@@ -650,3 +650,20 @@ def test_a_reload_keeps_the_packs_this_run_wrote_and_not_yet_indexed(root, two):
         assert store.index().has(bytes.fromhex(mine.id))
         assert store.load(mine.id, mine.length)[0].startswith(b"written by this run")
         store.forget()
+
+
+def test_a_reader_asked_for_a_blob_indexed_after_its_load_loads_the_index_again(root, two):
+    """prune walks the trees of manifests it lists after its index was loaded (a backup
+    beside it indexes, then writes its manifest): a blob the index lacks loads it again,
+    once; one nobody stored is still missing."""
+    from volbackup.errors import ChunkMissing
+
+    reader = Repository.open(str(root))
+    reader.blobs.index()                         # loaded now
+    writer_repo = Repository.open(str(root))
+    with writer_repo.lock(locking.SHARED, 0, "backup"):
+        later = writer_repo.blobs.save(b"indexed after the reader loaded" * 50, 3)
+        writer_repo.blobs.flush()
+    assert reader.blobs.load(later.id, later.length)[0].startswith(b"indexed after")
+    with pytest.raises(ChunkMissing, match="no index entry"):
+        reader.blobs.load("ab" * 32, 10)

@@ -92,7 +92,7 @@ class PackedBlobStore(BlobStore):
         self._written: list[tuple[PackInfo, list[Entry]]] = []   # durable, not yet indexed
         self._failed: BaseException | None = None
         self._sound: set[bytes] = set()         # checked (or written) under this lock
-        self._reloaded_for: set[bytes] = set()  # packs found gone (the index reloaded)
+        self._reloaded_for: set[bytes] = set()  # packs gone, blobs unindexed: reloaded for
         self._compressor = ThreadCompressors()
         self._trailers: OrderedDict[bytes, dict[int, packs.Record]] = OrderedDict()
         self._trailer_slots: dict[bytes, tuple[bytes, ...]] = {}
@@ -387,6 +387,8 @@ class PackedBlobStore(BlobStore):
                     doomed = self._loaded().doomed
                 locations = [loc for loc in locations if loc.pack.id not in doomed]
             if not locations:
+                if not countable and self._reload_for({raw}):
+                    continue
                 raise ChunkMissing(f"chunk {blob_id} is missing (no index entry)")
             error: IntegrityError | None = None
             gone: set[bytes] = set()
@@ -403,10 +405,12 @@ class PackedBlobStore(BlobStore):
                 raise error
 
     def _reload_for(self, gone: set[bytes]) -> bool:
-        """A pack the index names is gone: a prune may have moved its blobs since the
-        index was loaded (a reader holds no lock). Load the index again, keeping this
-        run's own packs, once per pack found gone; False if each was reloaded for
-        already (then the pack is missing: damage, or a snapshot removed meanwhile)."""
+        """A pack the index names is gone (a prune may have moved its blobs since the
+        index was loaded: a reader holds no lock), or a blob it lacks is asked for (a
+        snapshot written since: prune walks the trees of manifests it lists after its
+        index was loaded). Load the index again, keeping this run's own packs, once per
+        pack or blob id; False if each was reloaded for already (then it is missing:
+        damage, or a snapshot removed meanwhile)."""
         with self._lock:
             if gone <= self._reloaded_for:
                 return False
