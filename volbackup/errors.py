@@ -141,6 +141,12 @@ class RepositoryLocked(VolbackupError):
                "it within --lock-wait (`volbackup unlock` lists and breaks stale locks).")
 
 
+class LockLost(VolbackupError):
+    """This run's lock is gone from the repository (broken as stale by another run while
+    this one was suspended): what it writes now may rest on packs a prune has judged
+    unused, so it stops. Exit code 1: run again."""
+
+
 class ConfigError(VolbackupError):
     exit_code = 12
     title = "invalid config"

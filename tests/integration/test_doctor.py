@@ -87,6 +87,19 @@ def test_a_stale_lock_is_a_warning(cli, repo_dir):
     assert (repo_dir / lock.key).exists()  # doctor changes nothing
 
 
+def test_a_prune_lock_is_no_warning(cli, repo_dir):
+    """A packed repository's prune lock lets backups run: nothing waits for it."""
+    repo = Repository.open(str(repo_dir))
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lock = LockInfo("locks/20261129T031500Z-cccccccccccc.json", "prune",
+                    socket.gethostname(), os.getpid(), pid_namespace(), now, now, "prune")
+    repo.backend.write_bytes(lock.key, lock.to_json())
+    run, checks = _doctor(cli, "-r", str(repo_dir))
+    assert run.code == 0, run.stderr
+    assert checks["locks"]["status"] == "ok"
+    assert checks["locks"]["reason"].startswith(f"held: prune lock of pid {os.getpid()}")
+
+
 def test_a_newer_volbackups_lock_is_a_problem(cli, repo_dir):
     (repo_dir / "locks").mkdir()
     (repo_dir / "locks" / "20261129T031500Z-bbbbbbbbbbbb.json").write_text(json.dumps(

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).parents[2] / "volbackup"
 
 # What each layer may import of volbackup (leaf modules at the root are open to all).
 LEAVES = {"volbackup", "volbackup.errors", "volbackup.urls", "volbackup.signals",
-          "volbackup.processes", "volbackup.malloc", "volbackup.timefmt"}
+          "volbackup.processes", "volbackup.malloc", "volbackup.timefmt",
+          "volbackup.pauses"}
 ALLOWED = {
     "stream": {"stream"},
     "repo": {"repo", "stream"},

@@ -41,17 +41,23 @@ def broke_lock(lock, why) -> None:
               metavar="DURATION",
               help="Remove archives without a manifest, and unfinished writes of killed runs "
                    "(temp files, S3 multipart uploads; see `cleanup`), once this old.")
+@click.option("--wait-for-backups", type=Duration(), default="10m", show_default=True,
+              metavar="DURATION",
+              help="Packed repositories: how long to wait for the backups that were running "
+                   "when prune planned its deletions; past it, prune stops (exit 0) and the "
+                   "next prune finishes the plan.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @lock_wait_option
 @quiet_option
 @json_option
 @secrets_options(reading=False)
 def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest, leftover_age,
-          dry_run, lock_wait, as_json, secrets):
+          wait_for_backups, dry_run, lock_wait, as_json, secrets):
     """Remove the snapshots that no --keep-* rule keeps, per volume and host.
 
     A snapshot dated in the future (clock skew) is kept, with a warning, and not counted
-    by the rules. An encrypted repository needs its --key-file: only snapshots whose MAC
+    by the rules. In a packed repository backups go on while prune runs: prune waits for
+    those that were running when it planned what to delete (--wait-for-backups). An encrypted repository needs its --key-file: only snapshots whose MAC
     checks out are counted; a manifest that fails is reported, left alone, and makes
     prune exit 6.
 
@@ -66,7 +72,8 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
     options = ops.PruneOptions(rules, volumes=list(volumes), host=host,
                                by_host=not group_by_volume_only,
                                allow_remove_newest=allow_remove_newest, dry_run=dry_run,
-                               leftover_age=leftover_age, lock_wait=lock_wait)
+                               leftover_age=leftover_age, lock_wait=lock_wait,
+                               wait_for_backups=wait_for_backups)
     result = ops.prune(Repository.open(repo, writable=not dry_run, secrets=secrets), options,
                        broke_lock,
                        progress=terminal_progress())
@@ -171,6 +178,9 @@ def repair_index(repo, read_all_packs, dry_run, lock_wait, as_json, secrets):
                     f"({result.from_index:,} packs as indexed, {result.from_trailers:,} read "
                     f"from their trailers); {result.index_written} index objects written, "
                     f"{result.index_removed} removed")
+        if result.plans_dropped:
+            render.echo(f"{result.plans_dropped} plan(s) of killed prunes dropped: the next "
+                        f"prune judges their packs again")
         if result.lost_packs:
             render.warn(f"{result.lost_packs} packs the old index named are gone "
                         f"({result.lost_blobs:,} blobs): the snapshots that used them are "

@@ -10,6 +10,11 @@ repository) by the rule of `cleanup`, which owns them (volbackup.ops.cleanup), w
 names any more, and are older than `leftover_age`, are swept (volbackup.repo.sweep).
 A volume with an unreadable manifest is left alone and reported.
 
+A packed repository is pruned under the prune lock instead, which lets backups run: its
+sweep plans, waits for the backups that could have seen the old index (up to
+`wait_for_backups`) and checks again before it deletes (volbackup.repo.packsweep); a
+leftover must also be older than every run that holds a lock.
+
 An encrypted repository is pruned only with its key (else KeyProblem, exit 17, before
 anything is read): the rules count only the snapshots whose MAC checks out. A manifest that
 fails (planted or altered by a writer without the key) is neither counted nor removed: it
@@ -23,6 +28,7 @@ not counted by the rules, and reported in `future_dated` and `warnings`
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -34,6 +40,7 @@ from volbackup.ops.outcome import ProgressFactory, no_progress
 from volbackup.repo import locking, retention
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository
+from volbackup.repo.pruneplan import Waiting
 from volbackup.repo.sweep import ChunkSweep
 from volbackup.timefmt import utc_iso
 
@@ -54,6 +61,7 @@ class PruneOptions:
     leftover_age: float = DEFAULT_LEFTOVER_AGE  # seconds
     lock_wait: float = 60.0                  # seconds
     protected: Collection[str] = ()          # snapshot ids never removed
+    wait_for_backups: float = 600.0          # seconds (packed repositories)
 
 
 @dataclass
@@ -133,9 +141,12 @@ class PruneResult:
 
 def prune(repo: Repository, options: PruneOptions,
           on_break: Callable[[locking.LockInfo, str], None] = lambda lock, why: None,
-          now: datetime | None = None, progress: ProgressFactory = no_progress) -> PruneResult:
-    """Apply `options`; `now` (default: the clock, read once the lock is held) is for tests.
-    `progress`: the bytes of the archives, then of the chunks, being removed."""
+          now: datetime | None = None, progress: ProgressFactory = no_progress,
+          sleep: Callable[[float], None] = time.sleep,
+          monotonic: Callable[[], float] = time.monotonic) -> PruneResult:
+    """Apply `options`; `now` (default: the clock, read once the lock is held) is for tests,
+    and so are `sleep` and `monotonic` (how a packed repository's prune waits for
+    backups). `progress`: the bytes of the archives, then of the chunks, being removed."""
     if options.rules.empty:
         raise ValueError("prune needs at least one keep rule")
     try:
@@ -143,14 +154,18 @@ def prune(repo: Repository, options: PruneOptions,
     except KeyProblem as e:
         raise reworded(e, f"{e} (prune decides only on snapshots whose MAC it has "
                           f"checked)") from None
+    waiting = Waiting(options.wait_for_backups, sleep, monotonic, on_break)
     if options.dry_run:  # reads only: no lock, works on a read-only repository
-        return _prune(repo, options, now, progress)
-    with repo.lock(locking.EXCLUSIVE, options.lock_wait, "prune", on_break):
-        return _prune(repo, options, now, progress)
+        return _prune(repo, options, now, progress, waiting)
+    # A packed repository's prune lets backups run: it plans, waits for the backups
+    # that could have seen the old index, and checks again (volbackup.repo.pruneplan).
+    kind = locking.PRUNE if repo.layout.packed else locking.EXCLUSIVE
+    with repo.lock(kind, options.lock_wait, "prune", on_break):
+        return _prune(repo, options, now, progress, waiting)
 
 
 def _prune(repo: Repository, options: PruneOptions, now: datetime | None,
-           progress: ProgressFactory) -> PruneResult:
+           progress: ProgressFactory, waiting: Waiting) -> PruneResult:
     now = now or datetime.now(timezone.utc)  # read once the lock is held
     dry_run = options.dry_run
     listing = repo.snapshots(host=options.host)
@@ -180,17 +195,27 @@ def _prune(repo: Repository, options: PruneOptions, now: datetime | None,
     with bar as update:
         for d in decisions:
             _decide(repo, d, manifests[d.snap.id], result, now, dry_run, update)
+    age = timedelta(seconds=options.leftover_age)
     if options.host is None or wanted is not None:  # leftovers have no host: only by volume
-
-        result.leftovers = _leftovers(repo, wanted, dry_run,
-                                      timedelta(seconds=options.leftover_age), now)
+        result.leftovers = _leftovers(repo, wanted, dry_run, age, _leftover_now(repo, now, age))
     if repo.layout.chunked:
         # Last: what the removed snapshots and leftovers alone held (every volume's lists
         # count, so a prune of some volumes never takes what others use).
-        result.chunks = repo.sweep_chunks(timedelta(seconds=options.leftover_age), now,
-                                          dry_run, _would_go(repo, manifests, result),
-                                          progress)
+        result.chunks = repo.sweep_chunks(age, now, dry_run,
+                                          _would_go(repo, manifests, result), progress,
+                                          waiting)
+        result.warnings += getattr(result.chunks, "notes", [])
     return result
+
+
+def _leftover_now(repo: Repository, now: datetime, age: timedelta) -> datetime:
+    """The time leftovers are judged at. Under the prune lock backups run meanwhile: a
+    leftover must be older than `age` and than every run holding a lock (a long backup's
+    temp file, or its chunk list before the manifest, is not one)."""
+    if not repo.layout.packed or repo.layout.held is None:
+        return now
+    since = repo.oldest_other_lock()
+    return now if since is None else min(now, since + age)
 
 
 def _decide(repo: Repository, d, m: Manifest, result: PruneResult, now: datetime,

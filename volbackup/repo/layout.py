@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import BinaryIO, Callable, Iterable
 
 from volbackup.errors import RepositoryError
-from volbackup.repo import catalogs, catalogtree, packsweep, sweep, trees
+from volbackup.repo import catalogs, catalogtree, locking, packsweep, pruneplan, sweep, trees
 from volbackup.repo import chunked as chunks
 from volbackup.repo.backends import Backend
 from volbackup.repo.blobstore import BlobStore, LooseChunkStore
@@ -60,6 +60,7 @@ class Layout:
         self._backend, self._keyring = backend, keyring
         self._blobs: BlobStore | None = None
         self._blobs_made = threading.Lock()
+        self.held: locking.Lock | None = None    # the lock this process holds now
 
     @property
     def encrypted(self) -> bool:
@@ -168,7 +169,8 @@ class ChunkedLayout(Layout):
                            key.member_name_key if key is not None else None, tree)
 
     def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
-              progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
+              progress: sweep.ProgressFactory, waiting: pruneplan.Waiting | None = None
+              ) -> sweep.ChunkSweep:
         """Remove what no chunk list names (prune's last step, under the exclusive lock)."""
         store = self.blobs
         assert isinstance(store, LooseChunkStore)
@@ -222,13 +224,24 @@ class PackedLayout(ChunkedLayout):
                 "data": packed.data.to_fields()}
 
     def _make_store(self, cipher: PlainChunks | SealedChunks) -> BlobStore:
-        return PackedBlobStore(self._backend, cipher, self.config.pack_size or DEFAULT_PACK)
+        return PackedBlobStore(self._backend, cipher, self.config.pack_size or DEFAULT_PACK,
+                               before_index=self._confirm_held)
+
+    def _confirm_held(self) -> None:
+        """Before an index object is written: this process's lock is still its own
+        (volbackup.repo.locking.Lock.confirm), so a prune that broke it as stale never
+        finds packs indexed after it judged them unindexed."""
+        if self.held is not None:
+            self.held.confirm()
 
     def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
-              progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
+              progress: sweep.ProgressFactory, waiting: pruneplan.Waiting | None = None
+              ) -> sweep.ChunkSweep:
+        """Under the prune lock (volbackup.repo.pruneplan): backups go on meanwhile."""
         store = self.blobs
         assert isinstance(store, PackedBlobStore)
-        return packsweep.sweep(self._backend, store, min_age, now, dry_run, gone, progress)
+        return packsweep.sweep(self._backend, store, min_age, now, dry_run, gone, progress,
+                               lock=self.held.info.key if self.held else "", waiting=waiting)
 
 
 def layout_for(backend: Backend, config: RepoConfig | None,

@@ -1,9 +1,12 @@
-"""Repository locks: shared (backup) and exclusive (prune), on top of any Backend.
+"""Repository locks: shared (backup), exclusive (prune of an archive or chunked
+repository) and prune (prune of a packed repository), on top of any Backend.
 
 Each run writes its own lock blob `locks/<stamp>-<random>.json` (host, pid, pid namespace,
 kind, start and refresh times), then lists `locks/`. If it sees a conflicting lock that is
 not stale, it removes its own, waits, and tries again until `wait` seconds have passed;
-then it raises RepositoryLocked. Shared locks conflict only with exclusive ones.
+then it raises RepositoryLocked. Shared locks conflict only with exclusive ones; a prune
+lock conflicts with exclusive and prune locks, not with shared ones: a packed repository's
+prune lets backups run and waits for them itself (volbackup.repo.pruneplan).
 
 Why this is safe without compare-and-swap: every run writes before it lists. Of two runs,
 the one that lists second sees the other's lock, so two conflicting runs can never both go
@@ -33,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 from volbackup import __version__
-from volbackup.errors import RepositoryError, RepositoryLocked
+from volbackup.errors import LockLost, RepositoryError, RepositoryLocked
 from volbackup.processes import pid_namespace, run_is_over
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.signals import held, main_thread_only
@@ -42,7 +45,7 @@ from volbackup.timefmt import utc_iso
 PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)
 STALE_AFTER = timedelta(minutes=30)
-SHARED, EXCLUSIVE = "shared", "exclusive"
+SHARED, EXCLUSIVE, PRUNE = "shared", "exclusive", "prune"
 # The lock blob's format. A newer volbackup that changes what a lock means raises it and
 # keeps `format_version` readable as a top-level JSON integer.
 FORMAT_VERSION = 1
@@ -156,9 +159,13 @@ def list_locks(backend: Backend) -> list[LockInfo]:
     return found
 
 
+def conflict(a: str, b: str) -> bool:
+    """Whether locks of kinds `a` and `b` exclude each other."""
+    return EXCLUSIVE in (a, b) or a == b == PRUNE
+
+
 def _conflicts(mine: LockInfo, others: list[LockInfo]) -> list[LockInfo]:
-    return [o for o in others if o.key != mine.key
-            and (mine.kind == EXCLUSIVE or o.kind == EXCLUSIVE)]
+    return [o for o in others if o.key != mine.key and conflict(mine.kind, o.kind)]
 
 
 class Lock:
@@ -166,6 +173,7 @@ class Lock:
 
     def __init__(self, backend: Backend, info: LockInfo):
         self.backend, self.info = backend, info
+        self.lost = False       # found gone: never written again
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, name="volbackup-lock", daemon=True)
 
@@ -174,9 +182,30 @@ class Lock:
         while not self._stop.wait(REFRESH_EVERY.total_seconds()):
             self.info.refreshed = utc_iso(_now())
             try:
+                # A lock broken as stale is not written back: its run has lost it, and a
+                # prune may count on that (`confirm`).
+                if not self._present():
+                    return
                 self.backend.write_bytes(self.info.key, self.info.to_json())
             except RepositoryError:
                 pass  # tried again next time; the lock goes stale only after STALE_AFTER
+
+    def _present(self) -> bool:
+        if not self.lost:
+            try:
+                self.backend.read_bytes(self.info.key)
+            except BlobNotFound:
+                self.lost = True
+        return not self.lost
+
+    def confirm(self) -> None:
+        """Raise LockLost unless this lock is still in the repository (a backup asks
+        before it indexes its packs and after it writes a manifest: docs/design.md,
+        "Write ordering"). What is left of the race with a refresh is said there."""
+        if not self._present():
+            raise LockLost(f"the lock of this run ({self.info.key}) was removed from "
+                           f"repository {self.backend.describe()} (broken as stale?): "
+                           f"run again")
 
     def release(self) -> None:
         with held():  # a Ctrl-C during the release waits for it: no lock left behind
@@ -190,9 +219,9 @@ def acquire(backend: Backend, kind: str, wait: float, command: str = "",
             on_break: Callable[[LockInfo, str], None] = lambda lock, why: None,
             sleep: Callable[[float], None] = time.sleep,
             monotonic: Callable[[], float] = time.monotonic) -> Lock:
-    """Take a lock of `kind` (SHARED or EXCLUSIVE), waiting up to `wait` seconds (measured by
-    `monotonic`, which tests replace together with `sleep`)."""
-    if kind not in (SHARED, EXCLUSIVE):
+    """Take a lock of `kind` (SHARED, EXCLUSIVE or PRUNE), waiting up to `wait` seconds
+    (measured by `monotonic`, which tests replace together with `sleep`)."""
+    if kind not in (SHARED, EXCLUSIVE, PRUNE):
         raise ValueError(kind)
     deadline = monotonic() + wait
     delay = 0.2

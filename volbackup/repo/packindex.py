@@ -189,11 +189,14 @@ class BlobIndex:
         self.packs: list[PackInfo] = []
         self._ordinal: dict[bytes, int] = {}
         self.conflicts: list[str] = []     # packs two objects disagree about
+        self.disputed: set[bytes] = set()  # their ids
         objects = list(objects)
         remaps = [[self._add_pack(p) for p in obj.packs] for obj in objects]
         self.ids, self.columns = _merge(objects, remaps)
         self._starts = _buckets(self.ids)
         self._added: dict[bytes, list[tuple[int, int, int, int]]] = {}
+        self._doomed: frozenset[bytes] = frozenset()
+        self._doomed_ordinals: frozenset[int] = frozenset()
 
     def _add_pack(self, info: PackInfo) -> int:
         ordinal = self._ordinal.get(info.id)
@@ -201,6 +204,7 @@ class BlobIndex:
             ordinal = self._ordinal[info.id] = len(self.packs)
             self.packs.append(info)
         elif self.packs[ordinal] != info:
+            self.disputed.add(info.id)
             self.conflicts.append(f"index objects disagree about pack {info.hex}: length "
                                   f"{self.packs[ordinal].length} or {info.length}")
         return ordinal
@@ -214,11 +218,47 @@ class BlobIndex:
         for blob_id, offset, stored, plain in entries:
             self._added.setdefault(blob_id, []).append((ordinal, offset, stored, plain))
 
+    def added(self) -> list[tuple[PackInfo, list[Entry]]]:
+        """The packs this run wrote (`add`): what an index loaded again is given back."""
+        by_pack: dict[int, list[Entry]] = {}
+        for blob_id, locations in self._added.items():
+            for ordinal, offset, stored, plain in locations:
+                by_pack.setdefault(ordinal, []).append((blob_id, offset, stored, plain))
+        return [(self.packs[ordinal], entries) for ordinal, entries in by_pack.items()]
+
+    @property
+    def doomed(self) -> frozenset[bytes]:
+        """Packs a prune plan dooms (volbackup.repo.pruneplan): a writer does not count on
+        their blobs (`has`), a reader tries them last (`locations`)."""
+        return self._doomed
+
+    @doomed.setter
+    def doomed(self, packs: frozenset[bytes]) -> None:
+        self._doomed = frozenset(packs)
+        self._doomed_ordinals = frozenset(self._ordinal[p] for p in packs if p in self._ordinal)
+
     def has(self, blob_id: bytes) -> bool:
-        return blob_id in self._added or self._find(blob_id) >= 0
+        """Whether a writer may name the blob: a copy outside the doomed packs."""
+        if blob_id in self._added:
+            return True             # this run's packs are never doomed
+        i = self._find(blob_id)
+        if i < 0 or not self._doomed_ordinals:
+            return i >= 0
+        while i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:
+            if self.columns[0][i] not in self._doomed_ordinals:
+                return True
+            i += 1
+        return False
 
     def locations(self, blob_id: bytes) -> list[Location]:
-        """Where the blob is stored: the copies this run wrote first, then the loaded ones."""
+        """Where the blob is stored: the copies this run wrote first, then the loaded
+        ones; copies in doomed packs last."""
+        found = self.all_locations(blob_id)
+        if self.doomed:
+            found.sort(key=lambda loc: loc.pack.id in self.doomed)
+        return found
+
+    def all_locations(self, blob_id: bytes) -> list[Location]:
         found = [self._location(*loc) for loc in self._added.get(blob_id, ())]
         i = self._find(blob_id)
         while 0 <= i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:

@@ -10,9 +10,13 @@ was there before is removed. Entries of packs that are gone are dropped, so a ba
 longer counts on blobs nobody can read (it stores them again); the snapshots that used
 them are damaged, and `verify` names them.
 
-Under the exclusive lock (prune's): no backup adds an index object meanwhile. Killed
-after writing and before removing, both generations name the same packs: the next run
-removes the older. A pack whose trailer cannot be used is reported and left alone
+Under the exclusive lock (which excludes backups and prunes): no backup adds an index
+object meanwhile. Killed after writing and before removing, both generations name the
+same packs: the next run removes the older. Last, the plans a killed prune left are
+dropped (volbackup.repo.pruneplan): a plan names packs to delete and index objects to
+remove of the index this replaced, and the new index objects name those packs too, so a
+prune carrying the plan out would leave them naming deleted packs. No backup counts on
+a plan (none runs); its packs stay, and the next prune judges them again. A pack whose trailer cannot be used is reported and left alone
 (`verify --packs` says more); `read_all` ignores the old index and reads every trailer.
 """
 
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from volbackup.errors import IntegrityError, RepositoryError
-from volbackup.repo import packindex
+from volbackup.repo import packindex, pruneplan
 from volbackup.repo.backends import BadEntry, BlobNotFound
 from volbackup.repo.packindex import BlobIndex, Entry, PackInfo
 from volbackup.repo.packstore import ListingProblem, PackedBlobStore, index_parts
@@ -40,6 +44,7 @@ class IndexRebuild:
     lost_blobs: int = 0             # their blobs
     index_written: int = 0
     index_removed: int = 0
+    plans_dropped: int = 0          # prune plans of killed prunes (see the top)
     dry_run: bool = False
     damaged_index: list[str] = field(default_factory=list)  # what loading the old index found
     problems: list[str] = field(default_factory=list)       # what the repair could not fix
@@ -83,6 +88,10 @@ def rebuild_index(store: PackedBlobStore, read_all: bool = False, dry_run: bool 
         result.problems.append(f"removing {key}: {message}")
         failed += 1
     result.index_removed = len(stale) - failed
+    if not failed:
+        for plan in pruneplan.read_plans(backend, store.cipher.mac).plans:
+            pruneplan.remove_plan(backend, plan)
+            result.plans_dropped += 1
     store.forget()
     return result
 
@@ -156,9 +165,12 @@ class _IndexedPacks:
                 pack = index.packs[ordinals[self._order[first]]]
                 self._start[pack.id] = (first, n)
                 first = n
-        self._info = {info.hex: info for info in index.packs}
+        self._info = {info.hex: info for info in index.packs
+                      if info.id not in index.disputed}
 
     def info(self, pack_id: str) -> PackInfo | None:
+        """How the index places the pack; None if it does not, or if two index objects
+        disagree about it (then its trailer says, whichever object was loaded first)."""
         return self._info.get(pack_id)
 
     def count(self, info: PackInfo) -> int:

@@ -5,6 +5,7 @@
             | nonce (12) || AES-256-GCM(data key, frame, aad = blob id)   (encrypted data packs)
     trailer = u8 pack kind || u16 slot count || u32 record count
               || slots:   u16 LE length || sealed data key           (encrypted data packs)
+                          or nonce (16 random bytes, last; no record names it)
               || records: blob id (32) || u8 blob kind || u16 slot || u32 stored length
                           || u32 plain length                         (in pack order)
               || HMAC-SHA256(authentication key, "volbackup pack trailer" || all of the
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import io
+import re
+import secrets
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
@@ -57,6 +59,7 @@ TAIL_BYTES = _TAIL.size
 # A trailer holds at most MAX_RECORDS records and MAX_SLOT_BYTES of sealed keys: what a
 # reader accepts, whatever a tail says.
 MAX_SLOT_BYTES = 8 << 20
+NONCE_BYTES = 16        # a slot no record names: packs of the same records differ
 MAX_TRAILER = _HEAD.size + MAX_RECORDS * _RECORD.size + MAX_SLOT_BYTES + MAC_BYTES
 TRAILER_LABEL = b"volbackup pack trailer"
 
@@ -138,8 +141,18 @@ class PackBuilder:
             or self._room_for_slot(sealed_key))
 
     def _room_for_slot(self, sealed_key: bytes) -> bool:
-        return len(self._slots) < MAX_SLOTS and 0 < len(sealed_key) <= MAX_SEALED_KEY \
-            and self._slot_bytes + 2 + len(sealed_key) <= MAX_SLOT_BYTES
+        """Room for one more sealed key, and still for a nonce (`add_nonce`)."""
+        return len(self._slots) < MAX_SLOTS - 1 and 0 < len(sealed_key) <= MAX_SEALED_KEY \
+            and self._slot_bytes + 2 + len(sealed_key) <= MAX_SLOT_BYTES - 2 - NONCE_BYTES
+
+    def add_nonce(self) -> None:
+        """A slot of random bytes that no record names (before `finish`): a pack made of
+        the same records as one that exists (a plain repository's packs are otherwise
+        the same bytes for the same blobs) gets another name, so a writer never makes
+        again, under its name, a pack that a prune is deleting (docs/design.md, "Prune
+        with concurrent backups")."""
+        self._slots.append(secrets.token_bytes(NONCE_BYTES))
+        self._slot_bytes += 2 + NONCE_BYTES
 
     def add(self, blob_id: bytes, kind: str, stored: bytes, plain: int, slot: int) -> int:
         """Append a record (its stored bytes); its offset."""

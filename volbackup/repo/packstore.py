@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import ChunkMissing, IntegrityError
+from volbackup.pauses import pause
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound, RangeBeyondEnd
 from volbackup.repo.blobstore import (DATA, TREE, BlobStore, Prepared, Saved,
                                       ThreadCompressors)
 from volbackup.repo.chunkstore import open_frame
 from volbackup.repo.crypto import PlainChunks, SealedChunks
-from volbackup.repo import packindex, packs
+from volbackup.repo import packindex, packs, pruneplan
 from volbackup.repo.packindex import BlobIndex, Entry, Location, PackInfo
 from volbackup.repo.packs import DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder, Trailer
 
@@ -67,12 +68,15 @@ class IndexLoad:
     objects: int = 0
     keys: list[str] = field(default_factory=list)      # of the objects loaded
     problems: list[str] = field(default_factory=list)
+    packs_of: dict[str, list[bytes]] = field(default_factory=dict)  # key -> pack ids named
+    plans: pruneplan.Plans = field(default_factory=pruneplan.Plans)  # read after the lock
 
 
 class PackedBlobStore(BlobStore):
     def __init__(self, backend: Backend, cipher: PlainChunks | SealedChunks, pack_size: int,
-                 uploads: int = UPLOADS):
+                 uploads: int = UPLOADS, before_index: Callable[[], None] = lambda: None):
         self.backend = backend
+        self._before_index = before_index       # raises if this run may not index now
         self.cipher = cipher
         self.encrypted = cipher.encrypted
         self.pack_size = pack_size
@@ -88,6 +92,7 @@ class PackedBlobStore(BlobStore):
         self._written: list[tuple[PackInfo, list[Entry]]] = []   # durable, not yet indexed
         self._failed: BaseException | None = None
         self._sound: set[bytes] = set()         # checked (or written) under this lock
+        self._reloaded_for: set[bytes] = set()  # packs gone, blobs unindexed: reloaded for
         self._compressor = ThreadCompressors()
         self._trailers: OrderedDict[bytes, dict[int, packs.Record]] = OrderedDict()
         self._trailer_slots: dict[bytes, tuple[bytes, ...]] = {}
@@ -107,6 +112,7 @@ class PackedBlobStore(BlobStore):
     def _loaded(self) -> BlobIndex:
         if self._index is None:
             self._index, self.loaded = load_index(self.backend, self.cipher)
+            pause("index-loaded")
         return self._index
 
     # -- writing
@@ -166,11 +172,15 @@ class PackedBlobStore(BlobStore):
         return Saved(prepared.id, prepared.length, stored)
 
     def _is_sound(self, raw: bytes, blob_id: str, length: int) -> bool:
-        """A blob the index has: written or checked under this lock, or read back now."""
+        """A blob the index has: written or checked under this lock, or read back now
+        from a copy a writer may count on (a copy in a pack a prune plan dooms does not
+        count, however sound: the pack may be deleted before this run's snapshot)."""
         with self._lock:
             if raw in self._sound:
                 return True
-        if not self.has(blob_id, length):
+        try:
+            self._read(blob_id, length, countable=True)
+        except IntegrityError:
             return False
         with self._lock:
             self._sound.add(raw)
@@ -218,6 +228,8 @@ class PackedBlobStore(BlobStore):
         pack = self._open.pop(pack_kind, None)
         if pack is None or not pack.entries:
             return
+        if pack.data_key is None:       # no fresh sealed key makes its bytes new: a nonce
+            pack.builder.add_nonce()
         pack_id, size, body = pack.builder.finish_body()
         info = PackInfo(bytes.fromhex(pack_id), size, pack_kind)
         if self._pool is None:
@@ -249,6 +261,11 @@ class PackedBlobStore(BlobStore):
         if self._failed is not None:
             raise self._failed
 
+    def confirm_lock(self) -> None:
+        """Raise LockLost if this process's lock was broken (before it indexes packs, and
+        before prune deletes)."""
+        self._before_index()
+
     def save_record(self, raw: bytes, kind: str, stored: bytes, plain: int,
                     sealed_key: bytes | None) -> int:
         """Put a record into a new pack as it is stored (sealed under `sealed_key`, which
@@ -270,6 +287,8 @@ class PackedBlobStore(BlobStore):
             self._raise_failed()
             written, self._written = self._written, []
         made = []
+        if written:
+            self.confirm_lock()
         for part in index_parts(written):
             name, data = packindex.encode(part, self.cipher.mac)
             self.backend.write_bytes(packindex.index_key(name), data)
@@ -289,6 +308,7 @@ class PackedBlobStore(BlobStore):
             self._pending.clear()
             self._written = []
             self._sound = set()
+            self._reloaded_for = set()
             self._failed = None
 
     def close(self) -> None:
@@ -354,21 +374,53 @@ class PackedBlobStore(BlobStore):
         with self._lock:
             self._raise_failed()
 
-    def _read(self, blob_id: str, length: int) -> tuple[bytes, bytes]:
+    def _read(self, blob_id: str, length: int, countable: bool = False
+              ) -> tuple[bytes, bytes]:
         """(stored bytes, plaintext) of a blob, from the first of its copies that checks
-        out; ChunkMissing when the index has none, IntegrityError when none is sound."""
+        out (`countable`: of those outside doomed packs only); ChunkMissing when the index
+        has none, IntegrityError when none is sound."""
         raw = bytes.fromhex(blob_id)
-        locations = self._locations(raw)
-        if not locations:
-            raise ChunkMissing(f"chunk {blob_id} is missing (no index entry)")
-        error: IntegrityError | None = None
-        for location in locations:
-            try:
-                return self._read_at(raw, blob_id, length, location)
-            except IntegrityError as e:
-                error = error or e
-        assert error is not None
-        raise error
+        while True:
+            locations = self._locations(raw)
+            if countable:
+                with self._lock:
+                    doomed = self._loaded().doomed
+                locations = [loc for loc in locations if loc.pack.id not in doomed]
+            if not locations:
+                if not countable and self._reload_for({raw}):
+                    continue
+                raise ChunkMissing(f"chunk {blob_id} is missing (no index entry)")
+            error: IntegrityError | None = None
+            gone: set[bytes] = set()
+            for location in locations:
+                try:
+                    return self._read_at(raw, blob_id, length, location)
+                except ChunkMissing as e:       # its pack is gone
+                    gone.add(location.pack.id)
+                    error = error or e
+                except IntegrityError as e:
+                    error = error or e
+            assert error is not None
+            if not self._reload_for(gone):
+                raise error
+
+    def _reload_for(self, gone: set[bytes]) -> bool:
+        """A pack the index names is gone (a prune may have moved its blobs since the
+        index was loaded: a reader holds no lock), or a blob it lacks is asked for (a
+        snapshot written since: prune walks the trees of manifests it lists after its
+        index was loaded). Load the index again, keeping this run's own packs, once per
+        pack or blob id; False if each was reloaded for already (then it is missing:
+        damage, or a snapshot removed meanwhile)."""
+        with self._lock:
+            if gone <= self._reloaded_for:
+                return False
+            self._reloaded_for |= gone
+            mine = self._loaded().added()
+            self._index = None          # not two indexes in memory
+            self._index, self.loaded = load_index(self.backend, self.cipher)
+            for pack, entries in mine:
+                self._index.add(pack, entries)
+        return True
 
     def load_many(self, entries: Iterable[tuple[str, int]], readers: int
                   ) -> Iterator[tuple[bytes, int]]:
@@ -549,8 +601,11 @@ def load_index(backend: Backend, cipher: PlainChunks | SealedChunks
                ) -> tuple[BlobIndex, IndexLoad]:
     """Every index object of the repository, merged. One that cannot be read or fails
     its checks is left out and named in the result's problems: a backup then stores its
-    blobs again, and verify reports it (docs/design.md)."""
+    blobs again, and verify reports it (docs/design.md). The prune plans are read first
+    (the caller's lock is written: volbackup.repo.pruneplan): their doomed packs are
+    marked in the index, so that a writer does not count on them."""
     loaded, objects = IndexLoad(), []
+    loaded.plans = pruneplan.read_plans(backend, cipher.mac)
     for info in backend.list(packindex.PREFIX):
         name = packindex.index_name_of(info.key)
         if info.error or name is None:
@@ -566,12 +621,14 @@ def load_index(backend: Backend, cipher: PlainChunks | SealedChunks
                 raise IntegrityError(f"{where} does not match its name (damaged)")
             objects.append(packindex.decode(raw, cipher.mac, where))
             loaded.keys.append(info.key)
+            loaded.packs_of[info.key] = [p.id for p in objects[-1].packs]
         except BlobNotFound:
             continue        # removed by a prune since the listing
         except (IntegrityError, BadEntry) as e:
             loaded.problems.append(str(e))
     loaded.objects = len(objects)
     index = BlobIndex(objects)
+    index.doomed = loaded.plans.doomed()
     loaded.problems.extend(index.conflicts)
     return index, loaded
 

@@ -77,7 +77,8 @@ class SnapshotReader:
         except VolbackupError:
             return error  # there, but unreadable: said by the error itself
         try:
-            pruning = [lock for lock in self._repo.locks() if lock.kind == locking.EXCLUSIVE]
+            pruning = [lock for lock in self._repo.locks()
+                       if lock.kind in (locking.EXCLUSIVE, locking.PRUNE)]
         except VolbackupError:
             pruning = []
         by = (f"by a prune that is running ({pruning[0].describe()})" if pruning

@@ -23,9 +23,11 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from volbackup.errors import (BlobMissing, ChunkMissing, KeyProblem, RepositoryError,
+from volbackup.errors import (BlobMissing, ChunkMissing, KeyProblem, LockLost, RepositoryError,
                               VolbackupError)
-from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
+from volbackup.pauses import pause
+from volbackup.repo import (catalogs, chunkcopy, chunked, crypto, locking, partial, pruneplan,
+                            sweep)
 from volbackup.repo.backends import Backend, BlobNotFound, open_backend
 from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
@@ -213,9 +215,20 @@ class Repository:
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest, which makes the snapshot exist (sealed, if encrypted): after
-        every blob it needs is durable and indexed."""
+        every blob it needs is durable and indexed. In a packed repository the lock held
+        is confirmed after: if it was broken (as stale) meanwhile, a prune may have
+        deleted what the snapshot names, so the manifest is removed again and LockLost
+        raised (docs/design.md, "Write ordering")."""
         self.layout.flush_blobs()
+        pause("before-manifest")
         self.manifests.commit(manifest)
+        held = self.layout.held
+        if self.layout.packed and held is not None:
+            try:
+                held.confirm()
+            except LockLost:
+                self.manifests.remove_manifest(manifest.snapshot)
+                raise
 
     # -- copying from another repository (volbackup.ops.copy)
     def names_chunks_as(self, source: "Repository") -> bool:
@@ -337,13 +350,20 @@ class Repository:
         known of the stored chunks is listed afresh under each lock."""
         with locking.locked(self.backend, kind, wait, command, on_break) as held:
             self.layout.forget_blobs()
+            outer, self.layout.held = self.layout.held, held
             try:
                 yield held
             finally:
+                self.layout.held = outer
                 self.layout.forget_blobs()
 
     def locks(self) -> list[locking.LockInfo]:
         return locking.list_locks(self.backend)
+
+    def oldest_other_lock(self) -> datetime | None:
+        """When the oldest run holding a live lock (not this one's) started."""
+        held = self.layout.held
+        return pruneplan.oldest_lock(self.backend, held.info.key if held else "")
 
     def unlock(self, remove_all: bool = False) -> list[tuple[locking.LockInfo, str | None]]:
         """Remove stale locks (every lock with `remove_all`): (lock, why removed or None)."""
@@ -364,11 +384,13 @@ class Repository:
 
     def sweep_chunks(self, min_age: timedelta, now: datetime, dry_run: bool = False,
                      gone: Iterable[str] = (),
-                     progress: sweep.ProgressFactory = sweep._no_progress) -> sweep.ChunkSweep:
+                     progress: sweep.ProgressFactory = sweep._no_progress,
+                     waiting: pruneplan.Waiting | None = None) -> sweep.ChunkSweep:
         """Remove the chunks no chunk list names (older than `min_age`); under the
-        exclusive lock only (volbackup.repo.sweep). `gone`: the keys of chunk lists a dry
-        run counts as removed."""
-        return self.layout.sweep(min_age, now, dry_run, gone, progress)
+        exclusive lock (the prune lock in a packed repository, which waits for backups
+        as `waiting` says: volbackup.repo.pruneplan). `gone`: the keys of chunk lists a
+        dry run counts as removed."""
+        return self.layout.sweep(min_age, now, dry_run, gone, progress, waiting)
 
     # -- reading (volbackup.repo.reading)
     def open_archive(self, manifest: Manifest):

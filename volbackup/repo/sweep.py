@@ -59,12 +59,14 @@ class ChunkSweep:
 
 
 def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep,
-                   trees_in: BlobStore | None = None) -> set[bytes] | None:
+                   trees_in: BlobStore | None = None, read: set[str] | None = None,
+                   skip: Collection[str] = ()) -> set[bytes] | None:
     """The ids every chunk list and catalogue list under snapshots/ names (but those in
-    `gone`); None, with the reason in `result.problems`, if any cannot be read: then
-    nothing may be swept. `trees_in` (a packed repository's store): every manifest is
-    read too, and a tree snapshot's trees walked (tree_ids)."""
-    gone = set(gone)
+    `gone`, and those in `skip`, already read); None, with the reason in
+    `result.problems`, if any cannot be read: then nothing may be swept. `trees_in` (a
+    packed repository's store): every manifest is read too, and a tree snapshot's trees
+    walked (tree_ids). `read` is given the keys of the lists and manifests read."""
+    gone = set(gone) | set(skip)
     referenced: set[bytes] = set()
     walked: set[bytes] = set()
     for info in backend.list(SNAPSHOTS):
@@ -77,6 +79,8 @@ def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep,
             if problem:
                 result.problems.append(f"no chunk swept: {problem}")
                 return None
+            if read is not None:
+                read.add(info.key)
             continue
         if not _LIST_KEY.fullmatch(info.key) or info.key in gone:
             continue
@@ -84,6 +88,8 @@ def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep,
             with backend.open_read(info.key) as reader:
                 for chunk_id, _ in iter_list(reader):
                     referenced.add(bytes.fromhex(chunk_id))
+            if read is not None:
+                read.add(info.key)
         except (IntegrityError, RepositoryError) as e:
             result.problems.append(f"no chunk swept: chunk list {info.key}: {e}")
             return None
