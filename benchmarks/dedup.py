@@ -1,7 +1,7 @@
 """Chunked repositories measured: speed against the archive layout, what dedup saves, memory.
 
     python benchmarks/dedup.py [--size-mib 1024] [--repeat 3] [--sections speed,dedup,sizes]
-    python benchmarks/dedup.py --sections daily --daily-mib 256
+    python benchmarks/dedup.py --sections daily --daily-mib 256 [--layout packed]
     python benchmarks/dedup.py --sections rss --rss-sizes 1024,2048,4096
     python benchmarks/dedup.py --sections prune --prune-chunks 100000     # S3 (moto server)
     python benchmarks/dedup.py --quick --json out.json                       # does it run?
@@ -51,6 +51,7 @@ import uniquevolume
 SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune", "encryption")
 CHUNK_SIZES = ("512K", "1M", "2M", "4M")
 INIT_ARGS: list[str] = []   # --chunker
+DAILY_CHUNK_SIZE = ["1M"]   # --daily-chunk-size
 
 
 class Dedup:
@@ -120,8 +121,9 @@ def _usage(result: dict) -> dict:
 
 
 def chunk_objects(repo: str) -> int:
-    root = os.path.join(repo, "chunks")
-    return sum(len(files) for _, _, files in os.walk(root)) if os.path.isdir(root) else 0
+    """Data objects: chunks (chunked layout) or packs (packed)."""
+    return sum(len(files) for top in ("chunks", "packs")
+               for _, _, files in os.walk(os.path.join(repo, top)))
 
 
 def med(values: list[float]) -> float:
@@ -302,7 +304,7 @@ def sizes(bench: Dedup, volume: str, mountpoint: str, mib: float, seed: int, rep
 def daily(bench: Dedup, mib: int, days: int, seed: int) -> dict:
     volume, mountpoint = bench.volume("daily")
     stats = uniquevolume.fill(mountpoint, mib, seed)
-    repo = bench.repo("1M")
+    repo = bench.repo(DAILY_CHUNK_SIZE[0])
     rows = []
     for day in range(days):
         if day:
@@ -450,12 +452,16 @@ def main() -> int:
                    help=f"comma-separated, of {','.join(SECTIONS)} (default speed,dedup,sizes)")
     p.add_argument("--daily-mib", type=int, default=256)
     p.add_argument("--days", type=int, default=30)
+    p.add_argument("--daily-chunk-size", default="1M", help="init --chunk-size of the daily "
+                   "section's repository (default 1M)")
     p.add_argument("--rss-sizes", default="1024,2048,4096")
     p.add_argument("--prune-chunks", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--no-direct", action="store_true", help="volbackup backup/restore --no-direct")
     p.add_argument("--chunker", choices=("members", "stream"),
                    help="volbackup init --chunker (default: volbackup's default, members)")
+    p.add_argument("--layout", choices=("chunked", "packed"),
+                   help="volbackup init --layout (default: volbackup's default, chunked)")
     p.add_argument("--quick", action="store_true",
                    help="every section at toy sizes (16 MiB, 1 round, 3 days, 500 chunks)")
     p.add_argument("--json", metavar="PATH", help="write all raw numbers to PATH")
@@ -470,6 +476,9 @@ def main() -> int:
         benchrun.VOLBACKUP_ARGS.append("--no-direct")
     if args.chunker:
         INIT_ARGS.extend(["--chunker", args.chunker])
+    if args.layout:
+        INIT_ARGS.extend(["--layout", args.layout])
+    DAILY_CHUNK_SIZE[0] = args.daily_chunk_size
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
