@@ -2,7 +2,8 @@
 
 TestContract runs against each param of the `backend` fixture: the directory backend, S3
 on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), and
-each inside RetryBackend (S3's as `open_backend` returns it). To add
+each inside RetryBackend (S3's as `open_backend` returns it); WebDAV on Apache httpd, Azure on
+Azurite and Swift on RGW's Swift API, as `open_backend` returns them (tests/opendal_servers.py). To add
 a backend, add a param that gives a fresh, empty, writable store; no test changes. Each
 backend's own details are in test_<backend>.py.
 """
@@ -25,7 +26,10 @@ from volbackup.repo.backends import (
     open_backend,
 )
 
-BACKENDS = ["local", "s3", "rgw", "retry-local", "retry-s3", "retry-rgw"]
+BACKENDS = ["local", "s3", "rgw", "retry-local", "retry-s3", "retry-rgw", "webdav", "azure",
+            "swift"]
+# Through OpenDAL (repo/backends/opendal.py), each as open_backend returns it: inside RetryBackend
+OPENDAL = ("webdav", "azure", "swift")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -35,6 +39,11 @@ def backend(request, tmp_path):
         root.mkdir()
         local = LocalBackend(root)
         return RetryBackend(local, 3, sleep=_no_sleep) if request.param == "retry-local" else local
+    if request.param in OPENDAL:
+        # the fixture points the env at its server while the test runs; open_backend reads it
+        wrapped = open_backend(request.getfixturevalue(f"{request.param}_repo"))
+        assert isinstance(wrapped, RetryBackend)
+        return wrapped
     # rgw_bucket points the AWS env at RGW while the test runs; open_backend reads it
     on_rgw = request.param.endswith("rgw")
     bucket = request.getfixturevalue("rgw_bucket" if on_rgw else "s3_bucket")

@@ -40,7 +40,8 @@ S3_OPTIONS = ("storage_class", "sse", "sse_kms_key_id")
 
 def open_backend(url: str, options: dict | None = None) -> Backend:
     """A local path or `file://` URL opens a LocalBackend; `s3://BUCKET[/PREFIX]` an S3Backend
-    inside a RetryBackend. A directory is not wrapped: it has no transient failures (an
+    inside a RetryBackend; `webdav[s]://`, `azure://` and `swift://` an OpenDALBackend inside
+    one (repo/backends/opendal.py). A directory is not wrapped: it has no transient failures (an
     OSError on a local disk does not pass by trying again), see docs/design.md.
 
     `options` (storage_class, sse, sse_kms_key_id; None means unset) apply to S3 only.
@@ -59,9 +60,14 @@ def open_backend(url: str, options: dict | None = None) -> Backend:
     if options:
         raise RepositoryError("storage class and server-side encryption options apply only "
                               "to s3:// repositories")
+    if sep and scheme in ("webdav", "webdavs", "azure", "swift"):
+        from volbackup.repo.backends.opendal import open_opendal  # opendal only when needed
+
+        return open_opendal(url)
     if not sep:
         return LocalBackend(url)
     if scheme == "file":
         return LocalBackend(rest)
     raise RepositoryError(f"unsupported repository URL scheme {scheme!r} "
-                          f"(use a directory path or s3://BUCKET[/PREFIX])")
+                          f"(use a directory path, s3://BUCKET[/PREFIX], webdav[s]://HOST/PATH, "
+                          f"azure://CONTAINER[/PREFIX] or swift://CONTAINER[/PREFIX])")
