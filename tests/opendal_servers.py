@@ -120,9 +120,13 @@ Timeout 120
 """
 
 
-def start_apache() -> dict:
+def start_apache(directory: Path | None = None, port: int | None = None) -> dict:
+    """Apache on `port` (a free one) serving `directory`/data (a new temp dir); started
+    again on the same ones, it serves what it held before it was stopped."""
     if not (os.access(APACHE, os.X_OK) and (APACHE_MODULES / "mod_dav_fs.so").exists()):
         missing("no Apache httpd with mod_dav (apt-get install apache2)")
+    if directory is not None:
+        return _run_apache(directory, port)
     directory = Path(tempfile.mkdtemp(prefix="vbtest-webdav-"))
     directory.chmod(0o755)   # Apache's children run as www-data when we are root
     for name in ("data", "lock", "run"):
@@ -134,10 +138,15 @@ def start_apache() -> dict:
         user = "User www-data\nGroup www-data"
         for name in ("data", "lock"):
             shutil.chown(directory / name, "www-data", "www-data")
-    port = free_port()
     conf = directory / "httpd.conf"
-    conf.write_text(APACHE_CONF.format(dir=directory, port=port, modules=APACHE_MODULES,
+    conf.write_text(APACHE_CONF.format(dir=directory, port="{port}", modules=APACHE_MODULES,
                                        user=user))
+    return _run_apache(directory, port or free_port())
+
+
+def _run_apache(directory: Path, port: int) -> dict:
+    conf = directory / f"httpd-{port}.conf"
+    conf.write_text((directory / "httpd.conf").read_text().replace("{port}", str(port)))
     log = directory / "out.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([APACHE, "-f", str(conf), "-DFOREGROUND"], stdout=out,

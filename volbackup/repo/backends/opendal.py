@@ -32,12 +32,16 @@ in memory is sent again whole on a TransientError, as S3's parts are.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import gc
 import os
 import re
 import secrets
 import threading
 import urllib.error
 import urllib.request
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -281,6 +285,74 @@ def attempts_from_env() -> int:
         raise RepositoryError("VOLBACKUP_STORE_ATTEMPTS is not a whole number") from None
 
 
+class _Loop:
+    """One event loop on a daemon thread, for OpenDAL's async listing: its blocking lister
+    holds the GIL while it waits for the server, so listings on many threads (a backup lists
+    the 256 chunk fan-outs 8 at a time) ran one after the other; awaited here, they overlap."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def run(cls, coroutine):
+        with cls._lock:
+            if cls._loop is None:
+                cls._loop = asyncio.new_event_loop()
+                cls._thread = threading.Thread(target=cls._loop.run_forever,
+                                               name="opendal-loop", daemon=True)
+                cls._thread.start()
+        return asyncio.run_coroutine_threadsafe(coroutine, cls._loop).result()
+
+    @classmethod
+    def stop(cls) -> None:
+        """At exit: stop the loop and wait for its thread."""
+        with cls._lock:
+            loop, thread, cls._loop, cls._thread = cls._loop, cls._thread, None, None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+
+
+async def _listing(aop, folder: str):
+    return await aop.list(folder, recursive=True)
+
+
+async def _next_entries(entries, count: int) -> list:
+    batch = []
+    try:
+        while len(batch) < count:
+            batch.append(await entries.__anext__())
+    except StopAsyncIteration:
+        pass
+    return batch
+
+
+def _entries(aop, folder: str, batch: int = 1000) -> Iterator:
+    """Every entry OpenDAL lists below `folder`, fetched `batch` at a time on the loop."""
+    entries = _Loop.run(_listing(aop, folder))
+    while True:
+        got = _Loop.run(_next_entries(entries, batch))
+        yield from got
+        if len(got) < batch:
+            return
+
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Drop every OpenDAL operator while the interpreter is whole: dropped during its
+    finalization instead, OpenDAL's runtime now and then aborted the process (SIGABRT or
+    SIGSEGV after a command had done its work)."""
+    for backend in list(_OPEN):
+        backend.op = backend.aop = None
+    gc.collect()
+    _Loop.stop()
+
+
 def _hidden(key: str) -> bool:
     return any(part.startswith(".") for part in key.split("/"))
 
@@ -293,10 +365,13 @@ class OpenDALBackend(Backend):
         self.streams = service.scheme == "azblob"   # the others: one PUT per blob
         self._lock = threading.Lock()
         self.op = self._operator(service.options)
+        _OPEN.add(self)
 
     def _operator(self, options: dict[str, str]):
         try:
-            return opendal.Operator(self.service.scheme, **options)
+            op = opendal.Operator(self.service.scheme, **options)
+            self.aop = op.to_async_operator()
+            return op
         except Exception as e:  # noqa: BLE001 - OpenDAL's config errors, never with secrets
             raise RepositoryError(f"cannot set up {self.service.where}: "
                                   f"{self._summary(e)}") from None
@@ -490,7 +565,7 @@ class OpenDALBackend(Backend):
             return
         last = None
         with self._calls("listing"):
-            for entry in self.op.list(folder, recursive=True):
+            for entry in _entries(self.aop, folder):
                 path = entry.path
                 if path.endswith("/") or not path.startswith(prefix) or _hidden(path):
                     continue
@@ -506,7 +581,7 @@ class OpenDALBackend(Backend):
         found: list = []
         with self._calls("listing"):
             try:
-                entries = list(self.op.list(folder, recursive=True))
+                entries = list(_entries(self.aop, folder))
             except Exception as e:  # noqa: BLE001
                 status = _STATUS.search(str(e))
                 if status and int(status[1]) in (400, 409):  # a "folder" that is a file
