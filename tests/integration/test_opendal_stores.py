@@ -34,6 +34,11 @@ def test_chunked_encrypted_round_trip(opendal_repo, tmp_path, make_volume, mount
     recipient, secret = new_identity(tmp_path / "id.txt")
     key = ("--key-file", str(tmp_path / "repo.key"))
     ok("init", "-r", repo, "--encrypt-to", recipient, *key, "--chunk-size", "512K")
+    checks = {c["name"]: c for c in json.loads(ok("doctor", "-r", repo, "--json", *key))["checks"]}
+    assert checks["repository"]["status"] == "ok", checks["repository"]
+    assert checks["repository"]["reason"].startswith(f"{repo}: reachable, writable, chunked")
+    assert checks["repository space"]["reason"].startswith("not applicable")
+    assert [i.key for i in open_backend(repo).list()] == ["config"]   # doctor's probe is gone
     source = make_volume("corpus")
     write_corpus(mountpoint(source.name))
     fill(mountpoint(source.name), {"FILENAME-MARKER": b"CONTENT-MARKER" * 20000})
@@ -62,6 +67,16 @@ def test_chunked_encrypted_round_trip(opendal_repo, tmp_path, make_volume, mount
     listed = json.loads(ok("list", "-r", repo, "--json", *key))
     assert [s["snapshot"] for s in listed["snapshots"]] == [second["snapshot"]]
     ok("verify", "--all", "-r", repo, *key, "--identity", str(tmp_path / "id.txt"))
+
+
+def test_doctor_calls_a_missing_directory_or_container_a_problem(opendal_repo):
+    scheme, _, rest = opendal_repo.partition("://")
+    missing = (f"{opendal_repo}/not/made" if scheme == "webdav"
+               else f"{scheme}://vbtest-none/{rest.partition('/')[2]}")
+    run = run_cli("doctor", "-r", missing, "--json")
+    assert run.code == 18 and "Traceback" not in run.stderr
+    (check,) = [c for c in json.loads(run.stdout)["checks"] if c["name"] == "repository"]
+    assert check["status"] == "problem" and "does not exist" in check["reason"], check
 
 
 def test_wrong_password_is_denied_in_one_line_without_the_secret(webdav_repo, monkeypatch):

@@ -447,34 +447,45 @@ class OpenDALBackend(Backend):
         """The directory (WebDAV) or the container exists and can be listed; writing shows
         at the first write (doctor's probe_write)."""
         with self._calls("checking the repository"):
-            if self.webdav:
-                meta = self.op.stat("")
+            if self.webdav and self._folder():
+                meta = self._top().stat(self._folder())
                 if not meta.is_dir:
                     raise RepositoryError(f"{self.service.where} is a file, not a directory")
             else:
                 for _ in self.op.list("", limit=1):
                     break
 
+    def _folder(self) -> str:
+        """WebDAV: the repository's directory below the server's root ('' for the root)."""
+        root = self.service.options["root"].strip("/")
+        return f"{root}/" if root else ""
+
+    def _top(self):
+        """WebDAV: an operator at the server's root (OpenDAL answers a stat of its own root
+        without asking the server)."""
+        return opendal.Operator("webdav", **{**self.service.options, "root": "/"})
+
     def create_missing(self) -> bool:
         """WebDAV: make the directory (MKCOL, parents too). A container is made by its
         owner, as a bucket is."""
-        if not self.webdav:
+        if not self.webdav or not self._folder():
             return False
         with self._calls("checking the repository"):
+            top = self._top()
             try:
-                self.op.stat("")
+                top.stat(self._folder())
                 return False
             except opendal.exceptions.NotFound:
                 pass
-            self.op.create_dir("/")
+            top.create_dir(self._folder())
         return True
 
     def remove_if_empty(self) -> None:
-        if not self.webdav:
+        if not self.webdav or not self._folder():
             return
         with self._calls("removing the empty directory"):
-            if not any(not e.path.strip("/") == "" for e in self.op.list("")):
-                self.op.delete("/")
+            if not any(e.path.strip("/") for e in self.op.list("")):
+                self._top().delete(self._folder())
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
