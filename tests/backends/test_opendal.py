@@ -217,3 +217,19 @@ def test_webdav_temp_files_of_a_killed_write_are_found_and_removed(webdav_repo):
     assert [i.key for i in backend.list()] == ["chunks/ab/done"]
     with pytest.raises(BlobNotFound):
         backend.stat(temp.replace("/.", "/"))
+
+
+def test_a_server_that_never_answers_times_out_as_transient(monkeypatch):
+    """OpenDAL's HTTP client has no time limit of its own: a hung server must not hang a
+    backup (the listener accepts nothing; the kernel completes the connection)."""
+    import socket
+
+    monkeypatch.setattr(od, "CONTROL_TIMEOUT", 1.0)
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        port = hung.getsockname()[1]
+        backend = od.OpenDALBackend(od.swift_config("swift://c/p", {
+            "OS_STORAGE_URL": f"http://127.0.0.1:{port}/v1", "OS_AUTH_TOKEN": "t"}))
+        with pytest.raises(od.TransientError, match="cannot reach"):
+            backend.stat("a")

@@ -25,9 +25,12 @@ about it (the contract suite, tests/backends/test_contract.py, runs on a real se
 - Ranged reads: all three honour Range; a short answer is a RangeBeyondEnd with the size.
 - Conditional writes: not used (volbackup's locks do not need them).
 
-Retrying is `RetryBackend`'s (open_opendal wraps this backend in it); OpenDAL's own retry
-layer is not used, so a request is tried at most the wrapper's `attempts` times. A blob held
-in memory is sent again whole on a TransientError, as S3's parts are.
+Retrying is `RetryBackend`'s (open_opendal wraps this backend in it), so a request is tried
+at most the wrapper's `attempts` times; a blob held in memory is sent again whole on a
+TransientError, as S3's parts are. Only inside an Azure stream, which the wrapper cannot
+replay, does OpenDAL's retry layer resend a block (as many tries in all). Every request has
+a time limit (OpenDAL's timeout layer; its HTTP client has none), after which it counts as
+transient.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ SCHEMES = ("webdav", "webdavs", "azure", "swift")
 ONE_PUT_MAX = 256 * MiB
 AZURE_BLOCK = 8 * MiB       # a streamed Azure write stages blocks of this size
 AZURE_CONCURRENT = 4        # blocks uploading at once (memory: about this many blocks)
+CONTROL_TIMEOUT = 120.0     # seconds for a stat, list page or delete (S3's read timeout)
+IO_TIMEOUT = 300.0          # seconds for one read or write of a body to make progress
 DELETE_THREADS = 8          # delete_many: no batch call in OpenDAL's Python binding
 TEMP_MARKER = ".tmp-"
 _TEMP_NAME = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")
@@ -369,8 +374,14 @@ class OpenDALBackend(Backend):
 
     def _operator(self, options: dict[str, str]):
         try:
-            op = opendal.Operator(self.service.scheme, **options)
+            op = opendal.Operator(self.service.scheme, **options).layer(
+                opendal.layers.TimeoutLayer(timeout=CONTROL_TIMEOUT, io_timeout=IO_TIMEOUT))
             self.aop = op.to_async_operator()
+            # A streamed write cannot be sent again by RetryBackend: OpenDAL retries each
+            # of its blocks itself, with the same number of tries in all.
+            retries = self.retry.attempts - 1
+            self.stream_op = op.layer(opendal.layers.RetryLayer(
+                max_times=retries, jitter=True, min_delay=0.5, max_delay=20)) if retries else op
             return op
         except Exception as e:  # noqa: BLE001 - OpenDAL's config errors, never with secrets
             raise RepositoryError(f"cannot set up {self.service.where}: "
@@ -691,7 +702,7 @@ class _StreamWriter:
     def __init__(self, backend: OpenDALBackend, key: str):
         self.backend, self.key = backend, key
         with backend._calls(f"starting to write {key}"):
-            self.handle = backend.op.open(key, "wb", chunk=AZURE_BLOCK,
+            self.handle = backend.stream_op.open(key, "wb", chunk=AZURE_BLOCK,
                                           concurrent=AZURE_CONCURRENT)
 
     def write(self, data) -> int:
