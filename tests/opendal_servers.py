@@ -7,8 +7,9 @@
 - Swift: Ceph RGW's Swift API, on the RGW of tests/rgw_s3.py, as the Swift subuser that
   tests/ceph_rgw.sh makes (VOLBACKUP_RGW_SWIFT_USER, VOLBACKUP_RGW_SWIFT_KEY).
 
-Each test process starts its own Apache and Azurite once (session fixtures) and stops them at
-the end. A missing program is a skip, unless VOLBACKUP_REQUIRE_ENGINE=1 or CI is set: there
+Each test process starts its own Apache once (a session fixture) and stops it at the end;
+Azurite, slow to start, is one for all the workers of a parallel run (tests/shared_services.py),
+stopped by the controller. A missing program is a skip, unless VOLBACKUP_REQUIRE_ENGINE=1 or CI is set: there
 it fails (CI must never skip a real store). `<service>_repo` gives a fresh, empty repository
 URL and points this process's environment at the server for the duration of one test.
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REQUIRE_ENGINE
+from tests.shared_services import shared_dir, shared_service
 
 REQUIRE_SERVERS = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 APACHE = "/usr/sbin/apache2"
@@ -207,8 +209,18 @@ def start_azurite() -> dict:
             "endpoint": f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"}
 
 
+def _azurite_for_workers() -> dict:
+    """One Azurite for every worker of a parallel run (node starts slowly); the controller
+    stops it by its pid (tests/shared_services.py)."""
+    server = start_azurite()
+    return {"endpoint": server["endpoint"], "pid": server["proc"].pid, "dir": str(server["dir"])}
+
+
 @pytest.fixture(scope="session")
 def azurite():
+    if shared_dir():
+        yield shared_service("azurite", _azurite_for_workers)
+        return
     server = start_azurite()
     try:
         yield server
