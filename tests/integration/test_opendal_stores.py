@@ -13,8 +13,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.conftest import run_cli
 from tests.integration.corpus import differences, tree
 from tests.integration.helpers import fill, one_line_error, random_file

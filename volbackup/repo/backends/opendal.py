@@ -50,7 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import BinaryIO, Callable, Iterator
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import opendal
 
@@ -142,10 +142,10 @@ def webdav_config(url: str, env: dict[str, str]) -> Service:
     user, _, hostport = netloc.rpartition("@")
     try:
         parts = urlsplit(f"http://{hostport}")
-        port = parts.port
+        port = parts.port   # ValueError for a port out of range or not a number
     except ValueError:
         raise RepositoryError(f"the host of a {scheme}:// repository URL is not valid: {form}") from None
-    if not parts.hostname or parts.path or parts.query:
+    if not parts.hostname or parts.path or parts.query or port == 0:
         raise RepositoryError(f"a {scheme}:// repository URL needs a host: {form}")
     path = urlsplit(url).path.strip("/")
     if urlsplit(url).query or urlsplit(url).fragment:
