@@ -189,6 +189,21 @@ def test_a_server_that_does_not_answer_is_unreachable_after_retries(scheme, monk
     assert not isinstance(caught.value, od.TransientError) and caught.value.exit_code == 10
 
 
+def test_an_azure_stream_whose_server_is_gone_is_unreachable(monkeypatch):
+    """OpenDAL's retry layer retries an Azure stream's blocks itself and then calls the
+    error "persistent": still a server that cannot be reached (exit 10), not a refusal."""
+    from tests.opendal_servers import free_port
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName=a;AccountKey=a2V5;"
+                       f"BlobEndpoint=http://127.0.0.1:{free_port()}/a")
+    monkeypatch.setenv("VOLBACKUP_STORE_ATTEMPTS", "2")
+    backend = open_backend("azure://cont/r")
+    with pytest.raises(RepositoryUnreachable, match="cannot reach") as caught:
+        with backend.open_write("chunks/x") as writer:
+            writer.write(b"x" * (od.AZURE_BLOCK + 1))
+    assert caught.value.exit_code == 10
+
+
 @pytest.mark.parametrize("repo", ["webdav_repo", "swift_repo"])
 def test_a_blob_too_large_for_one_put_is_refused_and_leaves_nothing(repo, request, monkeypatch):
     backend = open_backend(request.getfixturevalue(repo))

@@ -422,7 +422,9 @@ class OpenDALBackend(Backend):
         if kind == "PermissionDenied" or status in (401, 403):
             return RepositoryDenied(f"{server} refused access to {where} while {doing} "
                                     f"({self.service.credentials})")
-        if kind == "RateLimited" or "(temporary)" in text or (status and (
+        # "persistent": temporary until OpenDAL's retry layer (an Azure stream's blocks)
+        # gave up on it, such as a refused connection: the server is as unreachable
+        if kind == "RateLimited" or "(temporary)" in text or "(persistent)" in text or (status and (
                 status >= 500 or status in (408, 429))):
             return TransientError(f"cannot reach {server} or it kept failing for {where} "
                                   f"while {doing} ({self._summary(e)}, gave up after retries)")
