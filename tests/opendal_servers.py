@@ -25,8 +25,10 @@ import os
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -209,6 +211,11 @@ def start_azurite() -> dict:
             "endpoint": f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"}
 
 
+def azure_connection_string(endpoint: str) -> str:
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};")
+
+
 def _azurite_for_workers() -> dict:
     """One Azurite for every worker of a parallel run (node starts slowly); the controller
     stops it by its pid (tests/shared_services.py)."""
@@ -245,9 +252,7 @@ def azure_request(endpoint: str, method: str, container: str) -> int:
 
 @pytest.fixture
 def azure_env(azurite) -> dict:
-    return {"AZURE_STORAGE_CONNECTION_STRING":
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint={azurite['endpoint']};"}
+    return {"AZURE_STORAGE_CONNECTION_STRING": azure_connection_string(azurite["endpoint"])}
 
 
 @pytest.fixture
@@ -337,3 +342,75 @@ def _point_env(monkeypatch, env: dict) -> None:
 def opendal_repo(request) -> str:
     """A fresh repository URL on each of the three servers in turn."""
     return request.getfixturevalue(f"{request.param}_repo")
+
+
+class TcpRelay:
+    """A TCP relay on a free port of 127.0.0.1 to a server: `cut()` makes the server go
+    away (connections reset, the port refuses), `restore()` brings it back on the same port.
+    A shared server (RGW, the run's Azurite) can so vanish for one test alone."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.conns: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return   # cut
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # shutdown wakes the relay's threads blocked in recv (a close alone would
+                # wait for them, leaving the client's connection open and silent)
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()   # a reset, as from a server that died
+            except OSError:
+                pass

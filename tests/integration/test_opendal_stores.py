@@ -1,23 +1,24 @@
 """WebDAV, Azure Blob and Swift repositories end to end (repo/backends/opendal.py): a real
 engine, the real CLI, and real servers (Apache httpd + mod_dav, Azurite, Ceph RGW's Swift
 API; tests/opendal_servers.py). A chunked, encrypted repository is backed up to, listed,
-verified, restored from and pruned; a WebDAV server that goes away in the middle of a backup
-leaves no snapshot, and the next run works."""
+verified, restored from and pruned; a server that goes away in the middle of a backup leaves
+no snapshot, and the next run works."""
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import sys
 import time
+
+import pytest
 
 from tests.conftest import run_cli
 from tests.integration.corpus import differences, tree
 from tests.integration.helpers import fill, one_line_error, random_file
 from tests.integration.test_encrypted import MARKERS, new_identity
-from tests.opendal_servers import WEBDAV_PASSWORD, start_apache, stop
+from tests.opendal_servers import WEBDAV_PASSWORD, TcpRelay, azure_connection_string, swift_token
 from volbackup.repo.backends import open_backend
 
 
@@ -94,39 +95,61 @@ def test_a_password_in_the_url_is_refused_and_never_repeated(webdav_server):
     assert "takes no password" in one_line_error(result.stderr)
 
 
-def test_webdav_server_gone_mid_backup_leaves_no_snapshot_and_the_next_run_works(
-        tmp_path, make_volume, mountpoint, monkeypatch, webdav_env):
-    """Apache is stopped while a backup writes chunks: the backup fails with exit 10 after
-    its retries, no snapshot is listed; with Apache back, the next backup and verify work
-    and `cleanup` finds nothing it cannot remove."""
-    server = start_apache()
-    port, directory = server["port"], server["dir"]
+@pytest.fixture
+def relayed_repo(opendal_repo, request, monkeypatch):
+    """(URL, relay): the repository of `opendal_repo`, reached through a TcpRelay that the
+    test can cut, as if the server went away (the servers are shared by the run)."""
+    from urllib.parse import urlsplit
+
+    if opendal_repo.startswith("webdav://"):
+        server = request.getfixturevalue("webdav_server")
+        relay = TcpRelay(server["port"])
+        return opendal_repo.replace(f":{server['port']}/", f":{relay.port}/"), relay
+    if opendal_repo.startswith("azure://"):
+        endpoint = request.getfixturevalue("azurite")["endpoint"]
+        relay = TcpRelay(urlsplit(endpoint).port)
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azure_connection_string(
+            endpoint.replace(f":{urlsplit(endpoint).port}/", f":{relay.port}/")))
+        return opendal_repo, relay
+    storage, token = swift_token(request.getfixturevalue("swift_env"))
+    relay = TcpRelay(urlsplit(storage).port)
+    for name in ("ST_AUTH", "ST_USER", "ST_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OS_STORAGE_URL", storage.replace(f":{urlsplit(storage).port}/",
+                                                         f":{relay.port}/"))
+    monkeypatch.setenv("OS_AUTH_TOKEN", token)
+    return opendal_repo, relay
+
+
+def test_a_server_gone_mid_backup_leaves_no_snapshot_and_the_next_run_works(
+        relayed_repo, make_volume, mountpoint, monkeypatch):
+    """The server goes away (its relay cut: connections reset, the port refuses) while a
+    backup writes chunks: the backup fails with exit 10 after its retries, and no snapshot
+    is listed; with the server back, the next backup and verify work."""
+    repo, relay = relayed_repo
+    monkeypatch.setenv("VOLBACKUP_STORE_ATTEMPTS", "2")
     try:
-        for name, value in webdav_env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("VOLBACKUP_STORE_ATTEMPTS", "2")
-        repo = f"webdav://127.0.0.1:{port}/gone"
         ok("init", "-r", repo, "--chunk-size", "512K")
         volume = make_volume("big")
-        random_file(mountpoint(volume.name), size=32 << 20)
+        random_file(mountpoint(volume.name), size=48 << 20)   # still writing when cut
         proc = subprocess.Popen([sys.executable, "-m", "volbackup", "backup", volume.name,
                                  "-r", repo], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        chunks = directory / "data" / "gone" / "chunks"
-        deadline = time.monotonic() + 120
-        while not (chunks.exists() and sum(1 for _ in chunks.rglob("*")) > 20):
+        backend, deadline = open_backend(repo), time.monotonic() + 120
+        while sum(1 for _ in backend.list("chunks/")) <= 6:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        stop(server["proc"])
+            time.sleep(0.1)
+        relay.cut()
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 10, stderr
         assert "Traceback" not in stderr
-        server = start_apache(directory, port)
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("volbackup: error: cannot reach") and repo in last, stderr
+        relay.restore()
         listed = json.loads(ok("list", "-r", repo, "--json"))
         assert listed["snapshots"] == []
         ok("backup", volume.name, "-r", repo)
-        assert len(json.loads(ok("list", "-r", repo, "--json"))["snapshots"]) == 1
-        ok("verify", "--all", "-r", repo)
+        verified = json.loads(ok("verify", "--all", "-r", repo, "--json"))["snapshots"]
+        assert [c["status"] for c in verified] == ["ok"], verified
     finally:
-        stop(server["proc"])
-        shutil.rmtree(directory, ignore_errors=True)
+        relay.cut()
