@@ -1,8 +1,8 @@
 """The storage backend contract: the one gate every backend passes.
 
 TestContract runs against each param of the `backend` fixture: the directory backend, S3
-on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), and
-each inside RetryBackend (S3's as `open_backend` returns it). To add
+on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), SFTP
+on a real OpenSSH sshd (tests/sftp_server.py), and each inside RetryBackend (S3's as `open_backend` returns it). To add
 a backend, add a param that gives a fresh, empty, writable store; no test changes. Each
 backend's own details are in test_<backend>.py.
 """
@@ -25,7 +25,7 @@ from volbackup.repo.backends import (
     open_backend,
 )
 
-BACKENDS = ["local", "s3", "rgw", "retry-local", "retry-s3", "retry-rgw"]
+BACKENDS = ["local", "s3", "rgw", "sftp", "retry-local", "retry-s3", "retry-rgw", "retry-sftp"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -35,6 +35,12 @@ def backend(request, tmp_path):
         root.mkdir()
         local = LocalBackend(root)
         return RetryBackend(local, 3, sleep=_no_sleep) if request.param == "retry-local" else local
+    if request.param.endswith("sftp"):
+        # a fresh directory on a real sshd (tests/sftp_server.py), as open_backend opens it
+        wrapped = open_backend(request.getfixturevalue("sftp_repo"))
+        assert isinstance(wrapped, RetryBackend)
+        request.addfinalizer(wrapped.inner.close)
+        return wrapped if request.param.startswith("retry-") else wrapped.inner
     # rgw_bucket points the AWS env at RGW while the test runs; open_backend reads it
     on_rgw = request.param.endswith("rgw")
     bucket = request.getfixturevalue("rgw_bucket" if on_rgw else "s3_bucket")
