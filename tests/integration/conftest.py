@@ -27,6 +27,8 @@ from tests.rgw_s3 import (  # noqa: F401 - fixtures
     rgw_endpoint,
     rgw_env,
 )
+# SFTP: a real OpenSSH sshd on 127.0.0.1 for the session, shared with tests/backends
+from tests.sftp_server import sftp_env, sftp_repo, sftp_server  # noqa: F401 - fixtures
 from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import HELPER_IMAGE, HELPER_LABEL, PID_LABEL
 
