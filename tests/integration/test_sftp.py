@@ -142,3 +142,21 @@ def test_a_server_that_goes_away_mid_backup_leaves_no_half_snapshot(
     assert all(o["status"] == "removed" for o in cleaned["leftovers"])
     assert not [p for p in root.rglob(".*") if ".tmp-" in p.name]
     ok("verify", "--all", "-r", sftp_repo)
+
+
+def test_the_storage_doc_example(make_volume, mountpoint, names, sftp_repo):
+    """docs/storage.md's SFTP example, line by line, against the test server."""
+    text = (Path(__file__).parents[2] / "docs" / "storage.md").read_text()
+    block = text.split("### Example", 1)[1].split("```console", 1)[1].split("```", 1)[0]
+    lines = [line[2:].split() for line in block.strip().splitlines()]
+    assert [words[:2] for words in lines] == [
+        ["volbackup", w] for w in ("init", "backup", "list", "verify", "restore", "prune",
+                                   "doctor")]
+    source = make_volume("doc")
+    write_corpus(mountpoint(source.name))
+    copy = names("doc-copy")
+    swap = {"sftp://backup@nas.example.net/srv/backups/docker": sftp_repo,
+            "pgdata-copy": copy, "pgdata": source.name}
+    for words in lines:
+        ok(*[swap.get(w, w) for w in words[1:]])
+    assert differences(tree(mountpoint(source.name)), tree(mountpoint(copy))) == []
