@@ -41,6 +41,7 @@ import secrets
 import socket
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -78,6 +79,7 @@ ACCEPT_ENV = "VOLBACKUP_SFTP_ACCEPT_NEW_HOST_KEY"
 CONFIG_ENV = "VOLBACKUP_SSH_CONFIG"
 ATTEMPTS_ENV = "VOLBACKUP_SFTP_ATTEMPTS"
 CHANNELS_PER_CONNECTION = 8
+DELETERS = 8
 CONNECT_TIMEOUT = 15
 READ_WINDOW = 4 << 20
 WRITE_BUFFER = 256 << 10
@@ -396,13 +398,17 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
                 with suppress(Exception):
                     files.append(paramiko.PKey.from_path(pub))
         wanted = {k.asbytes() for k in files}
-        agent = paramiko.Agent()
         try:
-            for key in agent.get_keys():
+            agent = paramiko.Agent()  # no agent (SSH_AUTH_SOCK unset): no keys
+        except (paramiko.SSHException, OSError):
+            agent = None  # a stale SSH_AUTH_SOCK: go on with the files
+        try:
+            for key in agent.get_keys() if agent else ():
                 if not self.target.identities_only or key.asbytes() in wanted:
                     yield key
         finally:
-            agent.close()
+            if agent:
+                agent.close()
         yield from (k for k in files if k.can_sign())
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
@@ -688,6 +694,21 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
             except OSError as e:
                 if getattr(e, "errno", None) != errno.ENOENT or not _usable(sftp):
                     raise
+
+    def delete_many(self, keys: list[str]) -> list[tuple[str, str]]:
+        """On DELETERS threads (a channel each): one round trip a key, but not one after
+        the other (a prune removes thousands of chunks)."""
+        def delete(key: str) -> tuple[str, str] | None:
+            try:
+                self.delete(key)
+            except RepositoryError as e:
+                return key, str(e)
+            return None
+
+        if len(keys) <= 1:
+            return [f for f in map(delete, keys) if f]
+        with ThreadPoolExecutor(DELETERS, thread_name_prefix="volbackup-sftp-delete") as pool:
+            return [f for f in pool.map(delete, keys) if f]
 
     # -- capabilities
     def temp_files(self) -> list[TempFile]:
