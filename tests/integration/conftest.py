@@ -227,6 +227,6 @@ def layout(request) -> str:
 
 def make_layout(repo: str, layout: str) -> None:
     """Make the empty directory or bucket prefix `repo` a repository of `layout`."""
-    if layout == "chunked":
-        result = run_cli("init", "-r", repo)
+    if layout in ("chunked", "packed"):
+        result = run_cli("init", "-r", repo, "--layout", layout)
         assert result.code == 0, result.stderr

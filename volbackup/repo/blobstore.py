@@ -58,6 +58,13 @@ class BlobStore(ABC):
 
     encrypted: bool
 
+    @property
+    def plain_frames(self) -> bool:
+        """Plain: a blob is named by the sha256 of its plaintext and stored as a bare zstd
+        frame, whatever the layout (a loose chunk object, a record of a pack), so that
+        two such stores `stores_like` each other. Two encrypted stores have other keys."""
+        return not self.encrypted
+
     @abstractmethod
     def blob_id(self, data: bytes) -> str:
         """The name of a blob of this plaintext: sha256, or a keyed HMAC when encrypted."""
@@ -97,6 +104,13 @@ class BlobStore(ABC):
     @abstractmethod
     def forget(self) -> None:
         """Drop what is known of the stored blobs (a lock begins or ends)."""
+
+    def flush(self) -> list[tuple[str, list[str]]]:
+        """Make every blob saved so far durable (and findable): what a list that names
+        them, or a manifest, is written after. A store that writes each blob in `save`
+        has nothing to do; a packed one writes its open packs and their index (it says
+        which index objects, and the packs each names)."""
+        return []
 
 
 class KnownChunks:
@@ -225,10 +239,7 @@ class LooseChunkStore(BlobStore):
         return Saved(blob_id, length, stored)
 
     def stores_like(self, other: BlobStore) -> bool:
-        # Plain on both sides: a name is the sha256 of the plaintext and the stored form a
-        # bare zstd frame. Two encrypted stores have other keys (and recipients).
-        return isinstance(other, LooseChunkStore) and not self.encrypted \
-            and not other.encrypted
+        return self.plain_frames and other.plain_frames
 
     def forget(self) -> None:
         self._known.forget()

@@ -27,7 +27,7 @@ from volbackup.errors import (BlobMissing, ChunkMissing, KeyProblem, RepositoryE
                               VolbackupError)
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
 from volbackup.repo.backends import Backend, BlobNotFound, FreeSpace, MakesItsPlace, open_backend
-from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
 from volbackup.repo.leftovers import Leftovers, Orphan, UnfinishedWrite
@@ -101,7 +101,7 @@ class Repository:
         self.reader = SnapshotReader(self)
 
     @property
-    def blobs(self) -> LooseChunkStore:
+    def blobs(self) -> BlobStore:
         """The blob store (volbackup.repo.blobstore), built once when first needed."""
         return self.layout.blobs
 
@@ -209,7 +209,9 @@ class Repository:
             writer.finish()
 
     def commit(self, manifest: Manifest) -> None:
-        """Write the manifest, which makes the snapshot exist (sealed, if encrypted)."""
+        """Write the manifest, which makes the snapshot exist (sealed, if encrypted): after
+        every blob it needs is durable and indexed."""
+        self.layout.flush_blobs()
         self.manifests.commit(manifest)
 
     # -- copying from another repository (volbackup.ops.copy)
@@ -354,7 +356,7 @@ class Repository:
         """Remove the chunks no chunk list names (older than `min_age`); under the
         exclusive lock only (volbackup.repo.sweep). `gone`: the keys of chunk lists a dry
         run counts as removed."""
-        return sweep.sweep(self.backend, self.blobs, min_age, now, dry_run, gone, progress)
+        return self.layout.sweep(min_age, now, dry_run, gone, progress)
 
     # -- reading (volbackup.repo.reading)
     def open_archive(self, manifest: Manifest):

@@ -10,9 +10,9 @@ What is retried whole: check, opening a read (up to the first byte), stat, list 
 after the last key it yielded, as keys come in order), delete, read_bytes, read_range,
 write_bytes and the capability verbs (leftovers, temp files, free space ...). What is not:
 a stream once it has been handed out. The wrapper cannot replay bytes the caller has
-already read or written, so `open_write` and a reader's `read` pass through; a backend that can retry inside a stream does so itself with
-the same `Retry` policy (S3 retries each part, and resumes a broken download at its offset
-with a ranged GET of the same ETag).
+already read or written, so `open_write` and a reader's `read` pass through; a backend that
+can retry inside a stream does so itself with the same `Retry` policy (S3 retries each part,
+and resumes a broken download at its offset with a ranged GET of the same ETag).
 """
 
 from __future__ import annotations
