@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 from tests.integration.corpus import differences, tree, write_corpus
 from tests.integration.helpers import contents, random_file
@@ -48,17 +50,19 @@ def test_archive_layout_round_trip(make_volume, mountpoint, names, sftp_repo):
     assert differences(expected, tree(mountpoint(target))) == []
 
 
-def test_chunked_round_trip_and_prune(make_volume, mountpoint, names, sftp_repo):
+@pytest.mark.parametrize("layout", ["chunked", "packed"])
+def test_chunked_round_trip_and_prune(make_volume, mountpoint, names, sftp_repo, layout):
     source = make_volume("corpus")
     write_corpus(mountpoint(source.name))
     expected = tree(mountpoint(source.name))
-    ok("init", "-r", sftp_repo)
+    ok("init", "-r", sftp_repo, "--layout", layout)
     first = json.loads(ok("backup", source.name, "-r", sftp_repo, "--json").stdout)["volumes"][0]
     second = json.loads(ok("backup", source.name, "-r", sftp_repo, "--json").stdout)["volumes"][0]
     shown = json.loads(ok("show", second["snapshot"], "-r", sftp_repo, "--json").stdout)
     assert shown["manifest"]["new_chunks"] == 0  # every chunk was there already
     root = on_server(sftp_repo)
-    assert (root / "config").is_file() and any((root / "chunks").rglob("*"))
+    assert (root / "config").is_file()
+    assert any((root / ("packs" if layout == "packed" else "chunks")).rglob("*"))
     ok("verify", "--all", "-r", sftp_repo)
     target = names("from-sftp")
     ok("restore", source.name, "-r", sftp_repo, "--as", target)
