@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -160,6 +162,48 @@ def test_a_key_the_server_does_not_know_is_denied(sftp_server, sftp_repo, tmp_pa
     with pytest.raises(RepositoryDenied, match="accepted none of the 1 SSH key") as caught:
         open_backend(sftp_repo).check(writable=False)
     assert "PRIVATE KEY" not in str(caught.value)
+
+
+def test_a_key_with_a_passphrase_is_used_through_the_agent(sftp_server, sftp_repo, tmp_path,
+                                                           monkeypatch):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "hunter2", "-f",
+                    str(tmp_path / "locked")], check=True)
+    authorized = sftp_server.root / "authorized_keys"
+    before = authorized.read_text()
+    authorized.write_text(before + (tmp_path / "locked.pub").read_text())
+    monkeypatch.setenv(CONFIG_ENV, _config_with(
+        sftp_server, tmp_path, (sftp_server.root / "known_hosts").read_text(),
+        identity=f"{tmp_path}/locked"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    agent = None
+    try:
+        with pytest.raises(RepositoryDenied, match="no SSH key to log in with .*add it to the "
+                                                   "agent") as caught:
+            SFTPBackend(sftp_repo).check(writable=False)
+        assert "hunter2" not in str(caught.value)
+        sock = tmp_path / "agent.sock"
+        agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        askpass = tmp_path / "askpass"
+        askpass.write_text("#!/bin/sh\necho hunter2\n")
+        askpass.chmod(0o700)
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock), "SSH_ASKPASS": str(askpass),
+               "SSH_ASKPASS_REQUIRE": "force"}
+        subprocess.run(["ssh-add", "-q", str(tmp_path / "locked")], env=env, check=True,
+                       stdin=subprocess.DEVNULL)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        backend = SFTPBackend(sftp_repo)  # IdentitiesOnly: the agent's key of that file
+        backend.check(writable=True)
+        backend.close()
+    finally:
+        authorized.write_text(before)
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=10)
 
 
 def test_the_cli_says_one_line_and_paramiko_prints_nothing(sftp_server, sftp_repo, tmp_path):

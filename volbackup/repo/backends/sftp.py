@@ -81,6 +81,7 @@ ATTEMPTS_ENV = "VOLBACKUP_SFTP_ATTEMPTS"
 CHANNELS_PER_CONNECTION = 8
 DELETERS = 8
 CONNECT_TIMEOUT = 15
+IO_TIMEOUT = 120  # seconds without an answer on a channel (S3's read timeout too)
 READ_WINDOW = 4 << 20
 WRITE_BUFFER = 256 << 10
 TEMP_MARKER = ".tmp-"
@@ -226,7 +227,11 @@ class _Connections:
                     self.transports[transport] = 1
                 break
         try:
-            return paramiko.SFTPClient.from_transport(transport)
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            # a server that stops answering (a partition without a reset) is a timeout,
+            # which is transient, not a hang: paramiko's channels wait forever by default
+            sftp.get_channel().settimeout(IO_TIMEOUT)
+            return sftp
         except BaseException:
             with self.lock:
                 self.transports[transport] -= 1
@@ -386,18 +391,21 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
     def _keys(self) -> Iterator[paramiko.PKey]:
         """The agent's keys (only those of the identity files with IdentitiesOnly), then
         the identity files' own keys that need no passphrase."""
-        files = []
+        files, wanted = [], set()
         for path in self.target.identity_files:
+            if os.path.exists(path + ".pub"):  # a key with a passphrase: the agent may hold it
+                with suppress(Exception):
+                    wanted.add(paramiko.PublicBlob.from_file(path + ".pub").key_blob)
             if not os.path.exists(path):
                 continue
             try:
                 files.append(paramiko.PKey.from_path(path))
             except (paramiko.PasswordRequiredException, paramiko.SSHException, OSError,
-                    ValueError):
-                pub = path + ".pub"  # the agent may hold it
-                with suppress(Exception):
-                    files.append(paramiko.PKey.from_path(pub))
-        wanted = {k.asbytes() for k in files}
+                    ValueError, TypeError):
+                # needs a passphrase (nothing prompts; an OpenSSH-format key says so with
+                # cryptography's TypeError), or is no key
+                continue
+        wanted |= {k.asbytes() for k in files}
         try:
             agent = paramiko.Agent()  # no agent (SSH_AUTH_SOCK unset): no keys
         except (paramiko.SSHException, OSError):
@@ -409,7 +417,7 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
         finally:
             if agent:
                 agent.close()
-        yield from (k for k in files if k.can_sign())
+        yield from files
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         tried = 0
@@ -421,10 +429,14 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
                 continue
             if transport.is_authenticated():
                 return
+        files = ", ".join(self.target.identity_files) or "no identity file"
+        if not tried:
+            raise RepositoryDenied(
+                f"{self.describe()}: no SSH key to log in with (no agent key, and none of "
+                f"{files} could be read without a passphrase: add it to the agent)")
         raise RepositoryDenied(
             f"{self.describe()}: the server accepted none of the {tried} SSH key(s) for user "
-            f"{self.target.user} (from the agent and "
-            f"{', '.join(self.target.identity_files) or 'no identity file'})")
+            f"{self.target.user} (from the agent and {files})")
 
     # -- errors
     def _error(self, e: BaseException, doing: str, sftp: paramiko.SFTPClient | None = None,
