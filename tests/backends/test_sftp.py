@@ -362,3 +362,27 @@ def test_missing_blobs_and_keys_below_blobs(backend):
     for key in ("b", "a/b", "x/y/z"):
         with pytest.raises(BlobNotFound):
             backend.stat(key)
+
+
+def test_a_server_that_stops_answering_is_a_timeout_not_a_hang(backend, sftp_server,
+                                                               monkeypatch):
+    import signal
+
+    from tests.sftp_server import _descendants
+    from volbackup.repo.backends import sftp
+
+    monkeypatch.setattr(sftp, "IO_TIMEOUT", 1)
+    backend.write_bytes("a", b"1")  # a channel made with the 1 s timeout, now idle
+    sessions = _descendants(sftp_server.process.pid)
+    assert sessions
+    for pid in sessions:
+        os.kill(pid, signal.SIGSTOP)  # alive, connected, silent
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError, match="broke while reading a"):
+            backend.stat("a")
+    finally:
+        for pid in sessions:
+            os.kill(pid, signal.SIGCONT)
+    assert time.monotonic() - started < 30
+    assert backend.stat("a").size == 1  # a new channel (the silent one was dropped)
