@@ -37,6 +37,7 @@ import getpass
 import hashlib
 import logging
 import os
+import re
 import secrets
 import socket
 import stat
@@ -88,6 +89,7 @@ TEMP_MARKER = ".tmp-"
 FILE_MODE, DIR_MODE = 0o600, 0o700
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 _IGNORED_TOP = {"lost+found"}
+_TEMP_PID = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")  # as local.py's
 _CONNECTION_ERRORS = (EOFError, ConnectionError, TimeoutError, socket.timeout, socket.gaierror,
                       paramiko.SSHException)
 
@@ -839,11 +841,10 @@ def _open_new(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
 
 
 def _temp_owner(name: str) -> tuple[int | None, str | None]:
-    """(pid, place) from `.NAME.tmp-PID-PLACE-xxxx`."""
-    fields = name.rpartition(TEMP_MARKER)[2].split("-")
-    if len(fields) == 3 and fields[0].isdigit():
-        return int(fields[0]), fields[1]
-    return None, None
+    """(pid, place) from `.NAME.tmp-PID-PLACE-xxxx` (the directory backend's names, and
+    its rule for reading them: `.NAME.tmp-PID-xxxx` has no place)."""
+    match = _TEMP_PID.search(name)
+    return (int(match[1]), match[2]) if match else (None, None)
 
 
 def _kind(mode: int) -> str:
