@@ -386,3 +386,34 @@ def test_a_server_that_stops_answering_is_a_timeout_not_a_hang(backend, sftp_ser
             os.kill(pid, signal.SIGCONT)
     assert time.monotonic() - started < 30
     assert backend.stat("a").size == 1  # a new channel (the silent one was dropped)
+
+
+def test_a_server_that_does_not_speak_ssh_is_one_line_and_no_log(tmp_path):
+    """paramiko's transport thread logs a traceback at ERROR for a bad banner: never shown."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def answer_http():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    (tmp_path / "config").write_text("")
+    port = listener.getsockname()[1]
+    try:
+        result = run_cli("list", "-r", f"sftp://127.0.0.1:{port}/srv/x",
+                         env={CONFIG_ENV: str(tmp_path / "config"),
+                              "VOLBACKUP_SFTP_ATTEMPTS": "1"})
+    finally:
+        listener.close()
+    assert result.code == 10
+    assert result.stderr.count("\n") == 1 and "SSH connection" in result.stderr
+    assert "Traceback" not in result.stderr and "paramiko" not in result.stderr
