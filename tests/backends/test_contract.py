@@ -15,13 +15,19 @@ import pytest
 
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends import (
+    CAPABILITIES,
     MAX_RANGE,
     MAX_SMALL_BLOB,
     BadEntry,
     BlobNotFound,
+    ForeignEntries,
+    FreeSpace,
     LocalBackend,
+    MakesItsPlace,
     RangeBeyondEnd,
     RetryBackend,
+    TempFiles,
+    UnfinishedUploads,
     open_backend,
 )
 
@@ -218,6 +224,23 @@ class TestContract:
         except ValueError:
             return   # refusing such keys would be fine too
         assert key in keys(backend)
+
+    def test_capabilities_answer_as_declared(self, backend):
+        """What a backend says it has works on a fresh store (a wrapper says what its inner
+        backend has); what it does not have, callers never ask for."""
+        assert backend.capabilities <= set(CAPABILITIES) and backend.capabilities
+        backend.write_bytes("config", b"{}")
+        if backend.has(TempFiles):
+            assert backend.temp_files() == []
+        if backend.has(UnfinishedUploads):
+            assert backend.leftovers() == []
+        if backend.has(FreeSpace):
+            free = backend.free_space()
+            assert free is None or free > 0
+        if backend.has(MakesItsPlace):
+            assert backend.create_missing() is False  # there already
+        if backend.has(ForeignEntries):
+            assert backend.foreign_entries() == []
 
     # -- read_range: one blob out of a pack, never fewer bytes than asked for
 
