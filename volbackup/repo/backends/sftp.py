@@ -84,6 +84,10 @@ DELETERS = 8
 CONNECT_TIMEOUT = 15
 IO_TIMEOUT = 120  # seconds without an answer on a channel (S3's read timeout too)
 READ_WINDOW = 4 << 20
+# The SSH receive window of a channel: how much the server may send before it waits for us.
+# It holds no more than we asked for (READ_WINDOW at a time), so it costs no memory; paramiko's
+# 2 MiB made reads wait for window adjustments (docs/performance.md).
+WINDOW = 16 << 20
 WRITE_BUFFER = 256 << 10
 TEMP_MARKER = ".tmp-"
 FILE_MODE, DIR_MODE = 0o600, 0o700
@@ -229,7 +233,7 @@ class _Connections:
                     self.transports[transport] = 1
                 break
         try:
-            sftp = paramiko.SFTPClient.from_transport(transport)
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW)
             # a server that stops answering (a partition without a reset) is a timeout,
             # which is transient, not a hang: paramiko's channels wait forever by default
             sftp.get_channel().settimeout(IO_TIMEOUT)
