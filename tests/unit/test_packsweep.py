@@ -182,3 +182,41 @@ def test_an_encrypted_repository_is_repacked_with_the_key_alone(tmp_path):
     reader = opened(root, key_file, identity)
     assert restored(reader, reader.reveal(reader.load(new.snapshot))) == volume_tar(
         seed=3, size=1 << 20)
+
+
+def test_chunks_in_no_index_object_stop_the_sweep_so_their_unindexed_packs_stay(repo, root,
+                                                                                 two):
+    """An index object removed (or damaged) leaves its packs unindexed while snapshots
+    still need them: prune must not take them for a killed backup's leftovers."""
+    old, new = two
+    for path in (root / "index").iterdir():
+        path.unlink()
+    before = pack_names(root)
+    sweep = keep_last(repo).chunks
+    assert pack_names(root) == before and sweep.unindexed_removed == 0
+    assert any("in no index object" in p for p in sweep.problems)
+
+
+def test_a_packs_directory_that_cannot_be_listed_stops_the_sweep(repo, root, two):
+    """A pack there would pass for missing and be left out of the compacted index."""
+    old, new = two
+    fanout = next((root / "packs").iterdir())
+    moved = fanout.with_name("real-" + fanout.name)
+    fanout.rename(moved)
+    fanout.symlink_to(moved.name)           # never followed: listed as a problem
+    before_index = index_names(root)
+    sweep = keep_last(repo).chunks
+    assert index_names(root) == before_index and sweep.packs_removed == 0
+    assert any(p.startswith("nothing swept") and "symlink" in p for p in sweep.problems)
+    fanout.unlink()
+    moved.rename(fanout)
+    reopened = Repository.open(str(root))
+    assert restored(reopened, reopened.reveal(new)) == volume_tar(seed=2, size=3 << 20)
+
+
+def test_a_foreign_file_under_packs_is_reported_and_does_not_stop_the_sweep(repo, root, two):
+    (root / "packs" / "ab").mkdir(exist_ok=True)
+    (root / "packs" / "ab" / "notes.txt").write_text("not a pack")
+    sweep = keep_last(repo).chunks
+    assert sweep.packs_removed >= 1 and (root / "packs" / "ab" / "notes.txt").exists()
+    assert any("notes.txt" in p and "not a pack" in p for p in sweep.problems)

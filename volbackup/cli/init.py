@@ -7,7 +7,7 @@ import click
 from volbackup.cli import render
 from volbackup.cli.options import json_option, repo_option, s3_write_options
 from volbackup.ops.create import InitOptions, create_repository
-from volbackup.repo.config import CHUNKED, CHUNKER, CHUNKER_PLAIN, PACKED
+from volbackup.repo.config import CHUNKED, CHUNKER_PLAIN, PACKED
 from volbackup.repo.crypto import recipients_from_lines
 
 _SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
@@ -23,9 +23,10 @@ _PACK_SIZES = {f"{n}M": n << 20 for n in (4, 8, 16, 32, 64, 128)}
 @click.option("--chunker", type=click.Choice(["members", "stream"]), default="members",
               show_default=True,
               help="members: also cut where files start and end, grouping small files by "
-                   "name (a changed small file rewrites its group only); stream: FastCDC over "
-                   "the stream alone (fewer, larger objects: faster for volumes of large "
-                   "files). docs/performance.md has the measurements.")
+                   "name (a changed small file rewrites its group only; in a packed "
+                   "repository every file of 4 KiB or more is cut on its own); stream: "
+                   "FastCDC over the stream alone (fewer, larger objects: faster for volumes "
+                   "of large files). docs/performance.md has the measurements.")
 @click.option("--layout", type=click.Choice([CHUNKED, PACKED]), default=CHUNKED,
               show_default=True,
               help="chunked: one object per chunk; packed: chunks put into pack objects "
@@ -70,7 +71,7 @@ def init(repo, chunk_size, chunker, layout, pack_size, recipients, recipients_fi
     if key_file and not encrypt_to:
         raise click.UsageError("--key-file is for an encrypted repository: give --encrypt-to")
     result = create_repository(repo, InitOptions(
-        _SIZES[chunk_size], CHUNKER if chunker == "members" else CHUNKER_PLAIN, layout,
+        _SIZES[chunk_size], None if chunker == "members" else CHUNKER_PLAIN, layout,
         _PACK_SIZES[pack_size], encrypt_to or None, key_file, s3 or {}))
     if as_json:
         render.emit_json("init", **vars(result))

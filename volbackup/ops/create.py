@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from volbackup.ops.options import check_whole
-from volbackup.repo.config import (CHUNKED, CHUNKER, CHUNKER_PLAIN, DEFAULT_AVG, DEFAULT_PACK,
-                                   MAX_PACK, MIN_PACK, PACKED, RepoConfig)
+from volbackup.repo.config import (CHUNKED, CHUNKER, CHUNKER_EACH, CHUNKER_PLAIN, DEFAULT_AVG,
+                                   DEFAULT_PACK, MAX_PACK, MIN_PACK, PACKED, RepoConfig)
 from volbackup.repo.repository import Repository
 
 
@@ -15,7 +15,7 @@ class InitOptions:
     """How the new repository stores snapshots; checked when made."""
 
     avg_chunk_size: int = DEFAULT_AVG
-    chunker: str = CHUNKER
+    chunker: str | None = None          # None: the layout's own (RepoConfig.new)
     layout: str = CHUNKED               # or PACKED: blobs in pack objects with an index
     pack_size: int = DEFAULT_PACK       # packed: a pack is closed past this many bytes
     encrypt_to: list[str] | None = None     # recipients: an encrypted repository
@@ -25,7 +25,7 @@ class InitOptions:
     def __post_init__(self):
         if self.layout not in (CHUNKED, PACKED):
             raise ValueError(f"layout must be {CHUNKED!r} or {PACKED!r}, not {self.layout!r}")
-        if self.chunker not in (CHUNKER, CHUNKER_PLAIN):
+        if self.chunker not in (None, CHUNKER, CHUNKER_PLAIN, CHUNKER_EACH):
             raise ValueError(f"unknown chunker {self.chunker!r}")
         check_whole("pack_size", self.pack_size, MIN_PACK, MAX_PACK)
 

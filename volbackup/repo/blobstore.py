@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import zstandard
 
@@ -48,6 +50,18 @@ class Saved:
     @property
     def written(self) -> bool:
         return self.stored > 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A blob named (and, if it is to be stored, compressed), not yet stored: either what
+    `save` did already (`saved`), or what `commit` stores."""
+
+    saved: Saved | None = None
+    id: str = ""
+    frame: bytes = b""
+    length: int = 0
+    kind: str = DATA
 
 
 class BlobStore(ABC):
@@ -77,10 +91,41 @@ class BlobStore(ABC):
         `verify_existing`, a blob held already is read back and checked once under this
         lock, and written again if it is not what its name says (copy into a plain store)."""
 
+    def prepare(self, data: bytes, level: int, verify_existing: bool = False,
+                kind: str = DATA) -> "Prepared":
+        """The part of `save` that may run on any thread in any order (naming,
+        compressing); `commit` of the result, called in stream order, stores it. A store
+        that packs blobs keeps them in the order of the commits, so that a restore reads
+        neighbours together. By default `save` does it all here."""
+        return Prepared(self.save(data, level, verify_existing, kind))
+
+    def commit(self, prepared: "Prepared") -> Saved:
+        """Store what `prepare` made, unless it is stored already; durable at `flush`."""
+        assert prepared.saved is not None
+        return prepared.saved
+
     @abstractmethod
     def load(self, blob_id: str, length: int) -> tuple[bytes, int]:
         """A blob's plaintext, checked against its name and `length`, and its stored size;
         IntegrityError (ChunkMissing when it is not there) otherwise."""
+
+    def load_many(self, entries: Iterable[tuple[str, int]], readers: int
+                  ) -> Iterator[tuple[bytes, int]]:
+        """`load` of each (id, length) of `entries`, in order, `readers` fetched ahead by
+        worker threads (restores from S3 are not latency-bound); memory: `readers` blobs,
+        whatever the number of entries."""
+        with ThreadPoolExecutor(readers, thread_name_prefix="volbackup-fetch") as pool:
+            ahead: deque[Future] = deque()
+            try:
+                for blob_id, length in entries:
+                    ahead.append(pool.submit(self.load, blob_id, length))
+                    if len(ahead) >= readers:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
+            finally:
+                for future in ahead:
+                    future.cancel()
 
     @abstractmethod
     def has(self, blob_id: str, length: int) -> bool:

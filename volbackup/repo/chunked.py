@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
-from volbackup.repo.blobstore import BlobStore, Saved
-from volbackup.repo.config import CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
+from volbackup.repo.blobstore import BlobStore, Prepared
+from volbackup.repo.config import CHUNKER_EACH, CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
-from volbackup.stream.chunker import cut, cut_at_members
+from volbackup.stream.chunker import cut, cut_at_members, cut_each_member, seed_name_key
 from volbackup.stream.chunks import read_chunks, split_lines
 from volbackup.stream.tarstream import Entry, TarWalker
 
@@ -50,7 +50,8 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
          config: RepoConfig, level: int = 3,
          progress: Progress = no_progress, seed: int | None = None,
          on_walker: Callable[[TarWalker], None] = lambda walker: None,
-         check_existing: bool = False, whole_digest: bool = True) -> ChunkedPacked:
+         check_existing: bool = False, whole_digest: bool = True,
+         name_key: bytes | None = None) -> ChunkedPacked:
     """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
     IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
     the chunker's, when not the config's (an encrypted repository's comes from its key).
@@ -59,6 +60,8 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
     read back and checked once, and written again if it is not what its name says; a
     backup trusts the names it lists (docs/security.md says what that lets a writer do).
     Which chunks are stored already is the store's business (BlobStore.save).
+    `name_key` keys the member-name hash of the each-member chunker (an encrypted
+    repository's comes from its key; by default the seed's bytes).
     `whole_digest` False: no sha256 of the whole stream (`tar_sha256` None): each chunk's
     id and the list's sha256 already cover every byte, so that the stream is hashed once
     (the packed layout; the chunked one keeps the field its readers know)."""
@@ -70,11 +73,11 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
     listing = HashingWriter(list_out)
     result = ChunkedPacked(0, 0, "", 0, None)
 
-    def store_one(data: bytes) -> Saved:
-        return store.save(data, level, check_existing)
+    def store_one(data: bytes) -> Prepared:
+        return store.prepare(data, level, check_existing)
 
     def record(future: Future) -> None:
-        saved = future.result()
+        saved = store.commit(future.result())   # in stream order: packs keep it
         listing.write(f"{saved.id} {saved.length}\n".encode())
         result.chunks += 1
         result.new_chunks += 1 if saved.written else 0
@@ -88,6 +91,12 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
             if c.algorithm == CHUNKER_PLAIN:
                 cuts = cut(kept_tar(tar_chunks, walker), c.avg_size, c.min_size, c.max_size,
                            c.normalized_chunking, c.seed if seed is None else seed)
+            elif c.algorithm == CHUNKER_EACH:
+                chunker_seed = c.seed if seed is None else seed
+                cuts = cut_each_member(kept_tar(tar_chunks, walker), walker, c.avg_size,
+                                       c.min_size, c.max_size, c.normalized_chunking,
+                                       chunker_seed, name_key=name_key
+                                       or seed_name_key(chunker_seed))
             else:
                 cuts = cut_at_members(kept_tar(tar_chunks, walker), walker, c.avg_size,
                                       c.min_size, c.max_size, c.normalized_chunking,
@@ -195,19 +204,9 @@ def fetch_ahead(store: BlobStore, entries: Iterable[tuple[str, int]],
                 readers: int = READERS) -> Iterator[tuple[bytes, int]]:
     """(plaintext, stored size) of each chunk of `entries`, in order, each checked, fetched
     `readers` ahead by worker threads (restores from S3 are not latency-bound); memory:
-    `readers` chunks, whatever the number of entries."""
-    with ThreadPoolExecutor(readers, thread_name_prefix="volbackup-fetch") as pool:
-        ahead: deque[Future] = deque()
-        try:
-            for chunk_id, length in entries:
-                ahead.append(pool.submit(store.load, chunk_id, length))
-                if len(ahead) >= readers:
-                    yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
-        finally:
-            for future in ahead:
-                future.cancel()
+    `readers` chunks, whatever the number of entries. How is the store's business
+    (BlobStore.load_many: a packed store reads neighbours in one request)."""
+    return store.load_many(entries, readers)
 
 
 def iter_list(reader, digest=None) -> Iterator[tuple[str, int]]:

@@ -65,6 +65,12 @@ class RepositoryKey:
                                  f"repository key (forged, or altered in the repository)")
 
     @property
+    def member_name_key(self) -> bytes:
+        """Keys the hash of member names that ends groups of tiny members (the packed
+        layout's cuts): which names end groups is then known only to key holders."""
+        return self._derive("member names")
+
+    @property
     def chunker_seed(self) -> int:
         """Chunk boundaries (hence sizes) that only key holders can predict."""
         return int.from_bytes(self._derive("chunker seed", 4), "big") >> 1

@@ -138,12 +138,14 @@ class ChunkedLayout(Layout):
         """`check_existing` (copy): the chunks the store holds already are read back and
         checked, and written again if wrong; only in a plain repository (an encrypted
         one's chunks open only with an identity, which a writer to it does not hold)."""
-        seed = self._keyring.key().chunker_seed if self._keyring is not None else None
+        key = self._keyring.key() if self._keyring is not None else None
+        seed = key.chunker_seed if key is not None else None
         store = self.blobs
         cat = catalogs.ChunkedCatalogWriter(store, level)
         packed = chunks.pack(tar_chunks, out, store, self.config, level, progress, seed,
                               lambda walker: catalog.record(walker, cat.add),
-                              check_existing and not store.encrypted, self.whole_digest)
+                              check_existing and not store.encrypted, self.whole_digest,
+                              key.member_name_key if key is not None else None)
         return packed, lambda: cat.finish(self._backend, catalog_key)
 
     def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from volbackup.errors import IntegrityError
 from volbackup.repo import packs
 from volbackup.repo.backends import BadEntry, BlobNotFound
-from volbackup.repo.packstore import PackedBlobStore
+from volbackup.repo.packstore import ListingProblem, PackedBlobStore
 from volbackup.repo.sweep import ProgressFactory, _no_progress
 from volbackup.stream.chunks import read_chunks
 
@@ -42,8 +42,8 @@ def check_packs(store: PackedBlobStore, progress: ProgressFactory = _no_progress
     result.problems += store.loaded.problems
     listed: dict[str, int] = {}
     for entry in store.pack_listing():
-        if isinstance(entry, str):
-            result.problems.append(entry)
+        if isinstance(entry, ListingProblem):
+            result.problems.append(entry.message)
         else:
             listed[entry[0]] = entry[1]
     result.packs = len(listed)

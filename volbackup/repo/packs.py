@@ -11,7 +11,7 @@
                  above)                                               (encrypted)
     tail    = u32 LE trailer length || "VBPACK" || u8 version || u8 flags (1: MAC present)
 
-A pack is built in memory and written in one piece under the sha256 of its bytes
+A pack is built in a spill file (or memory) and written in one piece under the sha256 of its bytes
 (`packs/<2 hex>/<64 hex>`): never partially visible, never rewritten under its name. The
 trailer makes a pack self-describing (a lost index is rebuilt from trailers); record
 offsets are the running sum of the stored lengths. A pack is untrusted input: every
@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import io
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from volbackup.errors import IntegrityError
 from volbackup.repo.backends import Backend
@@ -95,21 +96,26 @@ class Trailer:
 
 
 class PackBuilder:
-    """One pack being filled in memory. `seal(frame, blob_id)` (encrypted data packs) is
+    """One pack being filled, its records written to `body` as they come (a spill file, so
+    a 16 MiB pack and the one being uploaded do not live in memory, as restic's packer
+    does; memory when none is given). `seal(frame, blob_id)` (encrypted data packs) is
     given the pack's data key by the store; records already sealed (repacking, copy) keep
     the sealed key they came with, in a slot of their own."""
 
-    def __init__(self, kind: int, mac: Callable[[bytes, bytes], bytes]):
+    def __init__(self, kind: int, mac: Callable[[bytes, bytes], bytes],
+                 body: BinaryIO | None = None):
         self.kind = kind
         self._mac = mac
-        self._buf = bytearray()
+        self._body: BinaryIO = io.BytesIO() if body is None else body
+        self._size = 0
+        self._sha256 = hashlib.sha256()
         self._records: list[tuple[bytes, int, int, int, int]] = []
         self._slots: list[bytes] = []
         self._slot_of: dict[bytes, int] = {}
         self._slot_bytes = 0
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._size
 
     @property
     def records(self) -> int:
@@ -139,14 +145,21 @@ class PackBuilder:
         """Append a record (its stored bytes); its offset."""
         if not (0 < len(stored) <= MAX_STORED and 0 < plain <= MAX_CHUNK):
             raise ValueError("record out of bounds")
-        offset = len(self._buf)
-        self._buf += stored
+        offset = self._size
+        self._body.write(stored)
+        self._sha256.update(stored)
+        self._size += len(stored)
         self._records.append((blob_id, KIND_CODES[kind], slot, len(stored), plain))
         return offset
 
-    def finish(self) -> tuple[str, bytearray]:
-        """(pack id, the pack's bytes): the builder's own buffer, not a copy (a pack is
-        16 MiB; the builder is not used again)."""
+    def finish(self) -> tuple[str, bytes]:
+        """(pack id, the pack's bytes)."""
+        pack_id, size, body = self.finish_body()
+        return pack_id, body.read(size)
+
+    def finish_body(self) -> tuple[str, int, BinaryIO]:
+        """(pack id, its size, the body given, with trailer and tail appended and rewound
+        to the start): what an uploader streams from."""
         trailer = bytearray(_HEAD.pack(self.kind, len(self._slots), len(self._records)))
         for sealed in self._slots:
             trailer += _SLOT_LEN.pack(len(sealed)) + sealed
@@ -155,10 +168,13 @@ class PackBuilder:
         mac = self._mac(TRAILER_LABEL, bytes(trailer))
         trailer += mac
         flags = FLAG_MAC if mac else 0
-        self._buf += trailer
-        self._buf += _TAIL.pack(len(trailer), MAGIC, VERSION, flags)
-        data, self._buf = self._buf, bytearray()
-        return hashlib.sha256(data).hexdigest(), data
+        trailer += _TAIL.pack(len(trailer), MAGIC, VERSION, flags)
+        self._body.write(trailer)
+        self._sha256.update(trailer)
+        self._size += len(trailer)
+        self._body.flush()
+        self._body.seek(0)
+        return self._sha256.hexdigest(), self._size, self._body
 
 
 def parse_tail(tail: bytes, size: int, where: str) -> tuple[int, int]:

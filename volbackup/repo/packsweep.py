@@ -29,7 +29,7 @@ from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo import packindex, packs
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.packindex import Entry, PackInfo
-from volbackup.repo.packstore import PackedBlobStore
+from volbackup.repo.packstore import ListingProblem, PackedBlobStore
 from volbackup.repo.sweep import BATCH, ChunkSweep, ProgressFactory, _no_progress, referenced_ids
 
 REPACK_UNUSED = 0.2     # restic's default --max-unused is 5 %; borg 2 compacts at 10 %
@@ -72,15 +72,22 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
         result.problems += [f"nothing swept: {p}" for p in store.loaded.problems[:10]]
         return result
     listed: dict[str, tuple[int, datetime | None]] = {}
+    unlisted: list[str] = []
     for entry in store.pack_listing():
-        if isinstance(entry, str):
-            result.problems.append(entry)
+        if isinstance(entry, ListingProblem):
+            (unlisted if entry.unreadable else result.problems).append(entry.message)
             continue
         pack_id, size, modified = entry
         listed[pack_id] = (size, modified)
     result.packs = len(listed)
-    by_pack = _group(index, listed, result)
-    _count_use(by_pack, referenced, result)
+    if unlisted:
+        # A pack in a directory that could not be listed would pass for missing, be left
+        # out of the compacted index, and its blobs be lost with the old index objects.
+        result.problems += [f"nothing swept: {p}" for p in unlisted[:10]]
+        return result
+    by_pack, in_missing = _group(index, listed, result)
+    if _count_use(by_pack, referenced, in_missing, result):
+        return result
 
     def old(modified: datetime | None) -> bool:
         return modified is None or now - modified >= min_age
@@ -141,15 +148,18 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
     return result
 
 
-def _group(index, listed: dict, result: PackSweep) -> dict[bytes, _Pack]:
-    """The index's entries by pack; entries of packs that are not there are reported
-    and left out (the next backup stores those blobs again)."""
+def _group(index, listed: dict, result: PackSweep
+           ) -> tuple[dict[bytes, _Pack], set[bytes]]:
+    """The index's entries by pack, and the ids placed in packs that are not there
+    (reported, and left out of the compacted index: the next backup stores them again)."""
     by_pack: dict[bytes, _Pack] = {}
     missing: set[str] = set()
+    in_missing: set[bytes] = set()
     seen: set[tuple[bytes, int]] = set()    # a pack named by two index objects counts once
     for blob_id, loc in index.entries():
         if loc.pack.hex not in listed:
             missing.add(loc.pack.hex)
+            in_missing.add(blob_id)
             continue
         if (loc.pack.id, loc.offset) in seen:
             continue
@@ -161,14 +171,17 @@ def _group(index, listed: dict, result: PackSweep) -> dict[bytes, _Pack]:
     for pack_id in sorted(missing)[:10]:
         result.problems.append(f"pack {pack_id} is in the index but missing from the "
                                f"repository: its blobs are lost (verify names the snapshots)")
-    return by_pack
+    return by_pack, in_missing
 
 
-def _count_use(by_pack: dict[bytes, _Pack], referenced: set[bytes],
-               result: PackSweep) -> None:
-    """Used and unused bytes per pack: a referenced blob counts once, in the pack with
-    the most used bytes already (restic's rule for duplicates); its other copies are
-    unused."""
+def _count_use(by_pack: dict[bytes, _Pack], referenced: set[bytes], in_missing: set[bytes],
+               result: PackSweep) -> int:
+    """Used and unused bytes per pack: a referenced blob counts once, in the pack that
+    holds the most blobs (the one least likely to be repacked); its other copies are
+    unused. Returns how many referenced blobs no index entry places (those the index
+    places in a pack that is gone are lost, and reported by _group): then nothing may be
+    swept, since an unindexed pack may be what holds them (an index object deleted, or
+    lost in a damaged repository: the packs are the only copy)."""
     copies: dict[bytes, list[tuple[_Pack, int]]] = {}
     for pack in by_pack.values():
         for blob_id, _, stored, _ in pack.entries:
@@ -184,10 +197,12 @@ def _count_use(by_pack: dict[bytes, _Pack], referenced: set[bytes],
         first.counted.add(blob_id)
         for pack, stored in rest:
             pack.unused += stored
-    lost = len(referenced) - len(copies)
+    lost = len(referenced - in_missing) - len(copies.keys() - in_missing)
     if lost:
-        result.problems.append(f"{lost} blobs the snapshots name are in no index object "
-                               f"(verify names the snapshots)")
+        result.problems.append(f"nothing swept: {lost} chunks the snapshots name are in no "
+                               f"index object (an index object removed or damaged?): their "
+                               f"packs may be among those no index names; run verify --packs")
+    return lost
 
 
 def _repack(backend: Backend, store: PackedBlobStore, pack: _Pack) -> None:
