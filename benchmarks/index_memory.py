@@ -1,69 +1,82 @@
-"""The in-memory blob index of the packed layout (docs/design.md, "Packed layout (issue 24):
-design"), as designed, at N blobs: bytes per blob, load time from a columnar index object,
-and lookups per second (hits and misses). Pure Python + stdlib, as the design is.
+"""The packed layout's index in memory (volbackup.repo.packindex.BlobIndex), at N blobs:
+bytes per blob, the time to check and load index objects, and lookups per second.
 
-    python benchmarks/index_memory.py --blobs 1000000      # about 10 s of CPU
+    python benchmarks/index_memory.py --blobs 1000000               # one index object
+    python benchmarks/index_memory.py --blobs 1000000 --objects 8   # eight, merged on load
+
+Index objects are made as a backup writes them (packindex.encode: ids sorted, locations
+column-wise, 100 blobs a pack), then decoded (every bound and the order checked) and
+merged into one BlobIndex, as PackedBlobStore loads them; memory by tracemalloc while the
+objects' bytes are already freed (what a backup keeps), and the peak during the load.
 """
 
 import argparse
+import gc
 import os
 import sys
 import time
 import tracemalloc
-from array import array
-from bisect import bisect_left
 
-ID = 32
-BUCKETS = 1 << 16
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from volbackup.repo import packindex  # noqa: E402
+from volbackup.repo.crypto import PlainChunks  # noqa: E402
+from volbackup.repo.packindex import BlobIndex, PackInfo  # noqa: E402
+from volbackup.repo.packs import DATA_PACK  # noqa: E402
 
-class BlobIndex:
-    """ids: one bytes of 32-byte ids grouped by their first two bytes (a bucket table of
-    65,537 starts); locs: four uint32 per blob (pack ordinal, offset, stored length, plain
-    length). Lookup: bytes.find inside the id's bucket (C speed), aligned hits only."""
-
-    def __init__(self, ids: bytes, locs: array):
-        self.ids, self.locs, n = ids, locs, len(ids) // ID
-        prefix = bytearray(2 * n)          # first two bytes of each id, as big-endian uint16
-        prefix[0::2], prefix[1::2] = ids[0::ID], ids[1::ID]
-        keys = array("H", bytes(prefix))
-        if sys.byteorder == "little":
-            keys.byteswap()
-        self.starts = array("I", (bisect_left(keys, b) for b in range(BUCKETS + 1)))
-
-    def find(self, blob_id: bytes):
-        b = blob_id[0] << 8 | blob_id[1]
-        pos, end = self.starts[b] * ID, self.starts[b + 1] * ID
-        while (pos := self.ids.find(blob_id, pos, end)) >= 0:
-            if pos % ID == 0:
-                i = pos // ID * 4
-                return tuple(self.locs[i:i + 4])
-            pos += 1
-        return None
+PER_PACK = 100
 
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--blobs", type=int, default=1_000_000)
-n = parser.parse_args().blobs
-ids = sorted(os.urandom(ID) for _ in range(n))                  # what an index object holds,
-stored = b"".join(ids) + array("I", range(4 * n)).tobytes()     # columnar: ids, then locations
-probes = ids[::max(1, n // 100_000)]
-del ids
+def objects(n: int, count: int) -> list[bytes]:
+    """`count` index objects of n blobs in all (each blob 1 KiB stored, 100 a pack)."""
+    out, mac = [], PlainChunks().mac
+    per = -(-n // count)
+    for k in range(count):
+        ids = [os.urandom(32) for _ in range(min(per, n - k * per))]
+        packs = []
+        for p in range(0, len(ids), PER_PACK):
+            entries = [(i, 1024 * j, 1024, 4096) for j, i in enumerate(ids[p:p + PER_PACK])]
+            packs.append((PackInfo(os.urandom(32), 1024 * PER_PACK + 5000, DATA_PACK), entries))
+        out.append(packindex.encode(packs, mac)[1])
+    return out
 
-tracemalloc.start()
-start = time.process_time()
-index = BlobIndex(stored[:n * ID], array("I", stored[n * ID:]))
-load = time.process_time() - start
-size = tracemalloc.get_traced_memory()[0]
-tracemalloc.stop()
-del stored
 
-start = time.process_time()
-assert all(index.find(p) is not None for p in probes)
-hit = (time.process_time() - start) / len(probes)
-misses = [os.urandom(ID) for _ in range(len(probes))]
-start = time.process_time()
-assert not any(index.find(m) for m in misses)
-miss = (time.process_time() - start) / len(probes)
-print(f"{n:,} blobs: {size / n:.1f} bytes per blob in memory, loaded in {load:.2f} s CPU; "
-      f"lookup {hit * 1e6:.2f} us (hit), {miss * 1e6:.2f} us (miss)")
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--blobs", type=int, default=1_000_000)
+    parser.add_argument("--objects", type=int, default=1)
+    args = parser.parse_args()
+    n = args.blobs
+    raw = objects(n, args.objects)
+    size = sum(len(r) for r in raw)
+    gc.collect()
+    start = time.process_time()        # timed without tracemalloc, which slows allocation
+    index = BlobIndex([packindex.decode(r, PlainChunks().mac, "index") for r in raw])
+    load = time.process_time() - start
+    del index
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    decoded = [packindex.decode(r, PlainChunks().mac, "index") for r in raw]
+    index = BlobIndex(decoded)
+    del decoded, raw
+    gc.collect()
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    probes = [blob_id for blob_id, _ in zip((e[0] for e in index.entries()), range(100_000))]
+    start = time.process_time()
+    assert all(index.has(p) for p in probes)
+    hit = (time.process_time() - start) / len(probes)
+    misses = [os.urandom(32) for _ in range(len(probes))]
+    start = time.process_time()
+    assert not any(index.has(m) for m in misses)
+    miss = (time.process_time() - start) / len(misses)
+    print(f"{n:,} blobs in {args.objects} index object(s) of {size / 2**20:.0f} MiB: "
+          f"{(kept - base) / n:.1f} bytes per blob kept ({(kept - base) / 2**20:.0f} MiB), "
+          f"peak while loading {(peak - base) / 2**20:.0f} MiB; loaded (decoded, checked, "
+          f"merged) in {load:.2f} s CPU; lookup {hit * 1e6:.2f} us (hit), "
+          f"{miss * 1e6:.2f} us (miss)")
+
+
+if __name__ == "__main__":
+    main()

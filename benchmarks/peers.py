@@ -29,6 +29,8 @@ contenders read, rotating their order per run. Per contender and run, into a fre
 Contenders, each with zstd level 3 where the tool lets one choose it:
   volbackup-archive    no init: one .tar.zst per snapshot (backup/restore --direct, as root)
   volbackup-chunked    `volbackup init` (1M chunks, the default chunker)
+  volbackup-packed     `init --layout packed` (chunks in 16 MiB packs with an index)
+  volbackup-packed-encrypted  the same, `--encrypt-to` one age recipient (a key per pack)
   volbackup-encrypted  `init --encrypt-to` one age X25519 recipient (chunks age-encrypted,
                        named by HMAC-SHA256 under the repository key)
   restic               always encrypted (AES-256-CTR + Poly1305-AES, scrypt-derived master key);
@@ -132,13 +134,15 @@ class Volbackup:
     def setup(self, bench: Dedup) -> str:
         if self.layout == "archive":
             return bench.repo(None)
+        layout = ["--layout", self.layout]
         if not self.encrypted:
-            return bench.repo("1M")
+            return bench.repo("1M", *layout)
         from pyrage import x25519
 
         identity = x25519.Identity.generate()
         self.key = os.path.join(bench.work, f"key-{secrets.token_hex(4)}")
-        repo = bench.repo("1M", "--encrypt-to", str(identity.to_public()), "--key-file", self.key)
+        repo = bench.repo("1M", *layout, "--encrypt-to", str(identity.to_public()),
+                          "--key-file", self.key)
         self.identity = self.key + ".identity"
         with open(self.key) as key, open(self.identity, "w") as f:
             f.write(f"{identity}\n{key.read()}")   # the key file appended (docs/security.md)
@@ -213,14 +217,16 @@ def borg_encryption() -> str:
         return "repokey" if "sha_ni" in f.read().split() else "repokey-blake2"
 
 
-NAMES = ("volbackup-archive", "volbackup-chunked", "volbackup-encrypted", "restic", "borg-none",
-         "borg-encrypted")
+NAMES = ("volbackup-archive", "volbackup-chunked", "volbackup-encrypted", "volbackup-packed",
+         "volbackup-packed-encrypted", "restic", "borg-none", "borg-encrypted")
 
 
 def contenders(peers: dict, only: set[str] | None) -> list:
     out = [Volbackup("volbackup-archive", "archive", False),
            Volbackup("volbackup-chunked", "chunked", False),
-           Volbackup("volbackup-encrypted", "chunked", True)]
+           Volbackup("volbackup-encrypted", "chunked", True),
+           Volbackup("volbackup-packed", "packed", False),
+           Volbackup("volbackup-packed-encrypted", "packed", True)]
     if peers["restic"]["present"]:
         out.append(Restic(peers["restic"]["path"]))
     if peers["borg"]["present"]:

@@ -1,9 +1,10 @@
 """The storage backend contract: the one gate every backend passes.
 
 TestContract runs against each param of the `backend` fixture: the directory backend, S3
-on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), and
-each inside RetryBackend (S3's as `open_backend` returns it); WebDAV on Apache httpd, Azure on
-Azurite and Swift on RGW's Swift API, as `open_backend` returns them (tests/opendal_servers.py). To add
+on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), SFTP
+on a real OpenSSH sshd (tests/sftp_server.py), and each inside RetryBackend (S3's as
+`open_backend` returns it); WebDAV on Apache httpd, Azure on Azurite and Swift on RGW's Swift
+API, as `open_backend` returns them (tests/opendal_servers.py). To add
 a backend, add a param that gives a fresh, empty, writable store; no test changes. Each
 backend's own details are in test_<backend>.py.
 """
@@ -16,20 +17,36 @@ import pytest
 
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends import (
+    CAPABILITIES,
     MAX_RANGE,
     MAX_SMALL_BLOB,
     BadEntry,
     BlobNotFound,
+    ForeignEntries,
+    FreeSpace,
     LocalBackend,
+    MakesItsPlace,
     RangeBeyondEnd,
     RetryBackend,
+    TempFiles,
+    UnfinishedUploads,
     open_backend,
 )
 
-BACKENDS = ["local", "s3", "rgw", "retry-local", "retry-s3", "retry-rgw", "webdav", "azure",
-            "swift"]
+BACKENDS = ["local", "s3", "rgw", "sftp", "retry-local", "retry-s3", "retry-rgw", "retry-sftp",
+            "webdav", "azure", "swift"]
 # Through OpenDAL (repo/backends/opendal.py), each as open_backend returns it: inside RetryBackend
 OPENDAL = ("webdav", "azure", "swift")
+# What each kind of store declares it can do beyond the core (docs/storage.md's table)
+DECLARED = {
+    "local": {TempFiles, FreeSpace, MakesItsPlace, ForeignEntries},
+    "sftp": {TempFiles, FreeSpace, MakesItsPlace, ForeignEntries},
+    "s3": {UnfinishedUploads},
+    "rgw": {UnfinishedUploads},
+    "webdav": {TempFiles, MakesItsPlace},
+    "azure": set(),
+    "swift": set(),
+}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -39,6 +56,12 @@ def backend(request, tmp_path):
         root.mkdir()
         local = LocalBackend(root)
         return RetryBackend(local, 3, sleep=_no_sleep) if request.param == "retry-local" else local
+    if request.param.endswith("sftp"):
+        # a fresh directory on a real sshd (tests/sftp_server.py), as open_backend opens it
+        wrapped = open_backend(request.getfixturevalue("sftp_repo"))
+        assert isinstance(wrapped, RetryBackend)
+        request.addfinalizer(wrapped.inner.close)
+        return wrapped if request.param.startswith("retry-") else wrapped.inner
     if request.param in OPENDAL:
         # the fixture points the env at its server while the test runs; open_backend reads it
         wrapped = open_backend(request.getfixturevalue(f"{request.param}_repo"))
@@ -221,6 +244,24 @@ class TestContract:
         except ValueError:
             return   # refusing such keys would be fine too
         assert key in keys(backend)
+
+    def test_capabilities_answer_as_declared(self, backend, request):
+        """What a backend says it has works on a fresh store (a wrapper says what its inner
+        backend has); what it does not have, callers never ask for."""
+        kind = request.node.callspec.params["backend"].removeprefix("retry-")
+        assert backend.capabilities == DECLARED[kind] and backend.capabilities <= set(CAPABILITIES)
+        backend.write_bytes("config", b"{}")
+        if backend.has(TempFiles):
+            assert backend.temp_files() == []
+        if backend.has(UnfinishedUploads):
+            assert backend.leftovers() == []
+        if backend.has(FreeSpace):
+            free = backend.free_space()
+            assert free is None or free > 0
+        if backend.has(MakesItsPlace):
+            assert backend.create_missing() is False  # there already
+        if backend.has(ForeignEntries):
+            assert backend.foreign_entries() == []
 
     # -- read_range: one blob out of a pack, never fewer bytes than asked for
 

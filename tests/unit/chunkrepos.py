@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.unit.manifests import make_manifest
 from tests.unit.tars import chunked, end_of_members, make_tar
 from volbackup.repo.chunked import iter_list
-from volbackup.repo.config import RepoConfig
+from volbackup.repo.config import CHUNKED, MIN_PACK, RepoConfig
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.stream.archive import END_MARKER
@@ -23,11 +23,13 @@ from volbackup.timefmt import utc_iso
 AVG = 4096
 
 
-def chunked_repo(path: Path, seed: int | None = None) -> Repository:
-    """A chunked repository; `seed` fixes where the chunker cuts (random otherwise, as
-    `init` makes it), for a test whose count of chunks must be one answer."""
+def chunked_repo(path: Path, seed: int | None = None, layout: str = CHUNKED,
+                 pack_size: int = MIN_PACK) -> Repository:
+    """A chunked repository (`layout` PACKED: its blobs in packs of `pack_size`); `seed`
+    fixes where the chunker cuts (random otherwise, as `init` makes it), for a test whose
+    count of chunks must be one answer."""
     path.mkdir(exist_ok=True)
-    config = RepoConfig.new(avg_size=AVG)
+    config = RepoConfig.new(avg_size=AVG, layout=layout, pack_size=pack_size)
     if seed is not None:
         config = dataclasses.replace(config, chunker=dataclasses.replace(config.chunker, seed=seed))
     return Repository.init(str(path), config=config)

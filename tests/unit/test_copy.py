@@ -24,7 +24,7 @@ from volbackup.errors import (IntegrityError, KeyProblem, NotFound, PartialFailu
 from volbackup.ops import copy as ops
 from volbackup.ops.snapshots import verify
 from volbackup.repo.chunkstore import chunk_key
-from volbackup.repo.config import RepoConfig
+from volbackup.repo.config import PACKED, RepoConfig
 from volbackup.repo.repository import Repository
 from volbackup.repo.sealing import Secrets
 
@@ -105,6 +105,29 @@ def test_only_what_the_target_lacks_is_sent(tmp_path, source):
     result = ops.copy(repo, target, ops.Choice([made[1].snapshot]))
     assert 0 < result.snapshots[0].chunks_sent <= 4    # around the byte, and the catalogue's
     assert result.snapshots[0].objects_written == result.snapshots[0].chunks_sent + 3
+
+
+def test_chunked_to_packed_and_back_sends_chunks_as_stored(tmp_path, source):
+    """A plain chunked and a plain packed repository store a chunk alike (its zstd frame,
+    under its sha256): copy moves chunks as they are, both ways, and a second copy or a
+    copy of one snapshot more sends only what the target lacks."""
+    repo, made = source
+    packed = chunked_repo(tmp_path / "packed", layout=PACKED)
+    assert [o.how for o in ops.copy(repo, packed, ops.Choice([made[0].snapshot])).snapshots] \
+        == ["chunks"]
+    rest = ops.copy(repo, packed, ALL).snapshots
+    assert sorted(o.status for o in rest) == ["copied", "copied", "skipped"]
+    assert 0 < next(o for o in rest if o.snapshot == made[1].snapshot).chunks_sent <= 4
+    assert not (tmp_path / "packed" / "chunks").exists()
+    assert len(list((tmp_path / "packed" / "packs").rglob("*/*"))) < len(chunk_files(
+        tmp_path / "source")) / 20
+    assert manifests(packed) == manifests(repo)
+    assert_verifies(packed)
+    back = chunked_repo(tmp_path / "back")
+    assert {o.how for o in ops.copy(packed, back, ALL).snapshots} == {"chunks"}
+    assert chunk_files(tmp_path / "back") == chunk_files(tmp_path / "source")
+    for manifest in made:
+        assert restored(back, back.load(manifest.snapshot)) == restored(repo, manifest)
 
 
 def test_archive_to_chunked_and_back(tmp_path, source):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -10,7 +11,7 @@ from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
 from tests.unit.manifests import make_manifest
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends import LocalBackend
-from volbackup.repo.config import CONFIG_KEY, RepoConfig
+from volbackup.repo.config import CONFIG_KEY, PACKED, RepoConfig
 from volbackup.repo.repository import Repository
 from volbackup.stream import archive
 
@@ -38,8 +39,32 @@ def test_two_new_configs_differ_in_id_and_seed():
 
 
 def test_a_newer_format_version_asks_for_an_upgrade():
-    with pytest.raises(RepositoryError, match=r"format version 3; .*upgrade volbackup"):
-        RepoConfig.from_json(config_json(format_version=3), "config")
+    with pytest.raises(RepositoryError, match=r"format version 4; .*upgrade volbackup"):
+        RepoConfig.from_json(config_json(format_version=4), "config")
+
+
+def test_a_packed_config_round_trips_and_a_chunked_one_has_no_pack_size():
+    packed = RepoConfig.new(layout=PACKED, pack_size=4 << 20)
+    assert RepoConfig.from_json(packed.to_json(), "config") == packed
+    assert (packed.layout, packed.format_version, packed.pack_size) == (PACKED, 3, 4 << 20)
+    assert b"pack_size" not in RepoConfig.new().to_json()     # as versions before packs
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"pack_size": 1 << 10}, "pack size 1024; it must be"),
+    ({"pack_size": 1 << 30}, "pack size 1073741824"),
+    ({"pack_size": "16M"}, "pack size '16M'"),
+    ({"pack_size": True}, "pack size True"),
+    ({"pack_size": None}, "pack size None"),
+    ({"format_version": 1}, "packed repository has format version 3, not 1"),
+    ({"layout": "chunked"}, "gives a pack size to a chunked repository"),
+    ({"layout": "bundled"}, "asks for layout 'bundled'"),
+], ids=["small", "large", "text", "bool", "none", "version", "chunked-with-size", "unknown"])
+def test_a_bad_packed_config_is_refused(changes, message):
+    data = json.loads(RepoConfig.new(layout=PACKED).to_json())
+    data.update(changes)
+    with pytest.raises(RepositoryError, match=re.escape(message)):
+        RepoConfig.from_json(json.dumps(data).encode(), "config")
 
 
 # Random seeds and ids inside: explicit ids keep the test names the same in every process

@@ -92,6 +92,13 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
                         + (f", {sweep.too_young} unused kept (younger than --leftover-age)"
                            if sweep.too_young else "")
                         + (f", {sweep.failed} failed" if sweep.failed else ""))
+            packs = getattr(sweep, "packs_removed", None)
+            if packs is not None:
+                render.echo(f"packs: {sweep.packs} stored, {packs} "
+                            f"{'to remove' if dry_run else 'removed'}, "
+                            f"{sweep.packs_repacked} {'to repack' if dry_run else 'repacked'}"
+                            f" into {sweep.packs_written}, {sweep.unindexed_removed} "
+                            f"unindexed {'to remove' if dry_run else 'removed'}")
         verb = "would free" if dry_run else "freed"
         info(f"{len(result.snapshots) - len(result.removed)} kept, {len(result.removed)} "
              f"{'to remove' if dry_run else 'removed'}; {verb} "

@@ -7,6 +7,7 @@ import click
 from volbackup.cli import complete, render
 from volbackup.cli.options import host_option, json_option, repo_option, secrets_options
 from volbackup.cli.progress import quiet_option, terminal_progress
+from volbackup.errors import IntegrityError
 from volbackup.ops import snapshots as ops
 from volbackup.repo.repository import Repository
 
@@ -74,19 +75,30 @@ def show(snapshot, repo, as_json):
 @click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...",
                 shell_complete=complete.snapshots)
 @click.option("--all", "verify_all", is_flag=True, help="Verify every snapshot in REPO.")
+@click.option("--packs", "check_packs", is_flag=True,
+              help="Packed repository: read every pack and check it against its name, its "
+                   "trailer and the index, and the index against the packs (no identity "
+                   "needed); alone, or before the snapshots named.")
 @repo_option
 @quiet_option
 @json_option
 @secrets_options(reading=True)
-def verify(snapshots, verify_all, repo, as_json, secrets):
+def verify(snapshots, verify_all, check_packs, repo, as_json, secrets):
     """Read archives in full and check sha256, zstd checksum and tar structure."""
-    if bool(snapshots) == verify_all:
-        raise click.UsageError("name one or more SNAPSHOTs, or --all (not both)")
-    result = ops.verify(Repository.open(repo, secrets=secrets), list(snapshots), verify_all,
-                        terminal_progress())
+    if snapshots and verify_all or not (snapshots or verify_all or check_packs):
+        raise click.UsageError("name one or more SNAPSHOTs, or --all (not both), or --packs")
+    repository = Repository.open(repo, secrets=secrets)
+    packs = ops.verify_packs(repository, terminal_progress()) if check_packs else None
+    if packs is not None and not (snapshots or verify_all):
+        _report_packs(packs, as_json, repository.describe())
+        return
+    result = ops.verify(repository, list(snapshots), verify_all, terminal_progress())
+    if packs is not None and not as_json:   # in the JSON below otherwise
+        _report_packs(packs, False, repository.describe(), fail=False)
     if as_json:
         render.emit_json("verify", repository=result.repository,
-                         snapshots=[c.as_dict() for c in result.snapshots])
+                         snapshots=[c.as_dict() for c in result.snapshots],
+                         **({"packs": packs.as_dict()} if packs is not None else {}))
     else:
         for c in result.snapshots:
             if not c.failed:
@@ -94,3 +106,22 @@ def verify(snapshots, verify_all, repo, as_json, secrets):
                             f"{c.entries} entries)")
     render.failures(result.snapshots, ops.snapshot_name)
     result.raise_for_failures()
+    if packs is not None and packs.problems:
+        raise IntegrityError(f"{len(packs.problems)} problems with the packs and index of "
+                             f"{repository.describe()}")
+
+
+def _report_packs(packs, as_json: bool, repository: str, fail: bool = True) -> None:
+    """What `verify --packs` found; with `fail`, exit 6 if anything is wrong."""
+    if as_json:
+        render.emit_json("verify", repository=repository, packs=packs.as_dict())
+    else:
+        for problem in packs.problems:
+            render.warn(problem)
+        render.echo(f"packs: {packs.packs} checked ({render.human_bytes(packs.bytes)}), "
+                    f"{packs.blobs} blobs indexed, {packs.duplicated} stored twice, "
+                    f"{packs.unindexed} packs unindexed (prune removes them), "
+                    f"{len(packs.problems)} problems")
+    if fail and packs.problems:
+        raise IntegrityError(f"{len(packs.problems)} problems with the packs and index of "
+                             f"{repository}")

@@ -172,8 +172,7 @@ def _space(free: int, largest: tuple[str, int] | None) -> dict:
 def _repo_space(repo: Repository, largest: tuple[str, int] | None) -> Check:
     free = repo.free_space()
     if free is None:
-        return Check("", OK, "not applicable: only a directory repository has free space "
-                     "to measure (S3, WebDAV, Azure, Swift do not say)")
+        return Check("", OK, "not applicable: this store cannot say how much space is free")
     details = _space(free, largest)
     if free < MIN_FREE:
         return Check("", PROBLEM, f"{_mib(free)} free: the repository is full",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from volbackup.errors import IntegrityError, NotFound, RepositoryError
 from volbackup.ops.outcome import Outcome, ProgressFactory, no_progress, raise_for_failures
 from volbackup.repo.manifest import Manifest
+from volbackup.repo.packcheck import PackCheck, check_packs
 from volbackup.repo.repository import Listing, Repository
 from volbackup.stream import catalog
 
@@ -42,6 +43,16 @@ class VerifyResult:
     def raise_for_failures(self) -> None:
         # By snapshot: a damaged chunk shared by several fails each, and names them all.
         raise_for_failures(self.snapshots, "snapshots", snapshot_name)
+
+
+def verify_packs(repo: Repository, progress: ProgressFactory = no_progress) -> PackCheck:
+    """A packed repository's structure: every pack against the index and the index
+    against the packs (volbackup.repo.packcheck); needs no identity."""
+    if not repo.layout.packed:
+        raise RepositoryError(f"repository {repo.describe()} is not packed: --packs checks "
+                           f"the packs and index of a packed repository")
+    repo.check_secrets(reading=False)
+    return check_packs(repo.blobs, progress)
 
 
 def snapshot_name(check: "SnapshotCheck") -> str:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import zstandard
 
@@ -50,6 +52,18 @@ class Saved:
         return self.stored > 0
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A blob named (and, if it is to be stored, compressed), not yet stored: either what
+    `save` did already (`saved`), or what `commit` stores."""
+
+    saved: Saved | None = None
+    id: str = ""
+    frame: bytes = b""
+    length: int = 0
+    kind: str = DATA
+
+
 class BlobStore(ABC):
     """Content-addressed blobs, deduplicated, named and sealed by a cipher fixed at build.
 
@@ -57,6 +71,13 @@ class BlobStore(ABC):
     is called when one begins and ends): a prune may have removed blobs in between."""
 
     encrypted: bool
+
+    @property
+    def plain_frames(self) -> bool:
+        """Plain: a blob is named by the sha256 of its plaintext and stored as a bare zstd
+        frame, whatever the layout (a loose chunk object, a record of a pack), so that
+        two such stores `stores_like` each other. Two encrypted stores have other keys."""
+        return not self.encrypted
 
     @abstractmethod
     def blob_id(self, data: bytes) -> str:
@@ -70,10 +91,41 @@ class BlobStore(ABC):
         `verify_existing`, a blob held already is read back and checked once under this
         lock, and written again if it is not what its name says (copy into a plain store)."""
 
+    def prepare(self, data: bytes, level: int, verify_existing: bool = False,
+                kind: str = DATA) -> "Prepared":
+        """The part of `save` that may run on any thread in any order (naming,
+        compressing); `commit` of the result, called in stream order, stores it. A store
+        that packs blobs keeps them in the order of the commits, so that a restore reads
+        neighbours together. By default `save` does it all here."""
+        return Prepared(self.save(data, level, verify_existing, kind))
+
+    def commit(self, prepared: "Prepared") -> Saved:
+        """Store what `prepare` made, unless it is stored already; durable at `flush`."""
+        assert prepared.saved is not None
+        return prepared.saved
+
     @abstractmethod
     def load(self, blob_id: str, length: int) -> tuple[bytes, int]:
         """A blob's plaintext, checked against its name and `length`, and its stored size;
         IntegrityError (ChunkMissing when it is not there) otherwise."""
+
+    def load_many(self, entries: Iterable[tuple[str, int]], readers: int
+                  ) -> Iterator[tuple[bytes, int]]:
+        """`load` of each (id, length) of `entries`, in order, `readers` fetched ahead by
+        worker threads (restores from S3 are not latency-bound); memory: `readers` blobs,
+        whatever the number of entries."""
+        with ThreadPoolExecutor(readers, thread_name_prefix="volbackup-fetch") as pool:
+            ahead: deque[Future] = deque()
+            try:
+                for blob_id, length in entries:
+                    ahead.append(pool.submit(self.load, blob_id, length))
+                    if len(ahead) >= readers:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
+            finally:
+                for future in ahead:
+                    future.cancel()
 
     @abstractmethod
     def has(self, blob_id: str, length: int) -> bool:
@@ -97,6 +149,13 @@ class BlobStore(ABC):
     @abstractmethod
     def forget(self) -> None:
         """Drop what is known of the stored blobs (a lock begins or ends)."""
+
+    def flush(self) -> list[tuple[str, list[str]]]:
+        """Make every blob saved so far durable (and findable): what a list that names
+        them, or a manifest, is written after. A store that writes each blob in `save`
+        has nothing to do; a packed one writes its open packs and their index (it says
+        which index objects, and the packs each names)."""
+        return []
 
 
 class KnownChunks:
@@ -225,10 +284,7 @@ class LooseChunkStore(BlobStore):
         return Saved(blob_id, length, stored)
 
     def stores_like(self, other: BlobStore) -> bool:
-        # Plain on both sides: a name is the sha256 of the plaintext and the stored form a
-        # bare zstd frame. Two encrypted stores have other keys (and recipients).
-        return isinstance(other, LooseChunkStore) and not self.encrypted \
-            and not other.encrypted
+        return self.plain_frames and other.plain_frames
 
     def forget(self) -> None:
         self._known.forget()

@@ -63,6 +63,7 @@ class ChunkedCatalogWriter:
     def finish(self, backend: Backend, key: str) -> dict:
         """Store the last piece and the list; the manifest's `catalog` field."""
         self._flush()
+        self._store.flush()     # every piece (and the data's chunks) durable before a list
         listing = self._list.getvalue()
         backend.write_bytes(key, listing)
         return {"version": catalog.CATALOG_VERSION, "entries": self.entries,

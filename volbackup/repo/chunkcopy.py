@@ -102,6 +102,7 @@ def copy_list(source: Side, source_key: str, target: Side, target_key: str,
             _check(source, source_key, expected, each)
             while pending:
                 settle(pending.popleft())
+            target.store.flush()    # the chunks durable (and indexed) before the list
         except BaseException:
             for future in pending:
                 future.cancel()

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
-from volbackup.repo.blobstore import BlobStore, Saved
-from volbackup.repo.config import CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
+from volbackup.repo.blobstore import BlobStore, Prepared
+from volbackup.repo.config import CHUNKER_EACH, CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
-from volbackup.stream.chunker import cut, cut_at_members
+from volbackup.stream.chunker import cut, cut_at_members, cut_each_member, seed_name_key
 from volbackup.stream.chunks import read_chunks, split_lines
 from volbackup.stream.tarstream import Entry, TarWalker
 
@@ -42,7 +42,7 @@ MAX_LINE = 64 + 1 + 9 + 1
 class ChunkedPacked(Packed):
     chunks: int = 0
     new_chunks: int = 0
-    tar_sha256: str = ""
+    tar_sha256: str | None = ""     # None: not computed (the packed layout)
     replaced_chunks: int = 0    # with `check_existing`: stored ones that failed, written again
 
 
@@ -50,7 +50,8 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
          config: RepoConfig, level: int = 3,
          progress: Progress = no_progress, seed: int | None = None,
          on_walker: Callable[[TarWalker], None] = lambda walker: None,
-         check_existing: bool = False) -> ChunkedPacked:
+         check_existing: bool = False, whole_digest: bool = True,
+         name_key: bytes | None = None) -> ChunkedPacked:
     """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
     IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
     the chunker's, when not the config's (an encrypted repository's comes from its key).
@@ -58,20 +59,25 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
     `check_existing` (copy into a plain repository): a chunk the store holds already is
     read back and checked once, and written again if it is not what its name says; a
     backup trusts the names it lists (docs/security.md says what that lets a writer do).
-    Which chunks are stored already is the store's business (BlobStore.save)."""
+    Which chunks are stored already is the store's business (BlobStore.save).
+    `name_key` keys the member-name hash of the each-member chunker (an encrypted
+    repository's comes from its key; by default the seed's bytes).
+    `whole_digest` False: no sha256 of the whole stream (`tar_sha256` None): each chunk's
+    id and the list's sha256 already cover every byte, so that the stream is hashed once
+    (the packed layout; the chunked one keeps the field its readers know)."""
     # Names are not checked for repeats here: what is packed is a volume's stream, or a
     # stream whose names were checked (an unpacker's, import's), each name once.
     walker = TarWalker(unique=False)
     on_walker(walker)
-    tar_sha256 = hashlib.sha256()
+    tar_sha256 = hashlib.sha256() if whole_digest else None
     listing = HashingWriter(list_out)
     result = ChunkedPacked(0, 0, "", 0, None)
 
-    def store_one(data: bytes) -> Saved:
-        return store.save(data, level, check_existing)
+    def store_one(data: bytes) -> Prepared:
+        return store.prepare(data, level, check_existing)
 
     def record(future: Future) -> None:
-        saved = future.result()
+        saved = store.commit(future.result())   # in stream order: packs keep it
         listing.write(f"{saved.id} {saved.length}\n".encode())
         result.chunks += 1
         result.new_chunks += 1 if saved.written else 0
@@ -85,12 +91,19 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
             if c.algorithm == CHUNKER_PLAIN:
                 cuts = cut(kept_tar(tar_chunks, walker), c.avg_size, c.min_size, c.max_size,
                            c.normalized_chunking, c.seed if seed is None else seed)
+            elif c.algorithm == CHUNKER_EACH:
+                chunker_seed = c.seed if seed is None else seed
+                cuts = cut_each_member(kept_tar(tar_chunks, walker), walker, c.avg_size,
+                                       c.min_size, c.max_size, c.normalized_chunking,
+                                       chunker_seed, name_key=name_key
+                                       or seed_name_key(chunker_seed))
             else:
                 cuts = cut_at_members(kept_tar(tar_chunks, walker), walker, c.avg_size,
                                       c.min_size, c.max_size, c.normalized_chunking,
                                       c.seed if seed is None else seed)
             for data in cuts:
-                tar_sha256.update(data)
+                if tar_sha256 is not None:
+                    tar_sha256.update(data)
                 result.bytes += len(data)
                 pending.append(pool.submit(store_one, data))
                 while len(pending) > 2 * WRITERS or (pending and pending[0].done()):
@@ -102,7 +115,8 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
             for future in pending:
                 future.cancel()
             raise
-    result.sha256, result.tar_sha256 = listing.sha256.hexdigest(), tar_sha256.hexdigest()
+    result.sha256 = listing.sha256.hexdigest()
+    result.tar_sha256 = tar_sha256.hexdigest() if tar_sha256 is not None else None
     result.entries, result.root = walker.entries, walker.first
     return result
 
@@ -139,17 +153,20 @@ class ChunkedUnpacker:
 
     def chunks(self) -> Iterator[bytes]:
         self.check_list()
-        tar_sha256 = hashlib.sha256()
         want_tar = self._expected[2]
+        # A snapshot with no whole-stream digest (the packed layout's) is checked by its
+        # chunks' ids and its list's sha256 alone: one hash of each byte.
+        tar_sha256 = hashlib.sha256() if want_tar else None
 
         def plaintext() -> Iterator[bytes]:
             for plain, stored in fetch_ahead(self._store, self._listed()):
-                tar_sha256.update(plain)
+                if tar_sha256 is not None:
+                    tar_sha256.update(plain)
                 self.stored_bytes += stored
                 yield plain
 
         def check() -> None:
-            if tar_sha256.hexdigest() != want_tar:
+            if tar_sha256 is not None and tar_sha256.hexdigest() != want_tar:
                 raise IntegrityError(f"tar stream sha256 is {tar_sha256.hexdigest()}, the "
                                      f"manifest says {want_tar}")
             self.walker.finish()
@@ -187,19 +204,9 @@ def fetch_ahead(store: BlobStore, entries: Iterable[tuple[str, int]],
                 readers: int = READERS) -> Iterator[tuple[bytes, int]]:
     """(plaintext, stored size) of each chunk of `entries`, in order, each checked, fetched
     `readers` ahead by worker threads (restores from S3 are not latency-bound); memory:
-    `readers` chunks, whatever the number of entries."""
-    with ThreadPoolExecutor(readers, thread_name_prefix="volbackup-fetch") as pool:
-        ahead: deque[Future] = deque()
-        try:
-            for chunk_id, length in entries:
-                ahead.append(pool.submit(store.load, chunk_id, length))
-                if len(ahead) >= readers:
-                    yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
-        finally:
-            for future in ahead:
-                future.cancel()
+    `readers` chunks, whatever the number of entries. How is the store's business
+    (BlobStore.load_many: a packed store reads neighbours in one request)."""
+    return store.load_many(entries, readers)
 
 
 def iter_list(reader, digest=None) -> Iterator[tuple[str, int]]:

@@ -13,7 +13,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator
+from typing import Callable, Iterator
 
 import zstandard
 
@@ -121,20 +121,27 @@ class ChunkObjects:
         except BadEntry as e:
             raise IntegrityError(f"chunk {chunk_id} is not a chunk: {e}") from None
         frame = self.cipher.open(stored, chunk_id)
-        try:
-            params = zstandard.get_frame_parameters(frame)
-            if params.content_size != length:
-                raise IntegrityError(f"chunk {chunk_id} holds {params.content_size} bytes, "
-                                     f"the chunk list says {length}")
-            # The header's size is checked above, so this allocates at most MAX_CHUNK; a
-            # frame that is cut short, or followed by anything, is refused.
-            plain = zstandard.ZstdDecompressor().decompress(frame, allow_extra_data=False)
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"chunk {chunk_id} is corrupt: zstd says {e}") from None
-        if len(plain) != length or self.cipher.chunk_id(plain) != chunk_id:
-            raise IntegrityError(f"chunk {chunk_id} does not match its name (corrupt or "
-                                 f"replaced)")
-        return stored, plain
+        return stored, open_frame(frame, chunk_id, length, self.cipher.chunk_id)
 
     def delete(self, chunk_id: str) -> None:
         self.backend.delete(chunk_key(chunk_id))
+
+
+def open_frame(frame: bytes, chunk_id: str, length: int,
+               name_of: Callable[[bytes], str]) -> bytes:
+    """A stored blob's plaintext from its zstd frame, checked: one complete frame whose
+    header says `length` bytes, and whose content `name_of` names `chunk_id`."""
+    try:
+        params = zstandard.get_frame_parameters(frame)
+        if params.content_size != length:
+            raise IntegrityError(f"chunk {chunk_id} holds {params.content_size} bytes, "
+                                 f"the chunk list says {length}")
+        # The header's size is checked above, so this allocates at most MAX_CHUNK; a
+        # frame that is cut short, or followed by anything, is refused.
+        plain = zstandard.ZstdDecompressor().decompress(frame, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"chunk {chunk_id} is corrupt: zstd says {e}") from None
+    if len(plain) != length or name_of(plain) != chunk_id:
+        raise IntegrityError(f"chunk {chunk_id} does not match its name (corrupt or "
+                             f"replaced)")
+    return plain

@@ -16,11 +16,21 @@ from volbackup.errors import RepositoryError
 
 CONFIG_KEY = "config"
 FORMAT = "volbackup-repository"
-FORMAT_VERSION = 2          # what this volbackup reads; an encrypted config is written as 2
-PLAIN_VERSION = 1           # ... and a plain one as 1 (readable by the first chunked versions)
+FORMAT_VERSION = 3          # what this volbackup reads; a packed config is written as 3,
+ENCRYPTED_VERSION = 2       # an encrypted chunked one as 2,
+PLAIN_VERSION = 1           # and a plain chunked one as 1 (readable by the first versions)
+CHUNKED, PACKED = "chunked", "packed"   # blobs one object each, or in packs with an index
 CHUNKER = "fastcdc-2020-members"   # FastCDC, plus cuts at tar members (stream/chunker.py)
 CHUNKER_PLAIN = "fastcdc-2020"     # FastCDC alone (the first chunked repositories)
-SCHEME = "age+hmac-sha256"
+# FastCDC inside members, a cut at every member but tiny ones, which are grouped: the
+# packed layout's blobs (stream/chunker.py, cut_each_member), what `init --layout packed`
+# makes.
+CHUNKER_EACH = "fastcdc-2020-each-member"
+CHUNKERS = (CHUNKER, CHUNKER_PLAIN, CHUNKER_EACH)
+SCHEME = "age+hmac-sha256"                      # chunked: an age file per chunk
+PACKED_SCHEME = "age+aes-256-gcm+hmac-sha256"   # packed: an age-sealed key per pack
+DEFAULT_PACK = 16 << 20
+MIN_PACK, MAX_PACK = 1 << 20, 128 << 20
 
 # Kept at 1M after `benchmarks/dedup.py --sections sizes` (docs/performance.md, "Chunk
 # size"): 512K cuts what scattered small-file changes store only from 19.7 % to 15.5 %
@@ -65,27 +75,49 @@ class RepoConfig:
     format_version: int = PLAIN_VERSION
     encryption: Encryption | None = None
     mac: str | None = None      # encrypted: of everything else, with the repository key
+    pack_size: int | None = None    # packed: a pack is closed past this many bytes
 
     @property
     def encrypted(self) -> bool:
         return self.encryption is not None
 
+    @property
+    def packed(self) -> bool:
+        return self.layout == PACKED
+
+    def _fields(self) -> dict:
+        """Every field, but `pack_size` only in a packed config: a chunked config's bytes
+        (and so its MAC) are what the versions before packs wrote."""
+        data = asdict(self)
+        if data["pack_size"] is None:
+            del data["pack_size"]
+        return data
+
     def signed_bytes(self) -> bytes:
         """What the MAC covers: the whole config but the MAC, canonical JSON."""
-        data = asdict(self)
+        data = self._fields()
         data.pop("mac")
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def new(cls, avg_size: int = DEFAULT_AVG, algorithm: str = CHUNKER) -> "RepoConfig":
+    def new(cls, avg_size: int = DEFAULT_AVG, algorithm: str | None = None,
+            layout: str = CHUNKED, pack_size: int = DEFAULT_PACK) -> "RepoConfig":
+        """A new repository's config. The chunker by default: a cut at every member in a
+        packed repository (its packs make ~10,000 blobs a GiB cheap), members of 512 KiB
+        or more and groups of smaller ones in a chunked one (one object per chunk)."""
+        if algorithm is None:
+            algorithm = CHUNKER_EACH if layout == PACKED else CHUNKER
         chunker = Chunker(algorithm=algorithm, min_size=max(MIN_CHUNK, avg_size // 4),
                           avg_size=avg_size, max_size=avg_size * 4, seed=secrets.randbits(31))
         config = cls(id=secrets.token_hex(16), chunker=chunker)
+        if layout == PACKED:
+            config = cls(id=config.id, chunker=chunker, layout=PACKED,
+                         format_version=FORMAT_VERSION, pack_size=pack_size)
         config.check("the new config")
         return config
 
     def to_json(self) -> bytes:
-        data = asdict(self)
+        data = self._fields()
         if data["encryption"] is None:  # a plain config as the first chunked versions wrote it
             del data["encryption"], data["mac"]
         return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
@@ -113,7 +145,7 @@ class RepoConfig:
                          chunk_hash=data["chunk_hash"], compression=data["compression"],
                          format=data["format"], format_version=version,
                          encryption=_encryption(data.get("encryption"), where),
-                         mac=data.get("mac"))
+                         mac=data.get("mac"), pack_size=data.get("pack_size"))
         except (KeyError, TypeError) as e:
             raise RepositoryError(f"{where} lacks {e}") from None
         config.check(where)
@@ -126,19 +158,31 @@ class RepoConfig:
             raise RepositoryError(f"{where} has a chunker with non-integer sizes")
         if not isinstance(self.id, str) or not re.fullmatch(r"[0-9a-f]{32}", self.id):
             raise RepositoryError(f"{where} has an invalid id {self.id!r}")
-        if self.encrypted != (self.format_version >= 2) or self.encrypted != (self.mac is not None):
+        if self.layout == PACKED:
+            self._check_packed(where)
+        elif self.layout == CHUNKED and (self.encrypted != (self.format_version >= 2)
+                                         or self.pack_size is not None):
             raise RepositoryError(f"{where} is half encrypted (encryption, mac and format "
-                                  f"version 2 go together)")
+                                  f"version 2 go together)" if self.pack_size is None else
+                                  f"{where} gives a pack size to a chunked repository")
+        if self.encrypted != (self.mac is not None):
+            raise RepositoryError(f"{where} is half encrypted (encryption and mac go "
+                                  f"together)")
         if self.mac is not None and not (isinstance(self.mac, str)
                                          and re.fullmatch(r"[0-9a-f]{64}", self.mac)):
             raise RepositoryError(f"{where} has an invalid mac")
         chunk_hash = "hmac-sha256" if self.encrypted else "sha256"
-        if (self.layout, self.chunk_hash, self.compression) != ("chunked", chunk_hash, "zstd") \
-                or c.algorithm not in (CHUNKER, CHUNKER_PLAIN):
+        if self.layout not in (CHUNKED, PACKED) or (self.chunk_hash, self.compression) != (
+                chunk_hash, "zstd") or c.algorithm not in CHUNKERS:
             raise RepositoryError(
                 f"{where} asks for layout {self.layout!r}, hash {self.chunk_hash!r}, "
                 f"compression {self.compression!r}, chunker {c.algorithm!r}; this volbackup "
-                f"knows chunked, {chunk_hash}, zstd, {CHUNKER} (upgrade volbackup?)")
+                f"knows chunked or packed, {chunk_hash}, zstd, {CHUNKER} (upgrade "
+                f"volbackup?)")
+        if self.encrypted and self.encryption.scheme != (PACKED_SCHEME if self.packed
+                                                         else SCHEME):
+            raise RepositoryError(f"{where} uses encryption scheme "
+                                  f"{self.encryption.scheme!r} with layout {self.layout!r}")
         # pyfastcdc's own bounds: min 64 B-1 MiB, avg 256 B-4 MiB, max 1 KiB-16 MiB
         if not (MIN_CHUNK <= c.min_size <= c.avg_size <= c.max_size <= MAX_CHUNK
                 and c.min_size <= 1 << 20 and 256 <= c.avg_size <= 4 << 20
@@ -146,6 +190,17 @@ class RepoConfig:
                 and 0 <= c.seed < 1 << 31):
             raise RepositoryError(f"{where} has chunker sizes out of bounds "
                                   f"({c.min_size}/{c.avg_size}/{c.max_size})")
+
+
+    def _check_packed(self, where: str) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise RepositoryError(f"{where}: a packed repository has format version "
+                                  f"{FORMAT_VERSION}, not {self.format_version}")
+        size = self.pack_size
+        if isinstance(size, bool) or not isinstance(size, int) \
+                or not MIN_PACK <= size <= MAX_PACK:
+            raise RepositoryError(f"{where} has pack size {size!r}; it must be "
+                                  f"{MIN_PACK >> 20}-{MAX_PACK >> 20} MiB")
 
 
 def _encryption(data: object, where: str) -> Encryption | None:
@@ -158,9 +213,9 @@ def _encryption(data: object, where: str) -> Encryption | None:
     if not isinstance(recipients, list) or not recipients or not all(
             isinstance(r, str) and 0 < len(r) <= 16384 for r in recipients):
         raise RepositoryError(f"{where} has invalid recipients")
-    if data["scheme"] != SCHEME:
+    if data["scheme"] not in (SCHEME, PACKED_SCHEME):
         raise RepositoryError(f"{where} uses encryption scheme {data['scheme']!r}; this "
-                              f"volbackup knows {SCHEME!r} (upgrade volbackup?)")
+                              f"volbackup knows {SCHEME!r} and {PACKED_SCHEME!r} (upgrade volbackup?)")
     if not isinstance(data["key_check"], str) or not re.fullmatch(r"[0-9a-f]{32}",
                                                                     data["key_check"]):
         raise RepositoryError(f"{where} has an invalid key_check")

@@ -26,6 +26,8 @@ from typing import Callable, Iterable, Sequence
 import pyrage
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pyrage import ssh, x25519
 
@@ -61,6 +63,12 @@ class RepositoryKey:
         if not isinstance(mac, str) or not stdlib_hmac.compare_digest(self.mac(data), mac):
             raise IntegrityError(f"{what} is not authentic: its MAC does not match the "
                                  f"repository key (forged, or altered in the repository)")
+
+    @property
+    def member_name_key(self) -> bytes:
+        """Keys the hash of member names that ends groups of tiny members (the packed
+        layout's cuts): which names end groups is then known only to key holders."""
+        return self._derive("member names")
 
     @property
     def chunker_seed(self) -> int:
@@ -201,10 +209,20 @@ def decrypt(data: bytes, identities: Sequence, what: str) -> bytes:
                              f"({e})") from None
 
 
+DATA_KEY_BYTES = 32     # a pack's AES-256-GCM key
+NONCE_BYTES = 12
+TAG_BYTES = 16
+MAC_BYTES = 32
+
+
 class PlainChunks:
     """Chunks of a plain repository: named by sha256, stored as their zstd frame."""
 
     encrypted = False
+
+    def mac(self, label: bytes, data: bytes) -> bytes:
+        """A plain repository authenticates nothing (docs/security.md)."""
+        return b""
 
     def chunk_id(self, plaintext: bytes) -> str:
         return hashlib.sha256(plaintext).hexdigest()
@@ -227,12 +245,56 @@ class SealedChunks:
                  identities: Callable[[], Sequence] = lambda: ()):
         self._key, self._recipients, self._identities = key, list(recipients), identities
         self._name_key = key._derive("chunk names")
+        self._auth_key = key._derive("authentication")
 
     def chunk_id(self, plaintext: bytes) -> str:
         return _hmac(self._name_key, plaintext).hex()
 
     def seal(self, frame: bytes) -> bytes:
         return encrypt(frame, self._recipients)
+
+    def mac(self, label: bytes, data: bytes) -> bytes:
+        """HMAC-SHA256 of `label || data` with the authentication key (pack trailers,
+        index objects): what a writer without the key cannot make."""
+        return _hmac(self._auth_key, label + data)
+
+    def new_data_key(self) -> tuple[bytes, bytes]:
+        """A fresh key for one pack's records, and that key sealed to the recipients (one
+        age operation per pack, not per blob): (key, sealed key)."""
+        key = secrets.token_bytes(DATA_KEY_BYTES)
+        return key, encrypt(key, self._recipients)
+
+    def open_data_key(self, sealed: bytes, what: str) -> bytes:
+        """A pack's data key from its sealed form (needs an identity)."""
+        identities = self._identities()
+        if not identities:
+            raise KeyProblem("reading an encrypted repository needs an identity (--identity "
+                             "FILE or $VOLBACKUP_IDENTITY_FILE)")
+        try:
+            key = decrypt(sealed, identities, what)
+        except KeyProblem:
+            raise IntegrityError(f"{what} is not encrypted to the repository's recipients "
+                                 f"(replaced in the repository?)") from None
+        if len(key) != DATA_KEY_BYTES:
+            raise IntegrityError(f"{what} does not hold a data key")
+        return key
+
+    @staticmethod
+    def seal_record(data_key: bytes, blob_id: bytes, frame: bytes) -> bytes:
+        """nonce || AES-256-GCM(frame), the blob's id bound as associated data: a record
+        moved under another id fails its tag."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + AESGCM(data_key).encrypt(nonce, frame, blob_id)
+
+    @staticmethod
+    def open_record(data_key: bytes, blob_id: bytes, stored: bytes) -> bytes:
+        if len(stored) < NONCE_BYTES + TAG_BYTES:
+            raise IntegrityError(f"blob {blob_id.hex()} is too short to be sealed")
+        try:
+            return AESGCM(data_key).decrypt(stored[:NONCE_BYTES], stored[NONCE_BYTES:], blob_id)
+        except InvalidTag:
+            raise IntegrityError(f"blob {blob_id.hex()} fails its authentication tag (altered, "
+                                 f"or moved in the repository)") from None
 
     def open(self, stored: bytes, chunk_id: str) -> bytes:
         identities = self._identities()

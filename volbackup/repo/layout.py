@@ -5,6 +5,8 @@
 - `ChunkedLayout`: a config made by `init`: the data is cut into chunks kept by a blob
   store (volbackup.repo.blobstore), named in a chunk list `<stamp>.chunks`; the catalogue is
   stored in pieces the same way, listed in `<stamp>.catalog`.
+- `PackedLayout`: as the chunked one, but the blob store puts blobs into pack objects and
+  finds them through an index (volbackup.repo.packstore); snapshots are chunked ones.
 
 The layout decides how a new snapshot is written. Reading goes by each snapshot's own
 manifest (`layout` field): a chunked repository made by `init` over an archive-layout one
@@ -15,16 +17,18 @@ from __future__ import annotations
 
 import threading
 from contextlib import ExitStack
+from datetime import datetime, timedelta
 from typing import BinaryIO, Callable, Iterable
 
-from volbackup.repo import catalogs
+from volbackup.repo import catalogs, packsweep, sweep
 from volbackup.repo import chunked as chunks
 from volbackup.repo.backends import Backend
-from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.blobstore import BlobStore, LooseChunkStore
 from volbackup.repo.chunkstore import ChunkObjects
-from volbackup.repo.config import RepoConfig
-from volbackup.repo.crypto import PlainChunks
+from volbackup.repo.config import DEFAULT_PACK, RepoConfig
+from volbackup.repo.crypto import PlainChunks, SealedChunks
 from volbackup.repo.manifest import CHUNKED_VERSION
+from volbackup.repo.packstore import PackedBlobStore
 from volbackup.repo.sealing import Keyring
 from volbackup.stream import archive, catalog
 from volbackup.stream.archive import Packed, Progress
@@ -42,12 +46,13 @@ class Layout:
 
     name: str
     chunked: bool
+    packed = False          # blobs in packs, found through an index
     data_suffix: str        # of a snapshot's data blob next to its manifest
     catalog_suffix: str     # of its catalogue's blob (or list of pieces)
 
     def __init__(self, backend: Backend, keyring: Keyring | None = None):
         self._backend, self._keyring = backend, keyring
-        self._blobs: LooseChunkStore | None = None
+        self._blobs: BlobStore | None = None
         self._blobs_made = threading.Lock()
 
     @property
@@ -55,14 +60,24 @@ class Layout:
         return self._keyring is not None
 
     @property
-    def blobs(self) -> LooseChunkStore:
+    def blobs(self) -> BlobStore:
         """The blob store, its cipher fixed when it is built: the key is loaded only by
         commands that read or write chunks (list and unlock hold none)."""
         with self._blobs_made:
             if self._blobs is None:
                 cipher = self._keyring.cipher() if self._keyring is not None else PlainChunks()
-                self._blobs = LooseChunkStore(ChunkObjects(self._backend, cipher))
+                self._blobs = self._make_store(cipher)
             return self._blobs
+
+    def _make_store(self, cipher: PlainChunks | SealedChunks) -> BlobStore:
+        return LooseChunkStore(ChunkObjects(self._backend, cipher))
+
+    def flush_blobs(self) -> None:
+        """Every blob saved is durable and findable (before a manifest names it)."""
+        with self._blobs_made:
+            store = self._blobs
+        if store is not None:
+            store.flush()
 
     def forget_blobs(self) -> None:
         """What the blob store knows is stored is dropped (a lock begins or ends)."""
@@ -110,6 +125,7 @@ class ChunkedLayout(Layout):
 
     name = "chunked"
     chunked = True
+    whole_digest = True     # a sha256 of the whole tar stream in the manifest (tar_sha256)
     data_suffix = chunks.LIST_SUFFIX
     catalog_suffix = catalogs.LIST_SUFFIX
 
@@ -122,13 +138,22 @@ class ChunkedLayout(Layout):
         """`check_existing` (copy): the chunks the store holds already are read back and
         checked, and written again if wrong; only in a plain repository (an encrypted
         one's chunks open only with an identity, which a writer to it does not hold)."""
-        seed = self._keyring.key().chunker_seed if self._keyring is not None else None
+        key = self._keyring.key() if self._keyring is not None else None
+        seed = key.chunker_seed if key is not None else None
         store = self.blobs
         cat = catalogs.ChunkedCatalogWriter(store, level)
         packed = chunks.pack(tar_chunks, out, store, self.config, level, progress, seed,
                               lambda walker: catalog.record(walker, cat.add),
-                              check_existing and not store.encrypted)
+                              check_existing and not store.encrypted, self.whole_digest,
+                              key.member_name_key if key is not None else None)
         return packed, lambda: cat.finish(self._backend, catalog_key)
+
+    def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
+              progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
+        """Remove what no chunk list names (prune's last step, under the exclusive lock)."""
+        store = self.blobs
+        assert isinstance(store, LooseChunkStore)
+        return sweep.sweep(self._backend, store, min_age, now, dry_run, gone, progress)
 
     def fields(self, packed: Packed) -> dict:
         assert isinstance(packed, chunks.ChunkedPacked)
@@ -137,9 +162,28 @@ class ChunkedLayout(Layout):
                 "tar_sha256": packed.tar_sha256}
 
 
+class PackedLayout(ChunkedLayout):
+    """Chunked snapshots whose blobs are kept in packs, found through an index."""
+
+    name = "packed"
+    packed = True
+    whole_digest = False    # the chunk ids and the list's sha256 cover every byte
+
+    def _make_store(self, cipher: PlainChunks | SealedChunks) -> BlobStore:
+        return PackedBlobStore(self._backend, cipher, self.config.pack_size or DEFAULT_PACK)
+
+    def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
+              progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
+        store = self.blobs
+        assert isinstance(store, PackedBlobStore)
+        return packsweep.sweep(self._backend, store, min_age, now, dry_run, gone, progress)
+
+
 def layout_for(backend: Backend, config: RepoConfig | None,
                keyring: Keyring | None) -> Layout:
     """The layout a repository's config asks for (none: the archive layout)."""
     if config is None:
         return ArchiveLayout(backend)
+    if config.packed:
+        return PackedLayout(backend, config, keyring)
     return ChunkedLayout(backend, config, keyring)

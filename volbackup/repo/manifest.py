@@ -174,10 +174,12 @@ class Manifest:
             raise RepositoryError(f"manifest {where} has an invalid catalog field")
         if self.layout not in LAYOUTS:
             raise RepositoryError(f"manifest {where} has an unknown layout {self.layout!r}")
+        # tar_sha256 is optional: a packed repository's snapshots have none (their chunk
+        # ids and the list's sha256 cover every byte), an encrypted one's is sealed.
         if self.layout == "chunked" and not (
                 self.format_version >= 2 and self.chunks is not None
-                and (self.encrypted is True or (isinstance(self.tar_sha256, str)
-                                                and HEX64.fullmatch(self.tar_sha256)))
+                and (self.tar_sha256 is None or (isinstance(self.tar_sha256, str)
+                                                 and HEX64.fullmatch(self.tar_sha256)))
                 and HEX64.fullmatch(self.sha256)):
             raise RepositoryError(f"manifest {where} is an incomplete chunked manifest")
 

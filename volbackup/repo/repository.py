@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from volbackup.errors import (BlobMissing, ChunkMissing, KeyProblem, RepositoryError,
                               VolbackupError)
 from volbackup.repo import catalogs, chunkcopy, chunked, crypto, locking, partial, sweep
-from volbackup.repo.backends import Backend, BlobNotFound, open_backend
-from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.backends import Backend, BlobNotFound, FreeSpace, MakesItsPlace, open_backend
+from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
 from volbackup.repo.leftovers import Leftovers, Orphan, UnfinishedWrite
@@ -101,7 +101,7 @@ class Repository:
         self.reader = SnapshotReader(self)
 
     @property
-    def blobs(self) -> LooseChunkStore:
+    def blobs(self) -> BlobStore:
         """The blob store (volbackup.repo.blobstore), built once when first needed."""
         return self.layout.blobs
 
@@ -137,7 +137,7 @@ class Repository:
         A directory that does not exist is made (its parent must exist), as restic and borg
         do, and removed again if init fails; `made_store` on the result says it was made."""
         backend = open_backend(url, options)
-        made = backend.create_missing()
+        made = backend.has(MakesItsPlace) and backend.create_missing()
         try:
             repo = cls._init(backend, config, encrypt_to, key_file)
         except BaseException:
@@ -185,8 +185,8 @@ class Repository:
         self.backend.probe_write()
 
     def free_space(self) -> int | None:
-        """Bytes free in a directory repository; None where a store cannot say (S3)."""
-        return self.backend.free_space()
+        """Bytes free in a directory or SFTP repository; None where a store cannot say (S3)."""
+        return self.backend.free_space() if self.backend.has(FreeSpace) else None
 
     # -- keys
     manifest_key = staticmethod(manifest_key)
@@ -209,7 +209,9 @@ class Repository:
             writer.finish()
 
     def commit(self, manifest: Manifest) -> None:
-        """Write the manifest, which makes the snapshot exist (sealed, if encrypted)."""
+        """Write the manifest, which makes the snapshot exist (sealed, if encrypted): after
+        every blob it needs is durable and indexed."""
+        self.layout.flush_blobs()
         self.manifests.commit(manifest)
 
     # -- copying from another repository (volbackup.ops.copy)
@@ -354,7 +356,7 @@ class Repository:
         """Remove the chunks no chunk list names (older than `min_age`); under the
         exclusive lock only (volbackup.repo.sweep). `gone`: the keys of chunk lists a dry
         run counts as removed."""
-        return sweep.sweep(self.backend, self.blobs, min_age, now, dry_run, gone, progress)
+        return self.layout.sweep(min_age, now, dry_run, gone, progress)
 
     # -- reading (volbackup.repo.reading)
     def open_archive(self, manifest: Manifest):

@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 
 from volbackup.errors import IntegrityError, KeyProblem, RepositoryError
 from volbackup.repo import crypto
-from volbackup.repo.config import Encryption, RepoConfig
+from volbackup.repo.config import (ENCRYPTED_VERSION, PACKED_SCHEME, SCHEME, Encryption,
+                                   RepoConfig)
 from volbackup.repo.manifest import (FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest,
                                      RevealedManifest, fields_of)
 
@@ -56,10 +57,12 @@ def new_encryption(recipient_texts: list[str], config: RepoConfig
     recipients = [crypto.parse_recipient(text) for text in recipient_texts]
     key = crypto.RepositoryKey.generate()
     sealed = base64.b64encode(crypto.encrypt(key.to_text().encode(), recipients)).decode()
-    encryption = Encryption(tuple(t.strip() for t in recipient_texts), key.check, sealed)
+    encryption = Encryption(tuple(t.strip() for t in recipient_texts), key.check, sealed,
+                            PACKED_SCHEME if config.packed else SCHEME)
     chunker = replace(config.chunker, seed=0)  # the real one comes from the key
-    unsigned = replace(config, chunker=chunker, encryption=encryption, format_version=2,
-                       chunk_hash="hmac-sha256")
+    unsigned = replace(config, chunker=chunker, encryption=encryption,
+                       format_version=config.format_version if config.packed
+                       else ENCRYPTED_VERSION, chunk_hash="hmac-sha256")
     return replace(unsigned, mac=key.mac(unsigned.signed_bytes())), key
 
 

@@ -53,18 +53,17 @@ class ChunkSweep:
         return dict(self.__dict__)
 
 
-def sweep(backend: Backend, store: LooseChunkStore, min_age: timedelta, now: datetime,
-          dry_run: bool, gone: Collection[str] = (),
-          progress: ProgressFactory = _no_progress) -> ChunkSweep:
-    """`gone`: keys of chunk lists to count as removed, in a dry run those a real prune
-    would have removed before sweeping (else a dry run would say no chunk is freed)."""
-    result = ChunkSweep()
+def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep
+                   ) -> set[bytes] | None:
+    """The ids every chunk list and catalogue list under snapshots/ names (but those in
+    `gone`); None, with the reason in `result.problems`, if any cannot be read: then
+    nothing may be swept."""
     gone = set(gone)
     referenced: set[bytes] = set()
     for info in backend.list(SNAPSHOTS):
         if info.error:
             result.problems.append(f"no chunk swept: {info.error}")
-            return result
+            return None
         if not _LIST_KEY.fullmatch(info.key) or info.key in gone:
             continue
         try:
@@ -73,8 +72,20 @@ def sweep(backend: Backend, store: LooseChunkStore, min_age: timedelta, now: dat
                     referenced.add(bytes.fromhex(chunk_id))
         except (IntegrityError, RepositoryError) as e:
             result.problems.append(f"no chunk swept: chunk list {info.key}: {e}")
-            return result
+            return None
     result.referenced = len(referenced)
+    return referenced
+
+
+def sweep(backend: Backend, store: LooseChunkStore, min_age: timedelta, now: datetime,
+          dry_run: bool, gone: Collection[str] = (),
+          progress: ProgressFactory = _no_progress) -> ChunkSweep:
+    """`gone`: keys of chunk lists to count as removed, in a dry run those a real prune
+    would have removed before sweeping (else a dry run would say no chunk is freed)."""
+    result = ChunkSweep()
+    referenced = referenced_ids(backend, gone, result)
+    if referenced is None:
+        return result
     doomed: list[StoredChunk] = []
     for chunk in store.listing():
         if isinstance(chunk, str):

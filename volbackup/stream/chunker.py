@@ -119,3 +119,99 @@ def _cut_before(chunker, buf: bytearray, limit: int) -> list[tuple[int, int]]:
     spans = [(c.offset, c.offset + c.length) for c in chunker.cut_buf(view)]
     view.release()
     return [(a, b) for a, b in spans[:-1] if b <= limit]
+
+
+# Cutting at every member (the packed layout's blobs, docs/design.md "Blobs: cut at every
+# member"): a member of at least SMALL bytes (its headers, its data and the data's padding)
+# gets blobs of its own, cut where its first header starts and where its data's padding
+# ends, FastCDC between; smaller members (directories, symlinks, tiny files) are grouped,
+# a group ending before a member that is not small, before a small member whose keyed name
+# hash is 0 mod EACH_GROUP_MOD, or where the next member would take it past
+# EACH_GROUP_MAX. Nothing depends on offsets but that last rule, so an inserted, removed or
+# changed member disturbs its own blobs (and its group) only. The headers of a member with
+# at least HEADERS_APART bytes of data are a blob of their own: a file changed in place
+# gets a new mtime (and perhaps size), which then rewrites ~1 KiB, not the first ~1.25 MiB
+# of its data besides the change (restic and borg keep metadata apart from content too).
+SMALL = 4 << 10
+HEADERS_APART = 64 << 10
+EACH_GROUP_MAX = 64 << 10
+EACH_GROUP_MOD = 8
+
+
+def seed_name_key(seed: int) -> bytes:
+    """The key of the member-name hash when the caller has no other: the chunker seed's
+    bytes (a plain repository's seed is in its config; an encrypted repository's caller
+    should pass a key derived from the repository key instead)."""
+    return seed.to_bytes(8, "little")
+
+
+def member_name_hash(name: str, key: bytes) -> int:
+    """BLAKE2b-64 of a member's name, keyed, so that which names end groups cannot be
+    told from the names alone."""
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogateescape"),
+                                          digest_size=8, key=key).digest(), "little")
+
+
+def cut_each_member(pieces: Iterable[bytes], walker, avg_size: int, min_size: int,
+                    max_size: int, normalized_chunking: int = 1, seed: int = 0, *,
+                    name_key: bytes) -> Iterator[bytes]:
+    """The tar stream `pieces`, which `walker` (a TarWalker) checks as they arrive
+    (volbackup.stream.archive.kept_tar feeds it, so every header in a piece has been told
+    before the piece comes here), cut at every member as above.
+
+    Memory: the bytes of the segment whose end is not known yet (a group: at most
+    EACH_GROUP_MAX plus a member; extended headers the walker bounds), or, inside a large
+    member, a window of 4 * max_size from which FastCDC's own cuts are given out before
+    its end arrives (a 4 GiB member is never held)."""
+    chunker = FastCDC(avg_size, min_size=min_size, max_size=max_size,
+                      normalized_chunking=normalized_chunking, seed=seed)
+    # Segments whose end is known, in stream order: (end offset, FastCDC inside?). A
+    # segment starts where the one before it ends; bytes after the last are a group (or
+    # the end-of-archive marker) whose end is not known yet.
+    segments: deque[tuple[int, bool]] = deque()
+    group = [0]  # where the open group starts (== the last segment's end)
+
+    def on_member(start: int, data_at: int, entry) -> None:
+        end = data_at + -(-entry.size // 512) * 512
+        if end - start >= SMALL:
+            if start > group[0]:
+                segments.append((start, False))
+            if entry.size >= HEADERS_APART:
+                segments.append((data_at, False))
+            segments.append((end, True))
+            group[0] = end
+        elif start > group[0] and (end - group[0] > EACH_GROUP_MAX or member_name_hash(
+                entry.name, name_key) % EACH_GROUP_MOD == 0):
+            segments.append((start, False))
+            group[0] = start
+
+    walker.on_member = on_member
+    buf = bytearray()
+    at = 0                      # stream offset of buf[0]
+    window = 4 * max_size
+    for piece in pieces:
+        buf += piece
+        while segments:
+            end, inside = segments[0]
+            if end <= at + len(buf):  # the whole segment is here
+                segments.popleft()
+                n = end - at
+                if inside:
+                    yield from _cut_all(chunker, buf, n)
+                elif n:
+                    yield bytes(buf[:n])
+                del buf[:n]
+                at = end
+            else:               # a large member, not all here: FastCDC's own cuts so far
+                if inside and len(buf) >= window:
+                    done = _cut_before(chunker, buf, len(buf))
+                    for a, b in done:
+                        yield bytes(buf[a:b])
+                    if done:
+                        del buf[:done[-1][1]]
+                        at += done[-1][1]
+                break
+    if segments and segments[0][1]:  # cut short inside a member (the walker says so)
+        yield from _cut_all(chunker, buf, len(buf))
+    elif buf:
+        yield bytes(buf)

@@ -6,6 +6,12 @@ A blob opened for writing becomes visible (to `list`, `stat`, `open_read`) only 
 Retry, dry-run or logging belong in wrappers around a backend, not inside one: a backend
 marks a failure worth retrying by raising `TransientError`, and `retry.RetryBackend` retries.
 `read_range` reads a piece of a blob without the rest (one blob of a pack).
+
+`Backend` is the core every store has. What only some stores can do is a capability: a
+small ABC below (`UnfinishedUploads`, `TempFiles`, `FreeSpace`, `MakesItsPlace`,
+`ForeignEntries`) that a backend class also inherits. Callers ask `backend.has(TempFiles)`
+rather than isinstance, because a wrapper (RetryBackend) holds a backend and has what the
+backend inside has, which no class hierarchy can say (docs/design.md).
 """
 
 from __future__ import annotations
@@ -116,6 +122,16 @@ def beyond_end(key: str, where: str, offset: int, length: int, size: int | None)
 
 
 class Backend(ABC):
+    @property
+    def capabilities(self) -> frozenset[type]:
+        """The capability ABCs (below) this backend has: those its class inherits. A
+        wrapper answers with those of the backend it holds."""
+        return frozenset(c for c in type(self).__mro__ if c in CAPABILITIES)
+
+    def has(self, capability: type) -> bool:
+        """Whether this backend can do what `capability` (a class below) stands for."""
+        return capability in self.capabilities
+
     @abstractmethod
     def describe(self) -> str:
         """Where this backend stores, for messages (never carries credentials)."""
@@ -162,39 +178,6 @@ class Backend(ABC):
                 failed.append((key, str(e)))
         return failed
 
-    def foreign_entries(self) -> list[str]:
-        """What the store holds instead of a repository: its top-level names when it has
-        neither snapshots nor locks (a wrong directory). [] for a repository, an empty
-        store, or a backend that cannot tell cheaply."""
-        return []
-
-    def leftovers(self) -> list[Leftover]:
-        """Unfinished writes of killed runs; a backend without such leftovers has none."""
-        return []
-
-    def remove_leftover(self, leftover: Leftover) -> None:
-        raise NotImplementedError
-
-    def temp_files(self) -> list[TempFile]:
-        """Temp files of unfinished writes; only a directory backend has them."""
-        return []
-
-    def remove_temp(self, temp: TempFile) -> None:
-        raise NotImplementedError
-
-    def free_space(self) -> int | None:
-        """Bytes free for writing, where the store can say (a directory); None otherwise."""
-        return None
-
-    def create_missing(self) -> bool:
-        """Make the store's own place if it does not exist yet: True if it was made. For
-        `init` alone (every other command refuses a missing store, so that a typo never
-        becomes a repository); a store with nothing to make (a bucket prefix) says False."""
-        return False
-
-    def remove_if_empty(self) -> None:
-        """Undo create_missing() after a failed init: remove the place if it holds nothing."""
-
     def probe_write(self) -> None:
         """Raise RepositoryError unless a blob can be written here: writes and removes a
         small probe blob (a directory backend overrides it with check(writable=True))."""
@@ -220,3 +203,65 @@ class Backend(ABC):
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_write(key) as writer:
             writer.write(data)
+
+
+# -- capabilities: what only some stores can do (see the module docstring)
+
+class UnfinishedUploads(ABC):
+    """Writes that a killed run left behind outside the blob namespace (S3 multipart
+    uploads): found and removed by `cleanup` and `prune`."""
+
+    @abstractmethod
+    def leftovers(self) -> list[Leftover]:
+        """Unfinished writes of killed runs (and of runs still writing)."""
+
+    @abstractmethod
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Remove one; one that is gone already is not an error."""
+
+
+class TempFiles(ABC):
+    """Temp files of unfinished writes (`.NAME.tmp-PID-PLACE-xxxx`) that take space until
+    removed: a directory repository, an SFTP one."""
+
+    @abstractmethod
+    def temp_files(self) -> list[TempFile]:
+        """Temp files of unfinished writes, in key order."""
+
+    @abstractmethod
+    def remove_temp(self, temp: TempFile) -> None:
+        """Remove one; ValueError for a key that is no temp file's."""
+
+
+class FreeSpace(ABC):
+    """A store that can say how much room is left (a file system, here or on a server)."""
+
+    @abstractmethod
+    def free_space(self) -> int | None:
+        """Bytes free for writing; None if the store did not say this time."""
+
+
+class MakesItsPlace(ABC):
+    """A store whose place (a directory) `init` may make, and undo after a failed init."""
+
+    @abstractmethod
+    def create_missing(self) -> bool:
+        """Make the store's own place if it does not exist yet: True if it was made. For
+        `init` alone (every other command refuses a missing store, so that a typo never
+        becomes a repository); never its parents."""
+
+    @abstractmethod
+    def remove_if_empty(self) -> None:
+        """Undo create_missing() after a failed init: remove the place if it holds nothing."""
+
+
+class ForeignEntries(ABC):
+    """A store that can tell cheaply that it holds something other than a repository."""
+
+    @abstractmethod
+    def foreign_entries(self) -> list[str]:
+        """Its top-level names when it holds neither snapshots nor locks nor a config (a
+        wrong directory); [] for a repository or an empty store."""
+
+
+CAPABILITIES = (UnfinishedUploads, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries)

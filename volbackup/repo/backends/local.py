@@ -31,7 +31,11 @@ from volbackup.repo.backends.base import (
     BadEntry,
     BlobInfo,
     BlobNotFound,
+    ForeignEntries,
+    FreeSpace,
+    MakesItsPlace,
     TempFile,
+    TempFiles,
     beyond_end,
     check_range,
 )
@@ -65,7 +69,7 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
 
@@ -539,3 +543,9 @@ def _advise_dontneed(fd: int, offset: int, length: int) -> None:
     if hasattr(os, "posix_fadvise"):
         with suppress(OSError):
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def open_url(url: str) -> LocalBackend:
+    """`file:///PATH`: a directory, not wrapped in RetryBackend (a local disk has no
+    transient failures: see docs/design.md)."""
+    return LocalBackend(url[len("file://"):])

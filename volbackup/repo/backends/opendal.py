@@ -25,7 +25,7 @@ about it (the contract suite, tests/backends/test_contract.py, runs on a real se
 - Ranged reads: all three honour Range; a short answer is a RangeBeyondEnd with the size.
 - Conditional writes: not used (volbackup's locks do not need them).
 
-Retrying is `RetryBackend`'s (open_opendal wraps this backend in it), so a request is tried
+Retrying is `RetryBackend`'s (open_url wraps this backend in it), so a request is tried
 at most the wrapper's `attempts` times; a blob held in memory is sent again whole on a
 TransientError, as S3's parts are. Only inside an Azure stream, which the wrapper cannot
 replay, does OpenDAL's retry layer resend a block (as many tries in all). Every request has
@@ -60,7 +60,9 @@ from volbackup.repo.backends.base import (
     Backend,
     BlobInfo,
     BlobNotFound,
+    MakesItsPlace,
     TempFile,
+    TempFiles,
     TransientError,
     beyond_end,
     check_key,
@@ -273,11 +275,11 @@ _CONFIGS = {"webdav": webdav_config, "webdavs": webdav_config, "azure": azure_co
             "swift": swift_config}
 
 
-def open_opendal(url: str, env: dict[str, str] | None = None) -> Backend:
+def open_url(url: str, env: dict[str, str] | None = None) -> Backend:
     """The backend of a webdav[s]://, azure:// or swift:// URL, inside a RetryBackend."""
     scheme = url.partition("://")[0]
     service = _CONFIGS[scheme](url, dict(os.environ if env is None else env))
-    backend = OpenDALBackend(service)
+    backend = (WebDAVBackend if service.scheme == "webdav" else OpenDALBackend)(service)
     return RetryBackend(backend, backend.retry.attempts, backend.retry.backoff,
                         backend.retry.sleep)
 
@@ -478,28 +480,6 @@ class OpenDALBackend(Backend):
         without asking the server)."""
         return opendal.Operator("webdav", **{**self.service.options, "root": "/"})
 
-    def create_missing(self) -> bool:
-        """WebDAV: make the directory (MKCOL, parents too). A container is made by its
-        owner, as a bucket is."""
-        if not self.webdav or not self._folder():
-            return False
-        with self._calls("checking the repository"):
-            top = self._top()
-            try:
-                top.stat(self._folder())
-                return False
-            except opendal.exceptions.NotFound:
-                pass
-            top.create_dir(self._folder())
-        return True
-
-    def remove_if_empty(self) -> None:
-        if not self.webdav or not self._folder():
-            return
-        with self._calls("removing the empty directory"):
-            if not any(e.path.strip("/") for e in self.op.list("")):
-                self._top().delete(self._folder())
-
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         full = self._key(key)
@@ -649,15 +629,40 @@ class OpenDALBackend(Backend):
         with ThreadPoolExecutor(DELETE_THREADS, thread_name_prefix="opendal-delete") as pool:
             return [failed for failed in pool.map(one, keys) if failed]
 
+
+class WebDAVBackend(OpenDALBackend, TempFiles, MakesItsPlace):
+    """WebDAV also has a place `init` may make (a directory, by MKCOL) and temp files of
+    writes killed before their MOVE (see `_put`); Azure and Swift have neither."""
+
+    def create_missing(self) -> bool:
+        """Make the directory (MKCOL, parents too). (An Azure or Swift container is made
+        by its owner, as a bucket is: those backends lack this capability.)"""
+        if not self._folder():
+            return False
+        with self._calls("checking the repository"):
+            top = self._top()
+            try:
+                top.stat(self._folder())
+                return False
+            except opendal.exceptions.NotFound:
+                pass
+            top.create_dir(self._folder())
+        return True
+
+    def remove_if_empty(self) -> None:
+        if not self._folder():
+            return
+        with self._calls("removing the empty directory"):
+            if not any(e.path.strip("/") for e in self.op.list("")):
+                self._top().delete(self._folder())
+
     def temp_files(self) -> list[TempFile]:
-        """WebDAV: the temp files of writes that were killed before their MOVE."""
-        if not self.webdav:
-            return []
+        """The temp files of writes that were killed before their MOVE."""
         return sorted(self._walk("", temps=True), key=lambda t: t.key)
 
     def remove_temp(self, temp: TempFile) -> None:
         parts = temp.key.split("/")
-        if not self.webdav or not (parts[-1].startswith(".") and TEMP_MARKER in parts[-1]) \
+        if not (parts[-1].startswith(".") and TEMP_MARKER in parts[-1]) \
                 or any(not p or p.startswith(".") for p in parts[:-1]):
             raise ValueError(f"not a temp file key {temp.key!r}")
         with self._calls(f"removing {temp.key}"):
