@@ -107,6 +107,11 @@ class StreamBroken(EngineError):
     """The engine's archive stream ended early: often files that changed while read."""
 
 
+class OwnersLost(EngineError):
+    """The engine's archive stream cannot carry the files' owners (Podman's gives every
+    entry the helper's): refused rather than read into a snapshot that loses them."""
+
+
 class TargetNotEmpty(VolbackupError):
     exit_code = 8
     title = "target refused"

@@ -39,8 +39,8 @@ def ensure_busybox(client) -> str:
             tmpdir = tarfile.TarInfo("tmp")
             tmpdir.type, tmpdir.mode = tarfile.DIRTYPE, 0o1777
             tar.addfile(tmpdir)
-        repository, tag = BUSYBOX_IMAGE.split(":")
-        client.api.import_image_from_data(layer.getvalue(), repository=repository, tag=tag,
+        # NAME:TAG in `repository`: Podman ignores the `tag` parameter (it tags `:latest`)
+        client.api.import_image_from_data(layer.getvalue(), repository=BUSYBOX_IMAGE,
                                           changes=['CMD ["/bin/sh"]'])
     return BUSYBOX_IMAGE
 

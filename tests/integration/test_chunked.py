@@ -122,7 +122,8 @@ def test_round_trip_through_s3(make_volume, mountpoint, names, any_s3_bucket, an
 def test_packed_round_trip_through_s3(make_volume, mountpoint, names, any_s3_bucket,
                                       any_s3_client):
     """A packed repository on moto and on Ceph RGW: chunks in packs read by ranged GETs;
-    nothing lists packs/ but prune; prune removes what a removed snapshot alone used."""
+    nothing lists packs/ but prune and repair-index; prune removes what a removed snapshot
+    alone used; a lost index is rebuilt."""
     s3_bucket, s3_client = any_s3_bucket, any_s3_client
     source = make_volume("packed")
     root = mountpoint(source.name)
@@ -146,6 +147,12 @@ def test_packed_round_trip_through_s3(make_volume, mountpoint, names, any_s3_buc
                            "--json").stdout)["chunks"]
     assert pruned["packs_removed"] + pruned["packs_repacked"] >= 4 and pruned["problems"] == []
     assert len(keys("packs/")) < len(packs) and len(keys("index/")) >= 1
+    # the index lost: repair-index rebuilds it from the packs' trailers (ranged GETs)
+    s3_client.delete_objects(Bucket=s3_bucket, Delete={
+        "Objects": [{"Key": key} for key in keys("index/")]})
+    repaired = json.loads(ok("repair-index", "-r", repo, "--json").stdout)
+    assert repaired["from_trailers"] == repaired["packs"] == len(keys("packs/"))
+    assert repaired["problems"] == [] and len(keys("index/")) == repaired["index_written"] == 1
     target = names("from-packed")
     ok("restore", source.name, "-r", repo, "--as", target)
     assert differences(expected, tree(mountpoint(target))) == []

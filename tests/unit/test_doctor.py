@@ -19,12 +19,14 @@ NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 class FakeEngine:
     where = "unix:///fake.sock"
 
-    def __init__(self, sizes=None, helpers=(), local=None, rootless=False, userns=False):
+    def __init__(self, sizes=None, helpers=(), local=None, rootless=False, userns=False,
+                 product="Docker"):
         self.sizes, self.helpers, self.local = sizes or {}, list(helpers), local
-        self.rootless, self.userns = rootless, userns
+        self.rootless, self.userns, self.product = rootless, userns, product
 
     def facts(self):
-        return EngineFacts("99.0", "1.99", self.rootless, self.userns, "/fake/docker")
+        return EngineFacts(self.product, "99.0", "1.99", self.rootless, self.userns,
+                           "/fake/docker")
 
     def volume_sizes(self):
         return self.sizes
@@ -65,6 +67,25 @@ def test_rootless_and_userns_are_named(tmp_path):
     assert "rootless" in checks["engine"].reason and checks["engine"].details["rootless"]
     _, checks = _run(None, FakeEngine(userns=True))
     assert "user-namespace remapping" in checks["engine"].reason
+
+
+def test_the_engine_is_named_docker_or_podman(tmp_path):
+    _, checks = _run(None, FakeEngine())
+    assert checks["engine"].reason.startswith("Docker 99.0")
+    assert checks["engine"].details["product"] == "Docker"
+    _, checks = _run(None, FakeEngine(product="Podman", rootless=True))
+    assert checks["engine"].reason.startswith("Podman 99.0") and "rootless" in checks["engine"].reason
+
+
+def test_podman_without_the_direct_path_is_a_problem(tmp_path):
+    """Podman's archive endpoint loses owners: without the direct path nothing can be read."""
+    report, checks = _run(None, FakeEngine(product="Podman"))
+    assert checks["direct path"].status == ops.PROBLEM
+    assert "podman unshare" in checks["direct path"].action
+    with pytest.raises(NotReady):
+        report.raise_for_problems()
+    _, checks = _run(None, FakeEngine())  # Docker: reads through the engine, slower
+    assert checks["direct path"].status == ops.OK
 
 
 def test_space_against_the_largest_volume(tmp_path, monkeypatch):

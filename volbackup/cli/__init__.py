@@ -29,7 +29,7 @@ COMMAND_MODULES = {
     "init": "init:init", "backup": "backup:backup", "restore": "restore:restore",
     "migrate": "migrate:migrate", "list": "snapshots:list_cmd", "show": "snapshots:show",
     "verify": "snapshots:verify", "cleanup": "cleanup:cleanup", "prune": "prune:prune",
-    "unlock": "prune:unlock", "run": "run:run", "export": "transfer:export",
+    "unlock": "prune:unlock", "repair-index": "prune:repair_index", "run": "run:run", "export": "transfer:export",
     "import": "transfer:import_", "doctor": "doctor:doctor", "copy": "copy:copy",
     "ls": "browse:ls_cmd", "dump": "browse:dump", "diff": "browse:diff",
     "extract": "extract:extract",

@@ -1,4 +1,5 @@
-"""`volbackup prune` and `volbackup unlock`: repository maintenance."""
+"""`volbackup prune`, `volbackup unlock` and `volbackup repair-index`: repository
+maintenance."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from volbackup.cli.options import (
     repo_option,
     secrets_options,
 )
+from volbackup.errors import IntegrityError
 from volbackup.ops import prune as ops
+from volbackup.ops.repair import RepairIndexOptions, repair_index as rebuild
 from volbackup.repo.repository import Repository
 
 
@@ -130,3 +133,51 @@ def unlock(repo, remove_all, as_json):
                                        "still be going; --all removes it)") + f": {lock.describe()}")
     if not result:
         render.echo("no locks", err=True)
+
+
+@click.command("repair-index")
+@repo_option
+@click.option("--read-all-packs", is_flag=True,
+              help="Ignore the index there is and read the trailer of every pack (slower: "
+                   "one or two ranged reads a pack).")
+@click.option("--dry-run", is_flag=True,
+              help="Only say what the new index would name; write and remove nothing.")
+@lock_wait_option
+@quiet_option
+@json_option
+@secrets_options(reading=False)
+def repair_index(repo, read_all_packs, dry_run, lock_wait, as_json, secrets):
+    """Rebuild a packed repository's index from its packs: index objects lost, damaged
+    or naming packs that are gone. Takes the exclusive lock, as prune does.
+
+    \b
+    Examples:
+      volbackup repair-index -r s3://backups/prod --dry-run
+      volbackup repair-index -r /srv/backups --read-all-packs
+    """
+    options = RepairIndexOptions(read_all_packs=read_all_packs, dry_run=dry_run,
+                                 lock_wait=lock_wait)
+    repository = Repository.open(repo, writable=not dry_run, secrets=secrets)
+    result = rebuild(repository, options, broke_lock, progress=terminal_progress())
+    for found in result.damaged_index:
+        render.warn(f"{found} ({'would be' if dry_run else 'now'} rebuilt from the packs)")
+    for problem in result.problems:
+        render.warn(problem)
+    if as_json:
+        render.emit_json("repair-index", repository=repository.describe(), **result.as_dict())
+    else:
+        verb = "would name" if dry_run else "names"
+        render.echo(f"the index {verb} {result.blobs:,} blobs in {result.packs:,} packs "
+                    f"({result.from_index:,} packs as indexed, {result.from_trailers:,} read "
+                    f"from their trailers); {result.index_written} index objects written, "
+                    f"{result.index_removed} removed")
+        if result.lost_packs:
+            render.warn(f"{result.lost_packs} packs the old index named are gone "
+                        f"({result.lost_blobs:,} blobs): the snapshots that used them are "
+                        f"damaged; `volbackup verify --all` names them")
+    if result.problems:
+        raise IntegrityError(f"repair-index: {len(result.problems)} problem(s), the first: "
+                             f"{result.problems[0]}")
+    if result.lost_packs:
+        raise IntegrityError(f"repair-index: {result.lost_packs} packs are gone; the index "
+                             f"no longer names them")

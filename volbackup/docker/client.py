@@ -7,6 +7,7 @@ paramiko whichever module of the package asks for it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -36,11 +37,17 @@ STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSErro
 
 
 def short(err: Exception) -> str:
-    """The engine's own explanation, on one line, with URLs cut to scheme and host."""
+    """The engine's own explanation, on one line, with URLs cut to scheme and host (and
+    without the Go struct Podman's copier dumps into its archive errors)."""
     text = getattr(err, "explanation", None) or str(err)
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    return scrub(" ".join(str(text).split()))
+    text = _COPIER_REQUEST.sub("", " ".join(str(text).split()))
+    return scrub(text)
+
+
+# "error during bulk transfer for copier.request{Request:"PUT", ... }: copier: put: ..."
+_COPIER_REQUEST = re.compile(r" for copier\.request\{.*\}(?=: copier:)")
 
 
 @contextmanager
@@ -74,17 +81,39 @@ def connect(base_url: str | None = None, context: str | None = None,
         enable_ssh()
     try:
         if base_url:
-            client = docker.DockerClient(base_url=base_url, tls=tls or False,
-                                         use_ssh_client=base_url.startswith("ssh://"),
-                                         **({"timeout": timeout} if timeout else {}))
+            client = _Client(base_url=base_url, tls=tls or False,
+                             use_ssh_client=base_url.startswith("ssh://"),
+                             **({"timeout": timeout} if timeout else {}))
         else:
-            client = docker.from_env(**({"timeout": timeout} if timeout else {}))
+            client = _Client.from_env(**({"timeout": timeout} if timeout else {}))
         client.ping()
     except (docker.errors.DockerException, requests.RequestException) as e:
         reason = short(e)
         reason = reason if len(reason) < 160 else reason[:157] + "..."
         raise EngineError(f"cannot reach the Docker engine at {where} ({reason})") from None
     return client, where
+
+
+class _APIClient(docker.APIClient):
+    """Keeps the engine's answer to GET /version (`version(api_version=False)`): docker-py
+    asks for it to choose the API version, Engine.product asks again. Podman runs conmon
+    and runc to answer, about a second each time."""
+
+    _version_answer: dict | None = None
+
+    def version(self, api_version: bool = True) -> dict:
+        if api_version:
+            return super().version(api_version)
+        if self._version_answer is None:
+            self._version_answer = super().version(api_version)
+        return self._version_answer
+
+
+class _Client(docker.DockerClient):
+    """docker.DockerClient over _APIClient (its from_env builds this class too)."""
+
+    def __init__(self, *args, **kwargs):
+        self.api = _APIClient(*args, **kwargs)
 
 
 def enable_ssh() -> None:

@@ -56,7 +56,7 @@ class ContainerCalls:
     def container(self, name: str) -> ContainerInfo:
         with engine_errors(f"inspecting container {name}", f"no such container: {name}"):
             found = self.api.containers(all=True, filters={"id": name}) or \
-                self.api.containers(all=True, filters={"name": f"^/{re.escape(name)}$"})
+                self.api.containers(all=True, filters={"name": f"^/?{re.escape(name)}$"})
         if not found:
             raise NotFound(f"no such container: {name}")
         return _container_info(found[0])

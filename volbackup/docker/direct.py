@@ -73,6 +73,25 @@ def missing(engine: Engine, volume_area: str | None) -> list[str]:
     return lacking
 
 
+def volume_area(data_root: str) -> str | None:
+    """The engine's volumes directory, DATA_ROOT/volumes, or the data root itself while
+    that does not exist yet (Podman makes it with its first volume): either proves the
+    direct path (missing) the same way."""
+    if not data_root:
+        return None
+    volumes = os.path.join(data_root, "volumes")
+    return volumes if os.path.isdir(volumes) else data_root
+
+
+def owners_unreadable(engine: Engine) -> list[str]:
+    """What this host lacks to read `engine`'s volumes with their owners ([] when
+    nothing): dockerd's archive endpoint keeps them; Podman's does not, so its volumes
+    are read by GNU tar here, which needs what `missing` says."""
+    if engine.archive_keeps_owners:
+        return []
+    return missing(engine, volume_area(engine.facts().data_root))
+
+
 def file_directory_for(engine: Engine, path: str | None) -> str | None:
     """For a bind of one file: the directory holding `path` if GNU tar can read it there
     (`directory_for`) and `path` is a regular file, not a symlink (tar would store the
@@ -124,12 +143,18 @@ _NOISE = ("Exiting with failure status", ": socket ignored", "Removing leading")
 
 
 @contextmanager
-def export(directory: str, only: str | None = None) -> Iterator[Iterator[bytes]]:
+def export(directory: str, only: str | None = None,
+           sort: bool = False) -> Iterator[Iterator[bytes]]:
     """The tar stream of `directory` (members `./...`), read by GNU tar on this host.
     With `only` (a bind of one file, or one file read again: backup --exclude-path keeps a
-    hard link whose first name it leaves out): the root `./` and `./ONLY`, nothing else."""
+    hard link whose first name it leaves out): the root `./` and `./ONLY`, nothing else.
+    `sort`: names in each directory in byte order, as the engine's archive endpoint
+    sends them, so that the same names of a hard-linked inode are the file and the links
+    in both streams (migrate compares them: TarWalker digests)."""
     members = ["."] if only is None else ["--no-recursion", ".", f"./{only}"]
-    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *members],
+    order = ["--sort=name"] if sort else []
+    proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *order,
+                             *members],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _widen(proc.stdout)
     errors = _Stderr(proc.stderr)

@@ -5,11 +5,14 @@ containers.py, helpers.py, hostpaths.py); connecting and error translation in cl
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import docker
 
 from volbackup.docker import client as _client
 from volbackup.docker.containers import ContainerCalls
-from volbackup.docker.facts import FactCalls
+from volbackup.docker.client import engine_errors
+from volbackup.docker.facts import PODMAN, FactCalls, engine_product
 from volbackup.docker.helpers import HelperCalls
 from volbackup.docker.hostpaths import HostPaths
 from volbackup.docker.volumes import VolumeCalls
@@ -34,3 +37,15 @@ class Engine(VolumeCalls, ContainerCalls, HelperCalls, HostPaths, FactCalls):
     def is_remote(self) -> bool:
         """True when the engine is reached over a network (tcp, ssh), not a local socket."""
         return not self.where.startswith(("unix://", "npipe://", "/"))
+
+    @cached_property
+    def product(self) -> str:
+        """"Docker" or "Podman" (facts.engine_product), asked once."""
+        with engine_errors("asking the engine for its version"):
+            return engine_product(self.api.version(api_version=False))
+
+    @property
+    def is_podman(self) -> bool:
+        """Podman's archive endpoints differ from dockerd's (docs/design.md, "Podman"): its
+        reads give every entry the helper's owner, its writes apply the root entry."""
+        return self.product == PODMAN

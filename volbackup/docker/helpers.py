@@ -26,7 +26,7 @@ import requests
 from docker.types import Mount
 
 from volbackup.docker.client import STREAM_ERRORS, engine_errors, short
-from volbackup.errors import StreamBroken, TargetBusy
+from volbackup.errors import OwnersLost, StreamBroken, TargetBusy
 from volbackup.processes import pid_namespace, run_is_over
 from volbackup.signals import deferred
 
@@ -47,9 +47,25 @@ EXTRACTOR_TIMES = (0, ((1 << 63) - 1) / 1e9)
 
 
 class HelperCalls:
-    """Part of Engine (volbackup/docker/engine.py): needs its `api`."""
+    """Part of Engine (volbackup/docker/engine.py): needs its `api` and `is_podman`."""
 
     api: docker.APIClient
+    is_podman: bool
+
+    @property
+    def archive_keeps_owners(self) -> bool:
+        """Whether GET /containers/{id}/archive gives each entry its own owner and the
+        directory's root entry: dockerd does; Podman chowns every entry to the helper's
+        user whatever the request says (libpod copyToArchive) and starts below the root."""
+        return not self.is_podman
+
+    @property
+    def extractor_skips_root(self) -> bool:
+        """Whether PUT /containers/{id}/archive at /data ignores the tar's `./` (and chowns
+        hard links, clearing setuid bits): dockerd does, so the root and such links are
+        given again at `/` (TarWalker.metadata_tar). Podman applies `./` and keeps the
+        bits; and its `/` is the helper's own root file system, not the volume's."""
+        return not self.is_podman
 
     def prepare_helpers(self) -> None:
         """What every run that uses helpers does first: clear leftovers, have the image."""
@@ -68,8 +84,10 @@ class HelperCalls:
                 pass
             empty = io.BytesIO()
             tarfile.open(fileobj=empty, mode="w").close()
-            repository, tag = HELPER_IMAGE.split(":")
-            self.api.import_image_from_data(empty.getvalue(), repository=repository, tag=tag,
+            # The tag inside `repo`, not in the `tag` parameter: Podman ignores that one
+            # (and tags `:latest`, so every run would import the image again); both
+            # engines read `repo=NAME:TAG`.
+            self.api.import_image_from_data(empty.getvalue(), repository=HELPER_IMAGE,
                                             changes=[f"LABEL {IMAGE_LABEL}=helper"])
 
     def helpers_left(self) -> list[tuple[str, bool]]:
@@ -159,7 +177,7 @@ class HelperCalls:
                             labels=labels, network_disabled=True,
                             host_config=self.api.create_host_config(network_mode="none"))
                     except docker.errors.APIError as e:
-                        if e.status_code != 409:
+                        if not _name_taken(e):
                             raise
             if created is None:
                 raise TargetBusy(self._claimed_by(name, volume))
@@ -174,7 +192,7 @@ class HelperCalls:
         for _ in range(20):
             with engine_errors(f"inspecting the claim on volume {volume}"):
                 found = self.api.containers(all=True,
-                                            filters={"name": f"^/{re.escape(name)}$"})
+                                            filters={"name": f"^/?{re.escape(name)}$"})
             if found:
                 break
             time.sleep(0.1)
@@ -192,6 +210,12 @@ class HelperCalls:
         return (f"volume {volume} is being restored or migrated into by {holder}; nothing "
                 f"was changed. Try again when it is done (if that run is dead, `docker rm "
                 f"{name}` frees the name)")
+
+
+def _name_taken(error: docker.errors.APIError) -> bool:
+    """A create refused because the name is taken: dockerd says 409 Conflict, Podman 500
+    with "that name is already in use" (libpod's ErrCtrExists)."""
+    return error.status_code == 409 or "name is already in use" in short(error)
 
 
 def _run_labels(kind: str) -> dict:
@@ -221,13 +245,23 @@ class Helper:
         self.id = container_id
 
     @contextmanager
-    def export(self, path: str, gzip_wire: bool = False) -> Iterator[Iterator[bytes]]:
+    def export(self, path: str, gzip_wire: bool = False,
+               owners: bool = True) -> Iterator[Iterator[bytes]]:
         """The tar stream of `path` (`/data/.` gives members named `./...`).
 
         With `gzip_wire`, the engine compresses what it sends (worth it over a slow
         network, a loss on a local socket). The response is closed on the way out: the
         engine will not remove a helper while one of its archive streams is open.
+        `owners=False`: the caller does not need the entries' owners (Podman's stream
+        gives every entry the helper's; with `owners` it is refused, OwnersLost).
         """
+        if owners and not self.engine.archive_keeps_owners:
+            raise OwnersLost(
+                f"reading {path}: Podman's archive endpoint gives every file the helper's "
+                f"owner (root) and leaves out the volume root, so volbackup does not read "
+                f"volumes through it; run volbackup as root on the Podman host (the direct "
+                f"path reads the volume with GNU tar), or for rootless Podman as its user "
+                f"inside `podman unshare`")
         api = self.engine.api
         with engine_errors(f"reading {path}"):
             response = api._get(api._url("/containers/{0}/archive", self.id),
@@ -250,7 +284,7 @@ class Helper:
 
     def is_empty(self, path: str = DATA_PATH) -> bool:
         """True when the directory holds nothing but itself (reads two headers at most)."""
-        with self.export(path.rstrip("/") + "/.") as chunks:
+        with self.export(path.rstrip("/") + "/.", owners=False) as chunks:
             reader = _ChunkReader(chunks)
             with tarfile.open(fileobj=reader, mode="r|") as tar:
                 first = tar.next()

@@ -24,13 +24,23 @@ class HostPaths:
     @cached_property
     def shares_host_paths(self) -> bool:
         """True when this host's paths are the engine's, as the engine's containers see
-        them: a local engine without user-namespace remapping (which shifts the ids of
-        files on the host; only the engine's own archive endpoints translate them)."""
+        them: a local engine without user-namespace remapping, and not rootless unless
+        this process shares its user namespace (both shift the ids of files on the host;
+        only the engine's own archive endpoints translate them)."""
         if self.is_remote:
             return False
         with engine_errors("reading the engine's security options"):
-            options = self.api.info().get("SecurityOptions") or []
-        return not any("userns" in option for option in options)
+            info = self.api.info()
+        options = [str(option) for option in info.get("SecurityOptions") or []]
+        if any("userns" in option for option in options):
+            return False
+        # A rootless engine runs in a user namespace of its own. Its ids are ours only
+        # when we are in that namespace too (`podman unshare volbackup ...`), which the
+        # socket's peer proves when it is the engine itself, not the user's systemd
+        # holding the socket for it (that one is in the host's namespace).
+        rootless = info.get("Rootless") is True or any("rootless" in o for o in options)
+        pid = self._socket_owner_pid
+        return not rootless or (pid is not None and _is_engine_itself(pid))
 
     @cached_property
     def _socket_owner_pid(self) -> int | None:
@@ -50,7 +60,8 @@ class HostPaths:
         except (OSError, AttributeError):  # AttributeError: no SO_PEERCRED (not Linux)
             return None
         pid = struct.unpack("3i", credentials)[0] or None
-        return pid if pid is not None and _is_engine_process(pid) else None
+        return pid if pid is not None and _is_engine_process(pid) and _same_user_namespace(pid) \
+            else None
 
     def local_directory(self, path: str | None) -> str | None:
         """`path` if the directory the engine knows by that name is the very directory
@@ -68,18 +79,37 @@ class HostPaths:
         return path if same and stat.S_ISDIR(here.st_mode) else None
 
 
-# What may serve the engine's socket: the engine itself, or the init system that holds the
-# socket for it (systemd's docker.socket). Anything else (socat, `ssh -L`, a proxy) may
-# forward to another engine, whose same-named directories are not these.
-_ENGINE_PROCESSES = frozenset({"dockerd", "systemd", "init"})
+# What may serve the engine's socket: the engine itself (dockerd, or `podman system
+# service`), or the init system that holds the socket for it (systemd's docker.socket,
+# podman.socket). Anything else (socat, `ssh -L`, a proxy) may forward to another engine,
+# whose same-named directories are not these.
+_ENGINES = frozenset({"dockerd", "podman"})
+_ENGINE_PROCESSES = _ENGINES | {"systemd", "init"}
+
+
+def _same_user_namespace(pid: int) -> bool:
+    """Whether `pid` sees file owners as this process does: a rootless engine (rootless
+    Podman, rootless dockerd) runs in a user namespace of its own, where its root is an
+    unprivileged user here, so the ids GNU tar reads on this host are not the ones its
+    containers see."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return False
 
 
 def _is_engine_process(pid: int) -> bool:
     """Whether `pid`, the socket's peer, is the engine (or init holding its socket)."""
-    if pid == 1:
-        return True
+    return pid == 1 or _executable(pid) in _ENGINE_PROCESSES
+
+
+def _is_engine_itself(pid: int) -> bool:
+    return pid != 1 and _executable(pid) in _ENGINES
+
+
+def _executable(pid: int) -> str | None:
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
-        return False
-    return os.path.basename(exe).removesuffix(" (deleted)") in _ENGINE_PROCESSES
+        return None
+    return os.path.basename(exe).removesuffix(" (deleted)")

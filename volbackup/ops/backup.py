@@ -151,7 +151,9 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Ite
     # A bind of one file: GNU tar reads the directory holding it, that file only.
     find = direct.file_directory_for if source.file_name else direct.directory_for
     directory = find(engine, source.host_path) if use_direct is not False else None
-    if directory and (use_direct or not _written_to(engine, source)):
+    # Podman's archive endpoint loses owners (OwnersLost): GNU tar, also while containers run
+    if directory and (use_direct or not engine.archive_keeps_owners
+                      or not _written_to(engine, source)):
         with direct.export(directory, only=source.file_name) as chunks:
             yield Stream(chunks, "direct", lambda path: direct.export(directory, only=path))
         return

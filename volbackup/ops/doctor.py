@@ -16,6 +16,7 @@ from typing import Callable
 
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
+from volbackup.docker.facts import PODMAN
 from volbackup.errors import NotReady, VolbackupError, as_error
 from volbackup.ops.cleanup import GONE, remove_unfinished
 from volbackup.repo.manifest import parse_created
@@ -106,14 +107,22 @@ def _engine_checks(connect: Callable[[], Engine], checks: list[Check]
         return None, {}, None
     mode = ("rootless" if facts.rootless else "user-namespace remapping" if facts.userns_remap
             else "rootful, no user-namespace remapping")
-    checks.append(Check("engine", OK, f"Docker {facts.version} (API {facts.api_version}) at "
-                        f"{engine.where}, {mode}",
-                        details={"version": facts.version, "api_version": facts.api_version,
+    checks.append(Check("engine", OK, f"{facts.product} {facts.version} (API "
+                        f"{facts.api_version}) at {engine.where}, {mode}",
+                        details={"product": facts.product, "version": facts.version,
+                                 "api_version": facts.api_version,
                                  "rootless": facts.rootless, "userns_remap": facts.userns_remap,
                                  "data_root": facts.data_root}))
     area = _volume_area(facts.data_root)
     lacking = direct.missing(engine, area)
-    if lacking:
+    if lacking and facts.product == PODMAN:
+        checks.append(Check("direct path", PROBLEM, "not available (lacks "
+                            + ", ".join(lacking) + "), and Podman's archive endpoint gives "
+                            "every file the helper's owner: volumes cannot be backed up",
+                            "run volbackup as root on the Podman host, with GNU tar "
+                            "(rootless Podman: as its user, inside `podman unshare`)",
+                            details={"available": False, "missing": lacking}))
+    elif lacking:
         checks.append(Check("direct path", OK, "not available (lacks " + ", ".join(lacking)
                             + "): volumes are read through the engine, which is slower",
                             "run volbackup as root on the engine's host, with GNU tar, "
@@ -130,7 +139,7 @@ def _engine_checks(connect: Callable[[], Engine], checks: list[Check]
 
 
 def _volume_area(data_root: str) -> str | None:
-    return os.path.join(data_root, "volumes") if data_root else None
+    return direct.volume_area(data_root)
 
 
 def _repository_check(url: str, secrets: Secrets | None, checks: list[Check]

@@ -8,17 +8,19 @@ side reached over the network, where it pays; local sockets carry plain tar.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
+from volbackup.docker import direct
 from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import DATA_PATH, Helper
-from volbackup.errors import IntegrityError, UntrustedStorage, VolbackupError
+from volbackup.errors import IntegrityError, OwnersLost, UntrustedStorage, VolbackupError
 from volbackup.ops.fill import VolumeSpec, check_storage, fill_fresh_volume
 from volbackup.ops.options import check_quiesce
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.quiesce import QuietOutcome, each_quietly
-from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
+from volbackup.ops.select import Missing, Selection, Skipped, Source, plain_directory, plan
 from volbackup.stream.tarstream import TarWalker, digest_differences
 
 WIRE_CHOICES = ("auto", "gzip", "none")
@@ -81,6 +83,7 @@ def migrate(source: Engine, target: Engine, volumes: list[str] | None = None,
     """Copy each volume (plus those `selection` finds), or a container's volumes, to
     `target` as fresh volumes there (named `target_name`, if given), as `options` say.
     `announce` tells the user of volumes created on trusted driver options."""
+    _check_owners_readable(source, target, options.verify)
     for engine in (source, target):
         engine.prepare_helpers()
     selection = selection or Selection()
@@ -129,8 +132,7 @@ def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMi
 
     def write(helper: Helper) -> None:
         with progress(outcome.volume, None) as update, \
-                source.helper(**item.helper) as reader, \
-                reader.export(item.path.rstrip("/") + "/.", gzip_wire=gzip_from) as chunks:
+                _read_source(source, item, gzip_from) as chunks:
 
             def checked():
                 for chunk in chunks:
@@ -140,11 +142,12 @@ def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMi
                 sent.finish()  # a broken source stream fails the put, before it ends
 
             helper.import_(DATA_PATH, checked(), gzip_wire=gzip_to)
-        again = sent.metadata_tar(DATA_PATH.strip("/"))  # the root, setuid hard links
-        if again is not None:
-            helper.import_("/", again)
+        if target.extractor_skips_root:  # dockerd, not Podman
+            again = sent.metadata_tar(DATA_PATH.strip("/"))  # the root, setuid hard links
+            if again is not None:
+                helper.import_("/", again)
         if options.verify:
-            _verify(helper, sent, outcome.volume, gzip_to)
+            _verify(target, helper, sent, outcome.volume, gzip_to)
             outcome.verified = True
 
     spec = VolumeSpec(item.driver, item.driver_options, item.labels)
@@ -155,10 +158,52 @@ def _migrate_one(source: Engine, target: Engine, item: Source, outcome: VolumeMi
     outcome.seconds = round(time.monotonic() - started, 3)
 
 
-def _verify(helper: Helper, sent: TarWalker, name: str, gzip_wire: bool) -> None:
-    """Read the new volume back and compare every entry's digest with what was sent."""
+def _check_owners_readable(source: Engine, target: Engine, verify: bool) -> None:
+    """Before anything is made: a Podman source is read, and a Podman target read back
+    (--verify), by GNU tar on this host (_read_source); refuse at once where that cannot
+    be, rather than fail each volume (or, for --verify, after writing it)."""
+    for engine, role in ((source, "source"), (target, "target")):
+        if role == "target" and not verify:
+            continue
+        lacking = direct.owners_unreadable(engine)
+        if lacking:
+            why = " (--verify reads the new volumes back)" if role == "target" else ""
+            raise OwnersLost(
+                f"the {role} engine at {engine.where} is Podman, whose archive endpoint gives "
+                f"every file the helper's owner{why}; its volumes are read with GNU tar on "
+                f"its host, and this one lacks {', '.join(lacking)}: run volbackup there, "
+                f"as root (rootless Podman: inside `podman unshare`); nothing was changed")
+
+
+@contextmanager
+def _read_source(source: Engine, item: Source, gzip_wire: bool) -> Iterator[Iterator[bytes]]:
+    """The tar stream of `item` on `source`: through a helper, or, from an engine whose
+    archive endpoint loses owners (Podman), by GNU tar on this host where that is the
+    engine's own directory (docker/direct.py; elsewhere the helper refuses: OwnersLost)."""
+    if not source.archive_keeps_owners:
+        find = direct.file_directory_for if item.file_name else direct.directory_for
+        directory = find(source, item.host_path)
+        if directory:
+            with direct.export(directory, only=item.file_name, sort=True) as chunks:
+                yield chunks
+            return
+    with source.helper(**item.helper) as reader, \
+            reader.export(item.path.rstrip("/") + "/.", gzip_wire=gzip_wire) as chunks:
+        yield chunks
+
+
+def _verify(target: Engine, helper: Helper, sent: TarWalker, name: str,
+            gzip_wire: bool) -> None:
+    """Read the new volume back and compare every entry's digest with what was sent (on
+    an engine whose archive endpoint loses owners, by GNU tar where it can: _read_source)."""
     back = TarWalker(digest=True)
-    with helper.export(DATA_PATH + "/.", gzip_wire=gzip_wire) as chunks:
+    if target.archive_keeps_owners:
+        reading = helper.export(DATA_PATH + "/.", gzip_wire=gzip_wire)
+    else:
+        volume = target.volume(name)
+        reading = _read_source(target, Source(name, DATA_PATH, {"volume": name},
+                                              host_path=plain_directory(volume)), gzip_wire)
+    with reading as chunks:
         for chunk in chunks:
             back.feed(chunk)
     back.finish()

@@ -160,9 +160,10 @@ def _restore_one(engine: Engine, repo: Repository, manifest: Manifest, spec: Vol
                 direct.import_(target, unpacker.chunks())  # `./` carries the root's metadata
             else:
                 target.import_(DATA_PATH, unpacker.chunks())
-                again = unpacker.walker.metadata_tar(DATA_PATH.strip("/"))  # root, hard links
-                if again is not None:
-                    target.import_("/", again)
+                if target.engine.extractor_skips_root:  # dockerd, not Podman
+                    again = unpacker.walker.metadata_tar(DATA_PATH.strip("/"))  # root, links
+                    if again is not None:
+                        target.import_("/", again)
                 _warn_of_lost_times(unpacker.walker, outcome.volume, announce)
         outcome.bytes = unpacker.walker.bytes
 

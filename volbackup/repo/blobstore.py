@@ -158,6 +158,20 @@ class BlobStore(ABC):
         return []
 
 
+class ThreadCompressors:
+    """`compressors(level)`: this thread's zstd compressor at `level` (a ZstdCompressor is
+    not shared by threads; making one per blob would cost more than compressing it)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __call__(self, level: int) -> zstandard.ZstdCompressor:
+        made = self._local.__dict__.setdefault("compressors", {})
+        if level not in made:
+            made[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        return made[level]
+
+
 class KnownChunks:
     """The chunks a backup need not write: those listed under the current lock, plus those
     written since. Never a cache kept across locks: a prune may have swept in between.
@@ -227,16 +241,7 @@ class LooseChunkStore(BlobStore):
         self.objects = objects
         self.encrypted = objects.cipher.encrypted
         self._known = KnownChunks(objects)
-        self._local = threading.local()   # a zstd compressor per thread and level
-
-    def _compressor(self, level: int) -> zstandard.ZstdCompressor:
-        """This thread's compressor at `level` (a ZstdCompressor is not shared by threads)."""
-        if not hasattr(self._local, "compressors"):
-            self._local.compressors = {}
-        made = self._local.compressors
-        if level not in made:
-            made[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        return made[level]
+        self._compressor = ThreadCompressors()
 
     def blob_id(self, data: bytes) -> str:
         return self.objects.chunk_id(data)

@@ -24,11 +24,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-import zstandard
-
 from volbackup.errors import ChunkMissing, IntegrityError
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound, RangeBeyondEnd
-from volbackup.repo.blobstore import DATA, TREE, BlobStore, Prepared, Saved
+from volbackup.repo.blobstore import (DATA, TREE, BlobStore, Prepared, Saved,
+                                      ThreadCompressors)
 from volbackup.repo.chunkstore import open_frame
 from volbackup.repo.crypto import PlainChunks, SealedChunks
 from volbackup.repo import packindex, packs
@@ -89,7 +88,7 @@ class PackedBlobStore(BlobStore):
         self._written: list[tuple[PackInfo, list[Entry]]] = []   # durable, not yet indexed
         self._failed: BaseException | None = None
         self._sound: set[bytes] = set()         # checked (or written) under this lock
-        self._local = threading.local()
+        self._compressor = ThreadCompressors()
         self._trailers: OrderedDict[bytes, dict[int, packs.Record]] = OrderedDict()
         self._trailer_slots: dict[bytes, tuple[bytes, ...]] = {}
         self._keys: OrderedDict[bytes, bytes] = OrderedDict()
@@ -98,14 +97,6 @@ class PackedBlobStore(BlobStore):
     # -- naming and formatting
     def blob_id(self, data: bytes) -> str:
         return self.cipher.chunk_id(data)
-
-    def _compressor(self, level: int) -> zstandard.ZstdCompressor:
-        if not hasattr(self._local, "compressors"):
-            self._local.compressors = {}
-        made = self._local.compressors
-        if level not in made:
-            made[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        return made[level]
 
     # -- the index
     def index(self) -> BlobIndex:
@@ -279,7 +270,7 @@ class PackedBlobStore(BlobStore):
             self._raise_failed()
             written, self._written = self._written, []
         made = []
-        for part in _index_parts(written):
+        for part in index_parts(written):
             name, data = packindex.encode(part, self.cipher.mac)
             self.backend.write_bytes(packindex.index_key(name), data)
             made.append((packindex.index_key(name), [info.hex for info, _ in part]))
@@ -539,9 +530,9 @@ def _released(results: list) -> Iterator[tuple[bytes, int]]:
         yield result
 
 
-def _index_parts(written: list[tuple[PackInfo, list[Entry]]]
-                 ) -> Iterator[list[tuple[PackInfo, list[Entry]]]]:
-    """The packs of one flush in groups of at most WRITE_BLOBS blobs: one index object each."""
+def index_parts(written: Iterable[tuple[PackInfo, list[Entry]]]
+                ) -> Iterator[list[tuple[PackInfo, list[Entry]]]]:
+    """Packs in groups of at most WRITE_BLOBS blobs: one index object each."""
     part: list[tuple[PackInfo, list[Entry]]] = []
     blobs = 0
     for pack, entries in written:
