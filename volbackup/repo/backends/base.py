@@ -16,6 +16,8 @@ backend inside has, which no class hierarchy can say (docs/design.md).
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
@@ -24,6 +26,7 @@ from datetime import datetime
 from typing import BinaryIO, Iterator
 
 from volbackup.errors import RepositoryError, RepositoryUnreachable
+from volbackup.processes import place
 
 # Manifests and locks are read whole; anything larger is not ours (the biggest real
 # manifest is a few KiB: labels and driver options).
@@ -98,6 +101,38 @@ def check_key(key: str) -> str:
     parts = key.split("/")
     if not key or any(not p or p.startswith(".") for p in parts):
         raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
+# Temp files of unfinished writes, one rule for every store that has them (TempFiles below):
+# `.NAME.tmp-PID-PLACE-RANDOM` beside the blob (PLACE: processes.place(), where the pid means
+# something); earlier versions wrote `.NAME.tmp-PID-RANDOM`. Hidden (a leading '.'), so never a
+# blob key, and `cleanup` judges them by their writer's pid and place.
+TEMP_MARKER = ".tmp-"
+_TEMP_OWNER = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")
+
+
+def temp_name(name: str) -> str:
+    """The name a write of blob `name` has beside it until it is complete."""
+    return f".{name}{TEMP_MARKER}{os.getpid()}-{place()}-{secrets.token_hex(4)}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def temp_owner(name: str) -> tuple[int | None, str | None]:
+    """(pid, place) of the writer of temp file `name`; a part the name lacks is None."""
+    match = _TEMP_OWNER.search(name)
+    return (int(match[1]), match[2]) if match else (None, None)
+
+
+def check_temp_key(key: str) -> str:
+    """`key` if it names a temp file (its directories are plain parts), else ValueError:
+    remove_temp must never remove a blob."""
+    parts = key.split("/")
+    if not is_temp_name(parts[-1]) or any(not p or p.startswith(".") for p in parts[:-1]):
+        raise ValueError(f"not a temp file key {key!r}")
     return key
 
 

@@ -40,7 +40,6 @@ import atexit
 import gc
 import os
 import re
-import secrets
 import threading
 import urllib.error
 import urllib.request
@@ -55,7 +54,6 @@ from urllib.parse import urlsplit
 import opendal
 
 from volbackup.errors import RepositoryDenied, RepositoryError, RepositoryUnreachable
-from volbackup.processes import place
 from volbackup.repo.backends.base import (
     Backend,
     BlobInfo,
@@ -67,8 +65,12 @@ from volbackup.repo.backends.base import (
     beyond_end,
     check_key,
     check_range,
+    check_temp_key,
+    is_temp_name,
+    temp_name,
+    temp_owner,
 )
-from volbackup.repo.backends.retry import DEFAULT_ATTEMPTS, Retry, RetryBackend, settled
+from volbackup.repo.backends.retry import Retry, RetryBackend, attempts_from, settled
 from volbackup.urls import safe_url, scrub
 
 MiB = 1 << 20
@@ -81,8 +83,6 @@ AZURE_CONCURRENT = 4        # blocks uploading at once (memory: about this many 
 CONTROL_TIMEOUT = 120.0     # seconds for a stat, list page or delete (S3's read timeout)
 IO_TIMEOUT = 300.0          # seconds for one read or write of a body to make progress
 DELETE_THREADS = 8          # delete_many: no batch call in OpenDAL's Python binding
-TEMP_MARKER = ".tmp-"
-_TEMP_NAME = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")
 _KIND = re.compile(r"^(\w+) \((permanent|temporary|persistent)\)")
 _STATUS = re.compile(r"status: (\d{3})")
 _AZURITE_ACCOUNT = "devstoreaccount1"
@@ -286,10 +286,7 @@ def open_url(url: str, env: dict[str, str] | None = None) -> Backend:
 
 def attempts_from_env() -> int:
     """Tries per request in all (VOLBACKUP_STORE_ATTEMPTS; default 8, as S3's)."""
-    try:
-        return max(1, int(os.environ.get("VOLBACKUP_STORE_ATTEMPTS", DEFAULT_ATTEMPTS)))
-    except ValueError:
-        raise RepositoryError("VOLBACKUP_STORE_ATTEMPTS is not a whole number") from None
+    return attempts_from("VOLBACKUP_STORE_ATTEMPTS")
 
 
 class _Loop:
@@ -501,8 +498,7 @@ class OpenDALBackend(Backend):
                 self.op.write(key, data)
             return
         folder, _, name = key.rpartition("/")
-        temp = f".{name}{TEMP_MARKER}{os.getpid()}-{place()}-{secrets.token_hex(4)}"
-        temp = f"{folder}/{temp}" if folder else temp
+        temp = f"{folder}/{temp_name(name)}" if folder else temp_name(name)
         try:
             with self._calls(f"writing {key}"):
                 self.op.write(temp, data)
@@ -600,11 +596,11 @@ class OpenDALBackend(Backend):
                 continue
             meta = entry.metadata
             if name.startswith("."):
-                if temps and TEMP_MARKER in name:
-                    match = _TEMP_NAME.search(name)
-                    found.append(TempFile(path, int(match[1]) if match else None,
+                if temps and is_temp_name(name):
+                    pid, where = temp_owner(name)
+                    found.append(TempFile(path, pid,
                                           meta.last_modified or datetime.now(timezone.utc),
-                                          meta.content_length, match[2] if match else None))
+                                          meta.content_length, where))
                 continue
             if not temps:
                 found.append(BlobInfo(path, meta.content_length, modified=meta.last_modified))
@@ -661,10 +657,7 @@ class WebDAVBackend(OpenDALBackend, TempFiles, MakesItsPlace):
         return sorted(self._walk("", temps=True), key=lambda t: t.key)
 
     def remove_temp(self, temp: TempFile) -> None:
-        parts = temp.key.split("/")
-        if not (parts[-1].startswith(".") and TEMP_MARKER in parts[-1]) \
-                or any(not p or p.startswith(".") for p in parts[:-1]):
-            raise ValueError(f"not a temp file key {temp.key!r}")
+        check_temp_key(temp.key)
         with self._calls(f"removing {temp.key}"):
             self.op.delete(temp.key)
 

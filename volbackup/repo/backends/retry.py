@@ -17,6 +17,7 @@ and resumes a broken download at its offset with a ranged GET of the same ETag).
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from contextlib import ExitStack, contextmanager
@@ -30,6 +31,15 @@ DEFAULT_ATTEMPTS = 8
 MAX_BACKOFF = 20.0
 
 T = TypeVar("T")
+
+
+def attempts_from(variable: str) -> int:
+    """Tries per request in all, from environment variable `variable` (default
+    DEFAULT_ATTEMPTS, at least 1); each store names its own (AWS_MAX_ATTEMPTS for S3)."""
+    try:
+        return max(1, int(os.environ.get(variable, DEFAULT_ATTEMPTS)))
+    except ValueError:
+        raise RepositoryError(f"{variable} is not a whole number") from None
 
 
 def jittered(retry: int) -> float:

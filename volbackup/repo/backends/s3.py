@@ -43,7 +43,7 @@ from volbackup.repo.backends.base import (
     check_key,
     check_range,
 )
-from volbackup.repo.backends.retry import Retry, RetryBackend, settled
+from volbackup.repo.backends.retry import Retry, RetryBackend, attempts_from, settled
 from volbackup.urls import safe_url, scrub
 
 MiB = 1 << 20
@@ -99,10 +99,7 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def attempts_from_env() -> int:
     """Tries per request in all (AWS_MAX_ATTEMPTS, as botocore reads it; default 8)."""
-    try:
-        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "8")))
-    except ValueError:
-        raise RepositoryError("AWS_MAX_ATTEMPTS is not a whole number") from None
+    return attempts_from("AWS_MAX_ATTEMPTS")
 
 
 def _client():

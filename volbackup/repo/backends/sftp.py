@@ -37,8 +37,6 @@ import getpass
 import hashlib
 import logging
 import os
-import re
-import secrets
 import socket
 import stat
 import threading
@@ -46,7 +44,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
 from typing import BinaryIO, Iterator
 from urllib.parse import unquote, urlsplit
 
@@ -55,7 +52,6 @@ from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, 
     SFTP_FLAG_WRITE
 
 from volbackup.errors import RepositoryDenied, RepositoryError
-from volbackup.processes import place
 from volbackup.repo.backends.base import (
     Backend,
     BadEntry,
@@ -70,8 +66,12 @@ from volbackup.repo.backends.base import (
     beyond_end,
     check_key,
     check_range,
+    check_temp_key,
+    is_temp_name,
+    temp_name,
+    temp_owner,
 )
-from volbackup.repo.backends.retry import DEFAULT_ATTEMPTS, RetryBackend
+from volbackup.repo.backends.retry import RetryBackend, attempts_from
 
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
@@ -89,11 +89,9 @@ READ_WINDOW = 4 << 20
 # 2 MiB made reads wait for window adjustments (docs/performance.md).
 WINDOW = 16 << 20
 WRITE_BUFFER = 256 << 10
-TEMP_MARKER = ".tmp-"
 FILE_MODE, DIR_MODE = 0o600, 0o700
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 _IGNORED_TOP = {"lost+found"}
-_TEMP_PID = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")  # as local.py's
 _CONNECTION_ERRORS = (EOFError, ConnectionError, TimeoutError, socket.timeout, socket.gaierror,
                       paramiko.SSHException)
 
@@ -490,7 +488,7 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
             if not stat.S_ISDIR(st.st_mode or 0):
                 raise RepositoryError(f"repository {self.describe()} is not a directory")
             if writable:
-                probe = f"{self.root}/.volbackup-probe{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+                probe = f"{self.root}/{temp_name('volbackup-probe')}"
                 try:
                     _open_new(sftp, probe).close()
                     sftp.remove(probe)
@@ -558,7 +556,7 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         path = self._path(key)
         directory, _, name = path.rpartition("/")
-        temp = f"{directory}/.{name}{TEMP_MARKER}{os.getpid()}-{place()}-{secrets.token_hex(4)}"
+        temp = f"{directory}/{temp_name(name)}"
         with self._calls(f"writing {key}", key) as sftp:
             try:
                 handle = _open_new(sftp, temp)
@@ -691,8 +689,8 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
             mode = entry.st_mode or 0
             modified = datetime.fromtimestamp(entry.st_mtime or 0, timezone.utc)
             if name.startswith("."):
-                if temps and name.startswith(".") and TEMP_MARKER in name and stat.S_ISREG(mode):
-                    pid, where = _temp_owner(name)
+                if temps and is_temp_name(name) and stat.S_ISREG(mode):
+                    pid, where = temp_owner(name)
                     found.append(TempFile(key, pid, modified, entry.st_size or 0, where))
                 continue
             if stat.S_ISDIR(mode):
@@ -735,10 +733,7 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
         return sorted(found, key=lambda t: t.key)
 
     def remove_temp(self, temp: TempFile) -> None:
-        parts = temp.key.split("/")
-        if not (parts[-1].startswith(".") and TEMP_MARKER in parts[-1]) or \
-                any(not p or p.startswith(".") for p in parts[:-1]):
-            raise ValueError(f"not a temp file key {temp.key!r}")
+        check_temp_key(temp.key)
         with self._calls(f"removing {temp.key}") as sftp:
             try:
                 sftp.remove(f"{self.root}/{temp.key}")
@@ -844,13 +839,6 @@ def _open_new(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
     return paramiko.SFTPFile(sftp, msg.get_binary(), "wb", WRITE_BUFFER)
 
 
-def _temp_owner(name: str) -> tuple[int | None, str | None]:
-    """(pid, place) from `.NAME.tmp-PID-PLACE-xxxx` (the directory backend's names, and
-    its rule for reading them: `.NAME.tmp-PID-xxxx` has no place)."""
-    match = _TEMP_PID.search(name)
-    return (int(match[1]), match[2]) if match else (None, None)
-
-
 def _kind(mode: int) -> str:
     for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -867,10 +855,7 @@ def _reason(e: BaseException) -> str:
 
 
 def attempts_from_env() -> int:
-    try:
-        return max(1, int(os.environ.get(ATTEMPTS_ENV, str(DEFAULT_ATTEMPTS))))
-    except ValueError:
-        raise RepositoryError(f"{ATTEMPTS_ENV} is not a whole number") from None
+    return attempts_from(ATTEMPTS_ENV)
 
 
 def open_url(url: str) -> Backend:
