@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,13 @@ class CliRun:
     code: int
     stdout: str
     stderr: str
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> CliRun:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_ENGINE
+from tests.conftest import REQUIRE_ENGINE, free_port
 from tests.shared_services import shared_dir, shared_service
 
 REQUIRE_SERVERS = REQUIRE_ENGINE or bool(os.environ.get("CI"))
@@ -57,12 +57,6 @@ def missing(why: str):
     if REQUIRE_SERVERS:
         pytest.fail(f"{why}; required here (VOLBACKUP_REQUIRE_ENGINE=1 or CI)")
     pytest.skip(why)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path,

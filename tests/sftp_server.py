@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_ENGINE
+from tests.conftest import REQUIRE_ENGINE, free_port
 
 SSHD = "/usr/sbin/sshd"
 ALIAS = "vbtest-sftp"
@@ -37,7 +37,7 @@ REQUIRE_SSHD = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 class SshServer:
     def __init__(self, root: Path):
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.user = getpass.getuser()
         self.process: subprocess.Popen | None = None
         for key in ("host", "user"):
@@ -113,10 +113,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

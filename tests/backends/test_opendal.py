@@ -167,7 +167,7 @@ def test_an_expired_swift_token_is_renewed(swift_repo):
 
 @pytest.mark.parametrize("scheme", ["webdav", "azure", "swift"])
 def test_a_server_that_does_not_answer_is_unreachable_after_retries(scheme, monkeypatch):
-    from tests.opendal_servers import free_port
+    from tests.conftest import free_port
 
     port = free_port()   # nothing listens there
     env = {"webdav": {"VOLBACKUP_WEBDAV_USER": "u", "VOLBACKUP_WEBDAV_PASSWORD": "p"},
@@ -192,7 +192,7 @@ def test_a_server_that_does_not_answer_is_unreachable_after_retries(scheme, monk
 def test_an_azure_stream_whose_server_is_gone_is_unreachable(monkeypatch):
     """OpenDAL's retry layer retries an Azure stream's blocks itself and then calls the
     error "persistent": still a server that cannot be reached (exit 10), not a refusal."""
-    from tests.opendal_servers import free_port
+    from tests.conftest import free_port
 
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName=a;AccountKey=a2V5;"
                        f"BlobEndpoint=http://127.0.0.1:{free_port()}/a")
