@@ -392,6 +392,12 @@ class TcpRelay:
 
     def cut(self) -> None:
         if self.listener is not None:
+            # shutdown first: a close alone leaves the socket listening while the accept
+            # thread is blocked in accept(), and new connections would still be relayed
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self.listener.close()
             self.listener = None
         with self.lock:
