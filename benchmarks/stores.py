@@ -1,13 +1,16 @@
 """Backup and restore of one volume to each kind of store over loopback: throughput and the
-peak RSS of each volbackup process, in a chunked repository (`volbackup init`).
+peak RSS of each volbackup process, in a chunked repository (`volbackup init`) or, with
+`--layout archive`, an archive one.
 
-Stores: a directory (local), S3 on Ceph RGW, WebDAV on Apache httpd + mod_dav, Azure on
-Azurite, Swift on RGW's Swift API. Apache and Azurite are started here, in temp dirs on free
-ports of 127.0.0.1, and stopped at the end (tests/opendal_servers.py); RGW is the running one
-named by VOLBACKUP_RGW_ENDPOINT (+ _ACCESS_KEY, _SECRET_KEY; its Swift subuser as
-tests/ceph_rgw.sh makes it). Run as root beside a Docker engine, from the repository root:
+Stores: a directory (local), SFTP on OpenSSH's sshd, S3 on Ceph RGW, WebDAV on Apache httpd +
+mod_dav, Azure on Azurite, Swift on RGW's Swift API. sshd, Apache and Azurite are started
+here, in temp dirs on free ports of 127.0.0.1, and stopped at the end (tests/sftp_server.py,
+tests/opendal_servers.py); RGW is the running one named by VOLBACKUP_RGW_ENDPOINT (+
+_ACCESS_KEY, _SECRET_KEY; its Swift subuser as tests/ceph_rgw.sh makes it). Run as root
+beside a Docker engine, from the repository root:
 
-    python benchmarks/stores.py --mib 1024 [--stores local,s3,webdav,azure,swift] [--json]
+    python benchmarks/stores.py --mib 1024 [--stores local,sftp,s3,webdav,azure,swift]
+                                [--layout chunked|archive] [--json]
 
 The volume is benchmarks/memory.py's: 64 MiB files, alternately incompressible and highly
 compressible, plus 1,000 small files; one backup into a fresh repository, one restore into a
@@ -27,17 +30,13 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import docker
-from benchrun import remove_volumes, timed, volbackup_cmd
-from memory import fill
+from memory import print_rows, round_trip, run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.opendal_servers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.*_server(s)
 from tests import opendal_servers as servers  # noqa: E402
+from tests.sftp_server import SshServer  # noqa: E402
 
-STORES = ("local", "s3", "webdav", "azure", "swift")
-
-
-def run(*args: str) -> tuple[float, float]:
-    return timed([*volbackup_cmd(), *args], f"volbackup {args[0]}", rss=True)
+STORES = ("local", "sftp", "s3", "webdav", "azure", "swift")
 
 
 @contextmanager
@@ -48,6 +47,13 @@ def repository(store: str, stack: ExitStack):
         directory = tempfile.mkdtemp(prefix="vbbench-")
         try:
             yield directory, {}
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    elif store == "sftp":
+        server = stack.enter_context(_started(_start_sshd))
+        directory = tempfile.mkdtemp(prefix="repo-", dir=server.data)
+        try:
+            yield server.url(os.path.basename(directory)), server.env
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     elif store == "s3":
@@ -108,6 +114,12 @@ def repository(store: str, stack: ExitStack):
 _running: dict = {}
 
 
+def _start_sshd() -> SshServer:
+    server = SshServer(Path(tempfile.mkdtemp(prefix="vbbench-sftp-", dir="/tmp")))
+    server.start()
+    return server
+
+
 @contextmanager
 def _started(start):
     """One server per kind for the whole run."""
@@ -116,32 +128,24 @@ def _started(start):
     yield _running[start]
 
 
-def measure(store: str, mib: int, client, stack: ExitStack) -> dict:
-    volume = f"vbbench-{secrets.token_hex(3)}"
-    client.volumes.create(volume)
-    try:
-        fill(client.api.inspect_volume(volume)["Mountpoint"], mib)
-        with repository(store, stack) as (url, env):
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
+def measure(store: str, mib: int, layout: str, client, stack: ExitStack) -> dict:
+    with repository(store, stack) as (url, env):
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            if layout == "chunked":
                 run("init", "-r", url)
-                b_sec, b_rss = run("backup", volume, "-r", url)
-                r_sec, r_rss = run("restore", volume, "--as", volume + "-r", "-r", url)
-            finally:
-                for k, v in saved.items():
-                    os.environ.pop(k, None) if v is None else os.environ.update({k: v})
-        return {"store": store, "mib": mib, "backup_mib_s": round(mib / b_sec, 1),
-                "backup_rss_mib": round(b_rss, 1), "restore_mib_s": round(mib / r_sec, 1),
-                "restore_rss_mib": round(r_rss, 1)}
-    finally:
-        remove_volumes(client, volume, volume + "-r")
+            return {"store": store, "layout": layout, **round_trip(mib, client, url)}
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.update({k: v})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=1024, help="volume size in MiB")
     parser.add_argument("--stores", default=",".join(STORES))
+    parser.add_argument("--layout", choices=["archive", "chunked"], default="chunked")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     client = docker.from_env()
@@ -149,20 +153,22 @@ def main() -> None:
     with ExitStack() as stack:
         try:
             for store in args.stores.split(","):
-                rows.append(measure(store, args.mib, client, stack))
+                rows.append(measure(store, args.mib, args.layout, client, stack))
         finally:
             for server in _running.values():
-                servers.stop(server["proc"])
-                shutil.rmtree(server["dir"], ignore_errors=True)
+                if isinstance(server, SshServer):
+                    server.stop()
+                    shutil.rmtree(server.root, ignore_errors=True)
+                else:
+                    servers.stop(server["proc"])
+                    shutil.rmtree(server["dir"], ignore_errors=True)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_rows(rows, True)
         return
-    print(f"{'store':<8} {'volume':>8}  {'backup':>11}  {'backup RSS':>11}  {'restore':>11}  "
-          f"{'restore RSS':>12}")
     for r in rows:
-        print(f"{r['store']:<8} {r['mib']:>4} MiB  {r['backup_mib_s']:>5.0f} MiB/s  "
-              f"{r['backup_rss_mib']:>7.1f} MiB  {r['restore_mib_s']:>5.0f} MiB/s  "
-              f"{r['restore_rss_mib']:>8.1f} MiB")
+        print(f"{r['store']:<7} {r['layout']:<8} {r['mib']:>5} MiB  backup {r['backup_mib_s']:>6} "
+              f"MiB/s, RSS {r['backup_rss_mib']:>6} MiB   restore {r['restore_mib_s']:>6} MiB/s, "
+              f"RSS {r['restore_rss_mib']:>6} MiB")
 
 
 if __name__ == "__main__":
