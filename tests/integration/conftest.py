@@ -233,10 +233,10 @@ def engine(client):
 
 
 
-# -- repository layouts: suites about behaviour run on both
+# -- repository layouts: suites about behaviour run on each
 
 
-LAYOUTS = ("archive", "chunked")
+LAYOUTS = ("archive", "chunked", "packed")
 
 
 @pytest.fixture(params=LAYOUTS)

@@ -1,5 +1,5 @@
-"""What restore does with existing targets, bad archives and several snapshots, in both
-repository layouts (tests that do not read a snapshot's data run on the archive layout)."""
+"""What restore does with existing targets, bad archives and several snapshots, in each
+repository layout (tests that do not read a snapshot's data run on the archive layout)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import pytest
 
 from tests.integration.conftest import make_layout
 from tests.integration.helpers import contents, fill, one_line_error
+from volbackup.repo import packs
+from volbackup.repo.backends import LocalBackend
+from volbackup.repo.crypto import PlainChunks
 
 FILES = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 40}
 ARCHIVE_ONLY = pytest.mark.parametrize("layout", ["archive"])
@@ -31,15 +34,28 @@ def backed_up(make_volume, mountpoint, cli, repo_dir):
     return volume.name, json.loads(result.stdout)["volumes"][0]["snapshot"]
 
 
-def archive_of(repo_dir: Path, volume: str) -> Path:
-    """The snapshot's archive, or in a chunked repository its chunk (FILES make one)."""
+def archive_of(repo_dir: Path, volume: str) -> tuple[Path, int, int]:
+    """Where a restore of the snapshot reads its data: the archive, in a chunked
+    repository its chunk (FILES make one), in a packed one the largest data record of its
+    data pack; as (file, start, end)."""
+    packs_dir = repo_dir / "packs"
+    if packs_dir.is_dir():
+        records = [(record.stored, record.offset, pack)
+                   for pack in packs_dir.rglob("*/*")
+                   for record in packs.read_trailer(LocalBackend(str(repo_dir)), pack.name,
+                                                    pack.stat().st_size,
+                                                    PlainChunks().mac).records
+                   if record.kind == packs.DATA]
+        stored, offset, pack = max(records)
+        return pack, offset, offset + stored
     if (repo_dir / "config").exists():
         (chunk_list,) = Path(repo_dir, "snapshots", volume).glob("*.chunks")
         (line,) = chunk_list.read_text().splitlines()
         chunk_id = line.split()[0]
-        return repo_dir / "chunks" / chunk_id[:2] / chunk_id
-    (path,) = Path(repo_dir, "snapshots", volume).glob("*.tar.zst")
-    return path
+        path = repo_dir / "chunks" / chunk_id[:2] / chunk_id
+    else:
+        (path,) = Path(repo_dir, "snapshots", volume).glob("*.tar.zst")
+    return path, 0, path.stat().st_size
 
 
 def test_refuses_a_non_empty_target_and_touches_nothing(backed_up, cli, repo_dir, mountpoint):
@@ -85,12 +101,12 @@ def test_target_in_use_by_a_container_is_refused_even_with_force(
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_bad_archive_fails_and_leaves_no_volume(backed_up, cli, repo_dir, names, client, damage):
     volume, _ = backed_up
-    archive = archive_of(repo_dir, volume)
+    archive, start, end = archive_of(repo_dir, volume)
     data = bytearray(archive.read_bytes())
     if damage == "flip":
-        data[len(data) // 2] ^= 0xFF
+        data[(start + end) // 2] ^= 0xFF
     else:
-        del data[len(data) * 2 // 3:]
+        del data[start + (end - start) * 2 // 3:]
     archive.write_bytes(bytes(data))
     target = names("never")
     result = cli("restore", volume, "--as", target, "-r", str(repo_dir))
@@ -102,9 +118,9 @@ def test_bad_archive_fails_and_leaves_no_volume(backed_up, cli, repo_dir, names,
 def test_force_with_a_bad_archive_keeps_the_existing_volume(backed_up, cli, repo_dir, mountpoint):
     volume, _ = backed_up
     fill(mountpoint(volume), {"keep.txt": b"precious\n"})
-    archive = archive_of(repo_dir, volume)
+    archive, _, end = archive_of(repo_dir, volume)
     data = bytearray(archive.read_bytes())
-    data[-20] ^= 0x55
+    data[end - 20] ^= 0x55
     archive.write_bytes(bytes(data))
     result = cli("restore", volume, "-r", str(repo_dir), "--force")
     assert result.code == 6

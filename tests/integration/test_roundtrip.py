@@ -85,7 +85,7 @@ def test_manifest_records_the_volume(corpus, cli):
     assert result.code == 0, result.stderr
     manifest = json.loads(result.stdout)["manifest"]
     assert manifest["labels"] == LABELS and manifest["driver"] == "local"
-    # a packed repository's snapshots are chunked ones (their chunks are kept in packs)
+    # a packed repository's snapshots are chunked ones (tree snapshots, their blobs in packs)
     assert manifest["compression"] == "zstd" and manifest["layout"] == (
         "chunked" if corpus["layout"] == "packed" else corpus["layout"])
     assert manifest["level"] == 3 and manifest["created"].endswith("Z")
@@ -94,6 +94,20 @@ def test_manifest_records_the_volume(corpus, cli):
     if corpus["layout"] == "archive":
         assert manifest["format_version"] == 1
         assert archive.stat().st_size == manifest["stored_bytes"]
+        return
+    if corpus["layout"] == "packed":
+        # a tree snapshot: its blob list and catalogue are trees of blobs in packs, and
+        # nothing but the manifest is beside it; every blob is this backup's own
+        assert manifest["format_version"] == 4 and archive.suffix == ".tree"
+        assert not archive.exists() and manifest["sha256"] == "" and manifest["chunks"] is None
+        assert manifest["data"]["blobs"] == manifest["new_chunks"] > 0
+        assert manifest["data"]["bytes"] == manifest["bytes"]
+        assert manifest["catalog"]["version"] == 2
+        assert sorted(p.name for p in archive.parent.iterdir()) == [
+            archive.name.replace(".tree", ".json")]
+        packs = list(Path(corpus["repo"], "packs").rglob("*/*"))
+        assert not Path(corpus["repo"], "chunks").exists()
+        assert manifest["stored_bytes"] < sum(p.stat().st_size for p in packs)
         return
     # chunked: the archive is the chunk list, and every chunk is this backup's own
     assert manifest["format_version"] == 2 and archive.suffix == ".chunks"

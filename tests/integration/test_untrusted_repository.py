@@ -85,7 +85,7 @@ def test_repository_files_are_0600_and_directories_0700_whatever_the_umask(
         is_dir = (repo_dir / path).is_dir()
         assert mode == (0o700 if is_dir else 0o600), (path, oct(mode))
     archive = next(repo_dir.glob("snapshots/*/*.tar.zst"), None) or \
-        next(p for p in repo_dir.glob("chunks/*/*"))
+        next(p for p in [*repo_dir.glob("chunks/*/*"), *repo_dir.glob("packs/*/*")])
     denied = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                              "cat", str(archive)], capture_output=True)
     assert denied.returncode != 0 and b"Permission denied" in denied.stderr

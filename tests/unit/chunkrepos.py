@@ -16,6 +16,7 @@ from tests.unit.tars import chunked, end_of_members, make_tar
 from volbackup.repo.chunked import iter_list
 from volbackup.repo.config import CHUNKED, MIN_PACK, RepoConfig
 from volbackup.repo.manifest import Manifest
+from volbackup.repo.trees import TreeRoot, walk
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.stream.archive import END_MARKER
 from volbackup.timefmt import utc_iso
@@ -84,8 +85,16 @@ def list_key(manifest: Manifest) -> str:
 
 
 def chunk_list(repo: Repository, manifest: Manifest) -> list[tuple[str, int]]:
+    """The snapshot's data blobs: its chunk list, or its data tree's leaves."""
+    if manifest.tree:
+        return list(walk(repo.blobs, TreeRoot.from_fields(manifest.data, "test")))
     with repo.backend.open_read(list_key(manifest)) as reader:
         return list(iter_list(reader))
+
+
+def blob_count(manifest: Manifest) -> int:
+    """How many data blobs (chunks) a snapshot lists, in a list or a tree."""
+    return manifest.data["blobs"] if manifest.tree else manifest.chunks
 
 
 def catalog_list(repo: Repository, manifest: Manifest) -> list[tuple[str, int]]:

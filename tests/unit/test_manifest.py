@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.unit.manifests import BROKEN, make_manifest, manifest_json
+from tests.unit.manifests import BROKEN, make_manifest, manifest_json, tree_manifest_json
 from volbackup.errors import RepositoryError
 from volbackup.repo.manifest import ARCHIVE_VERSION, FORMAT, Manifest
 
@@ -80,3 +80,11 @@ def test_excluded_is_optional_and_checked_like_the_command_line():
     for bad in ("cache", [1], ["a/../b"], [""], ["x\x00"], ["a", "a"], {"a": 1}, [["a"]]):
         with pytest.raises(RepositoryError, match="invalid excluded"):
             Manifest.from_json(manifest_json(excluded=bad), WHERE)
+
+
+def test_a_tree_manifest_reads_back_with_its_roots():
+    manifest = Manifest.from_json(tree_manifest_json(), "m")
+    assert manifest.tree and manifest.chunked and manifest.format_version == 4
+    assert manifest.data["height"] == 1 and manifest.catalog["version"] == 2
+    assert Manifest.from_json(manifest.to_json(), "m") == manifest
+    assert not make_manifest().tree

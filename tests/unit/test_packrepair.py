@@ -18,7 +18,7 @@ from volbackup.repo.config import PACKED, RepoConfig
 from volbackup.repo.crypto import PlainChunks
 from volbackup.repo.packcheck import check_packs
 from volbackup.repo.packindex import PackInfo
-from volbackup.repo.packs import DATA, DATA_PACK, NO_SLOT, PackBuilder
+from volbackup.repo.packs import DATA, DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder
 from volbackup.repo.repository import Repository
 
 PLAIN = PlainChunks()
@@ -103,9 +103,20 @@ def test_a_damaged_index_object_is_replaced_by_its_packs_trailers(root, two):
     assert_sound(root, *two)
 
 
+def pack_kinds(root: Path) -> dict[Path, int]:
+    """Each pack file of a plain repository, and its kind (DATA_PACK or TREE_PACK)."""
+    backend = LocalBackend(str(root))
+    return {p: packs.read_trailer(backend, p.name, p.stat().st_size, PLAIN.mac).kind
+            for p in pack_files(root)}
+
+
+@pytest.mark.parametrize("kind", [DATA_PACK, TREE_PACK])
 def test_packs_that_are_gone_leave_the_index_so_the_next_backup_stores_them_again(root, repo,
-                                                                                   two):
-    lost = pack_files(root)[0]
+                                                                                   kind):
+    backup(repo, volume_tar(seed=1, size=3 << 20))
+    # a pack of the first backup's (a data pack, or one of its tree pieces)
+    lost = next(p for p, k in pack_kinds(root).items() if k == kind)
+    backup(repo, volume_tar(seed=2, size=3 << 20))
     lost.unlink()
     result = repaired(root)
     assert result.lost_packs == 1 and result.lost_blobs > 0 and result.problems == []
@@ -113,8 +124,13 @@ def test_packs_that_are_gone_leave_the_index_so_the_next_backup_stores_them_agai
     check = check_packs(reopened.blobs)
     assert check.problems == []                   # the index names only what is there
     # a backup of the same data stores the lost blobs again, and then restores
+    before = pack_kinds(root)
     again = backup(reopened, volume_tar(seed=1, size=3 << 20))
-    assert again.new_chunks >= result.lost_blobs - 2
+    if kind == DATA_PACK:
+        assert again.new_chunks >= result.lost_blobs - 2
+    else:   # tree pieces are not counted in new_chunks: a new tree pack holds them
+        assert again.new_chunks == 0
+        assert [k for p, k in pack_kinds(root).items() if p not in before] == [TREE_PACK]
     reader = Repository.open(str(root))
     assert restored(reader, reader.reveal(reader.load(again.snapshot))) == \
         volume_tar(seed=1, size=3 << 20)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
+from tests.unit.chunkrepos import backup, blob_count, chunked_repo, restored, volume_tar
 from tests.unit.test_encryption import age_identity, opened
 from volbackup.ops.prune import PruneOptions, prune
 from volbackup.repo import packs
@@ -64,7 +64,7 @@ def test_removing_a_snapshot_removes_its_packs_and_the_rest_restores(repo, root,
     assert sweep.packs == len(before) and sweep.packs_removed >= 2
     assert len(pack_names(root)) == (len(before) - sweep.packs_removed - sweep.packs_repacked
                                      + sweep.packs_written)
-    assert sweep.removed >= old.chunks - 10 and result.freed_bytes == sweep.removed_bytes > 0
+    assert sweep.removed >= blob_count(old) - 10 and result.freed_bytes == sweep.removed_bytes > 0
     assert len(index_names(root)) == sweep.index_written    # compacted: the old ones gone
     reopened = Repository.open(str(root))
     assert restored(reopened, reopened.reveal(new)) == volume_tar(seed=2, size=3 << 20)
@@ -194,7 +194,8 @@ def test_chunks_in_no_index_object_stop_the_sweep_so_their_unindexed_packs_stay(
     before = pack_names(root)
     sweep = keep_last(repo).chunks
     assert pack_names(root) == before and sweep.unindexed_removed == 0
-    assert any("in no index object" in p for p in sweep.problems)
+    # a tree snapshot's tree pieces are found through the index too: its walk stops first
+    assert any("in no index object" in p or "(no index entry)" in p for p in sweep.problems)
 
 
 def test_a_packs_directory_that_cannot_be_listed_stops_the_sweep(repo, root, two):

@@ -238,4 +238,6 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
     outcome.bytes, outcome.stored_bytes = packed.bytes, packed.stored_bytes
     outcome.sha256, outcome.entries, outcome.seconds = packed.sha256, packed.entries, seconds
     outcome.chunks, outcome.new_chunks = fields.get("chunks"), fields.get("new_chunks")
+    if fields.get("data") is not None:  # a tree snapshot: its data blobs
+        outcome.chunks = fields["data"]["blobs"]
     return outcome

@@ -145,7 +145,7 @@ def _copy_one(source: Repository, target: Repository, manifest: Manifest,
         outcome.status, outcome.message = "skipped", f"already in {target.describe()}"
         return
     with progress(manifest.snapshot, manifest.bytes) as update:
-        if target.names_chunks_as(source) and manifest.chunked:
+        if target.names_chunks_as(source) and manifest.chunked and not manifest.tree:
             copied = target.receive_chunks(source, manifest, update)
             target.commit(manifest)
             outcome.how, outcome.chunks = "chunks", copied.chunks
@@ -175,13 +175,13 @@ def _stream(source: Repository, target: Repository, manifest: Manifest,
             raise IntegrityError(f"snapshot {whole.snapshot} copied with tar sha256 "
                                  f"{tar_sha256}, the source's manifest says {whole.tar_sha256}")
     layout = {"layout": "archive", "format_version": ARCHIVE_VERSION, "chunks": None,
-              "new_chunks": None, "tar_sha256": None, **writer.fields(packed)}
+              "new_chunks": None, "tar_sha256": None, "data": None, **writer.fields(packed)}
     target.commit(replace(whole, archive=writer.archive, stored_bytes=packed.stored_bytes,
                           sha256=packed.sha256, encrypted=False, sealed=None, mac=None,
                           **layout))
     chunked = layout["layout"] == "chunked"
     outcome.how, outcome.bytes_sent = "stream", packed.stored_bytes
-    outcome.chunks = layout["chunks"] or 0
+    outcome.chunks = layout["chunks"] or (layout["data"] or {}).get("blobs", 0)
     outcome.chunks_sent = layout["new_chunks"] or 0
     outcome.chunks_replaced = getattr(packed, "replaced_chunks", 0)
     # the data's chunks (or archive), the catalogue's list (or blob), the manifest; the
@@ -202,7 +202,7 @@ def _differs(manifest: Manifest, source: Repository, present: Manifest,
             and present.tar_sha256 and manifest.tar_sha256 != present.tar_sha256:
         return "its tar stream has another sha256"
     if target.names_chunks_as(source) and manifest.chunked and present.chunked \
-            and manifest.sha256 != present.sha256:
+            and not (manifest.tree or present.tree) and manifest.sha256 != present.sha256:
         return "its chunk list has another sha256"
     if present.encrypted and target.keyring is not None:
         try:

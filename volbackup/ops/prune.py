@@ -215,8 +215,7 @@ def _would_go(repo: Repository, manifests: dict[str, Manifest], result: PruneRes
     """The chunk lists a dry run would have removed: the sweep counts them as gone."""
     keys = [key for d in result.snapshots
             if d.status == Status.WOULD_REMOVE and manifests[d.snapshot].chunked
-            for key in (repo.archive_key(manifests[d.snapshot]),
-                        repo.catalog_key(d.snapshot, chunked=True))]
+            for key in repo.reference_keys(manifests[d.snapshot])]
     return keys + [o.key for o in result.leftovers
                    if o.status == Status.WOULD_REMOVE and o.kind == "archive"]
 

@@ -114,10 +114,14 @@ def _verify_catalog(repo: Repository, manifest: Manifest, described: str) -> Non
     made before catalogues existed has none to check)."""
     if manifest.catalog is None:
         return
-    for _ in repo.catalog(manifest):
-        pass
-    if manifest.catalog["version"] == catalog.CATALOG_VERSION and \
-            described != manifest.catalog["plain_sha256"]:
+    stored = hashlib.sha256()   # a version 2 catalogue: its entries as version 1 lines
+    for entry in repo.catalog(manifest):
+        stored.update(entry.to_line())
+    if manifest.catalog["version"] == catalog.CATALOG_VERSION:
+        stored_sha256 = manifest.catalog["plain_sha256"]
+    else:
+        stored_sha256 = stored.hexdigest()
+    if described != stored_sha256:
         raise IntegrityError(f"the catalogue of snapshot {manifest.snapshot} does not "
                              f"describe its data (ls, dump and partial restores would "
                              f"be wrong)")

@@ -24,6 +24,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
 from volbackup.repo.blobstore import BlobStore, Prepared
+from volbackup.repo.trees import TreeRoot, TreeWriter, walk
 from volbackup.repo.config import CHUNKER_EACH, CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
@@ -44,14 +45,15 @@ class ChunkedPacked(Packed):
     new_chunks: int = 0
     tar_sha256: str | None = ""     # None: not computed (the packed layout)
     replaced_chunks: int = 0    # with `check_existing`: stored ones that failed, written again
+    data: TreeRoot | None = None    # with a `tree`: the root of the data tree (no list)
 
 
-def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
+def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStore,
          config: RepoConfig, level: int = 3,
          progress: Progress = no_progress, seed: int | None = None,
          on_walker: Callable[[TarWalker], None] = lambda walker: None,
          check_existing: bool = False, whole_digest: bool = True,
-         name_key: bytes | None = None) -> ChunkedPacked:
+         name_key: bytes | None = None, tree: TreeWriter | None = None) -> ChunkedPacked:
     """Store a tar stream as chunks, writing its chunk list to `list_out`; raises
     IntegrityError if the tar is incomplete (nothing of it is then referenced). `seed`:
     the chunker's, when not the config's (an encrypted repository's comes from its key).
@@ -64,13 +66,16 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
     repository's comes from its key; by default the seed's bytes).
     `whole_digest` False: no sha256 of the whole stream (`tar_sha256` None): each chunk's
     id and the list's sha256 already cover every byte, so that the stream is hashed once
-    (the packed layout; the chunked one keeps the field its readers know)."""
+    (the packed layout; the chunked one keeps the field its readers know).
+    `tree` (the packed layout): the chunks' ids go into this tree writer instead of a list
+    (`list_out` None); the result's `data` is its root, `sha256` empty, and its
+    `stored_bytes` count the tree pieces it added."""
     # Names are not checked for repeats here: what is packed is a volume's stream, or a
     # stream whose names were checked (an unpacker's, import's), each name once.
     walker = TarWalker(unique=False)
     on_walker(walker)
     tar_sha256 = hashlib.sha256() if whole_digest else None
-    listing = HashingWriter(list_out)
+    listing = HashingWriter(list_out) if tree is None else None
     result = ChunkedPacked(0, 0, "", 0, None)
 
     def store_one(data: bytes) -> Prepared:
@@ -78,7 +83,10 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
 
     def record(future: Future) -> None:
         saved = store.commit(future.result())   # in stream order: packs keep it
-        listing.write(f"{saved.id} {saved.length}\n".encode())
+        if tree is not None:
+            tree.add(saved.id, saved.length)    # a tree piece goes into a tree pack
+        else:
+            listing.write(f"{saved.id} {saved.length}\n".encode())
         result.chunks += 1
         result.new_chunks += 1 if saved.written else 0
         result.replaced_chunks += 1 if saved.replaced else 0
@@ -115,7 +123,12 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO, store: BlobStore,
             for future in pending:
                 future.cancel()
             raise
-    result.sha256 = listing.sha256.hexdigest()
+    if tree is not None:
+        result.data = tree.finish()
+        result.stored_bytes += tree.stored_bytes
+        result.sha256 = ""
+    else:
+        result.sha256 = listing.sha256.hexdigest()
     result.tar_sha256 = tar_sha256.hexdigest() if tar_sha256 is not None else None
     result.entries, result.root = walker.entries, walker.first
     return result
@@ -176,6 +189,24 @@ class ChunkedUnpacker:
     def drain(self) -> None:
         for _ in self.chunks():
             pass
+
+
+class TreeUnpacker(ChunkedUnpacker):
+    """A ChunkedUnpacker of a tree snapshot: the blobs are the leaves of its data tree,
+    whose root the manifest names (under its MAC when encrypted). Each piece is checked
+    against its id as it is loaded (volbackup.repo.trees.walk), so a leaf is the
+    snapshot's before any of its bytes is read: no list to check through first."""
+
+    def __init__(self, store: BlobStore, root: TreeRoot, expected_bytes: int,
+                 progress: Progress = no_progress):
+        super().__init__(lambda: None, store, "", root.blobs, "", expected_bytes, progress)
+        self.tree_root = root
+
+    def _listed(self) -> Iterator[tuple[str, int]]:
+        return walk(self._store, self.tree_root)
+
+    def check_list(self) -> None:
+        """Nothing to read ahead: every piece is checked as it is walked."""
 
 
 def listed(open_list: Callable[[], object], want_sha256: str, want_chunks: int,

@@ -71,6 +71,12 @@ class RepositoryKey:
         return self._derive("member names")
 
     @property
+    def catalog_cut_key(self) -> bytes:
+        """Keys the hash of catalogue lines that ends catalogue pieces (catalogue version
+        2): piece sizes then tell nothing of which lines end them."""
+        return self._derive("catalogue cuts")
+
+    @property
     def chunker_seed(self) -> int:
         """Chunk boundaries (hence sizes) that only key holders can predict."""
         return int.from_bytes(self._derive("chunker seed", 4), "big") >> 1

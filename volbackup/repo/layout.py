@@ -6,7 +6,9 @@
   store (volbackup.repo.blobstore), named in a chunk list `<stamp>.chunks`; the catalogue is
   stored in pieces the same way, listed in `<stamp>.catalog`.
 - `PackedLayout`: as the chunked one, but the blob store puts blobs into pack objects and
-  finds them through an index (volbackup.repo.packstore); snapshots are chunked ones.
+  finds them through an index (volbackup.repo.packstore); a snapshot's blob list and its
+  catalogue (version 2) are trees of blobs (volbackup.repo.trees, catalogtree): nothing
+  is written next to the manifest (`trees`).
 
 The layout decides how a new snapshot is written. Reading goes by each snapshot's own
 manifest (`layout` field): a chunked repository made by `init` over an archive-layout one
@@ -20,20 +22,23 @@ from contextlib import ExitStack
 from datetime import datetime, timedelta
 from typing import BinaryIO, Callable, Iterable
 
-from volbackup.repo import catalogs, packsweep, sweep
+from volbackup.errors import RepositoryError
+from volbackup.repo import catalogs, catalogtree, packsweep, sweep, trees
 from volbackup.repo import chunked as chunks
 from volbackup.repo.backends import Backend
 from volbackup.repo.blobstore import BlobStore, LooseChunkStore
 from volbackup.repo.chunkstore import ChunkObjects
 from volbackup.repo.config import DEFAULT_PACK, RepoConfig
 from volbackup.repo.crypto import PlainChunks, SealedChunks
-from volbackup.repo.manifest import CHUNKED_VERSION
+from volbackup.repo.manifest import CHUNKED_VERSION, TREE_VERSION
 from volbackup.repo.packstore import PackedBlobStore
 from volbackup.repo.sealing import Keyring
 from volbackup.stream import archive, catalog
 from volbackup.stream.archive import Packed, Progress
+from volbackup.stream.tarstream import TarWalker
 
 ARCHIVE_SUFFIX = ".tar.zst"
+TREE_SUFFIX = ".tree"       # a tree snapshot's `archive`: a name only, no object has it
 
 # (packed, finish): `finish()` completes the catalogue once the data is written, and
 # returns the manifest's `catalog` field.
@@ -48,6 +53,7 @@ class Layout:
     chunked: bool
     packed = False          # blobs in packs, found through an index
     data_suffix: str        # of a snapshot's data blob next to its manifest
+    trees = False           # snapshots are tree ones: no data or catalogue object beside
     catalog_suffix: str     # of its catalogue's blob (or list of pieces)
 
     def __init__(self, backend: Backend, keyring: Keyring | None = None):
@@ -98,6 +104,11 @@ class Layout:
         """The manifest fields this layout sets (besides the catalogue's)."""
         raise NotImplementedError
 
+    def catalog_cut_key(self) -> bytes:
+        """The key of catalogue version 2's cuts (a tree snapshot's catalogue)."""
+        raise RepositoryError("a tree snapshot is read in a repository with a config (it "
+                              "has none: removed?)")
+
 
 class ArchiveLayout(Layout):
     """One archive per snapshot. Its blob store (plain) only ever reads: a chunked snapshot
@@ -138,15 +149,23 @@ class ChunkedLayout(Layout):
         """`check_existing` (copy): the chunks the store holds already are read back and
         checked, and written again if wrong; only in a plain repository (an encrypted
         one's chunks open only with an identity, which a writer to it does not hold)."""
-        key = self._keyring.key() if self._keyring is not None else None
-        seed = key.chunker_seed if key is not None else None
-        store = self.blobs
-        cat = catalogs.ChunkedCatalogWriter(store, level)
-        packed = chunks.pack(tar_chunks, out, store, self.config, level, progress, seed,
-                              lambda walker: catalog.record(walker, cat.add),
-                              check_existing and not store.encrypted, self.whole_digest,
-                              key.member_name_key if key is not None else None)
+        cat = catalogs.ChunkedCatalogWriter(self.blobs, level)
+        packed = self._pack_chunks(tar_chunks, out, level, progress, check_existing,
+                                   lambda walker: catalog.record(walker, cat.add))
         return packed, lambda: cat.finish(self._backend, catalog_key)
+
+    def _pack_chunks(self, tar_chunks: Iterable[bytes], out: BinaryIO | None, level: int,
+                     progress: Progress, check_existing: bool,
+                     on_walker: Callable[[TarWalker], None],
+                     tree: trees.TreeWriter | None = None) -> chunks.ChunkedPacked:
+        """chunks.pack with this repository's store, cuts and keys (the chunker's seed and
+        the member-name key come from an encrypted repository's key)."""
+        key = self._keyring.key() if self._keyring is not None else None
+        store = self.blobs
+        return chunks.pack(tar_chunks, out, store, self.config, level, progress,
+                           key.chunker_seed if key is not None else None, on_walker,
+                           check_existing and not store.encrypted, self.whole_digest,
+                           key.member_name_key if key is not None else None, tree)
 
     def sweep(self, min_age: timedelta, now: datetime, dry_run: bool, gone: Iterable[str],
               progress: sweep.ProgressFactory) -> sweep.ChunkSweep:
@@ -163,11 +182,44 @@ class ChunkedLayout(Layout):
 
 
 class PackedLayout(ChunkedLayout):
-    """Chunked snapshots whose blobs are kept in packs, found through an index."""
+    """Tree snapshots whose blobs are kept in packs, found through an index."""
 
     name = "packed"
     packed = True
-    whole_digest = False    # the chunk ids and the list's sha256 cover every byte
+    trees = True
+    whole_digest = False    # the blob ids and the tree's pieces cover every byte
+    data_suffix = TREE_SUFFIX
+
+    def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO | None, level: int,
+             progress: Progress, check_existing: bool, catalog_key: str,
+             later: ExitStack) -> Written:
+        """The data's blobs named in a data tree, the catalogue (version 2) in pieces under
+        a catalogue tree: tree pieces are blobs of kind TREE, so an unchanged re-backup
+        stores nothing new but its manifest. `out` and `catalog_key` are not used."""
+        cat = catalogtree.CatalogTreeWriter(self.blobs, level, self.catalog_cut_key())
+        walkers: list[TarWalker] = []
+
+        def on_walker(walker: TarWalker) -> None:
+            walkers.append(walker)
+            cat.record(walker)
+
+        packed = self._pack_chunks(tar_chunks, None, level, progress, check_existing,
+                                   on_walker, trees.TreeWriter(self.blobs, level))
+        walker = walkers[0]
+        members_end = walker.end_marker_at if walker.end_marker_at is not None \
+            else walker.bytes
+        return packed, lambda: cat.finish(members_end=members_end)
+
+    def catalog_cut_key(self) -> bytes:
+        if self._keyring is not None:
+            return self._keyring.key().catalog_cut_key
+        return catalogtree.plain_cut_key(self.config.id)
+
+    def fields(self, packed: Packed) -> dict:
+        assert isinstance(packed, chunks.ChunkedPacked) and packed.data is not None
+        return {"layout": "chunked", "format_version": TREE_VERSION, "chunks": None,
+                "new_chunks": packed.new_chunks, "tar_sha256": None,
+                "data": packed.data.to_fields()}
 
     def _make_store(self, cipher: PlainChunks | SealedChunks) -> BlobStore:
         return PackedBlobStore(self._backend, cipher, self.config.pack_size or DEFAULT_PACK)

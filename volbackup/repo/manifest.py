@@ -11,8 +11,10 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime
 
-from volbackup.errors import BadPattern, RepositoryError
+from volbackup.errors import BadPattern, IntegrityError, RepositoryError
+from volbackup.repo import catalogtree
 from volbackup.repo.catalogs import check_field as check_catalog
+from volbackup.repo.trees import TreeRoot
 from volbackup.stream.catalog import HEX64, MAX_INT
 from volbackup.stream.exclude import parse_patterns
 
@@ -20,7 +22,9 @@ VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accep
 FORMAT = "volbackup-snapshot"
 
 
-FORMAT_VERSION = 3          # the newest this volbackup reads: 3 = encrypted chunked
+FORMAT_VERSION = 4          # the newest this volbackup reads: 4 = a tree snapshot
+TREE_VERSION = 4            # a snapshot whose data list and catalogue are trees (packed)
+SEALED_VERSION = 3          # an encrypted snapshot with a chunk list
 CHUNKED_VERSION = 2         # a plain chunked snapshot
 ARCHIVE_VERSION = 1         # an archive-layout one (readable by older versions)
 # What an encrypted manifest keeps only in `sealed`: everything `list` and `prune` do not
@@ -91,7 +95,9 @@ class Manifest:
     chunks: int | None = None   # chunked: entries in the chunk list
     new_chunks: int | None = None  # chunked: how many of them this backup wrote
     tar_sha256: str | None = None  # chunked: of the whole tar stream
-    catalog: dict | None = None  # the catalogue's counts and digests (volbackup.repo.catalogs)
+    catalog: dict | None = None  # the catalogue's counts and digests (volbackup.repo.catalogs),
+    #                              or a tree snapshot's catalogue tree (repo.catalogtree)
+    data: dict | None = None    # a tree snapshot: the root of its data tree (repo.trees)
     encrypted: bool = False     # PRIVATE_FIELDS are blank here and in `sealed`
     sealed: str | None = None   # encrypted: base64 of an age file of PRIVATE_FIELDS (JSON)
     mac: str | None = None      # encrypted: HMAC of everything else, repository key
@@ -170,13 +176,15 @@ class Manifest:
                                   f"{self.snapshot!r} for volume {self.volume}")
         if "/" in self.archive or self.archive.startswith("."):
             raise RepositoryError(f"manifest {where} names an invalid archive {self.archive!r}")
-        if self.catalog is not None and not check_catalog(self.catalog):
+        if self.format_version >= TREE_VERSION or self.data is not None:
+            self._check_tree(where)
+        elif self.catalog is not None and not check_catalog(self.catalog):
             raise RepositoryError(f"manifest {where} has an invalid catalog field")
         if self.layout not in LAYOUTS:
             raise RepositoryError(f"manifest {where} has an unknown layout {self.layout!r}")
         # tar_sha256 is optional: a packed repository's snapshots have none (their chunk
         # ids and the list's sha256 cover every byte), an encrypted one's is sealed.
-        if self.layout == "chunked" and not (
+        if self.layout == "chunked" and not self.tree and not (
                 self.format_version >= 2 and self.chunks is not None
                 and (self.tar_sha256 is None or (isinstance(self.tar_sha256, str)
                                                  and HEX64.fullmatch(self.tar_sha256)))
@@ -188,6 +196,29 @@ class Manifest:
                     self.chunked and self.format_version >= 3
                     and isinstance(self.sealed, str) and isinstance(self.mac, str))):
             raise RepositoryError(f"manifest {where} is an incomplete encrypted manifest")
+
+    def _check_tree(self, where: str) -> None:
+        """A tree snapshot (format 4): its data and catalogue trees' roots, in bounds
+        (the pieces are checked as they are read); nothing of a chunk list."""
+        if not (self.format_version >= TREE_VERSION and self.data is not None
+                and self.layout == "chunked" and self.chunks is None and self.sha256 == ""
+                and self.tar_sha256 is None and self.catalog is not None):
+            raise RepositoryError(f"manifest {where} is an incomplete tree manifest")
+        try:
+            data = TreeRoot.from_fields(self.data, f"manifest {where}")
+            catalog_root = catalogtree.check_field(self.catalog, f"manifest {where}")
+        except (RepositoryError, IntegrityError) as e:  # BadTree: a root out of bounds
+            raise RepositoryError(f"manifest {where} has an invalid data or catalog field "
+                                  f"({e})") from None
+        if data.bytes != self.bytes or catalog_root.blobs > self.entries:
+            raise RepositoryError(f"manifest {where} has a data tree of {data.bytes} bytes "
+                                  f"or a catalogue of {catalog_root.blobs} pieces, for "
+                                  f"{self.bytes} bytes in {self.entries} entries")
+
+    @property
+    def tree(self) -> bool:
+        """Its data list and catalogue are trees of blobs (format 4), not list objects."""
+        return self.data is not None
 
     def signed_bytes(self) -> bytes:
         """What an encrypted manifest's MAC covers: all of it but the MAC (canonical JSON)."""

@@ -63,7 +63,7 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
           progress: ProgressFactory = _no_progress,
           repack_unused: float = REPACK_UNUSED) -> PackSweep:
     result = PackSweep()
-    referenced = referenced_ids(backend, gone, result)
+    referenced = referenced_ids(backend, gone, result, trees_in=store)
     if referenced is None:
         return result
     store.forget()                       # the index as it is now, under this lock

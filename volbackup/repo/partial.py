@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 from volbackup.errors import IntegrityError
 from volbackup.repo.chunked import READERS, iter_list
 from volbackup.repo.blobstore import BlobStore
+from volbackup.repo.trees import TreeRoot, walk_range
 from volbackup.stream import catalog
 from volbackup.stream.archive import END_MARKER, Progress, no_progress, release_checked
 from volbackup.stream.catalog import CatalogEntry
@@ -74,8 +75,37 @@ def chunked_spans(open_list: Callable[[], object], store: BlobStore, spans: Span
     them (READERS ahead). `check_list()` has checked the whole list against the manifest;
     it is read again here."""
     check_list()
+
+    def leaves(start: int) -> Iterator[tuple[str, int, int]]:
+        offset = 0
+        with open_list() as reader:
+            for chunk_id, length in iter_list(reader):
+                yield chunk_id, length, offset
+                offset += length
+
+    yield from _blob_spans(leaves, store, spans, "chunk list")
+
+
+def tree_spans(store: BlobStore, root: TreeRoot, spans: Spans) -> Iterator[bytes]:
+    """The bytes of `spans` from a tree snapshot: the tree pieces before the first span
+    are skipped, those from it on are loaded (each checked against its id, walk_range;
+    leaf pieces are small beside the blobs they name), and only the blobs that hold the
+    spans are fetched."""
+    def leaves(start: int) -> Iterator[tuple[str, int, int]]:
+        return walk_range(store, root, start, root.bytes)
+
+    yield from _blob_spans(leaves, store, spans, "data tree")
+
+
+def _blob_spans(leaves: Callable[[int], Iterable[tuple[str, int, int]]], store: BlobStore,
+                spans: Spans, what: str) -> Iterator[bytes]:
+    """The bytes of `spans` (sorted, disjoint) out of the blobs `leaves(start)` gives
+    (id, length, offset in the stream; in order, from the one holding `start` or
+    earlier), READERS fetched ahead."""
     spans = iter(spans)
     span = next(spans, None)
+    if span is None:
+        return
     ahead: deque[tuple[Future, int, list[tuple[int, int]]]] = deque()
 
     def take() -> Iterator[bytes]:
@@ -86,33 +116,30 @@ def chunked_spans(open_list: Callable[[], object], store: BlobStore, spans: Span
 
     with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-fetch") as pool:
         try:
-            offset = 0
-            with open_list() as reader:
-                for chunk_id, length in iter_list(reader):
-                    end = offset + length
-                    parts = []
-                    while span is not None and span[0] < end:
-                        a, b = max(span[0], offset), min(span[1], end)
-                        if a < b:
-                            parts.append((a, b))
-                        if span[1] <= end:
-                            span = next(spans, None)
-                        else:
-                            break
-                    if parts:
-                        ahead.append((pool.submit(store.load, chunk_id, length), offset, parts))
-                        while len(ahead) > READERS:
-                            yield from take()
-                    offset = end
-                    if span is None:
+            for blob_id, length, offset in leaves(span[0]):
+                end = offset + length
+                parts = []
+                while span is not None and span[0] < end:
+                    a, b = max(span[0], offset), min(span[1], end)
+                    if a < b:
+                        parts.append((a, b))
+                    if span[1] <= end:
+                        span = next(spans, None)
+                    else:
                         break
+                if parts:
+                    ahead.append((pool.submit(store.load, blob_id, length), offset, parts))
+                    while len(ahead) > READERS:
+                        yield from take()
+                if span is None:
+                    break
             while ahead:
                 yield from take()
         finally:
             for future, _, _ in ahead:
                 future.cancel()
     if span is not None:
-        raise IntegrityError(f"chunk list ends before offset {span[0]}")
+        raise IntegrityError(f"{what} ends before offset {span[0]}")
 
 
 class PartialUnpacker:

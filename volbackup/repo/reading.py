@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from volbackup.errors import (BlobMissing, ChunkMissing, NotFound, RemovedWhileRead,
                               VolbackupError)
-from volbackup.repo import catalogs, chunked, locking, partial
+from volbackup.repo import catalogs, catalogtree, chunked, locking, partial
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.manifest import Manifest, RevealedManifest
 from volbackup.repo.manifests import archive_key, catalog_key
+from volbackup.repo.trees import TreeRoot
 from volbackup.stream import archive, catalog
 from volbackup.stream.archive import Progress, no_progress
 from volbackup.stream.catalog import CatalogEntry, Selection
@@ -97,6 +98,8 @@ class SnapshotReader:
             return self.partial(manifest, self.select(manifest, selection), progress)
         if not manifest.chunked:
             return _ArchiveUnpacker(self, manifest, progress)
+        if manifest.tree:
+            return _TreeUnpacker(self, manifest, progress)
         return _ChunkedUnpacker(self, manifest, progress)
 
     def catalog(self, manifest: Manifest) -> Iterator[CatalogEntry]:
@@ -106,6 +109,10 @@ class SnapshotReader:
         manifest = self._repo.reveal(manifest)
         if manifest.catalog is None:
             return catalog.walk(self.unpacker(manifest).chunks())
+        if manifest.tree:
+            return self.watched(manifest, catalogtree.entries(
+                self.blobs, manifest.catalog, manifest.bytes,
+                self._repo.layout.catalog_cut_key(), f"snapshot {manifest.snapshot}"))
         key = catalog_key(manifest.snapshot, manifest.chunked)
         pieces = catalogs.read_pieces(self.backend, self.blobs, key, manifest.catalog,
                                       f"snapshot {manifest.snapshot}")
@@ -143,6 +150,11 @@ class SnapshotReader:
             def spans(wanted):
                 return partial.cut_spans(_ArchiveUnpacker(self, manifest, no_progress).chunks(),
                                          wanted)
+        elif manifest.tree:
+            root = _data_root(manifest)
+
+            def spans(wanted):
+                return self.watched(manifest, partial.tree_spans(self.blobs, root, wanted))
         else:
             whole = self.unpacker(manifest)
 
@@ -169,23 +181,37 @@ class _ArchiveUnpacker(archive.Unpacker):
             yield from super().chunks()
 
 
-class _ChunkedUnpacker(chunked.ChunkedUnpacker):
-    """A ChunkedUnpacker of a snapshot, which says when the snapshot was removed
-    while it was read (SnapshotReader.missing)."""
+class _Watched:
+    """An unpacker of a snapshot that says when the snapshot was removed while it was
+    read (SnapshotReader.missing)."""
 
+    _reader: SnapshotReader
+    _manifest: RevealedManifest
+
+    def chunks(self) -> Iterator[bytes]:
+        return self._reader.watched(self._manifest, super().chunks())  # type: ignore[misc]
+
+
+class _ChunkedUnpacker(_Watched, chunked.ChunkedUnpacker):
     def __init__(self, reader: SnapshotReader, manifest: RevealedManifest, progress: Progress):
         super().__init__(lambda: _open_list(reader, manifest), reader.blobs, manifest.sha256,
                          manifest.chunks or 0, manifest.tar_sha256 or "", manifest.bytes,
                          progress)
         self._reader, self._manifest = reader, manifest
 
-    def chunks(self) -> Iterator[bytes]:
-        return self._reader.watched(self._manifest, super().chunks())
+
+class _TreeUnpacker(_Watched, chunked.TreeUnpacker):
+    def __init__(self, reader: SnapshotReader, manifest: RevealedManifest, progress: Progress):
+        super().__init__(reader.blobs, _data_root(manifest), manifest.bytes, progress)
+        self._reader, self._manifest = reader, manifest
+
+
+def _data_root(manifest: Manifest) -> TreeRoot:
+    """The root of a tree snapshot's data tree (checked in bounds)."""
+    return TreeRoot.from_fields(manifest.data, f"snapshot {manifest.snapshot}")
 
 
 @contextmanager
-
-
 def _open_list(source: SnapshotReader, manifest: Manifest) -> Iterator[object]:
     key = archive_key(manifest)
     try:

@@ -19,7 +19,7 @@ store) can change them in one place. docs/design.md says why it is cut this way.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -203,7 +203,10 @@ class Repository:
         """Where a new snapshot's data goes; it appears when the block ends cleanly."""
         volume, stamp = split_id(snapshot_id)
         name = stamp + self.layout.data_suffix
-        with self.backend.open_write(f"{PREFIX}{volume}/{name}") as out, ExitStack() as later:
+        # A tree snapshot's data and catalogue are blobs: no object beside its manifest.
+        data = nullcontext(None) if self.layout.trees \
+            else self.backend.open_write(f"{PREFIX}{volume}/{name}")
+        with data as out, ExitStack() as later:
             writer = SnapshotWriter(self, out, name, snapshot_id, later)
             yield writer
             writer.finish()
@@ -224,8 +227,8 @@ class Repository:
                        progress: Progress = no_progress) -> chunkcopy.ListCopy:
         """Copy a plain chunked snapshot's chunk lists (its data's, then its catalogue's),
         and the chunks this repository lacks, from `source` (under this repository's
-        lock); then `commit` the manifest."""
-        if not (self.names_chunks_as(source) and manifest.chunked):
+        lock); then `commit` the manifest. Not a tree snapshot's: copy streams those."""
+        if not (self.names_chunks_as(source) and manifest.chunked and not manifest.tree):
             raise ValueError("receive_chunks needs two plain chunked repositories")
         try:
             return self._receive_chunks(source, manifest, progress)
@@ -311,10 +314,19 @@ class Repository:
 
     def remove_archive(self, manifest: Manifest) -> None:
         """Remove the archive (or chunk list) and catalogue of a snapshot whose manifest
-        is gone."""
+        is gone (a tree snapshot has neither: its blobs go by the sweep)."""
+        if manifest.tree:
+            return
         self.backend.delete(self.archive_key(manifest))
         if manifest.catalog is not None:
             self.backend.delete(self.catalog_key(manifest.snapshot, manifest.chunked))
+
+    def reference_keys(self, manifest: Manifest) -> list[str]:
+        """The keys whose objects name the blobs a chunked snapshot holds (what a sweep
+        reads): its chunk and catalogue lists, or a tree snapshot's manifest."""
+        if manifest.tree:
+            return [self.manifest_key(manifest.snapshot)]
+        return [self.archive_key(manifest), self.catalog_key(manifest.snapshot, chunked=True)]
 
     @contextmanager
     def lock(self, kind: str, wait: float, command: str = "",

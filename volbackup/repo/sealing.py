@@ -26,7 +26,7 @@ from volbackup.errors import IntegrityError, KeyProblem, RepositoryError
 from volbackup.repo import crypto
 from volbackup.repo.config import (ENCRYPTED_VERSION, PACKED_SCHEME, SCHEME, Encryption,
                                    RepoConfig)
-from volbackup.repo.manifest import (FORMAT_VERSION, OPTIONAL_PRIVATE, PRIVATE_FIELDS, Manifest,
+from volbackup.repo.manifest import (OPTIONAL_PRIVATE, PRIVATE_FIELDS, SEALED_VERSION, Manifest,
                                      RevealedManifest, fields_of)
 
 KEY_FILE_ENV = "VOLBACKUP_KEY_FILE"
@@ -171,7 +171,7 @@ class Keyring:
         private = json.dumps(manifest.private(), sort_keys=True).encode()
         sealed = base64.b64encode(crypto.encrypt(private, self.recipients())).decode()
         public = replace(Manifest(**fields_of(manifest)), **_BLANK, encrypted=True, sealed=sealed, mac=None,
-                         format_version=FORMAT_VERSION)
+                         format_version=max(manifest.format_version, SEALED_VERSION))
         return replace(public, mac=self.key().mac(public.signed_bytes()))
 
     def reveal(self, manifest: Manifest) -> RevealedManifest:

@@ -20,15 +20,20 @@ from datetime import datetime, timedelta
 from typing import Callable, Collection, ContextManager
 
 from volbackup.errors import IntegrityError, RepositoryError
-from volbackup.repo.backends import Backend
+from volbackup.repo import catalogtree, trees
+from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.catalogs import LIST_SUFFIX as CATALOG_LIST_SUFFIX
 from volbackup.repo.chunked import LIST_SUFFIX, iter_list
-from volbackup.repo.blobstore import LooseChunkStore
+from volbackup.repo.blobstore import BlobStore, LooseChunkStore
+from volbackup.repo.config import MAX_CHUNK
+from volbackup.repo.manifest import Manifest
+from volbackup.repo.trees import TreeRoot
 from volbackup.repo.chunkstore import StoredChunk, chunk_key
 
 SNAPSHOTS = "snapshots/"
 _LIST_KEY = re.compile(  # chunk lists, and the catalogues' lists of their pieces
     rf"{SNAPSHOTS}[^/]+/[^/]+({re.escape(LIST_SUFFIX)}|{re.escape(CATALOG_LIST_SUFFIX)})")
+_MANIFEST_KEY = re.compile(rf"{SNAPSHOTS}[^/]+/[^/]+\.json")
 BATCH = 1000   # chunks removed between two progress updates (one S3 DeleteObjects call)
 
 # `progress(label, total)` -> a context giving `update(n)` (volbackup.ops.outcome's protocol).
@@ -53,17 +58,26 @@ class ChunkSweep:
         return dict(self.__dict__)
 
 
-def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep
-                   ) -> set[bytes] | None:
+def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep,
+                   trees_in: BlobStore | None = None) -> set[bytes] | None:
     """The ids every chunk list and catalogue list under snapshots/ names (but those in
     `gone`); None, with the reason in `result.problems`, if any cannot be read: then
-    nothing may be swept."""
+    nothing may be swept. `trees_in` (a packed repository's store): every manifest is
+    read too, and a tree snapshot's trees walked (tree_ids)."""
     gone = set(gone)
     referenced: set[bytes] = set()
+    walked: set[bytes] = set()
     for info in backend.list(SNAPSHOTS):
         if info.error:
             result.problems.append(f"no chunk swept: {info.error}")
             return None
+        if trees_in is not None and _MANIFEST_KEY.fullmatch(info.key) \
+                and info.key not in gone:
+            problem = tree_ids(backend, trees_in, info.key, referenced, walked)
+            if problem:
+                result.problems.append(f"no chunk swept: {problem}")
+                return None
+            continue
         if not _LIST_KEY.fullmatch(info.key) or info.key in gone:
             continue
         try:
@@ -75,6 +89,31 @@ def referenced_ids(backend: Backend, gone: Collection[str], result: ChunkSweep
             return None
     result.referenced = len(referenced)
     return referenced
+
+
+def tree_ids(backend: Backend, store: BlobStore, key: str, referenced: set[bytes],
+             walked: set[bytes]) -> str | None:
+    """Add to `referenced` every id the manifest at `key` names through its trees (a tree
+    snapshot's data and catalogue: pieces and leaves; nothing for a list snapshot, whose
+    lists are read as lists). Any manifest counts, authentic or not (a forged one only
+    keeps more). What went wrong, if the manifest or a tree cannot be read: a manifest
+    that cannot be read may be a tree snapshot whose blobs nothing else names."""
+    try:
+        manifest = Manifest.from_json(backend.read_bytes(key), key)
+    except BlobNotFound:
+        return None     # removed since it was listed
+    except RepositoryError as e:
+        return f"manifest {key} cannot be read: {e}"
+    if not manifest.tree:
+        return None
+    try:
+        for tree_root, longest in (
+                (TreeRoot.from_fields(manifest.data, key), MAX_CHUNK),
+                (catalogtree.check_field(manifest.catalog, key), catalogtree.MAX_PIECE)):
+            referenced.update(trees.referenced(store, tree_root, walked, longest))
+    except (IntegrityError, RepositoryError) as e:
+        return f"a tree of snapshot {manifest.snapshot} cannot be read: {e}"
+    return None
 
 
 def sweep(backend: Backend, store: LooseChunkStore, min_age: timedelta, now: datetime,

@@ -228,6 +228,40 @@ def walk_range(store: BlobStore, root: TreeRoot, start: int, end: int,
     yield from _leaves(store, root, max(0, start), min(end, root.bytes), max_length)
 
 
+def referenced(store: BlobStore, root: TreeRoot, walked: set[bytes],
+               max_length: int = MAX_CHUNK) -> Iterator[bytes]:
+    """Every id a tree names, its pieces' and its leaves' (what a prune keeps), each
+    piece loaded and checked as walk() checks it. A piece in `walked` is named but not
+    read again (same id, same bytes: its subtree was named already); every piece read is
+    added to it, so trees that share pieces (an unchanged volume's) are read once.
+    `walked` holds pieces only: a data blob with a piece's id is a leaf, not a subtree
+    walked. Memory: one piece per level."""
+    root.check()
+    if root.height == 0:
+        return
+    yield from _referenced(store, root.id, root.length, root.bytes, root.height, True,
+                           True, walked, max_length)
+
+
+def _referenced(store: BlobStore, piece_id: str, length: int, span: int, height: int,
+                last: bool, is_root: bool, walked: set[bytes],
+                max_length: int) -> Iterator[bytes]:
+    raw = bytes.fromhex(piece_id)
+    yield raw
+    if raw in walked:
+        return
+    data = _piece(store, piece_id, length, span, height, last, is_root, max_length)
+    count = len(data) // RECORD_SIZE
+    for i, (child_id, child_length, child_span) in enumerate(RECORD.iter_unpack(data)):
+        if height == 1:
+            yield child_id
+        else:
+            yield from _referenced(store, child_id.hex(), child_length, child_span,
+                                   height - 1, last and i == count - 1, False, walked,
+                                   max_length)
+    walked.add(raw)
+
+
 def _leaves(store: BlobStore, root: TreeRoot, start: int, end: int,
             max_length: int) -> Iterator[Leaf]:
     """Depth first, one piece per level held: the leaves of `root` meeting [start, end)."""

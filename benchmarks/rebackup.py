@@ -1,0 +1,156 @@
+"""What an unchanged re-backup adds to a repository, for a volume of many small files.
+
+    python benchmarks/rebackup.py --files 100000 [--only volbackup-packed,restic] [--json out.json]
+
+Issue 24: "an unchanged re-backup of a 100,000-file volume adds at most 64 KiB to the
+repository (restic adds 253 bytes)". A chunked snapshot stores its chunk list and
+catalogue again (bytes per file); a tree snapshot (`init --layout packed`) stores them as
+trees of blobs, so the second backup finds every piece stored and adds its manifest.
+
+Run as root beside a Docker engine. The volume: --files files of --min-bytes to
+--max-bytes (log-uniform, seeded unique text from uniquevolume.py), 1,000 per directory.
+Per contender (peers.py's, restic taken from PATH), into a fresh repository: the first
+backup, then a second one of the unchanged volume; the bytes the repository directory
+grew by in the second, and which files made the growth. No time is reported: the point
+is the bytes. Everything made is named <prefix>... (default vbbench-<random>-) and
+removed at the end, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import sys
+
+import docker
+import uniquevolume
+from benchrun import StepFailed, volbackup_cmd
+from dedup import Dedup
+from peers import NAMES, PASSWORD, contenders, find_peer, version
+
+FILES_PER_DIR = 1000
+DEFAULT_ONLY = "volbackup-chunked,volbackup-packed,volbackup-packed-encrypted,restic"
+
+
+def fill(root: str, files: int, low: int, high: int, seed: int) -> dict:
+    """`files` small files of unique text in directories of FILES_PER_DIR; their statistics."""
+    src = uniquevolume.Source(seed)
+    total = 0
+    for i in range(files):
+        directory = os.path.join(root, f"d{i // FILES_PER_DIR:04d}")
+        if i % FILES_PER_DIR == 0:
+            os.makedirs(directory)
+        n = int(math.exp(src.rng.uniform(math.log(low), math.log(high))))
+        with open(os.path.join(directory, f"f{i:06d}.txt"), "wb") as f:
+            f.write(src.text(n))
+        total += n
+    return {"files": files, "bytes": total, "directories": -(-files // FILES_PER_DIR)}
+
+
+def sizes(repo: str) -> dict[str, int]:
+    """Relative path -> size of every file in the repository directory."""
+    out = {}
+    for directory, _, names in os.walk(repo):
+        for name in names:
+            path = os.path.join(directory, name)
+            out[os.path.relpath(path, repo)] = os.lstat(path).st_size
+    return out
+
+
+def growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Bytes added per top-level directory of the repository (files new or grown)."""
+    out: dict[str, int] = {}
+    for path, size in after.items():
+        added = size - before.get(path, 0)
+        if added:
+            top = path.split(os.sep)[0]
+            out[top] = out.get(top, 0) + added
+    return out
+
+
+def measure(bench: Dedup, contender, volume: str, mountpoint: str) -> dict:
+    repo = contender.setup(bench)
+    contender.backup(bench, volume, mountpoint, repo, "first")
+    first = sizes(repo)
+    contender.backup(bench, volume, mountpoint, repo, "unchanged")
+    second = sizes(repo)
+    row = {"first_bytes": sum(first.values()),
+           "unchanged_new_bytes": sum(second.values()) - sum(first.values()),
+           "unchanged_new_files": len(second.keys() - first.keys()),
+           "unchanged_growth": growth(first, second)}
+    shutil.rmtree(os.path.dirname(repo) if contender.tool == "borg" else repo)
+    shutil.rmtree(repo + ".cache", ignore_errors=True)
+    return row
+
+
+def report(result: dict) -> str:
+    vol = result["volume"]
+    lines = [f"{vol['files']:,} files, {vol['bytes'] / (1 << 20):.1f} MiB in "
+             f"{vol['directories']} directories",
+             f"{'contender':<28}{'first backup':>14}{'unchanged adds':>16}  where"]
+    for name, row in result["contenders"].items():
+        where = ", ".join(f"{k} {v:,}" for k, v in sorted(row["unchanged_growth"].items()))
+        lines.append(f"{name:<28}{row['first_bytes']:>14,}{row['unchanged_new_bytes']:>16,}"
+                     f"  {where}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--files", type=int, default=100_000)
+    p.add_argument("--min-bytes", type=int, default=100)
+    p.add_argument("--max-bytes", type=int, default=4096)
+    p.add_argument("--only", metavar="NAMES", default=DEFAULT_ONLY,
+                   help=f"comma-separated, of {','.join(NAMES)} (default {DEFAULT_ONLY})")
+    p.add_argument("--prefix", help="of every name made (default vbbench-<random>-)")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    args = p.parse_args()
+    if args.files < 1 or not 0 < args.min_bytes <= args.max_bytes:
+        p.error("--files >= 1 and 0 < --min-bytes <= --max-bytes")
+    only = set(args.only.split(","))
+    if only - set(NAMES):
+        p.error(f"--only: unknown {','.join(sorted(only - set(NAMES)))} (of {','.join(NAMES)})")
+    peers = {"restic": find_peer("restic", None), "borg": find_peer("borg", None)}
+    if peers["borg"]["present"]:
+        from peers import borg_encryption
+        peers["borg"]["encryption"] = borg_encryption()
+    chosen = contenders(peers, only)
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    client = docker.from_env()
+    bench = Dedup(client, args.prefix or f"vbbench-{secrets.token_hex(3)}-")
+    os.environ.update(RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
+                      BORG_BASE_DIR=os.path.join(bench.work, "borg-base"),
+                      BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
+    result: dict = {"prefix": bench.prefix, "config": vars(args), "peers": peers,
+                    "volbackup_version": version([*volbackup_cmd(), "--version"])}
+    try:
+        volume, mountpoint = bench.volume("vol")
+        result["volume"] = fill(mountpoint, args.files, args.min_bytes, args.max_bytes, args.seed)
+        result["contenders"] = {c.name: measure(bench, c, volume, mountpoint) for c in chosen}
+    except StepFailed as e:
+        print(f"rebackup.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rebackup.py: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        for problem in bench.cleanup():
+            print(f"rebackup.py: cleanup: {problem}", file=sys.stderr)
+    print(report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
