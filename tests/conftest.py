@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import pytest
 
 REQUIRE_ENGINE = os.environ.get("VOLBACKUP_REQUIRE_ENGINE") == "1"
+# A server a test needs (RGW, sshd, Apache, Azurite) that is missing fails the test here
+# instead of skipping it.
+REQUIRE_SERVERS = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 _SHARED_DIR = pytest.StashKey[str]()
 
 

@@ -36,10 +36,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_ENGINE, free_port
+from tests.conftest import REQUIRE_SERVERS, free_port
 from tests.shared_services import shared_dir, shared_service
 
-REQUIRE_SERVERS = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 APACHE = "/usr/sbin/apache2"
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
 AZURITE_ACCOUNT = "devstoreaccount1"

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_ENGINE, free_port
+from tests.conftest import REQUIRE_SERVERS, free_port
 
 SSHD = "/usr/sbin/sshd"
 ALIAS = "vbtest-sftp"
-REQUIRE_SSHD = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 
 
 class SshServer:
@@ -118,7 +117,7 @@ def _descendants(pid: int) -> list[int]:
 @pytest.fixture(scope="session")
 def sftp_server():
     if not (os.path.exists(SSHD) and shutil.which("ssh-keygen")):
-        if REQUIRE_SSHD:
+        if REQUIRE_SERVERS:
             pytest.fail("sshd and ssh-keygen are needed for the SFTP tests "
                         "(apt-get install openssh-server; .ci/run installs it)")
         pytest.skip("the SFTP tests need OpenSSH's sshd (apt-get install openssh-server)")
