@@ -184,6 +184,22 @@ class TestContract:
         assert keys(backend) == sorted(names[1002:] + ["snapshots/keep/me.json"])
         assert backend.delete_many([]) == []
 
+    def test_writers_making_the_same_new_directory_at_once_all_succeed(self, backend):
+        """A backup's writer threads often start a new fan-out directory together (WebDAV:
+        Apache's mod_dav refuses the MKCOL that loses that race with a 403)."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        names = [f"chunks/{d:02x}/{i:064x}" for d in range(6) for i in range(12)]
+        start = threading.Barrier(12)
+
+        def write(name: str) -> None:
+            start.wait(timeout=60)   # the 12 writers of one directory begin together
+            backend.write_bytes(name, b"x")
+
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(write, names))
+        assert keys(backend) == sorted(names)
+
     def test_listing_says_when_each_blob_was_written(self, backend):
         from datetime import datetime, timedelta, timezone
         before = datetime.now(timezone.utc) - timedelta(seconds=5)

@@ -418,6 +418,12 @@ class OpenDALBackend(Backend):
         if kind == "NotFound" and doing == "checking the repository":
             what = ("container" if self.service.scheme != "webdav" else "directory")
             return RepositoryError(f"the {what} of {where} does not exist at {server}")
+        if self.webdav and kind == "PermissionDenied" and "(temporary)" in text:
+            # Apache's mod_dav answers 403 to a MKCOL that loses a race with another writer
+            # making the same directory (EEXIST); OpenDAL marks that 403 temporary. Tried
+            # again, the directory is there.
+            return TransientError(f"{server} kept refusing to make a directory of {where} "
+                                  f"while {doing} (HTTP 403 to MKCOL, gave up after retries)")
         if kind == "PermissionDenied" or status in (401, 403):
             return RepositoryDenied(f"{server} refused access to {where} while {doing} "
                                     f"({self.service.credentials})")
