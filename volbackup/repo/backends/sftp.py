@@ -579,11 +579,11 @@ class SFTPBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
                         handle.close()
                     with suppress(Exception):
                         sftp.remove(temp)
-                else:
-                    # The connection is gone, and the temp file stays for `cleanup`. Marked
-                    # closed, or paramiko's __del__ would flush the buffer into the dead
-                    # socket and print "Exception ignored in ..." to stderr.
-                    handle._closed = True
+                # If the connection is gone (also if it went while the close above flushed),
+                # the temp file stays for `cleanup`. Marked closed whatever happened, or
+                # paramiko's __del__ would flush the buffer into the dead socket and print
+                # "Exception ignored in ..." with a traceback to stderr.
+                handle._closed = True
                 raise
 
     def _sync(self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile) -> None:
