@@ -13,6 +13,8 @@
 #   CEPH_RGW_PORT            S3 port on 127.0.0.1 (default 7480; 0 picks a free one)
 #   CEPH_RGW_ACCESS_KEY      the test user's keys (default vbtest-rgw-access /
 #   CEPH_RGW_SECRET_KEY        vbtest-rgw-secret-key)
+#   CEPH_RGW_SWIFT_KEY       the Swift subuser vbtest:swift's key (default vbtest-rgw-swift-key;
+#                            Swift v1 auth at ENDPOINT/auth/1.0, tests/opendal_servers.py)
 #   CEPH_RGW_MEMSTORE_BYTES  RAM cap of the OSD (default 3 GiB)
 #   CEPH_RGW_TIMEOUT         seconds to wait for each step (default 60)
 #
@@ -96,6 +98,7 @@ start() {
     local port=${CEPH_RGW_PORT:-7480}
     local access=${CEPH_RGW_ACCESS_KEY:-vbtest-rgw-access}
     local secret=${CEPH_RGW_SECRET_KEY:-vbtest-rgw-secret-key}
+    local swift_key=${CEPH_RGW_SWIFT_KEY:-vbtest-rgw-swift-key}
     local memstore=${CEPH_RGW_MEMSTORE_BYTES:-$((3 << 30))}
     timeout=${CEPH_RGW_TIMEOUT:-60}
     local name
@@ -190,12 +193,18 @@ EOF
     radosgw-admin -c "$conf" -n client.rgw user create --uid vbtest --display-name "volbackup tests" \
         --access-key "$access" --secret "$secret" >"$dir/log/user.json" 2>>"$dir/log/radosgw-admin.out" \
         || { tail -n 20 "$dir/log/radosgw-admin.out" >&2; die "radosgw-admin user create failed"; }
+    radosgw-admin -c "$conf" -n client.rgw subuser create --uid vbtest --subuser vbtest:swift \
+        --access full --key-type swift --secret "$swift_key" >"$dir/log/subuser.json" \
+        2>>"$dir/log/radosgw-admin.out" \
+        || { tail -n 20 "$dir/log/radosgw-admin.out" >&2; die "radosgw-admin subuser create failed"; }
 
     local endpoint=http://127.0.0.1:$port
     cat >"$dir/env" <<EOF
 VOLBACKUP_RGW_ENDPOINT=$endpoint
 VOLBACKUP_RGW_ACCESS_KEY=$access
 VOLBACKUP_RGW_SECRET_KEY=$secret
+VOLBACKUP_RGW_SWIFT_USER=vbtest:swift
+VOLBACKUP_RGW_SWIFT_KEY=$swift_key
 EOF
     say "up in $((SECONDS - started))s: $endpoint (pids in $dir/pids, logs in $dir/log)"
     echo "$endpoint"

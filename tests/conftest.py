@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 import pytest
 
 REQUIRE_ENGINE = os.environ.get("VOLBACKUP_REQUIRE_ENGINE") == "1"
+# A server a test needs (RGW, sshd, Apache, Azurite) that is missing fails the test here
+# instead of skipping it.
+REQUIRE_SERVERS = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 _SHARED_DIR = pytest.StashKey[str]()
 
 
@@ -74,6 +78,13 @@ class CliRun:
     code: int
     stdout: str
     stderr: str
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> CliRun:

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_ENGINE
+from tests.conftest import REQUIRE_SERVERS
 from tests.moto_s3 import BUCKET_PREFIX
 from tests.shared_services import shared_dir, shared_service
 
 SCRIPT = Path(__file__).with_name("ceph_rgw.sh")
 DEFAULT_KEYS = ("vbtest-rgw-access", "vbtest-rgw-secret-key")  # tests/ceph_rgw.sh's
-REQUIRE_RGW = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 
 _shared: dict = {"users": 0}
 
@@ -78,7 +77,7 @@ def rgw_endpoint():
         else:
             why = ("no Ceph RGW: set VOLBACKUP_RGW_ENDPOINT, or install radosgw (apt-get install "
                    "--no-install-recommends ceph-mon ceph-osd radosgw ceph-common)")
-            if REQUIRE_RGW:
+            if REQUIRE_SERVERS:
                 pytest.fail(f"{why}; required here (VOLBACKUP_REQUIRE_ENGINE=1 or CI)")
             pytest.skip(why)
     _shared["users"] += 1

@@ -13,7 +13,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +30,7 @@ def shared_dir() -> str | None:
 def shared_service(name: str, start: Callable[[], dict]) -> dict:
     """The record of the run's server `name`, starting it with `start()` if no worker has.
     `start` returns what the workers need (JSON) and how to stop it: "rgw_dir" (a
-    tests/ceph_rgw.sh directory)."""
+    tests/ceph_rgw.sh directory), or "pid" (and "dir", removed after it)."""
     directory = Path(shared_dir())
     with open(directory / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -48,3 +51,19 @@ def stop_shared_services(directory: str) -> None:
 
             subprocess.run(["bash", str(SCRIPT), "stop", started["rgw_dir"]], timeout=120,
                            check=False)
+        if started.get("pid"):   # a server a worker started (Azurite): by its pid, then its dir
+            _stop_pid(int(started["pid"]))
+            if started.get("dir"):
+                shutil.rmtree(started["dir"], ignore_errors=True)
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM, then SIGKILL after 20 s, the server process `pid` (a worker started it)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -59,14 +59,15 @@ class RepositoryDenied(RepositoryError):
     exit_code = 9
     title = "access denied"
     summary = ("The repository's store rejected the credentials or denied access (S3: no, "
-               "wrong or expired keys, or a missing permission).")
+               "wrong or expired keys, or a missing permission; SFTP: no key the server "
+               "accepts, or an unknown or changed host key).")
 
 
 class RepositoryUnreachable(RepositoryError):
     exit_code = 10
     title = "store unreachable"
-    summary = ("The repository's store (an S3 endpoint) could not be reached or kept "
-               "failing, even after retries with backoff.")
+    summary = ("The repository's store (an S3 endpoint, an SFTP server) could not be reached "
+               "or kept failing, even after retries with backoff.")
 
 
 class IntegrityError(VolbackupError):

@@ -1,8 +1,10 @@
 """The storage backend contract: the one gate every backend passes.
 
 TestContract runs against each param of the `backend` fixture: the directory backend, S3
-on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), and
-each inside RetryBackend (S3's as `open_backend` returns it). To add
+on moto's server, S3 on Ceph's RGW (a real S3-compatible store, see tests/rgw_s3.py), SFTP
+on a real OpenSSH sshd (tests/sftp_server.py), and each inside RetryBackend (S3's as
+`open_backend` returns it); WebDAV on Apache httpd, Azure on Azurite and Swift on RGW's Swift
+API, as `open_backend` returns them (tests/opendal_servers.py). To add
 a backend, add a param that gives a fresh, empty, writable store; no test changes. Each
 backend's own details are in test_<backend>.py.
 """
@@ -15,17 +17,36 @@ import pytest
 
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends import (
+    CAPABILITIES,
     MAX_RANGE,
     MAX_SMALL_BLOB,
     BadEntry,
     BlobNotFound,
+    ForeignEntries,
+    FreeSpace,
     LocalBackend,
+    MakesItsPlace,
     RangeBeyondEnd,
     RetryBackend,
+    TempFiles,
+    UnfinishedUploads,
     open_backend,
 )
 
-BACKENDS = ["local", "s3", "rgw", "retry-local", "retry-s3", "retry-rgw"]
+BACKENDS = ["local", "s3", "rgw", "sftp", "retry-local", "retry-s3", "retry-rgw", "retry-sftp",
+            "webdav", "azure", "swift"]
+# Through OpenDAL (repo/backends/opendal.py), each as open_backend returns it: inside RetryBackend
+OPENDAL = ("webdav", "azure", "swift")
+# What each kind of store declares it can do beyond the core (docs/storage.md's table)
+DECLARED = {
+    "local": {TempFiles, FreeSpace, MakesItsPlace, ForeignEntries},
+    "sftp": {TempFiles, FreeSpace, MakesItsPlace, ForeignEntries},
+    "s3": {UnfinishedUploads},
+    "rgw": {UnfinishedUploads},
+    "webdav": {TempFiles, MakesItsPlace},
+    "azure": set(),
+    "swift": set(),
+}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -35,6 +56,17 @@ def backend(request, tmp_path):
         root.mkdir()
         local = LocalBackend(root)
         return RetryBackend(local, 3, sleep=_no_sleep) if request.param == "retry-local" else local
+    if request.param.endswith("sftp"):
+        # a fresh directory on a real sshd (tests/sftp_server.py), as open_backend opens it
+        wrapped = open_backend(request.getfixturevalue("sftp_repo"))
+        assert isinstance(wrapped, RetryBackend)
+        request.addfinalizer(wrapped.inner.close)
+        return wrapped if request.param.startswith("retry-") else wrapped.inner
+    if request.param in OPENDAL:
+        # the fixture points the env at its server while the test runs; open_backend reads it
+        wrapped = open_backend(request.getfixturevalue(f"{request.param}_repo"))
+        assert isinstance(wrapped, RetryBackend)
+        return wrapped
     # rgw_bucket points the AWS env at RGW while the test runs; open_backend reads it
     on_rgw = request.param.endswith("rgw")
     bucket = request.getfixturevalue("rgw_bucket" if on_rgw else "s3_bucket")
@@ -152,6 +184,22 @@ class TestContract:
         assert keys(backend) == sorted(names[1002:] + ["snapshots/keep/me.json"])
         assert backend.delete_many([]) == []
 
+    def test_writers_making_the_same_new_directory_at_once_all_succeed(self, backend):
+        """A backup's writer threads often start a new fan-out directory together (WebDAV:
+        Apache's mod_dav refuses the MKCOL that loses that race with a 403)."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        names = [f"chunks/{d:02x}/{i:064x}" for d in range(6) for i in range(12)]
+        start = threading.Barrier(12)
+
+        def write(name: str) -> None:
+            start.wait(timeout=60)   # the 12 writers of one directory begin together
+            backend.write_bytes(name, b"x")
+
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(write, names))
+        assert keys(backend) == sorted(names)
+
     def test_listing_says_when_each_blob_was_written(self, backend):
         from datetime import datetime, timedelta, timezone
         before = datetime.now(timezone.utc) - timedelta(seconds=5)
@@ -212,6 +260,24 @@ class TestContract:
         except ValueError:
             return   # refusing such keys would be fine too
         assert key in keys(backend)
+
+    def test_capabilities_answer_as_declared(self, backend, request):
+        """What a backend says it has works on a fresh store (a wrapper says what its inner
+        backend has); what it does not have, callers never ask for."""
+        kind = request.node.callspec.params["backend"].removeprefix("retry-")
+        assert backend.capabilities == DECLARED[kind] and backend.capabilities <= set(CAPABILITIES)
+        backend.write_bytes("config", b"{}")
+        if backend.has(TempFiles):
+            assert backend.temp_files() == []
+        if backend.has(UnfinishedUploads):
+            assert backend.leftovers() == []
+        if backend.has(FreeSpace):
+            free = backend.free_space()
+            assert free is None or free > 0
+        if backend.has(MakesItsPlace):
+            assert backend.create_missing() is False  # there already
+        if backend.has(ForeignEntries):
+            assert backend.foreign_entries() == []
 
     # -- read_range: one blob out of a pack, never fewer bytes than asked for
 

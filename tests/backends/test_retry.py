@@ -10,7 +10,11 @@ import pytest
 
 from volbackup.errors import RepositoryDenied, RepositoryError, RepositoryUnreachable
 from volbackup.repo.backends import (
+    CAPABILITIES,
     Backend,
+    FreeSpace,
+    TempFiles,
+    UnfinishedUploads,
     BlobInfo,
     BlobNotFound,
     RangeBeyondEnd,
@@ -251,9 +255,24 @@ def test_list_without_progress_gives_up():
 
 
 def test_every_backend_verb_is_wrapped():
-    """A verb added to Backend must be added here too (retried, or passed through on purpose)."""
-    verbs = {name for name in dir(Backend) if not name.startswith("_")}
+    """A verb added to Backend or to a capability must be added here too (retried, or passed
+    through on purpose); `has` reads `capabilities`, which RetryBackend answers."""
+    verbs = {name for cls in (Backend, *CAPABILITIES) for name in dir(cls)
+             if not name.startswith("_")} - {"has"}
     assert verbs <= set(vars(RetryBackend)), verbs - set(vars(RetryBackend))
+
+
+def test_the_wrapper_has_the_capabilities_of_the_backend_inside():
+    assert Flaky().capabilities == frozenset()
+    assert RetryBackend(Flaky()).capabilities == frozenset()
+
+    class Uploading(Flaky, UnfinishedUploads, FreeSpace):
+        def free_space(self):
+            return 1
+
+    backend = RetryBackend(Uploading())
+    assert backend.capabilities == {UnfinishedUploads, FreeSpace}
+    assert backend.has(UnfinishedUploads) and not backend.has(TempFiles)
 
 
 def test_describe_and_inner_pass_through():

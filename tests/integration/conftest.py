@@ -18,6 +18,20 @@ from tests.conftest import REQUIRE_ENGINE, run_cli
 from tests.integration.images import ensure_busybox
 # S3: moto's server on 127.0.0.1, shared with tests/backends
 from tests.moto_s3 import S3_ENV, s3_bucket, s3_client, s3_endpoint  # noqa: F401 - fixtures
+# WebDAV (Apache httpd), Azure (Azurite) and Swift (RGW) repositories, and opendal_repo: each
+from tests.opendal_servers import (  # noqa: F401 - fixtures
+    azure_container,
+    azure_env,
+    azure_repo,
+    azurite,
+    opendal_repo,
+    swift_container,
+    swift_env,
+    swift_repo,
+    webdav_env,
+    webdav_repo,
+    webdav_server,
+)
 # S3 on Ceph's RGW (real S3-compatible store), and any_s3_bucket: moto, then RGW
 from tests.rgw_s3 import (  # noqa: F401 - fixtures
     any_s3_bucket,
@@ -27,6 +41,8 @@ from tests.rgw_s3 import (  # noqa: F401 - fixtures
     rgw_endpoint,
     rgw_env,
 )
+# SFTP: a real OpenSSH sshd on 127.0.0.1 for the session, shared with tests/backends
+from tests.sftp_server import sftp_env, sftp_repo, sftp_server  # noqa: F401 - fixtures
 from volbackup.docker.engine import Engine
 from volbackup.docker.helpers import HELPER_IMAGE, HELPER_LABEL, PID_LABEL
 

@@ -10,13 +10,13 @@ import pytest
 from volbackup.errors import RepositoryError, VolbackupError
 from volbackup.ops.cleanup import cleanup
 from volbackup.processes import place
-from volbackup.repo.backends import Leftover, LocalBackend
+from volbackup.repo.backends import Leftover, LocalBackend, UnfinishedUploads
 from volbackup.repo.repository import Repository
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 
 
-class FakeBackend(LocalBackend):
+class FakeBackend(LocalBackend, UnfinishedUploads):
     def __init__(self, root, leftovers, broken=()):
         super().__init__(root)
         self.left, self.broken, self.removed = list(leftovers), set(broken), []

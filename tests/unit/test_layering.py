@@ -56,3 +56,12 @@ def test_only_the_docker_package_imports_the_docker_sdk():
     importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                        if any(m == "docker" or m.startswith("docker.") for m in imports(path)))
     assert importers and all(name.startswith("docker/") for name in importers), importers
+
+
+@pytest.mark.parametrize("library, owner", [("boto3", "repo/backends/s3.py"),
+                                            ("paramiko", "repo/backends/sftp.py"),
+                                            ("opendal", "repo/backends/opendal.py")])
+def test_only_its_backend_imports_a_storage_client(library, owner):
+    importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                       if any(m == library or m.startswith(f"{library}.") for m in imports(path)))
+    assert importers == [owner]

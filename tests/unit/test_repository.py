@@ -268,14 +268,21 @@ def test_orphans_are_archives_named_by_volbackup_without_a_manifest(three):
     assert three.orphans() == [] and len(three.snapshots().snapshots) == 4
 
 
-def test_uploads_and_temp_files_are_one_kind_of_unfinished_write(repo, tmp_path):
-    from volbackup.repo.backends import Leftover
+def test_uploads_and_temp_files_are_one_kind_of_unfinished_write(tmp_path):
+    from volbackup.repo.backends import Leftover, UnfinishedUploads
 
     started = datetime(2026, 11, 29, tzinfo=timezone.utc)
     upload = Leftover("snapshots/v/20261129T000000Z-0000.tar.zst", "upload-1", started, 7)
     aborted = []
-    repo.backend.leftovers = lambda: [upload]
-    repo.backend.remove_leftover = aborted.append
+
+    class BothKinds(LocalBackend, UnfinishedUploads):  # a store with uploads and temp files
+        def leftovers(self):
+            return [upload]
+
+        def remove_leftover(self, leftover):
+            aborted.append(leftover)
+
+    repo = Repository(BothKinds(tmp_path))
     (tmp_path / "snapshots" / "v").mkdir(parents=True)
     temp = tmp_path / "snapshots" / "v" / ".20261129T000000Z-0001.json.tmp-123-ab12"
     temp.write_bytes(b"abc")

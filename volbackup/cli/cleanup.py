@@ -20,7 +20,7 @@ from volbackup.repo.repository import Repository
 @json_option
 def cleanup(repo, older_than, dry_run, as_json):
     """Remove the unfinished writes killed runs left in REPO: S3 multipart uploads (aborted)
-    and temp files of a directory repository (.NAME.tmp-PID-xxxx).
+    and temp files of a directory or SFTP repository (.NAME.tmp-PID-xxxx).
 
     \b
     Examples:

@@ -16,7 +16,8 @@ _MARK = {ops.OK: "ok", ops.WARNING: "WARNING", ops.PROBLEM: "PROBLEM"}
 
 @click.command()
 @click.option("-r", "--repo", "repo", envvar="VOLBACKUP_REPO", metavar="REPO",
-              help="Repository to check: a directory path or s3://BUCKET[/PREFIX]. Default: "
+              help="Repository to check: a directory path, s3://BUCKET[/PREFIX] or "
+                   "sftp://[USER@]HOST[:PORT]/PATH (docs/storage.md). Default: "
                    "$VOLBACKUP_REPO; without one, only the engine is checked.")
 @json_option
 @secrets_options(reading=False)

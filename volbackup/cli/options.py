@@ -21,7 +21,8 @@ class _RepoOption(click.Option):
 repo_option = click.option(
     "-r", "--repo", "repo", cls=_RepoOption, envvar="VOLBACKUP_REPO", required=True,
     metavar="REPO",
-    help="Repository: a directory path or s3://BUCKET[/PREFIX]. Default: $VOLBACKUP_REPO.")
+    help="Repository: a directory path, s3://BUCKET[/PREFIX] or sftp://[USER@]HOST[:PORT]/PATH "
+         "(docs/storage.md). Default: $VOLBACKUP_REPO.")
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")

@@ -181,7 +181,7 @@ def _space(free: int, largest: tuple[str, int] | None) -> dict:
 def _repo_space(repo: Repository, largest: tuple[str, int] | None) -> Check:
     free = repo.free_space()
     if free is None:
-        return Check("", OK, "not applicable: an S3 store has no free space to measure")
+        return Check("", OK, "not applicable: this store cannot say how much space is free")
     details = _space(free, largest)
     if free < MIN_FREE:
         return Check("", PROBLEM, f"{_mib(free)} free: the repository is full",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from volbackup.repo import catalogs
-from volbackup.repo.backends import Backend, Leftover, TempFile
+from volbackup.repo.backends import Backend, Leftover, TempFile, TempFiles, UnfinishedUploads
 from volbackup.repo.chunked import LIST_SUFFIX
 from volbackup.repo.layout import ARCHIVE_SUFFIX
 from volbackup.repo.manifest import STAMP, VOLUME_NAME
@@ -87,12 +87,15 @@ class Leftovers:
     def unfinished_writes(self) -> list[UnfinishedWrite]:
         """S3 multipart uploads and temp files of writes that have not finished: those of
         killed runs, and those of runs still writing (judge them by `since` and `pid`)."""
-        out = [UnfinishedWrite(left.key, "upload", left.started, left.size,
-                               upload_id=left.ident, source=left)
-               for left in self.backend.leftovers()]
-        out += [UnfinishedWrite(temp.key, "temp", temp.modified, temp.size, pid=temp.pid,
-                                place=temp.place, source=temp)
-                for temp in self.backend.temp_files()]
+        out = []
+        if self.backend.has(UnfinishedUploads):
+            out += [UnfinishedWrite(left.key, "upload", left.started, left.size,
+                                    upload_id=left.ident, source=left)
+                    for left in self.backend.leftovers()]
+        if self.backend.has(TempFiles):
+            out += [UnfinishedWrite(temp.key, "temp", temp.modified, temp.size, pid=temp.pid,
+                                    place=temp.place, source=temp)
+                    for temp in self.backend.temp_files()]
         return out
 
     def remove_unfinished(self, write: UnfinishedWrite) -> None:

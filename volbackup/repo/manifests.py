@@ -19,7 +19,7 @@ from datetime import datetime
 
 from volbackup.errors import IntegrityError, NotFound, RepositoryError
 from volbackup.repo import catalogs
-from volbackup.repo.backends import Backend, BlobNotFound
+from volbackup.repo.backends import Backend, BlobNotFound, ForeignEntries
 from volbackup.repo.chunked import LIST_SUFFIX
 from volbackup.repo.layout import ARCHIVE_SUFFIX
 from volbackup.repo.manifest import STAMP, VOLUME_NAME, Manifest, parse_created
@@ -189,7 +189,7 @@ class Manifests:
     def require_repository(self) -> None:
         """Raise if the store holds other things and no repository (`list -r /etc`), so
         that "no snapshots" is never said of a wrong directory."""
-        foreign = self.backend.foreign_entries()
+        foreign = self.backend.foreign_entries() if self.backend.has(ForeignEntries) else []
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise RepositoryError(

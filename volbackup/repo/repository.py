@@ -28,7 +28,7 @@ from volbackup.errors import (BlobMissing, ChunkMissing, KeyProblem, LockLost, R
 from volbackup.pauses import pause
 from volbackup.repo import (catalogs, chunkcopy, chunked, crypto, locking, partial, pruneplan,
                             sweep)
-from volbackup.repo.backends import Backend, BlobNotFound, open_backend
+from volbackup.repo.backends import Backend, BlobNotFound, FreeSpace, MakesItsPlace, open_backend
 from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
@@ -139,7 +139,7 @@ class Repository:
         A directory that does not exist is made (its parent must exist), as restic and borg
         do, and removed again if init fails; `made_store` on the result says it was made."""
         backend = open_backend(url, options)
-        made = backend.create_missing()
+        made = backend.has(MakesItsPlace) and backend.create_missing()
         try:
             repo = cls._init(backend, config, encrypt_to, key_file)
         except BaseException:
@@ -187,8 +187,8 @@ class Repository:
         self.backend.probe_write()
 
     def free_space(self) -> int | None:
-        """Bytes free in a directory repository; None where a store cannot say (S3)."""
-        return self.backend.free_space()
+        """Bytes free in a directory or SFTP repository; None where a store cannot say (S3)."""
+        return self.backend.free_space() if self.backend.has(FreeSpace) else None
 
     # -- keys
     manifest_key = staticmethod(manifest_key)

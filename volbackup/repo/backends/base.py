@@ -6,10 +6,18 @@ A blob opened for writing becomes visible (to `list`, `stat`, `open_read`) only 
 Retry, dry-run or logging belong in wrappers around a backend, not inside one: a backend
 marks a failure worth retrying by raising `TransientError`, and `retry.RetryBackend` retries.
 `read_range` reads a piece of a blob without the rest (one blob of a pack).
+
+`Backend` is the core every store has. What only some stores can do is a capability: a
+small ABC below (`UnfinishedUploads`, `TempFiles`, `FreeSpace`, `MakesItsPlace`,
+`ForeignEntries`) that a backend class also inherits. Callers ask `backend.has(TempFiles)`
+rather than isinstance, because a wrapper (RetryBackend) holds a backend and has what the
+backend inside has, which no class hierarchy can say (docs/design.md).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
@@ -18,6 +26,7 @@ from datetime import datetime
 from typing import BinaryIO, Iterator
 
 from volbackup.errors import RepositoryError, RepositoryUnreachable
+from volbackup.processes import place
 
 # Manifests and locks are read whole; anything larger is not ours (the biggest real
 # manifest is a few KiB: labels and driver options).
@@ -95,6 +104,38 @@ def check_key(key: str) -> str:
     return key
 
 
+# Temp files of unfinished writes, one rule for every store that has them (TempFiles below):
+# `.NAME.tmp-PID-PLACE-RANDOM` beside the blob (PLACE: processes.place(), where the pid means
+# something); earlier versions wrote `.NAME.tmp-PID-RANDOM`. Hidden (a leading '.'), so never a
+# blob key, and `cleanup` judges them by their writer's pid and place.
+TEMP_MARKER = ".tmp-"
+_TEMP_OWNER = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")
+
+
+def temp_name(name: str) -> str:
+    """The name a write of blob `name` has beside it until it is complete."""
+    return f".{name}{TEMP_MARKER}{os.getpid()}-{place()}-{secrets.token_hex(4)}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def temp_owner(name: str) -> tuple[int | None, str | None]:
+    """(pid, place) of the writer of temp file `name`; a part the name lacks is None."""
+    match = _TEMP_OWNER.search(name)
+    return (int(match[1]), match[2]) if match else (None, None)
+
+
+def check_temp_key(key: str) -> str:
+    """`key` if it names a temp file (its directories are plain parts), else ValueError:
+    remove_temp must never remove a blob."""
+    parts = key.split("/")
+    if not is_temp_name(parts[-1]) or any(not p or p.startswith(".") for p in parts[:-1]):
+        raise ValueError(f"not a temp file key {key!r}")
+    return key
+
+
 def check_range(offset: int, length: int) -> None:
     """ValueError for a range no caller may ask for: a negative offset, an empty range, or
     more than MAX_RANGE bytes. Those are bugs, not repository data: a caller checks an index
@@ -116,6 +157,16 @@ def beyond_end(key: str, where: str, offset: int, length: int, size: int | None)
 
 
 class Backend(ABC):
+    @property
+    def capabilities(self) -> frozenset[type]:
+        """The capability ABCs (below) this backend has: those its class inherits. A
+        wrapper answers with those of the backend it holds."""
+        return frozenset(c for c in type(self).__mro__ if c in CAPABILITIES)
+
+    def has(self, capability: type) -> bool:
+        """Whether this backend can do what `capability` (a class below) stands for."""
+        return capability in self.capabilities
+
     @abstractmethod
     def describe(self) -> str:
         """Where this backend stores, for messages (never carries credentials)."""
@@ -162,39 +213,6 @@ class Backend(ABC):
                 failed.append((key, str(e)))
         return failed
 
-    def foreign_entries(self) -> list[str]:
-        """What the store holds instead of a repository: its top-level names when it has
-        neither snapshots nor locks (a wrong directory). [] for a repository, an empty
-        store, or a backend that cannot tell cheaply."""
-        return []
-
-    def leftovers(self) -> list[Leftover]:
-        """Unfinished writes of killed runs; a backend without such leftovers has none."""
-        return []
-
-    def remove_leftover(self, leftover: Leftover) -> None:
-        raise NotImplementedError
-
-    def temp_files(self) -> list[TempFile]:
-        """Temp files of unfinished writes; only a directory backend has them."""
-        return []
-
-    def remove_temp(self, temp: TempFile) -> None:
-        raise NotImplementedError
-
-    def free_space(self) -> int | None:
-        """Bytes free for writing, where the store can say (a directory); None otherwise."""
-        return None
-
-    def create_missing(self) -> bool:
-        """Make the store's own place if it does not exist yet: True if it was made. For
-        `init` alone (every other command refuses a missing store, so that a typo never
-        becomes a repository); a store with nothing to make (a bucket prefix) says False."""
-        return False
-
-    def remove_if_empty(self) -> None:
-        """Undo create_missing() after a failed init: remove the place if it holds nothing."""
-
     def probe_write(self) -> None:
         """Raise RepositoryError unless a blob can be written here: writes and removes a
         small probe blob (a directory backend overrides it with check(writable=True))."""
@@ -220,3 +238,65 @@ class Backend(ABC):
     def write_bytes(self, key: str, data: bytes) -> None:
         with self.open_write(key) as writer:
             writer.write(data)
+
+
+# -- capabilities: what only some stores can do (see the module docstring)
+
+class UnfinishedUploads(ABC):
+    """Writes that a killed run left behind outside the blob namespace (S3 multipart
+    uploads): found and removed by `cleanup` and `prune`."""
+
+    @abstractmethod
+    def leftovers(self) -> list[Leftover]:
+        """Unfinished writes of killed runs (and of runs still writing)."""
+
+    @abstractmethod
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Remove one; one that is gone already is not an error."""
+
+
+class TempFiles(ABC):
+    """Temp files of unfinished writes (`.NAME.tmp-PID-PLACE-xxxx`) that take space until
+    removed: a directory repository, an SFTP one."""
+
+    @abstractmethod
+    def temp_files(self) -> list[TempFile]:
+        """Temp files of unfinished writes, in key order."""
+
+    @abstractmethod
+    def remove_temp(self, temp: TempFile) -> None:
+        """Remove one; ValueError for a key that is no temp file's."""
+
+
+class FreeSpace(ABC):
+    """A store that can say how much room is left (a file system, here or on a server)."""
+
+    @abstractmethod
+    def free_space(self) -> int | None:
+        """Bytes free for writing; None if the store did not say this time."""
+
+
+class MakesItsPlace(ABC):
+    """A store whose place (a directory) `init` may make, and undo after a failed init."""
+
+    @abstractmethod
+    def create_missing(self) -> bool:
+        """Make the store's own place if it does not exist yet: True if it was made. For
+        `init` alone (every other command refuses a missing store, so that a typo never
+        becomes a repository); never its parents."""
+
+    @abstractmethod
+    def remove_if_empty(self) -> None:
+        """Undo create_missing() after a failed init: remove the place if it holds nothing."""
+
+
+class ForeignEntries(ABC):
+    """A store that can tell cheaply that it holds something other than a repository."""
+
+    @abstractmethod
+    def foreign_entries(self) -> list[str]:
+        """Its top-level names when it holds neither snapshots nor locks nor a config (a
+        wrong directory); [] for a repository or an empty store."""
+
+
+CAPABILITIES = (UnfinishedUploads, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import secrets
 import stat
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
@@ -25,31 +23,31 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from volbackup.errors import RepositoryError
-from volbackup.processes import place
 from volbackup.repo.backends.base import (
     Backend,
     BadEntry,
     BlobInfo,
     BlobNotFound,
+    ForeignEntries,
+    FreeSpace,
+    MakesItsPlace,
     TempFile,
+    TempFiles,
     beyond_end,
     check_range,
+    check_temp_key,
+    is_temp_name,
+    temp_name,
+    temp_owner,
 )
 
-TEMP_MARKER = ".tmp-"
 WRITEBACK_EVERY = 8 << 20
 FILE_MODE, DIR_MODE = 0o600, 0o700
-# `.NAME.tmp-PID-PLACE-RANDOM` (PLACE: processes.place()); earlier: `.NAME.tmp-PID-RANDOM`
-_TEMP_PID = re.compile(r"\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]+$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # Entries at the top of a directory that do not make it "something else" (a fresh file
 # system has lost+found).
 _IGNORED_TOP = {"lost+found"}
-
-
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARKER in name
 
 
 def _kind(mode: int) -> str:
@@ -65,7 +63,7 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
 
@@ -196,7 +194,7 @@ class LocalBackend(Backend):
         if not stat.S_ISDIR(st.st_mode):
             raise RepositoryError(f"repository {self.root} is not a directory")
         if writable:
-            probe = self.root / f".volbackup-probe{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+            probe = self.root / temp_name("volbackup-probe")
             try:
                 os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                  | os.O_CLOEXEC, FILE_MODE))
@@ -212,7 +210,7 @@ class LocalBackend(Backend):
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         parts = self._parts(key)
         name = parts[-1]
-        temp = f".{name}{TEMP_MARKER}{os.getpid()}-{place()}-{secrets.token_hex(4)}"
+        temp = temp_name(name)
         parent = self._open_dir(parts[:-1], create=True)
         try:
             try:
@@ -349,13 +347,13 @@ class LocalBackend(Backend):
             name = entry.name
             key = f"{rel}/{name}" if rel else name
             if name.startswith("."):
-                if temps and _is_temp(name):
+                if temps and is_temp_name(name):
                     with suppress(OSError):  # renamed or removed meanwhile
                         st = entry.stat(follow_symlinks=False)
-                        match = _TEMP_PID.search(name)
-                        found.append(TempFile(key, int(match[1]) if match else None,
+                        pid, where = temp_owner(name)
+                        found.append(TempFile(key, pid,
                                               datetime.fromtimestamp(st.st_mtime, timezone.utc),
-                                              st.st_size, match[2] if match else None))
+                                              st.st_size, where))
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -434,10 +432,7 @@ class LocalBackend(Backend):
         return sorted(found, key=lambda t: t.key)
 
     def remove_temp(self, temp: TempFile) -> None:
-        parts = temp.key.split("/")
-        if not _is_temp(parts[-1]) or any(not p or p.startswith(".") for p in parts[:-1]):
-            raise ValueError(f"not a temp file key {temp.key!r}")
-        self._unlink(parts, f"remove {temp.key}")
+        self._unlink(check_temp_key(temp.key).split("/"), f"remove {temp.key}")
 
 
 class _EarlyWriteback:
@@ -539,3 +534,9 @@ def _advise_dontneed(fd: int, offset: int, length: int) -> None:
     if hasattr(os, "posix_fadvise"):
         with suppress(OSError):
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def open_url(url: str) -> LocalBackend:
+    """`file:///PATH`: a directory, not wrapped in RetryBackend (a local disk has no
+    transient failures: see docs/design.md)."""
+    return LocalBackend(url[len("file://"):])

@@ -8,15 +8,16 @@ a bad key, a full disk) passes through at once.
 
 What is retried whole: check, opening a read (up to the first byte), stat, list (resumed
 after the last key it yielded, as keys come in order), delete, read_bytes, read_range,
-write_bytes and the leftover and temp-file verbs. What is not: a stream once it has been handed out. The
-wrapper cannot replay bytes the caller has already read or written, so `open_write` and a
-reader's `read` pass through; a backend that can retry inside a stream does so itself with
-the same `Retry` policy (S3 retries each part, and resumes a broken download at its offset
-with a ranged GET of the same ETag).
+write_bytes and the capability verbs (leftovers, temp files, free space ...). What is not:
+a stream once it has been handed out. The wrapper cannot replay bytes the caller has
+already read or written, so `open_write` and a reader's `read` pass through; a backend that
+can retry inside a stream does so itself with the same `Retry` policy (S3 retries each part,
+and resumes a broken download at its offset with a ranged GET of the same ETag).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from contextlib import ExitStack, contextmanager
@@ -30,6 +31,15 @@ DEFAULT_ATTEMPTS = 8
 MAX_BACKOFF = 20.0
 
 T = TypeVar("T")
+
+
+def attempts_from(variable: str) -> int:
+    """Tries per request in all, from environment variable `variable` (default
+    DEFAULT_ATTEMPTS, at least 1); each store names its own (AWS_MAX_ATTEMPTS for S3)."""
+    try:
+        return max(1, int(os.environ.get(variable, DEFAULT_ATTEMPTS)))
+    except ValueError:
+        raise RepositoryError(f"{variable} is not a whole number") from None
 
 
 def jittered(retry: int) -> float:
@@ -84,6 +94,12 @@ class RetryBackend(Backend):
             raise ValueError("attempts must be at least 1")
         self.inner = inner
         self.retry = Retry(attempts, backoff, sleep)
+
+    @property
+    def capabilities(self) -> frozenset[type]:
+        """Those of the backend inside: the capability verbs below are retried like the rest,
+        and exist here whatever `inner` has, so callers ask `has()` first."""
+        return self.inner.capabilities
 
     def describe(self) -> str:
         return self.inner.describe()

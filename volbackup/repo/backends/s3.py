@@ -38,11 +38,12 @@ from volbackup.repo.backends.base import (
     BlobNotFound,
     Leftover,
     TransientError,
+    UnfinishedUploads,
     beyond_end,
     check_key,
     check_range,
 )
-from volbackup.repo.backends.retry import Retry, settled
+from volbackup.repo.backends.retry import Retry, RetryBackend, attempts_from, settled
 from volbackup.urls import safe_url, scrub
 
 MiB = 1 << 20
@@ -98,10 +99,7 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def attempts_from_env() -> int:
     """Tries per request in all (AWS_MAX_ATTEMPTS, as botocore reads it; default 8)."""
-    try:
-        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "8")))
-    except ValueError:
-        raise RepositoryError("AWS_MAX_ATTEMPTS is not a whole number") from None
+    return attempts_from("AWS_MAX_ATTEMPTS")
 
 
 def _client():
@@ -119,7 +117,7 @@ def _client():
         raise RepositoryError(f"cannot set up the S3 client: {why}") from None
 
 
-class S3Backend(Backend):
+class S3Backend(Backend, UnfinishedUploads):
     def __init__(self, url: str, storage_class: str | None = None, sse: str | None = None,
                  sse_kms_key_id: str | None = None, client=None, retry: Retry | None = None):
         self.bucket, self.prefix = parse_url(url)
@@ -493,3 +491,10 @@ class _Reader:
 
     def close(self) -> None:
         self.body.close()
+
+
+def open_url(url: str, **options) -> Backend:
+    """`s3://BUCKET[/PREFIX]` inside a RetryBackend with the backend's own policy: one
+    policy, the wrapper's for whole verbs, the backend's inside its streams."""
+    s3 = S3Backend(url, **options)
+    return RetryBackend(s3, s3.retry.attempts, s3.retry.backoff, s3.retry.sleep)
