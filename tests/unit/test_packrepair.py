@@ -164,7 +164,7 @@ def test_an_index_entry_for_a_pack_of_another_length_is_read_from_its_trailer(ro
 def test_read_all_packs_ignores_an_index_that_lies_about_a_pack(root, two):
     """The old index names a blob in a pack that does not hold it: by default its entries
     are kept (as restic's repair index does); --read-all-packs rebuilds from the packs."""
-    pack = pack_files(root)[0]
+    pack = next(p for p, kind in pack_kinds(root).items() if kind == DATA_PACK)  # its kind
     name, raw = packindex.encode([(PackInfo(bytes.fromhex(pack.name), pack.stat().st_size,
                                             DATA_PACK), [(b"\x01" * 32, 0, 5, 5)])],
                                  PLAIN.mac)

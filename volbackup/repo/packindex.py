@@ -205,8 +205,10 @@ class BlobIndex:
             self.packs.append(info)
         elif self.packs[ordinal] != info:
             self.disputed.add(info.id)
+            known = self.packs[ordinal]
             self.conflicts.append(f"index objects disagree about pack {info.hex}: length "
-                                  f"{self.packs[ordinal].length} or {info.length}")
+                                  f"{known.length} or {info.length}, kind {known.kind} or "
+                                  f"{info.kind}")
         return ordinal
 
     def __len__(self) -> int:

@@ -120,23 +120,33 @@ class PackedBlobStore(BlobStore):
              kind: str = DATA) -> Saved:
         blob_id = self.blob_id(data)
         raw = bytes.fromhex(blob_id)
-        with self._lock:
-            self._raise_failed()
-            held = raw in self._pending or self._loaded().has(raw)
-            if not held:
-                self._pending.add(raw)
-        if held:
+        if self._held_or_claimed(raw):
             if not verify_existing or self._is_sound(raw, blob_id, len(data)):
                 return Saved(blob_id, len(data))
             stored = self._append(raw, kind, self._compressor(level).compress(data), len(data))
             return Saved(blob_id, len(data), stored, replaced=True)
+        stored = self._append_claimed(raw, kind, self._compressor(level).compress(data),
+                                      len(data))
+        return Saved(blob_id, len(data), stored)
+
+    def _held_or_claimed(self, raw: bytes) -> bool:
+        """True when the index or this run holds the blob; else it is claimed for this
+        caller (`_append_claimed` packs it, or releases the claim when that fails)."""
+        with self._lock:
+            self._raise_failed()
+            if raw in self._pending or self._loaded().has(raw):
+                return True
+            self._pending.add(raw)
+            return False
+
+    def _append_claimed(self, raw: bytes, kind: str, frame: bytes, plain: int,
+                        sealed: tuple[bytes, bytes | None] | None = None) -> int:
         try:
-            stored = self._append(raw, kind, self._compressor(level).compress(data), len(data))
+            return self._append(raw, kind, frame, plain, sealed)
         except BaseException:
             with self._lock:
                 self._pending.discard(raw)
             raise
-        return Saved(blob_id, len(data), stored)
 
     def prepare(self, data: bytes, level: int, verify_existing: bool = False,
                 kind: str = DATA) -> Prepared:
@@ -158,17 +168,9 @@ class PackedBlobStore(BlobStore):
         if prepared.saved is not None:
             return prepared.saved
         raw = bytes.fromhex(prepared.id)
-        with self._lock:
-            self._raise_failed()
-            if raw in self._pending or self._loaded().has(raw):
-                return Saved(prepared.id, prepared.length)
-            self._pending.add(raw)
-        try:
-            stored = self._append(raw, prepared.kind, prepared.frame, prepared.length)
-        except BaseException:
-            with self._lock:
-                self._pending.discard(raw)
-            raise
+        if self._held_or_claimed(raw):
+            return Saved(prepared.id, prepared.length)
+        stored = self._append_claimed(raw, prepared.kind, prepared.frame, prepared.length)
         return Saved(prepared.id, prepared.length, stored)
 
     def _is_sound(self, raw: bytes, blob_id: str, length: int) -> bool:
@@ -334,22 +336,12 @@ class PackedBlobStore(BlobStore):
     def save_stored(self, blob_id: str, length: int, fetch: Callable[[], bytes]) -> Saved:
         """(Plain stores only: `stores_like`.) A record as another plain store keeps it."""
         raw = bytes.fromhex(blob_id)
-        with self._lock:
-            self._raise_failed()
-            held = raw in self._pending or self._loaded().has(raw)
-            if not held:
-                self._pending.add(raw)
-        if held:
+        if self._held_or_claimed(raw):
             if self._is_sound(raw, blob_id, length):
                 return Saved(blob_id, length)
             stored = self._append(raw, DATA, b"", length, (fetch(), None))
             return Saved(blob_id, length, stored, replaced=True)
-        try:
-            stored = self._append(raw, DATA, b"", length, (fetch(), None))
-        except BaseException:
-            with self._lock:
-                self._pending.discard(raw)
-            raise
+        stored = self._append_claimed(raw, DATA, b"", length, (fetch(), None))
         return Saved(blob_id, length, stored)
 
     def stores_like(self, other: BlobStore) -> bool:
