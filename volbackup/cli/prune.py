@@ -57,9 +57,9 @@ def prune(repo, rules, volumes, host, group_by_volume_only, allow_remove_newest,
 
     A snapshot dated in the future (clock skew) is kept, with a warning, and not counted
     by the rules. In a packed repository backups go on while prune runs: prune waits for
-    those that were running when it planned what to delete (--wait-for-backups). An encrypted repository needs its --key-file: only snapshots whose MAC
-    checks out are counted; a manifest that fails is reported, left alone, and makes
-    prune exit 6.
+    those that were running when it planned what to delete (--wait-for-backups). An
+    encrypted repository needs its --key-file: only snapshots whose MAC checks out are
+    counted; a manifest that fails is reported, left alone, and makes prune exit 6.
 
     \b
     Examples:

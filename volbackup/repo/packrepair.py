@@ -16,8 +16,9 @@ same packs: the next run removes the older. Last, the plans a killed prune left 
 dropped (volbackup.repo.pruneplan): a plan names packs to delete and index objects to
 remove of the index this replaced, and the new index objects name those packs too, so a
 prune carrying the plan out would leave them naming deleted packs. No backup counts on
-a plan (none runs); its packs stay, and the next prune judges them again. A pack whose trailer cannot be used is reported and left alone
-(`verify --packs` says more); `read_all` ignores the old index and reads every trailer.
+a plan (none runs); its packs stay, and the next prune judges them again. A pack whose
+trailer cannot be used is reported and left alone (`verify --packs` says more); `read_all`
+ignores the old index and reads every trailer.
 """
 
 from __future__ import annotations
