@@ -74,9 +74,7 @@ def rebuild_index(store: PackedBlobStore, read_all: bool = False, dry_run: bool 
         for part in index_parts(_rebuilt(store, listed, known, result, update)):
             result.blobs += sum(len(entries) for _, entries in part)
             if not dry_run:
-                name, data = packindex.encode(part, store.cipher.mac)
-                backend.write_bytes(packindex.index_key(name), data)
-                written.add(packindex.index_key(name))
+                written.add(store.write_index(part))
     gone = [info for info in index.packs if info.hex not in listed]
     result.lost_packs = len(gone)
     result.lost_blobs = sum(known.count(info) for info in gone)

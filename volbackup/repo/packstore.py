@@ -292,10 +292,16 @@ class PackedBlobStore(BlobStore):
         if written:
             self.confirm_lock()
         for part in index_parts(written):
-            name, data = packindex.encode(part, self.cipher.mac)
-            self.backend.write_bytes(packindex.index_key(name), data)
-            made.append((packindex.index_key(name), [info.hex for info, _ in part]))
+            made.append((self.write_index(part), [info.hex for info, _ in part]))
         return made
+
+    def write_index(self, part: list[tuple[PackInfo, list[Entry]]]) -> str:
+        """Write one index object naming these packs (`index_parts` sizes a part); its
+        key. The caller has made the packs durable first."""
+        name, data = packindex.encode(part, self.cipher.mac)
+        key = packindex.index_key(name)
+        self.backend.write_bytes(key, data)
+        return key
 
     def forget(self) -> None:
         """A lock begins or ends: the index is loaded afresh next time. Packs still open

@@ -35,7 +35,7 @@ from typing import Collection
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.pauses import pause
-from volbackup.repo import packindex, packs, pruneplan
+from volbackup.repo import packs, pruneplan
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.packindex import PackInfo
 from volbackup.repo.packstore import ListingProblem, PackedBlobStore, index_parts
@@ -162,7 +162,7 @@ def sweep(backend: Backend, store: PackedBlobStore, min_age: timedelta, now: dat
     # An index object this prune writes can be byte for byte one it loaded (a killed
     # prune's): written again, it is not removed.
     old_index = set(store.loaded.keys) - {key for key, _ in written}
-    for key in _write_index(backend, store, kept, result):
+    for key in _write_index(store, kept, result):
         old_index.discard(key)          # the same entries: the same name
     # Step 4: the plan. A pack this prune made is never doomed by it: with a nonce or a
     # fresh key it cannot come out byte for byte as a doomed one, and packs written before
@@ -272,7 +272,7 @@ def _check(backend: Backend, store: PackedBlobStore, plan: pruneplan.Plan,
             backend.stat(packs.pack_key(pack_id.hex()))
         except BlobNotFound:
             del orphaned[pack_id]   # missing: left out, as step 2 leaves it out
-    kept_index = _write_index(backend, store, list(orphaned.values()), result)
+    kept_index = _write_index(store, list(orphaned.values()), result)
     result.rescued += len(rescued)
     pruneplan.write_checked(backend, plan, sorted(rescued), kept_index, store.cipher.mac)
     return True
@@ -365,14 +365,11 @@ def _repack(backend: Backend, store: PackedBlobStore, pack: _Pack) -> None:
                              f"places in it: not repacked; run verify")
 
 
-def _write_index(backend: Backend, store: PackedBlobStore, kept: list[_Pack],
-                 result: PackSweep) -> list[str]:
+def _write_index(store: PackedBlobStore, kept: list[_Pack], result: PackSweep) -> list[str]:
     """Index objects for the packs `kept` (as many as WRITE_BLOBS needs); their keys."""
     keys = []
     for part in index_parts((pack.info, pack.entries) for pack in kept):
-        name, data = packindex.encode(part, store.cipher.mac)
-        keys.append(packindex.index_key(name))
-        backend.write_bytes(keys[-1], data)
+        keys.append(store.write_index(part))
         result.index_written += 1
     return keys
 
