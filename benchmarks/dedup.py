@@ -51,7 +51,6 @@ import uniquevolume
 SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune", "encryption")
 CHUNK_SIZES = ("512K", "1M", "2M", "4M")
 INIT_ARGS: list[str] = []   # --chunker
-DAILY_CHUNK_SIZE = ["1M"]   # --daily-chunk-size
 
 
 class Dedup:
@@ -301,10 +300,10 @@ def sizes(bench: Dedup, volume: str, mountpoint: str, mib: float, seed: int, rep
     return out
 
 
-def daily(bench: Dedup, mib: int, days: int, seed: int) -> dict:
+def daily(bench: Dedup, mib: int, days: int, seed: int, chunk_size: str = "1M") -> dict:
     volume, mountpoint = bench.volume("daily")
     stats = uniquevolume.fill(mountpoint, mib, seed)
-    repo = bench.repo(DAILY_CHUNK_SIZE[0])
+    repo = bench.repo(chunk_size)
     rows = []
     for day in range(days):
         if day:
@@ -478,7 +477,6 @@ def main() -> int:
         INIT_ARGS.extend(["--chunker", args.chunker])
     if args.layout:
         INIT_ARGS.extend(["--layout", args.layout])
-    DAILY_CHUNK_SIZE[0] = args.daily_chunk_size
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -510,7 +508,8 @@ def main() -> int:
             if "encryption" in sections:
                 result["encryption"] = encryption(bench, volume, mib, args.repeat)
         if "daily" in sections:
-            result["daily"] = daily(bench, args.daily_mib, args.days, args.seed)
+            result["daily"] = daily(bench, args.daily_mib, args.days, args.seed,
+                                    args.daily_chunk_size)
         if "rss" in sections:
             result["rss"] = rss(bench, [int(s) for s in args.rss_sizes.split(",")], args.seed)
         if "prune" in sections:
