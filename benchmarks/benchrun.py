@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
 import docker
 
@@ -29,6 +30,23 @@ SETTLE_SECONDS = 3
 
 class StepFailed(RuntimeError):
     pass
+
+
+def run_steps(script: str, bench, steps: Callable[[], object]) -> int:
+    """Run a benchmark's `steps`: 0 when they ran, 1 when one failed (StepFailed, said on
+    stderr), 130 on Ctrl-C or SIGTERM; what `bench` made is removed either way."""
+    try:
+        steps()
+    except StepFailed as e:
+        print(f"{script}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{script}: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        for problem in bench.cleanup():
+            print(f"{script}: cleanup: {problem}", file=sys.stderr)
+    return 0
 
 
 VOLBACKUP_ARGS: list[str] = []  # extra options for volbackup backup/restore (run.py --no-direct)

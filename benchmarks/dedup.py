@@ -45,7 +45,8 @@ import threading
 
 import docker
 import benchrun
-from benchrun import MIB, StepFailed, busy_fraction, dir_bytes, timed, volbackup_cmd, volbackup_timed
+from benchrun import (MIB, StepFailed, busy_fraction, dir_bytes, run_steps, timed,
+                      volbackup_cmd, volbackup_timed)
 import uniquevolume
 
 SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune", "encryption")
@@ -492,7 +493,7 @@ def main() -> int:
                     "volbackup_args": list(benchrun.VOLBACKUP_ARGS)}
     print(f"dedup.py: {bench.prefix}*, sections {','.join(sections)}, load {os.getloadavg()}",
           file=sys.stderr)
-    try:
+    def steps() -> None:
         if {"speed", "dedup", "parts", "sizes", "encryption"} & set(sections):
             volume, mountpoint = bench.volume("vol")
             result["volume"] = uniquevolume.fill(mountpoint, args.size_mib, args.seed)
@@ -514,15 +515,10 @@ def main() -> int:
             result["rss"] = rss(bench, [int(s) for s in args.rss_sizes.split(",")], args.seed)
         if "prune" in sections:
             result["prune"] = prune(args.prune_chunks)
-    except StepFailed as e:
-        print(f"dedup.py: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("dedup.py: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        for problem in bench.cleanup():
-            print(f"dedup.py: cleanup: {problem}", file=sys.stderr)
+
+    code = run_steps("dedup.py", bench, steps)
+    if code:
+        return code
     result["load_after"] = os.getloadavg()
     print(report(result))
     if args.json:

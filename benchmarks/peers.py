@@ -66,11 +66,19 @@ from concurrent.futures import ThreadPoolExecutor
 import benchrun
 import docker
 import uniquevolume
-from benchrun import MIB, StepFailed, busy_fraction, dir_bytes, timed, volbackup_cmd
+from benchrun import MIB, busy_fraction, dir_bytes, run_steps, timed, volbackup_cmd
 from dedup import Dedup
 
 PASSWORD = "vbbench-peers"   # restic's and borg-encrypted's passphrase (throwaway repositories)
 SEED = 11
+
+
+def peer_environment(work: str) -> None:
+    """The peers' secrets, caches and state: all under this run's work directory."""
+    os.environ.update(RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
+                      BORG_BASE_DIR=os.path.join(work, "borg-base"),
+                      BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+                      BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
 
 
 def repo_files(repo: str) -> int:
@@ -425,11 +433,7 @@ def main() -> int:
         print(f"peers.py: {e}", file=sys.stderr)
         return 1
     bench = Dedup(client, f"vbbench-{secrets.token_hex(3)}-")
-    # the peers' secrets, caches and state: all under this run's work directory
-    os.environ.update(RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
-                      BORG_BASE_DIR=os.path.join(bench.work, "borg-base"),
-                      BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
-                      BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+    peer_environment(bench.work)
     result: dict = {"prefix": bench.prefix, "config": vars(args), "cpus": os.cpu_count(),
                     "load_before": os.getloadavg(),
                     "cpu_busy_before": round(busy_fraction(0.5 if args.quick else 2), 3),
@@ -437,24 +441,20 @@ def main() -> int:
                     "volbackup_version": version([*volbackup_cmd(), "--version"])}
     print(f"peers.py: {bench.prefix}*, {', '.join(c.name for c in chosen)}; "
           f"load {os.getloadavg()}", file=sys.stderr)
-    try:
+    runs: dict[str, list[dict]] = {c.name: [] for c in chosen}
+
+    def steps() -> None:
         _, pristine = bench.volume("vol")
         result["volume"] = uniquevolume.fill(pristine, args.size, args.seed)
-        runs: dict[str, list[dict]] = {c.name: [] for c in chosen}
         for rnd in range(args.runs):
             rows, result["change"] = one_run(bench, pristine, chosen, rnd, args.seed,
                                              parallel=args.quick)
             for name, row in rows.items():
                 runs[name].append(row)
-    except StepFailed as e:
-        print(f"peers.py: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("peers.py: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        for problem in bench.cleanup():
-            print(f"peers.py: cleanup: {problem}", file=sys.stderr)
+
+    code = run_steps("peers.py", bench, steps)
+    if code:
+        return code
     result["load_after"] = os.getloadavg()
     result["contenders"] = {
         c.name: {"tool": c.tool, "encrypted": c.encrypted,

@@ -29,9 +29,9 @@ import sys
 
 import docker
 import uniquevolume
-from benchrun import StepFailed, volbackup_cmd
+from benchrun import run_steps, volbackup_cmd
 from dedup import Dedup
-from peers import NAMES, PASSWORD, contenders, find_peer, version
+from peers import NAMES, contenders, find_peer, peer_environment, version
 
 FILES_PER_DIR = 1000
 DEFAULT_ONLY = "volbackup-chunked,volbackup-packed,volbackup-packed-encrypted,restic"
@@ -127,24 +127,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     client = docker.from_env()
     bench = Dedup(client, args.prefix or f"vbbench-{secrets.token_hex(3)}-")
-    os.environ.update(RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
-                      BORG_BASE_DIR=os.path.join(bench.work, "borg-base"),
-                      BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
+    peer_environment(bench.work)
     result: dict = {"prefix": bench.prefix, "config": vars(args), "peers": peers,
                     "volbackup_version": version([*volbackup_cmd(), "--version"])}
-    try:
+    def steps() -> None:
         volume, mountpoint = bench.volume("vol")
         result["volume"] = fill(mountpoint, args.files, args.min_bytes, args.max_bytes, args.seed)
         result["contenders"] = {c.name: measure(bench, c, volume, mountpoint) for c in chosen}
-    except StepFailed as e:
-        print(f"rebackup.py: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rebackup.py: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        for problem in bench.cleanup():
-            print(f"rebackup.py: cleanup: {problem}", file=sys.stderr)
+
+    code = run_steps("rebackup.py", bench, steps)
+    if code:
+        return code
     print(report(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -41,7 +41,7 @@ import sys
 import docker
 from benchimage import ImageError, ensure_image
 import benchrun
-from benchrun import MIB, Bench, StepFailed, busy_fraction, volbackup_cmd
+from benchrun import MIB, Bench, busy_fraction, run_steps, volbackup_cmd
 from benchvolume import Shape, fill, parse_mix
 
 BACKUPS = ("backup:volbackup", "backup:recipe", "backup:limit")
@@ -270,20 +270,15 @@ def main() -> int:
     if busy > 0.1:
         print(f"run.py: warning: the CPUs were {busy:.0%} busy before the start: something else is "
               "running; the figures will be noisy", file=sys.stderr)
-    try:
+    def steps() -> None:
         result.update(measure(bench, shape, args.repeat))
         result["ratios"] = ratios(result["contenders"])
         if args.rss_double:
             result["double"] = measure_double(bench, shape.scaled(2))
-    except StepFailed as e:
-        print(f"run.py: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("run.py: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        for problem in bench.cleanup():
-            print(f"run.py: cleanup: {problem}", file=sys.stderr)
+
+    code = run_steps("run.py", bench, steps)
+    if code:
+        return code
     print(report(result))
     if args.json:
         with open(args.json, "w") as f:
