@@ -24,10 +24,10 @@ import subprocess
 import tempfile
 import time
 
-import docker
 import pytest
 
 from tests.conftest import REQUIRE_ENGINE
+from tests.integration.second_engine import stop_process, wait_for_engine
 
 
 def podman_command(root: str) -> list[str]:
@@ -76,17 +76,17 @@ def podman_engine():
                 f.write(wanted)
             proc = subprocess.Popen([*command, "system", "service", "--time=0", url],
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
-            client = _wait_for(url, proc, root)
+            client = wait_for_engine(url, proc, f"{root}/podman.log", "the Podman service")
             wanted = limits_conf(proc.pid)
             if open(conf).read() == wanted:
                 break
             client.close()
-            _stop(proc)
+            stop_process(proc)
         yield {"url": url, "client": client, "root": root, "command": command}
         client.close()
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_process(proc)
         log.close()
         # Containers left by a failed test, the conmon of each exec session (hooks: it
         # lingers 300 s for its exit code), then the storage's own mounts.
@@ -127,27 +127,3 @@ def _stop_processes_of(root: str, patience: float = 15) -> None:
         if not found:
             return
         time.sleep(0.2)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _wait_for(url: str, proc: subprocess.Popen, root: str):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            client = docker.DockerClient(base_url=url)
-            client.ping()
-            return client
-        except docker.errors.DockerException:
-            time.sleep(0.2)
-    tail = open(f"{root}/podman.log", errors="replace").read()[-2000:]
-    pytest.fail(f"the Podman service did not come up:\n{tail}")

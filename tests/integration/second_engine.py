@@ -31,21 +31,19 @@ def second_engine():
          "--pidfile", f"{root}/docker.pid", "--iptables=false", "--ip6tables=false",
          "--bridge=none"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        client = _wait_for(url, proc, root)
+        client = wait_for_engine(url, proc, f"{root}/dockerd.log", "the second dockerd")
         yield {"url": url, "client": client}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         subprocess.run(["umount", "-R", f"{root}/data"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_for(url: str, proc: subprocess.Popen, root: str):
+def wait_for_engine(url: str, proc: subprocess.Popen, log_path: str,
+                    what: str) -> docker.DockerClient:
+    """A client of the engine `proc` serves at `url` once it answers (up to 60 s); the
+    test fails with the tail of its log if it exits or does not answer."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -55,6 +53,16 @@ def _wait_for(url: str, proc: subprocess.Popen, root: str):
             client.ping()
             return client
         except docker.errors.DockerException:
-            time.sleep(0.5)
-    tail = open(f"{root}/dockerd.log", errors="replace").read()[-2000:]
-    pytest.fail(f"the second dockerd did not come up:\n{tail}")
+            time.sleep(0.2)
+    tail = open(log_path, errors="replace").read()[-2000:]
+    pytest.fail(f"{what} did not come up:\n{tail}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
