@@ -15,6 +15,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 
@@ -85,6 +86,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pump(source: socket.socket, sink: socket.socket,
+         gate: Callable[[bytes], None] | None = None) -> None:
+    """Copy what `source` sends to `sink` (each piece through `gate` first, which may hold
+    it) until either side ends, then shut both down: one direction of a test's relay."""
+    try:
+        while data := source.recv(1 << 16):
+            if gate is not None:
+                gate(data)
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> CliRun:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVERS, free_port
+from tests.conftest import REQUIRE_SERVERS, free_port, pump
 from tests.shared_services import shared_dir, shared_service
 
 APACHE = "/usr/sbin/apache2"
@@ -373,21 +373,7 @@ class TcpRelay:
             with self.lock:
                 self.conns += [client, server]
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
     def cut(self) -> None:
         if self.listener is not None:

@@ -14,6 +14,8 @@ import socket
 import threading
 from pathlib import Path
 
+from tests.conftest import pump
+
 
 def engine_socket() -> str:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -68,8 +70,8 @@ class SlowEngine:
                 return
             upstream = socket.socket(socket.AF_UNIX)
             upstream.connect(engine_socket())
-            self._spawn(self._pump, client, upstream, True)
-            self._spawn(self._pump, upstream, client, False)
+            self._spawn(pump, client, upstream, self.gate)     # requests, to the engine
+            self._spawn(pump, upstream, client)
 
     def _should_hold(self, data: bytes) -> bool:
         with self._lock:
@@ -84,21 +86,3 @@ class SlowEngine:
         if self._should_hold(data):
             self.held.set()
             self._release.wait(60)
-
-    def _pump(self, source: socket.socket, target: socket.socket, to_engine: bool) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if to_engine:
-                    self.gate(data)
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, target):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

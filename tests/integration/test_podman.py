@@ -22,6 +22,7 @@ import time
 import docker
 import pytest
 
+from tests.conftest import pump
 from tests.integration.conftest import PREFIX, TEST_LABEL
 from tests.integration.corpus import SMALL_FILES, differences, tree, write_corpus
 from tests.integration.helpers import contents, fill
@@ -350,21 +351,7 @@ class _Forwarder:
             upstream = socket.socket(socket.AF_UNIX)
             upstream.connect(self.target)
             for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a, b) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         self.server.close()
