@@ -16,6 +16,12 @@ def utc_iso(t: datetime, timespec: str = "seconds") -> str:
     return t.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
+def parse_utc_iso(text: str) -> datetime:
+    """A time as volbackup writes it (`utc_iso`: `...Z`) back; ValueError if it is not
+    ISO 8601."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def parse_duration(value) -> float | None:
     """`90`, `"90s"`, `"5m"`, `"1.5h"`, `"2d"` -> seconds (a job's lock_wait, --lock-wait);
     None for anything else."""

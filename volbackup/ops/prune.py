@@ -42,7 +42,7 @@ from volbackup.repo.manifest import Manifest
 from volbackup.repo.repository import Repository
 from volbackup.repo.pruneplan import Waiting
 from volbackup.repo.sweep import ChunkSweep
-from volbackup.timefmt import utc_iso
+from volbackup.timefmt import parse_utc_iso, utc_iso
 
 DEFAULT_LEFTOVER_AGE = 6 * 3600.0
 NO_RULE = "no rule keeps it"
@@ -246,7 +246,7 @@ def _would_go(repo: Repository, manifests: dict[str, Manifest], result: PruneRes
 
 
 def _created(m: Manifest) -> datetime:
-    return datetime.fromisoformat(m.created.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return parse_utc_iso(m.created).astimezone(timezone.utc)
 
 
 def _remove(repo: Repository, m: Manifest, out: SnapshotDecision) -> None:

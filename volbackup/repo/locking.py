@@ -40,7 +40,7 @@ from volbackup.errors import LockLost, RepositoryError, RepositoryLocked
 from volbackup.processes import pid_namespace, run_is_over
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.signals import held, main_thread_only
-from volbackup.timefmt import utc_iso
+from volbackup.timefmt import parse_utc_iso, utc_iso
 
 PREFIX = "locks/"
 REFRESH_EVERY = timedelta(minutes=5)
@@ -134,7 +134,7 @@ class LockInfo:
         if run_is_over(self.host, self.pid_namespace, self.pid):
             return f"pid {self.pid} is not running on this host"
         try:
-            refreshed = datetime.fromisoformat(self.refreshed.replace("Z", "+00:00"))
+            refreshed = parse_utc_iso(self.refreshed)
         except ValueError:
             return "it is unreadable"
         if now - refreshed > STALE_AFTER:

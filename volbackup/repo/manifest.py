@@ -17,6 +17,7 @@ from volbackup.repo.catalogs import check_field as check_catalog
 from volbackup.repo.trees import TreeRoot
 from volbackup.stream.catalog import HEX64, MAX_INT
 from volbackup.stream.exclude import parse_patterns
+from volbackup.timefmt import parse_utc_iso
 
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # what the engine accepts
 FORMAT = "volbackup-snapshot"
@@ -45,7 +46,7 @@ def parse_created(text: str) -> datetime | None:
     if not isinstance(text, str) or not _CREATED.fullmatch(text):
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc_iso(text)
     except ValueError:
         return None
 

@@ -33,6 +33,7 @@ from volbackup.errors import IntegrityError
 from volbackup.repo import locking
 from volbackup.repo.backends import Backend, BadEntry, BlobNotFound
 from volbackup.repo.locking import LockInfo
+from volbackup.timefmt import parse_utc_iso
 
 PREFIX = "prune/"
 PLAN_SUFFIX, CHECKED_SUFFIX = ".json", ".checked"
@@ -211,7 +212,7 @@ def oldest_lock(backend: Backend, mine: str) -> datetime | None:
         if lock.key == mine or lock.stale_reason():
             continue
         try:
-            starts.append(datetime.fromisoformat(lock.started.replace("Z", "+00:00")))
+            starts.append(parse_utc_iso(lock.started))
         except ValueError:
             return datetime.min.replace(tzinfo=timezone.utc)   # unknown: as old as can be
     return min(starts, default=None)

@@ -28,7 +28,7 @@ from volbackup.repo.repository import Repository
 from volbackup.repo.retention import Rules
 from volbackup.repo.sealing import Secrets
 from volbackup.runner.config import Job
-from volbackup.timefmt import utc_iso
+from volbackup.timefmt import parse_utc_iso, utc_iso
 
 JSON_VERSION = 1
 
@@ -209,7 +209,7 @@ def _oldest_age(locks: list[locking.LockInfo], now: datetime) -> float:
     ages = [0.0]
     for lock in locks:
         try:
-            begun = datetime.fromisoformat(lock.started.replace("Z", "+00:00"))
+            begun = parse_utc_iso(lock.started)
             ages.append(max(0.0, round((now - begun).total_seconds(), 3)))
         except (ValueError, TypeError, OverflowError):
             continue
