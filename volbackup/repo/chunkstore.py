@@ -10,6 +10,7 @@ decided above it, by the blob store (volbackup.repo.blobstore.LooseChunkStore).
 from __future__ import annotations
 
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,7 +128,20 @@ class ChunkObjects:
         self.backend.delete(chunk_key(chunk_id))
 
 
-def open_frame(frame: bytes, chunk_id: str, length: int,
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's zstd decompressor (one is not shared by threads). Made once, not per
+    blob: making one costs a small blob's decompression (a context, and a CPUID that a
+    virtual machine traps); `decompress` starts each frame afresh."""
+    made = getattr(_local, "decompressor", None)
+    if made is None:
+        made = _local.decompressor = zstandard.ZstdDecompressor()
+    return made
+
+
+def open_frame(frame: bytes | memoryview, chunk_id: str, length: int,
                name_of: Callable[[bytes], str]) -> bytes:
     """A stored blob's plaintext from its zstd frame, checked: one complete frame whose
     header says `length` bytes, and whose content `name_of` names `chunk_id`."""
@@ -138,7 +152,7 @@ def open_frame(frame: bytes, chunk_id: str, length: int,
                                  f"the chunk list says {length}")
         # The header's size is checked above, so this allocates at most MAX_CHUNK; a
         # frame that is cut short, or followed by anything, is refused.
-        plain = zstandard.ZstdDecompressor().decompress(frame, allow_extra_data=False)
+        plain = _decompressor().decompress(frame, allow_extra_data=False)
     except zstandard.ZstdError as e:
         raise IntegrityError(f"chunk {chunk_id} is corrupt: zstd says {e}") from None
     if len(plain) != length or name_of(plain) != chunk_id:

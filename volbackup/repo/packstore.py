@@ -480,6 +480,7 @@ class PackedBlobStore(BlobStore):
         except (BlobNotFound, RangeBeyondEnd, BadEntry):
             data = b""      # each is read alone: its own error, or another copy
         out = []
+        view = memoryview(data)     # each record a slice of the read, not a copy
         for blob_id, length, loc in group:
             assert loc is not None
             at = loc.offset - first.offset
@@ -487,7 +488,7 @@ class PackedBlobStore(BlobStore):
                 if len(data) != total:
                     raise IntegrityError("short group read")
                 plain = self._open_record(bytes.fromhex(blob_id), blob_id, length, loc,
-                                          data[at:at + loc.stored])
+                                          view[at:at + loc.stored])
                 out.append((plain, loc.stored))
             except IntegrityError:
                 try:
@@ -512,7 +513,7 @@ class PackedBlobStore(BlobStore):
         return stored, self._open_record(raw, blob_id, length, location, stored)
 
     def _open_record(self, raw: bytes, blob_id: str, length: int, location: Location,
-                     stored: bytes) -> bytes:
+                     stored: bytes | memoryview) -> bytes:
         """A record's plaintext, checked (tag, frame, length, id)."""
         pack = location.pack
         if location.plain != length:
