@@ -2,6 +2,7 @@
 
     python benchmarks/restore_cpu.py [--size 256] [--runs 2] [--layouts archive,packed]
     python benchmarks/restore_cpu.py --layouts packed,packed-encrypted --json out.json
+    python benchmarks/restore_cpu.py --extract-into /dev/shm       # tar's CPU without ext4's
     python benchmarks/restore_cpu.py --quick                      # does it run? (16 MiB)
 
 Run as root beside a Docker engine (the volume is backed up with --direct). CPU seconds,
@@ -20,7 +21,9 @@ once per stage, each stage doing all the previous one did and one thing more:
   extract  that stream extracted by GNU tar into a fresh directory (volbackup.docker
            .direct.import_): + GNU tar, whose CPU (children) is mostly the kernel making
            files, and depends on the filesystem's state (ext4 spends more making inodes
-           soon after many were deleted: nothing is deleted until the end)
+           soon after many were deleted: nothing is deleted until the end); with
+           --extract-into DIR, into a fresh directory under DIR, removed after each run
+           (a tmpfs such as /dev/shm: making files costs the same each time)
 and the whole `volbackup restore --direct` into a fresh volume (CPU of volbackup and its
 GNU tar, from wait4), as peers.py measures it. Repositories stay in the page cache (the
 CPU of reading them from disk is the kernel's, not volbackup's). Figures: the median of
@@ -36,6 +39,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -54,7 +58,7 @@ def _usage() -> tuple[float, float, float, float]:
     return own.ru_utime, own.ru_stime, kids.ru_utime, kids.ru_stime
 
 
-def worker(repo_url: str, volume: str, scratch: str) -> dict:
+def worker(repo_url: str, volume: str, scratch: str, remove: bool) -> dict:
     """The stages of one restore's reading, in this process: CPU seconds of each."""
     from volbackup.docker import direct
     from volbackup.repo.repository import Repository
@@ -85,6 +89,11 @@ def worker(repo_url: str, volume: str, scratch: str) -> dict:
     def extract() -> None:
         direct.import_(tempfile.mkdtemp(dir=scratch), repo.unpacker(manifest).chunks())
 
+    def removed() -> None:
+        if remove:
+            for name in os.listdir(scratch):
+                shutil.rmtree(os.path.join(scratch, name))
+
     out = {"bytes": manifest.bytes}
     for name, stage in (("blobs", blobs), ("checked", checked), ("piped", piped),
                         ("extract", extract)):
@@ -98,6 +107,7 @@ def worker(repo_url: str, volume: str, scratch: str) -> dict:
                      "tar_sys": used[3], "own": round(used[0] + used[1], 3),
                      "tar": round(used[2] + used[3], 3),
                      "wall": round(time.monotonic() - started, 3)}
+    removed()
     return out
 
 
@@ -127,8 +137,9 @@ class Contender:
             key = ["--key-file", key_file]
         self.backup_args = ["--direct", *key]
 
-    def stages(self, volume: str, scratch: str) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--worker", self.repo, volume, scratch],
+    def stages(self, volume: str, scratch: str, remove: bool) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--worker", self.repo, volume, scratch,
+                              "remove" if remove else "keep"],
                              env=self.env, capture_output=True, text=True)
         if out.returncode != 0:
             from benchrun import StepFailed
@@ -146,11 +157,15 @@ def main() -> int:
                    help=f"comma-separated, of {','.join(LAYOUTS)} (default archive,packed)")
     p.add_argument("--quick", action="store_true", help="does it run? 16 MiB, one run")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
-    p.add_argument("--worker", nargs=3, metavar=("REPO", "VOLUME", "SCRATCH"),
+    p.add_argument("--extract-into", metavar="DIR",
+                   help="extract stage into a fresh directory under DIR, removed after each "
+                        "run (default: the work directory in /var/tmp, kept until the end)")
+    p.add_argument("--worker", nargs=4, metavar=("REPO", "VOLUME", "SCRATCH", "REMOVE"),
                    help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker)))
+        repo, volume, scratch, remove = args.worker
+        print(json.dumps(worker(repo, volume, scratch, remove == "remove")))
         return 0
     layouts = args.layouts.split(",")
     if set(layouts) - set(LAYOUTS):
@@ -175,10 +190,19 @@ def main() -> int:
         for c in contenders:
             bench.backup(volume, c.repo, *c.backup_args)
         runs: dict[str, list[dict]] = {c.layout: [] for c in contenders}
-        scratch = tempfile.mkdtemp(prefix="extract-", dir=bench.work)
+        scratch = tempfile.mkdtemp(prefix=f"{bench.prefix}extract-",
+                                   dir=args.extract_into or bench.work)
+        try:
+            rounds(contenders, volume, scratch, runs)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for layout, rows in runs.items():
+            result["layouts"][layout] = {"median": _median(rows), "runs": rows}
+
+    def rounds(contenders: list, volume: str, scratch: str, runs: dict) -> None:
         for _ in range(args.runs):
             for c in contenders:
-                row = c.stages(volume, scratch)
+                row = c.stages(volume, scratch, remove=args.extract_into is not None)
                 saved = os.environ.copy()
                 os.environ.update(c.env)
                 try:
@@ -187,8 +211,6 @@ def main() -> int:
                     os.environ.clear()
                     os.environ.update(saved)
                 runs[c.layout].append(row)
-        for layout, rows in runs.items():
-            result["layouts"][layout] = {"median": _median(rows), "runs": rows}
 
     code = run_steps("restore_cpu.py", bench, steps)
     if code:

@@ -19,7 +19,7 @@ from volbackup.errors import IntegrityError
 from volbackup.repo.blobstore import KnownChunks, LooseChunkStore
 from volbackup.repo.chunked import pack
 from volbackup.repo.crypto import PlainChunks
-from volbackup.repo.chunkstore import chunk_key
+from volbackup.repo.chunkstore import chunk_key, open_frame
 from volbackup.repo.config import RepoConfig
 
 
@@ -142,6 +142,22 @@ def test_a_chunk_with_bytes_after_its_frame(repo, tar, tmp_path):
 def rewrite_list(repo, manifest, change) -> None:
     lines = [f"{c} {n}\n".encode() for c, n in chunk_list(repo, manifest)]
     repo.backend.write_bytes(list_key(manifest), b"".join(change(lines)))
+
+
+def test_a_frame_refused_leaves_the_threads_decompressor_sound():
+    """open_frame keeps one zstd decompressor a thread, not one a blob: a frame it refused
+    (a flipped byte, cut short, bytes after it) must not spoil the next it reads; a slice
+    of a larger read (memoryview, as a packed store gives it) is read as the bytes are."""
+    data = b"".join(i.to_bytes(4, "big") for i in range(16_384))
+    good = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    chunk_id, name_of = hashlib.sha256(data).hexdigest(), PlainChunks().chunk_id
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    for bad in (bytes(flipped), good[:-4], good + b"\0"):
+        with pytest.raises(IntegrityError, match=chunk_id):
+            open_frame(bad, chunk_id, len(data), name_of)
+        in_a_read = memoryview(b"before" + good + b"after")[6:6 + len(good)]
+        assert open_frame(in_a_read, chunk_id, len(data), name_of) == data
 
 
 def test_a_chunk_list_with_a_bad_line(repo, tar):
