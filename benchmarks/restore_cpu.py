@@ -172,6 +172,10 @@ def main() -> int:
         p.error(f"--layouts: unknown {','.join(sorted(set(layouts) - set(LAYOUTS)))}")
     if args.quick:
         args.size, args.runs = 16, 1
+    if args.runs < 1 or args.size < 1:
+        p.error("--runs and --size must be >= 1")
+    if args.extract_into and not os.path.isdir(args.extract_into):
+        p.error(f"--extract-into: {args.extract_into} is not a directory")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import docker
     import uniquevolume
