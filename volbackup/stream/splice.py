@@ -64,7 +64,9 @@ def splice(tar_pieces: Iterable[bytes], plan: Iterable[Planned]
 
     for piece in tar_pieces:
         walker.feed(piece)
-        if not starts and not held and walker.settled == walker.bytes and not walker.ended:
+        # where a member may still start: the end marker's first block is not a member's
+        safe = walker.settled if walker.end_marker_at is None else walker.end_marker_at
+        if not starts and not held and safe == walker.bytes:
             out_at += len(piece)        # the common case: inside a member's data
             yield piece
             continue
@@ -81,6 +83,6 @@ def splice(tar_pieces: Iterable[bytes], plan: Iterable[Planned]
                 yield item
             yield from give(walker.bytes)
         else:
-            yield from give(walker.settled)
+            yield from give(safe)
     if held:
         yield bytes(held)
