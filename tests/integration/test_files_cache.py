@@ -191,27 +191,60 @@ def test_a_file_replaced_under_the_same_inode_number_is_read(
     same(expected, restored_tree(engine, packed, again.snapshot, names, mountpoint))
 
 
+def _data_packs(repo: Repository, repo_dir: Path) -> dict[Path, set[str]]:
+    """Each data pack of a directory repository, and the kinds of blob it holds."""
+    out = {}
+    for path in repo_dir.glob("packs/*/*"):
+        trailer = repo.blobs.trailer(path.name, path.stat().st_size)
+        kinds = {record.kind for record in trailer.records}
+        if "data" in kinds:
+            out[path] = kinds
+    return out
+
+
+def _lose(repo_dir: Path, pack: Path) -> Repository:
+    """`pack` gone and the index repaired without it; the repository opened afresh."""
+    from volbackup.ops.repair import RepairIndexOptions, repair_index
+    pack.unlink()
+    repair_index(Repository.open(str(repo_dir), writable=True), RepairIndexOptions())
+    return Repository.open(str(repo_dir), writable=True)
+
+
 def test_a_parent_whose_blobs_left_the_index_has_those_files_read(
         engine, packed, make_volume, mountpoint, names):
-    """A pack of the parent's data removed and the index repaired without it: the files
-    it held are read again (the cache never names a blob the index lacks), the others are
-    taken, and the new snapshot is complete on its own."""
-    from volbackup.ops.repair import RepairIndexOptions, repair_index
+    """A pack of the parent's file data removed and the index repaired without it: the
+    files it held are read again (the cache never names a blob the index lacks), the
+    others are taken, and the new snapshot is complete on its own."""
     volume = make_volume("fc").name
     root = mountpoint(volume)
     fill(root, files=6, size=6 << 20)   # 36 MiB: more than one 16 MiB data pack
     first = run(engine, packed, volume)
     repo_dir = Path(packed.backend.describe())
-    data_packs = sorted((p for p in repo_dir.glob("packs/*/*") if p.stat().st_size > 8 << 20),
-                        key=lambda p: p.name)
-    assert len(data_packs) >= 2
-    data_packs[0].unlink()
-    repair_index(Repository.open(str(repo_dir), writable=True), RepairIndexOptions())
-    expected = tree(root)
-    again = run(engine, Repository.open(str(repo_dir), writable=True), volume)
-    assert again.files_cache["parent"] == first.snapshot
+    packs = _data_packs(packed, repo_dir)
+    only_data = [p for p, kinds in packs.items() if kinds == {"data"}]
+    assert len(packs) >= 2 and only_data
+    repo = _lose(repo_dir, only_data[0])
+    again = run(engine, repo, volume)
+    assert again.files_cache["parent"] == first.snapshot and not again.files_cache["problem"]
     assert 1 <= again.files_cache["files_reused"] <= 5
-    same(expected, restored_tree(engine, packed, again.snapshot, names, mountpoint))
+    same(tree(root), restored_tree(engine, repo, again.snapshot, names, mountpoint))
+
+
+def test_a_parent_that_cannot_be_read_is_reported_and_every_file_read(
+        engine, packed, make_volume, mountpoint, names):
+    """The pack holding the parent's catalogue lost: the backup does not fail for it; it
+    reads what it cannot compare and says why."""
+    volume = make_volume("fc").name
+    root = mountpoint(volume)
+    fill(root)
+    run(engine, packed, volume)
+    repo_dir = Path(packed.backend.describe())
+    (holder,) = [p for p, kinds in _data_packs(packed, repo_dir).items() if "catalog" in kinds]
+    repo = _lose(repo_dir, holder)
+    again = run(engine, repo, volume)
+    assert again.files_cache["files_reused"] == 0 and again.files_cache["files_read"] == 15
+    assert "could not be read whole" in again.files_cache["problem"]
+    same(tree(root), restored_tree(engine, repo, again.snapshot, names, mountpoint))
 
 
 def test_excluded_paths_stay_out_with_the_cache(engine, packed, make_volume, mountpoint,

@@ -15,11 +15,11 @@ from tests.unit.tars import _info, chunked, make_tar
 from volbackup.errors import IntegrityError
 from volbackup.ops import filescache
 from volbackup.repo.catalogtree import parse_line, to_line
-from volbackup.repo.parentfiles import ParentFile, parent_files
+from volbackup.repo.parentfiles import ParentRun, parent_runs
 from volbackup.stream.archive import END_MARKER, kept_tar
 from volbackup.stream.catalog import CatalogEntry
 from volbackup.stream.chunker import cut_each_member
-from volbackup.stream.reuse import HostStat, Reused
+from volbackup.stream.reuse import HostStat, Reused, ReusedMember
 from volbackup.stream.splice import Read, splice
 from volbackup.stream.tarstream import Entry, TarWalker
 
@@ -40,8 +40,9 @@ def _reused(member, blobs: dict) -> Reused:
     info, content = member
     entry = Entry(name=info.name, type=tarfile.REGTYPE, mode=info.mode, uid=0, gid=0,
                   mtime=MTIME, size=len(content))
-    return Reused(entry, len(body), len(body) - -(-len(content) // 512) * 512,
-                  ((blob_id, len(body)),), hashlib.sha256(content).hexdigest())
+    return Reused((ReusedMember(entry, len(body), len(body) - -(-len(content) // 512) * 512,
+                                hashlib.sha256(content).hexdigest()),),
+                  ((blob_id, len(body)),))
 
 
 def _joined(items, blobs: dict) -> bytes:
@@ -101,7 +102,7 @@ def test_the_walker_and_the_cutter_pass_a_reused_member_on():
     before = pieces[:pieces.index(reused)]
     assert b"".join(before) == tar[:_end(tar)]      # the open group ends where it starts
     assert [name for name, _, _ in seen] == [".", "./s", "./x"]
-    assert seen[2][1] == _end(tar) and seen[2][2] == reused.sha256
+    assert seen[2][1] == _end(tar) and seen[2][2] == reused.members[0].sha256
     assert walker.entries == 3 and walker.end_marker_at == _end(tar) + reused.length
 
 
@@ -132,16 +133,20 @@ def _entry(path: str, at: int, hdr: int, size: int, st=(1, 2, 3), type_="file"):
                         mtime=MTIME, link="", at=at, data=at + hdr, sha256="ab" * 32, st=st)
 
 
-def test_parent_files_are_those_whose_member_is_whole_blobs():
+def test_parent_runs_are_members_that_are_exactly_whole_blobs():
     entries = [_entry(".", 0, 512, 0, None, "dir"),
                _entry("a", 512, 1024, 4096),            # 512-5632: blobs 512-1536, 1536-5632
-               _entry("b", 5632, 512, 512),             # 5632-6656: inside a group blob
-               _entry("c", 6656, 512, 3584, None),      # no st: never reused
-               _entry("d", 10752, 512, 1536)]           # 10752-12800, one blob
-    leaves = [("r", 512), ("a1", 1024), ("a2", 4096), ("g", 5120), ("d", 2048)]
-    got = list(parent_files(entries, leaves, 12800))
-    assert [(p.entry.path, p.length, p.blobs) for p in got] == [
-        ("a", 5120, (("a1", 1024), ("a2", 4096))), ("d", 2048, (("d", 2048),))]
+               _entry("b", 5632, 512, 512),             # 5632-6656 \ one group blob,
+               _entry("b2", 6656, 512, 512),            # 6656-7680 / both reusable
+               _entry("c", 7680, 512, 3584, None),      # no st: its group is read
+               _entry("c2", 11776, 512, 512),           # (with c)
+               _entry("d", 12800, 512, 1536)]           # 12800-14848, one blob
+    leaves = [("r", 512), ("a1", 1024), ("a2", 4096), ("g", 2048), ("h", 5120), ("d", 2048)]
+    got = list(parent_runs(entries, leaves, 14848))
+    assert [([e.path for e in r.entries], r.ends, r.blobs) for r in got] == [
+        (["a"], (5632,), (("a1", 1024), ("a2", 4096))),
+        (["b", "b2"], (6656, 7680), (("g", 2048),)),
+        (["d"], (14848,), (("d", 2048),))]
 
 
 def test_st_round_trips_in_a_catalogue_line_and_a_bad_one_is_refused():
@@ -158,17 +163,23 @@ def test_st_round_trips_in_a_catalogue_line_and_a_bad_one_is_refused():
 
 
 class _Parent:
-    """Reusable files of a made-up parent: each file's current stat, blobs indexed."""
+    """Reusable runs of a made-up parent, from the files' current stat; each name a run of
+    its own, or a tuple of names a group."""
 
-    def __init__(self, root: str, names: list[str]):
-        self.files = []
-        for name in sorted(names, key=lambda n: tuple(os.fsencode(n).split(b"/"))):
-            st = os.lstat(os.path.join(root, name))
-            entry = CatalogEntry(path=name, type="file", size=st.st_size,
-                                 mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
-                                 mtime=MTIME, link="", at=0, data=512, sha256="cd" * 32,
-                                 st=(st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
-            self.files.append(ParentFile(entry, 512 + st.st_size, ((name, 512 + st.st_size),)))
+    def __init__(self, root: str, runs: list):
+        self.runs = []
+        for run in runs:
+            names = run if isinstance(run, tuple) else (run,)
+            entries, ends, at = [], [], 0
+            for name in names:
+                st = os.lstat(os.path.join(root, name))
+                entries.append(CatalogEntry(
+                    path=name, type="file", size=st.st_size, mode=st.st_mode & 0o7777,
+                    uid=st.st_uid, gid=st.st_gid, mtime=MTIME, link="", at=at, data=at + 512,
+                    sha256="cd" * 32, st=(st.st_ino, st.st_mtime_ns, st.st_ctime_ns)))
+                at += 512 + -(-st.st_size // 512) * 512
+                ends.append(at)
+            self.runs.append(ParentRun(tuple(entries), tuple(ends), ((names[0], at),)))
 
 
 def _plan(root, parent, indexed=lambda blob: True, matcher=None, settle=0.0):
@@ -186,22 +197,25 @@ def test_the_plan_reuses_only_what_it_may(tmp_path):
     from volbackup.stream.exclude import Matcher
     root = tmp_path / "v"
     (root / "sub").mkdir(parents=True)
-    for name in ("same", "changed", "linked", "unindexed", "sub/same", "excluded", "new"):
+    for name in ("same", "changed", "linked", "unindexed", "sub/same", "excluded", "new",
+                 "g1", "g2", "h1", "h2"):
         (root / name).write_bytes(name.encode() * 1000)
     os.link(root / "linked", root / "sub" / "link")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(root / "sock"))
-    parent = _Parent(str(root), ["same", "changed", "linked", "unindexed", "sub/same"])
+    parent = _Parent(str(root), ["changed", ("g1", "g2"), ("h1", "h2"), "linked", "same",
+                                 "sub/same", "unindexed"])
     (root / "changed").write_bytes(b"x" * 7000)          # other size (and ctime)
-    items, names, counts = _plan(root, parent.files, lambda blob: blob != "unindexed",
+    os.chmod(root / "h2", 0o600)                          # one of a group changed
+    items, names, counts = _plan(root, parent.runs, lambda blob: blob != "unindexed",
                                  Matcher(["excluded"]))
-    reused = [i.entry.name for i in items if isinstance(i, Reused)]
-    assert reused == ["./same", "./sub/same"]
-    assert names == [b".", b"./changed", b"./linked", b"./new", b"./sub", b"./sub/link",
-                     b"./unindexed"]
+    reused = [[m.entry.name for m in i.members] for i in items if isinstance(i, Reused)]
+    assert reused == [["./g1", "./g2"], ["./same"], ["./sub/same"]]
+    assert names == [b".", b"./changed", b"./h1", b"./h2", b"./linked", b"./new", b"./sub",
+                     b"./sub/link", b"./unindexed"]
     assert [i.name for i in items if isinstance(i, Read)] == [n.decode() for n in names]
-    assert (counts.files_reused, counts.files_read) == (2, 5)
+    assert (counts.files_reused, counts.files_read) == (4, 7)
     # none is trusted while its ctime is within `settle` of the backup's start
-    items, _, counts = _plan(root, parent.files, settle=3600)
+    items, _, counts = _plan(root, parent.runs, settle=3600)
     assert counts.files_reused == 0
     assert all(i.host is None for i in items if isinstance(i, Read))

@@ -27,7 +27,7 @@ from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.repo.manifest import LEVELS, Manifest
-from volbackup.repo.parentfiles import ParentFile
+from volbackup.repo.parentfiles import ParentRun
 from volbackup.stream.exclude import Matcher, Refetch, filter_tar, parse_patterns, split_label
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.timefmt import utc_iso
@@ -49,10 +49,10 @@ class Stream:
 @dataclass(frozen=True)
 class FilesCache:
     """What a direct read plans with (volbackup.ops.filescache): the parent snapshot, its
-    reusable files (afresh for each read), and the store's index."""
+    reusable runs (afresh for each read), and the store's index."""
 
     parent: str | None
-    parent_files: Callable[[], Iterable[ParentFile]]
+    parent_runs: Callable[[], Iterable[ParentRun]]
     indexed: Callable[[str], bool]
     settle: float
 
@@ -193,7 +193,7 @@ def _files_cache(repo: Repository, source: Source, options: BackupOptions
             parent = None
     if parent is None:
         return FilesCache(None, lambda: (), repo.blobs.indexed, options.settle)
-    return FilesCache(parent.snapshot, lambda: repo.reader.reusable_files(parent),
+    return FilesCache(parent.snapshot, lambda: repo.reader.reusable_runs(parent),
                       repo.blobs.indexed, options.settle)
 
 
@@ -211,9 +211,9 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None,
     if directory and (use_direct or not engine.archive_keeps_owners
                       or not _written_to(engine, source)):
         if cache is not None:
-            with filescache.planned_export(directory, cache.parent_files(), cache.indexed,
-                                           matcher, cache.settle) as (chunks, counts):
-                counts.parent = cache.parent
+            with filescache.planned_export(directory, cache.parent, cache.parent_runs(),
+                                           cache.indexed, matcher, cache.settle
+                                           ) as (chunks, counts):
                 yield Stream(chunks, "direct", cache=counts)
             return
         with direct.export(directory, only=source.file_name) as chunks:

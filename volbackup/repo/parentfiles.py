@@ -1,14 +1,17 @@
 """The files of a parent snapshot that a backup may take whole instead of reading them
 (the files cache: volbackup.ops.filescache).
 
-A file qualifies when its catalogue line holds the host's stat data (`st`, recorded only
-for a file whose stat matched tar's header and was not changed in the seconds before
-that backup) and its member (headers, data, padding) is exactly a run of whole blobs of
-the data tree: members of 4 KiB or more are cut so (volbackup.stream.chunker,
-cut_each_member); smaller ones share blobs with their neighbours and are read again.
+What can be taken is a **run**: consecutive members that start where a blob of the data
+tree starts and end where one ends, so that the run is exactly those blobs. A member of
+4 KiB or more is a run of its own (volbackup.stream.chunker, cut_each_member, gives it
+blobs of its own); smaller members are grouped into shared blobs, and a group is a run.
+A run is reusable when every member in it is a regular file whose catalogue line holds
+the host's stat data (`st`, recorded only for a file whose stat matched tar's header and
+was not changed in the seconds before that backup); one directory, symlink or hard link
+in a group makes the group be read again.
 
 The catalogue and the data tree are walked side by side in stream order, each piece
-checked against its id as everywhere else: memory is one file's blob list.
+checked against its id as everywhere else: memory is one run.
 """
 
 from __future__ import annotations
@@ -20,46 +23,58 @@ from volbackup.stream.catalog import CatalogEntry
 
 
 @dataclass(frozen=True)
-class ParentFile:
-    entry: CatalogEntry                  # its line: path, stat, sha256, `st`
-    length: int                          # bytes of its member in the stream
-    blobs: tuple[tuple[str, int], ...]   # (id, length) of the blobs that are the member
+class ParentRun:
+    entries: tuple[CatalogEntry, ...]    # their lines: path, stat, sha256, `st`
+    ends: tuple[int, ...]                # where each member ends in the stream
+    blobs: tuple[tuple[str, int], ...]   # (id, length) of the blobs that are the run
+
+    @property
+    def start(self) -> int:
+        return self.entries[0].at
 
 
-def parent_files(entries: Iterable[CatalogEntry], leaves: Iterable[tuple[str, int]],
-                 members_end: int) -> Iterator[ParentFile]:
-    """The reusable files of a snapshot, in stream order, from its catalogue `entries`
+def parent_runs(entries: Iterable[CatalogEntry], leaves: Iterable[tuple[str, int]],
+                members_end: int) -> Iterator[ParentRun]:
+    """The reusable runs of a snapshot, in stream order, from its catalogue `entries`
     and its data tree's `leaves`; `members_end`: where its end-of-archive marker starts."""
     leaves = iter(leaves)
-    leaf = next(leaves, None)
-    leaf_at = 0                         # stream offset where `leaf` starts
+    boundary = 0                        # the next blob boundary at or after the position
+    taken: list[tuple[str, int]] = []   # leaves of the open run
 
-    def blobs_of(at: int, end: int) -> tuple[tuple[str, int], ...] | None:
-        nonlocal leaf, leaf_at
-        while leaf is not None and leaf_at + leaf[1] <= at:
-            leaf_at += leaf[1]
+    def reaches(pos: int) -> bool:
+        """Take the leaves up to `pos`; True when a blob ends exactly there."""
+        nonlocal boundary
+        while boundary < pos:
             leaf = next(leaves, None)
-        if leaf is None or leaf_at != at:
-            return None                 # it starts inside a blob: shared with others
-        run = []
-        while leaf is not None and leaf_at + leaf[1] <= end:
-            run.append(leaf)
-            leaf_at += leaf[1]
-            leaf = next(leaves, None)
-        return tuple(run) if leaf_at == end and run else None
+            if leaf is None:
+                return False
+            taken.append(leaf)
+            boundary += leaf[1]
+        return boundary == pos
 
+    run: list[CatalogEntry] = []
+    ends: list[int] = []
+    for entry, end in _with_ends(entries, members_end):
+        run.append(entry)
+        ends.append(end)
+        if reaches(end):
+            if all(_reusable(e) for e in run):
+                yield ParentRun(tuple(run), tuple(ends), tuple(taken))
+            run.clear()
+            ends.clear()
+            taken.clear()
+
+
+def _with_ends(entries: Iterable[CatalogEntry], members_end: int
+               ) -> Iterator[tuple[CatalogEntry, int]]:
     held: CatalogEntry | None = None
     for entry in entries:
         if held is not None:
-            yield from _file(held, entry.at, blobs_of)
+            yield held, entry.at
         held = entry
     if held is not None:
-        yield from _file(held, members_end, blobs_of)
+        yield held, members_end
 
 
-def _file(entry: CatalogEntry, end: int, blobs_of) -> Iterator[ParentFile]:
-    if entry.type != "file" or entry.st is None or entry.sha256 is None:
-        return
-    blobs = blobs_of(entry.at, end)
-    if blobs is not None:
-        yield ParentFile(entry, end - entry.at, blobs)
+def _reusable(entry: CatalogEntry) -> bool:
+    return entry.type == "file" and entry.st is not None and entry.sha256 is not None

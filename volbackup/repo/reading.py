@@ -119,13 +119,13 @@ class SnapshotReader:
                                       f"snapshot {manifest.snapshot}")
         return self.watched(manifest, catalogs.entries(pieces, manifest.bytes))
 
-    def reusable_files(self, manifest: Manifest) -> Iterator[parentfiles.ParentFile]:
-        """The files a backup whose parent is this snapshot may take whole, in stream
-        order (volbackup.repo.parentfiles); none but from a tree snapshot."""
+    def reusable_runs(self, manifest: Manifest) -> Iterator[parentfiles.ParentRun]:
+        """The runs of members a backup whose parent is this snapshot may take whole, in
+        stream order (volbackup.repo.parentfiles); none but from a tree snapshot."""
         manifest = self._repo.reveal(manifest)
         if not manifest.tree or not isinstance(manifest.catalog, dict):
             return iter(())
-        return self.watched(manifest, parentfiles.parent_files(
+        return self.watched(manifest, parentfiles.parent_runs(
             self.catalog(manifest), walk(self.blobs, _data_root(manifest)),
             manifest.bytes - archive.END_MARKER))
 

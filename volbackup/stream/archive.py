@@ -103,7 +103,8 @@ def kept_tar(tar_chunks: Iterable[bytes], walker: TarWalker) -> Iterator[bytes]:
     """
     for chunk in tar_chunks:
         if isinstance(chunk, Reused):       # the files cache: no bytes pass
-            walker.pass_member(chunk.entry, chunk.length, chunk.header, chunk.sha256)
+            for member in chunk.members:
+                walker.pass_member(member.entry, member.length, member.header, member.sha256)
             yield chunk
             continue
         if isinstance(chunk, HostStat):

@@ -2,11 +2,12 @@
 
 A backup with a parent snapshot does not read a file whose stat data matches the parent's
 record of it: its member (headers, data, padding) is taken whole from the parent, as the
-blobs that hold it there. Such a member travels down the backup pipeline as a `Reused`
-marker where its bytes would be: the walker counts it and tells the catalogue, the cutter
-closes its open group before it and passes it on, and the packer names its blobs in the
-data tree without reading them. A `HostStat` comes just before the bytes of a member tar
-reads, so that the catalogue records what the next backup compares.
+blobs that hold it there (with its neighbours, for small files that share blobs). Such
+members travel down the backup pipeline as a `Reused` marker where their bytes would be:
+the walker counts them and tells the catalogue, the cutter closes its open group before
+them and passes them on, and the packer names their blobs in the data tree without
+reading them. A `HostStat` comes just before the bytes of a member tar reads, so that
+the catalogue records what the next backup compares.
 """
 
 from __future__ import annotations
@@ -42,11 +43,23 @@ class HostStat:
 
 
 @dataclass(frozen=True)
-class Reused:
-    """A member taken whole from the parent snapshot, as the blobs that hold it there."""
+class ReusedMember:
+    """One member of a Reused run."""
 
-    entry: Entry                         # as its headers describe it; `host` set
-    length: int                          # bytes of the member: headers, data, padding
-    header: int                          # bytes of its headers (its data starts there)
+    entry: Entry            # as its headers describe it; `host` set
+    length: int             # bytes of the member: headers, data, padding
+    header: int             # bytes of its headers (its data starts there)
+    sha256: str | None      # of its data, from the parent's catalogue
+
+
+@dataclass(frozen=True)
+class Reused:
+    """Members taken whole from the parent snapshot: a run of them that is exactly
+    `blobs` there (one large file, or a group of small ones)."""
+
+    members: tuple[ReusedMember, ...]
     blobs: tuple[tuple[str, int], ...]   # (id, length) in order, summing to `length`
-    sha256: str | None                   # of its data, from the parent's catalogue
+
+    @property
+    def length(self) -> int:
+        return sum(m.length for m in self.members)
