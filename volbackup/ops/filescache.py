@@ -71,16 +71,33 @@ class Plan:
     counts: CacheCounts = field(default_factory=CacheCounts)
 
     def add(self, item: Planned) -> None:
-        pickle.dump(item, self.items, pickle.HIGHEST_PROTOCOL)
+        """Spilled as tuples of plain values (pickling them is several times cheaper than
+        pickling the dataclasses)."""
+        if isinstance(item, Read):
+            flat = (item.name, _flat_host(item.host))
+        else:
+            flat = (tuple((m.entry.name, m.entry.mode, m.entry.uid, m.entry.gid,
+                           m.entry.mtime, m.entry.size, _flat_host(m.entry.host), m.length,
+                           m.header, m.sha256) for m in item.members), item.blobs)
+        pickle.dump(flat, self.items, pickle.HIGHEST_PROTOCOL)
 
     def read_back(self) -> Iterator[Planned]:
         self.items.flush()
         self.items.seek(0)
         while True:
             try:
-                yield pickle.load(self.items)
+                first, second = pickle.load(self.items)
             except EOFError:
                 return
+            if isinstance(first, str):
+                yield Read(first, HostStat(*second) if second else None)
+                continue
+            yield Reused(tuple(
+                ReusedMember(Entry(name=name, type=REGTYPE, mode=mode, uid=uid, gid=gid,
+                                   mtime=mtime, size=size, host=HostStat(*host)),
+                             length, header, sha256)
+                for name, mode, uid, gid, mtime, size, host, length, header, sha256 in first),
+                second)
 
     def close(self) -> None:
         self.names.close()
@@ -99,6 +116,11 @@ class _Seen:
     @property
     def key(self) -> tuple[bytes, ...]:
         return tuple(self.rel.split(b"/")) if self.rel != b"." else ()
+
+
+def _flat_host(host: HostStat | None) -> tuple | None:
+    return None if host is None else (host.ino, host.mtime_ns, host.ctime_ns, host.size,
+                                      host.mode, host.uid, host.gid)
 
 
 def make_plan(directory: str, parent: Iterable[ParentRun], indexed: Callable[[str], bool],
