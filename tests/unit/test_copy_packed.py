@@ -265,3 +265,47 @@ def test_plain_and_encrypted_packed_go_through_the_stream(tmp_path, sealed):
     out = ops.copy(source, plain, ALL, allow_plain_target=True).snapshots
     assert [o.how for o in out] == ["stream", "stream"], [o.message for o in out]
     assert restored(plain, plain.load(made[0].snapshot)) == restored(source, made[0])
+
+
+@pytest.mark.parametrize("step", ["before-index", "before-manifest"])
+def test_a_copy_killed_before_its_manifest_leaves_nothing_to_trip_over(tmp_path, monkeypatch,
+                                                                      step):
+    """Killed after its packs (before their index object), or after the index object
+    (before the manifest): no snapshot; verify --packs finds no problem; the next copy
+    completes it (reusing what was indexed); prune then keeps what the snapshot needs."""
+    from volbackup.ops.prune import PruneOptions, prune
+    from volbackup.repo import repository as repository_module
+    from volbackup.repo.packstore import PackedBlobStore
+    from volbackup.repo.retention import Rules
+
+    source = packed(tmp_path / "source")
+    made = backup(source, volume_tar(seed=6, size=SIZE))
+    target = packed(tmp_path / "target")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt(step)
+
+    if step == "before-index":
+        monkeypatch.setattr(PackedBlobStore, "write_index", killed)
+    else:
+        monkeypatch.setattr(repository_module, "pause",
+                            lambda name: killed() if name == step else None)
+    with pytest.raises(KeyboardInterrupt):
+        ops.copy(source, target, ALL)
+    monkeypatch.undo()
+    target = Repository.open(str(tmp_path / "target"), writable=True)
+    assert target.snapshots().snapshots == [] and target.locks() == []
+    check = verify_packs(target)
+    assert check.problems == [] and check.packs >= 1
+    assert check.unindexed == (check.packs if step == "before-index" else 0)
+    (out,) = ops.copy(source, target, ALL).snapshots
+    assert out.status == "copied", out.message
+    if step == "before-manifest":
+        assert out.chunks_sent == 0 and out.chunks_present == out.chunks   # all indexed
+    else:
+        assert out.chunks_sent == out.chunks
+    pruned = prune(target, PruneOptions(Rules(last=1), leftover_age=0))
+    assert pruned.chunks.problems == []
+    assert restored(target, target.load(made.snapshot)) == restored(source, made)
+    assert_sound(target)
+    assert verify_packs(target).unindexed == 0       # the killed copy's packs: removed
