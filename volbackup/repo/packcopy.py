@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from volbackup.errors import IntegrityError
 from volbackup.repo import catalogtree, trees
@@ -114,11 +113,14 @@ def copy_snapshot(source: PackedBlobStore, target: PackedBlobStore, manifest: Ma
 
 
 @dataclass
-class _Fetch:
-    """Blobs the target lacks, neighbours in one source pack: read in one request."""
+class _Run:
+    """Blobs that lie one after the other in one pack, up to GROUP_BYTES: read with one
+    request. Fetched from the source (the target lacks them), or, `checking`, read back
+    from a plain target (it holds them)."""
 
     kind: str
-    items: list[tuple[str, int, Location | None]]   # (id, length, first source copy)
+    checking: bool
+    items: list[tuple[str, int, Location | None]]   # (id, length, first copy)
     end: int = 0
     size: int = 0
 
@@ -133,20 +135,16 @@ class _Fetch:
             self.end, self.size = location.offset + location.stored, \
                 self.size + location.stored
 
-    def read(self, source: PackedBlobStore) -> list[StoredRecord]:
+    def run(self, source: PackedBlobStore, target: PackedBlobStore) -> list:
+        """StoredRecords from the source, or (checking) whether each is sound in the
+        target; raises when a fetched blob has no copy that checks out."""
         located = [(i, n, loc) for i, n, loc in self.items if loc is not None]
-        if len(located) == len(self.items) and len(located) > 1:
-            return source.read_records(located)
-        return [source.read_record(blob_id, length) for blob_id, length, _ in self.items]
-
-
-@dataclass
-class _Check:
-    """A blob a plain target holds: read back, and checked there."""
-
-    kind: str
-    blob_id: str
-    length: int
+        whole = len(located) == len(self.items)
+        if self.checking:
+            return target.are_sound(located) if whole \
+                else [target.is_sound(i, n) for i, n, _ in self.items]
+        return source.read_records(located) if whole and len(located) > 1 \
+            else [source.read_record(i, n) for i, n, _ in self.items]
 
 
 def _copy_tree(source: PackedBlobStore, target: PackedBlobStore, root: trees.TreeRoot,
@@ -154,31 +152,40 @@ def _copy_tree(source: PackedBlobStore, target: PackedBlobStore, root: trees.Tre
                progress: Progress) -> None:
     walked: dict[bytes, int] = {}
     claimed: set[bytes] = set()             # by this copy, not yet packed
-    ahead: deque[tuple[Future, _Fetch | _Check]] = deque()
-    fetch: _Fetch | None = None
+    ahead: deque[tuple[Future, _Run]] = deque()
+    runs: dict[bool, _Run] = {}             # the run being gathered: fetching, checking
 
-    def put(blob_id: str, length: int, kind: str, record: StoredRecord,
-            replaced: bool = False) -> None:
+    def put(blob_id: str, length: int, record: StoredRecord, replaced: bool = False) -> None:
         raw = bytes.fromhex(blob_id)
-        stored = target.put_record(raw, kind, length, record, sending.as_stored, replaced)
+        stored = target.put_record(raw, leaf_kind, length, record, sending.as_stored,
+                                   replaced)
         claimed.discard(raw)
         result.sent += 1
         result.sent_plain += length
         result.sent_bytes += stored
         result.replaced += 1 if replaced else 0
 
-    def settle(future: Future, job: _Fetch | _Check) -> None:
-        if isinstance(job, _Fetch):
-            for (blob_id, length, _), record in zip(job.items, future.result()):
-                put(blob_id, length, job.kind, record)
-        elif not future.result():     # held with wrong bytes: the source's instead
-            put(job.blob_id, job.length, job.kind,
-                source.read_record(job.blob_id, job.length), replaced=True)
+    def settle(future: Future, run: _Run) -> None:
+        for (blob_id, length, _), outcome in zip(run.items, future.result()):
+            if not run.checking:
+                put(blob_id, length, outcome)
+            elif not outcome:   # held with wrong bytes: the source's instead
+                put(blob_id, length, source.read_record(blob_id, length), replaced=True)
 
-    def submit(job: _Fetch | _Check, call: Callable[[], object]) -> None:
-        ahead.append((pool.submit(call), job))
+    def submit(run: _Run) -> None:
+        ahead.append((pool.submit(run.run, source, target), run))
         while len(ahead) > 2 * READERS or (ahead and ahead[0][0].done()):
             settle(*ahead.popleft())
+
+    def gather(checking: bool, blob_id: str, length: int, location: Location | None) -> None:
+        run = runs.get(checking)
+        if run is not None and run.takes(location):
+            run.add(blob_id, length, location)
+            return
+        if run is not None:
+            submit(run)
+        runs[checking] = _Run(leaf_kind, checking, [])
+        runs[checking].add(blob_id, length, location)
 
     with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-copy") as pool:
         try:
@@ -194,21 +201,12 @@ def _copy_tree(source: PackedBlobStore, target: PackedBlobStore, root: trees.Tre
                 state = target.claim(raw)
                 if state == CLAIMED:
                     claimed.add(raw)
-                    location = source.first_location(node.id)
-                    if fetch is not None and fetch.takes(location):
-                        fetch.add(node.id, node.length, location)
-                        continue
-                    if fetch is not None:
-                        job = fetch
-                        submit(job, lambda job=job: job.read(source))
-                    fetch = _Fetch(leaf_kind, [])
-                    fetch.add(node.id, node.length, location)
+                    gather(False, node.id, node.length, source.first_location(node.id))
                 elif state == HELD and sending.check_held:
-                    check = _Check(leaf_kind, node.id, node.length)
-                    submit(check, lambda c=check: target.is_sound(c.blob_id, c.length))
-            if fetch is not None:
-                job, fetch = fetch, None
-                submit(job, lambda: job.read(source))
+                    gather(True, node.id, node.length, target.countable_location(node.id))
+            for run in runs.values():
+                submit(run)
+            runs.clear()
             while ahead:
                 settle(*ahead.popleft())
         except BaseException:

@@ -433,6 +433,40 @@ class PackedBlobStore(BlobStore):
         checked (once per lock)."""
         return self._is_sound(bytes.fromhex(blob_id), blob_id, length)
 
+    def countable_location(self, blob_id: str) -> Location | None:
+        """The first copy of a blob outside the packs a prune plan dooms (what `is_sound`
+        reads first), or None."""
+        with self._lock:
+            index = self._loaded()
+            return next((loc for loc in index.locations(bytes.fromhex(blob_id))
+                         if loc.pack.id not in index.doomed), None)
+
+    def are_sound(self, group: list[tuple[str, int, Location]]) -> list[bool]:
+        """`is_sound` of held blobs that are neighbours in one pack (their countable
+        copies, as `_groups` makes runs): one ranged read, each checked; one that fails
+        is read back alone, from its other copies."""
+        first = group[0][2]
+        total = sum(loc.stored for _, _, loc in group)
+        try:
+            data = self.backend.read_range(packs.pack_key(first.pack.hex), first.offset, total)
+        except (BlobNotFound, RangeBeyondEnd, BadEntry):
+            data = b""
+        out = []
+        for blob_id, length, loc in group:
+            raw = bytes.fromhex(blob_id)
+            at = loc.offset - first.offset
+            try:
+                if len(data) != total:
+                    raise IntegrityError("short group read")
+                self._checked(raw, blob_id, length, loc, data[at:at + loc.stored])
+            except IntegrityError:
+                out.append(self._is_sound(raw, blob_id, length))
+                continue
+            with self._lock:
+                self._sound.add(raw)
+            out.append(True)
+        return out
+
     def put_record(self, raw: bytes, kind: str, length: int, record: StoredRecord,
                    as_stored: bool, replaced: bool = False) -> int:
         """Pack a copied blob: as it was stored (`as_stored`, when both stores seal alike,
