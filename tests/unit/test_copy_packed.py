@@ -309,3 +309,27 @@ def test_a_copy_killed_before_its_manifest_leaves_nothing_to_trip_over(tmp_path,
     assert restored(target, target.load(made.snapshot)) == restored(source, made)
     assert_sound(target)
     assert verify_packs(target).unindexed == 0       # the killed copy's packs: removed
+
+
+def test_cli_copy_between_packed_repositories_says_what_was_sent_and_present(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    source = packed(tmp_path / "source")
+    first = backup(source, volume_tar(seed=8, size=SIZE))
+    second = backup(source, volume_tar(seed=8, size=SIZE, edit_at=1000))
+    packed(tmp_path / "target")
+    args = ("-r", str(tmp_path / "source"), "--to", str(tmp_path / "target"))
+    done = run_cli("copy", first.snapshot, *args, "--json")
+    assert done.code == 0, done.stderr
+    (entry,) = json.loads(done.stdout)["snapshots"]
+    assert entry["how"] == "blobs" and entry["chunks_sent"] == entry["chunks"]
+    assert entry["chunks_present"] == 0 and entry["bytes_present"] == 0
+    text = run_cli("copy", second.snapshot, *args)
+    assert text.code == 0, text.stderr
+    line = text.stdout.strip()
+    assert line.startswith(f"{second.snapshot}: copied (") and " blobs sent, " in line
+    sent, total = (int(n) for n in line.split("; ")[1].split(" blobs")[0].split(" of "))
+    assert 0 < sent <= 8 and total == entry["chunks"]
+    assert f"{total - sent} present" in line

@@ -129,11 +129,6 @@ class CatalogTreeWriter:
         self._held = entry
         self.entries += 1
 
-    @property
-    def tree_pieces(self) -> int:
-        """Tree pieces saved for the catalogue's tree (besides its `pieces`)."""
-        return self._tree.pieces
-
     def add_line(self, line: bytes) -> None:
         """A line as a catalogue holds it (checked by its reader): `recut`. Not mixed with
         `add`."""

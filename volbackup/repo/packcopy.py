@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from volbackup.errors import IntegrityError
 from volbackup.repo import catalogtree, trees
-from volbackup.repo.blobstore import CATALOG, DATA, TREE
+from volbackup.repo.blobstore import CATALOG, DATA, TREE, Saved
 from volbackup.repo.config import MAX_CHUNK
 from volbackup.repo.manifest import Manifest
 from volbackup.repo.packindex import Location
@@ -100,12 +100,9 @@ def copy_snapshot(source: PackedBlobStore, target: PackedBlobStore, manifest: Ma
         _copy_tree(source, target, root, CATALOG, catalogtree.MAX_PIECE, sending, result,
                    no_progress)
     else:
-        writer = catalogtree.CatalogTreeWriter(target, sending.level, target_key)
+        writer = catalogtree.CatalogTreeWriter(_Saving(target, sending, result),
+                                               sending.level, target_key)
         field = catalogtree.recut(source, field, manifest.bytes, source_key, where, writer)
-        result.blobs += writer.pieces + writer.tree_pieces
-        result.bytes += field["bytes"]
-        result.sent += writer.new_pieces
-        result.sent_bytes += writer.stored_bytes
     made = target.flush()
     result.index_objects = len(made)
     result.packs = sum(len(packed) for _, packed in made)
@@ -190,11 +187,11 @@ def _copy_tree(source: PackedBlobStore, target: PackedBlobStore, root: trees.Tre
     with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-copy") as pool:
         try:
             for node in trees.nodes(source, root, walked, max_length):
-                result.blobs += 1
-                result.bytes += node.length
                 if node.piece is not None:
                     _put_piece(target, node, sending, result)
                     continue
+                result.blobs += 1
+                result.bytes += node.length
                 if leaf_kind == DATA:
                     progress(node.length)
                 raw = bytes.fromhex(node.id)
@@ -216,6 +213,30 @@ def _copy_tree(source: PackedBlobStore, target: PackedBlobStore, root: trees.Tre
             raise
 
 
+class _Saving:
+    """The target's `save` as a catalogue cut again uses it (its pieces and its tree's):
+    each counted in `result`, and one a plain target holds read back (`check_held`)."""
+
+    def __init__(self, store: PackedBlobStore, sending: Sending, result: BlobCopy):
+        self._store, self._sending, self._result = store, sending, result
+
+    def save(self, data: bytes, level: int, verify_existing: bool = False,
+             kind: str = DATA) -> Saved:
+        saved = self._store.save(data, level, self._sending.check_held, kind)
+        _count(self._result, saved, len(data))
+        return saved
+
+
+def _count(result: BlobCopy, saved: Saved, length: int) -> None:
+    result.blobs += 1
+    result.bytes += length
+    if saved.written:
+        result.sent += 1
+        result.sent_plain += length
+        result.sent_bytes += saved.stored
+        result.replaced += 1 if saved.replaced else 0
+
+
 def _put_piece(target: PackedBlobStore, node: trees.Node, sending: Sending,
                result: BlobCopy) -> None:
     """A tree piece, from the bytes the walk loaded and checked."""
@@ -225,8 +246,4 @@ def _put_piece(target: PackedBlobStore, node: trees.Node, sending: Sending,
     if saved.id != node.id:     # names_like said both name blobs alike
         raise IntegrityError(f"tree piece {node.id[:16]} is named {saved.id[:16]} in the "
                              f"target")
-    if saved.written:
-        result.sent += 1
-        result.sent_plain += node.length
-        result.sent_bytes += saved.stored
-        result.replaced += 1 if saved.replaced else 0
+    _count(result, saved, node.length)
