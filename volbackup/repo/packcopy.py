@@ -115,7 +115,6 @@ class _Run:
     request. Fetched from the source (the target lacks them), or, `checking`, read back
     from a plain target (it holds them)."""
 
-    kind: str
     checking: bool
     items: list[tuple[str, int, Location | None]]   # (id, length, first copy)
     end: int = 0
@@ -181,7 +180,7 @@ def _copy_tree(source: PackedBlobStore, target: PackedBlobStore, root: trees.Tre
             return
         if run is not None:
             submit(run)
-        runs[checking] = _Run(leaf_kind, checking, [])
+        runs[checking] = _Run(checking, [])
         runs[checking].add(blob_id, length, location)
 
     with ThreadPoolExecutor(READERS, thread_name_prefix="volbackup-copy") as pool:
