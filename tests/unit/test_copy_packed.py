@@ -96,6 +96,7 @@ def test_a_plain_catalogue_is_cut_again_with_the_targets_key(tmp_path):
     assert out.how == "blobs", out.message
     copied = target.load(made.snapshot)
     assert copied.catalog["entries"] == made.catalog["entries"]
+    assert copied.catalog["version"] == made.catalog["version"]
     assert copied.catalog["root"] != made.catalog["root"]     # other cuts
     assert list(target.catalog(copied)) == list(source.catalog(made))
     assert restored(target, copied) == restored(source, made)

@@ -206,13 +206,14 @@ def entries(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
 
 def recut(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes, where: str,
           writer: "CatalogTreeWriter") -> dict:
-    """A version 2 catalogue read from `store` (checked as `entries` checks it, cut with
+    """A version 2 or 3 catalogue read from `store` (checked as `entries` checks it, cut with
     `cut_key`) and written by `writer`, line for line, cut with the writer's key: a copy
     into a repository whose cut key is another (two plain repositories: each derives it
     from its own config id). The new `catalog` field."""
     for line, _ in _checked_lines(store, field, stream_bytes, cut_key, where):
         writer.add_line(line)
-    return writer.finish(members_end=0)
+    # the same lines: the same version (2 has no `st`; a reader takes either)
+    return {**writer.finish(members_end=0), "version": field["version"]}
 
 
 def _checked_lines(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
