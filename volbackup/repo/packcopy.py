@@ -25,8 +25,9 @@ perhaps an index object, never a snapshot (the next copy reuses what is indexed,
 removes what is not).
 
 Memory: one tree piece per level, the pieces walked (one entry per ~1,000 blobs), the
-fetches in flight (READERS groups of up to GROUP_BYTES), and what the target's store keeps
-of the blobs it wrote until its index object is written (as a backup does).
+fetches in flight (READERS groups of up to GROUP_BYTES); never the snapshot's list of
+blobs. The target's store keeps a record of each blob it writes under its lock, as it does
+for a backup.
 """
 
 from __future__ import annotations
