@@ -334,3 +334,36 @@ def test_cli_copy_between_packed_repositories_says_what_was_sent_and_present(tmp
     sent, total = (int(n) for n in line.split("; ")[1].split(" blobs")[0].split(" of "))
     assert 0 < sent <= 8 and total == entry["chunks"]
     assert f"{total - sent} present" in line
+
+
+def test_blobs_the_target_holds_only_in_doomed_packs_are_sent_again(tmp_path):
+    """A prune plan pending in the target dooms the packs a first copy wrote: a second
+    copy of a snapshot with the same blobs does not count on them, and the prune that
+    finishes the plan leaves the second snapshot whole."""
+    from datetime import datetime, timezone
+
+    from volbackup.ops.prune import PruneOptions, prune
+    from volbackup.repo import pruneplan
+    from volbackup.repo.retention import Rules
+
+    source = packed(tmp_path / "source")
+    first = backup(source, volume_tar(seed=9, size=SIZE), volume="a")
+    second = backup(source, volume_tar(seed=9, size=SIZE), volume="b")   # the same blobs
+    target = packed(tmp_path / "target")
+    ops.copy(source, target, ops.Choice([first.snapshot]))
+    target.blobs.forget()
+    doomed = [pack.hex for pack in target.blobs.index().packs]
+    superseded = list(target.blobs.loaded.keys)  # the index objects naming them
+    target.remove_manifest(first.snapshot)       # as a prune's step 2 would have
+    pruneplan.write_plan(target.backend, pruneplan.Plan(
+        pruneplan.new_name(datetime.now(timezone.utc)), "", "t", doomed, superseded),
+        target.blobs.cipher.mac)
+    (out,) = ops.copy(source, target, ops.Choice([second.snapshot])).snapshots
+    assert out.status == "copied" and out.chunks_present == 0, out.message
+    assert out.chunks_sent == out.chunks
+    assert verify_packs(target).prune_plans != []
+    result = prune(target, PruneOptions(Rules(last=1), leftover_age=0))
+    assert result.chunks.problems == [] and result.chunks.adopted == 1
+    target = Repository.open(str(tmp_path / "target"))
+    assert restored(target, target.load(second.snapshot)) == restored(source, second)
+    assert_sound(target)
