@@ -14,7 +14,9 @@ import pytest
 from tests.unit.tars import _info, chunked, make_tar
 from volbackup.errors import IntegrityError
 from volbackup.ops import filescache
-from volbackup.repo.catalogtree import parse_line, to_line
+from tests.unit.fakestore import FakeStore
+from volbackup.repo.catalogtree import (CatalogTreeWriter, entries, parse_line, plain_cut_key,
+                                        to_line)
 from volbackup.repo.parentfiles import ParentRun, parent_runs
 from volbackup.stream.archive import END_MARKER, kept_tar
 from volbackup.stream.catalog import CatalogEntry
@@ -24,6 +26,7 @@ from volbackup.stream.splice import Read, splice
 from volbackup.stream.tarstream import Entry, TarWalker
 
 MTIME = 1_600_000_000
+KEY = plain_cut_key("0123456789abcdef0123456789abcdef")
 
 
 def _end(tar: bytes) -> int:
@@ -38,10 +41,12 @@ def _reused(member, blobs: dict) -> Reused:
     blob_id = hashlib.sha256(body).hexdigest()
     blobs[blob_id] = body
     info, content = member
-    entry = Entry(name=info.name, type=tarfile.REGTYPE, mode=info.mode, uid=0, gid=0,
-                  mtime=MTIME, size=len(content))
-    return Reused((ReusedMember(entry, len(body), len(body) - -(-len(content) // 512) * 512,
-                                hashlib.sha256(content).hexdigest()),),
+    entry = CatalogEntry(path=info.name[2:], type="file", size=len(content), mode=info.mode,
+                         uid=0, gid=0, mtime=MTIME, link="", at=0,
+                         data=len(body) - -(-len(content) // 512) * 512,
+                         sha256=hashlib.sha256(content).hexdigest(), st=(1, 2, 3))
+    line = to_line(entry, len(body) - entry.data)
+    return Reused((ReusedMember(info.name, MTIME, len(body), entry.data, line),),
                   ((blob_id, len(body)),))
 
 
@@ -85,7 +90,7 @@ def test_splice_refuses_a_stream_that_is_not_the_plan():
         list(splice([tar], [Read(".", None)]))
 
 
-def test_the_walker_and_the_cutter_pass_a_reused_member_on():
+def test_the_walker_the_cutter_and_the_catalogue_pass_a_reused_member_on():
     root = (_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b"")
     small = (_info("./s", mtime=MTIME), b"s" * 10)
     x = (_info("./x", mtime=MTIME), os.urandom(70_000))
@@ -93,17 +98,21 @@ def test_the_walker_and_the_cutter_pass_a_reused_member_on():
     reused = _reused(x, blobs)
     tar = make_tar([root, small])
     walker = TarWalker(unique=False)
-    seen = []
-    walker.on_entry = lambda at, data_at, entry, content: seen.append((entry.name, at, content))
+    store = FakeStore()
+    cat = CatalogTreeWriter(store, 3, KEY)
+    cat.record(walker)
     pieces = list(cut_each_member(kept_tar(splice([tar], [
         Read(".", None), Read("./s", None), reused]), walker), walker, 1 << 20, 256 << 10,
         4 << 20, name_key=b"k" * 8))
     assert reused in pieces
     before = pieces[:pieces.index(reused)]
     assert b"".join(before) == tar[:_end(tar)]      # the open group ends where it starts
-    assert [name for name, _, _ in seen] == [".", "./s", "./x"]
-    assert seen[2][1] == _end(tar) and seen[2][2] == reused.members[0].sha256
     assert walker.entries == 3 and walker.end_marker_at == _end(tar) + reused.length
+    field = cat.finish(walker.end_marker_at)
+    got = list(entries(store, field, walker.end_marker_at + END_MARKER, KEY, "x"))
+    assert [e.path for e in got] == [".", "s", "x"]
+    assert got[2].at == _end(tar) and got[2].st == (1, 2, 3)
+    assert got[2].sha256 == hashlib.sha256(x[1]).hexdigest()
 
 
 def test_a_reused_member_inside_another_is_refused():
@@ -111,8 +120,7 @@ def test_a_reused_member_inside_another_is_refused():
     tar = make_tar([(_info("./a", mtime=MTIME), b"x" * 2000)])
     walker.feed(tar[:1024])
     with pytest.raises(IntegrityError, match="inside another member"):
-        walker.pass_member(Entry("./x", tarfile.REGTYPE, 0o644, 0, 0, MTIME, 1), 1024, 512,
-                           None)
+        walker.pass_member(ReusedMember("./x", MTIME, 1024, 512, b"{}\n"))
 
 
 def test_a_host_stat_is_kept_only_when_tars_header_agrees():
@@ -142,7 +150,7 @@ def test_parent_runs_are_members_that_are_exactly_whole_blobs():
                _entry("c2", 11776, 512, 512),           # (with c)
                _entry("d", 12800, 512, 1536)]           # 12800-14848, one blob
     leaves = [("r", 512), ("a1", 1024), ("a2", 4096), ("g", 2048), ("h", 5120), ("d", 2048)]
-    got = list(parent_runs(entries, leaves, 14848))
+    got = list(parent_runs([(to_line(e, 0), e) for e in entries], leaves, 14848))
     assert [([e.path for e in r.entries], r.ends, r.blobs) for r in got] == [
         (["a"], (5632,), (("a1", 1024), ("a2", 4096))),
         (["b", "b2"], (6656, 7680), (("g", 2048),)),
@@ -179,7 +187,8 @@ class _Parent:
                     sha256="cd" * 32, st=(st.st_ino, st.st_mtime_ns, st.st_ctime_ns)))
                 at += 512 + -(-st.st_size // 512) * 512
                 ends.append(at)
-            self.runs.append(ParentRun(tuple(entries), tuple(ends), ((names[0], at),)))
+            self.runs.append(ParentRun(tuple(entries), tuple(to_line(e, 0) for e in entries),
+                                       tuple(ends), ((names[0], at),)))
 
 
 def _plan(root, parent, indexed=lambda blob: True, matcher=None, settle=0.0):
@@ -209,7 +218,7 @@ def test_the_plan_reuses_only_what_it_may(tmp_path):
     os.chmod(root / "h2", 0o600)                          # one of a group changed
     items, names, counts = _plan(root, parent.runs, lambda blob: blob != "unindexed",
                                  Matcher(["excluded"]))
-    reused = [[m.entry.name for m in i.members] for i in items if isinstance(i, Reused)]
+    reused = [[m.name for m in i.members] for i in items if isinstance(i, Reused)]
     assert reused == [["./g1", "./g2"], ["./same"], ["./sub/same"]]
     assert names == [b".", b"./changed", b"./h1", b"./h2", b"./linked", b"./new", b"./sub",
                      b"./sub/link", b"./unindexed"]

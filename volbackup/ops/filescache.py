@@ -32,17 +32,15 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from tarfile import REGTYPE
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.docker import direct
 from volbackup.errors import VolbackupError
 from volbackup.repo.parentfiles import ParentRun
-from volbackup.stream.exclude import Matcher
 from volbackup.stream.catalog import CatalogEntry
+from volbackup.stream.exclude import Matcher
 from volbackup.stream.reuse import HostStat, Reused, ReusedMember
 from volbackup.stream.splice import Planned, Read, splice
-from volbackup.stream.tarstream import Entry
 
 SETTLE = 2.0    # seconds: a file changed this recently is read again next time
 
@@ -76,9 +74,8 @@ class Plan:
         if isinstance(item, Read):
             flat = (item.name, _flat_host(item.host))
         else:
-            flat = (tuple((m.entry.name, m.entry.mode, m.entry.uid, m.entry.gid,
-                           m.entry.mtime, m.entry.size, _flat_host(m.entry.host), m.length,
-                           m.header, m.sha256) for m in item.members), item.blobs)
+            flat = (tuple((m.name, m.mtime, m.length, m.header, m.line) for m in item.members),
+                    item.blobs)
         pickle.dump(flat, self.items, pickle.HIGHEST_PROTOCOL)
 
     def read_back(self) -> Iterator[Planned]:
@@ -92,12 +89,7 @@ class Plan:
             if isinstance(first, str):
                 yield Read(first, HostStat(*second) if second else None)
                 continue
-            yield Reused(tuple(
-                ReusedMember(Entry(name=name, type=REGTYPE, mode=mode, uid=uid, gid=gid,
-                                   mtime=mtime, size=size, host=HostStat(*host)),
-                             length, header, sha256)
-                for name, mode, uid, gid, mtime, size, host, length, header, sha256 in first),
-                second)
+            yield Reused(tuple(ReusedMember(*member) for member in first), second)
 
     def close(self) -> None:
         self.names.close()
@@ -209,15 +201,13 @@ def _reuse(run: ParentRun, members: list[_Seen], indexed: Callable[[str], bool]
         return None
     taken = []
     at = run.start
-    for seen, was, end in zip(members, run.entries, run.ends):
+    for seen, was, line, end in zip(members, run.entries, run.lines, run.ends):
         host = seen.host
         if host is None or seen.key != _key_of(was) or \
                 (was.size, was.mode, was.uid, was.gid, was.st) != (
                 host.size, host.mode, host.uid, host.gid, host.key):
             return None
-        entry = Entry(name=seen.name, type=REGTYPE, mode=was.mode, uid=was.uid, gid=was.gid,
-                      mtime=was.mtime, size=was.size, host=host)
-        taken.append(ReusedMember(entry, end - at, was.data - was.at, was.sha256))
+        taken.append(ReusedMember(seen.name, was.mtime, end - at, was.data - was.at, line))
         at = end
     if not all(indexed(blob_id) for blob_id, _ in run.blobs):
         return None

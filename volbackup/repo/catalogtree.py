@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.blobstore import CATALOG, BlobStore
@@ -26,6 +26,7 @@ from volbackup.repo.chunked import fetch_ahead
 from volbackup.repo.trees import TreeRoot, TreeWriter, walk
 from volbackup.stream import catalog
 from volbackup.stream.catalog import KINDS, MAX_INT, MAX_LINE, CatalogEntry, invalid_field
+from volbackup.stream.reuse import ReusedMember
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name
 
 VERSION = 3                  # 2 without `st`: read alike
@@ -111,6 +112,12 @@ def parse_line(line: bytes, at: int, stream_bytes: int) -> tuple[CatalogEntry, i
     return entry, end
 
 
+class _Reused(NamedTuple):
+    line: bytes
+    data: int
+    end: int
+
+
 class CatalogTreeWriter:
     """Takes the entries of a stream in order (`add`, or `record` a walker), storing each
     full piece as a `catalog` blob; `finish` stores the rest and the tree, and gives the
@@ -121,21 +128,32 @@ class CatalogTreeWriter:
         self._store, self._level, self._cut_key = store, level, cut_key
         self._tree = TreeWriter(store, level)
         self._buf = bytearray()
-        self._held: CatalogEntry | None = None
+        self._held: CatalogEntry | _Reused | None = None
         self.entries = 0
         self.pieces = self.new_pieces = self.stored_bytes = 0
 
     def record(self, walker: TarWalker) -> None:
-        """Have `walker` add each entry as it passes (as catalog.record does)."""
+        """Have `walker` add each entry as it passes (as catalog.record does), and each
+        member the files cache took whole, as the parent's line (`add_reused`)."""
         def on_entry(at: int, data_at: int, entry: Entry, content: str | None) -> None:
             self.add(catalog.entry_of(at, data_at, entry, content))
 
         walker.on_entry = on_entry
+        walker.on_reused = self.add_reused
 
     def add(self, entry: CatalogEntry) -> None:
         if self._held is not None:
             self._line(self._held, entry.at)
         self._held = entry
+        self.entries += 1
+
+    def add_reused(self, at: int, member: ReusedMember) -> None:
+        """A member taken whole from the parent snapshot, at `at`: its line is the
+        parent's (checked when the parent's catalogue was read), whose `hdr` and `span`
+        hold as long as the member ends where it ended there (_line checks)."""
+        if self._held is not None:
+            self._line(self._held, at)
+        self._held = _Reused(member.line, at + member.header, at + member.length)
         self.entries += 1
 
     def add_line(self, line: bytes) -> None:
@@ -157,7 +175,12 @@ class CatalogTreeWriter:
         self.stored_bytes += self._tree.stored_bytes
         return {"version": VERSION, "entries": self.entries, **root.to_fields()}
 
-    def _line(self, entry: CatalogEntry, next_at: int) -> None:
+    def _line(self, entry: CatalogEntry | _Reused, next_at: int) -> None:
+        if isinstance(entry, _Reused):
+            if next_at != entry.end:
+                raise IntegrityError("a reused member's line does not end where it does")
+            self._put(entry.line)
+            return
         if next_at < entry.data:
             raise IntegrityError(f"catalogue entry {entry.path!r} ends before its data")
         line = to_line(entry, next_at - entry.data)
@@ -202,6 +225,13 @@ def entries(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
     Memory: AHEAD pieces and the tree's path to them."""
     for _, entry in _checked_lines(store, field, stream_bytes, cut_key, where):
         yield entry
+
+
+def entries_with_lines(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
+                       where: str) -> Iterator[tuple[bytes, CatalogEntry]]:
+    """As `entries`, with each entry's line as stored (the files cache passes a reused
+    member's line on unchanged)."""
+    return _checked_lines(store, field, stream_bytes, cut_key, where)
 
 
 def recut(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes, where: str,

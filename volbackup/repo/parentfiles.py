@@ -25,6 +25,7 @@ from volbackup.stream.catalog import CatalogEntry
 @dataclass(frozen=True)
 class ParentRun:
     entries: tuple[CatalogEntry, ...]    # their lines: path, stat, sha256, `st`
+    lines: tuple[bytes, ...]             # ... as stored
     ends: tuple[int, ...]                # where each member ends in the stream
     blobs: tuple[tuple[str, int], ...]   # (id, length) of the blobs that are the run
 
@@ -33,10 +34,11 @@ class ParentRun:
         return self.entries[0].at
 
 
-def parent_runs(entries: Iterable[CatalogEntry], leaves: Iterable[tuple[str, int]],
-                members_end: int) -> Iterator[ParentRun]:
-    """The reusable runs of a snapshot, in stream order, from its catalogue `entries`
-    and its data tree's `leaves`; `members_end`: where its end-of-archive marker starts."""
+def parent_runs(lines: Iterable[tuple[bytes, CatalogEntry]],
+                leaves: Iterable[tuple[str, int]], members_end: int) -> Iterator[ParentRun]:
+    """The reusable runs of a snapshot, in stream order, from its catalogue (each line and
+    its entry) and its data tree's `leaves`; `members_end`: where its end-of-archive
+    marker starts."""
     leaves = iter(leaves)
     boundary = 0                        # the next blob boundary at or after the position
     taken: list[tuple[str, int]] = []   # leaves of the open run
@@ -53,25 +55,28 @@ def parent_runs(entries: Iterable[CatalogEntry], leaves: Iterable[tuple[str, int
         return boundary == pos
 
     run: list[CatalogEntry] = []
+    raw: list[bytes] = []
     ends: list[int] = []
-    for entry, end in _with_ends(entries, members_end):
+    for (line, entry), end in _with_ends(lines, members_end):
         run.append(entry)
+        raw.append(line)
         ends.append(end)
         if reaches(end):
             if all(_reusable(e) for e in run):
-                yield ParentRun(tuple(run), tuple(ends), tuple(taken))
+                yield ParentRun(tuple(run), tuple(raw), tuple(ends), tuple(taken))
             run.clear()
+            raw.clear()
             ends.clear()
             taken.clear()
 
 
-def _with_ends(entries: Iterable[CatalogEntry], members_end: int
-               ) -> Iterator[tuple[CatalogEntry, int]]:
-    held: CatalogEntry | None = None
-    for entry in entries:
+def _with_ends(lines: Iterable[tuple[bytes, CatalogEntry]], members_end: int
+               ) -> Iterator[tuple[tuple[bytes, CatalogEntry], int]]:
+    held: tuple[bytes, CatalogEntry] | None = None
+    for line in lines:
         if held is not None:
-            yield held, entry.at
-        held = entry
+            yield held, line[1].at
+        held = line
     if held is not None:
         yield held, members_end
 

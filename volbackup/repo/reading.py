@@ -125,8 +125,11 @@ class SnapshotReader:
         manifest = self._repo.reveal(manifest)
         if not manifest.tree or not isinstance(manifest.catalog, dict):
             return iter(())
+        lines = catalogtree.entries_with_lines(
+            self.blobs, manifest.catalog, manifest.bytes,
+            self._repo.layout.catalog_cut_key(), f"snapshot {manifest.snapshot}")
         return self.watched(manifest, parentfiles.parent_runs(
-            self.catalog(manifest), walk(self.blobs, _data_root(manifest)),
+            lines, walk(self.blobs, _data_root(manifest)),
             manifest.bytes - archive.END_MARKER))
 
     def select(self, manifest: Manifest, selection: Selection

@@ -104,7 +104,7 @@ def kept_tar(tar_chunks: Iterable[bytes], walker: TarWalker) -> Iterator[bytes]:
     for chunk in tar_chunks:
         if isinstance(chunk, Reused):       # the files cache: no bytes pass
             for member in chunk.members:
-                walker.pass_member(member.entry, member.length, member.header, member.sha256)
+                walker.pass_member(member)
             yield chunk
             continue
         if isinstance(chunk, HostStat):

@@ -44,12 +44,13 @@ class HostStat:
 
 @dataclass(frozen=True)
 class ReusedMember:
-    """One member of a Reused run."""
+    """One member of a Reused run, as the parent's catalogue line describes it."""
 
-    entry: Entry            # as its headers describe it; `host` set
+    name: str               # its member name (`./a/b`)
+    mtime: float
     length: int             # bytes of the member: headers, data, padding
     header: int             # bytes of its headers (its data starts there)
-    sha256: str | None      # of its data, from the parent's catalogue
+    line: bytes             # the parent's catalogue line of it, passed on as is
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,8 @@ class TarWalker:
         self.on_entry: Callable[[int, int, Entry, str | None], None] | None = None
         self._current_at = (0, 0)
         self._host = None           # a HostStat told for the next member (files cache)
+        # Told of each member the files cache took whole: (its offset, the ReusedMember).
+        self.on_reused: Callable[[int, object], None] | None = None
         # The oldest and newest mtimes of entries other than symlinks, with an entry of
         # each (its name): what a restore through
         # an extractor that cannot set every time must warn of (volbackup.ops.restore).
@@ -385,22 +387,22 @@ class TarWalker:
         its header agrees (volbackup.ops.filescache)."""
         self._host = host
 
-    def pass_member(self, entry: Entry, length: int, header: int,
-                    content: str | None) -> None:
-        """Count a member of `length` bytes that the stream holds here but whose bytes do
-        not pass this walker (the files cache takes it whole from a parent snapshot):
-        offsets after it stay those of the stream, and `on_entry` is told of it."""
+    def pass_member(self, member) -> None:
+        """Count a member (a volbackup.stream.reuse.ReusedMember) that the stream holds
+        here but whose bytes do not pass this walker (the files cache takes it whole from
+        a parent snapshot): offsets after it stay those of the stream, and `on_reused`
+        is told of it."""
         if not self.between_members or self.ended:
             raise IntegrityError("a reused member came inside another member")
         start = self.bytes
-        self.bytes += length
+        self.bytes += member.length
         self.entries += 1
-        if entry.mtime < self.oldest[0]:
-            self.oldest = (entry.mtime, entry.name)
-        if entry.mtime > self.newest[0]:
-            self.newest = (entry.mtime, entry.name)
-        if self.on_entry is not None:
-            self.on_entry(start, start + header, entry, content)
+        if member.mtime < self.oldest[0]:
+            self.oldest = (member.mtime, member.name)
+        if member.mtime > self.newest[0]:
+            self.newest = (member.mtime, member.name)
+        if self.on_reused is not None:
+            self.on_reused(start, member)
 
     def _check_safe(self, name: str, key: str, type_: bytes, link: str) -> None:
         """Refuse a member that would be written outside the directory it is extracted into
