@@ -91,7 +91,8 @@ class Dedup:
                                                "volbackup backup")
         return {"seconds": round(seconds, 3), "rss_mib": round(rss, 1), "via": result["via"],
                 "bytes": result["bytes"], "stored_bytes": result["stored_bytes"],
-                "new_bytes": dir_bytes(repo) - before, **_usage(result)}
+                "new_bytes": dir_bytes(repo) - before,
+                "files_cache": result.get("files_cache"), **_usage(result)}
 
     def restore(self, volume: str, repo: str, *extra: str) -> dict:
         """Restore `volume`'s latest snapshot into a new volume (its name: `volume` below)."""

@@ -81,6 +81,9 @@ def measure(bench: Dedup, contender, volume: str, mountpoint: str) -> dict:
     second_step = contender.backup(bench, volume, mountpoint, repo, "unchanged")
     second = sizes(repo)
     row = {"first_seconds": first_step["seconds"], "unchanged_seconds": second_step["seconds"],
+           "first_rss_mib": first_step.get("rss_mib"),
+           "unchanged_rss_mib": second_step.get("rss_mib"),
+           "unchanged_files_cache": second_step.get("files_cache"),
            "first_bytes": sum(first.values()),
            "unchanged_new_bytes": sum(second.values()) - sum(first.values()),
            "unchanged_new_files": len(second.keys() - first.keys()),
