@@ -5,9 +5,11 @@ with the volume as it was at the backup (corpus.tree: lstat on the host)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +271,26 @@ def test_a_named_parent_is_used_and_a_snapshot_of_another_host_is_not(
     assert again.files_cache["parent"] == first.snapshot
     assert again.files_cache["files_reused"] == 12
     assert socket.gethostname()   # the default parent is the newest from this host
+
+
+def test_the_command_line_says_what_the_cache_did_and_refuses_bad_parents(
+        make_volume, mountpoint, tmp_path, cli):
+    volume = make_volume("fc").name
+    fill(mountpoint(volume))
+    repo = str(tmp_path / "cli-repo")
+    os.mkdir(repo)
+    make_layout(repo, "packed")
+    time.sleep(2.1)     # older than the settle time: the first backup records their stat
+    first = cli("backup", volume, "-r", repo)
+    assert first.code == 0 and "files unchanged" not in first.stdout
+    again = cli("backup", volume, "-r", repo)
+    assert again.code == 0 and again.stdout.rstrip().endswith(", 12 of 15 files unchanged")
+    missing = cli("backup", volume, "-r", repo, "--parent", f"{volume}@20000101T000000Z-0000")
+    assert missing.code == 4 and missing.stderr.count("\n") == 1 and "Traceback" not in \
+        missing.stderr
+    both = cli("backup", volume, "-r", repo, "--parent", volume, "--read-all")
+    assert both.code == 2 and "exclude each other" in both.stderr
+    read_all = cli("backup", volume, "-r", repo, "--read-all", "--json")
+    (done,) = json.loads(read_all.stdout)["volumes"]
+    assert done["files_cache"] == {"parent": None, "files_read": 15, "bytes_read": done[
+        "files_cache"]["bytes_read"], "files_reused": 0, "bytes_reused": 0, "problem": None}
