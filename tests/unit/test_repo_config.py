@@ -11,7 +11,8 @@ from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
 from tests.unit.manifests import make_manifest
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends import LocalBackend
-from volbackup.repo.config import CONFIG_KEY, PACKED, RepoConfig
+from volbackup.repo.config import (CHUNKED, CONFIG_KEY, DEFAULT_AVG, DEFAULT_PACKED_AVG, PACKED,
+                                   RepoConfig)
 from volbackup.repo.repository import Repository
 from volbackup.stream import archive
 
@@ -48,6 +49,22 @@ def test_a_packed_config_round_trips_and_a_chunked_one_has_no_pack_size():
     assert RepoConfig.from_json(packed.to_json(), "config") == packed
     assert (packed.layout, packed.format_version, packed.pack_size) == (PACKED, 3, 4 << 20)
     assert b"pack_size" not in RepoConfig.new().to_json()     # as versions before packs
+
+
+def test_each_layout_has_its_own_default_chunk_size():
+    """512 KiB in a packed repository (min 128 KiB, max 2 MiB), 1 MiB in a chunked one; the
+    three sizes are written into the config, and a repository keeps what it was made with."""
+    packed, chunked = RepoConfig.new(layout=PACKED), RepoConfig.new(layout=CHUNKED)
+    assert (packed.chunker.min_size, packed.chunker.avg_size, packed.chunker.max_size) == (
+        128 << 10, DEFAULT_PACKED_AVG, 2 << 20)
+    assert (chunked.chunker.min_size, chunked.chunker.avg_size, chunked.chunker.max_size) == (
+        256 << 10, DEFAULT_AVG, 4 << 20)
+    raw = json.loads(packed.to_json())["chunker"]
+    assert (raw["min_size"], raw["avg_size"], raw["max_size"]) == (131072, 524288, 2097152)
+    older = RepoConfig.new(avg_size=1 << 20, layout=PACKED)   # a packed one made at 1M
+    assert RepoConfig.from_json(older.to_json(), "config").chunker.avg_size == 1 << 20
+    plain = RepoConfig.new()        # the library's own default stays what it was
+    assert (plain.layout, plain.chunker.avg_size, plain.pack_size) == (CHUNKED, 1 << 20, None)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -139,6 +156,14 @@ def test_init_on_a_repository_with_a_config_refuses_and_changes_nothing(tmp_path
     backup(repo, volume_tar())
     before = files(tmp_path)
     with pytest.raises(RepositoryError, match="already a chunked repository.*nothing was changed"):
+        Repository.init(str(tmp_path))
+    assert files(tmp_path) == before
+
+
+def test_init_on_a_packed_repository_names_its_layout(tmp_path):
+    Repository.init(str(tmp_path), config=RepoConfig.new(layout=PACKED))
+    before = files(tmp_path)
+    with pytest.raises(RepositoryError, match="already a packed repository.*nothing was changed"):
         Repository.init(str(tmp_path))
     assert files(tmp_path) == before
 
