@@ -10,9 +10,13 @@ from pyrage import x25519
 
 from tests.conftest import umask
 
+from tests.unit.chunkrepos import volume_tar
+from tests.unit.manifests import make_manifest
 from volbackup import __version__
 from volbackup.cli import COMMAND_MODULES, all_commands
 from volbackup.cli import main
+from volbackup.repo.backends import LocalBackend
+from volbackup.repo.repository import Repository
 
 
 def run(capsys, *args):
@@ -127,6 +131,22 @@ def test_init_makes_a_packed_repository_unless_told_chunked(capsys, tmp_path):
     assert code == 0 and json.loads(out)["chunker"]["avg_size"] == 1 << 20, err
     code, _, err = run(capsys, "init", "-r", str(tmp_path / "bad"), "--layout", "archive")
     assert code == 2 and "'archive' is not one of 'packed', 'chunked'" in err, err
+
+
+def test_init_over_archive_snapshots_says_new_ones_are_packed(capsys, tmp_path):
+    """An archive-layout repository's snapshots stay; init says what the new ones will be."""
+    old = Repository(LocalBackend(tmp_path))
+    snapshot = "pgdata@20261101T000000Z-0001"
+    with old.snapshot_writer(snapshot) as writer:
+        packed = writer.pack([volume_tar(seed=3)], 3)
+    old.commit(make_manifest(snapshot, "2026-11-01T00:00:00.000Z", archive=writer.archive,
+                             bytes=packed.bytes, stored_bytes=packed.stored_bytes,
+                             sha256=packed.sha256, entries=packed.entries))
+    code, out, err = run(capsys, "init", "-r", str(tmp_path))
+    assert code == 0, err
+    assert out.splitlines()[-1] == ("its 1 existing snapshots keep the archive layout and stay "
+                                    "readable; new ones are packed")
+    assert Repository.open(str(tmp_path)).layout.name == "packed"
 
 
 def test_init_makes_no_parents(capsys, tmp_path):
