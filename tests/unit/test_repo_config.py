@@ -160,6 +160,27 @@ def test_init_on_a_repository_with_a_config_refuses_and_changes_nothing(tmp_path
     assert files(tmp_path) == before
 
 
+def test_a_chunked_repository_made_before_packed_was_the_default_stays_chunked(tmp_path):
+    """Its config (as the first versions wrote it: format 1, no pack size, 1 MiB chunks) is
+    never rewritten, and backups into it still write loose chunks and a chunk list."""
+    config = (b'{\n  "chunk_hash": "sha256",\n  "chunker": {\n    "algorithm": '
+              b'"fastcdc-2020-members",\n    "avg_size": 1048576,\n    "max_size": 4194304,\n'
+              b'    "min_size": 262144,\n    "normalized_chunking": 1,\n    "seed": 1183741903\n'
+              b'  },\n  "compression": "zstd",\n  "format": "volbackup-repository",\n'
+              b'  "format_version": 1,\n  "id": "3d9c9e58e4b80d3e14203eb28abdbc85",\n'
+              b'  "layout": "chunked"\n}\n')
+    (tmp_path / CONFIG_KEY).write_bytes(config)
+    repo = Repository.open(str(tmp_path), writable=True)
+    assert repo.layout.name == "chunked" and repo.config.chunker.avg_size == 1 << 20
+    assert repo.config.to_json() == config
+    tar = volume_tar(size=3 << 20)
+    made = backup(repo, tar)
+    assert made.chunked and not made.tree and made.chunks >= 2
+    assert (tmp_path / CONFIG_KEY).read_bytes() == config
+    assert any((tmp_path / "chunks").rglob("*")) and not (tmp_path / "packs").exists()
+    assert restored(repo, made) == tar
+
+
 def test_init_on_a_packed_repository_names_its_layout(tmp_path):
     Repository.init(str(tmp_path), config=RepoConfig.new(layout=PACKED))
     before = files(tmp_path)
