@@ -62,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import benchrun
@@ -72,6 +73,7 @@ from dedup import Dedup
 
 PASSWORD = "vbbench-peers"   # restic's and borg-encrypted's passphrase (throwaway repositories)
 SEED = 11
+SETTLE = 2.5        # seconds between the copy of the volume and the first backup
 
 
 def peer_environment(work: str) -> None:
@@ -260,6 +262,9 @@ def one_run(bench: Dedup, pristine: str, chosen: list, rnd: int, seed: int,
             parallel: bool) -> tuple[dict, dict]:
     """Every contender on one fresh copy of the volume; returns (rows by contender, change)."""
     volume, mountpoint = bench.copy(pristine, f"work{rnd}")
+    # borg's and volbackup's files caches do not trust a file changed in the seconds before
+    # a backup (volbackup: 2 s); a volume copied just now would be read whole again
+    time.sleep(SETTLE)
     order = chosen[rnd % len(chosen):] + chosen[:rnd % len(chosen)]
     repos = each(order, lambda c: c.setup(bench), parallel)
 

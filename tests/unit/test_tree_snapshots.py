@@ -77,7 +77,7 @@ def test_a_packed_snapshot_is_a_tree_snapshot_and_restores(repo, root):
                          f"{manifest.snapshot.split('@')[1]}.json").read_text())
     assert stored["format_version"] == 4 and stored["layout"] == "chunked"
     assert stored["data"]["blobs"] > 100 and stored["data"]["bytes"] == len(tar)
-    assert stored["catalog"]["version"] == 2 and stored["chunks"] is None
+    assert stored["catalog"]["version"] == 3 and stored["chunks"] is None
     assert stored["sha256"] == "" and stored["tar_sha256"] is None
     assert snapshot_files(root) == {f"{manifest.snapshot.split('@')[1]}.json"}  # no lists
     assert restored(Repository.open(str(root)), manifest) == tar

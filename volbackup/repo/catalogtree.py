@@ -28,14 +28,17 @@ from volbackup.stream import catalog
 from volbackup.stream.catalog import KINDS, MAX_INT, MAX_LINE, CatalogEntry, invalid_field
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name
 
-VERSION = 2
+VERSION = 3                  # 2 without `st`: read alike
+READS = (2, VERSION)
+MAX_STAT = (1 << 64) - 1     # an inode number or a time in ns
 CUT_MOD = 256                # a piece ends after a line whose keyed hash is 0 mod this
 PIECE_BYTES = 4 << 20        # ... or after the line that takes it to this many bytes
 MAX_PIECE = PIECE_BYTES - 1 + MAX_LINE
 AHEAD = 4                    # pieces fetched ahead of the reader (S3 round trips)
 _FIELDS = {"path": str, "type": str, "size": int, "mode": int, "uid": int, "gid": int,
-           "mtime": (int, float), "link": str, "hdr": int, "span": int, "sha256": str}
-_OPTIONAL = ("span", "sha256")
+           "mtime": (int, float), "link": str, "hdr": int, "span": int, "sha256": str,
+           "st": list}
+_OPTIONAL = ("span", "sha256", "st")
 
 
 def plain_cut_key(config_id: str) -> bytes:
@@ -63,6 +66,8 @@ def to_line(entry: CatalogEntry, span: int | None) -> bytes:
         out["span"] = span
     if entry.sha256 is not None:
         out["sha256"] = entry.sha256
+    if entry.st is not None:
+        out["st"] = list(entry.st)
     return (json.dumps(out, separators=(",", ":")) + "\n").encode()
 
 
@@ -81,6 +86,10 @@ def parse_line(line: bytes, at: int, stream_bytes: int) -> tuple[CatalogEntry, i
             continue
         if isinstance(value, bool) or not isinstance(value, kind):
             raise IntegrityError(f"catalogue line has an invalid {name}: {line[:80]!r}")
+    st = data.get("st")
+    if st is not None and not (len(st) == 3 and all(
+            type(n) is int and 0 <= n <= MAX_STAT for n in st) and data["type"] == "file"):
+        raise IntegrityError(f"catalogue line has an invalid st: {line[:80]!r}")
     hdr, span = data["hdr"], data.get("span")
     size = data["size"]
     if not (BLOCK <= hdr <= MAX_INT and hdr % BLOCK == 0) or (span is not None and not (
@@ -89,7 +98,7 @@ def parse_line(line: bytes, at: int, stream_bytes: int) -> tuple[CatalogEntry, i
     entry = CatalogEntry(path=data["path"], type=data["type"], size=size, mode=data["mode"],
                          uid=data["uid"], gid=data["gid"], mtime=data["mtime"],
                          link=data["link"], at=at, data=at + hdr,
-                         sha256=data.get("sha256"))
+                         sha256=data.get("sha256"), st=tuple(st) if st else None)
     end = entry.data + (_padded(size) if span is None else span)
     bad = invalid_field(entry)
     if bad:
@@ -165,7 +174,7 @@ class CatalogTreeWriter:
 
 def check_field(value: object, where: str) -> TreeRoot:
     """A manifest's version 2 `catalog` field, its types and bounds: its tree's root."""
-    if not isinstance(value, dict) or value.get("version") != VERSION \
+    if not isinstance(value, dict) or value.get("version") not in READS \
             or type(value.get("entries")) is not int or not 0 <= value["entries"] <= MAX_INT:
         raise RepositoryError(f"{where} has an invalid catalogue field")
     fields = {k: v for k, v in value.items() if k not in ("version", "entries")}

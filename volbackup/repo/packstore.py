@@ -353,6 +353,22 @@ class PackedBlobStore(BlobStore):
     def stores_like(self, other: BlobStore) -> bool:
         return self.plain_frames and other.plain_frames
 
+    def indexed(self, blob_id: str) -> bool:
+        with self._lock:
+            return self._loaded().has(bytes.fromhex(blob_id))
+
+    def reuse(self, blob_id: str, length: int) -> Saved:
+        """A blob of a file the files cache did not read: held as a deduplicated one is
+        (a copy outside doomed packs), or BlobMissing, which fails this read."""
+        raw = bytes.fromhex(blob_id)
+        with self._lock:
+            self._raise_failed()
+            held = raw in self._pending or self._loaded().has(raw)
+        if not held:
+            raise ChunkMissing(f"blob {blob_id[:16]} of a file the parent snapshot holds "
+                              f"left the index during the backup; reading the volume again")
+        return Saved(blob_id, length)
+
     def _locations(self, raw: bytes) -> list[Location]:
         with self._lock:
             waiting = raw in self._pending

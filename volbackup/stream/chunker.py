@@ -12,6 +12,9 @@ from typing import Iterable, Iterator
 
 from pyfastcdc.cy import FastCDC  # the Cython build; never the pure-Python fallback
 
+from volbackup.errors import IntegrityError
+from volbackup.stream.reuse import Reused
+
 
 class _IterReader:
     """A readinto() reader over an iterator of byte pieces (what pyfastcdc reads from)."""
@@ -190,6 +193,26 @@ def cut_each_member(pieces: Iterable[bytes], walker, avg_size: int, min_size: in
     at = 0                      # stream offset of buf[0]
     window = 4 * max_size
     for piece in pieces:
+        if isinstance(piece, Reused):   # a member taken whole (files cache): it is blobs
+            if segments and segments[-1][1] and segments[-1][0] > at + len(buf):
+                raise IntegrityError("a reused member came inside another member")
+            while segments:             # every member before it has ended
+                end, inside = segments.popleft()
+                n = end - at
+                if inside:
+                    yield from _cut_all(chunker, buf, n)
+                elif n:
+                    yield bytes(buf[:n])
+                del buf[:n]
+                at = end
+            if buf:                     # the open group ends where it starts
+                yield bytes(buf)
+                at += len(buf)
+                buf.clear()
+            yield piece
+            at += piece.length
+            group[0] = at
+            continue
         buf += piece
         while segments:
             end, inside = segments[0]
