@@ -138,6 +138,13 @@ class CatalogTreeWriter:
         self._held = entry
         self.entries += 1
 
+    def add_line(self, line: bytes) -> None:
+        """A line as a catalogue holds it (checked by its reader): `recut`. Not mixed with
+        `add`."""
+        assert self._held is None
+        self.entries += 1
+        self._put(line)
+
     def finish(self, members_end: int) -> dict:
         """`members_end`: where the stream's last entry ends (its end-of-archive marker:
         TarWalker.end_marker_at). The manifest's `catalog` field."""
@@ -157,6 +164,9 @@ class CatalogTreeWriter:
         if len(line) > MAX_LINE:
             raise IntegrityError(f"tar entry {entry.path[:80]!r}... has a name or link "
                                  f"target of over {MAX_LINE >> 20} MiB: no volume holds one")
+        self._put(line)
+
+    def _put(self, line: bytes) -> None:
         self._buf += line
         if len(self._buf) >= PIECE_BYTES or ends_piece(line, self._cut_key):
             self._flush()
@@ -190,6 +200,24 @@ def entries(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
     checked: the tree (volbackup.repo.trees.walk), each piece against its id, whole lines
     cut where the rule cuts and nowhere else, each line as version 1's are, the count.
     Memory: AHEAD pieces and the tree's path to them."""
+    for _, entry in _checked_lines(store, field, stream_bytes, cut_key, where):
+        yield entry
+
+
+def recut(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes, where: str,
+          writer: "CatalogTreeWriter") -> dict:
+    """A version 2 or 3 catalogue read from `store` (checked as `entries` checks it, cut with
+    `cut_key`) and written by `writer`, line for line, cut with the writer's key: a copy
+    into a repository whose cut key is another (two plain repositories: each derives it
+    from its own config id). The new `catalog` field."""
+    for line, _ in _checked_lines(store, field, stream_bytes, cut_key, where):
+        writer.add_line(line)
+    # the same lines: the same version (2 has no `st`; a reader takes either)
+    return {**writer.finish(members_end=0), "version": field["version"]}
+
+
+def _checked_lines(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
+                   where: str) -> Iterator[tuple[bytes, CatalogEntry]]:
     root = check_field(field, where)
     at = count = pieces = 0
     ids: deque[str] = deque()  # of the pieces being fetched, in order
@@ -222,7 +250,7 @@ def entries(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
             if count > field["entries"]:
                 raise IntegrityError(f"catalogue of {where} holds more than the "
                                      f"{field['entries']} entries its manifest says")
-            yield entry
+            yield line, entry
             start = stop
     if count != field["entries"]:
         raise IntegrityError(f"catalogue of {where} holds {count} entries, its manifest "
