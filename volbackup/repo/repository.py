@@ -135,8 +135,10 @@ class Repository:
     @classmethod
     def init(cls, url: str, options: dict | None = None, config: RepoConfig | None = None,
              encrypt_to: list[str] | None = None, key_file: str | None = None) -> "Repository":
-        """Make a chunked repository at `url` (an empty directory or bucket prefix, or one
-        with archive-layout snapshots); refuse one that already has a config. With
+        """Make a repository with `config` at `url` (an empty directory or bucket prefix, or
+        one with archive-layout snapshots); refuse one that already has a config. Without
+        `config`, a chunked one (RepoConfig.new's layout: tests and tools build on it;
+        `volbackup init` passes its own, packed by default). With
         `encrypt_to` (recipients), an encrypted one, whose new key goes to `key_file`.
         A directory that does not exist is made (its parent must exist), as restic and borg
         do, and removed again if init fails; `made_store` on the result says it was made."""
@@ -155,9 +157,10 @@ class Repository:
     def _init(cls, backend: Backend, config: RepoConfig | None, encrypt_to: list[str] | None,
               key_file: str | None) -> "Repository":
         backend.check(writable=True)
-        if read_config(backend) is not None:
-            raise RepositoryError(f"{backend.describe()} is already a chunked repository "
-                                  f"(it has a config); nothing was changed")
+        existing = read_config(backend)
+        if existing is not None:
+            raise RepositoryError(f"{backend.describe()} is already a {existing.layout} "
+                                  f"repository (it has a config); nothing was changed")
         repo = cls(backend)
         repo.require_repository()   # not a directory of other things
         config = config or RepoConfig.new()
