@@ -39,9 +39,9 @@ def test_the_message_says_how_many_files_were_unchanged():
              "bytes_reused": 1, "problem": None}
     volumes = [{**SUMMARY["volumes"][0], "files_cache": cache},
                {**SUMMARY["volumes"][0], "volume": "first",
-                "files_cache": {**cache, "parent": None}}]
+                "files_cache": {**cache, "parent": None, "files_reused": 0}}]
     _, body = notify.message({**SUMMARY, "volumes": volumes})
-    assert "ok pgdata: 5.0 MiB -> 1.0 MiB in 3.2s, 97 of 100 files unchanged" in body
+    assert "ok pgdata: 5.0 MiB -> 1.0 MiB in 3.2s, 97 unchanged files not read" in body
     assert "ok first: 5.0 MiB -> 1.0 MiB in 3.2s\n" in body
 
 

@@ -85,9 +85,8 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
         + (f"{render.human_bytes(v.stored_bytes)}" if v.chunks is None else
            f"{render.human_bytes(v.stored_bytes)} new ({v.new_chunks} of {v.chunks} chunks)")
         + f" in {v.seconds:.1f}s"
-        + (f", {v.files_cache['files_reused']} of "
-           f"{v.files_cache['files_reused'] + v.files_cache['files_read']} files unchanged"
-           if v.files_cache and v.files_cache["parent"] else "")
+        + (f", {v.files_cache['files_reused']} unchanged files not read"
+           if v.files_cache and v.files_cache["files_reused"] else "")
         + (f" ({v.message})" if v.message else "")), repository=result.repository)
     render.hook_failures(result.volumes)
     render.failures(result.volumes)

@@ -129,9 +129,8 @@ def message(summary: dict) -> tuple[str, str]:
             lines.append(f"skipped {v['volume']}: {v.get('message') or ''}".rstrip(": "))
         elif v["status"] != "failed":
             cache = v.get("files_cache") or {}
-            unchanged = (f", {cache['files_reused']} of "
-                         f"{cache['files_reused'] + cache['files_read']} files unchanged"
-                         if cache.get("parent") else "")
+            unchanged = (f", {cache['files_reused']} unchanged files not read"
+                         if cache.get("files_reused") else "")
             lines.append(f"ok {v['volume']}: {_size(v.get('bytes', 0))} -> "
                          f"{_size(v.get('stored_bytes', 0))} in {v.get('seconds', 0):.1f}s"
                          f"{unchanged}")
