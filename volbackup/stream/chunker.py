@@ -192,20 +192,26 @@ def cut_each_member(pieces: Iterable[bytes], walker, avg_size: int, min_size: in
     buf = bytearray()
     at = 0                      # stream offset of buf[0]
     window = 4 * max_size
+
+    def whole_segments() -> Iterator[bytes]:
+        """The blobs of the segments that are all in buf."""
+        nonlocal at
+        while segments and segments[0][0] <= at + len(buf):
+            end, inside = segments.popleft()
+            n = end - at
+            if inside:
+                yield from _cut_all(chunker, buf, n)
+            elif n:
+                yield bytes(buf[:n])
+            del buf[:n]
+            at = end
+
     for piece in pieces:
-        if isinstance(piece, Reused):   # a member taken whole (files cache): it is blobs
-            if segments and segments[-1][1] and segments[-1][0] > at + len(buf):
+        if isinstance(piece, Reused):   # members taken whole (files cache): they are blobs
+            yield from whole_segments()
+            if segments:
                 raise IntegrityError("a reused member came inside another member")
-            while segments:             # every member before it has ended
-                end, inside = segments.popleft()
-                n = end - at
-                if inside:
-                    yield from _cut_all(chunker, buf, n)
-                elif n:
-                    yield bytes(buf[:n])
-                del buf[:n]
-                at = end
-            if buf:                     # the open group ends where it starts
+            if buf:                     # the open group ends where they start
                 yield bytes(buf)
                 at += len(buf)
                 buf.clear()
@@ -214,26 +220,15 @@ def cut_each_member(pieces: Iterable[bytes], walker, avg_size: int, min_size: in
             group[0] = at
             continue
         buf += piece
-        while segments:
-            end, inside = segments[0]
-            if end <= at + len(buf):  # the whole segment is here
-                segments.popleft()
-                n = end - at
-                if inside:
-                    yield from _cut_all(chunker, buf, n)
-                elif n:
-                    yield bytes(buf[:n])
-                del buf[:n]
-                at = end
-            else:               # a large member, not all here: FastCDC's own cuts so far
-                if inside and len(buf) >= window:
-                    done = _cut_before(chunker, buf, len(buf))
-                    for a, b in done:
-                        yield bytes(buf[a:b])
-                    if done:
-                        del buf[:done[-1][1]]
-                        at += done[-1][1]
-                break
+        yield from whole_segments()
+        if segments and segments[0][1] and len(buf) >= window:
+            # a large member, not all here: FastCDC's own cuts so far
+            done = _cut_before(chunker, buf, len(buf))
+            for a, b in done:
+                yield bytes(buf[a:b])
+            if done:
+                del buf[:done[-1][1]]
+                at += done[-1][1]
     if segments and segments[0][1]:  # cut short inside a member (the walker says so)
         yield from _cut_all(chunker, buf, len(buf))
     elif buf:
