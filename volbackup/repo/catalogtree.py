@@ -40,6 +40,8 @@ _FIELDS = {"path": str, "type": str, "size": int, "mode": int, "uid": int, "gid"
            "mtime": (int, float), "link": str, "hdr": int, "span": int, "sha256": str,
            "st": list}
 _OPTIONAL = ("span", "sha256", "st")
+_FIELD_NAMES = frozenset(_FIELDS)
+_FIELD_CHECKS = tuple((name, kind, name in _OPTIONAL) for name, kind in _FIELDS.items())
 
 
 def plain_cut_key(config_id: str) -> bytes:
@@ -79,13 +81,13 @@ def parse_line(line: bytes, at: int, stream_bytes: int) -> tuple[CatalogEntry, i
         data = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise IntegrityError(f"catalogue has an invalid line {line[:80]!r}") from None
-    if not isinstance(data, dict) or not set(data) <= set(_FIELDS):
+    if type(data) is not dict or not data.keys() <= _FIELD_NAMES:
         raise IntegrityError(f"catalogue has an invalid line {line[:80]!r}")
-    for name, kind in _FIELDS.items():
+    for name, kind, optional in _FIELD_CHECKS:
         value = data.get(name)
-        if value is None and name in _OPTIONAL:
+        if value is None and optional:
             continue
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if value is True or value is False or not isinstance(value, kind):
             raise IntegrityError(f"catalogue line has an invalid {name}: {line[:80]!r}")
     st = data.get("st")
     if st is not None and not (len(st) == 3 and all(
