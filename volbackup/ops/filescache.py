@@ -131,12 +131,14 @@ def make_plan(directory: str, parent: Iterable[ParentRun], indexed: Callable[[st
 
     runs = _until_damage(parent, plan.counts)
     run = next(runs, None)
+    run_key = _key_of(run.entries[0]) if run is not None else ()
     try:
         while (seen := next_seen()) is not None:
-            while run is not None and _key_of(run.entries[0]) < seen.key:
+            key = seen.key
+            while run is not None and run_key < key:
                 run = next(runs, None)
-            if run is not None and seen.host is not None \
-                    and _key_of(run.entries[0]) == seen.key:
+                run_key = _key_of(run.entries[0]) if run is not None else ()
+            if run is not None and seen.host is not None and run_key == key:
                 members = [seen]
                 for entry in run.entries[1:]:
                     following = next_seen()
@@ -151,6 +153,7 @@ def make_plan(directory: str, parent: Iterable[ParentRun], indexed: Callable[[st
                     plan.counts.files_reused += len(members)
                     plan.counts.bytes_reused += sum(m.st.st_size for m in members)
                     run = next(runs, None)
+                    run_key = _key_of(run.entries[0]) if run is not None else ()
                     continue
                 back.extendleft(reversed(members[1:]))
             _read(plan, seen)
