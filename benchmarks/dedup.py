@@ -1,7 +1,7 @@
 """Chunked repositories measured: speed against the archive layout, what dedup saves, memory.
 
     python benchmarks/dedup.py [--size-mib 1024] [--repeat 3] [--sections speed,dedup,sizes]
-    python benchmarks/dedup.py --sections daily --daily-mib 256 [--layout packed]
+    python benchmarks/dedup.py --sections daily --daily-mib 256 [--layout packed] [--daily-chunk-size 1M]
     python benchmarks/dedup.py --sections rss --rss-sizes 1024,2048,4096
     python benchmarks/dedup.py --sections prune --prune-chunks 100000     # S3 (moto server)
     python benchmarks/dedup.py --quick --json out.json                       # does it run?
@@ -38,6 +38,7 @@ import secrets
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,7 @@ import uniquevolume
 
 SECTIONS = ("speed", "dedup", "parts", "sizes", "daily", "rss", "prune", "encryption")
 CHUNK_SIZES = ("512K", "1M", "2M", "4M")
-INIT_ARGS: list[str] = []   # --chunker
+INIT_ARGS: list[str] = []   # --layout (chunked unless --layout), --chunker
 
 
 class Dedup:
@@ -77,12 +78,14 @@ class Dedup:
         return name, target
 
     def repo(self, chunk_size: str | None, *init_args: str) -> str:
-        """A fresh repository directory: chunked (`volbackup init`, with `init_args`) unless
-        chunk_size is None."""
+        """A fresh repository directory: made by `volbackup init` (with INIT_ARGS, then
+        `init_args`) unless chunk_size is None; chunk_size "default" gives no --chunk-size
+        (the layout's own)."""
         path = tempfile.mkdtemp(prefix="repo-", dir=self.work)
         if chunk_size:
-            timed([*volbackup_cmd(), "init", "-r", path, "--chunk-size", chunk_size, *INIT_ARGS,
-                   *init_args], "volbackup init")
+            size = [] if chunk_size == "default" else ["--chunk-size", chunk_size]
+            timed([*volbackup_cmd(), "init", "-r", path, *size, *INIT_ARGS, *init_args],
+                  "volbackup init")
         return path
 
     def backup(self, volume: str, repo: str, *extra: str) -> dict:
@@ -91,7 +94,8 @@ class Dedup:
                                                "volbackup backup")
         return {"seconds": round(seconds, 3), "rss_mib": round(rss, 1), "via": result["via"],
                 "bytes": result["bytes"], "stored_bytes": result["stored_bytes"],
-                "new_bytes": dir_bytes(repo) - before, **_usage(result)}
+                "new_bytes": dir_bytes(repo) - before,
+                "files_cache": result.get("files_cache"), **_usage(result)}
 
     def restore(self, volume: str, repo: str, *extra: str) -> dict:
         """Restore `volume`'s latest snapshot into a new volume (its name: `volume` below)."""
@@ -124,6 +128,31 @@ def chunk_objects(repo: str) -> int:
     """Data objects: chunks (chunked layout) or packs (packed)."""
     return sum(len(files) for top in ("chunks", "packs")
                for _, _, files in os.walk(os.path.join(repo, top)))
+
+
+def objects_by_kind(repo: str) -> dict[str, int]:
+    """Objects under each of a repository's data folders (chunks/, packs/, index/)."""
+    return {top: sum(len(files) for _, _, files in os.walk(os.path.join(repo, top)))
+            for top in ("chunks", "packs", "index")}
+
+
+def indexed_blobs(repo: str) -> int:
+    """Blob entries in a packed repository's index objects (the header's blob count,
+    docs/format.md "Index objects"): what a backup holds in memory, about 51 bytes each."""
+    total = 0
+    folder = os.path.join(repo, "index")
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        with open(os.path.join(folder, name), "rb") as f:
+            magic, _, _, _, blobs = struct.unpack("<7sBBII", f.read(17))
+        if magic != b"VBINDEX":
+            raise StepFailed(f"index/{name} is not an index object")
+        total += blobs
+    return total
+
+
+def size_name(n: int) -> str:
+    """As `init --chunk-size` spells it: 512K, 1M."""
+    return f"{n >> 20}M" if n % (1 << 20) == 0 else f"{n >> 10}K"
 
 
 def med(values: list[float]) -> float:
@@ -301,10 +330,12 @@ def sizes(bench: Dedup, volume: str, mountpoint: str, mib: float, seed: int, rep
     return out
 
 
-def daily(bench: Dedup, mib: int, days: int, seed: int, chunk_size: str = "1M") -> dict:
+def daily(bench: Dedup, mib: int, days: int, seed: int, chunk_size: str = "default") -> dict:
     volume, mountpoint = bench.volume("daily")
     stats = uniquevolume.fill(mountpoint, mib, seed)
     repo = bench.repo(chunk_size)
+    with open(os.path.join(repo, "config")) as f:
+        chunker = json.load(f)["chunker"]
     rows = []
     for day in range(days):
         if day:
@@ -314,7 +345,9 @@ def daily(bench: Dedup, mib: int, days: int, seed: int, chunk_size: str = "1M") 
     full = rows[0]["new_bytes"]
     out = {"volume": stats, "days": days, "full_snapshot_bytes": full,
            "repo_bytes": rows[-1]["repo_bytes"], "repo_vs_full": round(rows[-1]["repo_bytes"] / full, 3),
-           "chunk_objects": chunk_objects(repo), "rows": rows}
+           "chunk_objects": chunk_objects(repo), "objects": objects_by_kind(repo),
+           "indexed_blobs": indexed_blobs(repo),
+           "chunk_size": size_name(chunker["avg_size"]), "chunker": chunker, "rows": rows}
     shutil.rmtree(repo)
     return out
 
@@ -407,10 +440,13 @@ def report(result: dict) -> str:
                          f"{row['changed_new_objects']:>11.0f}")
     if "daily" in result:
         d = result["daily"]
-        lines += ["", f"DAILY ({d['days']} snapshots of {d['volume']['mib']:.0f} MiB changing 1 % a day)",
+        o = d["objects"]
+        lines += ["", f"DAILY ({d['days']} snapshots of {d['volume']['mib']:.0f} MiB changing 1 % a day; "
+                      f"chunk size {d['chunk_size']})",
                   f"  repository {d['repo_bytes'] / MIB:.1f} MiB = {d['repo_vs_full']:.3f}x one full "
-                  f"snapshot ({d['full_snapshot_bytes'] / MIB:.1f} MiB; target <= 1.5x); "
-                  f"{d['chunk_objects']} chunks",
+                  f"snapshot ({d['full_snapshot_bytes'] / MIB:.1f} MiB; target <= 1.4x); "
+                  f"{o['chunks']} chunk objects, {o['packs']} packs, {o['index']} index objects "
+                  f"naming {d['indexed_blobs']} blobs",
                   "  new MiB per day: " + " ".join(f"{r['new_bytes'] / MIB:.1f}" for r in d["rows"][1:])]
     if "rss" in result:
         lines += ["", "PEAK RSS (chunked repository, 1 run each; target < 150 MB and flat)",
@@ -452,16 +488,17 @@ def main() -> int:
                    help=f"comma-separated, of {','.join(SECTIONS)} (default speed,dedup,sizes)")
     p.add_argument("--daily-mib", type=int, default=256)
     p.add_argument("--days", type=int, default=30)
-    p.add_argument("--daily-chunk-size", default="1M", help="init --chunk-size of the daily "
-                   "section's repository (default 1M)")
+    p.add_argument("--daily-chunk-size", default="default", help="init --chunk-size of the "
+                   "daily section's repository (default: the layout's, 512K packed, 1M chunked)")
     p.add_argument("--rss-sizes", default="1024,2048,4096")
     p.add_argument("--prune-chunks", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--no-direct", action="store_true", help="volbackup backup/restore --no-direct")
     p.add_argument("--chunker", choices=("members", "stream"),
                    help="volbackup init --chunker (default: volbackup's default, members)")
-    p.add_argument("--layout", choices=("chunked", "packed"),
-                   help="volbackup init --layout (default: volbackup's default, chunked)")
+    p.add_argument("--layout", choices=("chunked", "packed"), default="chunked",
+                   help="volbackup init --layout (default chunked, what the sections measure "
+                        "in docs/performance.md; volbackup init's own default is packed)")
     p.add_argument("--quick", action="store_true",
                    help="every section at toy sizes (16 MiB, 1 round, 3 days, 500 chunks)")
     p.add_argument("--json", metavar="PATH", help="write all raw numbers to PATH")
@@ -476,8 +513,7 @@ def main() -> int:
         benchrun.VOLBACKUP_ARGS.append("--no-direct")
     if args.chunker:
         INIT_ARGS.extend(["--chunker", args.chunker])
-    if args.layout:
-        INIT_ARGS.extend(["--layout", args.layout])
+    INIT_ARGS.extend(["--layout", args.layout])
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -88,7 +88,7 @@ def main() -> int:
         bucket = f"vbbench-{secrets.token_hex(3)}"
         boto3.client("s3").create_bucket(Bucket=bucket)
         url = f"s3://{bucket}/repo"
-        timed([*volbackup_cmd(), "init", "-r", url], "volbackup init")
+        timed([*volbackup_cmd(), "init", "-r", url, "--layout", "chunked"], "volbackup init")
         started = time.monotonic()
         server.stdin.write(f"{bucket} repo {args.chunks}\n")
         server.stdin.flush()

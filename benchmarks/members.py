@@ -57,7 +57,7 @@ def measure(members: int, layout: str, client) -> dict:
         write_tar(source, members)
         os.mkdir(repo)
         if layout == "chunked":
-            run("init", "-r", repo)
+            run("init", "-r", repo, "--layout", "chunked")
         try:
             out = {"members": members, "layout": layout}
             out["import_mib"] = run("import", source, "--volume", volume, "-r", repo, "-q")

@@ -51,7 +51,7 @@ def run(*args: str) -> tuple[float, float]:
 def measure(mib: int, client, layout: str = "archive") -> dict:
     with tempfile.TemporaryDirectory() as repo:
         if layout == "chunked":
-            run("init", "-r", repo)
+            run("init", "-r", repo, "--layout", "chunked")
         return {**round_trip(mib, client, repo), "layout": layout}
 
 

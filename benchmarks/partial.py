@@ -98,7 +98,7 @@ def run(*args: str) -> None:
 
 
 def measure(store: str, url: str, volume: str, client, local: str | None) -> list[dict]:
-    run("init", "-r", url)
+    run("init", "-r", url, "--layout", "chunked")
     started = time.monotonic()
     run("backup", volume, "-r", url)
     backup_seconds = time.monotonic() - started

@@ -134,7 +134,7 @@ def measure(store: str, mib: int, layout: str, client, stack: ExitStack) -> dict
         os.environ.update(env)
         try:
             if layout == "chunked":
-                run("init", "-r", url)
+                run("init", "-r", url, "--layout", "chunked")
             return {"store": store, "layout": layout, **round_trip(mib, client, url)}
         finally:
             for k, v in saved.items():

@@ -108,7 +108,9 @@ def test_dump_of_a_directory_is_a_tar_of_it(corpus, repo_dir, cli, tmp_path):
     want = {".", "dir", "dir/sub"} | {f"dir/{n}" for n in os.listdir(f"{root}/dir")} | {
         f"dir/sub/{n}" for n in os.listdir(f"{root}/dir/sub")}
     # and the entry holding the data of dir/'s hard links, where the stream has it first
-    assert set(members) - want == {members["dir/hardlink-a"].linkname.lstrip("./")}
+    # (outside dir/ in readdir order; in name order, as a packed backup reads, dir/ has it)
+    holder = members["dir/hardlink-a"].linkname.lstrip("./")
+    assert set(members) - want == ({holder} if holder else set())
     assert got == b"one inode, two names\n"
     whole = io.BytesIO(dump_bytes(repo_dir, volume, "/"))
     with tarfile.open(fileobj=whole) as t:

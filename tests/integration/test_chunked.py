@@ -35,7 +35,9 @@ def ok(*args: str, env: dict | None = None):
 
 
 def init(repo, *extra: str) -> None:
-    ok("init", "-r", str(repo), *extra)
+    """A chunked repository (this module's subject), or the layout `extra` names."""
+    layout = [] if "--layout" in extra else ["--layout", "chunked"]
+    ok("init", "-r", str(repo), *layout, *extra)
 
 
 def backed_up(volume: str, repo, *extra: str) -> dict:

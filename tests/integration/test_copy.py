@@ -7,23 +7,29 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.integration.corpus import differences, tree, write_corpus
 
 
+@pytest.mark.parametrize("layout", ["chunked", "packed"])
 def test_a_volume_restores_from_its_copy_in_s3(make_volume, mountpoint, names, repo_dir,
-                                               s3_bucket, cli):
+                                               s3_bucket, cli, layout):
+    """Between two plain repositories of one layout only what the target lacks is sent:
+    chunks and their lists (chunked), blobs found through the trees (packed)."""
     volume = make_volume("copysrc")
     write_corpus(mountpoint(volume.name))
     expected = tree(mountpoint(volume.name))
-    assert cli("init", "-r", str(repo_dir)).code == 0
+    assert cli("init", "-r", str(repo_dir), "--layout", layout).code == 0
     backed = cli("backup", volume.name, "-r", str(repo_dir))
     assert backed.code == 0, backed.stderr
     offsite = f"s3://{s3_bucket}/offsite"
-    assert cli("init", "-r", offsite).code == 0
+    assert cli("init", "-r", offsite, "--layout", layout).code == 0
     copied = cli("copy", volume.name, "-r", str(repo_dir), "--to", offsite, "--json")
     assert copied.code == 0, copied.stderr
     (entry,) = json.loads(copied.stdout)["snapshots"]
-    assert entry["status"] == "copied" and entry["how"] == "chunks"
+    assert entry["status"] == "copied"
+    assert entry["how"] == {"chunked": "chunks", "packed": "blobs"}[layout]
     assert entry["chunks_sent"] == entry["chunks"] > 0
     again = cli("copy", "--all", "-r", str(repo_dir), "--to", offsite, "--json")
     assert [s["objects_written"] for s in json.loads(again.stdout)["snapshots"]] == [0]

@@ -44,7 +44,7 @@ def _statuses(checks: dict) -> dict:
     return {name: c["status"] for name, c in checks.items()}
 
 
-@pytest.mark.parametrize("layout", ["archive", "chunked"])
+@pytest.mark.parametrize("layout", ["archive", "chunked", "packed"])
 def test_a_healthy_repository_is_ok_throughout(cli, make_volume, mountpoint, repo_dir, layout):
     make_layout(str(repo_dir), layout)
     volume = make_volume("data")
@@ -62,8 +62,8 @@ def test_a_healthy_repository_is_ok_throughout(cli, make_volume, mountpoint, rep
                  "unfinished writes"):
         assert checks[name]["status"] == "ok", checks[name]
     assert checks["repository"]["details"]["layout"] == layout
-    assert checks["repository"]["details"]["format_version"] == (None if layout == "archive"
-                                                                 else 1)
+    assert checks["repository"]["details"]["format_version"] == {
+        "archive": None, "chunked": 1, "packed": 3}[layout]
     assert checks["engine"]["details"]["version"]
     assert checks["repository space"]["details"]["free_bytes"] > 0
     assert checks["clock"]["details"]["newest_snapshot"].startswith(volume.name + "@")

@@ -78,8 +78,9 @@ def make_keys(tmp_path: Path, *extra_init: str, name: str = "repo") -> Keys:
     repo.mkdir()
     identity, carrying = tmp_path / f"{name}-id.txt", tmp_path / f"{name}-id+key.txt"
     recipient, secret = new_identity(identity)
+    layout = [] if "--layout" in extra_init else ["--layout", "chunked"]   # this module's
     init = run_cli("init", "-r", str(repo), "--encrypt-to", recipient, "--key-file",
-                   str(key_file), "--chunk-size", "512K", *extra_init)
+                   str(key_file), "--chunk-size", "512K", *layout, *extra_init)
     assert init.code == 0, init.stderr
     assert secret not in init.stdout + init.stderr
     carrying.write_text(identity.read_text() + key_file.read_text())
@@ -233,7 +234,7 @@ def test_an_encrypted_repository_on_s3(tmp_path, s3_bucket, s3_client, make_volu
     assert contents(mountpoint(target)) == contents(mountpoint(volume.name))
     assert secret not in restore.stdout + restore.stderr + backup.stdout + backup.stderr
     objects = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="enc/")["Contents"]
-    assert len(objects) >= 4  # config, manifest, chunk list, a chunk
+    assert len(objects) >= 4  # config, manifest, a pack and an index (init's default: packed)
     for item in objects:
         data = s3_client.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
         for marker in MARKERS:

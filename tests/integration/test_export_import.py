@@ -26,8 +26,8 @@ MTIME = 1_650_000_000
 
 
 def _layout(cli, repo: str, layout: str) -> str:
-    if layout == "chunked":
-        made = cli("init", "-r", repo)
+    if layout in ("chunked", "packed"):
+        made = cli("init", "-r", repo, "--layout", layout)
         assert made.code == 0, made.stderr
     return repo
 
@@ -45,7 +45,7 @@ def _snapshots(cli, repo: str) -> list[str]:
     return [s["snapshot"] for s in json.loads(listed.stdout)["snapshots"]]
 
 
-@pytest.mark.parametrize("layout", ["archive", "chunked"])
+@pytest.mark.parametrize("layout", ["archive", "chunked", "packed"])
 def test_export_extracts_with_stock_tools_to_the_volume(layout, make_volume, mountpoint, repo_dir,
                                                         tmp_path, cli):
     repo = _layout(cli, str(repo_dir), layout)
@@ -145,7 +145,7 @@ COMPRESSORS = {"tar": "cat", "gzip": "gzip -c", "bzip2": "bzip2 -c", "xz": "xz -
 
 @pytest.mark.parametrize("kind,layout", [("tar", "archive"), ("gzip", "archive"),
                                          ("bzip2", "archive"), ("xz", "chunked"),
-                                         ("zstd", "chunked")])
+                                         ("zstd", "packed")])
 def test_import_each_format_restores_to_the_source(kind, layout, names, mountpoint, repo_dir,
                                                    tmp_path, cli):
     repo = _layout(cli, str(repo_dir), layout)
@@ -165,7 +165,9 @@ def test_import_each_format_restores_to_the_source(kind, layout, names, mountpoi
     manifest = show.get("manifest", show)
     assert manifest["source_kind"] == "import" and manifest["driver"] == "local"
     assert manifest["labels"] == {"app": "shop", "tier": "db"}
-    assert manifest["layout"] == layout
+    # a packed repository's snapshots are chunked ones written as trees (format version 4)
+    assert manifest["layout"] == ("archive" if layout == "archive" else "chunked")
+    assert (manifest["format_version"] == 4) == (layout == "packed")
 
     target = names("restored")
     restored = cli("restore", volume, "-r", repo, "--as", target)

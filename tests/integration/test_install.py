@@ -82,6 +82,7 @@ def test_the_quickstart_in_the_fresh_install(installed, tmp_path, make_volume, m
     repo = tmp_path / "r"
     out = run([installed / "volbackup", "init", "-r", repo], cwd=tmp_path).stdout
     assert f"created directory {repo} (mode 0700)" in out
+    assert f"created packed repository {repo} (id " in out
     assert (repo / "config").is_file()
     out = run([installed / "volbackup", "backup", volume.name, "-r", repo], cwd=tmp_path).stdout
     assert f"{volume.name}: snapshot {volume.name}@" in out

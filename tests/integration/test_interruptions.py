@@ -243,9 +243,10 @@ def test_three_ctrl_c_during_the_put_back_start_every_container_and_run_post_hoo
 # -- a restore racing a prune (restores take no lock)
 
 
+@pytest.mark.parametrize("layout", ["packed", "chunked"])
 @pytest.mark.parametrize("use_direct", [True, False], ids=["direct", "engine"])
 def test_a_restore_racing_a_prune_says_so(big_volume, repo_dir, cli, client, names, engine,
-                                          mountpoint, use_direct):
+                                          mountpoint, use_direct, layout):
     """A real prune (`prune --keep-last 1`, its own lock) runs while the restore reads the
     older snapshot, started from the restore's progress callback at its first piece: the
     restore fails with its own message and exit 20, not "chunk ... is missing" (exit 6),
@@ -257,7 +258,7 @@ def test_a_restore_racing_a_prune_says_so(big_volume, repo_dir, cli, client, nam
     from volbackup.repo.repository import Repository
     from volbackup.repo.retention import Rules
 
-    assert cli("init", "-r", str(repo_dir)).code == 0
+    assert cli("init", "-r", str(repo_dir), "--layout", layout).code == 0
     old = json.loads(cli("backup", big_volume, "-r", str(repo_dir), "--json").stdout)
     random_file(mountpoint(big_volume))  # other data, other chunks
     assert cli("backup", big_volume, "-r", str(repo_dir)).code == 0

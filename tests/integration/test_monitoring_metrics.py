@@ -15,12 +15,15 @@ from tests.integration.helpers import fill
 from tests.integration.test_scheduling import write_config
 from tests.monitoring import (SCRAPE_LABELS, dashboard_exprs, file_series, metric_names,
                               rule_exprs, rules_test_series)
+from tests.integration.conftest import make_layout
 from volbackup.ops.report import _HELP as WRITTEN
 
 
 @pytest.fixture
 def real_metrics(cli, repo_dir, tmp_path, make_volume, mountpoint) -> dict:
-    """Two runs of a job with keep rules: the second has a previous stored size and a prune."""
+    """Two runs of a job with keep rules: the second has a previous stored size and a prune.
+    A packed repository read directly: the files cache's metrics are written too."""
+    make_layout(str(repo_dir), "packed")
     name = make_volume("mon").name
     metrics = tmp_path / "volbackup.prom"
     config = write_config(tmp_path / "c.toml", str(repo_dir), [name], metrics_file=str(metrics),

@@ -33,7 +33,8 @@ def test_chunked_encrypted_round_trip(opendal_repo, tmp_path, make_volume, mount
     repo = opendal_repo
     recipient, secret = new_identity(tmp_path / "id.txt")
     key = ("--key-file", str(tmp_path / "repo.key"))
-    ok("init", "-r", repo, "--encrypt-to", recipient, *key, "--chunk-size", "512K")
+    ok("init", "-r", repo, "--encrypt-to", recipient, *key, "--chunk-size", "512K",
+       "--layout", "chunked")
     checks = {c["name"]: c for c in json.loads(ok("doctor", "-r", repo, "--json", *key))["checks"]}
     assert checks["repository"]["status"] == "ok", checks["repository"]
     assert checks["repository"]["reason"].startswith(f"{repo}: reachable, writable, chunked")
@@ -129,7 +130,7 @@ def test_a_server_gone_mid_backup_leaves_no_snapshot_and_the_next_run_works(
     repo, relay = relayed_repo
     monkeypatch.setenv("VOLBACKUP_STORE_ATTEMPTS", "2")
     try:
-        ok("init", "-r", repo, "--chunk-size", "512K")
+        ok("init", "-r", repo, "--chunk-size", "512K", "--layout", "chunked")   # chunks/ counted
         volume = make_volume("big")
         random_file(mountpoint(volume.name), size=48 << 20)   # still writing when cut
         proc = subprocess.Popen([sys.executable, "-m", "volbackup", "backup", volume.name,

@@ -1,6 +1,6 @@
-"""In a chunked repository a partial read fetches only the chunks that hold what it
-wants: a single-file restore out of a volume of many chunks reads a handful of chunk
-objects (counted at the backend, not timed), locally and on S3."""
+"""A partial read fetches only the chunks that hold what it wants: a single-file restore
+out of a volume of many chunks reads a handful of chunk objects in a chunked repository, a
+few ranges of packs in a packed one (counted at the backend, not timed), locally and on S3."""
 
 from __future__ import annotations
 
@@ -36,13 +36,19 @@ def counting_repo(url: str) -> tuple[Repository, CountingBackend]:
     return repo, backend
 
 
-def test_a_single_file_reads_a_handful_of_chunks(url, cli, make_volume, mountpoint, names):
+def source_volume(make_volume, mountpoint):
+    """24 MiB in three files, and two small ones beside them."""
     source = make_volume("src")
     root = mountpoint(source.name)
     for i in range(3):
         fill(root, {f"data/part-{i}.bin": os.urandom(DATA_MIB // 3 << 20)})
     fill(root, {"conf/app.ini": b"[app]\nport = 5432\n", "conf/other.ini": b"x\n"})
-    assert cli("init", "-r", url).code == 0
+    return source
+
+
+def test_a_single_file_reads_a_handful_of_chunks(url, cli, make_volume, mountpoint, names):
+    source = source_volume(make_volume, mountpoint)
+    assert cli("init", "-r", url, "--layout", "chunked").code == 0   # chunk objects counted
     backed_up = cli("backup", source.name, "-r", url)
     assert backed_up.code == 0, backed_up.stderr
 
@@ -69,3 +75,38 @@ def test_a_single_file_reads_a_handful_of_chunks(url, cli, make_volume, mountpoi
     backend.reset()  # the counter sees every chunk a whole read fetches
     repo.unpacker(manifest).drain()
     assert backend.objects["chunks"] >= manifest.chunks > catalog_chunks + HANDFUL
+
+
+def test_a_single_file_in_a_packed_repository_reads_a_few_ranges(url, cli, make_volume,
+                                                                mountpoint, names):
+    """What `init` makes by default: a blob is a ranged read of its pack, so a single file
+    costs a few small requests, never a pack read whole."""
+    source = source_volume(make_volume, mountpoint)
+    assert cli("init", "-r", url).code == 0
+    backed_up = cli("backup", source.name, "-r", url)
+    assert backed_up.code == 0, backed_up.stderr
+
+    repo, backend = counting_repo(url)
+    assert repo.layout.name == "packed"
+    (manifest,) = repo.snapshots(source.name).snapshots
+    (entry,) = [e for e in repo.select(manifest, Selection(include=("conf/app.ini",)))()
+                if e.path == "conf/app.ini"]
+    data = b"".join(file_bytes(repo.partial(manifest, lambda: iter([entry])).chunks(), entry))
+    assert data == b"[app]\nport = 5432\n"
+    partial = backend.bytes["packs"]
+    assert backend.objects["packs"] == 0 and 0 < partial < manifest.stored_bytes / 8, (
+        dict(backend.requests), dict(backend.bytes))
+
+    backend.reset()
+    target = names("part")
+    (done,) = restore(Engine.connect(), repo, [manifest.snapshot], target,
+                      options=RestoreOptions(paths=Selection(include=("conf/app.ini",)))).volumes
+    assert not done.failed, done.message
+    assert contents(mountpoint(target)) == {"conf/app.ini": b"[app]\nport = 5432\n"}
+    assert backend.bytes["packs"] < manifest.stored_bytes / 8, dict(backend.bytes)
+    print(f"packed, one file: {dict(backend.requests)} requests, {dict(backend.bytes)} bytes "
+          f"of {manifest.stored_bytes} stored")
+
+    backend.reset()  # the counter sees every blob a whole read fetches
+    repo.unpacker(manifest).drain()
+    assert backend.bytes["packs"] >= DATA_MIB << 20 > 8 * partial, dict(backend.bytes)

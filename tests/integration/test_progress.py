@@ -106,10 +106,10 @@ def test_quiet_silences_the_terminal(snapshot, repo_dir, where):
         assert stdout  # the result still prints
 
 
-@pytest.mark.parametrize("layout", ["archive", "chunked"])
+@pytest.mark.parametrize("layout", ["archive", "chunked", "packed"])
 def test_prune_shows_the_bytes_it_removes(make_volume, mountpoint, repo_dir, cli, layout):
-    if layout == "chunked":
-        assert cli("init", "-r", str(repo_dir)).code == 0
+    if layout != "archive":
+        assert cli("init", "-r", str(repo_dir), "--layout", layout).code == 0
     volume = make_volume("prune")
     for _ in range(2):  # two different contents: the first snapshot's chunks become garbage
         fill(mountpoint(volume.name), {"data.bin": os.urandom(4 << 20)})
@@ -117,6 +117,7 @@ def test_prune_shows_the_bytes_it_removes(make_volume, mountpoint, repo_dir, cli
     code, stdout, shown = on_terminal("prune", "-r", str(repo_dir), "--keep-last", "1",
                                       "--leftover-age", "0")
     assert code == 0, shown[-500:]
-    label = b"removing snapshots" if layout == "archive" else b"removing chunks"
+    label = {"archive": b"removing snapshots", "chunked": b"removing chunks",
+             "packed": b"removing packs"}[layout]
     assert label in shown and WITH_TOTAL.search(shown), shown[-500:]
     assert b"removed" in stdout

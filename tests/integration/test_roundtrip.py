@@ -102,7 +102,7 @@ def test_manifest_records_the_volume(corpus, cli):
         assert not archive.exists() and manifest["sha256"] == "" and manifest["chunks"] is None
         assert manifest["data"]["blobs"] == manifest["new_chunks"] > 0
         assert manifest["data"]["bytes"] == manifest["bytes"]
-        assert manifest["catalog"]["version"] == 2
+        assert manifest["catalog"]["version"] == 3
         assert sorted(p.name for p in archive.parent.iterdir()) == [
             archive.name.replace(".tree", ".json")]
         packs = list(Path(corpus["repo"], "packs").rglob("*/*"))

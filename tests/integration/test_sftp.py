@@ -90,7 +90,7 @@ def test_an_encrypted_repository_on_sftp(tmp_path, make_volume, mountpoint, name
     assert contents(mountpoint(target)) == contents(mountpoint(volume.name))
     assert secret not in restore.stdout + restore.stderr + backup.stdout + backup.stderr
     files = stored_files(sftp_repo)
-    assert len(files) >= 4  # config, manifest, chunk list, a chunk
+    assert len(files) >= 4  # config, manifest, a pack and an index (init's default: packed)
     for path in files:
         data = path.read_bytes()
         for marker in MARKERS:
@@ -112,7 +112,7 @@ def test_a_server_that_goes_away_mid_backup_leaves_no_half_snapshot(
         make_volume, mountpoint, sftp_server, sftp_repo):
     volume = make_volume("big")
     random_file(mountpoint(volume.name), "data.bin", 96 << 20)
-    ok("init", "-r", sftp_repo)
+    ok("init", "-r", sftp_repo, "--layout", "chunked")   # stopped after 20 chunk objects
     root = on_server(sftp_repo)
     env = {**os.environ, "VOLBACKUP_SFTP_ATTEMPTS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "volbackup", "backup", volume.name,
@@ -181,7 +181,7 @@ def small_twins(make_volume, mountpoint, tmp_path):
 def test_two_backups_at_once_share_chunks(small_twins, sftp_repo):
     """Two processes writing the same chunks into one SFTP repository at once (the same
     temp-then-rename, and directories made by whichever gets there first)."""
-    ok("init", "-r", sftp_repo, "--chunk-size", "512K")
+    ok("init", "-r", sftp_repo, "--chunk-size", "512K", "--layout", "chunked")
     a, b = concurrent_backups(small_twins, sftp_repo)
     stored = [p for p in (on_server(sftp_repo) / "chunks").rglob("*")
               if p.is_file() and not p.name.startswith(".")]

@@ -76,7 +76,7 @@ def test_entries_read_back_as_version_1_gives_them(files):
     field = _write(store, tar)
     got = list(entries(store, field, len(tar), KEY, "snapshot x"))
     assert got == _version1(tar)
-    assert field["entries"] == len(got) and field["version"] == 2
+    assert field["entries"] == len(got) and field["version"] == 3
     assert {store.kinds[i] for i in store.blobs} == {CATALOG, TREE}
     if files == 3000:
         assert field["blobs"] > 5  # cut by the lines' hashes, ~256 lines a piece
@@ -88,7 +88,7 @@ def test_the_empty_catalogue():
     store = FakeStore()
     writer = CatalogTreeWriter(store, 3, KEY)
     field = writer.finish(0)
-    assert field == {"version": 2, "entries": 0, "root": "", "length": 0, "height": 0,
+    assert field == {"version": 3, "entries": 0, "root": "", "length": 0, "height": 0,
                      "blobs": 0, "bytes": 0}
     assert list(entries(store, field, 1024, KEY, "x")) == []
     assert not store.blobs

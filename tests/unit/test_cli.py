@@ -10,9 +10,13 @@ from pyrage import x25519
 
 from tests.conftest import umask
 
+from tests.unit.chunkrepos import volume_tar
+from tests.unit.manifests import make_manifest
 from volbackup import __version__
 from volbackup.cli import COMMAND_MODULES, all_commands
 from volbackup.cli import main
+from volbackup.repo.backends import LocalBackend
+from volbackup.repo.repository import Repository
 
 
 def run(capsys, *args):
@@ -83,7 +87,7 @@ def test_init_makes_a_missing_directory_0700_and_says_so(capsys, tmp_path):
         code, out, err = run(capsys, "init", "-r", str(target))
     assert code == 0, err
     assert out.splitlines()[0] == f"created directory {target} (mode 0700)"
-    assert "created chunked repository" in out.splitlines()[1]
+    assert "created packed repository" in out.splitlines()[1]
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
     assert (target / "config").is_file()
     code, out, _ = run(capsys, "init", "-r", str(tmp_path / "json-repo"), "--json")
@@ -92,6 +96,57 @@ def test_init_makes_a_missing_directory_0700_and_says_so(capsys, tmp_path):
     code, out, _ = run(capsys, "init", "-r", str(tmp_path / "existing"), "--json")
     assert code == 0 and json.loads(out)["created_directory"] is False
     assert stat.S_IMODE((tmp_path / "existing").stat().st_mode) == 0o750  # not its to change
+
+
+def test_init_makes_a_packed_repository_unless_told_chunked(capsys, tmp_path):
+    """Packed by default (issue 24), with chunks of 512 KiB; `--layout chunked` still makes
+    what init made before, 1 MiB chunks and no pack size; the sizes are in the config."""
+    code, out, err = run(capsys, "init", "-r", str(tmp_path / "packed"), "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["layout"] == "packed" and made["pack_size"] == 16 << 20
+    assert (made["chunker"]["min_size"], made["chunker"]["avg_size"],
+            made["chunker"]["max_size"]) == (128 << 10, 512 << 10, 2 << 20)
+    assert made["chunker"]["algorithm"] == "fastcdc-2020-each-member"
+    config = json.loads((tmp_path / "packed" / "config").read_text())
+    assert config["layout"] == "packed" and config["chunker"]["avg_size"] == 512 << 10
+    code, out, err = run(capsys, "init", "-r", str(tmp_path / "packed-text"))
+    assert code == 0, err
+    assert "created packed repository" in out and "chunks of about 640.0 KiB, packs of " \
+        "16.0 MiB" in out, out
+
+    code, out, err = run(capsys, "init", "-r", str(tmp_path / "chunked"), "--layout", "chunked",
+                         "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["layout"] == "chunked" and made["pack_size"] is None
+    assert (made["chunker"]["min_size"], made["chunker"]["avg_size"],
+            made["chunker"]["max_size"]) == (256 << 10, 1 << 20, 4 << 20)
+    config = json.loads((tmp_path / "chunked" / "config").read_text())
+    assert config["layout"] == "chunked" and "pack_size" not in config
+    assert config["format_version"] == 1      # what the versions before packs wrote
+
+    code, out, err = run(capsys, "init", "-r", str(tmp_path / "packed-1m"), "--chunk-size", "1M",
+                         "--json")
+    assert code == 0 and json.loads(out)["chunker"]["avg_size"] == 1 << 20, err
+    code, _, err = run(capsys, "init", "-r", str(tmp_path / "bad"), "--layout", "archive")
+    assert code == 2 and "'archive' is not one of 'packed', 'chunked'" in err, err
+
+
+def test_init_over_archive_snapshots_says_new_ones_are_packed(capsys, tmp_path):
+    """An archive-layout repository's snapshots stay; init says what the new ones will be."""
+    old = Repository(LocalBackend(tmp_path))
+    snapshot = "pgdata@20261101T000000Z-0001"
+    with old.snapshot_writer(snapshot) as writer:
+        packed = writer.pack([volume_tar(seed=3)], 3)
+    old.commit(make_manifest(snapshot, "2026-11-01T00:00:00.000Z", archive=writer.archive,
+                             bytes=packed.bytes, stored_bytes=packed.stored_bytes,
+                             sha256=packed.sha256, entries=packed.entries))
+    code, out, err = run(capsys, "init", "-r", str(tmp_path))
+    assert code == 0, err
+    assert out.splitlines()[-1] == ("its 1 existing snapshots keep the archive layout and stay "
+                                    "readable; new ones are packed")
+    assert Repository.open(str(tmp_path)).layout.name == "packed"
 
 
 def test_init_makes_no_parents(capsys, tmp_path):

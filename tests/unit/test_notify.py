@@ -34,6 +34,17 @@ def test_the_message_says_what_failed_and_why():
     ]
 
 
+def test_the_message_says_how_many_files_were_unchanged():
+    cache = {"parent": "pgdata@x", "files_read": 3, "bytes_read": 1, "files_reused": 97,
+             "bytes_reused": 1, "problem": None}
+    volumes = [{**SUMMARY["volumes"][0], "files_cache": cache},
+               {**SUMMARY["volumes"][0], "volume": "first",
+                "files_cache": {**cache, "parent": None, "files_reused": 0}}]
+    _, body = notify.message({**SUMMARY, "volumes": volumes})
+    assert "ok pgdata: 5.0 MiB -> 1.0 MiB in 3.2s, 97 unchanged files not read" in body
+    assert "ok first: 5.0 MiB -> 1.0 MiB in 3.2s\n" in body
+
+
 def test_a_run_that_never_started_still_says_why():
     title, body = notify.message({**SUMMARY, "volumes": [], "prune": None, "exit_code": 5,
                                   "message": "repository s3://b is not reachable"})

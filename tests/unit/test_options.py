@@ -18,7 +18,7 @@ from volbackup.stream.catalog import Selection
 def test_backup_defaults():
     assert BackupOptions() == BackupOptions(
         level=3, quiesce=None, stop_timeout=10, retries=2, use_direct=None, jobs=1,
-        exclude_paths=(), safety_for=None)
+        exclude_paths=(), safety_for=None, read_all=False, parent=None, settle=2.0)
 
 
 def test_restore_defaults():
@@ -42,7 +42,8 @@ def _cli_defaults(command: str) -> dict:
     ("backup", BackupOptions(), {"level": "level", "quiesce": "quiesce",
                                  "stop_timeout": "stop_timeout", "retries": "retries",
                                  "jobs": "jobs", "use_direct": "use_direct",
-                                 "exclude_paths": "exclude_paths"}),
+                                 "exclude_paths": "exclude_paths", "read_all": "read_all",
+                                 "parent": "parent"}),
     ("restore", RestoreOptions(), {"force": "force", "safety": "safety",
                                    "use_direct": "use_direct",
                                    "trust_options": "trust_options",
@@ -64,9 +65,9 @@ def test_defaults_agree_with_the_command_line(command, options, names):
 def test_backup_defaults_agree_with_a_run_job():
     job, options = Job("j", "/r"), BackupOptions()
     assert (job.level, job.quiesce, job.stop_timeout, job.retries, job.direct, job.parallel,
-            tuple(job.exclude_paths)) == (
+            tuple(job.exclude_paths), job.read_all) == (
         options.level, options.quiesce, options.stop_timeout, options.retries,
-        options.use_direct, options.jobs, options.exclude_paths)
+        options.use_direct, options.jobs, options.exclude_paths, options.read_all)
 
 
 @pytest.mark.parametrize("given", [
@@ -92,6 +93,8 @@ def test_backup_takes_the_edges(given):
     ({"quiesce": ""}, "quiesce must be None, 'stop' or 'pause', not ''"),
     ({"use_direct": "no"}, "use_direct must be None, True or False, not 'no'"),
     ({"use_direct": 0}, "use_direct must be None, True or False, not 0"),
+    ({"settle": -1}, "settle must be 0 or more, not -1"),
+    ({"read_all": True, "parent": "v@x"}, "parent and read_all exclude each other"),
 ])
 def test_backup_refuses(given, message):
     with pytest.raises(ValueError) as e:

@@ -667,3 +667,56 @@ def test_a_reader_asked_for_a_blob_indexed_after_its_load_loads_the_index_again(
     assert reader.blobs.load(later.id, later.length)[0].startswith(b"indexed after")
     with pytest.raises(ChunkMissing, match="no index entry"):
         reader.blobs.load("ab" * 32, 10)
+
+
+# -- verify --packs: the plans it finds
+
+
+def test_verify_packs_reports_a_pending_plan_and_a_later_prune_finishes_it(
+        root, two, monkeypatch):
+    from tests.conftest import run_cli
+    from volbackup.ops.snapshots import verify_packs
+
+    stop_at(monkeypatch, "prune-planned")
+    with pytest.raises(KeyboardInterrupt):
+        pruned(root, Clock())
+    monkeypatch.undo()
+    (name,) = {p.split(".")[0] for p in plan_files(root)}
+    found = verify_packs(Repository.open(str(root)))
+    assert found.prune_plans == [name] and found.doomed_packs >= 1
+    assert found.problems == []                 # pending is not damage
+    cli = run_cli("verify", "--packs", "-r", str(root))
+    assert cli.code == 0, cli.stderr
+    assert f"1 prune plans pending ({found.doomed_packs} packs to delete: a later prune " \
+        f"finishes them)" in cli.stdout
+    assert pruned(root, never_sleeps()).chunks.adopted == 1
+    done = verify_packs(Repository.open(str(root)))
+    assert done.prune_plans == [] and done.doomed_packs == 0 and done.problems == []
+
+
+def test_verify_packs_reports_a_plan_whose_mac_fails(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+    from tests.unit.test_encryption import age_identity
+    from volbackup.ops.snapshots import verify_packs
+    from volbackup.repo.config import RepoConfig
+    from volbackup.repo.sealing import Secrets
+
+    root, key_file = tmp_path / "repo", tmp_path / "repo.key"
+    root.mkdir()
+    Repository.init(str(root), config=RepoConfig.new(avg_size=4096, layout=PACKED),
+                    encrypt_to=[age_identity(tmp_path / "id")], key_file=str(key_file))
+    repo = Repository.open(str(root), secrets=Secrets(key_file=str(key_file)))
+    backup(repo, OLD)
+    plan = pruneplan.Plan(pruneplan.new_name(datetime.now(timezone.utc)), "locks/x.json",
+                          "2026-12-07T00:00:00Z", ["ab" * 32], [])
+    pruneplan.write_plan(repo.backend, plan, keyed(b"not the key" * 3))   # no key: forged
+    found = verify_packs(Repository.open(str(root), secrets=Secrets(key_file=str(key_file))))
+    assert found.prune_plans == [] and found.doomed_packs == 0
+    assert len(found.problems) == 1 and plan.name in found.problems[0]
+    assert "not authentic" in found.problems[0]
+    cli = run_cli("verify", "--packs", "-r", str(root), "--key-file", str(key_file), "--json")
+    assert cli.code == 6 and "Traceback" not in cli.stderr
+    packs = json.loads(cli.stdout)["packs"]
+    assert packs["prune_plans"] == [] and "not authentic" in packs["problems"][0]

@@ -11,7 +11,8 @@ from tests.unit.chunkrepos import backup, chunked_repo, restored, volume_tar
 from tests.unit.manifests import make_manifest
 from volbackup.errors import RepositoryError
 from volbackup.repo.backends import LocalBackend
-from volbackup.repo.config import CONFIG_KEY, PACKED, RepoConfig
+from volbackup.repo.config import (CHUNKED, CONFIG_KEY, DEFAULT_AVG, DEFAULT_PACKED_AVG, PACKED,
+                                   RepoConfig)
 from volbackup.repo.repository import Repository
 from volbackup.stream import archive
 
@@ -48,6 +49,22 @@ def test_a_packed_config_round_trips_and_a_chunked_one_has_no_pack_size():
     assert RepoConfig.from_json(packed.to_json(), "config") == packed
     assert (packed.layout, packed.format_version, packed.pack_size) == (PACKED, 3, 4 << 20)
     assert b"pack_size" not in RepoConfig.new().to_json()     # as versions before packs
+
+
+def test_each_layout_has_its_own_default_chunk_size():
+    """512 KiB in a packed repository (min 128 KiB, max 2 MiB), 1 MiB in a chunked one; the
+    three sizes are written into the config, and a repository keeps what it was made with."""
+    packed, chunked = RepoConfig.new(layout=PACKED), RepoConfig.new(layout=CHUNKED)
+    assert (packed.chunker.min_size, packed.chunker.avg_size, packed.chunker.max_size) == (
+        128 << 10, DEFAULT_PACKED_AVG, 2 << 20)
+    assert (chunked.chunker.min_size, chunked.chunker.avg_size, chunked.chunker.max_size) == (
+        256 << 10, DEFAULT_AVG, 4 << 20)
+    raw = json.loads(packed.to_json())["chunker"]
+    assert (raw["min_size"], raw["avg_size"], raw["max_size"]) == (131072, 524288, 2097152)
+    older = RepoConfig.new(avg_size=1 << 20, layout=PACKED)   # a packed one made at 1M
+    assert RepoConfig.from_json(older.to_json(), "config").chunker.avg_size == 1 << 20
+    plain = RepoConfig.new()        # the library's own default stays what it was
+    assert (plain.layout, plain.chunker.avg_size, plain.pack_size) == (CHUNKED, 1 << 20, None)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -139,6 +156,35 @@ def test_init_on_a_repository_with_a_config_refuses_and_changes_nothing(tmp_path
     backup(repo, volume_tar())
     before = files(tmp_path)
     with pytest.raises(RepositoryError, match="already a chunked repository.*nothing was changed"):
+        Repository.init(str(tmp_path))
+    assert files(tmp_path) == before
+
+
+def test_a_chunked_repository_made_before_packed_was_the_default_stays_chunked(tmp_path):
+    """Its config (as the first versions wrote it: format 1, no pack size, 1 MiB chunks) is
+    never rewritten, and backups into it still write loose chunks and a chunk list."""
+    config = (b'{\n  "chunk_hash": "sha256",\n  "chunker": {\n    "algorithm": '
+              b'"fastcdc-2020-members",\n    "avg_size": 1048576,\n    "max_size": 4194304,\n'
+              b'    "min_size": 262144,\n    "normalized_chunking": 1,\n    "seed": 1183741903\n'
+              b'  },\n  "compression": "zstd",\n  "format": "volbackup-repository",\n'
+              b'  "format_version": 1,\n  "id": "3d9c9e58e4b80d3e14203eb28abdbc85",\n'
+              b'  "layout": "chunked"\n}\n')
+    (tmp_path / CONFIG_KEY).write_bytes(config)
+    repo = Repository.open(str(tmp_path), writable=True)
+    assert repo.layout.name == "chunked" and repo.config.chunker.avg_size == 1 << 20
+    assert repo.config.to_json() == config
+    tar = volume_tar(size=3 << 20)
+    made = backup(repo, tar)
+    assert made.chunked and not made.tree and made.chunks >= 2
+    assert (tmp_path / CONFIG_KEY).read_bytes() == config
+    assert any((tmp_path / "chunks").rglob("*")) and not (tmp_path / "packs").exists()
+    assert restored(repo, made) == tar
+
+
+def test_init_on_a_packed_repository_names_its_layout(tmp_path):
+    Repository.init(str(tmp_path), config=RepoConfig.new(layout=PACKED))
+    before = files(tmp_path)
+    with pytest.raises(RepositoryError, match="already a packed repository.*nothing was changed"):
         Repository.init(str(tmp_path))
     assert files(tmp_path) == before
 

@@ -174,6 +174,21 @@ def test_metrics_parse_with_prometheus_parser():
     assert got[("volbackup_volume_success", (("backup_job", "db"), ("volume", 'we"ird')))] == 1
 
 
+def test_the_files_cache_counts_are_metrics_where_it_ran():
+    cache = {"parent": "pgdata@x", "files_read": 3, "bytes_read": 4096, "files_reused": 97,
+             "bytes_reused": 10 << 20, "problem": None}
+    volumes = [{"volume": "pgdata", "status": "ok", "bytes": 1, "stored_bytes": 1,
+                "seconds": 1.0, "files_cache": cache},
+               {"volume": "other", "status": "ok", "bytes": 1, "stored_bytes": 1,
+                "seconds": 1.0, "files_cache": None}]
+    got = samples(metrics_text(summary(volumes=volumes)))
+    pg = (("backup_job", "db"), ("volume", "pgdata"))
+    assert [got[(f"volbackup_volume_{n}", pg)] for n in (
+        "files_read", "read_bytes", "files_reused", "reused_bytes")] == [3, 4096, 97, 10 << 20]
+    other = (("backup_job", "db"), ("volume", "other"))
+    assert ("volbackup_volume_files_read", other) not in got
+
+
 def test_timestamps_keep_full_precision():
     text = metrics_text(summary(finished=1_795_939_272.592))
     assert "volbackup_run_timestamp_seconds{backup_job=\"db\"} 1795939272.592\n" in text

@@ -33,6 +33,13 @@ from volbackup.repo.repository import Repository
               help="Leave out paths inside each volume that match GLOB (repeatable): `cache` "
                    "or `*.tmp` at any depth, `/var/cache` or `logs/**` from the volume root. "
                    "Recorded in the snapshot; see the user guide.")
+@click.option("--read-all", is_flag=True,
+              help="Read every file. By default a direct backup into a packed repository "
+                   "does not read a file whose path, size, mode, owner, mtime, ctime and "
+                   "inode match the parent snapshot (the files cache).")
+@click.option("--parent", metavar="SNAPSHOT", shell_complete=complete.snapshots,
+              help="The snapshot the files cache compares with (default: the newest of "
+                   "the same volume from this host).")
 @repo_option
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
               help="zstd compression level.")
@@ -43,7 +50,7 @@ from volbackup.repo.repository import Repository
 @scheduling_options
 @secrets_options(reading=False)
 def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, exclude_paths,
-           repo, level, use_direct, as_json, s3, schedule, secrets):
+           read_all, parent, repo, level, use_direct, as_json, s3, schedule, secrets):
     """Back up volumes into REPO, one snapshot per volume.
 
     Container labels: volbackup.pre / volbackup.post run a command in the container
@@ -62,11 +69,14 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
     """
     selection.names = list(volumes)
     check_selection(selection, container)
+    if read_all and parent:
+        raise click.UsageError("--read-all and --parent exclude each other")
     repository = Repository.open(repo, writable=True, options=s3, secrets=secrets)
     engine = Engine.connect()
     options = ops.BackupOptions(level=level, quiesce=quiesce, stop_timeout=stop_timeout,
                                 retries=retries, use_direct=use_direct, jobs=jobs,
-                                exclude_paths=exclude_paths)
+                                exclude_paths=exclude_paths, read_all=read_all,
+                                parent=parent)
     result = schedule.run(repository, lambda: ops.backup(
         engine, repository, container=container, selection=selection, options=options,
         progress=terminal_progress()))
@@ -75,6 +85,8 @@ def backup(volumes, container, selection, quiesce, stop_timeout, retries, jobs, 
         + (f"{render.human_bytes(v.stored_bytes)}" if v.chunks is None else
            f"{render.human_bytes(v.stored_bytes)} new ({v.new_chunks} of {v.chunks} chunks)")
         + f" in {v.seconds:.1f}s"
+        + (f", {v.files_cache['files_reused']} unchanged files not read"
+           if v.files_cache and v.files_cache["files_reused"] else "")
         + (f" ({v.message})" if v.message else "")), repository=result.repository)
     render.hook_failures(result.volumes)
     render.failures(result.volumes)

@@ -104,7 +104,8 @@ def dump(snapshot, path, repo, output, force, host, secrets):
     a device or a fifo is refused (exit 1; the message says where a link points).
     Everything is checked against the snapshot as it is read; on stdout the last piece
     is held back until it was: a reader of a failed dump sees a short output and a
-    non-zero exit code. In a chunked repository only the chunks holding PATH are read.
+    non-zero exit code. In a packed or chunked repository only the chunks holding PATH
+    are read.
 
     \b
     Examples:

@@ -70,8 +70,12 @@ def copy(snapshots, copy_all, volumes, host, repo, to, to_key_file, allow_plain_
 
 
 def _done(o: ops.CopyOutcome) -> str:
-    sent = (f"{o.chunks_sent} of {o.chunks} chunks sent" if o.chunks
-            else "archive written")
+    if o.how == "blobs":
+        sent = (f"{o.chunks_sent} of {o.chunks} blobs sent, {o.chunks_present} present "
+                f"({render.human_bytes(o.bytes_present or 0)})")
+    else:
+        sent = (f"{o.chunks_sent} of {o.chunks} chunks sent" if o.chunks
+                else "archive written")
     if o.chunks_replaced:
         sent += (f" ({o.chunks_replaced} of them replaced: REPO2 held them with wrong "
                  f"bytes)")

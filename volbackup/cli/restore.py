@@ -57,8 +57,8 @@ def restore(snapshots, repo, target, force, safety, restore_all, trust_options, 
 
     --include/--exclude restore part of a snapshot (PATH inside the volume): the
     entries under each --include, less those under an --exclude, with the directories
-    above them (their owner and mode). In a chunked repository only the chunks holding
-    them are read. The target must still be a fresh (or --force replaced) volume.
+    above them (their owner and mode). In a packed or chunked repository only the chunks
+    holding them are read. The target must still be a fresh (or --force replaced) volume.
 
     \b
     Examples:

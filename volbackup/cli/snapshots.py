@@ -121,7 +121,10 @@ def _report_packs(packs, as_json: bool, repository: str, fail: bool = True) -> N
         render.echo(f"packs: {packs.packs} checked ({render.human_bytes(packs.bytes)}), "
                     f"{packs.blobs} blobs indexed, {packs.duplicated} stored twice, "
                     f"{packs.unindexed} packs unindexed (prune removes them), "
-                    f"{len(packs.problems)} problems")
+                    f"{len(packs.prune_plans)} prune plans pending"
+                    + (f" ({packs.doomed_packs} packs to delete: a later prune finishes "
+                       f"them)" if packs.prune_plans else "")
+                    + f", {len(packs.problems)} problems")
     if fail and packs.problems:
         raise IntegrityError(f"{len(packs.problems)} problems with the packs and index of "
                              f"{repository}")

@@ -18,7 +18,7 @@ import stat
 import subprocess
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError, StreamBroken, VolbackupError
 from volbackup.signals import main_thread_only
@@ -147,18 +147,23 @@ _NOISE = ("Exiting with failure status", ": socket ignored", "Removing leading")
 
 
 @contextmanager
-def export(directory: str, only: str | None = None,
-           sort: bool = False) -> Iterator[Iterator[bytes]]:
+def export(directory: str, only: str | None = None, sort: bool = False,
+           listed: BinaryIO | None = None) -> Iterator[Iterator[bytes]]:
     """The tar stream of `directory` (members `./...`), read by GNU tar on this host.
     With `only` (a bind of one file, or one file read again: backup --exclude-path keeps a
     hard link whose first name it leaves out): the root `./` and `./ONLY`, nothing else.
     `sort`: names in each directory in byte order, as the engine's archive endpoint
     sends them, so that the same names of a hard-linked inode are the file and the links
-    in both streams (migrate compares them: TarWalker digests)."""
-    members = ["."] if only is None else ["--no-recursion", ".", f"./{only}"]
+    in both streams (migrate compares them: TarWalker digests).
+    `listed`: a file of NUL-terminated names (`.`, `./a`, ...), archived in that order,
+    each alone (a directory without what it holds): the files cache's plan."""
+    if listed is not None:
+        members = ["--no-recursion", "--null", "--verbatim-files-from", "--files-from=-"]
+    else:
+        members = ["."] if only is None else ["--no-recursion", ".", f"./{only}"]
     order = ["--sort=name"] if sort else []
     proc = subprocess.Popen([gnu_tar(), f"--directory={directory}", *_CREATE, *order,
-                             *members],
+                             *members], stdin=listed if listed is not None else None,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _widen(proc.stdout)
     errors = _Stderr(proc.stderr)
@@ -181,6 +186,41 @@ def export(directory: str, only: str | None = None,
     if code != 0:
         # GNU tar exits 1 when files changed while it read them: worth reading again.
         raise StreamBroken(_failed(directory, code, errors))
+
+
+def walk(directory: str, excludes: Callable[[str], bool]
+         ) -> Iterator[tuple[bytes, os.stat_result]]:
+    """Every entry of `directory` with its lstat, as (path relative to it, `.` for itself),
+    in the order GNU tar's --sort=name archives them: a directory, then what it holds,
+    names in byte order. `excludes(member name)` leaves an entry out, and all below it.
+    Sockets are left out (tar skips them); an entry gone before its lstat too (tar would
+    not find it either). Memory: the names of the directories on the way down."""
+    top = os.fsencode(directory)
+    yield b".", os.lstat(top)
+    stack: list[tuple[bytes, Iterator[bytes]]] = [(b"", iter(_names(top)))]
+    while stack:
+        prefix, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        rel = prefix + name
+        try:
+            st = os.lstat(os.path.join(top, rel))
+        except FileNotFoundError:
+            continue
+        if stat.S_ISSOCK(st.st_mode) or excludes("./" + os.fsdecode(rel)):
+            continue
+        yield rel, st
+        if stat.S_ISDIR(st.st_mode):
+            stack.append((rel + b"/", iter(_names(os.path.join(top, rel)))))
+
+
+def _names(path: bytes) -> list[bytes]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _wait(proc: subprocess.Popen, grace: float = 10) -> int:

@@ -13,18 +13,21 @@ import time
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from volbackup import __version__
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
-from volbackup.errors import BadPattern, IntegrityError, StreamBroken, reworded
+from volbackup.errors import BadPattern, IntegrityError, NotFound, StreamBroken, reworded
+from volbackup.ops import filescache
+from volbackup.ops.filescache import CacheCounts
 from volbackup.ops.options import check_quiesce, check_use_direct, check_whole
 from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failures
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
 from volbackup.repo.manifest import LEVELS, Manifest
+from volbackup.repo.parentfiles import ParentRun
 from volbackup.stream.exclude import Matcher, Refetch, filter_tar, parse_patterns, split_label
 from volbackup.repo.repository import Repository, new_snapshot_id
 from volbackup.timefmt import utc_iso
@@ -40,6 +43,18 @@ class Stream:
     chunks: Iterator[bytes]
     via: str
     refetch: Refetch | None = None  # one file of the volume again (volbackup.stream.exclude)
+    cache: CacheCounts | None = None  # planned by the files cache (it applied the excludes)
+
+
+@dataclass(frozen=True)
+class FilesCache:
+    """What a direct read plans with (volbackup.ops.filescache): the parent snapshot, its
+    reusable runs (afresh for each read), and the store's index."""
+
+    parent: str | None
+    parent_runs: Callable[[], Iterable[ParentRun]]
+    indexed: Callable[[str], bool]
+    settle: float
 
 
 Reader = Callable[[], AbstractContextManager[Stream]]  # opens a volume's tar stream
@@ -56,6 +71,7 @@ class VolumeBackup(QuietOutcome):
     via: str | None = None        # "direct" (GNU tar here) or "engine" (a helper)
     chunks: int | None = None     # chunked repository: chunks in the snapshot ...
     new_chunks: int | None = None  # ... and how many of them it stored (others were there)
+    files_cache: dict | None = None  # read directly into a packed repository: CacheCounts
 
 
 @dataclass
@@ -94,6 +110,16 @@ class BackupOptions:
     safety_for: str | None = None
     """Recorded in the manifests: the snapshot whose restore replaces these volumes
     (restore's safety snapshots; volbackup.ops.restore)."""
+    read_all: bool = False
+    """Read every file: no files cache (volbackup.ops.filescache). By default a direct
+    read into a packed repository takes a file whose stat data matches the parent
+    snapshot's record of it from that snapshot, without reading it."""
+    parent: str | None = None
+    """The snapshot the files cache compares with (a reference as `restore` takes);
+    default: the newest snapshot of the same volume from this host."""
+    settle: float = filescache.SETTLE
+    """Seconds: a file whose mtime or ctime is this recent when the backup starts is
+    not trusted by the next one's files cache (it is read again)."""
 
     def __post_init__(self):
         object.__setattr__(self, "exclude_paths", tuple(self.exclude_paths))
@@ -102,6 +128,10 @@ class BackupOptions:
         check_whole("retries", self.retries, 0)
         check_whole("jobs", self.jobs, 1)
         check_use_direct(self.use_direct)
+        if self.settle < 0:
+            raise ValueError(f"settle must be 0 or more, not {self.settle!r}")
+        if self.parent is not None and self.read_all:
+            raise ValueError("parent and read_all exclude each other")
 
 
 def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
@@ -132,8 +162,11 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     progress = interruptible(progress)  # a worker of --jobs stops at its next chunk
 
     def work(source: Source) -> VolumeBackup:
+        cache = _files_cache(repo, source, options)
+        matcher = matchers[source.volume]
         return _backup_with_retries(
-            lambda: _open_stream(engine, source, options.use_direct), repo, source, options,
+            lambda: _open_stream(engine, source, options.use_direct, matcher, cache),
+            repo, source, options,
             progress, matchers[source.volume])
 
     outcomes += each_quietly(engine, sources, options.quiesce, options.stop_timeout, work,
@@ -144,16 +177,45 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
     return BackupResult(repo.describe(), outcomes)
 
 
+def _files_cache(repo: Repository, source: Source, options: BackupOptions
+                 ) -> FilesCache | None:
+    """The files cache of a direct read of `source`, where it applies: into a packed
+    repository (tree snapshots), a volume or a directory (not a bind of one file)."""
+    if not repo.layout.trees or source.file_name:
+        return None
+    parent = None
+    if options.parent is not None:
+        parent = repo.resolve(options.parent)
+    elif not options.read_all:
+        try:
+            parent = repo.newest(source.volume, socket.gethostname())
+        except NotFound:
+            parent = None
+    if parent is None:
+        return FilesCache(None, lambda: (), repo.blobs.indexed, options.settle)
+    return FilesCache(parent.snapshot, lambda: repo.reader.reusable_runs(parent),
+                      repo.blobs.indexed, options.settle)
+
+
 @contextmanager
-def _open_stream(engine: Engine, source: Source, use_direct: bool | None) -> Iterator[Stream]:
+def _open_stream(engine: Engine, source: Source, use_direct: bool | None,
+                 matcher: Matcher | None = None,
+                 cache: FilesCache | None = None) -> Iterator[Stream]:
     """The tar stream of `source`, by GNU tar here or through a helper; decided for each
-    attempt, since a container may have started (or stopped) since the last one."""
+    attempt, since a container may have started (or stopped) since the last one. With
+    `cache`, a direct read is planned by the files cache."""
     # A bind of one file: GNU tar reads the directory holding it, that file only.
     find = direct.file_directory_for if source.file_name else direct.directory_for
     directory = find(engine, source.host_path) if use_direct is not False else None
     # Podman's archive endpoint loses owners (OwnersLost): GNU tar, also while containers run
     if directory and (use_direct or not engine.archive_keeps_owners
                       or not _written_to(engine, source)):
+        if cache is not None:
+            with filescache.planned_export(directory, cache.parent, cache.parent_runs(),
+                                           cache.indexed, matcher, cache.settle
+                                           ) as (chunks, counts):
+                yield Stream(chunks, "direct", cache=counts)
+            return
         with direct.export(directory, only=source.file_name) as chunks:
             yield Stream(chunks, "direct", lambda path: direct.export(directory, only=path))
         return
@@ -216,8 +278,8 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
                 repo.snapshot_writer(snapshot_id) as writer, \
                 reader() as stream:
             outcome.via = stream.via
-            chunks = filter_tar(stream.chunks, matcher, stream.refetch) if matcher \
-                else stream.chunks
+            chunks = filter_tar(stream.chunks, matcher, stream.refetch) \
+                if matcher and stream.cache is None else stream.chunks
             packed = writer.pack(chunks, options.level, update)
         fields = writer.fields(packed)
         seconds = round(time.monotonic() - started, 3)
@@ -238,6 +300,8 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
     outcome.bytes, outcome.stored_bytes = packed.bytes, packed.stored_bytes
     outcome.sha256, outcome.entries, outcome.seconds = packed.sha256, packed.entries, seconds
     outcome.chunks, outcome.new_chunks = fields.get("chunks"), fields.get("new_chunks")
+    if stream.cache is not None:
+        outcome.files_cache = stream.cache.as_dict()
     if fields.get("data") is not None:  # a tree snapshot: its data blobs
         outcome.chunks = fields["data"]["blobs"]
     return outcome

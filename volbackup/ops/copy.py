@@ -1,6 +1,10 @@
 """`volbackup copy`: snapshots from one repository into another, ids and fields kept.
 
-Two ways, chosen per pair of repositories:
+Three ways, chosen per pair of repositories:
+- both packed, naming blobs alike (both plain, or both encrypted under the same key): a
+  tree snapshot's trees are walked in the source and the blobs the target's index lacks
+  are sent, each checked against its id, as they are stored where both seal alike
+  (Repository.receive_blobs, volbackup.repo.packcopy);
 - both chunked and plain (chunk names are the sha256 of the plaintext in both): the chunk
   list is copied with the chunks the target lacks, as they are stored, each checked
   against its name, the list against the manifest (Repository.receive_chunks);
@@ -48,13 +52,18 @@ class Choice:
 
 @dataclass
 class CopyOutcome(Outcome):
-    how: str | None = None         # "chunks" (the list and missing chunks) or "stream"
+    how: str | None = None         # "blobs" (missing blobs), "chunks" (the list and
+    #                                missing chunks) or "stream"
     bytes: int = 0                 # tar bytes of the snapshot
-    chunks: int = 0                # in its chunk lists, data and catalogue (chunked target)
+    chunks: int = 0                # in its chunk lists, data and catalogue (chunked target);
+    #                                blobs: in its trees, tree pieces included
     chunks_sent: int = 0           # of them, written to the target
-    chunks_replaced: int = 0       # of those, held by the target with wrong bytes
+    chunks_present: int = 0        # of them, held by the target already (not sent)
+    chunks_replaced: int = 0       # of those sent, held by the target with wrong bytes
     bytes_sent: int = 0            # stored bytes written to the target
-    objects_written: int = 0       # chunks, lists or archive and catalogue, manifest
+    bytes_present: int | None = None  # plain bytes of the chunks present (stream: unknown)
+    objects_written: int = 0       # chunks, lists or archive and catalogue, manifest; blobs:
+    #                                packs, index objects, manifest
     #                                (stream path: the catalogue's new pieces not counted)
     seconds: float = 0.0
 
@@ -145,12 +154,22 @@ def _copy_one(source: Repository, target: Repository, manifest: Manifest,
         outcome.status, outcome.message = "skipped", f"already in {target.describe()}"
         return
     with progress(manifest.snapshot, manifest.bytes) as update:
-        if target.names_chunks_as(source) and manifest.chunked and not manifest.tree:
+        if manifest.tree and target.copies_blobs_from(source):
+            blobs, whole = target.receive_blobs(source, manifest, update)
+            target.commit(whole)
+            outcome.how, outcome.chunks = "blobs", blobs.blobs
+            outcome.chunks_sent, outcome.bytes_sent = blobs.sent, blobs.sent_bytes
+            outcome.chunks_present, outcome.bytes_present = blobs.present, blobs.present_bytes
+            outcome.chunks_replaced = blobs.replaced
+            outcome.objects_written = blobs.packs + blobs.index_objects + 1
+        elif target.names_chunks_as(source) and manifest.chunked and not manifest.tree:
             copied = target.receive_chunks(source, manifest, update)
             target.commit(manifest)
             outcome.how, outcome.chunks = "chunks", copied.chunks
             outcome.chunks_sent, outcome.bytes_sent = copied.sent, copied.sent_bytes
             outcome.chunks_replaced = copied.replaced
+            outcome.chunks_present = copied.chunks - copied.sent
+            outcome.bytes_present = copied.bytes - copied.sent_plain
             outcome.objects_written = copied.sent + copied.lists + 1
         else:
             _stream(source, target, manifest, outcome, update)
@@ -183,6 +202,7 @@ def _stream(source: Repository, target: Repository, manifest: Manifest,
     outcome.how, outcome.bytes_sent = "stream", packed.stored_bytes
     outcome.chunks = layout["chunks"] or (layout["data"] or {}).get("blobs", 0)
     outcome.chunks_sent = layout["new_chunks"] or 0
+    outcome.chunks_present = max(0, outcome.chunks - outcome.chunks_sent)
     outcome.chunks_replaced = getattr(packed, "replaced_chunks", 0)
     # the data's chunks (or archive), the catalogue's list (or blob), the manifest; the
     # catalogue's new pieces are not counted on this path (its writer does not say)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from volbackup.ops.options import check_whole
-from volbackup.repo.config import (CHUNKED, CHUNKER, CHUNKER_EACH, CHUNKER_PLAIN, DEFAULT_AVG,
-                                   DEFAULT_PACK, MAX_PACK, MIN_PACK, PACKED, RepoConfig)
+from volbackup.repo.config import (CHUNKED, CHUNKER, CHUNKER_EACH, CHUNKER_PLAIN,
+                                   DEFAULT_LAYOUT, DEFAULT_PACK, MAX_PACK, MIN_PACK, PACKED,
+                                   RepoConfig)
 from volbackup.repo.repository import Repository
 
 
@@ -14,9 +15,9 @@ from volbackup.repo.repository import Repository
 class InitOptions:
     """How the new repository stores snapshots; checked when made."""
 
-    avg_chunk_size: int = DEFAULT_AVG
+    avg_chunk_size: int | None = None   # None: the layout's own (RepoConfig.new)
     chunker: str | None = None          # None: the layout's own (RepoConfig.new)
-    layout: str = CHUNKED               # or PACKED: blobs in pack objects with an index
+    layout: str = DEFAULT_LAYOUT        # PACKED (blobs in pack objects with an index) or CHUNKED
     pack_size: int = DEFAULT_PACK       # packed: a pack is closed past this many bytes
     encrypt_to: list[str] | None = None     # recipients: an encrypted repository
     key_file: str | None = None             # encrypted: where its new key is written

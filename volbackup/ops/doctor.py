@@ -160,13 +160,13 @@ def _repository_check(url: str, secrets: Secrets | None, checks: list[Check]
                             "fix its permissions, free space or key, or give another -r"))
         return repo
     if not repo.layout.chunked:
-        what = "archive layout (no config; `volbackup init` makes a chunked one)"
+        what = "archive layout (no config; `volbackup init` makes a packed one)"
         details = {"layout": "archive", "format_version": None, "encrypted": False}
     else:
         encrypted = repo.config.encrypted
-        what = (f"chunked, format {repo.config.format_version}, "
+        what = (f"{repo.layout.name}, format {repo.config.format_version}, "
                 + ("encrypted" if encrypted else "not encrypted"))
-        details = {"layout": "chunked", "format_version": repo.config.format_version,
+        details = {"layout": repo.layout.name, "format_version": repo.config.format_version,
                    "encrypted": encrypted}
     checks.append(Check("repository", OK, f"{repo.describe()}: reachable, writable, {what}",
                         details=details))

@@ -128,8 +128,12 @@ def message(summary: dict) -> tuple[str, str]:
         if v["status"] == "skipped":
             lines.append(f"skipped {v['volume']}: {v.get('message') or ''}".rstrip(": "))
         elif v["status"] != "failed":
+            cache = v.get("files_cache") or {}
+            unchanged = (f", {cache['files_reused']} unchanged files not read"
+                         if cache.get("files_reused") else "")
             lines.append(f"ok {v['volume']}: {_size(v.get('bytes', 0))} -> "
-                         f"{_size(v.get('stored_bytes', 0))} in {v.get('seconds', 0):.1f}s")
+                         f"{_size(v.get('stored_bytes', 0))} in {v.get('seconds', 0):.1f}s"
+                         f"{unchanged}")
     total = sum(v.get("bytes", 0) for v in volumes if v["status"] not in ("failed", "skipped"))
     prune = summary.get("prune")
     if prune:

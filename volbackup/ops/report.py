@@ -34,6 +34,12 @@ _HELP = {
     "volbackup_volume_previous_stored_bytes": (
         "gauge", "Archive bytes of the volume's last snapshot before this run."),
     "volbackup_volume_duration_seconds": ("gauge", "How long the volume's last backup took."),
+    "volbackup_volume_files_read": (
+        "gauge", "Regular files the volume's last backup read (files cache: changed or new)."),
+    "volbackup_volume_read_bytes": ("gauge", "Bytes of the files the last backup read."),
+    "volbackup_volume_files_reused": (
+        "gauge", "Regular files the last backup took unread from its parent snapshot."),
+    "volbackup_volume_reused_bytes": ("gauge", "Bytes of the files taken from the parent."),
     "volbackup_prune_removed_snapshots": ("gauge", "Snapshots the last prune removed."),
     "volbackup_prune_kept_snapshots": ("gauge", "Snapshots the last prune kept."),
     "volbackup_repository_locks": ("gauge", "Locks in the repository when the last run ended."),
@@ -88,6 +94,12 @@ def metrics_text(summary: dict, previous: str = "") -> str:
             samples["volbackup_volume_bytes"][labels] = v.get("bytes", 0)
             samples["volbackup_volume_stored_bytes"][labels] = v.get("stored_bytes", 0)
             samples["volbackup_volume_duration_seconds"][labels] = v.get("seconds", 0)
+            cache = v.get("files_cache")
+            if cache:       # a direct backup into a packed repository
+                for name, key in (("files_read", "files_read"), ("read_bytes", "bytes_read"),
+                                  ("files_reused", "files_reused"),
+                                  ("reused_bytes", "bytes_reused")):
+                    samples[f"volbackup_volume_{name}"][labels] = cache[key]
     if summary.get("prune"):
         samples["volbackup_prune_removed_snapshots"][run] = summary["prune"]["removed"]
         samples["volbackup_prune_kept_snapshots"][run] = summary["prune"]["kept"]

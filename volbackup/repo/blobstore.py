@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 import zstandard
 
+from volbackup.errors import ChunkMissing
 from volbackup.repo.chunkstore import ChunkObjects, StoredChunk
 
 
@@ -149,6 +150,17 @@ class BlobStore(ABC):
     @abstractmethod
     def forget(self) -> None:
         """Drop what is known of the stored blobs (a lock begins or ends)."""
+
+    def indexed(self, blob_id: str) -> bool:
+        """Does the index say the blob is stored where a writer may count on it (not in
+        a pack a prune plan dooms)? Nothing is read. A store without an index knows
+        nothing without a read: False (the files cache then reads every file)."""
+        return False
+
+    def reuse(self, blob_id: str, length: int) -> Saved:
+        """Name a blob the caller does not have the bytes of (the files cache takes a
+        file whole from a parent snapshot), which `indexed` said the store holds."""
+        raise ChunkMissing(f"blob {blob_id[:16]} cannot be reused without its bytes here")
 
     def flush(self) -> list[tuple[str, list[str]]]:
         """Make every blob saved so far durable (and findable): what a list that names

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.blobstore import CATALOG, BlobStore
@@ -26,16 +26,22 @@ from volbackup.repo.chunked import fetch_ahead
 from volbackup.repo.trees import TreeRoot, TreeWriter, walk
 from volbackup.stream import catalog
 from volbackup.stream.catalog import KINDS, MAX_INT, MAX_LINE, CatalogEntry, invalid_field
+from volbackup.stream.reuse import ReusedMember
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker, normal_name
 
-VERSION = 2
+VERSION = 3                  # 2 without `st`: read alike
+READS = (2, VERSION)
+MAX_STAT = (1 << 64) - 1     # an inode number or a time in ns
 CUT_MOD = 256                # a piece ends after a line whose keyed hash is 0 mod this
 PIECE_BYTES = 4 << 20        # ... or after the line that takes it to this many bytes
 MAX_PIECE = PIECE_BYTES - 1 + MAX_LINE
 AHEAD = 4                    # pieces fetched ahead of the reader (S3 round trips)
 _FIELDS = {"path": str, "type": str, "size": int, "mode": int, "uid": int, "gid": int,
-           "mtime": (int, float), "link": str, "hdr": int, "span": int, "sha256": str}
-_OPTIONAL = ("span", "sha256")
+           "mtime": (int, float), "link": str, "hdr": int, "span": int, "sha256": str,
+           "st": list}
+_OPTIONAL = ("span", "sha256", "st")
+_FIELD_NAMES = frozenset(_FIELDS)
+_FIELD_CHECKS = tuple((name, kind, name in _OPTIONAL) for name, kind in _FIELDS.items())
 
 
 def plain_cut_key(config_id: str) -> bytes:
@@ -63,6 +69,8 @@ def to_line(entry: CatalogEntry, span: int | None) -> bytes:
         out["span"] = span
     if entry.sha256 is not None:
         out["sha256"] = entry.sha256
+    if entry.st is not None:
+        out["st"] = list(entry.st)
     return (json.dumps(out, separators=(",", ":")) + "\n").encode()
 
 
@@ -73,14 +81,18 @@ def parse_line(line: bytes, at: int, stream_bytes: int) -> tuple[CatalogEntry, i
         data = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise IntegrityError(f"catalogue has an invalid line {line[:80]!r}") from None
-    if not isinstance(data, dict) or not set(data) <= set(_FIELDS):
+    if type(data) is not dict or not data.keys() <= _FIELD_NAMES:
         raise IntegrityError(f"catalogue has an invalid line {line[:80]!r}")
-    for name, kind in _FIELDS.items():
+    for name, kind, optional in _FIELD_CHECKS:
         value = data.get(name)
-        if value is None and name in _OPTIONAL:
+        if value is None and optional:
             continue
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if value is True or value is False or not isinstance(value, kind):
             raise IntegrityError(f"catalogue line has an invalid {name}: {line[:80]!r}")
+    st = data.get("st")
+    if st is not None and not (len(st) == 3 and all(
+            type(n) is int and 0 <= n <= MAX_STAT for n in st) and data["type"] == "file"):
+        raise IntegrityError(f"catalogue line has an invalid st: {line[:80]!r}")
     hdr, span = data["hdr"], data.get("span")
     size = data["size"]
     if not (BLOCK <= hdr <= MAX_INT and hdr % BLOCK == 0) or (span is not None and not (
@@ -89,7 +101,7 @@ def parse_line(line: bytes, at: int, stream_bytes: int) -> tuple[CatalogEntry, i
     entry = CatalogEntry(path=data["path"], type=data["type"], size=size, mode=data["mode"],
                          uid=data["uid"], gid=data["gid"], mtime=data["mtime"],
                          link=data["link"], at=at, data=at + hdr,
-                         sha256=data.get("sha256"))
+                         sha256=data.get("sha256"), st=tuple(st) if st else None)
     end = entry.data + (_padded(size) if span is None else span)
     bad = invalid_field(entry)
     if bad:
@@ -102,6 +114,12 @@ def parse_line(line: bytes, at: int, stream_bytes: int) -> tuple[CatalogEntry, i
     return entry, end
 
 
+class _Reused(NamedTuple):
+    line: bytes
+    data: int
+    end: int
+
+
 class CatalogTreeWriter:
     """Takes the entries of a stream in order (`add`, or `record` a walker), storing each
     full piece as a `catalog` blob; `finish` stores the rest and the tree, and gives the
@@ -112,22 +130,40 @@ class CatalogTreeWriter:
         self._store, self._level, self._cut_key = store, level, cut_key
         self._tree = TreeWriter(store, level)
         self._buf = bytearray()
-        self._held: CatalogEntry | None = None
+        self._held: CatalogEntry | _Reused | None = None
         self.entries = 0
         self.pieces = self.new_pieces = self.stored_bytes = 0
 
     def record(self, walker: TarWalker) -> None:
-        """Have `walker` add each entry as it passes (as catalog.record does)."""
+        """Have `walker` add each entry as it passes (as catalog.record does), and each
+        member the files cache took whole, as the parent's line (`add_reused`)."""
         def on_entry(at: int, data_at: int, entry: Entry, content: str | None) -> None:
             self.add(catalog.entry_of(at, data_at, entry, content))
 
         walker.on_entry = on_entry
+        walker.on_reused = self.add_reused
 
     def add(self, entry: CatalogEntry) -> None:
         if self._held is not None:
             self._line(self._held, entry.at)
         self._held = entry
         self.entries += 1
+
+    def add_reused(self, at: int, member: ReusedMember) -> None:
+        """A member taken whole from the parent snapshot, at `at`: its line is the
+        parent's (checked when the parent's catalogue was read), whose `hdr` and `span`
+        hold as long as the member ends where it ended there (_line checks)."""
+        if self._held is not None:
+            self._line(self._held, at)
+        self._held = _Reused(member.line, at + member.header, at + member.length)
+        self.entries += 1
+
+    def add_line(self, line: bytes) -> None:
+        """A line as a catalogue holds it (checked by its reader): `recut`. Not mixed with
+        `add`."""
+        assert self._held is None
+        self.entries += 1
+        self._put(line)
 
     def finish(self, members_end: int) -> dict:
         """`members_end`: where the stream's last entry ends (its end-of-archive marker:
@@ -141,13 +177,21 @@ class CatalogTreeWriter:
         self.stored_bytes += self._tree.stored_bytes
         return {"version": VERSION, "entries": self.entries, **root.to_fields()}
 
-    def _line(self, entry: CatalogEntry, next_at: int) -> None:
+    def _line(self, entry: CatalogEntry | _Reused, next_at: int) -> None:
+        if isinstance(entry, _Reused):
+            if next_at != entry.end:
+                raise IntegrityError("a reused member's line does not end where it does")
+            self._put(entry.line)
+            return
         if next_at < entry.data:
             raise IntegrityError(f"catalogue entry {entry.path!r} ends before its data")
         line = to_line(entry, next_at - entry.data)
         if len(line) > MAX_LINE:
             raise IntegrityError(f"tar entry {entry.path[:80]!r}... has a name or link "
                                  f"target of over {MAX_LINE >> 20} MiB: no volume holds one")
+        self._put(line)
+
+    def _put(self, line: bytes) -> None:
         self._buf += line
         if len(self._buf) >= PIECE_BYTES or ends_piece(line, self._cut_key):
             self._flush()
@@ -165,7 +209,7 @@ class CatalogTreeWriter:
 
 def check_field(value: object, where: str) -> TreeRoot:
     """A manifest's version 2 `catalog` field, its types and bounds: its tree's root."""
-    if not isinstance(value, dict) or value.get("version") != VERSION \
+    if not isinstance(value, dict) or value.get("version") not in READS \
             or type(value.get("entries")) is not int or not 0 <= value["entries"] <= MAX_INT:
         raise RepositoryError(f"{where} has an invalid catalogue field")
     fields = {k: v for k, v in value.items() if k not in ("version", "entries")}
@@ -181,6 +225,31 @@ def entries(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
     checked: the tree (volbackup.repo.trees.walk), each piece against its id, whole lines
     cut where the rule cuts and nowhere else, each line as version 1's are, the count.
     Memory: AHEAD pieces and the tree's path to them."""
+    for _, entry in _checked_lines(store, field, stream_bytes, cut_key, where):
+        yield entry
+
+
+def entries_with_lines(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
+                       where: str) -> Iterator[tuple[bytes, CatalogEntry]]:
+    """As `entries`, with each entry's line as stored (the files cache passes a reused
+    member's line on unchanged)."""
+    return _checked_lines(store, field, stream_bytes, cut_key, where)
+
+
+def recut(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes, where: str,
+          writer: "CatalogTreeWriter") -> dict:
+    """A version 2 or 3 catalogue read from `store` (checked as `entries` checks it, cut with
+    `cut_key`) and written by `writer`, line for line, cut with the writer's key: a copy
+    into a repository whose cut key is another (two plain repositories: each derives it
+    from its own config id). The new `catalog` field."""
+    for line, _ in _checked_lines(store, field, stream_bytes, cut_key, where):
+        writer.add_line(line)
+    # the same lines: the same version (2 has no `st`; a reader takes either)
+    return {**writer.finish(members_end=0), "version": field["version"]}
+
+
+def _checked_lines(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
+                   where: str) -> Iterator[tuple[bytes, CatalogEntry]]:
     root = check_field(field, where)
     at = count = pieces = 0
     ids: deque[str] = deque()  # of the pieces being fetched, in order
@@ -213,7 +282,7 @@ def entries(store: BlobStore, field: dict, stream_bytes: int, cut_key: bytes,
             if count > field["entries"]:
                 raise IntegrityError(f"catalogue of {where} holds more than the "
                                      f"{field['entries']} entries its manifest says")
-            yield entry
+            yield line, entry
             start = stop
     if count != field["entries"]:
         raise IntegrityError(f"catalogue of {where} holds {count} entries, its manifest "

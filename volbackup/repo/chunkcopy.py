@@ -38,13 +38,15 @@ class ListCopy:
     bytes: int = 0          # plaintext bytes they hold
     sent: int = 0           # chunks the target lacked, and now has
     sent_bytes: int = 0     # stored bytes of those
+    sent_plain: int = 0     # plaintext bytes of those
     lists: int = 1          # chunk lists written
     replaced: int = 0       # of `sent`: held by the target with wrong bytes, replaced
 
     def __add__(self, other: "ListCopy") -> "ListCopy":
         return ListCopy(self.chunks + other.chunks, self.bytes + other.bytes,
                         self.sent + other.sent, self.sent_bytes + other.sent_bytes,
-                        self.lists + other.lists, self.replaced + other.replaced)
+                        self.sent_plain + other.sent_plain, self.lists + other.lists,
+                        self.replaced + other.replaced)
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,17 @@ def copy_list(source: Side, source_key: str, target: Side, target_key: str,
     result = ListCopy()
     pending: deque[Future] = deque()
 
-    def send(chunk_id: str, length: int) -> tuple[int, int, int]:
+    def send(chunk_id: str, length: int) -> tuple[int, int, int, int]:
         saved = target.store.save_stored(
             chunk_id, length, lambda: source.store.load_stored(chunk_id, length))
-        return (1, saved.stored, 1 if saved.replaced else 0) if saved.written else (0, 0, 0)
+        return (1, saved.stored, length, 1 if saved.replaced else 0) if saved.written \
+            else (0, 0, 0, 0)
 
     def settle(future: Future) -> None:
-        sent, stored, replaced = future.result()
+        sent, stored, plain, replaced = future.result()
         result.sent += sent
         result.sent_bytes += stored
+        result.sent_plain += plain
         result.replaced += replaced
 
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="volbackup-copy") as pool, \

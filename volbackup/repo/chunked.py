@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
-from volbackup.repo.blobstore import BlobStore, Prepared
+from volbackup.repo.blobstore import BlobStore, Prepared, Saved
 from volbackup.repo.trees import TreeRoot, TreeWriter, walk
 from volbackup.repo.config import CHUNKER_EACH, CHUNKER_PLAIN, MAX_CHUNK, RepoConfig
 from volbackup.stream.archive import (Packed, Progress, HashingWriter, no_progress, kept_tar,
                                       release_checked)
 from volbackup.stream.chunker import cut, cut_at_members, cut_each_member, seed_name_key
 from volbackup.stream.chunks import read_chunks, split_lines
+from volbackup.stream.reuse import Reused
 from volbackup.stream.tarstream import Entry, TarWalker
 
 LIST_SUFFIX = ".chunks"
@@ -46,6 +47,7 @@ class ChunkedPacked(Packed):
     tar_sha256: str | None = ""     # None: not computed (the packed layout)
     replaced_chunks: int = 0    # with `check_existing`: stored ones that failed, written again
     data: TreeRoot | None = None    # with a `tree`: the root of the data tree (no list)
+    reused_bytes: int = 0           # of `bytes`: in members taken whole from a parent
 
 
 def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStore,
@@ -110,6 +112,13 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
                                       c.min_size, c.max_size, c.normalized_chunking,
                                       c.seed if seed is None else seed)
             for data in cuts:
+                if isinstance(data, Reused):    # the files cache: its blobs, unread
+                    for blob_id, length in data.blobs:
+                        pending.append(_ready(store.reuse(blob_id, length)))
+                        result.bytes += length
+                    result.reused_bytes += data.length
+                    progress(data.length)
+                    continue
                 if tar_sha256 is not None:
                     tar_sha256.update(data)
                 result.bytes += len(data)
@@ -132,6 +141,13 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
     result.tar_sha256 = tar_sha256.hexdigest() if tar_sha256 is not None else None
     result.entries, result.root = walker.entries, walker.first
     return result
+
+
+def _ready(saved: Saved) -> Future:
+    """A blob stored already, where the packer waits for futures (in stream order)."""
+    future: Future = Future()
+    future.set_result(Prepared(saved))
+    return future
 
 
 class ChunkedUnpacker:

@@ -23,8 +23,7 @@ CHUNKED, PACKED = "chunked", "packed"   # blobs one object each, or in packs wit
 CHUNKER = "fastcdc-2020-members"   # FastCDC, plus cuts at tar members (stream/chunker.py)
 CHUNKER_PLAIN = "fastcdc-2020"     # FastCDC alone (the first chunked repositories)
 # FastCDC inside members, a cut at every member but tiny ones, which are grouped: the
-# packed layout's blobs (stream/chunker.py, cut_each_member), what `init --layout packed`
-# makes.
+# packed layout's blobs (stream/chunker.py, cut_each_member), what `init` makes (packed).
 CHUNKER_EACH = "fastcdc-2020-each-member"
 CHUNKERS = (CHUNKER, CHUNKER_PLAIN, CHUNKER_EACH)
 SCHEME = "age+hmac-sha256"                      # chunked: an age file per chunk
@@ -32,13 +31,25 @@ PACKED_SCHEME = "age+aes-256-gcm+hmac-sha256"   # packed: an age-sealed key per 
 DEFAULT_PACK = 16 << 20
 MIN_PACK, MAX_PACK = 1 << 20, 128 << 20
 
-# Kept at 1M after `benchmarks/dedup.py --sections sizes` (docs/performance.md, "Chunk
-# size"): 512K cuts what scattered small-file changes store only from 19.7 % to 15.5 %
-# of a snapshot, at twice the objects; 2M and 4M store 14-21 % more per change.
-# pyfastcdc's average is avg_size + min_size: about 1.25 MiB here.
+# What `volbackup init` makes unless told otherwise (issue 24): packed is ahead of chunked
+# on every measure (docs/performance.md, "The packed layout against the peers").
+DEFAULT_LAYOUT = PACKED
+
+# A chunked repository's target chunk size, kept at 1M after `benchmarks/dedup.py
+# --sections sizes` (docs/performance.md, "Chunk size"): 512K cuts what scattered
+# small-file changes store only from 19.7 % to 15.5 % of a snapshot, at twice the
+# objects; 2M and 4M store 14-21 % more per change. pyfastcdc's average is avg_size +
+# min_size: about 1.25 MiB here.
 DEFAULT_AVG = 1 << 20
 DEFAULT_MIN = 256 << 10
 DEFAULT_MAX = 4 << 20
+# A packed repository's: 512K (min 128K, max 2M). Its packs keep the object count where
+# 1M had it; what grows is the index (about 51 bytes a blob in memory), and only with
+# large files, ~1,600 blobs a GiB of them instead of ~830 (small files are cut at their
+# own ends whatever the chunk size). 30 daily snapshots at 1 %/day store
+# 1.42-1.43x one full snapshot against 1.46-1.51x at 1M (docs/performance.md, "Chunk
+# size of packed repositories").
+DEFAULT_PACKED_AVG = 512 << 10
 # Hard bounds, whatever a config says: a chunk is held whole in memory (several at once).
 MAX_CHUNK = 16 << 20
 MIN_CHUNK = 64
@@ -100,13 +111,19 @@ class RepoConfig:
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def new(cls, avg_size: int = DEFAULT_AVG, algorithm: str | None = None,
+    def new(cls, avg_size: int | None = None, algorithm: str | None = None,
             layout: str = CHUNKED, pack_size: int = DEFAULT_PACK) -> "RepoConfig":
-        """A new repository's config. The chunker by default: a cut at every member in a
-        packed repository (its packs make ~10,000 blobs a GiB cheap), members of 512 KiB
-        or more and groups of smaller ones in a chunked one (one object per chunk)."""
+        """A new repository's config (chunked unless `layout` says: `volbackup init`'s
+        default is DEFAULT_LAYOUT, which its options pass). The chunker by default: a cut
+        at every member in a packed repository (its packs make ~10,000 blobs a GiB cheap),
+        members of 512 KiB or more and groups of smaller ones in a chunked one (one object
+        per chunk); the chunk size the layout's (DEFAULT_PACKED_AVG or DEFAULT_AVG). The
+        sizes are written into the config, so a repository keeps the ones it was made with
+        when a default changes."""
         if algorithm is None:
             algorithm = CHUNKER_EACH if layout == PACKED else CHUNKER
+        if avg_size is None:
+            avg_size = DEFAULT_PACKED_AVG if layout == PACKED else DEFAULT_AVG
         chunker = Chunker(algorithm=algorithm, min_size=max(MIN_CHUNK, avg_size // 4),
                           avg_size=avg_size, max_size=avg_size * 4, seed=secrets.randbits(31))
         config = cls(id=secrets.token_hex(16), chunker=chunker)

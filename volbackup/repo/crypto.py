@@ -233,6 +233,10 @@ class PlainChunks:
     def chunk_id(self, plaintext: bytes) -> str:
         return hashlib.sha256(plaintext).hexdigest()
 
+    def same_names(self, other: "PlainChunks | SealedChunks") -> bool:
+        """Does `other` name every blob as this cipher does (both plain: sha256)?"""
+        return not other.encrypted
+
     def seal(self, frame: bytes) -> bytes:
         return frame
 
@@ -255,6 +259,12 @@ class SealedChunks:
 
     def chunk_id(self, plaintext: bytes) -> str:
         return _hmac(self._name_key, plaintext).hex()
+
+    def same_names(self, other: "PlainChunks | SealedChunks") -> bool:
+        """Does `other` name every blob as this cipher does (the same name key: the same
+        repository key)?"""
+        return isinstance(other, SealedChunks) and stdlib_hmac.compare_digest(
+            self._name_key, other._name_key)
 
     def seal(self, frame: bytes) -> bytes:
         return encrypt(frame, self._recipients)

@@ -5,8 +5,11 @@ that use it (which `verify SNAPSHOT` reads blob by blob). For each pack stored: 
 against its name (sha256, read as a stream), its trailer (MAC first when encrypted), and
 its records against the index entries that place blobs in it; for each index entry, a
 pack that exists and holds it. Reported, one line each: a pack missing, damaged, not what
-the index says, an index object that cannot be used; noted: blobs stored twice and packs
-no index names (what a killed backup leaves; prune removes them once old).
+the index says, an index object that cannot be used, a prune plan that cannot be used (its
+MAC fails: forged, or altered; everyone ignores it); noted: blobs stored twice, packs no
+index names (what a killed backup leaves; prune removes them once old), and the prune
+plans pending (volbackup.repo.pruneplan: a prune that stopped waiting for backups, or was
+killed; the next prune finishes them).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class PackCheck:
     bytes: int = 0              # bytes of the packs read
     duplicated: int = 0         # blobs with more than one copy (prune keeps one)
     unindexed: int = 0          # packs no index object names
+    prune_plans: list[str] = field(default_factory=list)   # pending: their names
+    doomed_packs: int = 0       # packs those plans will delete (and no marker rescued)
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -40,6 +45,10 @@ def check_packs(store: PackedBlobStore, progress: ProgressFactory = _no_progress
     store.forget()
     index = store.index()
     result.problems += store.loaded.problems
+    plans = store.loaded.plans      # read with the index (MACs checked), as a writer reads
+    result.prune_plans = [plan.name for plan in plans.plans]
+    result.doomed_packs = len(plans.doomed())
+    result.problems += plans.problems
     listed: dict[str, int] = {}
     for entry in store.pack_listing():
         if isinstance(entry, ListingProblem):

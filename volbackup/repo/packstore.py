@@ -56,6 +56,31 @@ class _OpenPack:
 
 
 @dataclass(frozen=True)
+class StoredRecord:
+    """One blob as a pack holds it, checked (tag, frame, length, id): what a copy into a
+    store that names blobs the same way takes (`put_record`)."""
+
+    stored: bytes               # the record's bytes in its pack
+    frame: bytes                # its zstd frame (opened, when sealed)
+    sealed_key: bytes | None    # the sealed data key it is sealed under (None: not sealed)
+    pack_kind: int              # DATA_PACK or TREE_PACK: where it lies
+
+
+@dataclass(frozen=True)
+class _Opened:
+    stored: bytes
+    frame: bytes
+    plain: bytes
+    location: Location
+
+
+# What `claim` finds: the caller must store the blob (then `put_record`, or `release`);
+# it is stored and sound (written or checked under this lock, or being written by this
+# run); it is indexed, not checked under this lock.
+CLAIMED, SOUND, HELD = "claimed", "sound", "held"
+
+
+@dataclass(frozen=True)
 class ListingProblem:
     message: str
     unreadable: bool        # it may hide packs (prune then removes nothing)
@@ -326,8 +351,8 @@ class PackedBlobStore(BlobStore):
 
     # -- reading
     def load(self, blob_id: str, length: int) -> tuple[bytes, int]:
-        stored, plain = self._read(blob_id, length)
-        return plain, len(stored)
+        opened = self._read(blob_id, length)
+        return opened.plain, len(opened.stored)
 
     def has(self, blob_id: str, length: int) -> bool:
         try:
@@ -337,7 +362,126 @@ class PackedBlobStore(BlobStore):
         return True
 
     def load_stored(self, blob_id: str, length: int) -> bytes:
-        return self._read(blob_id, length)[0]
+        return self._read(blob_id, length).stored
+
+    # -- copying blobs between two packed stores that name them alike (repo/packcopy.py)
+    def names_like(self, other: "PackedBlobStore") -> bool:
+        """Does this store give a blob the same id as `other` (both plain: sha256; both
+        encrypted under the same repository key: the same keyed HMAC)?"""
+        return self.cipher.same_names(other.cipher)
+
+    def first_location(self, blob_id: str) -> Location | None:
+        """Where a reader looks first for the blob (None: the index has no copy)."""
+        found = self._locations(bytes.fromhex(blob_id))
+        return found[0] if found else None
+
+    def read_record(self, blob_id: str, length: int) -> StoredRecord:
+        """The blob as stored, from the first copy that checks out (as `load` reads)."""
+        return self._record_of(bytes.fromhex(blob_id), self._read(blob_id, length))
+
+    def read_records(self, group: list[tuple[str, int, Location]]) -> list[StoredRecord]:
+        """Neighbours of one pack (as `_groups` makes them) in one ranged read, each
+        checked; one that fails is read alone, from any copy (`read_record`), which raises
+        if none checks out."""
+        first = group[0][2]
+        total = sum(loc.stored for _, _, loc in group)
+        try:
+            data = self.backend.read_range(packs.pack_key(first.pack.hex), first.offset, total)
+        except (BlobNotFound, RangeBeyondEnd, BadEntry):
+            data = b""      # each is read alone: its own error, or another copy
+        out = []
+        for blob_id, length, loc in group:
+            at = loc.offset - first.offset
+            try:
+                if len(data) != total:
+                    raise IntegrityError("short group read")
+                raw = bytes.fromhex(blob_id)
+                stored = data[at:at + loc.stored]
+                frame, plain = self._checked(raw, blob_id, length, loc, stored)
+                out.append(self._record_of(raw, _Opened(stored, frame, plain, loc)))
+            except IntegrityError:
+                out.append(self.read_record(blob_id, length))
+        return out
+
+    def _record_of(self, raw: bytes, opened: _Opened) -> StoredRecord:
+        loc = opened.location
+        sealed = None
+        if self.encrypted and loc.pack.kind == DATA_PACK:
+            sealed = self._sealed_key(loc.pack, loc, raw)
+        return StoredRecord(opened.stored, opened.frame, sealed, loc.pack.kind)
+
+    def claim(self, raw: bytes) -> str:
+        """Is the blob stored (SOUND, HELD), or must the caller store it (CLAIMED: the
+        caller then calls `put_record`, or `release` if it cannot)? A blob only in packs
+        a prune plan dooms is not stored (`BlobIndex.has`)."""
+        with self._lock:
+            self._raise_failed()
+            if raw in self._pending or raw in self._sound:
+                return SOUND
+            if self._loaded().has(raw):
+                return HELD
+            self._pending.add(raw)
+            return CLAIMED
+
+    def release(self, claimed: Iterable[bytes]) -> None:
+        """Claims that will not be stored (a copy that failed)."""
+        with self._lock:
+            self._pending.difference_update(claimed)
+
+    def is_sound(self, blob_id: str, length: int) -> bool:
+        """A blob `claim` said is HELD: read back from a copy a writer may count on, and
+        checked (once per lock)."""
+        return self._is_sound(bytes.fromhex(blob_id), blob_id, length)
+
+    def countable_location(self, blob_id: str) -> Location | None:
+        """The first copy of a blob outside the packs a prune plan dooms (what `is_sound`
+        reads first), or None."""
+        with self._lock:
+            index = self._loaded()
+            return next((loc for loc in index.locations(bytes.fromhex(blob_id))
+                         if loc.pack.id not in index.doomed), None)
+
+    def are_sound(self, group: list[tuple[str, int, Location]]) -> list[bool]:
+        """`is_sound` of held blobs that are neighbours in one pack (their countable
+        copies, as `_groups` makes runs): one ranged read, each checked; one that fails
+        is read back alone, from its other copies."""
+        first = group[0][2]
+        total = sum(loc.stored for _, _, loc in group)
+        try:
+            data = self.backend.read_range(packs.pack_key(first.pack.hex), first.offset, total)
+        except (BlobNotFound, RangeBeyondEnd, BadEntry):
+            data = b""
+        out = []
+        for blob_id, length, loc in group:
+            raw = bytes.fromhex(blob_id)
+            at = loc.offset - first.offset
+            try:
+                if len(data) != total:
+                    raise IntegrityError("short group read")
+                self._checked(raw, blob_id, length, loc, data[at:at + loc.stored])
+            except IntegrityError:
+                out.append(self._is_sound(raw, blob_id, length))
+                continue
+            with self._lock:
+                self._sound.add(raw)
+            out.append(True)
+        return out
+
+    def put_record(self, raw: bytes, kind: str, length: int, record: StoredRecord,
+                   as_stored: bool, replaced: bool = False) -> int:
+        """Pack a copied blob: as it was stored (`as_stored`, when both stores seal alike,
+        and it lies in the kind of pack it goes to here), else its frame (sealed here if
+        this store seals). Its stored bytes written. A claimed blob is unclaimed if this
+        fails; one put again (`replaced`: held with wrong bytes) is sound from now on."""
+        pack_kind = TREE_PACK if kind == TREE else DATA_PACK
+        sealed = (record.stored, record.sealed_key) \
+            if as_stored and record.pack_kind == pack_kind else None
+        if replaced:
+            stored = self._append(raw, kind, record.frame, length, sealed)
+            with self._lock:
+                self._sound.add(raw)
+            return stored
+        return self._append_claimed(raw, kind, record.frame, length, sealed)
 
     def save_stored(self, blob_id: str, length: int, fetch: Callable[[], bytes]) -> Saved:
         """(Plain stores only: `stores_like`.) A record as another plain store keeps it."""
@@ -352,6 +496,22 @@ class PackedBlobStore(BlobStore):
 
     def stores_like(self, other: BlobStore) -> bool:
         return self.plain_frames and other.plain_frames
+
+    def indexed(self, blob_id: str) -> bool:
+        with self._lock:
+            return self._loaded().has(bytes.fromhex(blob_id))
+
+    def reuse(self, blob_id: str, length: int) -> Saved:
+        """A blob of a file the files cache did not read: held as a deduplicated one is
+        (a copy outside doomed packs), or BlobMissing, which fails this read."""
+        raw = bytes.fromhex(blob_id)
+        with self._lock:
+            self._raise_failed()
+            held = raw in self._pending or self._loaded().has(raw)
+        if not held:
+            raise ChunkMissing(f"blob {blob_id[:16]} of a file the parent snapshot holds "
+                              f"left the index during the backup; reading the volume again")
+        return Saved(blob_id, length)
 
     def _locations(self, raw: bytes) -> list[Location]:
         with self._lock:
@@ -372,10 +532,9 @@ class PackedBlobStore(BlobStore):
         with self._lock:
             self._raise_failed()
 
-    def _read(self, blob_id: str, length: int, countable: bool = False
-              ) -> tuple[bytes, bytes]:
-        """(stored bytes, plaintext) of a blob, from the first of its copies that checks
-        out (`countable`: of those outside doomed packs only); ChunkMissing when the index
+    def _read(self, blob_id: str, length: int, countable: bool = False) -> _Opened:
+        """The stored bytes, frame and plaintext of a blob, from the first of its copies
+        that checks out (`countable`: of those outside doomed packs only); ChunkMissing when the index
         has none, IntegrityError when none is sound."""
         raw = bytes.fromhex(blob_id)
         while True:
@@ -499,7 +658,7 @@ class PackedBlobStore(BlobStore):
         return out
 
     def _read_at(self, raw: bytes, blob_id: str, length: int,
-                 location: Location) -> tuple[bytes, bytes]:
+                 location: Location) -> _Opened:
         pack = location.pack
         try:
             stored = self.backend.read_range(packs.pack_key(pack.hex), location.offset,
@@ -510,11 +669,17 @@ class PackedBlobStore(BlobStore):
         except (RangeBeyondEnd, BadEntry) as e:
             raise IntegrityError(f"chunk {blob_id}: pack {pack.hex} is not what the index "
                                  f"says ({e})") from None
-        return stored, self._open_record(raw, blob_id, length, location, stored)
+        frame, plain = self._checked(raw, blob_id, length, location, stored)
+        return _Opened(stored, frame, plain, location)
 
     def _open_record(self, raw: bytes, blob_id: str, length: int, location: Location,
                      stored: bytes | memoryview) -> bytes:
         """A record's plaintext, checked (tag, frame, length, id)."""
+        return self._checked(raw, blob_id, length, location, stored)[1]
+
+    def _checked(self, raw: bytes, blob_id: str, length: int, location: Location,
+                 stored: bytes) -> tuple[bytes, bytes]:
+        """A record's frame and plaintext, checked (tag, frame, length, id)."""
         pack = location.pack
         if location.plain != length:
             raise IntegrityError(f"chunk {blob_id} holds {location.plain} bytes (index), the "
@@ -523,11 +688,25 @@ class PackedBlobStore(BlobStore):
         if self.encrypted and pack.kind == DATA_PACK:
             key = self._data_key(pack, location, raw)
             frame = self.cipher.open_record(key, raw, stored)
-        return open_frame(frame, blob_id, length, self.cipher.chunk_id)
+        return frame, open_frame(frame, blob_id, length, self.cipher.chunk_id)
 
     def _data_key(self, pack: PackInfo, location: Location, raw: bytes) -> bytes:
         """The data key of the record at `location`: its slot in the pack's trailer (read
         once, MAC checked), that slot's sealed key opened with the identity (once)."""
+        sealed = self._sealed_key(pack, location, raw)
+        with self._read_lock:
+            key = self._keys.get(sealed)
+        if key is None:
+            key = self.cipher.open_data_key(sealed, f"data key of pack {pack.hex}")
+            with self._read_lock:
+                self._keys[sealed] = key
+                while len(self._keys) > KEYS_KEPT:
+                    self._keys.popitem(last=False)
+        return key
+
+    def _sealed_key(self, pack: PackInfo, location: Location, raw: bytes) -> bytes:
+        """The sealed data key of the record at `location`, from its pack's trailer (read
+        once, MAC checked), which must place the record where the index does."""
         with self._read_lock:
             records = self._trailers.get(pack.id)
         if records is None:
@@ -545,15 +724,7 @@ class PackedBlobStore(BlobStore):
             raise IntegrityError(f"chunk {raw.hex()}: the index and pack {pack.hex}'s "
                                  f"trailer disagree")
         with self._read_lock:
-            sealed = self._trailer_slots[pack.id][record.slot]
-            key = self._keys.get(sealed)
-        if key is None:
-            key = self.cipher.open_data_key(sealed, f"data key of pack {pack.hex}")
-            with self._read_lock:
-                self._keys[sealed] = key
-                while len(self._keys) > KEYS_KEPT:
-                    self._keys.popitem(last=False)
-        return key
+            return self._trailer_slots[pack.id][record.slot]
 
     # -- what prune and verify look at
     def pack_listing(self) -> Iterator[tuple[str, int, object] | ListingProblem]:

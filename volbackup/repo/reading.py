@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from volbackup.errors import (BlobMissing, ChunkMissing, NotFound, RemovedWhileRead,
                               VolbackupError)
-from volbackup.repo import catalogs, catalogtree, chunked, locking, partial
+from volbackup.repo import catalogs, catalogtree, chunked, locking, parentfiles, partial
 from volbackup.repo.backends import Backend, BlobNotFound
 from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.manifest import Manifest, RevealedManifest
 from volbackup.repo.manifests import archive_key, catalog_key
-from volbackup.repo.trees import TreeRoot
+from volbackup.repo.trees import TreeRoot, walk
 from volbackup.stream import archive, catalog
 from volbackup.stream.archive import Progress, no_progress
 from volbackup.stream.catalog import CatalogEntry, Selection
@@ -118,6 +118,19 @@ class SnapshotReader:
         pieces = catalogs.read_pieces(self.backend, self.blobs, key, manifest.catalog,
                                       f"snapshot {manifest.snapshot}")
         return self.watched(manifest, catalogs.entries(pieces, manifest.bytes))
+
+    def reusable_runs(self, manifest: Manifest) -> Iterator[parentfiles.ParentRun]:
+        """The runs of members a backup whose parent is this snapshot may take whole, in
+        stream order (volbackup.repo.parentfiles); none but from a tree snapshot."""
+        manifest = self._repo.reveal(manifest)
+        if not manifest.tree or not isinstance(manifest.catalog, dict):
+            return iter(())
+        lines = catalogtree.entries_with_lines(
+            self.blobs, manifest.catalog, manifest.bytes,
+            self._repo.layout.catalog_cut_key(), f"snapshot {manifest.snapshot}")
+        return self.watched(manifest, parentfiles.parent_runs(
+            lines, walk(self.blobs, _data_root(manifest)),
+            manifest.bytes - archive.END_MARKER))
 
     def select(self, manifest: Manifest, selection: Selection
                ) -> Callable[[], Iterator[CatalogEntry]]:

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from volbackup.errors import (BlobMissing, ChunkMissing, KeyProblem, LockLost, RepositoryError,
                               VolbackupError)
 from volbackup.pauses import pause
-from volbackup.repo import (catalogs, chunkcopy, chunked, crypto, locking, partial, pruneplan,
-                            sweep)
+from volbackup.repo import (catalogs, chunkcopy, chunked, crypto, locking, packcopy, partial,
+                            pruneplan, sweep)
 from volbackup.repo.backends import Backend, BlobNotFound, FreeSpace, MakesItsPlace, open_backend
 from volbackup.repo.blobstore import BlobStore
+from volbackup.repo.packstore import PackedBlobStore
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
 from volbackup.repo.leftovers import Leftovers, Orphan, UnfinishedWrite
@@ -133,8 +135,10 @@ class Repository:
     @classmethod
     def init(cls, url: str, options: dict | None = None, config: RepoConfig | None = None,
              encrypt_to: list[str] | None = None, key_file: str | None = None) -> "Repository":
-        """Make a chunked repository at `url` (an empty directory or bucket prefix, or one
-        with archive-layout snapshots); refuse one that already has a config. With
+        """Make a repository with `config` at `url` (an empty directory or bucket prefix, or
+        one with archive-layout snapshots); refuse one that already has a config. Without
+        `config`, a chunked one (RepoConfig.new's layout: tests and tools build on it;
+        `volbackup init` passes its own, packed by default). With
         `encrypt_to` (recipients), an encrypted one, whose new key goes to `key_file`.
         A directory that does not exist is made (its parent must exist), as restic and borg
         do, and removed again if init fails; `made_store` on the result says it was made."""
@@ -153,9 +157,10 @@ class Repository:
     def _init(cls, backend: Backend, config: RepoConfig | None, encrypt_to: list[str] | None,
               key_file: str | None) -> "Repository":
         backend.check(writable=True)
-        if read_config(backend) is not None:
-            raise RepositoryError(f"{backend.describe()} is already a chunked repository "
-                                  f"(it has a config); nothing was changed")
+        existing = read_config(backend)
+        if existing is not None:
+            raise RepositoryError(f"{backend.describe()} is already a {existing.layout} "
+                                  f"repository (it has a config); nothing was changed")
         repo = cls(backend)
         repo.require_repository()   # not a directory of other things
         config = config or RepoConfig.new()
@@ -268,6 +273,51 @@ class Repository:
                 chunkcopy.Expected(field["sha256"], field["chunks"], field["bytes"],
                                    f"catalogue list of snapshot {manifest.snapshot}"))
         return copied
+
+    def copies_blobs_from(self, source: "Repository") -> bool:
+        """Both packed, and both name blobs alike (both plain; or both encrypted under the
+        same repository key): a tree snapshot is copied by the blobs this repository
+        lacks (`receive_blobs`). Needs both keys when encrypted (checked before)."""
+        if not (self.layout.packed and source.layout.packed):
+            return False
+        mine, theirs = self.blobs, source.blobs
+        return isinstance(mine, PackedBlobStore) and isinstance(theirs, PackedBlobStore) \
+            and mine.names_like(theirs)
+
+    def _seals_like(self, source: "Repository") -> bool:
+        """A record of `source` can be stored here as it is: both plain, or both sealed to
+        the same recipients (whose identities open the data keys it comes with). Both
+        configs' MACs were checked when their keys were taken (Keyring)."""
+        if self.keyring is None or source.keyring is None:
+            return self.keyring is None and source.keyring is None
+        assert self.config is not None and source.config is not None
+        mine, theirs = self.config.encryption, source.config.encryption
+        return mine is not None and theirs is not None \
+            and sorted(mine.recipients) == sorted(theirs.recipients)
+
+    def receive_blobs(self, source: "Repository", manifest: Manifest,
+                      progress: Progress = no_progress
+                      ) -> tuple[packcopy.BlobCopy, RevealedManifest]:
+        """Copy a tree snapshot's blobs that this repository lacks from `source` (under
+        this repository's lock), checked, durable and indexed here: then `commit` the
+        manifest returned (the source's, its catalogue field this repository's, sealed
+        here if encrypted)."""
+        if not (self.copies_blobs_from(source) and manifest.tree):
+            raise ValueError("receive_blobs needs two packed repositories that name blobs "
+                             "alike, and a tree snapshot")
+        whole = source.reveal(manifest)
+        sending = packcopy.Sending(as_stored=self._seals_like(source),
+                                   check_held=self.keyring is None, level=whole.level)
+        cut_keys = (source.layout.catalog_cut_key(), self.layout.catalog_cut_key())
+        target, origin = self.blobs, source.blobs
+        assert isinstance(target, PackedBlobStore) and isinstance(origin, PackedBlobStore)
+        try:
+            copied, catalog = packcopy.copy_snapshot(origin, target, whole, sending,
+                                                     cut_keys, progress)
+        except (ChunkMissing, BlobMissing) as e:
+            raise source.missing(manifest, e) from None
+        return copied, replace(whole, catalog=catalog, encrypted=False, sealed=None,
+                               mac=None)
 
     def same_store(self, other: "Repository", lock: locking.Lock) -> bool:
         """Is `other` this very store under another name (a symlink, another URL of the

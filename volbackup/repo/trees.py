@@ -243,6 +243,62 @@ def referenced(store: BlobStore, root: TreeRoot, walked: set[bytes],
                            True, walked, max_length)
 
 
+class Node(NamedTuple):
+    id: str
+    length: int
+    piece: bytes | None     # a tree piece's checked bytes; None: a leaf (a listed blob)
+
+
+def nodes(store: BlobStore, root: TreeRoot, walked: dict[bytes, int],
+          max_length: int = MAX_CHUNK) -> Iterator[Node]:
+    """Every blob a tree names, depth first, each piece (with its bytes, loaded and
+    checked as walk() checks it) before what it names: what a copy of the tree sends. A
+    piece in `walked` (same id, same bytes: it and its subtree were given out already) is
+    skipped; `walked` maps each piece read to the count of leaves beneath it, so that the
+    count is still checked against the root's (BadTree as soon as it is passed, or after
+    the last node when it falls short). Memory: one piece per level, and `walked`."""
+    root.check()
+    if root.height == 0:
+        return
+    left = [root.blobs]     # leaves the root still allows
+    count = yield from _nodes(store, root.id, root.length, root.bytes, root.height, True,
+                              True, walked, max_length, left, root)
+    if count != root.blobs:
+        raise BadTree(f"tree {_short(root.id)} lists {count} blobs, its manifest "
+                      f"{root.blobs}")
+
+
+def _nodes(store: BlobStore, piece_id: str, length: int, span: int, height: int,
+           last: bool, is_root: bool, walked: dict[bytes, int], max_length: int,
+           left: list[int], root: TreeRoot) -> Iterator[Node]:
+    raw = bytes.fromhex(piece_id)
+    if raw in walked:
+        _spend(left, walked[raw], root)
+        return walked[raw]
+    data = _piece(store, piece_id, length, span, height, last, is_root, max_length)
+    yield Node(piece_id, length, data)
+    count = 0
+    records = len(data) // RECORD_SIZE
+    for i, (child_id, child_length, child_span) in enumerate(RECORD.iter_unpack(data)):
+        if height == 1:
+            _spend(left, 1, root)
+            count += 1
+            yield Node(child_id.hex(), child_length, None)
+        else:
+            count += yield from _nodes(store, child_id.hex(), child_length, child_span,
+                                       height - 1, last and i == records - 1, False,
+                                       walked, max_length, left, root)
+    walked[raw] = count
+    return count
+
+
+def _spend(left: list[int], leaves: int, root: TreeRoot) -> None:
+    left[0] -= leaves
+    if left[0] < 0:
+        raise BadTree(f"tree {_short(root.id)} lists more than the {root.blobs} blobs "
+                      f"its manifest says")
+
+
 def _referenced(store: BlobStore, piece_id: str, length: int, span: int, height: int,
                 last: bool, is_root: bool, walked: set[bytes],
                 max_length: int) -> Iterator[bytes]:

@@ -49,7 +49,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 JOB_KEYS = {"repository", "volumes", "container", "level", "lock_wait", "metrics_file",
             "notify_url", "notify", "keep", "allow_remove_newest", "all", "labels", "project",
             "exclude", "include_anonymous", "stop", "pause", "stop_timeout", "retries", "direct",
-            "parallel", "key_file", "copy_to", "copy_to_key_file", "exclude_path"}
+            "parallel", "key_file", "copy_to", "copy_to_key_file", "exclude_path", "read_all"}
 KEEP_KEYS = {"last", *PERIODS, "within"}
 
 
@@ -76,6 +76,7 @@ class Job:
     copy_to: str | None = None   # a second repository: the snapshots made are copied there
     copy_to_key_file: str | None = None  # its key, if it is encrypted (copy --to-key-file)
     exclude_paths: list[str] = field(default_factory=list)  # as backup --exclude-path
+    read_all: bool = False       # as backup --read-all (no files cache)
 
 
 class _Where:
@@ -257,6 +258,7 @@ def _selection(where: _Where, table: str, spec: dict, job: Job, bad) -> None:
     job.retries = count("retries", 0, 10, 2)
     job.direct = flag("direct") if "direct" in spec else None
     job.parallel = count("parallel", 1, 32, 1)
+    job.read_all = flag("read_all")
     try:
         job.exclude_paths = parse_patterns(names("exclude_path"))
     except BadPattern as e:

@@ -259,7 +259,7 @@ def run_jobs(engine_factory: Callable[[], object], jobs: list[Job],
             options = backup_ops.BackupOptions(
                 level=job.level, quiesce=job.quiesce, stop_timeout=job.stop_timeout,
                 retries=job.retries, use_direct=job.direct, jobs=job.parallel,
-                exclude_paths=job.exclude_paths)
+                exclude_paths=job.exclude_paths, read_all=job.read_all)
             return backup_ops.backup(engine, repo, job.volumes, job.container,
                                      selection=job.selection, options=options,
                                      progress=progress)

@@ -19,6 +19,7 @@ import zstandard
 
 from volbackup.errors import IntegrityError
 from volbackup.stream.chunks import READ_CHUNK
+from volbackup.stream.reuse import HostStat, Reused
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker
 from volbackup.stream.zstdframe import FrameWalker
 
@@ -101,6 +102,14 @@ def kept_tar(tar_chunks: Iterable[bytes], walker: TarWalker) -> Iterator[bytes]:
     would end with zstd killed by SIGPIPE, tar having stopped reading at the marker.
     """
     for chunk in tar_chunks:
+        if isinstance(chunk, Reused):       # the files cache: no bytes pass
+            for member in chunk.members:
+                walker.pass_member(member)
+            yield chunk
+            continue
+        if isinstance(chunk, HostStat):
+            walker.note_host(chunk)
+            continue
         offset = walker.bytes
         walker.feed(chunk)
         if walker.ended:

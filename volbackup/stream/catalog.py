@@ -56,6 +56,7 @@ class CatalogEntry:
     at: int             # stream offset of the entry's first header block
     data: int           # stream offset of its data (the end of its headers)
     sha256: str | None  # of a file's data
+    st: tuple[int, int, int] | None = None  # inode, mtime and ctime (ns) on the host
 
     @property
     def end(self) -> int:
@@ -71,7 +72,9 @@ class CatalogEntry:
         return (json.dumps(out, separators=(",", ":")) + "\n").encode()
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        del out["st"]           # the files cache's, not the file's
+        return out
 
 
 def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> CatalogEntry:
@@ -87,7 +90,8 @@ def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> Catalo
         size=entry.size if content is not None else 0, mode=entry.mode & MAX_MODE,
         uid=entry.uid, gid=entry.gid, mtime=int(mtime) if mtime == int(mtime) else mtime,
         link=normal_name(entry.linkname) if entry.type == tarfile.LNKTYPE else entry.linkname,
-        at=at, data=data_at, sha256=content)
+        at=at, data=data_at, sha256=content,
+        st=entry.host.key if entry.host is not None and content is not None else None)
     bad = invalid_field(made)
     if bad:
         raise IntegrityError(f"tar entry {shown(entry.name)} has {bad} "

@@ -12,6 +12,9 @@ from typing import Iterable, Iterator
 
 from pyfastcdc.cy import FastCDC  # the Cython build; never the pure-Python fallback
 
+from volbackup.errors import IntegrityError
+from volbackup.stream.reuse import Reused
+
 
 class _IterReader:
     """A readinto() reader over an iterator of byte pieces (what pyfastcdc reads from)."""
@@ -189,28 +192,43 @@ def cut_each_member(pieces: Iterable[bytes], walker, avg_size: int, min_size: in
     buf = bytearray()
     at = 0                      # stream offset of buf[0]
     window = 4 * max_size
+
+    def whole_segments() -> Iterator[bytes]:
+        """The blobs of the segments that are all in buf."""
+        nonlocal at
+        while segments and segments[0][0] <= at + len(buf):
+            end, inside = segments.popleft()
+            n = end - at
+            if inside:
+                yield from _cut_all(chunker, buf, n)
+            elif n:
+                yield bytes(buf[:n])
+            del buf[:n]
+            at = end
+
     for piece in pieces:
+        if isinstance(piece, Reused):   # members taken whole (files cache): they are blobs
+            yield from whole_segments()
+            if segments:
+                raise IntegrityError("a reused member came inside another member")
+            if buf:                     # the open group ends where they start
+                yield bytes(buf)
+                at += len(buf)
+                buf.clear()
+            yield piece
+            at += piece.length
+            group[0] = at
+            continue
         buf += piece
-        while segments:
-            end, inside = segments[0]
-            if end <= at + len(buf):  # the whole segment is here
-                segments.popleft()
-                n = end - at
-                if inside:
-                    yield from _cut_all(chunker, buf, n)
-                elif n:
-                    yield bytes(buf[:n])
-                del buf[:n]
-                at = end
-            else:               # a large member, not all here: FastCDC's own cuts so far
-                if inside and len(buf) >= window:
-                    done = _cut_before(chunker, buf, len(buf))
-                    for a, b in done:
-                        yield bytes(buf[a:b])
-                    if done:
-                        del buf[:done[-1][1]]
-                        at += done[-1][1]
-                break
+        yield from whole_segments()
+        if segments and segments[0][1] and len(buf) >= window:
+            # a large member, not all here: FastCDC's own cuts so far
+            done = _cut_before(chunker, buf, len(buf))
+            for a, b in done:
+                yield bytes(buf[a:b])
+            if done:
+                del buf[:done[-1][1]]
+                at += done[-1][1]
     if segments and segments[0][1]:  # cut short inside a member (the walker says so)
         yield from _cut_all(chunker, buf, len(buf))
     elif buf:

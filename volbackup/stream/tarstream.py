@@ -47,6 +47,7 @@ class Entry:
     pax: dict[str, str] = field(default_factory=dict)
 
     device: tuple[int, int] | None = None
+    host: object | None = None  # volbackup.stream.reuse.HostStat: this host's stat of it
 
     @property
     def is_root(self) -> bool:
@@ -247,6 +248,9 @@ class TarWalker:
         # offset of its data, the entry, sha256 hex of its data or None). The catalogue.
         self.on_entry: Callable[[int, int, Entry, str | None], None] | None = None
         self._current_at = (0, 0)
+        self._host = None           # a HostStat told for the next member (files cache)
+        # Told of each member the files cache took whole: (its offset, the ReusedMember).
+        self.on_reused: Callable[[int, object], None] | None = None
         # The oldest and newest mtimes of entries other than symlinks, with an entry of
         # each (its name): what a restore through
         # an extractor that cannot set every time must warn of (volbackup.ops.restore).
@@ -342,6 +346,10 @@ class TarWalker:
         entry = Entry(name=name, type=info.type, mode=info.mode, uid=uid, gid=gid,
                       mtime=mtime, size=size, linkname=link, pax=pax,
                       device=info.device)
+        host, self._host = self._host, None
+        if host is not None and info.type in tarfile.REGULAR_TYPES \
+                and _SPARSE_NAME not in pax and host.describes(entry):
+            entry.host = host
         if info.type != tarfile.SYMTYPE:  # an extractor sets a symlink's time another way
             if mtime < self.oldest[0]:
                 self.oldest = (mtime, name)
@@ -367,6 +375,34 @@ class TarWalker:
             self._hasher = hashlib.sha256() if has_data else None
             if not self._data_left:
                 self._record_digest()
+
+    @property
+    def between_members(self) -> bool:
+        """No member is being read: the next byte starts a header (or the end marker)."""
+        return not (self._skip or self._header or self._ext_kind is not None
+                    or self._member_start is not None or self._zero_blocks)
+
+    def note_host(self, host) -> None:
+        """This host's stat of the next member (a HostStat), kept in its Entry.host when
+        its header agrees (volbackup.ops.filescache)."""
+        self._host = host
+
+    def pass_member(self, member) -> None:
+        """Count a member (a volbackup.stream.reuse.ReusedMember) that the stream holds
+        here but whose bytes do not pass this walker (the files cache takes it whole from
+        a parent snapshot): offsets after it stay those of the stream, and `on_reused`
+        is told of it."""
+        if not self.between_members or self.ended:
+            raise IntegrityError("a reused member came inside another member")
+        start = self.bytes
+        self.bytes += member.length
+        self.entries += 1
+        if member.mtime < self.oldest[0]:
+            self.oldest = (member.mtime, member.name)
+        if member.mtime > self.newest[0]:
+            self.newest = (member.mtime, member.name)
+        if self.on_reused is not None:
+            self.on_reused(start, member)
 
     def _check_safe(self, name: str, key: str, type_: bytes, link: str) -> None:
         """Refuse a member that would be written outside the directory it is extracted into

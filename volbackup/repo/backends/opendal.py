@@ -76,7 +76,8 @@ from volbackup.urls import safe_url, scrub
 MiB = 1 << 20
 SCHEMES = ("webdav", "webdavs", "azure", "swift")
 # WebDAV and Swift: the most one blob may hold (it is held in memory, then sent in one PUT).
-# A chunked repository's largest blob is a chunk (about 17.2 MiB), a pack or a chunk list.
+# A packed repository's largest blob is a pack (--pack-size, at most 128 MiB, plus one chunk);
+# a chunked repository's a chunk (about 17.2 MiB) or a chunk list.
 ONE_PUT_MAX = 256 * MiB
 AZURE_BLOCK = 8 * MiB       # a streamed Azure write stages blocks of this size
 AZURE_CONCURRENT = 4        # blocks uploading at once (memory: about this many blocks)
@@ -686,7 +687,7 @@ class _OnePutWriter:
             raise RepositoryError(
                 f"{self.key} would be larger than {ONE_PUT_MAX // MiB} MiB, the most one blob "
                 f"may hold in {self.backend.describe()} (each is sent in one request): use a "
-                f"chunked repository there (`volbackup init`), see docs/storage.md")
+                f"packed or chunked repository there (`volbackup init`), see docs/storage.md")
         self.buffer += data
         return len(data)
 
