@@ -678,7 +678,7 @@ class PackedBlobStore(BlobStore):
         return self._checked(raw, blob_id, length, location, stored)[1]
 
     def _checked(self, raw: bytes, blob_id: str, length: int, location: Location,
-                 stored: bytes) -> tuple[bytes, bytes]:
+                 stored: bytes | memoryview) -> tuple[bytes | memoryview, bytes]:
         """A record's frame and plaintext, checked (tag, frame, length, id)."""
         pack = location.pack
         if location.plain != length:
