@@ -32,6 +32,14 @@ class StepFailed(RuntimeError):
     pass
 
 
+def publish(result: dict, text: str, json_path: str | None) -> None:
+    """A benchmark's report on stdout, and every figure as JSON where --json asks."""
+    print(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+
+
 def run_steps(script: str, bench, steps: Callable[[], object]) -> int:
     """Run a benchmark's `steps`: 0 when they ran, 1 when one failed (StepFailed, said on
     stderr), 130 on Ctrl-C or SIGTERM; what `bench` made is removed either way."""

@@ -46,7 +46,7 @@ import threading
 
 import docker
 import benchrun
-from benchrun import (MIB, StepFailed, busy_fraction, dir_bytes, run_steps, timed,
+from benchrun import (MIB, StepFailed, busy_fraction, dir_bytes, publish, run_steps, timed,
                       volbackup_cmd, volbackup_timed)
 import uniquevolume
 
@@ -556,10 +556,7 @@ def main() -> int:
     if code:
         return code
     result["load_after"] = os.getloadavg()
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, report(result), args.json)
     return 0
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -68,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 import benchrun
 import docker
 import uniquevolume
-from benchrun import MIB, busy_fraction, dir_bytes, run_steps, timed, volbackup_cmd
+from benchrun import MIB, busy_fraction, dir_bytes, publish, run_steps, timed, volbackup_cmd
 from dedup import Dedup
 
 PASSWORD = "vbbench-peers"   # restic's and borg-encrypted's passphrase (throwaway repositories)
@@ -467,10 +466,7 @@ def main() -> int:
                  "median": summarise(runs[c.name], result["volume"]["mib"]), "runs": runs[c.name]}
         for c in chosen}
     result["against_peers"] = against_peers(result["contenders"])
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, report(result), args.json)
     return 0 if all(c["median"]["restore_identical"] for c in result["contenders"].values()) else 1
 
 

@@ -19,7 +19,6 @@ removed at the end, also on error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import secrets
@@ -30,7 +29,7 @@ import time
 
 import docker
 import uniquevolume
-from benchrun import run_steps, volbackup_cmd
+from benchrun import publish, run_steps, volbackup_cmd
 from dedup import Dedup
 from peers import NAMES, SETTLE, contenders, find_peer, peer_environment, version
 
@@ -145,10 +144,7 @@ def main() -> int:
     code = run_steps("rebackup.py", bench, steps)
     if code:
         return code
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, report(result), args.json)
     return 0
 
 

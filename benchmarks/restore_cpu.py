@@ -179,7 +179,7 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import docker
     import uniquevolume
-    from benchrun import run_steps
+    from benchrun import publish, run_steps
     from dedup import Dedup
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -220,10 +220,7 @@ def main() -> int:
     if code:
         return code
     result["load_after"] = os.getloadavg()
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, report(result), args.json)
     return 0
 
 

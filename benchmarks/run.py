@@ -28,7 +28,6 @@ Everything made is named vbbench-<random>- and removed at the end, also on error
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import secrets
@@ -41,7 +40,7 @@ import sys
 import docker
 from benchimage import ImageError, ensure_image
 import benchrun
-from benchrun import MIB, Bench, busy_fraction, run_steps, volbackup_cmd
+from benchrun import MIB, Bench, busy_fraction, publish, run_steps, volbackup_cmd
 from benchvolume import Shape, fill, parse_mix
 
 BACKUPS = ("backup:volbackup", "backup:recipe", "backup:limit")
@@ -279,10 +278,7 @@ def main() -> int:
     code = run_steps("run.py", bench, steps)
     if code:
         return code
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, report(result), args.json)
     return 0
 
 

@@ -294,3 +294,26 @@ def test_the_command_line_says_what_the_cache_did_and_refuses_bad_parents(
     (done,) = json.loads(read_all.stdout)["volumes"]
     assert done["files_cache"] == {"parent": None, "files_read": 15, "bytes_read": done[
         "files_cache"]["bytes_read"], "files_reused": 0, "bytes_reused": 0, "problem": None}
+
+
+def test_an_encrypted_repository_reads_every_file_on_a_backup_host(
+        make_volume, mountpoint, names, tmp_path, cli):
+    """A backup host holds the repository key, not the identity (docs/security.md): it
+    cannot read the parent's sealed catalogue, so the files cache compares with nothing
+    and every file is read; the backup does not fail for it."""
+    from tests.integration.test_encrypted import make_keys
+    keys = make_keys(tmp_path, "--layout", "packed")
+    volume = make_volume("fc").name
+    fill(mountpoint(volume))
+    time.sleep(2.1)
+    repo = ["-r", str(keys.repo)]
+    for _ in range(2):
+        done = cli("backup", volume, *repo, "--key-file", str(keys.key_file), "--json")
+        assert done.code == 0, done.stderr
+        (row,) = json.loads(done.stdout)["volumes"]
+        assert row["files_cache"]["parent"] is None and row["files_cache"]["files_read"] == 15
+    target = names("restored")
+    restored = cli("restore", row["snapshot"], *repo, "--identity", str(keys.carrying),
+                   "--as", target)
+    assert restored.code == 0, restored.stderr
+    same(tree(mountpoint(volume)), tree(mountpoint(target)))

@@ -186,7 +186,9 @@ def _files_cache(repo: Repository, source: Source, options: BackupOptions
     parent = None
     if options.parent is not None:
         parent = repo.resolve(options.parent)
-    elif not options.read_all:
+    elif not options.read_all and repo.can_read_catalogues():
+        # (an encrypted repository's backup host, holding no identity, cannot read the
+        # parent's catalogue: it reads every file, and records stat data for one that can)
         try:
             parent = repo.newest(source.volume, socket.gethostname())
         except NotFound:

@@ -331,6 +331,12 @@ class Repository:
         if self.keyring is not None:
             self.keyring.check(reading)
 
+    def can_read_catalogues(self) -> bool:
+        """Whether this process may read a snapshot's catalogue: always in a plain
+        repository; in an encrypted one only with an identity, which backup hosts are
+        meant not to hold (docs/security.md)."""
+        return self.keyring is None or bool(self.keyring.secrets.identity_file)
+
     def reveal(self, manifest: Manifest) -> RevealedManifest:
         """The whole manifest, private fields included: in an encrypted repository this
         needs the identity and checks the manifest's MAC (once: the result is of its own
