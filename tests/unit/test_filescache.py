@@ -157,6 +157,14 @@ def test_parent_runs_are_members_that_are_exactly_whole_blobs():
         (["d"], (14848,), (("d", 2048),))]
 
 
+def test_a_data_tree_shorter_than_its_catalogue_ends_the_runs():
+    entries = [_entry(".", 0, 512, 0, None, "dir"), _entry("a", 512, 512, 512),
+               _entry("b", 1536, 512, 512)]
+    leaves = [("r", 512), ("a", 1024)]          # nothing holds b
+    got = list(parent_runs([(to_line(e, 0), e) for e in entries], leaves, 2560))
+    assert [[e.path for e in r.entries] for r in got] == [["a"]]
+
+
 def test_st_round_trips_in_a_catalogue_line_and_a_bad_one_is_refused():
     entry = _entry("a", 0, 512, 100, (123, MTIME * 10**9 + 5, MTIME * 10**9 + 7))
     line = to_line(entry, 512)

@@ -166,8 +166,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
         matcher = matchers[source.volume]
         return _backup_with_retries(
             lambda: _open_stream(engine, source, options.use_direct, matcher, cache),
-            repo, source, options,
-            progress, matchers[source.volume])
+            repo, source, options, progress, matcher)
 
     outcomes += each_quietly(engine, sources, options.quiesce, options.stop_timeout, work,
                              lambda s, e: VolumeBackup(s.volume, "failed").failure(e),

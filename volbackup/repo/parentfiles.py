@@ -43,13 +43,15 @@ def parent_runs(lines: Iterable[tuple[bytes, CatalogEntry]],
     boundary = 0                        # the next blob boundary at or after the position
     taken: list[tuple[str, int]] = []   # leaves of the open run
 
-    def reaches(pos: int) -> bool:
-        """Take the leaves up to `pos`; True when a blob ends exactly there."""
+    def reaches(pos: int) -> bool | None:
+        """Take the leaves up to `pos`; True when a blob ends exactly there, None when
+        the leaves end before it (a tree shorter than its catalogue: nothing more to
+        take, rather than a run that grows with the rest of the catalogue)."""
         nonlocal boundary
         while boundary < pos:
             leaf = next(leaves, None)
             if leaf is None:
-                return False
+                return None
             taken.append(leaf)
             boundary += leaf[1]
         return boundary == pos
@@ -61,7 +63,10 @@ def parent_runs(lines: Iterable[tuple[bytes, CatalogEntry]],
         run.append(entry)
         raw.append(line)
         ends.append(end)
-        if reaches(end):
+        whole = reaches(end)
+        if whole is None:
+            return
+        if whole:
             if all(_reusable(e) for e in run):
                 yield ParentRun(tuple(run), tuple(raw), tuple(ends), tuple(taken))
             run.clear()
