@@ -47,7 +47,6 @@ class ChunkedPacked(Packed):
     tar_sha256: str | None = ""     # None: not computed (the packed layout)
     replaced_chunks: int = 0    # with `check_existing`: stored ones that failed, written again
     data: TreeRoot | None = None    # with a `tree`: the root of the data tree (no list)
-    reused_bytes: int = 0           # of `bytes`: in members taken whole from a parent
 
 
 def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStore,
@@ -116,7 +115,6 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
                     for blob_id, length in data.blobs:
                         pending.append(_ready(store.reuse(blob_id, length)))
                         result.bytes += length
-                    result.reused_bytes += data.length
                     progress(data.length)
                     continue
                 if tar_sha256 is not None:
