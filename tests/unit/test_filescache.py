@@ -15,8 +15,8 @@ from tests.unit.tars import _info, chunked, make_tar
 from volbackup.errors import IntegrityError
 from volbackup.ops import filescache
 from tests.unit.fakestore import FakeStore
-from volbackup.repo.catalogtree import (CatalogTreeWriter, entries, parse_line, plain_cut_key,
-                                        to_line)
+from volbackup.repo.catalogtree import (CatalogTreeWriter, entries, parent_line, parse_line,
+                                        plain_cut_key, to_line)
 from volbackup.repo.parentfiles import ParentRun, parent_runs
 from volbackup.stream.archive import END_MARKER, kept_tar
 from volbackup.stream.catalog import CatalogEntry
@@ -141,6 +141,10 @@ def _entry(path: str, at: int, hdr: int, size: int, st=(1, 2, 3), type_="file"):
                         mtime=MTIME, link="", at=at, data=at + hdr, sha256="ab" * 32, st=st)
 
 
+def _lines(entries: list[CatalogEntry]) -> list:
+    return [parent_line(to_line(e, None), e.at, 1 << 40) for e in entries]
+
+
 def test_parent_runs_are_members_that_are_exactly_whole_blobs():
     entries = [_entry(".", 0, 512, 0, None, "dir"),
                _entry("a", 512, 1024, 4096),            # 512-5632: blobs 512-1536, 1536-5632
@@ -150,19 +154,20 @@ def test_parent_runs_are_members_that_are_exactly_whole_blobs():
                _entry("c2", 11776, 512, 512),           # (with c)
                _entry("d", 12800, 512, 1536)]           # 12800-14848, one blob
     leaves = [("r", 512), ("a1", 1024), ("a2", 4096), ("g", 2048), ("h", 5120), ("d", 2048)]
-    got = list(parent_runs([(to_line(e, 0), e) for e in entries], leaves, 14848))
-    assert [([e.path for e in r.entries], r.ends, r.blobs) for r in got] == [
-        (["a"], (5632,), (("a1", 1024), ("a2", 4096))),
-        (["b", "b2"], (6656, 7680), (("g", 2048),)),
-        (["d"], (14848,), (("d", 2048),))]
+    got = list(parent_runs(_lines(entries), leaves, 14848))
+    assert [([m.key for m in r.members], [m.end for m in r.members], r.blobs)
+            for r in got] == [
+        ([(b"a",)], [5632], (("a1", 1024), ("a2", 4096))),
+        ([(b"b",), (b"b2",)], [6656, 7680], (("g", 2048),)),
+        ([(b"d",)], [14848], (("d", 2048),))]
 
 
 def test_a_data_tree_shorter_than_its_catalogue_ends_the_runs():
     entries = [_entry(".", 0, 512, 0, None, "dir"), _entry("a", 512, 512, 512),
                _entry("b", 1536, 512, 512)]
     leaves = [("r", 512), ("a", 1024)]          # nothing holds b
-    got = list(parent_runs([(to_line(e, 0), e) for e in entries], leaves, 2560))
-    assert [[e.path for e in r.entries] for r in got] == [["a"]]
+    got = list(parent_runs(_lines(entries), leaves, 2560))
+    assert [[m.key for m in r.members] for r in got] == [[(b"a",)]]
 
 
 def test_st_round_trips_in_a_catalogue_line_and_a_bad_one_is_refused():
@@ -186,7 +191,7 @@ class _Parent:
         self.runs = []
         for run in runs:
             names = run if isinstance(run, tuple) else (run,)
-            entries, ends, at = [], [], 0
+            entries, at = [], 0
             for name in names:
                 st = os.lstat(os.path.join(root, name))
                 entries.append(CatalogEntry(
@@ -194,9 +199,7 @@ class _Parent:
                     uid=st.st_uid, gid=st.st_gid, mtime=MTIME, link="", at=at, data=at + 512,
                     sha256="cd" * 32, st=(st.st_ino, st.st_mtime_ns, st.st_ctime_ns)))
                 at += 512 + -(-st.st_size // 512) * 512
-                ends.append(at)
-            self.runs.append(ParentRun(tuple(entries), tuple(to_line(e, 0) for e in entries),
-                                       tuple(ends), ((names[0], at),)))
+            self.runs.append(ParentRun(tuple(_lines(entries)), ((names[0], at),)))
 
 
 def _plan(root, parent, indexed=lambda blob: True, matcher=None, settle=0.0):
