@@ -239,3 +239,21 @@ def test_the_plan_reuses_only_what_it_may(tmp_path):
     items, _, counts = _plan(root, parent.runs, settle=3600)
     assert counts.files_reused == 0
     assert all(i.host is None for i in items if isinstance(i, Read))
+
+
+def test_consecutive_runs_taken_are_planned_as_one_up_to_a_bound(tmp_path, monkeypatch):
+    root = tmp_path / "v"
+    root.mkdir()
+    names = [f"f{i:02d}" for i in range(7)]
+    for name in names:
+        (root / name).write_bytes(name.encode() * 3000)
+    parent = _Parent(str(root), names)
+    monkeypatch.setattr(filescache, "TAKEN_MOST", 3)
+    items, tar_names, counts = _plan(root, parent.runs)
+    reused = [i for i in items if isinstance(i, Reused)]
+    assert [[m.name for m in r.members] for r in reused] == [
+        ["./f00", "./f01", "./f02"], ["./f03", "./f04", "./f05"], ["./f06"]]
+    assert [r.blobs for r in reused] == [
+        tuple((n, 512 + 9216) for n in names[i:i + 3]) for i in (0, 3, 6)]
+    assert sum(r.length for r in reused) == 7 * (512 + 9216)   # 9,000 bytes each
+    assert tar_names == [b"."] and counts.files_reused == 7

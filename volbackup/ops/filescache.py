@@ -42,7 +42,8 @@ from volbackup.stream.reuse import HostStat, Reused, ReusedMember
 from volbackup.stream.splice import Planned, Read, splice
 
 SETTLE = 2.0    # seconds: a file changed this recently is read again next time
-SPILL_BATCH = 256   # plan items pickled together
+SPILL_BATCH = 512   # entries (read, or members of reused runs) pickled together
+TAKEN_MOST = 512    # members of consecutive reused runs planned as one
 
 
 @dataclass
@@ -68,21 +69,25 @@ class Plan:
     items: BinaryIO = field(default_factory=lambda: tempfile.TemporaryFile())
     counts: CacheCounts = field(default_factory=CacheCounts)
     batch: list = field(default_factory=list)   # items not yet spilled
+    batched: int = 0                             # ... the entries they hold
 
     def add(self, item: Planned) -> None:
         """Spilled as tuples of plain values, SPILL_BATCH at a time (pickling them is
         several times cheaper than pickling the classes, and one at a time)."""
         if isinstance(item, Read):
             flat = (item.name, _flat_host(item.host))
+            self.batched += 1
         else:
             flat = (tuple(map(tuple, item.members)), item.blobs)
+            self.batched += len(item.members)
         self.batch.append(flat)
-        if len(self.batch) >= SPILL_BATCH:
+        if self.batched >= SPILL_BATCH:
             self._spill()
 
     def _spill(self) -> None:
         pickle.dump(self.batch, self.items, pickle.HIGHEST_PROTOCOL)
         self.batch.clear()
+        self.batched = 0
 
     def read_back(self) -> Iterator[Planned]:
         if self.batch:
@@ -138,6 +143,7 @@ def make_plan(directory: str, parent: Iterable[ParentRun], indexed: Callable[[st
     runs = _until_damage(parent, plan.counts)
     run = next(runs, None)
     run_key = run.members[0].key if run is not None else ()
+    taken = _Taken(plan)
     try:
         while (seen := next_seen()) is not None:
             key = seen.key
@@ -155,20 +161,45 @@ def make_plan(directory: str, parent: Iterable[ParentRun], indexed: Callable[[st
                         break
                 reused = _reuse(run, members, indexed)
                 if reused is not None:
-                    plan.add(reused)
+                    taken.add(reused)
                     plan.counts.files_reused += len(members)
                     plan.counts.bytes_reused += sum(m.st.st_size for m in members)
                     run = next(runs, None)
                     run_key = run.members[0].key if run is not None else ()
                     continue
                 back.extendleft(reversed(members[1:]))
+            taken.flush()
             _read(plan, seen)
+        taken.flush()
     except BaseException:
         plan.close()
         raise
     plan.names.flush()
     plan.names.seek(0)
     return plan
+
+
+class _Taken:
+    """Consecutive runs taken from the parent, planned as one Reused of up to TAKEN_MOST
+    members: what follows (splice, walker, cutter, packer) then handles an unchanged
+    stretch of a volume once, not once a run."""
+
+    def __init__(self, plan: Plan):
+        self._plan = plan
+        self._members: list[ReusedMember] = []
+        self._blobs: list[tuple[str, int]] = []
+
+    def add(self, reused: Reused) -> None:
+        self._members += reused.members
+        self._blobs += reused.blobs
+        if len(self._members) >= TAKEN_MOST:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._members:
+            self._plan.add(Reused(tuple(self._members), tuple(self._blobs)))
+            self._members.clear()
+            self._blobs.clear()
 
 
 def _until_damage(parent: Iterable[ParentRun], counts: CacheCounts) -> Iterator[ParentRun]:
