@@ -90,6 +90,33 @@ def test_splice_refuses_a_stream_that_is_not_the_plan():
         list(splice([tar], [Read(".", None)]))
 
 
+def test_a_plan_that_takes_nothing_is_walked_once_with_each_members_stat():
+    root = (_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b"")
+    a = (_info("./a", mtime=MTIME), b"a" * 100)
+    b = (_info("./b", mtime=MTIME), b"b" * 100)
+    tar = make_tar([root, a, b])
+    host = HostStat(1, MTIME * 10**9, MTIME * 10**9, 100, 0o644, 0, 0)
+    other = HostStat(2, MTIME * 10**9, MTIME * 10**9, 99, 0o644, 0, 0)   # not tar's size
+    out = splice(chunked(tar, 700), [Read(".", None), Read("./a", host), Read("./b", other)],
+                 reused=False)
+    walker = TarWalker()
+    seen = []
+    walker.on_member = lambda start, data_at, entry: seen.append((entry.name, entry.host))
+    assert b"".join(kept_tar(out, walker)) == tar[:_end(tar) + END_MARKER]  # tar's bytes
+    assert seen == [(".", None), ("./a", host), ("./b", None)]        # b's stat disagreed
+
+
+@pytest.mark.parametrize("plan, match", [
+    ([Read(".", None), Read("./b", None)], "was planned"),
+    ([Read(".", None), Read("./a", None), Read("./c", None)], "did not archive"),
+    ([Read(".", None)], "not planned")])
+def test_a_plan_that_takes_nothing_refuses_a_stream_that_is_not_it(plan, match):
+    tar = make_tar([(_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b""),
+                    (_info("./a", mtime=MTIME), b"x")])
+    with pytest.raises(IntegrityError, match=match):
+        list(kept_tar(splice([tar], plan, reused=False), TarWalker()))
+
+
 def test_the_walker_the_cutter_and_the_catalogue_pass_a_reused_member_on():
     root = (_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b"")
     small = (_info("./s", mtime=MTIME), b"s" * 10)

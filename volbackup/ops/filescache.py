@@ -268,6 +268,7 @@ def planned_export(directory: str, parent: str | None, runs: Iterable[ParentRun]
     plan = make_plan(directory, runs, indexed, matcher, clock(), settle, counts)
     try:
         with direct.export(directory, listed=plan.names) as pieces:
-            yield splice(pieces, plan.read_back()), plan.counts
+            yield splice(pieces, plan.read_back(), reused=plan.counts.files_reused > 0), \
+                plan.counts
     finally:
         plan.close()

@@ -13,7 +13,7 @@ the catalogue records what the next backup compares.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from volbackup.stream.tarstream import Entry
 
@@ -63,3 +63,11 @@ class Reused(NamedTuple):
     @property
     def length(self) -> int:
         return sum(m.length for m in self.members)
+
+
+class HostsInOrder(NamedTuple):
+    """Given first in a stream none of whose members is reused: the walker asks it for each
+    member's HostStat (or None), by name, in stream order, instead of a HostStat coming
+    before each member (which needs a second walker to find where members start)."""
+
+    host_for: Callable[[str], HostStat | None]
