@@ -25,10 +25,6 @@ class ParentRun(NamedTuple):
     members: tuple[ParentLine, ...]      # their lines, in stream order
     blobs: tuple[tuple[str, int], ...]   # (id, length) of the blobs that are the run
 
-    @property
-    def start(self) -> int:
-        return self.members[0].at
-
 
 def parent_runs(lines: Iterable[ParentLine], leaves: Iterable[tuple[str, int]],
                 members_end: int) -> Iterator[ParentRun]:
