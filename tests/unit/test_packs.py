@@ -503,3 +503,25 @@ def test_a_damaged_blob_in_a_run_is_read_again_alone_and_named(repo, tmp_path):
         for plain, _ in store.load_many(entries, 8):
             seen.append(plain)
     assert len(seen) == len(entries) // 2       # every blob before it, checked, none after
+
+
+def test_a_long_run_indexes_its_packs_as_it_goes_and_the_flush_names_them_all(tmp_path,
+                                                                                monkeypatch):
+    from volbackup.repo import packstore
+    monkeypatch.setattr(packstore, "INDEX_EARLY_BLOBS", 40)
+    store = PackedBlobStore(LocalBackend(str(tmp_path)), PLAIN, 16 << 10)  # small packs
+    datas = [os.urandom(1000) for _ in range(300)]
+    saved = [store.save(data, 3) for data in datas]
+    store.flush_packs()
+    assert [p for p in (tmp_path / "index").rglob("*") if p.is_file()]  # before the end
+    # a blob this run wrote is held: saved again, even verified, it is not written again
+    again_saved = store.save(datas[0], 3, verify_existing=True)
+    assert not again_saved.written and not again_saved.replaced
+    made = store.flush()
+    named = {pack for _, packs in made for pack in packs}
+    on_disk = {p.name for p in (tmp_path / "packs").rglob("*") if p.is_file()}
+    assert len(made) > 1 and named == on_disk       # every pack, in the objects flush names
+    indexes = [p for p in (tmp_path / "index").rglob("*") if p.is_file()]
+    assert len(indexes) == len(made)
+    fresh = PackedBlobStore(LocalBackend(str(tmp_path)), PLAIN, 16 << 10)
+    assert all(fresh.indexed(s.id) for s in saved) and len(fresh.index()) == 300

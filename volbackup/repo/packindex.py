@@ -47,6 +47,9 @@ LABEL = b"volbackup index"
 ID = 32
 _HEAD = struct.Struct("<7sBBII")
 _PACK = struct.Struct("<32sIB")
+# A location this run added: pack ordinal, offset, stored and plain length, packed (one
+# bytes object of 53 bytes a blob, where a list of tuples took about 250)
+_ADDED = struct.Struct("<IQQQ")
 MAX_BLOBS = 1 << 21          # per index object: a writer starts another before
 MAX_PACKS = 1 << 20
 MAX_PACK_BYTES = (1 << 32) - 1
@@ -194,7 +197,7 @@ class BlobIndex:
         remaps = [[self._add_pack(p) for p in obj.packs] for obj in objects]
         self.ids, self.columns = _merge(objects, remaps)
         self._starts = _buckets(self.ids)
-        self._added: dict[bytes, list[tuple[int, int, int, int]]] = {}
+        self._added: dict[bytes, bytes] = {}   # blob id -> its _ADDED locations
         self._doomed: frozenset[bytes] = frozenset()
         self._doomed_ordinals: frozenset[int] = frozenset()
 
@@ -212,21 +215,27 @@ class BlobIndex:
         return ordinal
 
     def __len__(self) -> int:
-        return len(self.ids) // ID + sum(len(v) for v in self._added.values())
+        return len(self.ids) // ID + sum(len(v) for v in self._added.values()) // _ADDED.size
 
     def add(self, pack: PackInfo, entries: Iterable[Entry]) -> None:
         """A pack this run wrote: its blobs are found from now on."""
         ordinal = self._add_pack(pack)
+        added = self._added
         for blob_id, offset, stored, plain in entries:
-            self._added.setdefault(blob_id, []).append((ordinal, offset, stored, plain))
+            added[blob_id] = added.get(blob_id, b"") + _ADDED.pack(ordinal, offset, stored,
+                                                                   plain)
 
     def added(self) -> list[tuple[PackInfo, list[Entry]]]:
         """The packs this run wrote (`add`): what an index loaded again is given back."""
         by_pack: dict[int, list[Entry]] = {}
         for blob_id, locations in self._added.items():
-            for ordinal, offset, stored, plain in locations:
+            for ordinal, offset, stored, plain in _ADDED.iter_unpack(locations):
                 by_pack.setdefault(ordinal, []).append((blob_id, offset, stored, plain))
         return [(self.packs[ordinal], entries) for ordinal, entries in by_pack.items()]
+
+    def written_here(self, blob_id: bytes) -> bool:
+        """Whether this run wrote the blob into a pack (`add`)."""
+        return blob_id in self._added
 
     @property
     def doomed(self) -> frozenset[bytes]:
@@ -261,7 +270,8 @@ class BlobIndex:
         return found
 
     def all_locations(self, blob_id: bytes) -> list[Location]:
-        found = [self._location(*loc) for loc in self._added.get(blob_id, ())]
+        found = [self._location(*loc)
+                 for loc in _ADDED.iter_unpack(self._added.get(blob_id, b""))]
         i = self._find(blob_id)
         while 0 <= i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:
             found.append(self._row(i))
@@ -291,7 +301,7 @@ class BlobIndex:
         for i in range(len(self.ids) // ID):
             yield self.ids[i * ID:(i + 1) * ID], self._row(i)
         for blob_id, locs in self._added.items():
-            for loc in locs:
+            for loc in _ADDED.iter_unpack(locs):
                 yield blob_id, self._location(*loc)
 
 

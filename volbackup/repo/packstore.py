@@ -39,6 +39,7 @@ from volbackup.repo.packs import DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder, Tra
 # compressing, not by uploads (docs/performance.md).
 UPLOADS = 1
 UPLOAD_PIECE = 1 << 20      # read from a spill file and written at a time
+INDEX_EARLY_BLOBS = 1 << 16   # a run indexes its packs once they hold this many blobs
 # What has_room is asked for a pack's own data key before it is made: an age file of a
 # 32-byte key to a few recipients takes far less than this.
 _NEW_KEY = bytes(4096)
@@ -115,8 +116,10 @@ class PackedBlobStore(BlobStore):
         self._uploading: list[Future] = []
         self._pool: ThreadPoolExecutor | None = None
         self._written: list[tuple[PackInfo, list[Entry]]] = []   # durable, not yet indexed
+        self._written_blobs = 0                 # ... their blobs
+        self._indexed_early: list[tuple[str, list[str]]] = []   # see _index_early
         self._failed: BaseException | None = None
-        self._sound: set[bytes] = set()         # checked (or written) under this lock
+        self._sound: set[bytes] = set()         # checked under this lock (written: the index)
         self._reloaded_for: set[bytes] = set()  # packs gone, blobs unindexed: reloaded for
         self._compressor = ThreadCompressors()
         self._trailers: OrderedDict[bytes, dict[int, packs.Record]] = OrderedDict()
@@ -133,6 +136,11 @@ class PackedBlobStore(BlobStore):
         """The index, loaded once under the current lock (with this run's packs added)."""
         with self._lock:
             return self._loaded()
+
+    def _written_here(self, raw: bytes) -> bool:
+        """Whether this run wrote the blob into a durable pack (sound: never doomed, and
+        checked as it was written); the caller holds the lock."""
+        return self._index is not None and self._index.written_here(raw)
 
     def _loaded(self) -> BlobIndex:
         if self._index is None:
@@ -203,7 +211,7 @@ class PackedBlobStore(BlobStore):
         from a copy a writer may count on (a copy in a pack a prune plan dooms does not
         count, however sound: the pack may be deleted before this run's snapshot)."""
         with self._lock:
-            if raw in self._sound:
+            if raw in self._sound or self._written_here(raw):
                 return True
         try:
             self._read(blob_id, length, countable=True)
@@ -280,9 +288,28 @@ class PackedBlobStore(BlobStore):
             if self._index is not None:
                 self._index.add(info, entries)
             self._written.append((info, entries))
+            self._written_blobs += len(entries)
             for raw, _, _, _ in entries:
                 self._pending.discard(raw)
-                self._sound.add(raw)
+            ready = None
+            if self._written_blobs >= INDEX_EARLY_BLOBS:
+                ready, self._written, self._written_blobs = self._written, [], 0
+        if ready:               # a long run: index its packs now, not all at its end
+            self._index_early(ready)
+
+    def _index_early(self, written: list[tuple[PackInfo, list[Entry]]]) -> None:
+        """Index durable packs during the run, so that what waits for the run's end (and
+        memory) does not grow with the blobs it writes; `flush` reports them."""
+        try:
+            self.confirm_lock()
+            made = [(self.write_index(part), [info.hex for info, _ in part])
+                    for part in index_parts(written)]
+        except BaseException as e:
+            with self._lock:
+                self._failed = self._failed or e
+            raise
+        with self._lock:
+            self._indexed_early += made
 
     def _raise_failed(self) -> None:
         if self._failed is not None:
@@ -312,8 +339,8 @@ class PackedBlobStore(BlobStore):
             future.exception()
         with self._lock:
             self._raise_failed()
-            written, self._written = self._written, []
-        made = []
+            written, self._written, self._written_blobs = self._written, [], 0
+            made, self._indexed_early = self._indexed_early, []
         if written:
             self.confirm_lock()
         for part in index_parts(written):
@@ -339,7 +366,7 @@ class PackedBlobStore(BlobStore):
         with self._lock:
             self._index = None
             self._pending.clear()
-            self._written = []
+            self._written, self._written_blobs, self._indexed_early = [], 0, []
             self._sound = set()
             self._reloaded_for = set()
             self._failed = None
@@ -416,7 +443,7 @@ class PackedBlobStore(BlobStore):
         a prune plan dooms is not stored (`BlobIndex.has`)."""
         with self._lock:
             self._raise_failed()
-            if raw in self._pending or raw in self._sound:
+            if raw in self._pending or raw in self._sound or self._written_here(raw):
                 return SOUND
             if self._loaded().has(raw):
                 return HELD
