@@ -45,7 +45,7 @@ DEFAULT_MIN = 256 << 10
 DEFAULT_MAX = 4 << 20
 # A packed repository's: 256K (min 64K, max 1M). What a day's change stores beyond the
 # changed bytes is mostly the FastCDC chunks around a change inside a large file (about 1.7
-# mean chunks); the groups of small files cost ~1 % of it (docs/performance.md, "Where a
+# mean chunks); the groups of small files cost ~1.5 % of it (docs/performance.md, "Where a
 # day's new bytes go"). 30 daily snapshots at 1 %/day store 1.36x one full snapshot
 # against 1.42-1.43x at 512K and 1.46-1.51x at 1M. Packs keep the object count; the index
 # grows, and only with large files (~3,400 blobs a GiB of them instead of ~1,700; about 51
