@@ -82,7 +82,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
     def store_one(data: bytes) -> Prepared:
         return store.prepare(data, level, check_existing)
 
-    def record(future: Future) -> None:
+    def record(future: Future | _Ready) -> None:
         saved = store.commit(future.result())   # in stream order: packs keep it
         if tree is not None:
             tree.add(saved.id, saved.length)    # a tree piece goes into a tree pack
@@ -94,7 +94,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
         result.stored_bytes += saved.stored
 
     c = config.chunker
-    pending: deque[Future] = deque()
+    pending: deque[Future | _Ready] = deque()
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="volbackup-chunk") as pool:
         try:
             if c.algorithm == CHUNKER_PLAIN:
@@ -113,7 +113,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
             for data in cuts:
                 if isinstance(data, Reused):    # the files cache: its blobs, unread
                     for blob_id, length in data.blobs:
-                        pending.append(_ready(store.reuse(blob_id, length)))
+                        pending.append(_Ready(store.reuse(blob_id, length)))
                         result.bytes += length
                     progress(data.length)
                     continue
@@ -141,11 +141,21 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
     return result
 
 
-def _ready(saved: Saved) -> Future:
-    """A blob stored already, where the packer waits for futures (in stream order)."""
-    future: Future = Future()
-    future.set_result(Prepared(saved))
-    return future
+class _Ready:
+    """A blob stored already, where the packer waits for futures (in stream order): as
+    much of a Future as it uses, without a Future's lock."""
+
+    def __init__(self, saved: Saved):
+        self._prepared = Prepared(saved)
+
+    def result(self) -> Prepared:
+        return self._prepared
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
 
 
 class ChunkedUnpacker:
