@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 
+from volbackup.errors import VolbackupError
 from volbackup.repo import catalogtree, trees
 from volbackup.repo.repository import Repository
 
@@ -60,7 +61,11 @@ def main() -> int:
     p.add_argument("repository")
     p.add_argument("--json", metavar="PATH", help="write the rows to PATH")
     args = p.parse_args()
-    rows = added(args.repository)
+    try:
+        rows = added(args.repository)
+    except VolbackupError as e:
+        print(f"daily_bytes.py: {e}", file=sys.stderr)
+        return 1
     print(f"{'snapshot':>8}  " + "  ".join(f"{k:>16}" for k in KINDS))
     for n, row in enumerate(rows, 1):
         print(f"{n:>8}  " + "  ".join(f"{row[k] / MIB:>8.3f} MiB {row[k + '_blobs']:>3}"
