@@ -2,6 +2,7 @@
 
     python benchmarks/dedup.py [--size-mib 1024] [--repeat 3] [--sections speed,dedup,sizes]
     python benchmarks/dedup.py --sections daily --daily-mib 256 [--layout packed] [--daily-chunk-size 1M]
+        [--daily-keep DIR]     # then: python benchmarks/daily_bytes.py DIR
     python benchmarks/dedup.py --sections rss --rss-sizes 1024,2048,4096
     python benchmarks/dedup.py --sections prune --prune-chunks 100000     # S3 (moto server)
     python benchmarks/dedup.py --quick --json out.json                       # does it run?
@@ -330,7 +331,8 @@ def sizes(bench: Dedup, volume: str, mountpoint: str, mib: float, seed: int, rep
     return out
 
 
-def daily(bench: Dedup, mib: int, days: int, seed: int, chunk_size: str = "default") -> dict:
+def daily(bench: Dedup, mib: int, days: int, seed: int, chunk_size: str = "default",
+          keep: str | None = None) -> dict:
     volume, mountpoint = bench.volume("daily")
     stats = uniquevolume.fill(mountpoint, mib, seed)
     repo = bench.repo(chunk_size)
@@ -348,7 +350,11 @@ def daily(bench: Dedup, mib: int, days: int, seed: int, chunk_size: str = "defau
            "chunk_objects": chunk_objects(repo), "objects": objects_by_kind(repo),
            "indexed_blobs": indexed_blobs(repo),
            "chunk_size": size_name(chunker["avg_size"]), "chunker": chunker, "rows": rows}
-    shutil.rmtree(repo)
+    if keep:    # for benchmarks/daily_bytes.py, which says where each day's bytes went
+        shutil.move(repo, keep)
+        out["kept"] = keep
+    else:
+        shutil.rmtree(repo)
     return out
 
 
@@ -489,7 +495,9 @@ def main() -> int:
     p.add_argument("--daily-mib", type=int, default=256)
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--daily-chunk-size", default="default", help="init --chunk-size of the "
-                   "daily section's repository (default: the layout's, 512K packed, 1M chunked)")
+                   "daily section's repository (default: the layout's, 256K packed, 1M chunked)")
+    p.add_argument("--daily-keep", metavar="DIR", help="move the daily section's repository "
+                   "to DIR (which must not exist) instead of removing it")
     p.add_argument("--rss-sizes", default="1024,2048,4096")
     p.add_argument("--prune-chunks", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=11)
@@ -507,6 +515,8 @@ def main() -> int:
     if args.quick:
         args.size_mib, args.repeat, args.daily_mib, args.days = 16, 1, 16, 3
         args.rss_sizes, args.prune_chunks, sections = "16,32", 500, list(SECTIONS)
+    if args.daily_keep and os.path.lexists(args.daily_keep):
+        p.error(f"--daily-keep {args.daily_keep}: it exists already")
     if set(sections) - set(SECTIONS) or args.repeat < 1 or args.size_mib < 1:
         p.error(f"--sections must be of {','.join(SECTIONS)}; --repeat, --size-mib >= 1")
     if args.no_direct:
@@ -517,7 +527,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        client = docker.from_env()
+        client = docker.from_env(timeout=600)
         client.ping()
     except docker.errors.DockerException as e:
         print(f"dedup.py: {e}", file=sys.stderr)
@@ -546,7 +556,7 @@ def main() -> int:
                 result["encryption"] = encryption(bench, volume, mib, args.repeat)
         if "daily" in sections:
             result["daily"] = daily(bench, args.daily_mib, args.days, args.seed,
-                                    args.daily_chunk_size)
+                                    args.daily_chunk_size, args.daily_keep)
         if "rss" in sections:
             result["rss"] = rss(bench, [int(s) for s in args.rss_sizes.split(",")], args.seed)
         if "prune" in sections:

@@ -37,7 +37,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
     jobs = [int(j) for j in args.jobs.split(",")]
-    bench = Bench(docker.from_env(), f"vbbench-{secrets.token_hex(3)}-", "", fsync=True)
+    bench = Bench(docker.from_env(timeout=600), f"vbbench-{secrets.token_hex(3)}-", "", fsync=True)
     try:
         sets = {"small": [], "large": []}
         for i in range(args.small):

@@ -77,7 +77,7 @@ def main() -> None:
                         help="repository layout (chunked: made by `volbackup init`)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    client = docker.from_env()
+    client = docker.from_env(timeout=600)
     rows = [measure(int(s), client, args.layout) for s in args.sizes.split(",")]
     print_rows(rows, args.json)
 

@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     stores = args.stores.split(",")
-    client = docker.from_env()
+    client = docker.from_env(timeout=600)
     volume = client.volumes.create(f"{PREFIX}src")
     work = tempfile.mkdtemp(prefix=PREFIX)
     rows: list[dict] = []

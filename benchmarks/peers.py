@@ -432,7 +432,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        client = docker.from_env()
+        client = docker.from_env(timeout=600)
         client.ping()
     except docker.errors.DockerException as e:
         print(f"peers.py: {e}", file=sys.stderr)

@@ -130,7 +130,7 @@ def main() -> int:
     chosen = contenders(peers, only)
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    client = docker.from_env()
+    client = docker.from_env(timeout=600)
     bench = Dedup(client, args.prefix or f"vbbench-{secrets.token_hex(3)}-")
     peer_environment(bench.work)
     result: dict = {"prefix": bench.prefix, "config": vars(args), "peers": peers,

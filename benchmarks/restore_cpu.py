@@ -183,7 +183,7 @@ def main() -> int:
     from dedup import Dedup
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    bench = Dedup(docker.from_env(), f"vbbench-{secrets.token_hex(3)}-")
+    bench = Dedup(docker.from_env(timeout=600), f"vbbench-{secrets.token_hex(3)}-")
     result: dict = {"prefix": bench.prefix, "config": vars(args), "cpus": os.cpu_count(),
                     "load_before": os.getloadavg(), "layouts": {}}
 

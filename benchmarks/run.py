@@ -246,7 +246,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM cleans up like Ctrl-C
     try:
-        client = docker.from_env()
+        client = docker.from_env(timeout=600)
         client.ping()
         image = ensure_image()
     except (docker.errors.DockerException, ImageError) as e:

@@ -57,7 +57,7 @@ def main() -> None:
                 break
             except Exception:  # not listening yet
                 time.sleep(0.1)
-        rows = [measure(int(s), docker.from_env(), s3) for s in args.sizes.split(",")]
+        rows = [measure(int(s), docker.from_env(timeout=600), s3) for s in args.sizes.split(",")]
     finally:
         server.terminate()
         server.wait()

@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--layout", choices=["archive", "chunked"], default="chunked")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    client = docker.from_env()
+    client = docker.from_env(timeout=600)
     rows = []
     with ExitStack() as stack:
         try:

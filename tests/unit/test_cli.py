@@ -99,20 +99,20 @@ def test_init_makes_a_missing_directory_0700_and_says_so(capsys, tmp_path):
 
 
 def test_init_makes_a_packed_repository_unless_told_chunked(capsys, tmp_path):
-    """Packed by default (issue 24), with chunks of 512 KiB; `--layout chunked` still makes
+    """Packed by default (issue 24), with chunks of 256 KiB; `--layout chunked` still makes
     what init made before, 1 MiB chunks and no pack size; the sizes are in the config."""
     code, out, err = run(capsys, "init", "-r", str(tmp_path / "packed"), "--json")
     assert code == 0, err
     made = json.loads(out)
     assert made["layout"] == "packed" and made["pack_size"] == 16 << 20
     assert (made["chunker"]["min_size"], made["chunker"]["avg_size"],
-            made["chunker"]["max_size"]) == (128 << 10, 512 << 10, 2 << 20)
+            made["chunker"]["max_size"]) == (64 << 10, 256 << 10, 1 << 20)
     assert made["chunker"]["algorithm"] == "fastcdc-2020-each-member"
     config = json.loads((tmp_path / "packed" / "config").read_text())
-    assert config["layout"] == "packed" and config["chunker"]["avg_size"] == 512 << 10
+    assert config["layout"] == "packed" and config["chunker"]["avg_size"] == 256 << 10
     code, out, err = run(capsys, "init", "-r", str(tmp_path / "packed-text"))
     assert code == 0, err
-    assert "created packed repository" in out and "chunks of about 640.0 KiB, packs of " \
+    assert "created packed repository" in out and "chunks of about 320.0 KiB, packs of " \
         "16.0 MiB" in out, out
 
     code, out, err = run(capsys, "init", "-r", str(tmp_path / "chunked"), "--layout", "chunked",

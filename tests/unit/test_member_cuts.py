@@ -5,6 +5,7 @@ that a huge member is never held in memory."""
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import tarfile
 import tracemalloc
@@ -290,3 +291,26 @@ def test_a_packed_repository_with_the_each_member_chunker_stores_and_restores(tm
     assert [n for _, n in chunk_list(reopened, manifest)] == [
         len(b) for b in _blobs(tar, key=seed_name_key(seed), avg=4096, min_=1024, max_=16384,
                                seed=seed)]
+
+
+def test_a_packed_repository_made_at_512k_keeps_cutting_at_512k(tmp_path):
+    """The default chunk size of packed repositories went from 512 KiB to 256 KiB; one
+    made before (its config says 131072/524288/2097152, as `init` then wrote it) cuts its
+    large files where it always did, so that its next backup stores nothing again, and a
+    new repository cuts at the new sizes."""
+    older = json.loads(RepoConfig.new(layout=PACKED).to_json())
+    older["chunker"].update(min_size=128 << 10, avg_size=512 << 10, max_size=2 << 20)
+    config = RepoConfig.from_json(json.dumps(older).encode(), "config")
+    repo = Repository.init(str(tmp_path / "older"), config=config)
+    tar = _tar([_file("./a", b"1"), _file("./big", random.Random(8).randbytes(6 << 20))])
+    manifest = backup(repo, tar)
+    seed = config.chunker.seed
+    lengths = [n for _, n in chunk_list(repo, manifest)]
+    at_512k = [len(b) for b in _blobs(tar, key=seed_name_key(seed), avg=512 << 10,
+                                      min_=128 << 10, max_=2 << 20, seed=seed)]
+    at_256k = [len(b) for b in _blobs(tar, key=seed_name_key(seed), avg=256 << 10,
+                                      min_=64 << 10, max_=1 << 20, seed=seed)]
+    assert lengths == at_512k != at_256k
+    assert manifest.stored_bytes > 0 and backup(repo, tar).stored_bytes == 0
+    new = RepoConfig.new(layout=PACKED).chunker
+    assert (new.min_size, new.avg_size, new.max_size) == (64 << 10, 256 << 10, 1 << 20)

@@ -52,17 +52,21 @@ def test_a_packed_config_round_trips_and_a_chunked_one_has_no_pack_size():
 
 
 def test_each_layout_has_its_own_default_chunk_size():
-    """512 KiB in a packed repository (min 128 KiB, max 2 MiB), 1 MiB in a chunked one; the
-    three sizes are written into the config, and a repository keeps what it was made with."""
+    """256 KiB in a packed repository (min 64 KiB, max 1 MiB), 1 MiB in a chunked one; the
+    three sizes are written into the config, and a repository keeps what it was made with
+    (packed ones made at 1M, and at 512K, the default before 256K)."""
     packed, chunked = RepoConfig.new(layout=PACKED), RepoConfig.new(layout=CHUNKED)
     assert (packed.chunker.min_size, packed.chunker.avg_size, packed.chunker.max_size) == (
-        128 << 10, DEFAULT_PACKED_AVG, 2 << 20)
+        64 << 10, DEFAULT_PACKED_AVG, 1 << 20)
     assert (chunked.chunker.min_size, chunked.chunker.avg_size, chunked.chunker.max_size) == (
         256 << 10, DEFAULT_AVG, 4 << 20)
     raw = json.loads(packed.to_json())["chunker"]
-    assert (raw["min_size"], raw["avg_size"], raw["max_size"]) == (131072, 524288, 2097152)
+    assert (raw["min_size"], raw["avg_size"], raw["max_size"]) == (65536, 262144, 1048576)
     older = RepoConfig.new(avg_size=1 << 20, layout=PACKED)   # a packed one made at 1M
     assert RepoConfig.from_json(older.to_json(), "config").chunker.avg_size == 1 << 20
+    at_512k = RepoConfig.new(avg_size=512 << 10, layout=PACKED)
+    assert RepoConfig.from_json(at_512k.to_json(), "config").chunker == at_512k.chunker
+    assert (at_512k.chunker.min_size, at_512k.chunker.max_size) == (128 << 10, 2 << 20)
     plain = RepoConfig.new()        # the library's own default stays what it was
     assert (plain.layout, plain.chunker.avg_size, plain.pack_size) == (CHUNKED, 1 << 20, None)
 

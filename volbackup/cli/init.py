@@ -10,7 +10,7 @@ from volbackup.ops.create import InitOptions, create_repository
 from volbackup.repo.config import CHUNKED, CHUNKER_PLAIN, DEFAULT_LAYOUT, PACKED
 from volbackup.repo.crypto import recipients_from_lines
 
-_SIZES = {"512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
+_SIZES = {"256K": 256 << 10, "512K": 512 << 10, "1M": 1 << 20, "2M": 2 << 20, "4M": 4 << 20}
 _PACK_SIZES = {f"{n}M": n << 20 for n in (4, 8, 16, 32, 64, 128)}
 
 
@@ -19,7 +19,7 @@ _PACK_SIZES = {f"{n}M": n << 20 for n in (4, 8, 16, 32, 64, 128)}
 @click.option("--chunk-size", type=click.Choice(list(_SIZES)),
               help="Target chunk size (content-defined: chunks vary between a quarter and four "
                    "times it). Smaller finds more duplicates and makes more chunks (in a "
-                   "chunked repository, more objects). Default: 512K packed, 1M chunked; "
+                   "chunked repository, more objects). Default: 256K packed, 1M chunked; "
                    "docs/performance.md has the measurements.")
 @click.option("--chunker", type=click.Choice(["members", "stream"]), default="members",
               show_default=True,

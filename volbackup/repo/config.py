@@ -43,13 +43,15 @@ DEFAULT_LAYOUT = PACKED
 DEFAULT_AVG = 1 << 20
 DEFAULT_MIN = 256 << 10
 DEFAULT_MAX = 4 << 20
-# A packed repository's: 512K (min 128K, max 2M). Its packs keep the object count where
-# 1M had it; what grows is the index (about 51 bytes a blob in memory), and only with
-# large files, ~1,600 blobs a GiB of them instead of ~830 (small files are cut at their
-# own ends whatever the chunk size). 30 daily snapshots at 1 %/day store
-# 1.42-1.43x one full snapshot against 1.46-1.51x at 1M (docs/performance.md, "Chunk
-# size of packed repositories").
-DEFAULT_PACKED_AVG = 512 << 10
+# A packed repository's: 256K (min 64K, max 1M). What a day's change stores beyond the
+# changed bytes is mostly the FastCDC chunks around a change inside a large file (about 1.7
+# mean chunks); the groups of small files cost ~1.5 % of it (docs/performance.md, "Where a
+# day's new bytes go"). 30 daily snapshots at 1 %/day store 1.36x one full snapshot
+# against 1.42-1.43x at 512K and 1.46-1.51x at 1M. Packs keep the object count; the index
+# grows, and only with large files (~3,400 blobs a GiB of them instead of ~1,700; about 51
+# bytes a blob in memory): small files are cut at their own ends whatever the size.
+# Repositories made at 512K or 1M keep their sizes (they are in the config).
+DEFAULT_PACKED_AVG = 256 << 10
 # Hard bounds, whatever a config says: a chunk is held whole in memory (several at once).
 MAX_CHUNK = 16 << 20
 MIN_CHUNK = 64
