@@ -38,7 +38,7 @@ WRITERS = 4         # threads compressing and storing new chunks
 # Chunks are handed to a writer in batches of about this many bytes: a volume of small
 # files is cut into thousands of small blobs, and a task each (a Future, a queue, a GIL
 # handoff) cost more CPU than hashing and compressing a small one (docs/performance.md,
-# "The first backup's CPU"). A chunk of this size or more goes alone.
+# "The first backup's CPU per byte"). A chunk of this size or more goes alone.
 BATCH_BYTES = 512 << 10
 READERS = 8         # chunks fetched ahead on restore
 _LINE = re.compile(rb"([0-9a-f]{64}) ([1-9][0-9]{0,8})\n")

@@ -41,9 +41,9 @@ UPLOADS = 1
 UPLOAD_PIECE = 1 << 20      # read from a spill file and written at a time
 # Spill files written and uploaded are kept (unlinked, still open) and written over by
 # the next packs of this lock: pages of a file made afresh are pages the kernel must find
-# and zero, which cost 0.3 s of system CPU per GiB stored on the VM measured, written
-# over 0.1 s (docs/performance.md, "The first backup's CPU"). At most this many, of up
-# to a pack's size each; closed when the lock ends (`forget`) or the store closes.
+# and zero: 0.3-0.4 s of system CPU per 656 MiB of packs on the VM measured, 0.1 s written
+# over (docs/performance.md, "The first backup's CPU per byte"). At most this many, of up to
+# a pack's size each; closed when the lock ends (`forget`) or the store closes.
 SPILLS_KEPT = UPLOADS + 2
 # What has_room is asked for a pack's own data key before it is made: an age file of a
 # 32-byte key to a few recipients takes far less than this.
