@@ -303,3 +303,108 @@ def test_gnu_tar_sparse_members_read_back_as_version_1_gives_them(tmp_path, fmt)
     assert got == _version1(tar)
     assert {e.path for e in got} == {".", "sparse", "after"}
     assert not any(b'"span"' in piece for piece in store.blobs.values())
+
+
+# ---- the fast reading of to_line's form ----
+
+_NAMES = ["a", "dir/file.txt", "é/ü", 'q"uote', "back\\slash", "tab\tx", "\x7fdel", "sp ace",
+          "\udcff\udc80raw", "x/y/z" * 50, "\ud800lone"]
+
+
+def _random_lines(count: int, seed: int) -> list[bytes]:
+    rnd = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        entry = CatalogEntry(
+            rnd.choice(_NAMES), rnd.choice(["file", "dir", "symlink", "hardlink", "fifo"]),
+            rnd.randrange(0, 10 ** rnd.randrange(1, 22)), rnd.randrange(0, 1 << 13),
+            rnd.randrange(0, 1 << 64), rnd.randrange(0, 1 << 32),
+            rnd.choice([rnd.randrange(-(1 << 40), 1 << 40), rnd.uniform(-1e10, 1e10), 1e16,
+                        1e300, 0.1, -0.0, 0, 5e-324]),
+            rnd.choice(["", "t", "é\\", "../x"]), 0, 512 * rnd.randrange(1, 4),
+            rnd.choice([None, "ab" * 32]),
+            rnd.choice([None, (rnd.randrange(1 << 65), rnd.randrange(1 << 63), 5)]))
+        lines.append(catalogtree.to_line(entry, rnd.choice([None, 0, 1024, 1 << 70])))
+    return lines
+
+
+def test_lines_in_to_lines_form_read_as_json_reads_them():
+    lines = _random_lines(3000, 7)
+    odd = [b'{"path":"a","type":"file","size":007}\n',
+           b'{"path":"a","type":"file","size":1,"mode":1,"uid":0,"gid":0,"mtime":1,"link":"",'
+           b'"hdr":512,"st":[1,2]}\n',
+           b'{"path":"a","type":"file","size":123456789012345678901234,"mode":1,"uid":0,'
+           b'"gid":0,"mtime":1,"link":"","hdr":512}\n',
+           b'{"path":"a","type":"file","size":1,"mode":1,"uid":0,"gid":0,"mtime":1,"link":"",'
+           b'"hdr":512} \n',
+           b'{"path":"a\x01","type":"file","size":1,"mode":1,"uid":0,"gid":0,"mtime":1,'
+           b'"link":"","hdr":512}\n']
+    fast = 0
+    for line in lines + odd:
+        got = catalogtree._canonical_fields(line)
+        if got is None:
+            continue
+        fast += 1
+        want = catalogtree._json_fields(line)
+        assert got == want and [type(v) for v in got.values()] == \
+            [type(v) for v in want.values()], line
+    assert fast > 2000         # to_line's form (numbers of over 20 digits go to json.loads)
+    assert catalogtree._canonical_fields(_file_line()) is not None
+    assert catalogtree._canonical_fields(odd[0]) is None    # not JSON: json.loads refuses it
+    # and parse_line gives what it gave through json.loads, or refuses alike
+    for line in lines[:500]:
+        try:
+            want = catalogtree.parse_line(line, 0, 1 << 80)
+        except IntegrityError as e:
+            want = type(e)
+        try:
+            with_json = _parse_by_json(line)
+        except IntegrityError as e:
+            with_json = type(e)
+        assert want == with_json, line
+
+
+def _parse_by_json(line: bytes):
+    real = catalogtree._canonical_fields
+    catalogtree._canonical_fields = lambda line: None
+    try:
+        return catalogtree.parse_line(line, 0, 1 << 80)
+    finally:
+        catalogtree._canonical_fields = real
+
+
+def _file_line(**changes) -> bytes:
+    out = {"path": "d/f", "type": "file", "size": 10, "mode": 420, "uid": 5, "gid": 6,
+           "mtime": 1.5, "link": "", "hdr": 512, "sha256": "c" * 64, "st": [7, 8, 9]}
+    out.update(changes)
+    return (json.dumps({k: v for k, v in out.items() if v is not None},
+                       separators=(",", ":")) + "\n").encode()
+
+
+def test_a_parent_line_gives_what_the_files_cache_matches_on():
+    got = catalogtree.parent_line(_file_line(), 1024, 1 << 20)
+    assert (got.key, got.at, got.hdr, got.end, got.size, got.mode, got.uid, got.gid,
+            got.mtime, got.st) == ((b"d", b"f"), 1024, 512, 2048, 10, 420, 5, 6, 1.5, (7, 8, 9))
+    # the same line in another form (spaces: not to_line's) reads the same
+    spaced = json.dumps(json.loads(_file_line())).encode() + b"\n"
+    assert catalogtree.parent_line(spaced, 1024, 1 << 20)[1:] == got[1:]
+    # escaped names are matched as the walk's bytes
+    assert catalogtree.parent_line(_file_line(path="é/\udcff"), 0, 1 << 20).key == \
+        (b"\xc3\xa9", b"\xff")
+    assert catalogtree.parent_line(_file_line(path="\ud800"), 0, 1 << 20).key is None
+    # what cannot be taken: a directory, a file without st or digest, a link
+    for line in (_file_line(type="dir", size=0, sha256=None, st=None),
+                 _file_line(st=None), _file_line(sha256=None), _file_line(link="x")):
+        parsed = catalogtree.parent_line(line, 0, 1 << 20)
+        assert parsed.key is None and parsed.end == 512 + (512 if b'"size":10' in line else 0)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"hdr": 100}, "invalid hdr or span"), ({"hdr": 0}, "invalid hdr or span"),
+    ({"hdr": 1 << 63}, "invalid hdr or span"), ({"span": 512}, "invalid hdr or span"),
+    ({"span": 700}, "invalid hdr or span"), ({"size": 1 << 40}, "not a valid entry"),
+    ({"type": "dir"}, "not a valid entry"), ({"mtime": 1e300}, "invalid mtime"),
+    ({"hdr": "512"}, "invalid hdr"), ({"st": [1, 2]}, "invalid st")])
+def test_a_crafted_parent_line_is_refused(changes, match):
+    with pytest.raises(IntegrityError, match=match):
+        catalogtree.parent_line(_file_line(**changes), 0, 1 << 20)

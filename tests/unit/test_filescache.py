@@ -15,8 +15,8 @@ from tests.unit.tars import _info, chunked, make_tar
 from volbackup.errors import IntegrityError
 from volbackup.ops import filescache
 from tests.unit.fakestore import FakeStore
-from volbackup.repo.catalogtree import (CatalogTreeWriter, entries, parse_line, plain_cut_key,
-                                        to_line)
+from volbackup.repo.catalogtree import (CatalogTreeWriter, entries, parent_line, parse_line,
+                                        plain_cut_key, to_line)
 from volbackup.repo.parentfiles import ParentRun, parent_runs
 from volbackup.stream.archive import END_MARKER, kept_tar
 from volbackup.stream.catalog import CatalogEntry
@@ -90,6 +90,33 @@ def test_splice_refuses_a_stream_that_is_not_the_plan():
         list(splice([tar], [Read(".", None)]))
 
 
+def test_a_plan_that_takes_nothing_is_walked_once_with_each_members_stat():
+    root = (_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b"")
+    a = (_info("./a", mtime=MTIME), b"a" * 100)
+    b = (_info("./b", mtime=MTIME), b"b" * 100)
+    tar = make_tar([root, a, b])
+    host = HostStat(1, MTIME * 10**9, MTIME * 10**9, 100, 0o644, 0, 0)
+    other = HostStat(2, MTIME * 10**9, MTIME * 10**9, 99, 0o644, 0, 0)   # not tar's size
+    out = splice(chunked(tar, 700), [Read(".", None), Read("./a", host), Read("./b", other)],
+                 reused=False)
+    walker = TarWalker()
+    seen = []
+    walker.on_member = lambda start, data_at, entry: seen.append((entry.name, entry.host))
+    assert b"".join(kept_tar(out, walker)) == tar[:_end(tar) + END_MARKER]  # tar's bytes
+    assert seen == [(".", None), ("./a", host), ("./b", None)]        # b's stat disagreed
+
+
+@pytest.mark.parametrize("plan, match", [
+    ([Read(".", None), Read("./b", None)], "was planned"),
+    ([Read(".", None), Read("./a", None), Read("./c", None)], "did not archive"),
+    ([Read(".", None)], "not planned")])
+def test_a_plan_that_takes_nothing_refuses_a_stream_that_is_not_it(plan, match):
+    tar = make_tar([(_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b""),
+                    (_info("./a", mtime=MTIME), b"x")])
+    with pytest.raises(IntegrityError, match=match):
+        list(kept_tar(splice([tar], plan, reused=False), TarWalker()))
+
+
 def test_the_walker_the_cutter_and_the_catalogue_pass_a_reused_member_on():
     root = (_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b"")
     small = (_info("./s", mtime=MTIME), b"s" * 10)
@@ -141,6 +168,10 @@ def _entry(path: str, at: int, hdr: int, size: int, st=(1, 2, 3), type_="file"):
                         mtime=MTIME, link="", at=at, data=at + hdr, sha256="ab" * 32, st=st)
 
 
+def _lines(entries: list[CatalogEntry]) -> list:
+    return [parent_line(to_line(e, None), e.at, 1 << 40) for e in entries]
+
+
 def test_parent_runs_are_members_that_are_exactly_whole_blobs():
     entries = [_entry(".", 0, 512, 0, None, "dir"),
                _entry("a", 512, 1024, 4096),            # 512-5632: blobs 512-1536, 1536-5632
@@ -150,19 +181,20 @@ def test_parent_runs_are_members_that_are_exactly_whole_blobs():
                _entry("c2", 11776, 512, 512),           # (with c)
                _entry("d", 12800, 512, 1536)]           # 12800-14848, one blob
     leaves = [("r", 512), ("a1", 1024), ("a2", 4096), ("g", 2048), ("h", 5120), ("d", 2048)]
-    got = list(parent_runs([(to_line(e, 0), e) for e in entries], leaves, 14848))
-    assert [([e.path for e in r.entries], r.ends, r.blobs) for r in got] == [
-        (["a"], (5632,), (("a1", 1024), ("a2", 4096))),
-        (["b", "b2"], (6656, 7680), (("g", 2048),)),
-        (["d"], (14848,), (("d", 2048),))]
+    got = list(parent_runs(_lines(entries), leaves, 14848))
+    assert [([m.key for m in r.members], [m.end for m in r.members], r.blobs)
+            for r in got] == [
+        ([(b"a",)], [5632], (("a1", 1024), ("a2", 4096))),
+        ([(b"b",), (b"b2",)], [6656, 7680], (("g", 2048),)),
+        ([(b"d",)], [14848], (("d", 2048),))]
 
 
 def test_a_data_tree_shorter_than_its_catalogue_ends_the_runs():
     entries = [_entry(".", 0, 512, 0, None, "dir"), _entry("a", 512, 512, 512),
                _entry("b", 1536, 512, 512)]
     leaves = [("r", 512), ("a", 1024)]          # nothing holds b
-    got = list(parent_runs([(to_line(e, 0), e) for e in entries], leaves, 2560))
-    assert [[e.path for e in r.entries] for r in got] == [["a"]]
+    got = list(parent_runs(_lines(entries), leaves, 2560))
+    assert [[m.key for m in r.members] for r in got] == [[(b"a",)]]
 
 
 def test_st_round_trips_in_a_catalogue_line_and_a_bad_one_is_refused():
@@ -186,7 +218,7 @@ class _Parent:
         self.runs = []
         for run in runs:
             names = run if isinstance(run, tuple) else (run,)
-            entries, ends, at = [], [], 0
+            entries, at = [], 0
             for name in names:
                 st = os.lstat(os.path.join(root, name))
                 entries.append(CatalogEntry(
@@ -194,9 +226,7 @@ class _Parent:
                     uid=st.st_uid, gid=st.st_gid, mtime=MTIME, link="", at=at, data=at + 512,
                     sha256="cd" * 32, st=(st.st_ino, st.st_mtime_ns, st.st_ctime_ns)))
                 at += 512 + -(-st.st_size // 512) * 512
-                ends.append(at)
-            self.runs.append(ParentRun(tuple(entries), tuple(to_line(e, 0) for e in entries),
-                                       tuple(ends), ((names[0], at),)))
+            self.runs.append(ParentRun(tuple(_lines(entries)), ((names[0], at),)))
 
 
 def _plan(root, parent, indexed=lambda blob: True, matcher=None, settle=0.0):
@@ -236,3 +266,21 @@ def test_the_plan_reuses_only_what_it_may(tmp_path):
     items, _, counts = _plan(root, parent.runs, settle=3600)
     assert counts.files_reused == 0
     assert all(i.host is None for i in items if isinstance(i, Read))
+
+
+def test_consecutive_runs_taken_are_planned_as_one_up_to_a_bound(tmp_path, monkeypatch):
+    root = tmp_path / "v"
+    root.mkdir()
+    names = [f"f{i:02d}" for i in range(7)]
+    for name in names:
+        (root / name).write_bytes(name.encode() * 3000)
+    parent = _Parent(str(root), names)
+    monkeypatch.setattr(filescache, "TAKEN_MOST", 3)
+    items, tar_names, counts = _plan(root, parent.runs)
+    reused = [i for i in items if isinstance(i, Reused)]
+    assert [[m.name for m in r.members] for r in reused] == [
+        ["./f00", "./f01", "./f02"], ["./f03", "./f04", "./f05"], ["./f06"]]
+    assert [r.blobs for r in reused] == [
+        tuple((n, 512 + 9216) for n in names[i:i + 3]) for i in (0, 3, 6)]
+    assert sum(r.length for r in reused) == 7 * (512 + 9216)   # 9,000 bytes each
+    assert tar_names == [b"."] and counts.files_reused == 7

@@ -188,7 +188,7 @@ def export(directory: str, only: str | None = None, sort: bool = False,
         raise StreamBroken(_failed(directory, code, errors))
 
 
-def walk(directory: str, excludes: Callable[[str], bool]
+def walk(directory: str, excludes: Callable[[str], bool] | None
          ) -> Iterator[tuple[bytes, os.stat_result]]:
     """Every entry of `directory` with its lstat, as (path relative to it, `.` for itself),
     in the order GNU tar's --sort=name archives them: a directory, then what it holds,
@@ -197,6 +197,8 @@ def walk(directory: str, excludes: Callable[[str], bool]
     not find it either). Memory: the names of the directories on the way down."""
     top = os.fsencode(directory)
     yield b".", os.lstat(top)
+    under = top.rstrip(b"/") + b"/"
+    lstat, is_dir, is_sock = os.lstat, stat.S_ISDIR, stat.S_ISSOCK
     stack: list[tuple[bytes, Iterator[bytes]]] = [(b"", iter(_names(top)))]
     while stack:
         prefix, names = stack[-1]
@@ -206,14 +208,15 @@ def walk(directory: str, excludes: Callable[[str], bool]
             continue
         rel = prefix + name
         try:
-            st = os.lstat(os.path.join(top, rel))
+            st = lstat(under + rel)
         except FileNotFoundError:
             continue
-        if stat.S_ISSOCK(st.st_mode) or excludes("./" + os.fsdecode(rel)):
+        mode = st.st_mode
+        if is_sock(mode) or (excludes is not None and excludes("./" + os.fsdecode(rel))):
             continue
         yield rel, st
-        if stat.S_ISDIR(st.st_mode):
-            stack.append((rel + b"/", iter(_names(os.path.join(top, rel)))))
+        if is_dir(mode):
+            stack.append((rel + b"/", iter(_names(under + rel))))
 
 
 def _names(path: bytes) -> list[bytes]:

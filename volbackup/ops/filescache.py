@@ -32,17 +32,18 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 from volbackup.docker import direct
 from volbackup.errors import VolbackupError
 from volbackup.repo.parentfiles import ParentRun
-from volbackup.stream.catalog import CatalogEntry
 from volbackup.stream.exclude import Matcher
 from volbackup.stream.reuse import HostStat, Reused, ReusedMember
 from volbackup.stream.splice import Planned, Read, splice
 
 SETTLE = 2.0    # seconds: a file changed this recently is read again next time
+SPILL_BATCH = 512   # entries (read, or members of reused runs) pickled together
+TAKEN_MOST = 512    # members of consecutive reused runs planned as one
 
 
 @dataclass
@@ -67,47 +68,57 @@ class Plan:
     names: BinaryIO = field(default_factory=lambda: tempfile.TemporaryFile())
     items: BinaryIO = field(default_factory=lambda: tempfile.TemporaryFile())
     counts: CacheCounts = field(default_factory=CacheCounts)
+    batch: list = field(default_factory=list)   # items not yet spilled
+    batched: int = 0                             # ... the entries they hold
 
     def add(self, item: Planned) -> None:
-        """Spilled as tuples of plain values (pickling them is several times cheaper than
-        pickling the dataclasses)."""
+        """Spilled as tuples of plain values, SPILL_BATCH at a time (pickling them is
+        several times cheaper than pickling the classes, and one at a time)."""
         if isinstance(item, Read):
             flat = (item.name, _flat_host(item.host))
+            self.batched += 1
         else:
-            flat = (tuple((m.name, m.mtime, m.length, m.header, m.line) for m in item.members),
-                    item.blobs)
-        pickle.dump(flat, self.items, pickle.HIGHEST_PROTOCOL)
+            flat = (tuple(map(tuple, item.members)), item.blobs)
+            self.batched += len(item.members)
+        self.batch.append(flat)
+        if self.batched >= SPILL_BATCH:
+            self._spill()
+
+    def _spill(self) -> None:
+        pickle.dump(self.batch, self.items, pickle.HIGHEST_PROTOCOL)
+        self.batch.clear()
+        self.batched = 0
 
     def read_back(self) -> Iterator[Planned]:
+        if self.batch:
+            self._spill()
         self.items.flush()
         self.items.seek(0)
         while True:
             try:
-                first, second = pickle.load(self.items)
+                batch = pickle.load(self.items)
             except EOFError:
                 return
-            if isinstance(first, str):
-                yield Read(first, HostStat(*second) if second else None)
-                continue
-            yield Reused(tuple(ReusedMember(*member) for member in first), second)
+            for first, second in batch:
+                if isinstance(first, str):
+                    yield Read(first, HostStat(*second) if second else None)
+                    continue
+                yield Reused(tuple(ReusedMember._make(m) for m in first), second)
 
     def close(self) -> None:
         self.names.close()
         self.items.close()
 
 
-@dataclass(frozen=True)
-class _Seen:
-    """An entry of the walk: its path (relative), member name, lstat and trusted stat."""
+class _Seen(NamedTuple):
+    """An entry of the walk: its path (relative), its components, member name and lstat,
+    and whether its stat may be trusted (recorded, or matched with the parent's)."""
 
     rel: bytes
+    key: tuple[bytes, ...]
     name: str
     st: os.stat_result
-    host: HostStat | None
-
-    @property
-    def key(self) -> tuple[bytes, ...]:
-        return tuple(self.rel.split(b"/")) if self.rel != b"." else ()
+    trusted: bool
 
 
 def _flat_host(host: HostStat | None) -> tuple | None:
@@ -122,8 +133,8 @@ def make_plan(directory: str, parent: Iterable[ParentRun], indexed: Callable[[st
     taken when the walk meets its members one after the other, each matching."""
     plan = Plan(counts=counts or CacheCounts())
     recent = int((now - settle) * 1e9)
-    excludes = matcher.excludes if matcher else (lambda name: False)
-    walked = (_seen(rel, st, recent) for rel, st in direct.walk(directory, excludes))
+    walked = (_seen(rel, st, recent) for rel, st in
+              direct.walk(directory, matcher.excludes if matcher else None))
     back: deque[_Seen] = deque()    # entries read ahead for a run that did not match
 
     def next_seen() -> _Seen | None:
@@ -131,38 +142,64 @@ def make_plan(directory: str, parent: Iterable[ParentRun], indexed: Callable[[st
 
     runs = _until_damage(parent, plan.counts)
     run = next(runs, None)
-    run_key = _key_of(run.entries[0]) if run is not None else ()
+    run_key = run.members[0].key if run is not None else ()
+    taken = _Taken(plan)
     try:
         while (seen := next_seen()) is not None:
             key = seen.key
             while run is not None and run_key < key:
                 run = next(runs, None)
-                run_key = _key_of(run.entries[0]) if run is not None else ()
-            if run is not None and seen.host is not None and run_key == key:
+                run_key = run.members[0].key if run is not None else ()
+            if run is not None and seen.trusted and run_key == key:
                 members = [seen]
-                for entry in run.entries[1:]:
+                for was in run.members[1:]:
                     following = next_seen()
                     if following is None:
                         break
                     members.append(following)
-                    if following.key != _key_of(entry) or following.host is None:
+                    if following.key != was.key or not following.trusted:
                         break
                 reused = _reuse(run, members, indexed)
                 if reused is not None:
-                    plan.add(reused)
+                    taken.add(reused)
                     plan.counts.files_reused += len(members)
                     plan.counts.bytes_reused += sum(m.st.st_size for m in members)
                     run = next(runs, None)
-                    run_key = _key_of(run.entries[0]) if run is not None else ()
+                    run_key = run.members[0].key if run is not None else ()
                     continue
                 back.extendleft(reversed(members[1:]))
+            taken.flush()
             _read(plan, seen)
+        taken.flush()
     except BaseException:
         plan.close()
         raise
     plan.names.flush()
     plan.names.seek(0)
     return plan
+
+
+class _Taken:
+    """Consecutive runs taken from the parent, planned as one Reused of up to TAKEN_MOST
+    members: what follows (splice, walker, cutter, packer) then handles an unchanged
+    stretch of a volume once, not once a run."""
+
+    def __init__(self, plan: Plan):
+        self._plan = plan
+        self._members: list[ReusedMember] = []
+        self._blobs: list[tuple[str, int]] = []
+
+    def add(self, reused: Reused) -> None:
+        self._members += reused.members
+        self._blobs += reused.blobs
+        if len(self._members) >= TAKEN_MOST:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._members:
+            self._plan.add(Reused(tuple(self._members), tuple(self._blobs)))
+            self._members.clear()
+            self._blobs.clear()
 
 
 def _until_damage(parent: Iterable[ParentRun], counts: CacheCounts) -> Iterator[ParentRun]:
@@ -176,42 +213,45 @@ def _until_damage(parent: Iterable[ParentRun], counts: CacheCounts) -> Iterator[
 
 
 def _seen(rel: bytes, st: os.stat_result, recent: int) -> _Seen:
-    """The walk's entry, with the stat to trust if the file may be taken or recorded."""
-    host = None
-    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 \
-            and max(st.st_mtime_ns, st.st_ctime_ns) < recent:
-        host = HostStat(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size,
-                        stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-    return _Seen(rel, "./" + os.fsdecode(rel) if rel != b"." else ".", st, host)
+    """The walk's entry; its stat is trusted for a regular file of one link whose mtime
+    and ctime are older than `recent` (ns)."""
+    trusted = stat.S_ISREG(st.st_mode) and st.st_nlink == 1 \
+        and st.st_mtime_ns < recent and st.st_ctime_ns < recent
+    if rel == b".":
+        return _Seen(rel, (), ".", st, trusted)
+    return _Seen(rel, tuple(rel.split(b"/")), "./" + os.fsdecode(rel), st, trusted)
+
+
+def _host(seen: _Seen) -> HostStat | None:
+    st = seen.st
+    if not seen.trusted:
+        return None
+    return HostStat(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size,
+                    stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
 
 def _read(plan: Plan, seen: _Seen) -> None:
     plan.names.write((b"./" + seen.rel if seen.rel != b"." else b".") + b"\0")
-    plan.add(Read(seen.name, seen.host))
+    plan.add(Read(seen.name, _host(seen)))
     if stat.S_ISREG(seen.st.st_mode):
         plan.counts.files_read += 1
         plan.counts.bytes_read += seen.st.st_size
 
 
-def _key_of(entry: CatalogEntry) -> tuple[bytes, ...]:
-    return tuple(os.fsencode(entry.path).split(b"/")) if entry.path != "." else ()
-
-
 def _reuse(run: ParentRun, members: list[_Seen], indexed: Callable[[str], bool]
            ) -> Reused | None:
     """The parent's run, if the walk's `members` are its files as it recorded them."""
-    if len(members) != len(run.entries):
+    if len(members) != len(run.members):
         return None
     taken = []
-    at = run.start
-    for seen, was, line, end in zip(members, run.entries, run.lines, run.ends):
-        host = seen.host
-        if host is None or seen.key != _key_of(was) or \
-                (was.size, was.mode, was.uid, was.gid, was.st) != (
-                host.size, host.mode, host.uid, host.gid, host.key):
+    for seen, was in zip(members, run.members):
+        st = seen.st
+        if not seen.trusted or seen.key != was.key or (
+                was.size, was.mode, was.uid, was.gid, was.st) != (
+                st.st_size, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)):
             return None
-        taken.append(ReusedMember(seen.name, was.mtime, end - at, was.data - was.at, line))
-        at = end
+        taken.append(ReusedMember(seen.name, was.mtime, was.end - was.at, was.hdr, was.line))
     if not all(indexed(blob_id) for blob_id, _ in run.blobs):
         return None
     return Reused(tuple(taken), run.blobs)
@@ -228,6 +268,7 @@ def planned_export(directory: str, parent: str | None, runs: Iterable[ParentRun]
     plan = make_plan(directory, runs, indexed, matcher, clock(), settle, counts)
     try:
         with direct.export(directory, listed=plan.names) as pieces:
-            yield splice(pieces, plan.read_back()), plan.counts
+            yield splice(pieces, plan.read_back(), reused=plan.counts.files_reused > 0), \
+                plan.counts
     finally:
         plan.close()

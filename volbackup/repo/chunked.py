@@ -87,7 +87,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
     def store_batch(batch: list[bytes]) -> list[Prepared]:
         return [store.prepare(data, level, check_existing) for data in batch]
 
-    def record(future: Future) -> None:
+    def record(future: Future | _Ready) -> None:
         for prepared in future.result():
             saved = store.commit(prepared)      # in stream order: packs keep it
             if tree is not None:
@@ -109,7 +109,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
             batch, batch_bytes = [], 0
 
     c = config.chunker
-    pending: deque[Future] = deque()
+    pending: deque[Future | _Ready] = deque()
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="volbackup-chunk") as pool:
         try:
             if c.algorithm == CHUNKER_PLAIN:
@@ -128,7 +128,7 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
             for data in cuts:
                 if isinstance(data, Reused):    # the files cache: its blobs, unread
                     submit_batch()              # (the order of the stream is kept)
-                    pending.append(_ready([store.reuse(blob_id, length)
+                    pending.append(_Ready([store.reuse(blob_id, length)
                                            for blob_id, length in data.blobs]))
                     result.bytes += sum(length for _, length in data.blobs)
                     progress(data.length)
@@ -161,11 +161,21 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
     return result
 
 
-def _ready(saved: list[Saved]) -> Future:
-    """Blobs stored already, where the packer waits for futures (in stream order)."""
-    future: Future = Future()
-    future.set_result([Prepared(one) for one in saved])
-    return future
+class _Ready:
+    """Blobs stored already, where the packer waits for futures (in stream order): as
+    much of a Future as it uses, without a Future's lock."""
+
+    def __init__(self, saved: list[Saved]):
+        self._prepared = [Prepared(one) for one in saved]
+
+    def result(self) -> list[Prepared]:
+        return self._prepared
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
 
 
 class ChunkedUnpacker:

@@ -16,75 +16,41 @@ checked against its id as everywhere else: memory is one run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
-from volbackup.stream.catalog import CatalogEntry
+from volbackup.repo.catalogtree import ParentLine
 
 
-@dataclass(frozen=True)
-class ParentRun:
-    entries: tuple[CatalogEntry, ...]    # their lines: path, stat, sha256, `st`
-    lines: tuple[bytes, ...]             # ... as stored
-    ends: tuple[int, ...]                # where each member ends in the stream
+class ParentRun(NamedTuple):
+    members: tuple[ParentLine, ...]      # their lines, in stream order
     blobs: tuple[tuple[str, int], ...]   # (id, length) of the blobs that are the run
 
-    @property
-    def start(self) -> int:
-        return self.entries[0].at
 
-
-def parent_runs(lines: Iterable[tuple[bytes, CatalogEntry]],
-                leaves: Iterable[tuple[str, int]], members_end: int) -> Iterator[ParentRun]:
-    """The reusable runs of a snapshot, in stream order, from its catalogue (each line and
-    its entry) and its data tree's `leaves`; `members_end`: where its end-of-archive
-    marker starts."""
+def parent_runs(lines: Iterable[ParentLine], leaves: Iterable[tuple[str, int]],
+                members_end: int) -> Iterator[ParentRun]:
+    """The reusable runs of a snapshot, in stream order, from its catalogue's lines
+    (volbackup.repo.catalogtree.parent_lines) and its data tree's `leaves`;
+    `members_end`: where its end-of-archive marker starts."""
     leaves = iter(leaves)
     boundary = 0                        # the next blob boundary at or after the position
     taken: list[tuple[str, int]] = []   # leaves of the open run
-
-    def reaches(pos: int) -> bool | None:
-        """Take the leaves up to `pos`; True when a blob ends exactly there, None when
-        the leaves end before it (a tree shorter than its catalogue: nothing more to
-        take, rather than a run that grows with the rest of the catalogue)."""
-        nonlocal boundary
-        while boundary < pos:
+    run: list[ParentLine] = []
+    reusable = True
+    for line in lines:
+        run.append(line)
+        reusable = reusable and line.key is not None
+        end = line.end
+        if end > members_end:
+            return
+        while boundary < end:           # take the leaves up to the member's end
             leaf = next(leaves, None)
-            if leaf is None:
-                return None
+            if leaf is None:            # a tree shorter than its catalogue: nothing more
+                return                  # to take, rather than a run that grows with the rest
             taken.append(leaf)
             boundary += leaf[1]
-        return boundary == pos
-
-    run: list[CatalogEntry] = []
-    raw: list[bytes] = []
-    ends: list[int] = []
-    for (line, entry), end in _with_ends(lines, members_end):
-        run.append(entry)
-        raw.append(line)
-        ends.append(end)
-        whole = reaches(end)
-        if whole is None:
-            return
-        if whole:
-            if all(_reusable(e) for e in run):
-                yield ParentRun(tuple(run), tuple(raw), tuple(ends), tuple(taken))
+        if boundary == end:             # a blob ends with the member: a run
+            if reusable:
+                yield ParentRun(tuple(run), tuple(taken))
             run.clear()
-            raw.clear()
-            ends.clear()
             taken.clear()
-
-
-def _with_ends(lines: Iterable[tuple[bytes, CatalogEntry]], members_end: int
-               ) -> Iterator[tuple[tuple[bytes, CatalogEntry], int]]:
-    held: tuple[bytes, CatalogEntry] | None = None
-    for line in lines:
-        if held is not None:
-            yield held, line[1].at
-        held = line
-    if held is not None:
-        yield held, members_end
-
-
-def _reusable(entry: CatalogEntry) -> bool:
-    return entry.type == "file" and entry.st is not None and entry.sha256 is not None
+            reusable = True

@@ -125,7 +125,7 @@ class SnapshotReader:
         manifest = self._repo.reveal(manifest)
         if not manifest.tree or not isinstance(manifest.catalog, dict):
             return iter(())
-        lines = catalogtree.entries_with_lines(
+        lines = catalogtree.parent_lines(
             self.blobs, manifest.catalog, manifest.bytes,
             self._repo.layout.catalog_cut_key(), f"snapshot {manifest.snapshot}")
         return self.watched(manifest, parentfiles.parent_runs(

@@ -19,7 +19,7 @@ import zstandard
 
 from volbackup.errors import IntegrityError
 from volbackup.stream.chunks import READ_CHUNK
-from volbackup.stream.reuse import HostStat, Reused
+from volbackup.stream.reuse import HostStat, HostsInOrder, Reused
 from volbackup.stream.tarstream import BLOCK, Entry, TarWalker
 from volbackup.stream.zstdframe import FrameWalker
 
@@ -109,6 +109,9 @@ def kept_tar(tar_chunks: Iterable[bytes], walker: TarWalker) -> Iterator[bytes]:
             continue
         if isinstance(chunk, HostStat):
             walker.note_host(chunk)
+            continue
+        if isinstance(chunk, HostsInOrder):
+            walker.host_for = chunk.host_for
             continue
         offset = walker.bytes
         walker.feed(chunk)

@@ -103,7 +103,7 @@ def entry_of(at: int, data_at: int, entry: Entry, content: str | None) -> Catalo
 def unheld(mtime: float, uid: int, gid: int) -> str | None:
     """What of a tar member's time and owner no file system holds (`mtime nan`), or None:
     what a backup or import refuses before a catalogue line is made of it."""
-    if not _in_range(mtime):
+    if not in_range(mtime):
         return f"mtime {mtime!r}"
     for name, value in (("uid", uid), ("gid", gid)):
         if not 0 <= value <= MAX_INT:
@@ -111,7 +111,7 @@ def unheld(mtime: float, uid: int, gid: int) -> str | None:
     return None
 
 
-def _in_range(mtime: float) -> bool:
+def in_range(mtime: float) -> bool:
     return math.isfinite(mtime) and MTIME_RANGE[0] <= mtime <= MTIME_RANGE[1]
 
 
@@ -132,7 +132,7 @@ def invalid_field(entry: CatalogEntry) -> str | None:
             return name
     if not 0 <= entry.mode <= MAX_MODE:
         return "mode"
-    if not _in_range(entry.mtime):
+    if not in_range(entry.mtime):
         return "mtime"
     if entry.sha256 is not None and not HEX64.fullmatch(entry.sha256):
         return "sha256"

@@ -13,6 +13,7 @@ the catalogue records what the next backup compares.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 from volbackup.stream.tarstream import Entry
 
@@ -42,8 +43,7 @@ class HostStat:
                 and abs(entry.mtime * 1e9 - self.mtime_ns) < 2000)
 
 
-@dataclass(frozen=True)
-class ReusedMember:
+class ReusedMember(NamedTuple):
     """One member of a Reused run, as the parent's catalogue line describes it."""
 
     name: str               # its member name (`./a/b`)
@@ -53,8 +53,7 @@ class ReusedMember:
     line: bytes             # the parent's catalogue line of it, passed on as is
 
 
-@dataclass(frozen=True)
-class Reused:
+class Reused(NamedTuple):
     """Members taken whole from the parent snapshot: a run of them that is exactly
     `blobs` there (one large file, or a group of small ones)."""
 
@@ -64,3 +63,11 @@ class Reused:
     @property
     def length(self) -> int:
         return sum(m.length for m in self.members)
+
+
+class HostsInOrder(NamedTuple):
+    """Given first in a stream none of whose members is reused: the walker asks it for each
+    member's HostStat (or None), by name, in stream order, instead of a HostStat coming
+    before each member (which needs a second walker to find where members start)."""
+
+    host_for: Callable[[str], HostStat | None]

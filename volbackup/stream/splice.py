@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from volbackup.errors import IntegrityError
-from volbackup.stream.reuse import HostStat, Reused
+from volbackup.stream.reuse import HostStat, HostsInOrder, Reused
 from volbackup.stream.tarstream import TarWalker, normal_name, shown
 
 
@@ -29,11 +29,16 @@ class Read:
 Planned = Read | Reused
 
 
-def splice(tar_pieces: Iterable[bytes], plan: Iterable[Planned]
-           ) -> Iterator[bytes | Reused | HostStat]:
+def splice(tar_pieces: Iterable[bytes], plan: Iterable[Planned], reused: bool = True
+           ) -> Iterator[bytes | Reused | HostStat | HostsInOrder]:
     """The stream of the plan: tar's bytes (the plan's `Read` members, in order) with the
     reused members between them. IntegrityError when tar's members are not the plan's
-    (a file gone, or a name tar wrote otherwise): the read is discarded and made again."""
+    (a file gone, or a name tar wrote otherwise): the read is discarded and made again.
+    `reused` False (the plan takes nothing: a first backup, or --read-all): tar's bytes as
+    they come, after a HostsInOrder, so that the stream is walked once, not twice."""
+    if not reused:
+        yield from _hosts_only(tar_pieces, plan)
+        return
     walker = TarWalker(keep_first=False, unique=False)
     starts: list[tuple[int, str]] = []
     walker.on_member = lambda start, data_at, entry: starts.append((start, entry.name))
@@ -86,3 +91,22 @@ def splice(tar_pieces: Iterable[bytes], plan: Iterable[Planned]
             yield from give(safe)
     if held:
         yield bytes(held)
+
+
+def _hosts_only(tar_pieces: Iterable[bytes], plan: Iterable[Planned]
+                ) -> Iterator[bytes | HostsInOrder]:
+    items = iter(plan)
+
+    def host_for(name: str) -> HostStat | None:
+        item = next(items, None)
+        if not isinstance(item, Read):
+            raise IntegrityError(f"tar archived {shown(name)}, which was not planned")
+        if normal_name(item.name) != normal_name(name):
+            raise IntegrityError(f"tar archived {shown(name)} where {shown(item.name)} "
+                                 f"was planned")
+        return item.host
+
+    yield HostsInOrder(host_for)
+    yield from tar_pieces
+    for item in items:
+        raise IntegrityError(f"tar did not archive {shown(item.name)}")

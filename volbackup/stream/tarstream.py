@@ -249,6 +249,7 @@ class TarWalker:
         self.on_entry: Callable[[int, int, Entry, str | None], None] | None = None
         self._current_at = (0, 0)
         self._host = None           # a HostStat told for the next member (files cache)
+        self.host_for = None        # ... or asked for each member by name (HostsInOrder)
         # Told of each member the files cache took whole: (its offset, the ReusedMember).
         self.on_reused: Callable[[int, object], None] | None = None
         # The oldest and newest mtimes of entries other than symlinks, with an entry of
@@ -347,6 +348,8 @@ class TarWalker:
                       mtime=mtime, size=size, linkname=link, pax=pax,
                       device=info.device)
         host, self._host = self._host, None
+        if self.host_for is not None:
+            host = self.host_for(name)
         if host is not None and info.type in tarfile.REGULAR_TYPES \
                 and _SPARSE_NAME not in pax and host.describes(entry):
             entry.host = host
