@@ -422,6 +422,31 @@ def test_packs_close_at_their_size_and_an_encrypted_pack_seals_one_key(tmp_path)
 
 # -- verify --packs
 
+def test_a_spill_file_written_over_by_a_shorter_pack_uploads_that_pack_alone(tmp_path):
+    """Spill files are kept and written over (packstore.SPILLS_KEPT): a pack shorter than
+    the one the file held before must not carry that one's tail."""
+    store = PackedBlobStore(LocalBackend(str(tmp_path)), PLAIN, 1 << 20, uploads=1)
+    made: list = []
+    new_pack = store._new_pack
+    store._new_pack = lambda kind: made.append(new_pack(kind)) or made[-1]
+    blobs = [os.urandom(300_000) for _ in range(4)] + [os.urandom(1000)]  # 1.2 MB, then 1 KB
+    saved = [store.save(b, 3) for b in blobs[:4]]
+    store.flush_packs()     # the first pack written: its spill file is free again
+    saved.append(store.save(blobs[4], 3))
+    store.flush()
+    spills = {id(pack.builder._body) for pack in made}
+    assert len(made) == 2 and len(spills) == 1      # the second pack went into the first's file
+    files = sorted((tmp_path / "packs").rglob("*/*"), key=lambda p: p.stat().st_size)
+    assert len(files) == 2 and files[0].stat().st_size < 2000
+    for path in files:
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == path.name
+    assert [len(trailer_of(p.read_bytes()).records) for p in files] == [1, 4]
+    store.forget()
+    assert store._spills == []
+    assert [store.load(s.id, s.length)[0] for s in saved] == blobs
+
+
 def test_verify_packs_passes_a_sound_repository_and_names_each_kind_of_damage(repo, tmp_path):
     from tests.conftest import run_cli
     from volbackup.repo.packcheck import check_packs

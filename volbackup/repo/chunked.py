@@ -35,6 +35,11 @@ from volbackup.stream.tarstream import Entry, TarWalker
 
 LIST_SUFFIX = ".chunks"
 WRITERS = 4         # threads compressing and storing new chunks
+# Chunks are handed to a writer in batches of about this many bytes: a volume of small
+# files is cut into thousands of small blobs, and a task each (a Future, a queue, a GIL
+# handoff) cost more CPU than hashing and compressing a small one (docs/performance.md,
+# "The first backup's CPU per byte"). A chunk of this size or more goes alone.
+BATCH_BYTES = 512 << 10
 READERS = 8         # chunks fetched ahead on restore
 _LINE = re.compile(rb"([0-9a-f]{64}) ([1-9][0-9]{0,8})\n")
 MAX_LINE = 64 + 1 + 9 + 1
@@ -79,19 +84,29 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
     listing = HashingWriter(list_out) if tree is None else None
     result = ChunkedPacked(0, 0, "", 0, None)
 
-    def store_one(data: bytes) -> Prepared:
-        return store.prepare(data, level, check_existing)
+    def store_batch(batch: list[bytes]) -> list[Prepared]:
+        return [store.prepare(data, level, check_existing) for data in batch]
 
     def record(future: Future | _Ready) -> None:
-        saved = store.commit(future.result())   # in stream order: packs keep it
-        if tree is not None:
-            tree.add(saved.id, saved.length)    # a tree piece goes into a tree pack
-        else:
-            listing.write(f"{saved.id} {saved.length}\n".encode())
-        result.chunks += 1
-        result.new_chunks += 1 if saved.written else 0
-        result.replaced_chunks += 1 if saved.replaced else 0
-        result.stored_bytes += saved.stored
+        for prepared in future.result():
+            saved = store.commit(prepared)      # in stream order: packs keep it
+            if tree is not None:
+                tree.add(saved.id, saved.length)    # a tree piece goes into a tree pack
+            else:
+                listing.write(f"{saved.id} {saved.length}\n".encode())
+            result.chunks += 1
+            result.new_chunks += 1 if saved.written else 0
+            result.replaced_chunks += 1 if saved.replaced else 0
+            result.stored_bytes += saved.stored
+
+    batch: list[bytes] = []
+    batch_bytes = 0
+
+    def submit_batch() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            pending.append(pool.submit(store_batch, batch))
+            batch, batch_bytes = [], 0
 
     c = config.chunker
     pending: deque[Future | _Ready] = deque()
@@ -112,18 +127,23 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
                                       c.seed if seed is None else seed)
             for data in cuts:
                 if isinstance(data, Reused):    # the files cache: its blobs, unread
-                    for blob_id, length in data.blobs:
-                        pending.append(_Ready(store.reuse(blob_id, length)))
-                        result.bytes += length
+                    submit_batch()              # (the order of the stream is kept)
+                    pending.append(_Ready([store.reuse(blob_id, length)
+                                           for blob_id, length in data.blobs]))
+                    result.bytes += sum(length for _, length in data.blobs)
                     progress(data.length)
                     continue
                 if tar_sha256 is not None:
                     tar_sha256.update(data)
                 result.bytes += len(data)
-                pending.append(pool.submit(store_one, data))
+                batch.append(data)
+                batch_bytes += len(data)
+                if batch_bytes >= BATCH_BYTES:
+                    submit_batch()
                 while len(pending) > 2 * WRITERS or (pending and pending[0].done()):
                     record(pending.popleft())
                 progress(len(data))
+            submit_batch()
             while pending:
                 record(pending.popleft())
         except BaseException:
@@ -142,13 +162,13 @@ def pack(tar_chunks: Iterable[bytes], list_out: BinaryIO | None, store: BlobStor
 
 
 class _Ready:
-    """A blob stored already, where the packer waits for futures (in stream order): as
+    """Blobs stored already, where the packer waits for futures (in stream order): as
     much of a Future as it uses, without a Future's lock."""
 
-    def __init__(self, saved: Saved):
-        self._prepared = Prepared(saved)
+    def __init__(self, saved: list[Saved]):
+        self._prepared = [Prepared(one) for one in saved]
 
-    def result(self) -> Prepared:
+    def result(self) -> list[Prepared]:
         return self._prepared
 
     def done(self) -> bool:

@@ -40,6 +40,12 @@ from volbackup.repo.packs import DATA_PACK, NO_SLOT, TREE_PACK, PackBuilder, Tra
 UPLOADS = 1
 UPLOAD_PIECE = 1 << 20      # read from a spill file and written at a time
 INDEX_EARLY_BLOBS = 1 << 16   # a run indexes its packs once they hold this many blobs
+# Spill files written and uploaded are kept (unlinked, still open) and written over by
+# the next packs of this lock: pages of a file made afresh are pages the kernel must find
+# and zero: 0.3-0.4 s of system CPU per 656 MiB of packs on the VM measured, 0.1 s written
+# over (docs/performance.md, "The first backup's CPU per byte"). At most this many, of up to
+# a pack's size each; closed when the lock ends (`forget`) or the store closes.
+SPILLS_KEPT = UPLOADS + 2
 # What has_room is asked for a pack's own data key before it is made: an age file of a
 # 32-byte key to a few recipients takes far less than this.
 _NEW_KEY = bytes(4096)
@@ -126,6 +132,8 @@ class PackedBlobStore(BlobStore):
         self._trailer_slots: dict[bytes, tuple[bytes, ...]] = {}
         self._keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._read_lock = threading.Lock()
+        self._spills: list[BinaryIO] = []      # spill files to write the next packs into
+        self._spill_lock = threading.Lock()
 
     # -- naming and formatting
     def blob_id(self, data: bytes) -> str:
@@ -254,8 +262,25 @@ class PackedBlobStore(BlobStore):
         return len(stored)
 
     def _new_pack(self, pack_kind: int) -> _OpenPack:
-        spill = tempfile.TemporaryFile(prefix="volbackup-pack-")  # unlinked: a kill leaves none
+        with self._spill_lock:
+            spill = self._spills.pop() if self._spills else None
+        if spill is None:
+            spill = tempfile.TemporaryFile(prefix="volbackup-pack-")  # unlinked: a kill leaves none
+        spill.seek(0)       # written over: what lies past the new pack's end is never read
         return _OpenPack(PackBuilder(pack_kind, self.cipher.mac, spill))
+
+    def _keep_spill(self, spill: BinaryIO) -> None:
+        with self._spill_lock:
+            if len(self._spills) < SPILLS_KEPT:
+                self._spills.append(spill)
+                return
+        spill.close()
+
+    def _close_spills(self) -> None:
+        with self._spill_lock:
+            spills, self._spills = self._spills, []
+        for spill in spills:
+            spill.close()
 
     def _close(self, pack_kind: int) -> None:
         """Hand the open pack of this kind to an uploader (under the pack lock); wait while
@@ -277,13 +302,20 @@ class PackedBlobStore(BlobStore):
 
     def _upload(self, info: PackInfo, body: BinaryIO, entries: list[Entry]) -> None:
         try:
-            with body, self.backend.open_write(packs.pack_key(info.hex)) as out:
-                while piece := body.read(UPLOAD_PIECE):
+            with self.backend.open_write(packs.pack_key(info.hex)) as out:
+                left = info.length      # the spill file may hold an older pack's bytes after
+                while left:
+                    piece = body.read(min(UPLOAD_PIECE, left))
+                    if not piece:
+                        raise OSError(f"spill file of pack {info.hex} ends {left} bytes short")
                     out.write(piece)
+                    left -= len(piece)
         except BaseException as e:
+            body.close()
             with self._lock:
                 self._failed = self._failed or e
             raise
+        self._keep_spill(body)
         with self._lock:
             if self._index is not None:
                 self._index.add(info, entries)
@@ -363,6 +395,7 @@ class PackedBlobStore(BlobStore):
             uploading, self._uploading = self._uploading, []
         for future in uploading:
             future.exception()
+        self._close_spills()
         with self._lock:
             self._index = None
             self._pending.clear()
@@ -375,6 +408,7 @@ class PackedBlobStore(BlobStore):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._close_spills()
 
     # -- reading
     def load(self, blob_id: str, length: int) -> tuple[bytes, int]:
