@@ -161,3 +161,21 @@ def events(client, since: float, container_ids: set[str]) -> list[tuple[float, s
         if at >= since and (e.get("id") in container_ids or name.startswith("volbackup-helper-")):
             out.append((at, e["Action"], name))
     return sorted(out)
+
+
+def named_again(repo_dir: Path, snapshot: str, catalogue: bool = True) -> int:
+    """How many of the blobs a packed snapshot's trees name (pieces included, and the
+    catalogue's with `catalogue`) name a blob named before in it: a run of repeated bytes
+    cut into equal chunks (the corpus's big file at 256 KiB chunks). A backup stores such
+    a blob once, and a copy sends it once and counts the rest as present."""
+    from volbackup.repo import catalogtree
+    from volbackup.repo.repository import Repository
+    from volbackup.repo.trees import TreeRoot, nodes
+
+    repo = Repository.open(str(repo_dir))
+    manifest = repo.load(snapshot)
+    roots = [TreeRoot.from_fields(manifest.data, "t")]
+    if catalogue:
+        roots.append(catalogtree.check_field(manifest.catalog, "t"))
+    named = [node.id for root in roots for node in nodes(repo.blobs, root, {})]
+    return len(named) - len(set(named))

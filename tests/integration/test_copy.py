@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from tests.integration.corpus import differences, tree, write_corpus
+from tests.integration.helpers import named_again
 
 
 @pytest.mark.parametrize("layout", ["chunked", "packed"])
@@ -30,7 +31,9 @@ def test_a_volume_restores_from_its_copy_in_s3(make_volume, mountpoint, names, r
     (entry,) = json.loads(copied.stdout)["snapshots"]
     assert entry["status"] == "copied"
     assert entry["how"] == {"chunked": "chunks", "packed": "blobs"}[layout]
-    assert entry["chunks_sent"] == entry["chunks"] > 0
+    # a packed snapshot may name a blob twice (repeated bytes): it is sent once
+    repeats = named_again(repo_dir, entry["snapshot"]) if layout == "packed" else 0
+    assert entry["chunks_sent"] == entry["chunks"] - repeats > 0
     again = cli("copy", "--all", "-r", str(repo_dir), "--to", offsite, "--json")
     assert [s["objects_written"] for s in json.loads(again.stdout)["snapshots"]] == [0]
 

@@ -13,13 +13,13 @@ import subprocess
 from pathlib import Path
 
 from tests.integration.corpus import differences, tree, write_corpus
+from tests.integration.helpers import named_again
 from volbackup.ops import copy as ops
 from volbackup.repo.backends import open_backend
 from volbackup.repo.backends.counting import CountingBackend
 from volbackup.repo.repository import Repository, read_config
 from volbackup.repo.sealing import Secrets
-from volbackup.repo import catalogtree
-from volbackup.repo.trees import TreeRoot, nodes, walk
+from volbackup.repo.trees import TreeRoot, walk
 
 
 def _age_identity(path: Path) -> str:
@@ -33,18 +33,6 @@ def _counted(url: str, secrets: Secrets | None = None,
     backend = CountingBackend(open_backend(url))
     backend.check(writable=writable)
     return Repository(backend, read_config(backend), secrets or Secrets()), backend
-
-
-def _named_again(repo_dir: Path, snapshot: str) -> int:
-    """How many of the blobs a snapshot's trees name (pieces included) name a blob named
-    before in it: a run of repeated bytes cut into equal chunks (the corpus's big file at
-    256 KiB chunks). A copy sends such a blob once and counts the rest as present."""
-    repo = Repository.open(str(repo_dir))
-    manifest = repo.load(snapshot)
-    named = [node.id for root in (TreeRoot.from_fields(manifest.data, "t"),
-                                  catalogtree.check_field(manifest.catalog, "t"))
-             for node in nodes(repo.blobs, root, {})]
-    return len(named) - len(set(named))
 
 
 def test_a_second_copy_into_s3_reads_and_sends_only_the_new_blobs(
@@ -64,7 +52,7 @@ def test_a_second_copy_into_s3_reads_and_sends_only_the_new_blobs(
     assert copied.code == 0, copied.stderr
     (entry,) = json.loads(copied.stdout)["snapshots"]
     assert entry["status"] == "copied" and entry["how"] == "blobs"
-    repeats = _named_again(repo_dir, json.loads(first.stdout)["volumes"][0]["snapshot"])
+    repeats = named_again(repo_dir, json.loads(first.stdout)["volumes"][0]["snapshot"])
     assert entry["chunks_sent"] == entry["chunks"] - repeats > 0
     assert entry["chunks_present"] == repeats     # named twice in the snapshot, sent once
 
