@@ -59,9 +59,7 @@ def splice(tar_pieces: Iterable[bytes], plan: Iterable[Planned], reused: bool = 
             if isinstance(item, Reused):
                 yield item
                 continue
-            if normal_name(item.name) != normal_name(name):
-                raise IntegrityError(f"tar archived {shown(name)} where {shown(item.name)} "
-                                     f"was planned")
+            _check_planned(item, name)
             if item.host is not None:
                 yield item.host
             return
@@ -93,6 +91,13 @@ def splice(tar_pieces: Iterable[bytes], plan: Iterable[Planned], reused: bool = 
         yield bytes(held)
 
 
+def _check_planned(item: Read, name: str) -> None:
+    """Refuse a member of tar's other than the one the plan has next."""
+    if normal_name(item.name) != normal_name(name):
+        raise IntegrityError(f"tar archived {shown(name)} where {shown(item.name)} "
+                             f"was planned")
+
+
 def _hosts_only(tar_pieces: Iterable[bytes], plan: Iterable[Planned]
                 ) -> Iterator[bytes | HostsInOrder]:
     items = iter(plan)
@@ -101,9 +106,7 @@ def _hosts_only(tar_pieces: Iterable[bytes], plan: Iterable[Planned]
         item = next(items, None)
         if not isinstance(item, Read):
             raise IntegrityError(f"tar archived {shown(name)}, which was not planned")
-        if normal_name(item.name) != normal_name(name):
-            raise IntegrityError(f"tar archived {shown(name)} where {shown(item.name)} "
-                                 f"was planned")
+        _check_planned(item, name)
         return item.host
 
     yield HostsInOrder(host_for)
