@@ -333,9 +333,7 @@ class PackedBlobStore(BlobStore):
         """Index durable packs during the run, so that what waits for the run's end (and
         memory) does not grow with the blobs it writes; `flush` reports them."""
         try:
-            self.confirm_lock()
-            made = [(self.write_index(part), [info.hex for info, _ in part])
-                    for part in index_parts(written)]
+            made = self._write_indexes(written)
         except BaseException as e:
             with self._lock:
                 self._failed = self._failed or e
@@ -373,11 +371,16 @@ class PackedBlobStore(BlobStore):
             self._raise_failed()
             written, self._written, self._written_blobs = self._written, [], 0
             made, self._indexed_early = self._indexed_early, []
+        return made + self._write_indexes(written)
+
+    def _write_indexes(self, written: list[tuple[PackInfo, list[Entry]]]
+                       ) -> list[tuple[str, list[str]]]:
+        """Index objects for these durable packs (after this process's lock is confirmed):
+        each one's key and the packs it names."""
         if written:
             self.confirm_lock()
-        for part in index_parts(written):
-            made.append((self.write_index(part), [info.hex for info, _ in part]))
-        return made
+        return [(self.write_index(part), [info.hex for info, _ in part])
+                for part in index_parts(written)]
 
     def write_index(self, part: list[tuple[PackInfo, list[Entry]]]) -> str:
         """Write one index object naming these packs (`index_parts` sizes a part); its
