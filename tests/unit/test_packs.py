@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import struct
 import threading
 from pathlib import Path
@@ -245,6 +246,36 @@ def test_the_merged_index_finds_every_blob_of_every_object_and_keeps_both_copies
     assert index.locations(ids[1700])[1].offset == 200 * 3
     index.add(PackInfo(b"3" * 32, 100, DATA_PACK), [(b"z" * 32, 0, 5, 5)])
     assert index.has(b"z" * 32) and index.locations(b"z" * 32)[0].pack.id == b"3" * 32
+
+
+def test_merging_part_by_part_gives_every_entry_in_id_order_the_first_object_first():
+    """The merge works on the ids of one first byte at a time: the columns it builds are
+    exactly those of sorting every object's entries together (a stable sort: a blob in
+    two objects keeps the objects' order), pack ordinals remapped to the merged packs."""
+    rng = random.Random(7)
+    shared = PackInfo(b"s" * 32, 1 << 20, DATA_PACK)
+    repeated = [rng.randbytes(32) for _ in range(300)]
+    objects, expected = [], []
+    for n in range(5):
+        own = PackInfo(bytes([n]) * 32, 1 << 20, TREE_PACK if n % 2 else DATA_PACK)
+        ids = [rng.randbytes(32) for _ in range(rng.randrange(1, 2000))]
+        ids += rng.sample(repeated, 100) + [b"\x00" * 32, b"\xff" * 32]
+        packs = {own: [], shared: []}
+        for k, blob_id in enumerate(ids):
+            packs[rng.choice((own, shared))].append((blob_id, k * 3, 3, 1 + k % 7))
+        listed = [(p, e) for p, e in packs.items() if e]
+        objects.append(packindex.decode(packindex.encode(listed, PLAIN.mac)[1], PLAIN.mac, "i"))
+        expected += [(blob_id, n, p.id, offset, stored, plain) for p, e in listed
+                     for blob_id, offset, stored, plain in e]
+    expected.sort(key=lambda row: row[:2])    # by id, then by the object it came from
+    index = BlobIndex(objects)
+    got = [(blob_id, loc.pack.id, loc.offset, loc.stored, loc.plain)
+           for blob_id, loc in index.entries()]
+    assert got == [(blob_id, *rest) for blob_id, _, *rest in expected]
+    assert all(index.has(row[0]) for row in expected[::7])
+    assert [loc.pack.id != shared.id for loc in index.locations(b"\xff" * 32)] == [
+        row[2] != shared.id for row in expected if row[0] == b"\xff" * 32]
+    assert len(index.locations(b"\xff" * 32)) == 5
 
 
 def test_two_index_objects_that_disagree_about_a_pack_are_reported():

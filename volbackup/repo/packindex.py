@@ -299,39 +299,61 @@ class BlobIndex:
     def entries(self) -> Iterator[tuple[bytes, Location]]:
         """Every (blob id, location), loaded ones in id order, then this run's."""
         for i in range(len(self.ids) // ID):
-            yield self.ids[i * ID:(i + 1) * ID], self._row(i)
+            yield bytes(self.ids[i * ID:(i + 1) * ID]), self._row(i)
         for blob_id, locs in self._added.items():
             for loc in _ADDED.iter_unpack(locs):
                 yield blob_id, self._location(*loc)
 
 
 def _merge(objects: list[IndexObject], remaps: list[list[int]]
-           ) -> tuple[bytes, tuple[array, array, array, array]]:
+           ) -> tuple[bytes | bytearray, tuple[array, array, array, array]]:
     """One sorted id column and its location columns (pack ordinals remapped) from many
-    objects. Sorting a permutation keyed by the ids keeps every loop in C; transient
-    memory about 100 bytes a blob (a list of the ids and the permutation)."""
+    objects, written into columns allocated once. The objects are merged a part of the id
+    space at a time (ids of one first byte): sorting a permutation keyed by the ids keeps
+    every loop in C, and its transient memory (about 100 bytes a blob: a list of the ids
+    and the permutation) is that of one part, not of the whole index. Equal ids keep the
+    objects' order."""
     if not objects:
         return b"", (array("I"), array("I"), array("I"), array("I"))
-
-    def remapped(obj: IndexObject, remap: list[int]) -> array:
-        if remap == list(range(len(remap))):
-            return obj.columns[0]
-        return array("I", map(remap.__getitem__, obj.columns[0]))
-
-    if len(objects) == 1:
-        obj = objects[0]
-        return obj.ids, (remapped(obj, remaps[0]), *obj.columns[1:])
-    ids = [obj.ids[i:i + ID] for obj in objects for i in range(0, len(obj.ids), ID)]
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    merged = b"".join(map(ids.__getitem__, order))
-    del ids
-    columns = []
-    for c in range(4):
-        whole = array("I")
-        for obj, remap in zip(objects, remaps):
-            whole.extend(remapped(obj, remap) if c == 0 else obj.columns[c])
-        columns.append(array("I", map(whole.__getitem__, order)))
+    sources = [(obj.ids, (_remapped(obj.columns[0], remap), *obj.columns[1:]))
+               for obj, remap in zip(objects, remaps)]
+    if len(sources) == 1:
+        return sources[0]
+    total = sum(len(ids) // ID for ids, _ in sources)
+    merged = bytearray(total * ID)
+    columns = tuple(array("I", [0]) * total for _ in range(4))
+    parts = [_first_byte_starts(ids) for ids, _ in sources]
+    at = 0
+    for part in range(256):
+        spans = [(ids, cols, starts[part], starts[part + 1])
+                 for (ids, cols), starts in zip(sources, parts) if starts[part] < starts[part + 1]]
+        if not spans:
+            continue
+        ids = [span[i:i + ID] for span, _, first, end in spans
+               for i in range(first * ID, end * ID, ID)]
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        merged[at * ID:(at + len(ids)) * ID] = b"".join(map(ids.__getitem__, order))
+        del ids
+        for c in range(4):
+            whole = array("I")
+            for _, cols, first, end in spans:
+                whole.extend(cols[c][first:end])
+            columns[c][at:at + len(order)] = array("I", map(whole.__getitem__, order))
+        at += len(order)
     return merged, (columns[0], columns[1], columns[2], columns[3])
+
+
+def _remapped(ordinals: array, remap: list[int]) -> array:
+    if remap == list(range(len(remap))):
+        return ordinals
+    return array("I", map(remap.__getitem__, ordinals))
+
+
+def _first_byte_starts(ids: bytes) -> list[int]:
+    """Where the ids of each first byte start, and the end: 257 positions (the ids are
+    in order by their first two bytes, which decode checks)."""
+    counts = Counter(ids[0::ID])
+    return list(accumulate((counts.get(b, 0) for b in range(256)), initial=0))
 
 
 def _prefixes(ids: bytes) -> array:
