@@ -51,12 +51,13 @@ def volume_tar(seed: int = 1, size: int = 1 << 20, edit_at: int | None = None) -
 
 
 def backup(repo: Repository, tar: bytes, volume: str = "pgdata",
-           when: datetime | None = None, **fields) -> Manifest:
-    """Store `tar` as a snapshot of `volume` (pieces of 4 KiB, as a stream arrives)."""
+           when: datetime | None = None, record=None, **fields) -> Manifest:
+    """Store `tar` as a snapshot of `volume` (pieces of 4 KiB, as a stream arrives);
+    `record`: a parent record the writer fills too (not published)."""
     when = when or datetime.now(timezone.utc)
     snapshot = new_snapshot_id(volume, when)
     with repo.snapshot_writer(snapshot) as writer:
-        packed = writer.pack(chunked(tar, 4096), 3)
+        packed = writer.pack(chunked(tar, 4096), 3, record=record)
     manifest = make_manifest(snapshot, utc_iso(when, "milliseconds"), archive=writer.archive,
                              bytes=packed.bytes, stored_bytes=packed.stored_bytes,
                              sha256=packed.sha256, entries=packed.entries,

@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections import deque
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.blobstore import CATALOG, BlobStore
@@ -194,8 +194,10 @@ class CatalogTreeWriter:
     manifest's `catalog` field. Each line is written when the next entry (or the end)
     says where its data ends: one entry is held, one piece, and the tree's open pieces."""
 
-    def __init__(self, store: BlobStore, level: int, cut_key: bytes):
+    def __init__(self, store: BlobStore, level: int, cut_key: bytes,
+                 on_line: Callable[[bytes], None] | None = None):
         self._store, self._level, self._cut_key = store, level, cut_key
+        self._on_line = on_line   # shown each line stored (a parent record keeps them)
         self._tree = TreeWriter(store, level)
         self._buf = bytearray()
         self._held: CatalogEntry | _Reused | None = None
@@ -260,6 +262,8 @@ class CatalogTreeWriter:
         self._put(line)
 
     def _put(self, line: bytes) -> None:
+        if self._on_line is not None:
+            self._on_line(line)
         self._buf += line
         if len(self._buf) >= PIECE_BYTES or ends_piece(line, self._cut_key):
             self._flush()

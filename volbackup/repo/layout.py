@@ -32,6 +32,7 @@ from volbackup.repo.config import DEFAULT_PACK, RepoConfig
 from volbackup.repo.crypto import PlainChunks, SealedChunks
 from volbackup.repo.manifest import CHUNKED_VERSION, TREE_VERSION
 from volbackup.repo.packstore import PackedBlobStore
+from volbackup.repo.parentrecord import RecordWriter
 from volbackup.repo.sealing import Keyring
 from volbackup.stream import archive, catalog
 from volbackup.stream.archive import Packed, Progress
@@ -98,7 +99,8 @@ class Layout:
         return self.chunked and other.chunked and not self.encrypted and not other.encrypted
 
     def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO, level: int, progress: Progress,
-             check_existing: bool, catalog_key: str, later: ExitStack) -> Written:
+             check_existing: bool, catalog_key: str, later: ExitStack,
+             record: RecordWriter | None = None) -> Written:
         raise NotImplementedError
 
     def fields(self, packed: Packed) -> dict:
@@ -121,7 +123,8 @@ class ArchiveLayout(Layout):
     catalog_suffix = catalogs.ARCHIVE_SUFFIX
 
     def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO, level: int, progress: Progress,
-             check_existing: bool, catalog_key: str, later: ExitStack) -> Written:
+             check_existing: bool, catalog_key: str, later: ExitStack,
+             record: RecordWriter | None = None) -> Written:
         cat = catalogs.ArchiveCatalogWriter(
             later.enter_context(self._backend.open_write(catalog_key)), level)
         packed = archive.pack(tar_chunks, out, level, progress,
@@ -146,7 +149,8 @@ class ChunkedLayout(Layout):
         self.config = config
 
     def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO, level: int, progress: Progress,
-             check_existing: bool, catalog_key: str, later: ExitStack) -> Written:
+             check_existing: bool, catalog_key: str, later: ExitStack,
+             record: RecordWriter | None = None) -> Written:
         """`check_existing` (copy): the chunks the store holds already are read back and
         checked, and written again if wrong; only in a plain repository (an encrypted
         one's chunks open only with an identity, which a writer to it does not hold)."""
@@ -194,22 +198,28 @@ class PackedLayout(ChunkedLayout):
 
     def pack(self, tar_chunks: Iterable[bytes], out: BinaryIO | None, level: int,
              progress: Progress, check_existing: bool, catalog_key: str,
-             later: ExitStack) -> Written:
+             later: ExitStack, record: RecordWriter | None = None) -> Written:
         """The data's blobs named in a data tree, the catalogue (version 2) in pieces under
         a catalogue tree: tree pieces are blobs of kind TREE, so an unchanged re-backup
-        stores nothing new but its manifest. `out` and `catalog_key` are not used."""
-        cat = catalogtree.CatalogTreeWriter(self.blobs, level, self.catalog_cut_key())
+        stores nothing new but its manifest. `out` and `catalog_key` are not used.
+        `record` is given every catalogue line and data blob stored (volbackup.repo.
+        parentrecord); the other layouts take none."""
+        cat = catalogtree.CatalogTreeWriter(self.blobs, level, self.catalog_cut_key(),
+                                            record.line if record is not None else None)
         walkers: list[TarWalker] = []
 
         def on_walker(walker: TarWalker) -> None:
             walkers.append(walker)
             cat.record(walker)
 
+        data = trees.TreeWriter(self.blobs, level, record.leaf if record is not None else None)
         packed = self._pack_chunks(tar_chunks, None, level, progress, check_existing,
-                                   on_walker, trees.TreeWriter(self.blobs, level))
+                                   on_walker, data)
         walker = walkers[0]
         members_end = walker.end_marker_at if walker.end_marker_at is not None \
             else walker.bytes
+        if record is not None:
+            record.stream_ends(packed.bytes, members_end)
         return packed, lambda: cat.finish(members_end=members_end)
 
     def catalog_cut_key(self) -> bytes:

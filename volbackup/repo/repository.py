@@ -69,14 +69,16 @@ class SnapshotWriter:
         self._finish: Callable[[], dict] | None = None
 
     def pack(self, tar_chunks: Iterable[bytes], level: int,
-             progress: Progress = no_progress, check_existing: bool = False) -> Packed:
+             progress: Progress = no_progress, check_existing: bool = False,
+             record: RecordWriter | None = None) -> Packed:
         """`check_existing` (copy): the chunks this repository holds already are read back
-        and checked, and written again if wrong (volbackup.repo.layout.ChunkedLayout)."""
+        and checked, and written again if wrong (volbackup.repo.layout.ChunkedLayout).
+        `record`: a tree snapshot's lines and blobs go to it too (parent_record)."""
         repo = self._repo
         volume, stamp = split_id(self._snapshot)
         key = f"{PREFIX}{volume}/{stamp}{repo.layout.catalog_suffix}"
         packed, self._finish = repo.layout.pack(tar_chunks, self._out, level, progress,
-                                                check_existing, key, self._later)
+                                                check_existing, key, self._later, record)
         return packed
 
     def finish(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from volbackup.errors import IntegrityError, RepositoryError, VolbackupError
 from volbackup.repo.blobstore import TREE, BlobStore, Saved
@@ -115,9 +115,11 @@ class TreeWriter:
     A level's first piece is not named to the level above until a second one closes: a
     level of one piece is the top, and nothing above it is written."""
 
-    def __init__(self, store: BlobStore, level: int):
+    def __init__(self, store: BlobStore, level: int,
+                 on_add: Callable[[str, int], None] | None = None):
         self._store = store
         self._zstd_level = level
+        self._on_add = on_add   # shown each blob added (a parent record keeps the list)
         self._levels: list[_Level] = [_Level()]
         self._root: TreeRoot | None = None
         self.blobs = 0
@@ -135,6 +137,8 @@ class TreeWriter:
         self.blobs += 1
         self.bytes += length
         self._push(0, RECORD.pack(bytes.fromhex(blob_id), length, length), length)
+        if self._on_add is not None:
+            self._on_add(blob_id, length)
 
     def finish(self) -> TreeRoot:
         """Save what is open; the root (EMPTY when nothing was added). Call once."""

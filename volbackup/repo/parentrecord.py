@@ -1,0 +1,279 @@
+"""The backup host's own copy of what the files cache needs from its last snapshot of a
+volume, for an encrypted repository (docs/design.md, "The files cache in an encrypted
+repository").
+
+A backup host of an encrypted repository holds the repository key but no identity: it
+cannot open a snapshot's sealed catalogue, so it cannot read its parent's stat data from
+the repository. borg keeps its files cache on the backup host for the same reason. So a
+backup writes, beside the snapshot, a **parent record** into the host's cache directory:
+the catalogue's lines and the data tree's leaves, exactly as it stored them. It appears
+(atomically) only after the snapshot's manifest was written; the next backup of the volume
+uses it only if it names the snapshot that backup would take as parent.
+
+The host read those files in the clear already, so the record tells it nothing new. It is
+still read as untrusted input, like a parent catalogue: its digests first (a damaged record
+is not used: everything is read), then every line as parent_lines checks it; each blob it
+names is taken only if the index holds it.
+
+    record = zstd frame of the catalogue lines || zstd frame of the leaves
+             (32-byte id || u32 LE length each) || JSON header || u32 LE header length
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import tempfile
+from typing import BinaryIO, Iterator
+
+import zstandard
+
+from volbackup.errors import IntegrityError
+from volbackup.repo import catalogtree
+from volbackup.stream.catalog import MAX_LINE
+from volbackup.repo.parentfiles import ParentRun, parent_runs
+
+CACHE_ENV = "VOLBACKUP_CACHE_DIR"
+MAGIC = "volbackup parent record"
+VERSION = 1
+_LEAF = struct.Struct("<32sI")
+_LENGTH = struct.Struct("<I")
+_MAX_HEADER = 1 << 16
+_READ = 1 << 20
+
+
+def cache_root() -> str:
+    """$VOLBACKUP_CACHE_DIR, else $XDG_CACHE_HOME/volbackup, else ~/.cache/volbackup."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "volbackup")
+
+
+def record_path(root: str, repository_id: str, volume: str, host: str) -> str:
+    """Where the record of `volume` backed up from `host` into a repository lives."""
+    name = hashlib.sha256(f"{volume}\0{host}".encode()).hexdigest()[:32]
+    return os.path.join(root, repository_id, "parents", name)
+
+
+class RecordWriter:
+    """Takes the lines and leaves of a snapshot as its writers store them; `publish`
+    makes the record visible once the snapshot exists, `discard` drops it."""
+
+    def __init__(self, path: str, volume: str):
+        self._path, self._volume = path, volume
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=".record-", dir=directory)
+        self._file = os.fdopen(fd, "wb")
+        self._leaves = tempfile.TemporaryFile(dir=directory)
+        self._lines = zstandard.ZstdCompressor(level=3).stream_writer(
+            self._file, closefd=False)
+        self._leaves_out = zstandard.ZstdCompressor(level=1).stream_writer(
+            self._leaves, closefd=False)
+        self._line_digest, self._leaf_digest = hashlib.sha256(), hashlib.sha256()
+        self.lines = self.leaves = 0
+        self._ends: tuple[int, int] | None = None   # the stream's bytes, its members' end
+
+    def line(self, line: bytes) -> None:
+        self._lines.write(line)
+        self._line_digest.update(line)
+        self.lines += 1
+
+    def leaf(self, blob_id: str, length: int) -> None:
+        packed = _LEAF.pack(bytes.fromhex(blob_id), length)
+        self._leaves_out.write(packed)
+        self._leaf_digest.update(packed)
+        self.leaves += 1
+
+    def stream_ends(self, stream_bytes: int, members_end: int) -> None:
+        """The stream was read whole: its length, and where its last member ends."""
+        self._ends = (stream_bytes, members_end)
+
+    def publish(self, snapshot: str) -> None:
+        """The snapshot exists: complete the record and put it in place of the volume's
+        last one."""
+        if self._ends is None:
+            raise ValueError("publish() before the stream ended")
+        stream_bytes, members_end = self._ends
+        self._lines.flush(zstandard.FLUSH_FRAME)
+        lines_end = self._file.tell()
+        self._leaves_out.flush(zstandard.FLUSH_FRAME)
+        self._leaves.seek(0)
+        while block := self._leaves.read(_READ):
+            self._file.write(block)
+        header = json.dumps({
+            "magic": MAGIC, "version": VERSION, "snapshot": snapshot, "volume": self._volume,
+            "bytes": stream_bytes, "members_end": members_end,
+            "lines": self.lines, "lines_end": lines_end,
+            "lines_sha256": self._line_digest.hexdigest(),
+            "leaves": self.leaves, "leaves_sha256": self._leaf_digest.hexdigest(),
+        }).encode()
+        self._file.write(header + _LENGTH.pack(len(header)))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._close()
+        os.replace(self._tmp, self._path)
+
+    def discard(self) -> None:
+        self._close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def _close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+            self._leaves.close()
+
+
+class ParentRecord:
+    """A record read back and checked whole (`open_record`): its runs, afresh each call."""
+
+    def __init__(self, path: str, header: dict, identity: tuple[int, int, int, int]):
+        self._path, self._header, self._identity = path, header, identity
+        self.snapshot: str = header["snapshot"]
+
+    def runs(self) -> Iterator[ParentRun]:
+        return parent_runs(self.lines(), self.leaves(), self._header["members_end"])
+
+    def lines(self) -> Iterator[catalogtree.ParentLine]:
+        """The catalogue's lines, as parent_lines reads them from a repository."""
+        stream_bytes = self._header["bytes"]
+        with self._open() as f:
+            at = 0
+            for line in _lines(f, self._header["lines_end"]):
+                parsed = catalogtree.parent_line(line, at, stream_bytes)
+                at = parsed.end
+                yield parsed
+
+    def leaves(self) -> Iterator[tuple[str, int]]:
+        """The data tree's leaves: (blob id, length)."""
+        with self._open() as f:
+            f.seek(self._header["lines_end"])
+            for blob_id, length in _leaves(f, self._header["leaves_end"]):
+                yield blob_id.hex(), length
+
+    def _open(self) -> BinaryIO:
+        """The file that was checked: not one a backup of the same volume put in its
+        place since (a new file), nor one changed in place."""
+        f = open(self._path, "rb")
+        if _identity(os.fstat(f.fileno())) != self._identity:
+            f.close()
+            raise IntegrityError(f"parent record {self._path} changed since it was checked")
+        return f
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def open_record(path: str) -> ParentRecord | None:
+    """The record at `path`, its digests and counts checked (IntegrityError if they fail:
+    a damaged record); None if there is none."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    with f:
+        identity = _identity(os.fstat(f.fileno()))
+        header = _header(f, path)
+        f.seek(0)
+        count, digest = 0, hashlib.sha256()
+        for line in _lines(f, header["lines_end"]):
+            count += 1
+            digest.update(line)
+        if count != header["lines"] or digest.hexdigest() != header["lines_sha256"]:
+            raise IntegrityError(f"parent record {path} does not match its digest (damaged)")
+        f.seek(header["lines_end"])
+        count, digest = 0, hashlib.sha256()
+        for blob_id, length in _leaves(f, header["leaves_end"]):
+            count += 1
+            digest.update(_LEAF.pack(blob_id, length))
+        if count != header["leaves"] or digest.hexdigest() != header["leaves_sha256"]:
+            raise IntegrityError(f"parent record {path} does not match its digest (damaged)")
+    return ParentRecord(path, header, identity)
+
+
+def _header(f: BinaryIO, path: str) -> dict:
+    size = f.seek(0, os.SEEK_END)
+    damaged = IntegrityError(f"parent record {path} cannot be read (damaged)")
+    if size < _LENGTH.size:
+        raise damaged
+    f.seek(size - _LENGTH.size)
+    (length,) = _LENGTH.unpack(f.read(_LENGTH.size))
+    if not 0 < length <= min(_MAX_HEADER, size - _LENGTH.size):
+        raise damaged
+    f.seek(size - _LENGTH.size - length)
+    try:
+        header = json.loads(f.read(length))
+    except ValueError:
+        raise damaged from None
+    ints = ("bytes", "members_end", "lines", "lines_end", "leaves")
+    if not isinstance(header, dict) or header.get("magic") != MAGIC \
+            or header.get("version") != VERSION or not isinstance(header.get("snapshot"), str) \
+            or not all(type(header.get(k)) is int and header[k] >= 0 for k in ints) \
+            or not header["members_end"] <= header["bytes"] \
+            or not header["lines_end"] <= size - _LENGTH.size - length \
+            or not all(isinstance(header.get(k), str) for k in ("lines_sha256", "leaves_sha256")):
+        raise damaged
+    header["leaves_end"] = size - _LENGTH.size - length
+    return header
+
+
+class _Span(io.RawIOBase):
+    """The bytes of `f` from its position to `end`: what one frame's reader may read
+    (zstandard's reader reads ahead, across the end of its frame)."""
+
+    def __init__(self, f: BinaryIO, end: int):
+        self._f, self._left = f, end - f.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._f.read(min(len(buffer), max(self._left, 0)))
+        buffer[:len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+def _frame(f: BinaryIO, end: int) -> Iterator[bytes]:
+    """The plaintext of the zstd frame from f's position to `end`, in blocks."""
+    reader = zstandard.ZstdDecompressor().stream_reader(_Span(f, end), closefd=False)
+    try:
+        while block := reader.read(_READ):
+            yield block
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"parent record cannot be read: {e}") from None
+
+
+def _lines(f: BinaryIO, end: int) -> Iterator[bytes]:
+    rest = b""
+    for block in _frame(f, end):
+        data = rest + block
+        start = 0
+        while (stop := data.find(b"\n", start)) >= 0:
+            yield data[start:stop + 1]
+            start = stop + 1
+        rest = data[start:]
+        if len(rest) > MAX_LINE:
+            raise IntegrityError("parent record has a line too long to be a catalogue line")
+    if rest:
+        raise IntegrityError("parent record ends within a line")
+
+
+def _leaves(f: BinaryIO, end: int) -> Iterator[tuple[bytes, int]]:
+    rest = b""
+    for block in _frame(f, end):
+        data = rest + block
+        whole = len(data) - len(data) % _LEAF.size
+        yield from _LEAF.iter_unpack(data[:whole])
+        rest = data[whole:]
+    if rest:
+        raise IntegrityError("parent record ends within a leaf")
+
