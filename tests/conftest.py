@@ -24,11 +24,19 @@ REQUIRE_ENGINE = os.environ.get("VOLBACKUP_REQUIRE_ENGINE") == "1"
 # instead of skipping it.
 REQUIRE_SERVERS = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 _SHARED_DIR = pytest.StashKey[str]()
+_CACHE_DIR = pytest.StashKey[str]()
+CACHE_ENV = "VOLBACKUP_CACHE_DIR"   # volbackup.repo.parentrecord.CACHE_ENV
 
 
 def pytest_configure(config):
     """The controller of a parallel run (pytest-xdist) makes the workers' shared directory
-    before it starts them; they inherit its path in the environment (tests/shared_services)."""
+    before it starts them; they inherit its path in the environment (tests/shared_services).
+    The session's cache directory (the parent records backups into encrypted repositories
+    keep) is made the same way: never the user's ~/.cache, removed at the end."""
+    if not os.environ.get(CACHE_ENV):
+        cache = tempfile.mkdtemp(prefix="vbtest-cache-")
+        os.environ[CACHE_ENV] = cache
+        config.stash[_CACHE_DIR] = cache
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", 0):
         return
     from tests.shared_services import SHARED_DIR_ENV
@@ -62,6 +70,10 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_unconfigure(config):
     """After every worker ended: stop what they started once for all, remove the directory."""
+    cache = config.stash.get(_CACHE_DIR, None)
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
+        os.environ.pop(CACHE_ENV, None)
     shared = config.stash.get(_SHARED_DIR, None)
     if shared is None:
         return

@@ -296,24 +296,92 @@ def test_the_command_line_says_what_the_cache_did_and_refuses_bad_parents(
         "files_cache"]["bytes_read"], "files_reused": 0, "bytes_reused": 0, "problem": None}
 
 
-def test_an_encrypted_repository_reads_every_file_on_a_backup_host(
-        make_volume, mountpoint, names, tmp_path, cli):
-    """A backup host holds the repository key, not the identity (docs/security.md): it
-    cannot read the parent's sealed catalogue, so the files cache compares with nothing
-    and every file is read; the backup does not fail for it."""
-    from tests.integration.test_encrypted import make_keys
-    keys = make_keys(tmp_path, "--layout", "packed")
-    volume = make_volume("fc").name
-    fill(mountpoint(volume))
-    time.sleep(2.1)
-    repo = ["-r", str(keys.repo)]
-    for _ in range(2):
-        done = cli("backup", volume, *repo, "--key-file", str(keys.key_file), "--json")
+class _Host:
+    """A backup host of an encrypted repository (the key, no identity), with the cache
+    directory its parent records go to."""
+
+    def __init__(self, tmp_path: Path, cli, cache: str = "cache"):
+        from tests.integration.test_encrypted import make_keys
+        self.keys = make_keys(tmp_path, "--layout", "packed")
+        self.cli, self.cache = cli, tmp_path / cache
+
+    def backup(self, volume: str, *extra: str, cache: Path | None = None) -> dict:
+        done = self.cli("backup", volume, "-r", str(self.keys.repo), "--key-file",
+                        str(self.keys.key_file), "--json", *extra,
+                        env={"VOLBACKUP_CACHE_DIR": str(cache or self.cache)})
         assert done.code == 0, done.stderr
         (row,) = json.loads(done.stdout)["volumes"]
-        assert row["files_cache"]["parent"] is None and row["files_cache"]["files_read"] == 15
-    target = names("restored")
-    restored = cli("restore", row["snapshot"], *repo, "--identity", str(keys.carrying),
-                   "--as", target)
-    assert restored.code == 0, restored.stderr
-    same(tree(mountpoint(volume)), tree(mountpoint(target)))
+        assert row["status"] == "ok" and row["via"] == "direct", row
+        return row
+
+    def records(self, cache: Path | None = None) -> list[Path]:
+        return sorted(p for p in (cache or self.cache).rglob("*") if p.is_file())
+
+    def restored(self, snapshot: str, names, mountpoint) -> dict:
+        target = names("restored")
+        done = self.cli("restore", snapshot, "-r", str(self.keys.repo), "--identity",
+                        str(self.keys.carrying), "--as", target)
+        assert done.code == 0, done.stderr
+        return tree(mountpoint(target))
+
+
+def test_an_encrypted_repository_takes_unchanged_files_from_the_hosts_parent_record(
+        make_volume, mountpoint, names, tmp_path, cli):
+    """A backup host holds the repository key, not the identity (docs/security.md): it
+    cannot read the parent's sealed catalogue, so it keeps its own record of what it
+    stored (volbackup.repo.parentrecord) and the next backup compares with that."""
+    host = _Host(tmp_path, cli)
+    volume = make_volume("fc").name
+    root = mountpoint(volume)
+    fill(root)
+    time.sleep(2.1)     # older than the settle time: the first backup records their stat
+    first = host.backup(volume)
+    assert first["files_cache"]["parent"] is None and first["files_cache"]["files_read"] == 15
+    (record,) = host.records()      # one record, no temporary file left beside it
+    assert oct(record.parent.stat().st_mode & 0o777) == "0o700"
+    second = host.backup(volume)
+    assert second["files_cache"]["parent"] == first["snapshot"]
+    assert second["files_cache"]["files_reused"] == 12
+    assert second["files_cache"]["files_read"] == 3 and second["files_cache"]["problem"] is None
+    same(tree(root), host.restored(second["snapshot"], names, mountpoint))
+    _change(root, "content, same size and mtime")
+    expected = tree(root)
+    third = host.backup(volume)
+    assert third["files_cache"]["parent"] == second["snapshot"]
+    assert third["files_cache"]["files_reused"] == 11 and third["files_cache"]["files_read"] == 4
+    same(expected, host.restored(third["snapshot"], names, mountpoint))
+    assert host.records() == [record]
+
+
+def test_a_parent_record_of_another_snapshot_or_damaged_is_not_used(
+        make_volume, mountpoint, names, tmp_path, cli):
+    """The record is used only when it is of the very snapshot that is the parent, and
+    whole: a newer snapshot made elsewhere, a damaged record or none at all means every
+    file is read, and the backup does not fail for it."""
+    host = _Host(tmp_path, cli)
+    volume = make_volume("fc").name
+    root = mountpoint(volume)
+    fill(root)
+    time.sleep(2.1)
+    host.backup(volume)
+    (record,) = host.records()
+    # a backup of the volume with another cache directory: the parent is now a snapshot
+    # this record is not of
+    elsewhere = host.backup(volume, cache=tmp_path / "other-cache")
+    assert elsewhere["files_cache"]["parent"] is None
+    stale = host.backup(volume)
+    assert stale["files_cache"]["parent"] is None and stale["files_cache"]["files_read"] == 15
+    # damaged: a byte of the catalogue lines changed
+    data = bytearray(record.read_bytes())
+    data[40] ^= 0x55
+    record.write_bytes(bytes(data))
+    damaged = host.backup(volume)
+    assert damaged["files_cache"]["files_read"] == 15
+    assert "parent record not used" in damaged["files_cache"]["problem"]
+    same(tree(root), host.restored(damaged["snapshot"], names, mountpoint))
+    # the damaged backup wrote a good record; --read-all uses none and writes one too
+    assert host.backup(volume)["files_cache"]["files_reused"] == 12
+    assert host.backup(volume, "--read-all")["files_cache"]["files_reused"] == 0
+    assert host.backup(volume)["files_cache"]["files_reused"] == 12
+    record.unlink()
+    assert host.backup(volume)["files_cache"]["parent"] is None

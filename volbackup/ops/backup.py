@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Iterator
 from volbackup import __version__
 from volbackup.docker import direct
 from volbackup.docker.engine import Engine
-from volbackup.errors import BadPattern, IntegrityError, NotFound, StreamBroken, reworded
+from volbackup.errors import (BadPattern, IntegrityError, NotFound, StreamBroken, VolbackupError,
+                              reworded)
 from volbackup.ops import filescache
 from volbackup.ops.filescache import CacheCounts
 from volbackup.ops.options import check_quiesce, check_use_direct, check_whole
@@ -26,6 +27,7 @@ from volbackup.ops.outcome import ProgressFactory, no_progress, raise_for_failur
 from volbackup.ops.parallel import interruptible
 from volbackup.ops.quiesce import QuietOutcome, each_quietly, users_of
 from volbackup.ops.select import Missing, Selection, Skipped, Source, plan
+from volbackup.repo import parentrecord
 from volbackup.repo.manifest import LEVELS, Manifest
 from volbackup.repo.parentfiles import ParentRun
 from volbackup.stream.exclude import Matcher, Refetch, filter_tar, parse_patterns, split_label
@@ -55,6 +57,8 @@ class FilesCache:
     parent_runs: Callable[[], Iterable[ParentRun]]
     indexed: Callable[[str], bool]
     settle: float
+    record: str | None = None    # where this host keeps its parent record (encrypted)
+    problem: str | None = None   # why the parent's files cannot be used
 
 
 Reader = Callable[[], AbstractContextManager[Stream]]  # opens a volume's tar stream
@@ -120,6 +124,9 @@ class BackupOptions:
     settle: float = filescache.SETTLE
     """Seconds: a file whose mtime or ctime is this recent when the backup starts is
     not trusted by the next one's files cache (it is read again)."""
+    cache_dir: str | None = None
+    """Where a backup host of an encrypted repository keeps its parent records
+    (volbackup.repo.parentrecord); default: parentrecord.cache_root()."""
 
     def __post_init__(self):
         object.__setattr__(self, "exclude_paths", tuple(self.exclude_paths))
@@ -166,7 +173,7 @@ def backup(engine: Engine, repo: Repository, volumes: list[str] | None = None,
         matcher = matchers[source.volume]
         return _backup_with_retries(
             lambda: _open_stream(engine, source, options.use_direct, matcher, cache),
-            repo, source, options, progress, matcher)
+            repo, source, options, progress, matcher, cache.record if cache else None)
 
     outcomes += each_quietly(engine, sources, options.quiesce, options.stop_timeout, work,
                              lambda s, e: VolumeBackup(s.volume, "failed").failure(e),
@@ -182,20 +189,46 @@ def _files_cache(repo: Repository, source: Source, options: BackupOptions
     repository (tree snapshots), a volume or a directory (not a bind of one file)."""
     if not repo.layout.trees or source.file_name:
         return None
+    host = socket.gethostname()
+    if not repo.can_read_catalogues():
+        return _recorded_parent(repo, source, options, host)
     parent = None
     if options.parent is not None:
         parent = repo.resolve(options.parent)
-    elif not options.read_all and repo.can_read_catalogues():
-        # (an encrypted repository's backup host, holding no identity, cannot read the
-        # parent's catalogue: it reads every file, and records stat data for one that can)
+    elif not options.read_all:
         try:
-            parent = repo.newest(source.volume, socket.gethostname())
+            parent = repo.newest(source.volume, host)
         except NotFound:
             parent = None
     if parent is None:
         return FilesCache(None, lambda: (), repo.blobs.indexed, options.settle)
     return FilesCache(parent.snapshot, lambda: repo.reader.reusable_runs(parent),
                       repo.blobs.indexed, options.settle)
+
+
+def _recorded_parent(repo: Repository, source: Source, options: BackupOptions, host: str
+                     ) -> FilesCache:
+    """An encrypted repository's backup host, holding no identity, cannot read its parent's
+    sealed catalogue: it takes the parent's files from the record it kept of that snapshot
+    (volbackup.repo.parentrecord), if it kept one of the very snapshot that is the parent.
+    Anything else (no record, another snapshot, a damaged record): every file is read."""
+    assert repo.config is not None
+    path = parentrecord.record_path(options.cache_dir or parentrecord.cache_root(),
+                                    repo.config.id, source.volume, host)
+    none = FilesCache(None, lambda: (), repo.blobs.indexed, options.settle, path)
+    if options.read_all:
+        return none
+    try:
+        parent = repo.resolve(options.parent) if options.parent is not None \
+            else repo.newest(source.volume, host)
+        record = parentrecord.open_record(path)
+    except NotFound:
+        return none
+    except (VolbackupError, OSError) as e:
+        return replace(none, problem=f"parent record not used: {e}")
+    if record is None or record.snapshot != parent.snapshot:
+        return none
+    return FilesCache(parent.snapshot, record.runs, repo.blobs.indexed, options.settle, path)
 
 
 @contextmanager
@@ -213,8 +246,8 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None,
                       or not _written_to(engine, source)):
         if cache is not None:
             with filescache.planned_export(directory, cache.parent, cache.parent_runs(),
-                                           cache.indexed, matcher, cache.settle
-                                           ) as (chunks, counts):
+                                           cache.indexed, matcher, cache.settle,
+                                           problem=cache.problem) as (chunks, counts):
                 yield Stream(chunks, "direct", cache=counts)
             return
         with direct.export(directory, only=source.file_name) as chunks:
@@ -224,6 +257,27 @@ def _open_stream(engine: Engine, source: Source, use_direct: bool | None,
             helper.export(source.path.rstrip("/") + "/.") as chunks:
         yield Stream(chunks, "engine",
                      lambda path: helper.export(source.path.rstrip("/") + "/" + path))
+
+
+def _record_writer(path: str, volume: str) -> parentrecord.RecordWriter | None:
+    """A writer of the parent record, or None where the cache directory cannot be written
+    (the backup goes on without one: the next one reads every file)."""
+    try:
+        return parentrecord.RecordWriter(path, volume)
+    except OSError:
+        return None
+
+
+def _publish(record: parentrecord.RecordWriter, snapshot: str, outcome: VolumeBackup
+             ) -> None:
+    """The snapshot exists: its record takes the place of the last one. A record that
+    cannot be written fails nothing; the result says so (the next backup reads all)."""
+    try:
+        record.publish(snapshot)
+    except OSError as e:
+        record.discard()
+        if outcome.files_cache is not None:
+            outcome.files_cache["problem"] = f"parent record not written: {e}"
 
 
 def label_patterns(engine: Engine, source: Source) -> list[str]:
@@ -250,11 +304,13 @@ def _written_to(engine: Engine, source: Source) -> bool:
 
 def _backup_with_retries(reader: Reader, repo: Repository, source: Source,
                          options: BackupOptions, progress: ProgressFactory,
-                         matcher: Matcher | None = None) -> VolumeBackup:
-    """Read again when the stream broke (files changed while read), up to `retries` times."""
+                         matcher: Matcher | None = None, record: str | None = None
+                         ) -> VolumeBackup:
+    """Read again when the stream broke (files changed while read), up to `retries` times.
+    `record`: where the snapshot's parent record goes (an encrypted repository's)."""
     broken: list[str] = []
     for attempt in range(1, options.retries + 2):
-        outcome = _backup_one(reader, repo, source, options, progress, matcher)
+        outcome = _backup_one(reader, repo, source, options, progress, matcher, record)
         outcome.attempts = attempt
         if not (outcome.failed and isinstance(outcome.error, (IntegrityError, StreamBroken))):
             break
@@ -267,12 +323,16 @@ def _backup_with_retries(reader: Reader, repo: Repository, source: Source,
 
 
 def _backup_one(reader: Reader, repo: Repository, source: Source, options: BackupOptions,
-                progress: ProgressFactory, matcher: Matcher | None = None) -> VolumeBackup:
+                progress: ProgressFactory, matcher: Matcher | None = None,
+                record_path: str | None = None) -> VolumeBackup:
     started = time.monotonic()
     created = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(source.volume, created)
     outcome = VolumeBackup(source.volume, "ok", snapshot_id)
+    record, committed = None, False
     try:
+        if record_path is not None:
+            record = _record_writer(record_path, source.volume)
         # The reader ends inside the writer: an error it reports on closing (GNU tar's
         # exit code) discards the archive instead of leaving it in the repository.
         with progress(source.volume, None) as update, \
@@ -281,7 +341,7 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
             outcome.via = stream.via
             chunks = filter_tar(stream.chunks, matcher, stream.refetch) \
                 if matcher and stream.cache is None else stream.chunks
-            packed = writer.pack(chunks, options.level, update)
+            packed = writer.pack(chunks, options.level, update, record=record)
         fields = writer.fields(packed)
         seconds = round(time.monotonic() - started, 3)
         repo.commit(Manifest(
@@ -295,9 +355,13 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
             source_container=source.container, mount_path=source.mount_path,
             bind_path=source.bind_path, safety_for=options.safety_for,
             excluded=matcher.patterns if matcher else None, **fields))
+        committed = True
     except Exception as e:  # any error, also disk full: this volume failed, the next runs
         outcome.snapshot = None
         return outcome.failure(e)
+    finally:
+        if record is not None and not committed:
+            record.discard()
     outcome.bytes, outcome.stored_bytes = packed.bytes, packed.stored_bytes
     outcome.sha256, outcome.entries, outcome.seconds = packed.sha256, packed.entries, seconds
     outcome.chunks, outcome.new_chunks = fields.get("chunks"), fields.get("new_chunks")
@@ -305,4 +369,6 @@ def _backup_one(reader: Reader, repo: Repository, source: Source, options: Backu
         outcome.files_cache = stream.cache.as_dict()
     if fields.get("data") is not None:  # a tree snapshot: its data blobs
         outcome.chunks = fields["data"]["blobs"]
+    if record is not None:
+        _publish(record, snapshot_id, outcome)
     return outcome

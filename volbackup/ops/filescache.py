@@ -260,11 +260,12 @@ def _reuse(run: ParentRun, members: list[_Seen], indexed: Callable[[str], bool]
 @contextmanager
 def planned_export(directory: str, parent: str | None, runs: Iterable[ParentRun],
                    indexed: Callable[[str], bool], matcher: Matcher | None,
-                   settle: float = SETTLE, clock: Callable[[], float] = time.time
+                   settle: float = SETTLE, clock: Callable[[], float] = time.time,
+                   problem: str | None = None
                    ) -> Iterator[tuple[Iterator[bytes | Reused | HostStat], CacheCounts]]:
     """The volume's stream as the plan makes it, and what the plan counted; `parent`
-    names the parent snapshot in what is counted."""
-    counts = CacheCounts(parent=parent)
+    names the parent snapshot in what is counted, `problem` why it could not be used."""
+    counts = CacheCounts(parent=parent, problem=problem)
     plan = make_plan(directory, runs, indexed, matcher, clock(), settle, counts)
     try:
         with direct.export(directory, listed=plan.names) as pieces:
