@@ -7,6 +7,7 @@ waits for it, and lets the caller's cleanup remove the `vbbench-<run>-` resource
 
 from __future__ import annotations
 
+import atexit
 import compileall
 import functools
 import importlib.util
@@ -26,6 +27,20 @@ import docker
 
 MIB = 1 << 20
 SETTLE_SECONDS = 3
+
+
+def _own_cache_dir() -> None:
+    """volbackup's cache directory (the parent records of backups into encrypted
+    repositories) in a directory of this run, removed when it ends: a benchmark leaves
+    nothing in ~/.cache, and starts from no record."""
+    if os.environ.get("VOLBACKUP_CACHE_DIR"):
+        return
+    cache = tempfile.mkdtemp(prefix="vbbench-cache-")
+    os.environ["VOLBACKUP_CACHE_DIR"] = cache
+    atexit.register(shutil.rmtree, cache, True)
+
+
+_own_cache_dir()
 
 
 class StepFailed(RuntimeError):
