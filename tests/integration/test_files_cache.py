@@ -363,7 +363,7 @@ def test_a_parent_record_of_another_snapshot_or_damaged_is_not_used(
     root = mountpoint(volume)
     fill(root)
     time.sleep(2.1)
-    host.backup(volume)
+    first = host.backup(volume)
     (record,) = host.records()
     # a backup of the volume with another cache directory: the parent is now a snapshot
     # this record is not of
@@ -383,5 +383,15 @@ def test_a_parent_record_of_another_snapshot_or_damaged_is_not_used(
     assert host.backup(volume)["files_cache"]["files_reused"] == 12
     assert host.backup(volume, "--read-all")["files_cache"]["files_reused"] == 0
     assert host.backup(volume)["files_cache"]["files_reused"] == 12
+    # a named parent: used when the record is of it, and one that does not exist is an
+    # error, as in a plain repository
+    latest = host.backup(volume)
+    named = host.backup(volume, "--parent", latest["snapshot"])
+    assert named["files_cache"]["parent"] == latest["snapshot"]
+    assert host.backup(volume, "--parent", first["snapshot"])["files_cache"]["parent"] is None
+    missing = cli("backup", volume, "-r", str(host.keys.repo), "--key-file",
+                  str(host.keys.key_file), "--parent", f"{volume}@20000101T000000Z-0000",
+                  env={"VOLBACKUP_CACHE_DIR": str(host.cache)})
+    assert missing.code == 4 and "Traceback" not in missing.stderr
     record.unlink()
     assert host.backup(volume)["files_cache"]["parent"] is None

@@ -137,3 +137,17 @@ def test_records_are_kept_per_repository_volume_and_host(tmp_path, monkeypatch):
     monkeypatch.delenv(parentrecord.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", "/x")
     assert parentrecord.cache_root() == "/x/volbackup"
+
+
+def test_temporary_records_of_killed_backups_are_removed_once_old(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old, fresh = cache / ".record-killed", cache / ".record-running"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    week = parentrecord.ABANDONED + 60
+    os.utime(old, (os.path.getmtime(old) - week,) * 2)
+    writer = RecordWriter(str(cache / "r"), "v")
+    assert not old.exists() and fresh.exists()
+    writer.discard()
+    assert sorted(p.name for p in cache.iterdir()) == [".record-running"]

@@ -221,9 +221,12 @@ def _recorded_parent(repo: Repository, source: Source, options: BackupOptions, h
     try:
         parent = repo.resolve(options.parent) if options.parent is not None \
             else repo.newest(source.volume, host)
-        record = parentrecord.open_record(path)
     except NotFound:
+        if options.parent is not None:
+            raise               # as in a plain repository: a named parent must exist
         return none
+    try:
+        record = parentrecord.open_record(path)
     except (VolbackupError, OSError) as e:
         return replace(none, problem=f"parent record not used: {e}")
     if record is None or record.snapshot != parent.snapshot:

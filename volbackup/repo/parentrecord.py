@@ -1,5 +1,5 @@
 """The backup host's own copy of what the files cache needs from its last snapshot of a
-volume, for an encrypted repository (docs/design.md, "The files cache in an encrypted
+volume, for an encrypted repository (docs/design.md, "The files cache": "In an encrypted
 repository").
 
 A backup host of an encrypted repository holds the repository key but no identity: it
@@ -27,14 +27,15 @@ import json
 import os
 import struct
 import tempfile
+import time
 from typing import BinaryIO, Iterator
 
 import zstandard
 
 from volbackup.errors import IntegrityError
 from volbackup.repo import catalogtree
-from volbackup.stream.catalog import MAX_LINE
 from volbackup.repo.parentfiles import ParentRun, parent_runs
+from volbackup.stream.catalog import MAX_LINE
 
 CACHE_ENV = "VOLBACKUP_CACHE_DIR"
 MAGIC = "volbackup parent record"
@@ -43,6 +44,8 @@ _LEAF = struct.Struct("<32sI")
 _LENGTH = struct.Struct("<I")
 _MAX_HEADER = 1 << 16
 _READ = 1 << 20
+_TEMP = ".record-"
+ABANDONED = 7 * 86400   # seconds: a temporary record this old was left by a killed backup
 
 
 def cache_root() -> str:
@@ -67,7 +70,8 @@ class RecordWriter:
         self._path, self._volume = path, volume
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=".record-", dir=directory)
+        _remove_abandoned(directory)
+        fd, self._tmp = tempfile.mkstemp(prefix=_TEMP, dir=directory)
         self._file = os.fdopen(fd, "wb")
         self._leaves = tempfile.TemporaryFile(dir=directory)
         self._lines = zstandard.ZstdCompressor(level=3).stream_writer(
@@ -129,6 +133,22 @@ class RecordWriter:
         if not self._file.closed:
             self._file.close()
             self._leaves.close()
+
+
+def _remove_abandoned(directory: str, now: float | None = None) -> None:
+    """Temporary records of backups killed before they could remove them (SIGKILL, a
+    crash): older than ABANDONED seconds, which no running backup's is (its file is
+    written to as it goes)."""
+    now = time.time() if now is None else now
+    for name in os.listdir(directory):
+        if not name.startswith(_TEMP):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.lstat(path).st_mtime < now - ABANDONED:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 class ParentRecord:
