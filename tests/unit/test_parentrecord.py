@@ -151,3 +151,12 @@ def test_temporary_records_of_killed_backups_are_removed_once_old(tmp_path):
     assert not old.exists() and fresh.exists()
     writer.discard()
     assert sorted(p.name for p in cache.iterdir()) == [".record-running"]
+
+
+def test_a_record_larger_than_its_batches_round_trips(tmp_path):
+    """Lines and leaves reach zstd in batches of about 1 MiB: many batches, nothing lost."""
+    n = 20_000                          # 3.6 MB of lines, 720 KB of leaves
+    leaves = [(f"{i:064x}", 1024) for i in range(n)]
+    got = open_record(_record(tmp_path, [LINE] * n, leaves, n * 1024, n * 1024))
+    assert [run.blobs[0] for run in got.runs()] == leaves
+    assert sum(1 for _ in got.lines()) == n
