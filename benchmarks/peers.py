@@ -29,8 +29,9 @@ contenders read, rotating their order per run. Per contender and run, into a fre
 Contenders, each with zstd level 3 where the tool lets one choose it:
   volbackup-archive    no init: one .tar.zst per snapshot (backup/restore --direct, as root)
   volbackup-chunked    `init --layout chunked` (1M chunks, the default chunker)
-  volbackup-packed     `init --layout packed --chunk-size 1M` (chunks in 16 MiB packs with an
-                       index; 1M as measured so far, not the packed default 512K)
+  volbackup-packed     `init --layout packed` (chunks of the packed default, 256K, in 16 MiB
+                       packs with an index; `--packed-chunk-size 1M` as measured before
+                       2026-12-07 20:30 UTC)
   volbackup-packed-encrypted  the same, `--encrypt-to` one age recipient (a key per pack)
   volbackup-encrypted  `init --layout chunked --encrypt-to` one age X25519 recipient (chunks
                        age-encrypted, named by HMAC-SHA256 under the repository key)
@@ -137,6 +138,8 @@ def external_step(cmd: list[str], what: str) -> dict:
 class Volbackup:
     tool = "volbackup"
 
+    packed_chunk_size = "default"   # --packed-chunk-size: init's own unless given
+
     def __init__(self, name: str, layout: str, encrypted: bool):
         self.name, self.layout, self.encrypted = name, layout, encrypted
         self.identity = self.key = ""
@@ -145,13 +148,14 @@ class Volbackup:
         if self.layout == "archive":
             return bench.repo(None)
         layout = ["--layout", self.layout]
+        size = self.packed_chunk_size if self.layout == "packed" else "1M"
         if not self.encrypted:
-            return bench.repo("1M", *layout)
+            return bench.repo(size, *layout)
         from pyrage import x25519
 
         identity = x25519.Identity.generate()
         self.key = os.path.join(bench.work, f"key-{secrets.token_hex(4)}")
-        repo = bench.repo("1M", *layout, "--encrypt-to", str(identity.to_public()),
+        repo = bench.repo(size, *layout, "--encrypt-to", str(identity.to_public()),
                           "--key-file", self.key)
         self.identity = self.key + ".identity"
         with open(self.key) as key, open(self.identity, "w") as f:
@@ -408,6 +412,8 @@ def main() -> int:
     p.add_argument("--only", metavar="NAMES",
                    help=f"comma-separated contenders to run, of {','.join(NAMES)} (default: all present)")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--packed-chunk-size", metavar="SIZE",
+                   help="init --chunk-size of the packed contenders (default: the layout's)")
     p.add_argument("--quick", action="store_true",
                    help="does it run? 16 MiB, one run, the contenders at once (timings meaningless)")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
@@ -417,6 +423,8 @@ def main() -> int:
         benchrun.SETTLE_SECONDS = 0
     if args.runs < 1 or args.size < 1:
         p.error("--runs and --size must be >= 1")
+    if args.packed_chunk_size:
+        Volbackup.packed_chunk_size = args.packed_chunk_size
     peers = {"restic": find_peer("restic", args.restic), "borg": find_peer("borg", args.borg)}
     for name, given in (("restic", args.restic), ("borg", args.borg)):
         if given and not peers[name]["present"]:
@@ -442,7 +450,8 @@ def main() -> int:
     result: dict = {"prefix": bench.prefix, "config": vars(args), "cpus": os.cpu_count(),
                     "load_before": os.getloadavg(),
                     "cpu_busy_before": round(busy_fraction(0.5 if args.quick else 2), 3),
-                    "runs": args.runs, "parallel": args.quick, "peers": peers,
+                    "runs": args.runs, "packed_chunk_size": Volbackup.packed_chunk_size,
+                    "parallel": args.quick, "peers": peers,
                     "volbackup_version": version([*volbackup_cmd(), "--version"])}
     print(f"peers.py: {bench.prefix}*, {', '.join(c.name for c in chosen)}; "
           f"load {os.getloadavg()}", file=sys.stderr)
