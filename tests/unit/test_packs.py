@@ -278,6 +278,41 @@ def test_merging_part_by_part_gives_every_entry_in_id_order_the_first_object_fir
     assert len(index.locations(b"\xff" * 32)) == 5
 
 
+def test_this_runs_blobs_are_found_alike_before_and_after_they_are_folded():
+    """`fold` moves this run's blobs from the dict into a sorted table of their own: every
+    question the index answers has the same answer before and after, over several folds,
+    with a loaded copy in a doomed pack beside this run's copy."""
+    rng = random.Random(3)
+    loaded_pack = PackInfo(b"L" * 32, 1 << 20, DATA_PACK)
+    shared = [rng.randbytes(32) for _ in range(50)]
+    loaded = [(i, k * 3, 3, 5) for k, i in enumerate(sorted(shared + [rng.randbytes(32)
+                                                                        for _ in range(50)]))]
+    obj = packindex.decode(packindex.encode([(loaded_pack, loaded)], PLAIN.mac)[1], PLAIN.mac, "i")
+    index = BlobIndex([obj])
+    index.doomed = frozenset({loaded_pack.id})
+    mine: list[bytes] = []
+    for n in range(6):
+        pack = PackInfo(bytes([n + 1]) * 32, 1 << 20, DATA_PACK)
+        ids = [rng.randbytes(32) for _ in range(30)] + shared[n * 5:n * 5 + 5]
+        index.add(pack, [(i, k * 7, 7, 9) for k, i in enumerate(ids)])
+        mine += ids
+        asked = mine + [i for i, *_ in loaded] + [rng.randbytes(32) for _ in range(20)]
+
+        def answers():
+            return ([(index.has(i), index.written_here(i), index.all_locations(i))
+                     for i in asked],
+                    sorted((pack.id, sorted(entries)) for pack, entries in index.added()),
+                    len(index),
+                    sorted((i, repr(loc)) for i, loc in index.entries()))
+        before = answers()
+        if n % 2:
+            index.fold()
+            assert not index._added and len(index._run) == len(mine)
+        assert answers() == before
+    assert index.has(shared[0]) and not index.has(shared[-1])  # doomed, not written here
+    assert index.written_here(shared[0]) and not index.written_here(shared[-1])
+
+
 def test_two_index_objects_that_disagree_about_a_pack_are_reported():
     a = packindex.encode([(PackInfo(b"p" * 32, 1000, DATA_PACK), [(b"a" * 32, 0, 5, 5)])],
                          PLAIN.mac)[1]
@@ -573,6 +608,12 @@ def test_a_long_run_indexes_its_packs_as_it_goes_and_the_flush_names_them_all(tm
     # a blob this run wrote is held: saved again, even verified, it is not written again
     again_saved = store.save(datas[0], 3, verify_existing=True)
     assert not again_saved.written and not again_saved.replaced
+    # what was indexed early waits in this run's sorted table, not in the dict; found alike
+    index = store.index()
+    assert len(index._run) >= 40 and len(index) == 300
+    assert all(store.indexed(s.id) and index.written_here(bytes.fromhex(s.id)) for s in saved)
+    assert sorted(blob_id for _, entries in index.added() for blob_id, *_ in entries) == \
+        sorted(bytes.fromhex(s.id) for s in saved)
     made = store.flush()
     named = {pack for _, packs in made for pack in packs}
     on_disk = {p.name for p in (tmp_path / "packs").rglob("*") if p.is_file()}

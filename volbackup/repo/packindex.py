@@ -17,7 +17,8 @@ ordinal and range against the packs it names.
 
 In memory (`BlobIndex`): every loaded object merged into one sorted id column and four
 location columns (48 bytes per blob, plus a 256 KiB bucket table), looked up by
-`bytes.find` inside the id's bucket; blobs added by this run sit in a dict beside it.
+`bytes.find` inside the id's bucket; blobs added by this run sit beside it, in a dict until
+their packs are indexed, then in a second table of the same form.
 """
 
 from __future__ import annotations
@@ -184,9 +185,51 @@ def _check_entries(ids: bytes, columns: tuple[array, ...], packs: list[PackInfo]
         raise IntegrityError(f"{where} has a location outside its pack or out of bounds")
 
 
+class _Table:
+    """Blob ids in order and their four location columns, looked up by bucket (the
+    ids' first two bytes)."""
+
+    def __init__(self, ids: bytes | bytearray, columns: tuple[array, array, array, array]):
+        self.ids, self.columns = ids, columns
+        self.starts = _buckets(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids) // ID
+
+    def find(self, blob_id: bytes) -> int:
+        """The position of the first copy of `blob_id`, or -1."""
+        if len(blob_id) != ID:
+            return -1
+        bucket = blob_id[0] << 8 | blob_id[1]
+        pos, end = self.starts[bucket] * ID, self.starts[bucket + 1] * ID
+        while (pos := self.ids.find(blob_id, pos, end)) >= 0:
+            if pos % ID == 0:
+                return pos // ID
+            pos += 1
+        return -1
+
+    def copies(self, blob_id: bytes) -> Iterator[int]:
+        """The positions of every copy of `blob_id` (they are next to each other)."""
+        i = self.find(blob_id)
+        while 0 <= i < len(self) and self.ids[i * ID:(i + 1) * ID] == blob_id:
+            yield i
+            i += 1
+
+    def row(self, i: int) -> tuple[int, int, int, int]:
+        return tuple(column[i] for column in self.columns)  # type: ignore[return-value]
+
+
+_EMPTY_COLUMNS = (array("I"), array("I"), array("I"), array("I"))
+
+
 class BlobIndex:
     """Every loaded index object merged: blob id -> its locations (more than one when a
-    blob was stored twice; a reader takes the first that checks out)."""
+    blob was stored twice; a reader takes the first that checks out).
+
+    This run's own blobs (`add`) are kept apart, never doomed: first in a dict of packed
+    records, then, once their packs are indexed (`fold`, every few tens of thousands of
+    blobs), in a second sorted table of 48 bytes a blob, so that what a long run holds does
+    not grow at ~190 bytes a blob, and the loaded table is never copied for them."""
 
     def __init__(self, objects: Iterable[IndexObject] = ()):
         self.packs: list[PackInfo] = []
@@ -195,11 +238,20 @@ class BlobIndex:
         self.disputed: set[bytes] = set()  # their ids
         objects = list(objects)
         remaps = [[self._add_pack(p) for p in obj.packs] for obj in objects]
-        self.ids, self.columns = _merge(objects, remaps)
-        self._starts = _buckets(self.ids)
-        self._added: dict[bytes, bytes] = {}   # blob id -> its _ADDED locations
+        self._loaded = _Table(*_merge(objects, remaps))
+        self._run = _Table(b"", _EMPTY_COLUMNS)  # this run's blobs, folded
+        self._added: dict[bytes, bytes] = {}      # ... not yet: id -> _ADDED locations
         self._doomed: frozenset[bytes] = frozenset()
         self._doomed_ordinals: frozenset[int] = frozenset()
+
+    @property
+    def ids(self) -> bytes | bytearray:
+        """The loaded table's ids (in order, ID bytes each; this run's are not in it)."""
+        return self._loaded.ids
+
+    @property
+    def columns(self) -> tuple[array, array, array, array]:
+        return self._loaded.columns
 
     def _add_pack(self, info: PackInfo) -> int:
         ordinal = self._ordinal.get(info.id)
@@ -215,7 +267,8 @@ class BlobIndex:
         return ordinal
 
     def __len__(self) -> int:
-        return len(self.ids) // ID + sum(len(v) for v in self._added.values()) // _ADDED.size
+        return len(self._loaded) + len(self._run) \
+            + sum(len(v) for v in self._added.values()) // _ADDED.size
 
     def add(self, pack: PackInfo, entries: Iterable[Entry]) -> None:
         """A pack this run wrote: its blobs are found from now on."""
@@ -225,17 +278,40 @@ class BlobIndex:
             added[blob_id] = added.get(blob_id, b"") + _ADDED.pack(ordinal, offset, stored,
                                                                    plain)
 
+    def fold(self) -> None:
+        """Move what `add` holds into this run's sorted table (the store calls it once the
+        packs are indexed): found as before, at 48 bytes a blob."""
+        if not self._added:
+            return
+        rows = sorted((blob_id, *loc) for blob_id, locs in self._added.items()
+                      for loc in _ADDED.iter_unpack(locs))
+        new = IndexObject([], b"".join(row[0] for row in rows),
+                          tuple(array("I", (row[c] for row in rows))  # type: ignore[misc]
+                                for c in range(1, 5)))
+        same = list(range(len(self.packs)))
+        run = IndexObject([], self._run.ids, self._run.columns)
+        self._run = _Table(*_merge([run, new], [same, same]) if len(self._run) else
+                           (new.ids, new.columns))
+        self._added = {}
+
     def added(self) -> list[tuple[PackInfo, list[Entry]]]:
         """The packs this run wrote (`add`): what an index loaded again is given back."""
         by_pack: dict[int, list[Entry]] = {}
-        for blob_id, locations in self._added.items():
-            for ordinal, offset, stored, plain in _ADDED.iter_unpack(locations):
-                by_pack.setdefault(ordinal, []).append((blob_id, offset, stored, plain))
+        for blob_id, (ordinal, offset, stored, plain) in self._mine():
+            by_pack.setdefault(ordinal, []).append((blob_id, offset, stored, plain))
         return [(self.packs[ordinal], entries) for ordinal, entries in by_pack.items()]
+
+    def _mine(self) -> Iterator[tuple[bytes, tuple[int, int, int, int]]]:
+        run = self._run
+        for i in range(len(run)):
+            yield bytes(run.ids[i * ID:(i + 1) * ID]), run.row(i)
+        for blob_id, locations in self._added.items():
+            for loc in _ADDED.iter_unpack(locations):
+                yield blob_id, loc
 
     def written_here(self, blob_id: bytes) -> bool:
         """Whether this run wrote the blob into a pack (`add`)."""
-        return blob_id in self._added
+        return blob_id in self._added or self._run.find(blob_id) >= 0
 
     @property
     def doomed(self) -> frozenset[bytes]:
@@ -250,16 +326,13 @@ class BlobIndex:
 
     def has(self, blob_id: bytes) -> bool:
         """Whether a writer may name the blob: a copy outside the doomed packs."""
-        if blob_id in self._added:
+        if self.written_here(blob_id):
             return True             # this run's packs are never doomed
-        i = self._find(blob_id)
-        if i < 0 or not self._doomed_ordinals:
-            return i >= 0
-        while i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:
-            if self.columns[0][i] not in self._doomed_ordinals:
-                return True
-            i += 1
-        return False
+        if not self._doomed_ordinals:
+            return self._loaded.find(blob_id) >= 0
+        ordinals = self._loaded.columns[0]
+        return any(ordinals[i] not in self._doomed_ordinals
+                   for i in self._loaded.copies(blob_id))
 
     def locations(self, blob_id: bytes) -> list[Location]:
         """Where the blob is stored: the copies this run wrote first, then the loaded
@@ -272,37 +345,20 @@ class BlobIndex:
     def all_locations(self, blob_id: bytes) -> list[Location]:
         found = [self._location(*loc)
                  for loc in _ADDED.iter_unpack(self._added.get(blob_id, b""))]
-        i = self._find(blob_id)
-        while 0 <= i < len(self.ids) // ID and self.ids[i * ID:(i + 1) * ID] == blob_id:
-            found.append(self._row(i))
-            i += 1
+        found += [self._location(*self._run.row(i)) for i in self._run.copies(blob_id)]
+        found += [self._location(*self._loaded.row(i)) for i in self._loaded.copies(blob_id)]
         return found
-
-    def _row(self, i: int) -> Location:
-        return self._location(*(column[i] for column in self.columns))
 
     def _location(self, ordinal: int, offset: int, stored: int, plain: int) -> Location:
         return Location(self.packs[ordinal], offset, stored, plain)
 
-    def _find(self, blob_id: bytes) -> int:
-        """The position of the first copy of `blob_id` in the loaded columns, or -1."""
-        if len(blob_id) != ID:
-            return -1
-        bucket = blob_id[0] << 8 | blob_id[1]
-        pos, end = self._starts[bucket] * ID, self._starts[bucket + 1] * ID
-        while (pos := self.ids.find(blob_id, pos, end)) >= 0:
-            if pos % ID == 0:
-                return pos // ID
-            pos += 1
-        return -1
-
     def entries(self) -> Iterator[tuple[bytes, Location]]:
         """Every (blob id, location), loaded ones in id order, then this run's."""
-        for i in range(len(self.ids) // ID):
-            yield bytes(self.ids[i * ID:(i + 1) * ID]), self._row(i)
-        for blob_id, locs in self._added.items():
-            for loc in _ADDED.iter_unpack(locs):
-                yield blob_id, self._location(*loc)
+        loaded = self._loaded
+        for i in range(len(loaded)):
+            yield bytes(loaded.ids[i * ID:(i + 1) * ID]), self._location(*loaded.row(i))
+        for blob_id, loc in self._mine():
+            yield blob_id, self._location(*loc)
 
 
 def _merge(objects: list[IndexObject], remaps: list[list[int]]

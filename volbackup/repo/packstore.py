@@ -340,6 +340,8 @@ class PackedBlobStore(BlobStore):
             raise
         with self._lock:
             self._indexed_early += made
+            if self._index is not None:
+                self._index.fold()      # this run's blobs at 48 bytes each from now on
 
     def _raise_failed(self) -> None:
         if self._failed is not None:
