@@ -278,6 +278,19 @@ def test_merging_part_by_part_gives_every_entry_in_id_order_the_first_object_fir
     assert len(index.locations(b"\xff" * 32)) == 5
 
 
+@pytest.mark.parametrize("count", [0, 1, 5000])
+def test_bucket_starts_are_where_each_prefix_begins(count):
+    rng = random.Random(count)
+    ids = sorted(rng.randbytes(32) for _ in range(count)) + [b"\xff" * 32] * (count > 0)
+    starts = packindex._buckets(b"".join(ids))
+    assert len(starts) == (1 << 16) + 1 and starts[-1] == len(ids)
+    for bucket in [0, 1, 0x7fff, 0xfffe, 0xffff] + [rng.randrange(1 << 16) for _ in range(200)]:
+        inside = [i for i, x in enumerate(ids) if int.from_bytes(x[:2], "big") == bucket]
+        first = next((i for i, x in enumerate(ids) if int.from_bytes(x[:2], "big") >= bucket),
+                     len(ids))
+        assert starts[bucket] == first and starts[bucket + 1] - starts[bucket] == len(inside)
+
+
 def test_this_runs_blobs_are_found_alike_before_and_after_they_are_folded():
     """`fold` moves this run's blobs from the dict into a sorted table of their own: every
     question the index answers has the same answer before and after, over several folds,

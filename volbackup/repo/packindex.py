@@ -30,9 +30,9 @@ import re
 import struct
 import sys
 from array import array
-from collections import Counter
+from bisect import bisect_left
 from dataclasses import dataclass
-from itertools import accumulate, islice
+from itertools import islice, repeat
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
@@ -283,16 +283,19 @@ class BlobIndex:
         packs are indexed): found as before, at 48 bytes a blob."""
         if not self._added:
             return
-        rows = sorted((blob_id, *loc) for blob_id, locs in self._added.items()
-                      for loc in _ADDED.iter_unpack(locs))
-        new = IndexObject([], b"".join(row[0] for row in rows),
-                          tuple(array("I", (row[c] for row in rows))  # type: ignore[misc]
-                                for c in range(1, 5)))
+        added, self._added = self._added, {}
+        ids = bytearray()
+        columns = (array("I"), array("I"), array("I"), array("I"))
+        for blob_id in sorted(added):
+            for location in _ADDED.iter_unpack(added.pop(blob_id)):
+                ids += blob_id
+                for column, value in zip(columns, location):
+                    column.append(value)
+        new = IndexObject([], ids, columns)
         same = list(range(len(self.packs)))
         run = IndexObject([], self._run.ids, self._run.columns)
         self._run = _Table(*_merge([run, new], [same, same]) if len(self._run) else
                            (new.ids, new.columns))
-        self._added = {}
 
     def added(self) -> list[tuple[PackInfo, list[Entry]]]:
         """The packs this run wrote (`add`): what an index loaded again is given back."""
@@ -408,8 +411,7 @@ def _remapped(ordinals: array, remap: list[int]) -> array:
 def _first_byte_starts(ids: bytes) -> list[int]:
     """Where the ids of each first byte start, and the end: 257 positions (the ids are
     in order by their first two bytes, which decode checks)."""
-    counts = Counter(ids[0::ID])
-    return list(accumulate((counts.get(b, 0) for b in range(256)), initial=0))
+    return list(map(bisect_left, repeat(ids[0::ID]), range(257)))
 
 
 def _prefixes(ids: bytes) -> array:
@@ -423,8 +425,8 @@ def _prefixes(ids: bytes) -> array:
     return keys
 
 
-def _buckets(ids: bytes) -> array:
-    """Where each bucket of ids (their first two bytes) starts: 65,537 positions, the
-    running sum of each bucket's count (the ids are in order)."""
-    counts = Counter(_prefixes(ids))
-    return array("I", accumulate((counts.get(b, 0) for b in range(_BUCKETS)), initial=0))
+def _buckets(ids: bytes | bytearray) -> array:
+    """Where each bucket of ids (their first two bytes) starts: 65,537 positions, each the
+    first id of its bucket or after, found by bisection in the sorted prefixes (C loops,
+    no table of counts)."""
+    return array("I", map(bisect_left, repeat(_prefixes(ids)), range(_BUCKETS + 1)))
