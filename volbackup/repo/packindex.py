@@ -219,9 +219,6 @@ class _Table:
         return tuple(column[i] for column in self.columns)  # type: ignore[return-value]
 
 
-_EMPTY_COLUMNS = (array("I"), array("I"), array("I"), array("I"))
-
-
 class BlobIndex:
     """Every loaded index object merged: blob id -> its locations (more than one when a
     blob was stored twice; a reader takes the first that checks out).
@@ -239,8 +236,8 @@ class BlobIndex:
         objects = list(objects)
         remaps = [[self._add_pack(p) for p in obj.packs] for obj in objects]
         self._loaded = _Table(*_merge(objects, remaps))
-        self._run = _Table(b"", _EMPTY_COLUMNS)  # this run's blobs, folded
-        self._added: dict[bytes, bytes] = {}      # ... not yet: id -> _ADDED locations
+        self._run = _Table(b"", (array("I"), array("I"), array("I"), array("I")))  # folded
+        self._added: dict[bytes, bytes] = {}   # this run's, not yet folded: id -> _ADDED
         self._doomed: frozenset[bytes] = frozenset()
         self._doomed_ordinals: frozenset[int] = frozenset()
 

@@ -32,6 +32,7 @@ from volbackup.repo import (catalogs, chunkcopy, chunked, crypto, locking, packc
 from volbackup.repo.backends import Backend, BlobNotFound, FreeSpace, MakesItsPlace, open_backend
 from volbackup.repo.blobstore import BlobStore
 from volbackup.repo.packstore import PackedBlobStore
+from volbackup.repo.parentrecord import RecordWriter
 from volbackup.repo.config import CONFIG_KEY, RepoConfig
 from volbackup.repo.layout import ARCHIVE_SUFFIX, layout_for
 from volbackup.repo.leftovers import Leftovers, Orphan, UnfinishedWrite
@@ -73,7 +74,7 @@ class SnapshotWriter:
              record: RecordWriter | None = None) -> Packed:
         """`check_existing` (copy): the chunks this repository holds already are read back
         and checked, and written again if wrong (volbackup.repo.layout.ChunkedLayout).
-        `record`: a tree snapshot's lines and blobs go to it too (parent_record)."""
+        `record`: a tree snapshot's lines and blobs go to it too (volbackup.repo.parentrecord)."""
         repo = self._repo
         volume, stamp = split_id(self._snapshot)
         key = f"{PREFIX}{volume}/{stamp}{repo.layout.catalog_suffix}"
