@@ -25,6 +25,7 @@ REQUIRE_ENGINE = os.environ.get("VOLBACKUP_REQUIRE_ENGINE") == "1"
 REQUIRE_SERVERS = REQUIRE_ENGINE or bool(os.environ.get("CI"))
 _SHARED_DIR = pytest.StashKey[str]()
 _CACHE_DIR = pytest.StashKey[str]()
+_CACHE_BEFORE = pytest.StashKey["str | None"]()
 CACHE_ENV = "VOLBACKUP_CACHE_DIR"   # volbackup.repo.parentrecord.CACHE_ENV
 
 
@@ -33,10 +34,11 @@ def pytest_configure(config):
     before it starts them; they inherit its path in the environment (tests/shared_services).
     The session's cache directory (the parent records backups into encrypted repositories
     keep) is made the same way: never the user's ~/.cache, removed at the end."""
-    if not os.environ.get(CACHE_ENV):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):    # a worker inherits the controller's
         cache = tempfile.mkdtemp(prefix="vbtest-cache-")
-        os.environ[CACHE_ENV] = cache
         config.stash[_CACHE_DIR] = cache
+        config.stash[_CACHE_BEFORE] = os.environ.get(CACHE_ENV)
+        os.environ[CACHE_ENV] = cache   # never the user's own, even if they set one
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", 0):
         return
     from tests.shared_services import SHARED_DIR_ENV
@@ -73,7 +75,11 @@ def pytest_unconfigure(config):
     cache = config.stash.get(_CACHE_DIR, None)
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)
-        os.environ.pop(CACHE_ENV, None)
+        before = config.stash.get(_CACHE_BEFORE, None)
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before
     shared = config.stash.get(_SHARED_DIR, None)
     if shared is None:
         return
