@@ -221,20 +221,22 @@ def open_record(path: str) -> ParentRecord | None:
         identity = _identity(os.fstat(f.fileno()))
         header = _header(f, path)
         f.seek(0)
-        count, digest = 0, hashlib.sha256()
-        for line in _lines(f, header["lines_end"]):
-            count += 1
-            digest.update(line)
-        if count != header["lines"] or digest.hexdigest() != header["lines_sha256"]:
-            raise IntegrityError(f"parent record {path} does not match its digest (damaged)")
+        _check_part(_lines(f, header["lines_end"]), header["lines"], header["lines_sha256"],
+                    path)
         f.seek(header["lines_end"])
-        count, digest = 0, hashlib.sha256()
-        for blob_id, length in _leaves(f, header["leaves_end"]):
-            count += 1
-            digest.update(_LEAF.pack(blob_id, length))
-        if count != header["leaves"] or digest.hexdigest() != header["leaves_sha256"]:
-            raise IntegrityError(f"parent record {path} does not match its digest (damaged)")
+        _check_part((_LEAF.pack(*leaf) for leaf in _leaves(f, header["leaves_end"])),
+                    header["leaves"], header["leaves_sha256"], path)
     return ParentRecord(path, header, identity)
+
+
+def _check_part(items: Iterator[bytes], count: int, sha256: str, path: str) -> None:
+    """One part of a record (its lines, or its packed leaves) against its count and digest."""
+    seen, digest = 0, hashlib.sha256()
+    for item in items:
+        seen += 1
+        digest.update(item)
+    if seen != count or digest.hexdigest() != sha256:
+        raise IntegrityError(f"parent record {path} does not match its digest (damaged)")
 
 
 def _header(f: BinaryIO, path: str) -> dict:
