@@ -278,8 +278,10 @@ def test_merging_part_by_part_gives_every_entry_in_id_order_the_first_object_fir
     assert len(index.locations(b"\xff" * 32)) == 5
 
 
+@pytest.mark.parametrize("counted_most", [packindex.COUNTED_MOST, 0])   # counted, bisected
 @pytest.mark.parametrize("count", [0, 1, 5000])
-def test_bucket_starts_are_where_each_prefix_begins(count):
+def test_bucket_starts_are_where_each_prefix_begins(count, counted_most, monkeypatch):
+    monkeypatch.setattr(packindex, "COUNTED_MOST", counted_most)
     rng = random.Random(count)
     ids = sorted(rng.randbytes(32) for _ in range(count)) + [b"\xff" * 32] * (count > 0)
     starts = packindex._buckets(b"".join(ids))

@@ -32,7 +32,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import accumulate, islice, repeat
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
@@ -57,6 +57,7 @@ MAX_PACK_BYTES = (1 << 32) - 1
 MAX_BYTES = _HEAD.size + MAX_PACKS * _PACK.size + MAX_BLOBS * (ID + 16) + MAC_BYTES
 WRITE_BLOBS = 1 << 19        # blobs per index object a writer makes (24 MiB)
 _BUCKETS = 1 << 16
+COUNTED_MOST = 1 << 18   # ids whose buckets _buckets counts rather than bisects
 
 
 def index_key(name: str) -> str:
@@ -325,14 +326,17 @@ class BlobIndex:
         self._doomed_ordinals = frozenset(self._ordinal[p] for p in packs if p in self._ordinal)
 
     def has(self, blob_id: bytes) -> bool:
-        """Whether a writer may name the blob: a copy outside the doomed packs."""
-        if self.written_here(blob_id):
-            return True             # this run's packs are never doomed
+        """Whether a writer may name the blob: a copy outside the doomed packs. The loaded
+        copies are asked first: a re-backup finds most of its blobs there."""
         if not self._doomed_ordinals:
-            return self._loaded.find(blob_id) >= 0
-        ordinals = self._loaded.columns[0]
-        return any(ordinals[i] not in self._doomed_ordinals
-                   for i in self._loaded.copies(blob_id))
+            if self._loaded.find(blob_id) >= 0:
+                return True
+        else:
+            ordinals = self._loaded.columns[0]
+            if any(ordinals[i] not in self._doomed_ordinals
+                   for i in self._loaded.copies(blob_id)):
+                return True
+        return self.written_here(blob_id)   # this run's packs are never doomed
 
     def locations(self, blob_id: bytes) -> list[Location]:
         """Where the blob is stored: the copies this run wrote first, then the loaded
@@ -424,6 +428,14 @@ def _prefixes(ids: bytes) -> array:
 
 def _buckets(ids: bytes | bytearray) -> array:
     """Where each bucket of ids (their first two bytes) starts: 65,537 positions, each the
-    first id of its bucket or after, found by bisection in the sorted prefixes (C loops,
-    no table of counts)."""
-    return array("I", map(bisect_left, repeat(_prefixes(ids)), range(_BUCKETS + 1)))
+    first id of its bucket or after. Up to COUNTED_MOST ids, from their count per bucket
+    (a Python loop over the ids: 3 ms at 15,000, where 65,537 bisections take 20 ms, paid
+    by every backup at start); past it, by bisection in the sorted prefixes (C loops, no
+    table of counts: 32 ms at a million ids, counting 73)."""
+    keys = _prefixes(ids)
+    if len(keys) > COUNTED_MOST:
+        return array("I", map(bisect_left, repeat(keys), range(_BUCKETS + 1)))
+    counts = array("I", bytes(4 * (_BUCKETS + 1)))
+    for key in keys:
+        counts[key + 1] += 1
+    return array("I", accumulate(counts))
