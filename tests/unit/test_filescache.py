@@ -142,12 +142,44 @@ def test_the_walker_the_cutter_and_the_catalogue_pass_a_reused_member_on():
     assert got[2].sha256 == hashlib.sha256(x[1]).hexdigest()
 
 
+def test_a_run_of_reused_members_gets_each_its_own_line_and_offset():
+    """A Reused of several members passes the walker and the catalogue a run at once:
+    each member keeps its own line, where it starts in the new stream, and the walker
+    counts them all and keeps the oldest and newest of their times."""
+    root = (_info(".", tarfile.DIRTYPE, 0o755, mtime=MTIME), b"")
+    members = [(_info(f"./r{i}", mtime=MTIME), os.urandom(600 + 300 * i)) for i in range(3)]
+    blobs: dict = {}
+    parts = [_reused(m, blobs) for m in members]
+    times = [MTIME - 5, MTIME + 7, MTIME]
+    run = Reused(tuple(p.members[0]._replace(mtime=t) for p, t in zip(parts, times)),
+                 tuple(b for p in parts for b in p.blobs))
+    after = (_info("./z", mtime=MTIME), b"z" * 10)
+    head, tail = make_tar([root]), make_tar([after])
+    walker = TarWalker(unique=False)
+    store = FakeStore()
+    cat = CatalogTreeWriter(store, 3, KEY)
+    cat.record(walker)
+    list(kept_tar(splice([head[:_end(head)] + tail], [
+        Read(".", None), run, Read("./z", None)]), walker))
+    assert walker.entries == 5
+    assert walker.oldest == (MTIME - 5, "./r0") and walker.newest == (MTIME + 7, "./r1")
+    field = cat.finish(walker.end_marker_at)
+    got = list(entries(store, field, walker.end_marker_at + END_MARKER, KEY, "x"))
+    assert [e.path for e in got] == [".", "r0", "r1", "r2", "z"]
+    starts = [_end(head)]
+    for m in run.members:
+        starts.append(starts[-1] + m.length)
+    assert [e.at for e in got[1:]] == starts
+    assert [e.sha256 for e in got[1:4]] == [hashlib.sha256(c).hexdigest() for _, c in members]
+    assert got[4].sha256 == hashlib.sha256(b"z" * 10).hexdigest()
+
+
 def test_a_reused_member_inside_another_is_refused():
     walker = TarWalker()
     tar = make_tar([(_info("./a", mtime=MTIME), b"x" * 2000)])
     walker.feed(tar[:1024])
     with pytest.raises(IntegrityError, match="inside another member"):
-        walker.pass_member(ReusedMember("./x", MTIME, 1024, 512, b"{}\n"))
+        walker.pass_members([ReusedMember("./x", MTIME, 1024, 512, b"{}\n")])
 
 
 def test_a_host_stat_is_kept_only_when_tars_header_agrees():

@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections import deque
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 from volbackup.errors import IntegrityError, RepositoryError
 from volbackup.repo.blobstore import CATALOG, BlobStore
@@ -219,14 +219,20 @@ class CatalogTreeWriter:
         self._held = entry
         self.entries += 1
 
-    def add_reused(self, at: int, member: ReusedMember) -> None:
-        """A member taken whole from the parent snapshot, at `at`: its line is the
-        parent's (checked when the parent's catalogue was read), whose `hdr` and `span`
-        hold as long as the member ends where it ended there (_line checks)."""
+    def add_reused(self, at: int, members: Sequence[ReusedMember]) -> None:
+        """Members taken whole from the parent snapshot, the first at `at`: each line is
+        the parent's (checked when the parent's catalogue was read), whose `hdr` and `span`
+        hold as long as the member ends where it ended there (_line checks it for the
+        first; each of the others starts where the one before it ends, by this count)."""
         if self._held is not None:
             self._line(self._held, at)
-        self._held = _Reused(member.line, at + member.header, at + member.length)
-        self.entries += 1
+        put = self._put
+        for member in members[:-1]:
+            put(member.line)
+            at += member.length
+        last = members[-1]
+        self._held = _Reused(last.line, at + last.header, at + last.length)
+        self.entries += len(members)
 
     def add_line(self, line: bytes) -> None:
         """A line as a catalogue holds it (checked by its reader): `recut`. Not mixed with

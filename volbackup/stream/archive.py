@@ -103,8 +103,7 @@ def kept_tar(tar_chunks: Iterable[bytes], walker: TarWalker) -> Iterator[bytes]:
     """
     for chunk in tar_chunks:
         if isinstance(chunk, Reused):       # the files cache: no bytes pass
-            for member in chunk.members:
-                walker.pass_member(member)
+            walker.pass_members(chunk.members)
             yield chunk
             continue
         if isinstance(chunk, HostStat):

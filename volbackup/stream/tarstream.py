@@ -18,7 +18,7 @@ import math
 import struct
 import tarfile
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 from volbackup.errors import IntegrityError, VolbackupError
 from volbackup.stream.names import NameSet
@@ -250,8 +250,9 @@ class TarWalker:
         self._current_at = (0, 0)
         self._host = None           # a HostStat told for the next member (files cache)
         self.host_for = None        # ... or asked for each member by name (HostsInOrder)
-        # Told of each member the files cache took whole: (its offset, the ReusedMember).
-        self.on_reused: Callable[[int, object], None] | None = None
+        # Told of each run of members the files cache took whole: (the offset of the
+        # first, the ReusedMembers).
+        self.on_reused: Callable[[int, Sequence], None] | None = None
         # The oldest and newest mtimes of entries other than symlinks, with an entry of
         # each (its name): what a restore through
         # an extractor that cannot set every time must warn of (volbackup.ops.restore).
@@ -390,22 +391,28 @@ class TarWalker:
         its header agrees (volbackup.ops.filescache)."""
         self._host = host
 
-    def pass_member(self, member) -> None:
-        """Count a member (a volbackup.stream.reuse.ReusedMember) that the stream holds
-        here but whose bytes do not pass this walker (the files cache takes it whole from
-        a parent snapshot): offsets after it stay those of the stream, and `on_reused`
-        is told of it."""
+    def pass_members(self, members: Sequence) -> None:
+        """Count members (volbackup.stream.reuse.ReusedMember) that the stream holds here
+        but whose bytes do not pass this walker (the files cache takes them whole from a
+        parent snapshot): offsets after them stay those of the stream, and `on_reused` is
+        told of them, a run at once (a member at a time cost an unchanged file a micro-
+        second more)."""
         if not self.between_members or self.ended:
             raise IntegrityError("a reused member came inside another member")
         start = self.bytes
-        self.bytes += member.length
-        self.entries += 1
-        if member.mtime < self.oldest[0]:
-            self.oldest = (member.mtime, member.name)
-        if member.mtime > self.newest[0]:
-            self.newest = (member.mtime, member.name)
-        if self.on_reused is not None:
-            self.on_reused(start, member)
+        oldest, newest = self.oldest, self.newest
+        length = 0
+        for member in members:
+            length += member.length
+            if member.mtime < oldest[0]:
+                oldest = (member.mtime, member.name)
+            if member.mtime > newest[0]:
+                newest = (member.mtime, member.name)
+        self.oldest, self.newest = oldest, newest
+        self.bytes += length
+        self.entries += len(members)
+        if self.on_reused is not None and members:
+            self.on_reused(start, members)
 
     def _check_safe(self, name: str, key: str, type_: bytes, link: str) -> None:
         """Refuse a member that would be written outside the directory it is extracted into
