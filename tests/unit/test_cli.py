@@ -81,6 +81,16 @@ def test_only_init_makes_a_missing_directory(capsys, tmp_path, command):
     assert "does not exist" in err and not (tmp_path / "typo").exists()
 
 
+def test_init_with_a_missing_parent_says_which_directory_is_missing(capsys, tmp_path):
+    code, out, err = run(capsys, "init", "-r", str(tmp_path / "no-parent" / "repo"))
+    assert code == 5
+    assert err.strip().splitlines() == [
+        f"volbackup: error: repository {tmp_path / 'no-parent' / 'repo'} cannot be made: "
+        f"{tmp_path / 'no-parent'} does not exist (init makes the repository's directory, "
+        "never its parents)"]
+    assert not (tmp_path / "no-parent").exists()
+
+
 def test_init_makes_a_missing_directory_0700_and_says_so(capsys, tmp_path):
     target = tmp_path / "new-repo"
     with umask(0o022):

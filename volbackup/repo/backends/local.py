@@ -169,8 +169,12 @@ class LocalBackend(Backend, TempFiles, FreeSpace, MakesItsPlace, ForeignEntries)
         never its parents: a missing parent is more likely a typo than a plan."""
         try:
             os.mkdir(self.root, DIR_MODE)
-        except (FileExistsError, FileNotFoundError):
-            return False  # there already, or no parent: check() says which
+        except FileExistsError:
+            return False  # there already: check() says whether it is a directory
+        except FileNotFoundError:
+            raise RepositoryError(
+                f"repository {self.root} cannot be made: {self.root.parent} does not exist "
+                f"(init makes the repository's directory, never its parents)") from None
         except OSError as e:
             raise self._error(e, "create the directory") from None
         os.chmod(self.root, DIR_MODE)
