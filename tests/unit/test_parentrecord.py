@@ -127,6 +127,16 @@ def test_a_discarded_record_leaves_nothing(tmp_path):
         RecordWriter(path, "v").publish("v@20260101T000000Z-0000")
 
 
+def test_a_writer_that_cannot_start_leaves_nothing(tmp_path, monkeypatch):
+    """The record's second file failing (a full disk, say) takes the first one with it."""
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(parentrecord.tempfile, "TemporaryFile", no_space)
+    with pytest.raises(OSError, match="No space"):
+        RecordWriter(str(tmp_path / "cache" / "r"), "v")
+    assert os.listdir(tmp_path / "cache") == []
+
+
 def test_records_are_kept_per_repository_volume_and_host(tmp_path, monkeypatch):
     root = str(tmp_path)
     paths = {record_path(root, repo, volume, host) for repo in ("r1", "r2")

@@ -74,7 +74,12 @@ class RecordWriter:
         _remove_abandoned(directory)
         fd, self._tmp = tempfile.mkstemp(prefix=_TEMP, dir=directory)
         self._file = os.fdopen(fd, "wb")
-        self._leaves = tempfile.TemporaryFile(dir=directory)
+        try:
+            self._leaves = tempfile.TemporaryFile(dir=directory)
+        except BaseException:       # the record file is not left to the week's sweep
+            self._file.close()
+            os.unlink(self._tmp)
+            raise
         self._lines = zstandard.ZstdCompressor(level=3).stream_writer(
             self._file, closefd=False)
         self._leaves_out = zstandard.ZstdCompressor(level=1).stream_writer(
