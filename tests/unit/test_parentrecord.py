@@ -117,6 +117,16 @@ def test_a_record_replaced_after_it_was_checked_is_not_read(tmp_path):
         list(got.runs())
 
 
+def test_a_record_removed_after_it_was_checked_is_damage_not_a_crash(tmp_path):
+    """`rm -rf` of the cache directory during a backup (docs/security.md says it is safe):
+    the files cache sees damage (it stops taking files and says why), never an OSError."""
+    path = _record(tmp_path, [LINE], [("ab" * 32, 1024)], 2048, 1024)
+    got = open_record(path)
+    os.unlink(path)
+    with pytest.raises(IntegrityError, match="removed since it was checked"):
+        list(got.runs())
+
+
 def test_a_discarded_record_leaves_nothing(tmp_path):
     path = str(tmp_path / "cache" / "r")
     writer = RecordWriter(path, "v")
@@ -161,6 +171,22 @@ def test_temporary_records_of_killed_backups_are_removed_once_old(tmp_path):
     assert not old.exists() and fresh.exists()
     writer.discard()
     assert sorted(p.name for p in cache.iterdir()) == [".record-running"]
+
+
+def test_records_not_replaced_for_a_month_are_removed_but_the_one_being_written(tmp_path):
+    """A host that backs up a new volume each day must not keep every record for ever."""
+    month = parentrecord.STALE + 60
+    gone, kept, own = (_record(tmp_path, [LINE], [("ab" * 32, 1024)], 2048, 1024, name)
+                       for name in ("a" * 32, "b" * 32, "c" * 32))
+    other = tmp_path / "cache" / "notes.txt"        # not a record's name: left alone
+    other.write_bytes(b"x")
+    for path in (gone, own, other):
+        os.utime(path, (os.path.getmtime(path) - month,) * 2)
+    writer = RecordWriter(own, "v")
+    assert not os.path.exists(gone)
+    assert os.path.exists(kept) and os.path.exists(own) and other.exists()
+    writer.discard()
+    assert open_record(own) is not None and open_record(kept) is not None
 
 
 def test_a_record_larger_than_its_batches_round_trips(tmp_path):

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import struct
 import tempfile
 import time
@@ -46,7 +47,9 @@ _MAX_HEADER = 1 << 16
 _READ = 1 << 20
 _BATCH = 1 << 20     # bytes of lines or leaves handed to zstd at once
 _TEMP = ".record-"
+_RECORD_NAME = re.compile(r"[0-9a-f]{32}")   # record_path's names
 ABANDONED = 7 * 86400   # seconds: a temporary record this old was left by a killed backup
+STALE = 31 * 86400      # seconds: a record not replaced for this long is of a volume gone
 
 
 def cache_root() -> str:
@@ -71,7 +74,7 @@ class RecordWriter:
         self._path, self._volume = path, volume
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        _remove_abandoned(directory)
+        _sweep(directory, keep=path)
         fd, self._tmp = tempfile.mkstemp(prefix=_TEMP, dir=directory)
         self._file = os.fdopen(fd, "wb")
         try:
@@ -158,17 +161,25 @@ class RecordWriter:
             self._leaves.close()
 
 
-def _remove_abandoned(directory: str, now: float | None = None) -> None:
-    """Temporary records of backups killed before they could remove them (SIGKILL, a
-    crash): older than ABANDONED seconds, which no running backup's is (its file is
-    written to as it goes)."""
+def _sweep(directory: str, keep: str, now: float | None = None) -> None:
+    """Remove what no backup will use: temporary records of backups killed before they
+    could remove them (SIGKILL, a crash), older than ABANDONED seconds, which no running
+    backup's is (its file is written to as it goes); and records not replaced for STALE
+    seconds (a volume deleted, or no longer backed up from this host: a host that backs up
+    a new volume each day would otherwise keep them all), but for `keep`, the record being
+    written. Removing a record is always safe: its volume's next backup reads every file,
+    and a backup reading it now stops taking files from it (ParentRecord._open)."""
     now = time.time() if now is None else now
     for name in os.listdir(directory):
-        if not name.startswith(_TEMP):
-            continue
         path = os.path.join(directory, name)
+        if name.startswith(_TEMP):
+            oldest = now - ABANDONED
+        elif _RECORD_NAME.fullmatch(name) and path != keep:
+            oldest = now - STALE
+        else:
+            continue
         try:
-            if os.lstat(path).st_mtime < now - ABANDONED:
+            if os.lstat(path).st_mtime < oldest:
                 os.unlink(path)
         except FileNotFoundError:
             pass
@@ -204,7 +215,11 @@ class ParentRecord:
     def _open(self) -> BinaryIO:
         """The file that was checked: not one a backup of the same volume put in its
         place since (a new file), nor one changed in place."""
-        f = open(self._path, "rb")
+        try:
+            f = open(self._path, "rb")
+        except FileNotFoundError:
+            raise IntegrityError(f"parent record {self._path} was removed since it was "
+                                 f"checked") from None
         if _identity(os.fstat(f.fileno())) != self._identity:
             f.close()
             raise IntegrityError(f"parent record {self._path} changed since it was checked")
