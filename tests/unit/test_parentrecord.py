@@ -173,7 +173,7 @@ def test_temporary_records_of_killed_backups_are_removed_once_old(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == [".record-running"]
 
 
-def test_records_not_replaced_for_a_month_are_removed_but_the_one_being_written(tmp_path):
+def test_records_not_replaced_for_45_days_are_removed_but_the_one_being_written(tmp_path):
     """A host that backs up a new volume each day must not keep every record for ever."""
     month = parentrecord.STALE + 60
     gone, kept, own = (_record(tmp_path, [LINE], [("ab" * 32, 1024)], 2048, 1024, name)

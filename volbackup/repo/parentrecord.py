@@ -49,7 +49,8 @@ _BATCH = 1 << 20     # bytes of lines or leaves handed to zstd at once
 _TEMP = ".record-"
 _RECORD_NAME = re.compile(r"[0-9a-f]{32}")   # record_path's names
 ABANDONED = 7 * 86400   # seconds: a temporary record this old was left by a killed backup
-STALE = 31 * 86400      # seconds: a record not replaced for this long is of a volume gone
+STALE = 45 * 86400      # seconds: a record not replaced for this long is of a volume gone
+                        # (more than a month: a monthly backup keeps its record)
 
 
 def cache_root() -> str:
