@@ -175,13 +175,13 @@ def test_temporary_records_of_killed_backups_are_removed_once_old(tmp_path):
 
 def test_records_not_replaced_for_45_days_are_removed_but_the_one_being_written(tmp_path):
     """A host that backs up a new volume each day must not keep every record for ever."""
-    month = parentrecord.STALE + 60
+    stale = parentrecord.STALE + 60
     gone, kept, own = (_record(tmp_path, [LINE], [("ab" * 32, 1024)], 2048, 1024, name)
                        for name in ("a" * 32, "b" * 32, "c" * 32))
     other = tmp_path / "cache" / "notes.txt"        # not a record's name: left alone
     other.write_bytes(b"x")
     for path in (gone, own, other):
-        os.utime(path, (os.path.getmtime(path) - month,) * 2)
+        os.utime(path, (os.path.getmtime(path) - stale,) * 2)
     writer = RecordWriter(own, "v")
     assert not os.path.exists(gone)
     assert os.path.exists(kept) and os.path.exists(own) and other.exists()
