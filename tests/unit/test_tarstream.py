@@ -23,7 +23,7 @@ from tests.unit.tars import (
     members_of,
 )
 from volbackup.errors import IntegrityError
-from volbackup.stream.tarstream import Entry, TarWalker, _again, _Header, parse_pax
+from volbackup.stream.tarstream import Entry, TarWalker, _again, _byte_sum, _Header, parse_pax
 
 TAR = make_tar(corpus_members())
 SMALL_TAR = make_tar(corpus_members(big=False))
@@ -582,3 +582,12 @@ def test_walker_memory_does_not_grow_with_members_or_symlinks(monkeypatch):
     small, large = tar(1_000), tar(10_000)
     grown = peak(large) - peak(small)
     assert grown < 64 << 10, f"{grown} bytes more for 9,000 more members"
+
+
+def test_the_header_byte_sum_is_the_sum_of_the_bytes():
+    """_byte_sum (two Adler-32s) against sum() at the extremes and on random blocks."""
+    import random
+    rng = random.Random(5)
+    blocks = [bytes(512), b"\xff" * 512, b"\xff" * 256 + bytes(256), bytes(256) + b"\xff" * 256]
+    blocks += [rng.randbytes(512) for _ in range(200)]
+    assert [_byte_sum(b) for b in blocks] == [sum(b) for b in blocks]

@@ -17,6 +17,7 @@ import io
 import math
 import struct
 import tarfile
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -142,7 +143,7 @@ class _Header:
     def parse(cls, block: bytes, entries: int) -> _Header:
         try:
             checksum = _number(block[148:156])
-            if checksum != 256 + sum(block[:148]) + sum(block[156:]) \
+            if checksum != 256 + _byte_sum(block) - sum(block[148:156]) \
                     and checksum != 256 + sum(_SIGNED.unpack_from(block)):
                 raise ValueError("bad checksum")
             h = cls()
@@ -166,6 +167,15 @@ class _Header:
 
 
 _SIGNED = struct.Struct("148b8x356b")
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte block's bytes (a header's checksum), from Adler-32 of each
+    half: its first part is 1 + the sum of the bytes modulo 65,521, exact for 256 bytes
+    (at most 65,280). zlib's C loop costs a quarter of sum() over the bytes, which a
+    backup of small files paid twice a member."""
+    view = memoryview(block)
+    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
 
 
 def _text(field: bytes) -> str:
