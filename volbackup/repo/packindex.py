@@ -32,7 +32,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
-from itertools import accumulate, islice, repeat
+from itertools import accumulate, chain, islice, repeat
 from typing import Callable, Iterable, Iterator
 
 from volbackup.errors import IntegrityError
@@ -219,6 +219,12 @@ class _Table:
     def row(self, i: int) -> tuple[int, int, int, int]:
         return tuple(column[i] for column in self.columns)  # type: ignore[return-value]
 
+    def rows(self) -> Iterator[tuple[bytes, tuple[int, int, int, int]]]:
+        """Every (blob id, location columns), in id order."""
+        ids = self.ids
+        for i in range(len(self)):
+            yield bytes(ids[i * ID:(i + 1) * ID]), self.row(i)
+
 
 class BlobIndex:
     """Every loaded index object merged: blob id -> its locations (more than one when a
@@ -303,9 +309,7 @@ class BlobIndex:
         return [(self.packs[ordinal], entries) for ordinal, entries in by_pack.items()]
 
     def _mine(self) -> Iterator[tuple[bytes, tuple[int, int, int, int]]]:
-        run = self._run
-        for i in range(len(run)):
-            yield bytes(run.ids[i * ID:(i + 1) * ID]), run.row(i)
+        yield from self._run.rows()
         for blob_id, locations in self._added.items():
             for loc in _ADDED.iter_unpack(locations):
                 yield blob_id, loc
@@ -358,10 +362,7 @@ class BlobIndex:
 
     def entries(self) -> Iterator[tuple[bytes, Location]]:
         """Every (blob id, location), loaded ones in id order, then this run's."""
-        loaded = self._loaded
-        for i in range(len(loaded)):
-            yield bytes(loaded.ids[i * ID:(i + 1) * ID]), self._location(*loaded.row(i))
-        for blob_id, loc in self._mine():
+        for blob_id, loc in chain(self._loaded.rows(), self._mine()):
             yield blob_id, self._location(*loc)
 
 
