@@ -82,7 +82,7 @@ def test_only_init_makes_a_missing_directory(capsys, tmp_path, command):
 
 
 def test_init_with_a_missing_parent_says_which_directory_is_missing(capsys, tmp_path):
-    code, out, err = run(capsys, "init", "-r", str(tmp_path / "no-parent" / "repo"))
+    code, _, err = run(capsys, "init", "-r", str(tmp_path / "no-parent" / "repo"))
     assert code == 5
     assert err.strip().splitlines() == [
         f"volbackup: error: repository {tmp_path / 'no-parent' / 'repo'} cannot be made: "

@@ -313,7 +313,7 @@ def test_this_runs_blobs_are_found_alike_before_and_after_they_are_folded():
         mine += ids
         asked = mine + [i for i, *_ in loaded] + [rng.randbytes(32) for _ in range(20)]
 
-        def answers():
+        def answers(asked=asked):
             return ([(index.has(i), index.written_here(i), index.all_locations(i))
                      for i in asked],
                     sorted((pack.id, sorted(entries)) for pack, entries in index.added()),
